@@ -1,0 +1,3 @@
+from steer_plugin.cli import main
+
+raise SystemExit(main())
