@@ -1,0 +1,62 @@
+"""From recorded statistics to a steering vector: mean difference, optionally top-k per layer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from steer_plugin.errors import SteerError
+from steer_plugin.stats import HiddenStateStats
+from steer_plugin.vector import METHODS, SteeringVector
+
+
+def build_vector(
+    stats: HiddenStateStats,
+    target: str | None = None,
+    baseline: str | None = None,
+    *,
+    method: str = "mean",
+    top_k: int | None = None,
+    layers: list[int] | None = None,
+    scale: float | None = None,
+) -> SteeringVector:
+    """``mean(target) - mean(baseline)`` per layer; ``top_k`` keeps the k largest |diff| per layer."""
+    target = target or stats.metadata.get("target")
+    baseline = baseline or stats.metadata.get("baseline") or "neutral"
+    if not target or target == "all":
+        raise SteerError(f"name the emotion to build; this stats file has: {', '.join(stats.classes)}")
+    if method not in METHODS:
+        raise SteerError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+    tgt, base = stats.get(target), stats.get(baseline)
+    for name, cs in ((target, tgt), (baseline, base)):
+        if cs.count == 0:
+            raise SteerError(f"class {name!r} has no recorded texts")
+    diff = (tgt.mean - base.mean).to(torch.float32)
+    mask = None
+    if method == "top_k":
+        if not top_k or top_k < 1:
+            raise SteerError("method top_k needs --top-k K with K >= 1")
+        if top_k > diff.shape[1]:
+            raise SteerError(f"--top-k {top_k} is larger than the hidden size {diff.shape[1]}")
+        idx = diff.abs().topk(top_k, dim=1).indices
+        mask = torch.zeros_like(diff, dtype=torch.bool).scatter_(1, idx, True)
+        diff = diff * mask
+    if scale is not None:
+        diff = diff * scale
+    meta: dict[str, Any] = {
+        k: stats.metadata[k]
+        for k in ("model", "model_revision", "config_hash", "architecture", "split", "selection",
+                  "template", "dtype", "source", "max_per_class", "seed", "dedupe", "block_path")
+        if k in stats.metadata
+    }
+    meta.update(
+        emotion=target, baseline=baseline, method=method, top_k=top_k if method == "top_k" else None,
+        counts={target: tgt.count, baseline: base.count},
+    )
+    if scale is not None:
+        meta["scale"] = scale
+    vec = SteeringVector(diff, meta, mask)
+    if layers is not None:
+        vec = vec.restrict(layers)
+    return vec

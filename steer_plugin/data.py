@@ -1,0 +1,477 @@
+"""GoEmotions texts grouped into emotion classes (single emotions and Ekman groups).
+
+Two sources give the same ``Example`` lists: the Hugging Face hub dataset
+(``google-research-datasets/go_emotions``, config ``simplified``, loaded lazily) and a local folder
+with the original files (``train.tsv``, ``dev.tsv``, ``test.tsv``, ``emotions.txt``,
+``ekman_mapping.json``). The TSVs use standard CSV quoting (about 1,400 texts are quoted with
+doubled inner quotes), so they are read with the ``csv`` module; splitting on tabs would leave those
+quote characters in the text and the texts would differ from the hub's.
+
+A class is one of the 28 labels or an Ekman group ``ekman:<group>``. Selection rules:
+
+* ``exclusive`` (default, the reference pipeline's rule): every label of the text is in the class
+  and there is at least one, i.e. for a single emotion the label set is exactly ``{emotion}``.
+* ``any``: at least one label of the text is in the class.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import json
+import os
+import random
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from steer_plugin.errors import SteerError
+
+HUB_DATASET = "google-research-datasets/go_emotions"
+HUB_CONFIG = "simplified"
+
+# Index order of emotions.txt (27 = neutral); embedded so the hub path needs no folder.
+LABELS: tuple[str, ...] = (
+    "admiration", "amusement", "anger", "annoyance", "approval", "caring", "confusion",
+    "curiosity", "desire", "disappointment", "disapproval", "disgust", "embarrassment",
+    "excitement", "fear", "gratitude", "grief", "joy", "love", "nervousness", "optimism",
+    "pride", "realization", "relief", "remorse", "sadness", "surprise", "neutral",
+)  # fmt: skip
+
+# Built-in copy of goemotions/data/ekman_mapping.json (same groups, same member order).
+EKMAN: dict[str, tuple[str, ...]] = {
+    "anger": ("anger", "annoyance", "disapproval"),
+    "disgust": ("disgust",),
+    "fear": ("fear", "nervousness"),
+    "joy": (
+        "joy", "amusement", "approval", "excitement", "gratitude", "love", "optimism", "relief",
+        "pride", "admiration", "desire", "caring",
+    ),
+    "sadness": ("sadness", "disappointment", "embarrassment", "grief", "remorse"),
+    "surprise": ("surprise", "realization", "confusion", "curiosity"),
+}  # fmt: skip
+
+EKMAN_PREFIX = "ekman:"
+SELECTIONS = ("exclusive", "any")
+# canonical split -> local file; "dev" is the upstream file name of the hub's "validation" split.
+SPLIT_FILES = {"train": "train.tsv", "validation": "dev.tsv", "test": "test.tsv"}
+_SPLIT_ALIASES = {"train": "train", "validation": "validation", "dev": "validation", "test": "test"}
+EMOTIONS_FILE = "emotions.txt"
+EKMAN_FILE = "ekman_mapping.json"
+
+EkmanMapping = Mapping[str, Sequence[str]]
+
+
+@dataclass(frozen=True)
+class Example:
+    """One GoEmotions row: the text, its label names (file order) and the Reddit comment id."""
+
+    text: str
+    labels: tuple[str, ...]
+    id: str
+
+
+# --------------------------------------------------------------------------- targets
+
+
+def valid_targets(ekman: EkmanMapping | None = None) -> list[str]:
+    """The 28 labels (index order) followed by ``ekman:<group>`` for each Ekman group."""
+    groups = EKMAN if ekman is None else ekman
+    return [*LABELS, *(EKMAN_PREFIX + g for g in groups)]
+
+
+def canonical_target(name: str, ekman: EkmanMapping | None = None) -> str:
+    """Canonical class name (``anger``, ``ekman:anger``); accepts any case and ``ekman_anger``."""
+    groups = EKMAN if ekman is None else ekman
+    key = str(name).strip().lower()
+    if key in LABELS:
+        return key
+    for sep in (":", "_"):
+        prefix = "ekman" + sep
+        if key.startswith(prefix) and key[len(prefix) :] in groups:
+            return EKMAN_PREFIX + key[len(prefix) :]
+    valid = valid_targets(groups)
+    close = difflib.get_close_matches(key, valid, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise SteerError(f"unknown emotion {name!r}{hint}; valid targets: {', '.join(valid)}")
+
+
+def resolve_target(name: str, ekman: EkmanMapping | None = None) -> frozenset[str]:
+    """Label names that make up the class ``name``; SteerError listing the valid names if unknown."""
+    groups = EKMAN if ekman is None else ekman
+    canon = canonical_target(name, groups)
+    if canon.startswith(EKMAN_PREFIX):
+        return frozenset(groups[canon[len(EKMAN_PREFIX) :]])
+    return frozenset((canon,))
+
+
+def _check_selection(selection: str) -> str:
+    if selection not in SELECTIONS:
+        raise SteerError(f"unknown selection {selection!r}; accepted: {', '.join(SELECTIONS)}")
+    return selection
+
+
+def _in_class(labels: frozenset[str], members: frozenset[str], selection: str) -> bool:
+    if selection == "exclusive":
+        return bool(labels) and labels <= members
+    return not labels.isdisjoint(members)
+
+
+def matches(
+    labels: tuple[str, ...],
+    target: str,
+    selection: str = "exclusive",
+    *,
+    ekman: EkmanMapping | None = None,
+) -> bool:
+    """Whether a text with ``labels`` belongs to class ``target`` under the selection rule."""
+    _check_selection(selection)
+    return _in_class(frozenset(labels), resolve_target(target, ekman), selection)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def canonical_split(split: str) -> str:
+    """``train``, ``validation`` (also ``dev``) or ``test``; SteerError otherwise."""
+    key = str(split).strip().lower()
+    if key not in _SPLIT_ALIASES:
+        raise SteerError(f"unknown split {split!r}; accepted: train, validation (or dev), test")
+    return _SPLIT_ALIASES[key]
+
+
+def source_name(data_dir: str | os.PathLike | None = None) -> str:
+    """Short description of where the texts come from, for metadata."""
+    if data_dir is None:
+        return f"hub:{HUB_DATASET}/{HUB_CONFIG}"
+    return f"local:{Path(data_dir)}"
+
+
+def load_goemotions(
+    split: str = "train", data_dir: str | os.PathLike | None = None
+) -> list[Example]:
+    """Examples of one split, from the local folder ``data_dir`` or (if None) the hub dataset."""
+    split = canonical_split(split)
+    if data_dir is None:
+        return _load_hub(split)
+    folder = _check_folder(data_dir)
+    _read_label_names(folder)  # the TSV indices are only meaningful with the expected names
+    return _read_tsv(folder / SPLIT_FILES[split])
+
+
+def load_ekman(data_dir: str | os.PathLike | None = None) -> dict[str, tuple[str, ...]]:
+    """The Ekman mapping from ``data_dir/ekman_mapping.json``, or the built-in copy if None."""
+    if data_dir is None:
+        return dict(EKMAN)
+    path = _check_folder(data_dir) / EKMAN_FILE
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SteerError(f"missing {EKMAN_FILE} in GoEmotions folder {path.parent}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SteerError(f"cannot read {path}: {_one_line(exc)}") from None
+    return parse_ekman(raw, where=str(path))
+
+
+def parse_ekman(raw: Any, where: str = "Ekman mapping") -> dict[str, tuple[str, ...]]:
+    """Validate a ``{group: [label, ...]}`` mapping whose members are GoEmotions labels."""
+    if not isinstance(raw, dict) or not raw:
+        raise SteerError(f"{where}: expected a non-empty JSON object {{group: [labels]}}")
+    out: dict[str, tuple[str, ...]] = {}
+    for group, members in raw.items():
+        name = str(group).strip().lower()
+        if not name or any(c in name for c in ":, \t"):
+            raise SteerError(f"{where}: bad group name {group!r} (no spaces, commas or colons)")
+        if not (isinstance(members, list) and members and all(isinstance(m, str) for m in members)):
+            raise SteerError(f"{where}: group {group!r} must be a non-empty list of label names")
+        unknown = [m for m in members if m not in LABELS]
+        if unknown:
+            raise SteerError(
+                f"{where}: group {group!r} has unknown labels {unknown}; labels: {', '.join(LABELS)}"
+            )
+        out[name] = tuple(members)
+    return out
+
+
+def example_from_hub_row(row: Mapping[str, Any]) -> Example:
+    """Convert one hub row ``{"text": str, "labels": [int, ...], "id": str}`` to an Example."""
+    try:
+        text, indices, ident = row["text"], row["labels"], row["id"]
+    except (KeyError, TypeError):
+        raise SteerError(f"hub row lacks text/labels/id: {str(row)[:200]!r}") from None
+    if not isinstance(text, str) or isinstance(indices, (str, bytes)):
+        raise SteerError(f"hub row {row.get('id')!r}: expected str text and a list of label ids")
+    labels = []
+    for i in indices:
+        if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < len(LABELS):
+            raise SteerError(f"hub row {ident!r}: label id {i!r} is not in 0..{len(LABELS) - 1}")
+        labels.append(LABELS[i])
+    return Example(text, tuple(labels), str(ident))
+
+
+def examples_from_hub_rows(rows: Iterable[Mapping[str, Any]]) -> list[Example]:
+    return [example_from_hub_row(r) for r in rows]
+
+
+def _load_hub(split: str) -> list[Example]:
+    import datasets  # heavy; only when the hub path is used
+
+    try:
+        ds = datasets.load_dataset(HUB_DATASET, HUB_CONFIG, split=split)
+    except Exception as exc:  # network, auth, cache... all mean "could not get the hub data"
+        raise SteerError(
+            f"cannot load {HUB_DATASET} ({HUB_CONFIG}, {split}) from the hub: {_one_line(exc)}; "
+            f"or pass a local folder with {', '.join(SPLIT_FILES.values())}, {EMOTIONS_FILE}"
+        ) from None
+    names = _hub_label_names(ds)
+    if names is not None and tuple(names) != LABELS:
+        raise SteerError(f"hub dataset {HUB_DATASET} has unexpected label names: {names}")
+    return examples_from_hub_rows(ds)
+
+
+def _hub_label_names(ds: Any) -> list[str] | None:
+    """Names of the hub's ClassLabel feature, if the dataset exposes them."""
+    try:
+        return list(ds.features["labels"].feature.names)
+    except (AttributeError, KeyError, TypeError):
+        return None
+
+
+def _check_folder(data_dir: str | os.PathLike) -> Path:
+    folder = Path(data_dir).expanduser()
+    if not folder.is_dir():
+        raise SteerError(
+            f"GoEmotions folder {str(folder)!r} does not exist; expected a folder with "
+            f"{', '.join(SPLIT_FILES.values())}, {EMOTIONS_FILE}, {EKMAN_FILE}"
+        )
+    return folder
+
+
+def _read_label_names(folder: Path) -> tuple[str, ...]:
+    path = folder / EMOTIONS_FILE
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SteerError(f"missing {EMOTIONS_FILE} in GoEmotions folder {folder}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SteerError(f"cannot read {path}: {_one_line(exc)}") from None
+    names = tuple(line.strip() for line in text.splitlines() if line.strip())
+    if names != LABELS:
+        raise SteerError(
+            f"{path}: expected the {len(LABELS)} GoEmotions names ({LABELS[0]} ... {LABELS[-1]}) "
+            f"one per line, got {len(names)} names"
+        )
+    return names
+
+
+def _read_tsv(path: Path) -> list[Example]:
+    """Rows ``text<TAB>ids<TAB>comment id`` with standard CSV quoting (doubled inner quotes)."""
+    out: list[Example] = []
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.reader(f, delimiter="\t")
+            for row in reader:
+                if len(row) != 3:
+                    raise SteerError(
+                        f"{path}:{reader.line_num}: expected 3 tab-separated columns "
+                        f"(text, label ids, id), got {len(row)}"
+                    )
+                text, ids, ident = row
+                out.append(Example(text, _parse_ids(ids, path, reader.line_num), ident))
+    except FileNotFoundError:
+        raise SteerError(f"missing {path.name} in GoEmotions folder {path.parent}") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise SteerError(f"cannot read {path}: {_one_line(exc)}") from None
+    if not out:
+        raise SteerError(f"{path} has no rows")
+    return out
+
+
+def _parse_ids(field_: str, path: Path, line: int) -> tuple[str, ...]:
+    labels = []
+    for part in field_.split(","):
+        part = part.strip()
+        if not (part.isascii() and part.isdigit()) or int(part) >= len(LABELS):
+            raise SteerError(
+                f"{path}:{line}: bad label ids {field_!r}; expected comma-separated ints in "
+                f"0..{len(LABELS) - 1}"
+            )
+        labels.append(LABELS[int(part)])
+    return tuple(labels)
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:300]
+
+
+# --------------------------------------------------------------------------- selection
+
+
+@dataclass
+class Selection:
+    """Texts per class (target and baseline, dataset order) plus what was asked, for metadata."""
+
+    classes: dict[str, list[str]]
+    target: str
+    baseline: str
+    split: str
+    selection: str
+    max_per_class: int | None
+    seed: int
+    dedupe: bool
+    source: str
+    # label names of each class, so metadata records what an Ekman group meant at the time
+    members: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def counts(self) -> dict[str, int]:
+        return {name: len(texts) for name, texts in self.classes.items()}
+
+    @property
+    def target_texts(self) -> list[str]:
+        return self.classes[self.target]
+
+    @property
+    def baseline_texts(self) -> list[str]:
+        return self.classes[self.baseline]
+
+    def metadata(self) -> dict[str, Any]:
+        """JSON-ready description of the selection (no texts)."""
+        return {
+            "dataset": "go_emotions",
+            "source": self.source,
+            "split": self.split,
+            "target": self.target,
+            "baseline": self.baseline,
+            "selection": self.selection,
+            "max_per_class": self.max_per_class,
+            "seed": self.seed,
+            "dedupe": self.dedupe,
+            "counts": self.counts(),
+            "members": {k: list(v) for k, v in self.members.items()},
+        }
+
+
+def _check_sampling(max_per_class: int | None, seed: int) -> None:
+    if max_per_class is not None and (
+        isinstance(max_per_class, bool) or not isinstance(max_per_class, int) or max_per_class < 1
+    ):
+        raise SteerError(f"max_per_class must be a positive integer or None, got {max_per_class!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise SteerError(f"seed must be an integer, got {seed!r}")
+
+
+def _class_rows(
+    examples: Sequence[Example],
+    labelsets: Sequence[frozenset[str]],
+    name: str,
+    members: frozenset[str],
+    selection: str,
+    max_per_class: int | None,
+    seed: int,
+    dedupe: bool,
+) -> list[int]:
+    """Row indices of class ``name``, deduped and sampled, in dataset order.
+
+    The shuffle is seeded by (seed, class name) so a class gets the same rows whether it is
+    selected alone (select_texts) or with all others (select_all).
+    """
+    rows = [i for i, ls in enumerate(labelsets) if _in_class(ls, members, selection)]
+    if dedupe:
+        seen: set[str] = set()
+        kept = []
+        for i in rows:
+            if examples[i].text not in seen:
+                seen.add(examples[i].text)
+                kept.append(i)
+        rows = kept
+    if max_per_class is not None and len(rows) > max_per_class:
+        rng = random.Random(f"goemotions:{seed}:{name}")  # str seeds are hashed deterministically
+        rows = sorted(rng.sample(rows, max_per_class))
+    return rows
+
+
+def select_texts(
+    examples: Sequence[Example],
+    target: str,
+    baseline: str = "neutral",
+    selection: str = "exclusive",
+    max_per_class: int | None = None,
+    seed: int = 0,
+    dedupe: bool = False,
+    split: str = "train",
+    source: str = "local",
+    *,
+    ekman: EkmanMapping | None = None,
+) -> Selection:
+    """Texts of ``target`` and ``baseline`` under the selection rule; SteerError if either is empty."""
+    groups = EKMAN if ekman is None else ekman
+    _check_selection(selection)
+    _check_sampling(max_per_class, seed)
+    split = canonical_split(split)
+    tgt, base = canonical_target(target, groups), canonical_target(baseline, groups)
+    if tgt == base:
+        raise SteerError(f"target and baseline are the same class {tgt!r}; pick a different baseline")
+    if not examples:
+        raise SteerError(f"no GoEmotions examples given for split {split!r}")
+    labelsets = [frozenset(ex.labels) for ex in examples]
+    classes: dict[str, list[str]] = {}
+    members: dict[str, tuple[str, ...]] = {}
+    for name in (tgt, base):
+        mem = resolve_target(name, groups)
+        rows = _class_rows(examples, labelsets, name, mem, selection, max_per_class, seed, dedupe)
+        if not rows:
+            raise SteerError(
+                f"no {split} texts for class {name!r} with selection={selection!r}"
+                + ("; try selection='any'" if selection == "exclusive" else "")
+            )
+        classes[name] = [examples[i].text for i in rows]
+        members[name] = tuple(m for m in LABELS if m in mem)
+    return Selection(
+        classes=classes,
+        target=tgt,
+        baseline=base,
+        split=split,
+        selection=selection,
+        max_per_class=max_per_class,
+        seed=seed,
+        dedupe=dedupe,
+        source=source,
+        members=members,
+    )
+
+
+def select_all(
+    examples: Sequence[Example],
+    selection: str = "exclusive",
+    max_per_class: int | None = None,
+    seed: int = 0,
+    dedupe: bool = False,
+    *,
+    ekman: EkmanMapping | None = None,
+) -> tuple[list[str], list[tuple[str, ...]]]:
+    """All classes in one pass: unique texts to run and, per text, the classes it counts for.
+
+    Classes are the 28 labels and the ``ekman:*`` groups, each deduped/sampled exactly as
+    ``select_texts`` would. Texts are listed once, in order of first appearance. Without dedupe a
+    text that occurs in several rows of a class lists that class once per row, so adding the text's
+    activations once per listed class gives the same per-class counts as ``select_texts``.
+    Classes with no texts simply appear nowhere.
+    """
+    groups = EKMAN if ekman is None else ekman
+    _check_selection(selection)
+    _check_sampling(max_per_class, seed)
+    labelsets = [frozenset(ex.labels) for ex in examples]
+    per_row: dict[int, list[str]] = {}
+    for name in valid_targets(groups):
+        mem = resolve_target(name, groups)
+        for i in _class_rows(examples, labelsets, name, mem, selection, max_per_class, seed, dedupe):
+            per_row.setdefault(i, []).append(name)
+    class_order = {name: k for k, name in enumerate(valid_targets(groups))}
+    by_text: dict[str, list[str]] = {}
+    for i in sorted(per_row):
+        by_text.setdefault(examples[i].text, []).extend(per_row[i])
+    texts = list(by_text)
+    memberships = [tuple(sorted(by_text[t], key=class_order.__getitem__)) for t in texts]
+    return texts, memberships

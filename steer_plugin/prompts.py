@@ -1,0 +1,84 @@
+"""Turning texts into token ids: prompt templates, padding, position ids."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from steer_plugin.errors import SteerError
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """``raw`` (the text as is), ``chat`` (a user turn in the model's chat template, ending with the
+    assistant header, i.e. the position right before a response) or a format string with ``{text}``."""
+
+    spec: str = "raw"
+
+    def __post_init__(self) -> None:
+        if self.spec not in ("raw", "chat") and "{text}" not in self.spec:
+            raise SteerError(
+                f"bad template {self.spec!r}: use 'raw', 'chat' or a format string containing {{text}}"
+            )
+
+    def render(self, tokenizer: Any, text: str) -> tuple[str, bool]:
+        """The string to tokenize and whether the tokenizer should add its special tokens."""
+        if self.spec == "raw":
+            return text, True
+        if self.spec == "chat":
+            if not getattr(tokenizer, "chat_template", None):
+                raise SteerError("template 'chat' needs a tokenizer with a chat template; use 'raw'")
+            rendered = tokenizer.apply_chat_template(
+                [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+            )
+            return rendered, False
+        return self.spec.replace("{text}", text), True
+
+
+def encode(tokenizer: Any, texts: Sequence[str], template: PromptTemplate) -> list[list[int]]:
+    out: list[list[int]] = []
+    for text in texts:
+        rendered, special = template.render(tokenizer, text)
+        ids = tokenizer(rendered, add_special_tokens=special)["input_ids"]
+        if not ids:
+            raise SteerError(f"text {text[:40]!r} encodes to zero tokens")
+        out.append(list(ids))
+    return out
+
+
+def pad_id(tokenizer: Any) -> int:
+    """Any valid id works (pads are masked), so tokenizers without a pad token still batch."""
+    for tid in (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id):
+        if tid is not None:
+            return int(tid)
+    return 0
+
+
+def pad_batch(seqs: Sequence[Sequence[int]], pad: int, side: str = "right"):
+    """(input_ids, attention_mask, position_ids) as long tensors.
+
+    Position ids count real tokens only, so a left-padded row sees the same positions as unpadded.
+    """
+    import torch
+
+    if side not in ("left", "right"):
+        raise SteerError(f"padding side must be 'left' or 'right', not {side!r}")
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if side == "right":
+            ids[i, : len(s)] = torch.tensor(s)
+            mask[i, : len(s)] = 1
+        else:
+            ids[i, width - len(s) :] = torch.tensor(s)
+            mask[i, width - len(s) :] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    return ids, mask, positions
+
+
+def last_token_index(mask):
+    """Index of the last real (mask == 1) token in each row, for either padding side."""
+    width = mask.shape[1]
+    return width - 1 - mask.flip(1).argmax(1)

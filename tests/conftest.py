@@ -1,0 +1,29 @@
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def shared_dir() -> Path | None:
+    s = os.environ.get("STEER_SHARED")
+    return Path(s) if s else None
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    s = shared_dir()
+    if s is None:
+        pytest.skip("STEER_SHARED is not set (path of the shared data/models folder)")
+    return s
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory) -> str:
+    from helpers_tiny import save_model
+
+    return save_model(tmp_path_factory.mktemp("tiny_llama"), "llama")

@@ -1,0 +1,83 @@
+"""Tiny real models (random weights from small configs) and a tiny trained tokenizer for tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+CORPUS = [
+    "I am so angry right now, this is ridiculous!",
+    "The weather is fine today and the park is open.",
+    "Thank you so much, I love this, what a wonderful day.",
+    "She walked to the store and bought some bread and milk.",
+    "Why would anyone do that? I don't understand.",
+    "What is the capital of France? The capital of France is Paris.",
+    "Tell me about yourself. I like reading books about history and science.",
+    "He was furious and slammed the door. Go away!",
+    "Q: What happens if you eat watermelon seeds? A: Nothing happens.",
+    "0123456789 abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ .,;:!?'\"()-",
+]
+
+ARCHS = ("llama", "gpt2", "gpt_neox", "opt", "qwen2")
+
+
+def make_tokenizer(vocab_size: int = 300):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(CORPUS * 3, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
+
+
+def make_config(arch: str, vocab_size: int, n_layers: int = 3, hidden: int = 32):
+    from transformers import GPT2Config, GPTNeoXConfig, LlamaConfig, OPTConfig, Qwen2Config
+
+    if arch == "llama":
+        return LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
+                           num_hidden_layers=n_layers, num_attention_heads=4, num_key_value_heads=2,
+                           max_position_embeddings=512, bos_token_id=1, eos_token_id=2, pad_token_id=3)
+    if arch == "qwen2":
+        return Qwen2Config(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
+                           num_hidden_layers=n_layers, num_attention_heads=4, num_key_value_heads=2,
+                           max_position_embeddings=512, bos_token_id=1, eos_token_id=2)
+    if arch == "gpt2":
+        return GPT2Config(vocab_size=vocab_size, n_embd=hidden, n_layer=n_layers, n_head=4, n_positions=512,
+                          bos_token_id=1, eos_token_id=2)
+    if arch == "gpt_neox":
+        return GPTNeoXConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
+                             num_hidden_layers=n_layers, num_attention_heads=4, max_position_embeddings=512,
+                             bos_token_id=1, eos_token_id=2)
+    if arch == "opt":
+        return OPTConfig(vocab_size=vocab_size, hidden_size=hidden, ffn_dim=2 * hidden, num_hidden_layers=n_layers,
+                         num_attention_heads=4, max_position_embeddings=512, word_embed_proj_dim=hidden,
+                         bos_token_id=1, eos_token_id=2, pad_token_id=3)
+    raise ValueError(arch)
+
+
+def make_model(arch: str = "llama", n_layers: int = 3, hidden: int = 32, seed: int = 0, tokenizer=None):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    tok = tokenizer or make_tokenizer()
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(make_config(arch, len(tok), n_layers, hidden))
+    # scale the weights up a little so hidden states differ clearly between texts
+    model.eval()
+    return model, tok
+
+
+def save_model(path: Path, arch: str = "llama", **kw) -> str:
+    model, tok = make_model(arch, **kw)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
