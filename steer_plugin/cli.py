@@ -308,7 +308,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.format == "lm-eval-steered":
         block_path = args.block_path or vec.metadata.get("block_path") or "model.layers"
         export_lm_eval_steered(vec, args.out, block_path=block_path, alpha=args.alpha)
-        print(f"wrote {args.out} (hookpoints {block_path}.N, coefficient {args.alpha})")
+        print(f"wrote {args.out} (blocks {block_path}.N, coefficient {args.alpha})")
     else:
         layers = export_gguf_control_vector(vec, args.out, model_hint=args.model_hint, alpha=args.alpha)
         if 0 in vec.nonzero_layers():

@@ -37,13 +37,19 @@ def load_reference_npy(path: str | os.PathLike, *, drop_embedding_row: bool = Fa
 def export_lm_eval_steered(
     vec: SteeringVector, path: str | os.PathLike, *, block_path: str, alpha: float = 1.0
 ) -> None:
-    """lm-eval's ``--model steered --model_args steer_path=FILE``: a dict keyed by hookpoint (the
-    decoder block's module name), action ``add`` with coefficient ``alpha`` on each non-zero row."""
+    """lm-eval's ``--model steered --model_args steer_path=FILE``: a dict keyed by hookpoint, action
+    ``add`` with coefficient ``alpha`` on each non-zero row.
+
+    lm-eval resolves hookpoints in ``model.base_model``, so the first component of our block path
+    (the base model's attribute: ``model``, ``transformer``, ``gpt_neox``) is dropped:
+    ``model.layers`` -> ``layers.N``, ``transformer.h`` -> ``h.N``.
+    """
     from steer_plugin.atomic import atomic_path
 
+    prefix = block_path.split(".", 1)[1] if "." in block_path else block_path
     config: dict[str, dict[str, Any]] = {}
     for layer in vec.nonzero_layers():
-        config[f"{block_path}.{layer}"] = {
+        config[f"{prefix}.{layer}"] = {
             "steering_vector": vec.matrix[layer].clone(),
             "steering_coefficient": float(alpha),
             "action": "add",

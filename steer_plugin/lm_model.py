@@ -1,0 +1,216 @@
+"""``steered_hf``: lm-eval's HFLM with ``alpha x vector`` added to the residual stream.
+
+Everything HFLM accepts still works; on top: ``vector`` (file, or several joined by ``;``), ``alpha``
+(one, or one per vector joined by ``;``), ``layers`` (``all`` or 0-based ``0;3;5-9`` - inside
+``--model_args`` commas separate arguments, so use ``;`` there), ``positions`` (``all``|``response``),
+``backend`` (``nnsight``|``hooks``) and ``blocks`` (module path of the decoder blocks, if needed).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lm_eval.api.registry import register_model
+from lm_eval.models.huggingface import HFLM
+from lm_eval.models.utils import Collator
+from lm_eval.models.utils_hf import pad_and_concat, stop_sequences_criteria
+
+from steer_plugin.errors import SteerError
+from steer_plugin.layers import format_layers, parse_layers
+from steer_plugin.steering import BACKENDS, POSITIONS, SteeringPlan, Steerer, make_plan
+from steer_plugin.vector import SteeringVector, file_sha256
+
+log = logging.getLogger(__name__)
+_LAYER_PIECE = re.compile(r"^\d+(-\d+)?$")
+
+
+def _split(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [p.strip() for p in str(value).split(";") if p.strip()]
+
+
+def _repair_layer_args(layers: Any, kwargs: dict[str, Any]) -> Any:
+    """``layers=0,3,5-9`` in --model_args arrives as layers=0 plus stray keys '3', '5-9'."""
+    stray = [k for k, v in kwargs.items() if _LAYER_PIECE.match(str(k)) and v in ("", None)]
+    if not stray:
+        return layers
+    for k in stray:
+        del kwargs[k]
+    return ",".join([str(layers), *stray])
+
+
+@register_model("steered_hf")
+class SteeredHFLM(HFLM):
+    """HFLM whose forward passes (loglikelihood, rolling loglikelihood, generation) are steered."""
+
+    def __init__(
+        self,
+        pretrained: Any = None,
+        vector: Any = None,
+        alpha: Any = 1.0,
+        layers: Any = "all",
+        positions: str = "all",
+        backend: str = "nnsight",
+        blocks: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        layers = _repair_layer_args(layers, kwargs)
+        if positions not in POSITIONS:
+            raise SteerError(f"unknown positions {positions!r}; use one of {', '.join(POSITIONS)}")
+        if backend not in BACKENDS:
+            raise SteerError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
+        vectors = [self._load_vector(p) for p in _split(vector)]  # fail fast, before loading the model
+        super().__init__(pretrained=pretrained, **kwargs)
+        self.steerer = Steerer(self.model, backend, blocks)
+        self._rolling = False
+        self.configure(vectors, alpha, layers, positions)
+
+    # -- configuration (also used by sweeps: no model reload) ----------------------------------------
+    @staticmethod
+    def _load_vector(path: Any) -> SteeringVector:
+        if isinstance(path, SteeringVector):
+            return path
+        vec = SteeringVector.load(path)
+        vec.metadata["source_path"] = str(path)
+        vec.metadata["source_sha256"] = file_sha256(path)
+        return vec
+
+    def configure(
+        self, vector: Any = None, alpha: Any = 1.0, layers: Any = "all", positions: str = "all"
+    ) -> None:
+        """Switch steering without reloading the model."""
+        if positions not in POSITIONS:
+            raise SteerError(f"unknown positions {positions!r}; use one of {', '.join(POSITIONS)}")
+        vectors = [self._load_vector(v) for v in (vector if isinstance(vector, list) else _split(vector))]
+        alphas = [float(a) for a in (_split(alpha) or [1.0])] if not isinstance(alpha, (int, float)) else [float(alpha)]
+        n_layers = len(self.steerer.blocks)
+        chosen = parse_layers(None if layers is None else str(layers), n_layers)
+        self.plan: SteeringPlan = make_plan(vectors, alphas, self.model, self.steerer.block_path, chosen) \
+            if vectors else SteeringPlan()
+        self.positions = positions
+        self._warn_other_model(vectors)
+        if len(alphas) == 1 and len(vectors) > 1:
+            alphas = alphas * len(vectors)
+        self.steering_config = {
+            "vectors": [
+                {"path": v.metadata.get("source_path"), "sha256": v.metadata.get("source_sha256"),
+                 "metadata": {k: x for k, x in v.metadata.items() if not k.startswith("source_")}}
+                for v in vectors
+            ],
+            "alphas": alphas if vectors else [],
+            "layers": format_layers(chosen, n_layers),
+            "positions": positions,
+            "backend": self.steerer.backend,
+            "block_path": self.steerer.block_path,
+            "steered_layers": sorted(self.plan.deltas),
+        }
+
+    def _warn_other_model(self, vectors: list[SteeringVector]) -> None:
+        from steer_plugin.models import model_fingerprint
+
+        here = model_fingerprint(self.model, str(getattr(self, "pretrained", "")))
+        for v in vectors:
+            built_on = v.metadata.get("model")
+            if built_on and Path(str(built_on)).name != Path(here["model"]).name:
+                same = v.metadata.get("config_hash") == here["config_hash"]
+                log.warning(
+                    "steering vector %s was built on %s, but the model is %s%s",
+                    v.metadata.get("source_path"), built_on, here["model"],
+                    " (same architecture config)" if same else " (different config)",
+                )
+
+    def get_model_info(self) -> dict:
+        info = super().get_model_info()
+        info["steering"] = self.steering_config
+        return info
+
+    # -- forward passes ------------------------------------------------------------------------------
+    def _model_call(self, inps: torch.Tensor, attn_mask: Any = None, labels: Any = None) -> torch.Tensor:
+        if not self.plan.active or attn_mask is not None or labels is not None:
+            return super()._model_call(inps, attn_mask, labels)
+        with torch.no_grad(), torch.autocast(
+            device_type=self.device.type, dtype=self.mixed_precision_dtype,
+            enabled=self.mixed_precision_dtype is not None,
+        ):
+            return self.steerer.forward(self.plan, self._where, input_ids=inps).logits
+
+    _where: Any = None  # per-batch position mask while scoring with positions=response
+
+    def loglikelihood_rolling(self, requests: Any, disable_tqdm: bool = False) -> Any:
+        self._rolling = True  # no context in rolling windows: response == all
+        try:
+            return super().loglikelihood_rolling(requests, disable_tqdm)
+        finally:
+            self._rolling = False
+
+    def _loglikelihood_tokens(self, requests: Any, disable_tqdm: bool = False, override_bs: Any = None) -> Any:
+        if not self.plan.active or self.positions == "all" or self._rolling or self.backend != "causal":
+            return super()._loglikelihood_tokens(requests, disable_tqdm, override_bs)
+        return self._loglikelihood_response(requests, disable_tqdm, override_bs)
+
+    def _loglikelihood_response(self, requests: Any, disable_tqdm: bool, override_bs: Any) -> list:
+        """HFLM's causal scoring loop, steering only the last context token and the continuation."""
+        from tqdm import tqdm
+
+        re_ord = Collator(requests, sort_fn=lambda r: (-len(r[1] + r[2]), tuple(r[1] + r[2])))
+        batch_size = self.batch_size if self.batch_size != "auto" else (override_bs or 0)
+        batch_fn = self._batch_scheduler if self.batch_size == "auto" and len(re_ord) > 0 and not override_bs else None
+        if batch_fn is not None:
+            self.batch_sizes = {}
+        res = []
+        pbar = tqdm(total=len(requests), disable=(disable_tqdm or self.rank != 0),
+                    desc="Running loglikelihood requests (steered)")
+        for chunk in re_ord.get_batched(n=batch_size, batch_fn=batch_fn):
+            inps, spans = [], []
+            for _, ctx, cont in chunk:
+                inp = (ctx + cont)[-(self.max_length + 1):][:-1]
+                inps.append(torch.tensor(inp, dtype=torch.long, device=self.device))
+                spans.append((max(len(inp) - len(cont), 0), len(inp)))
+            width = max(len(i) for i in inps)
+            where = torch.zeros(len(inps), width, dtype=torch.bool)
+            for row, (a, b) in enumerate(spans):
+                where[row, a:b] = True
+            self._where = where
+            try:
+                logits = self._model_call(pad_and_concat(width, inps, padding_side="right"))
+            finally:
+                self._where = None
+            multi = F.log_softmax(logits, dim=-1, dtype=self.softmax_dtype)
+            for (request_str, _, cont), lp, (_, inplen) in zip(chunk, multi, spans):
+                lp = self._select_cont_toks(lp, contlen=len(cont), inplen=inplen).unsqueeze(0)
+                cont_t = torch.tensor(cont, dtype=torch.long, device=self.device).unsqueeze(0)
+                greedy = bool((lp.argmax(-1) == cont_t).all())
+                answer = (float(torch.gather(lp, 2, cont_t.unsqueeze(-1)).sum()), greedy)
+                res.append(answer)
+                if request_str is not None:
+                    self.cache_hook.add_partial("loglikelihood", request_str, answer)
+                pbar.update(1)
+        pbar.close()
+        return re_ord.get_original(res)
+
+    def _model_generate(self, context: torch.Tensor, max_length: int, stop: list[str], **generation_kwargs: Any):
+        if not self.plan.active:
+            return super()._model_generate(context, max_length, stop, **generation_kwargs)
+        # the same generation settings as HFLM._model_generate
+        generation_kwargs["temperature"] = generation_kwargs.get("temperature", 0.0)
+        do_sample = generation_kwargs.get("do_sample")
+        if generation_kwargs["temperature"] == 0.0 and do_sample is None:
+            generation_kwargs["do_sample"] = do_sample = False
+        if do_sample is False and generation_kwargs["temperature"] == 0.0:
+            generation_kwargs.pop("temperature")
+        criteria = stop_sequences_criteria(self.tokenizer, stop, context.shape[1], context.shape[0])
+        where = "last" if self.positions == "response" else None
+        with torch.autocast(device_type=self.device.type, dtype=self.mixed_precision_dtype,
+                            enabled=self.mixed_precision_dtype is not None):
+            return self.steerer.generate(
+                self.plan, where, input_ids=context, max_length=max_length, stopping_criteria=criteria,
+                pad_token_id=self.tokenizer.pad_token_id, use_cache=True, **generation_kwargs,
+            )

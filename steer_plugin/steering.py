@@ -1,0 +1,182 @@
+"""Adding ``alpha x vector`` to the residual stream (the output of decoder blocks).
+
+Two interchangeable backends with the same math: ``hooks`` (plain PyTorch forward hooks) and
+``nnsight`` (interventions in an nnsight trace). Where to add, per forward pass:
+
+* ``None``   - every position (``positions=all``);
+* ``"last"`` - ``hidden[:, -1, :]`` (``positions=response`` during generation with a KV cache: the
+  last prompt token in the prefill, then every generated token);
+* a bool tensor ``[batch, seq]`` - exactly those positions (``positions=response`` in loglikelihood).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+import torch
+
+from steer_plugin.errors import SteerError
+from steer_plugin.layers import parse_layers
+from steer_plugin.models import find_block_path, resolve_module
+from steer_plugin.vector import SteeringVector
+
+POSITIONS = ("all", "response")
+BACKENDS = ("nnsight", "hooks")
+Where = Union[None, str, torch.Tensor]
+
+
+@dataclass
+class SteeringPlan:
+    """The combined per-layer deltas ``sum_i alpha_i * v_i[l]`` for the layers that change."""
+
+    deltas: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def active(self) -> bool:
+        return bool(self.deltas)
+
+
+def make_plan(
+    vectors: Sequence[SteeringVector],
+    alphas: Sequence[float],
+    model: Any,
+    block_path: str,
+    layers: str | Sequence[int] | None = None,
+) -> SteeringPlan:
+    """Validate vectors against the model and place each layer's delta on that layer's device/dtype."""
+    blocks = resolve_module(model, block_path)
+    n_layers = len(blocks)
+    hidden = int(model.config.get_text_config().hidden_size)
+    if len(alphas) == 1 and len(vectors) > 1:
+        alphas = list(alphas) * len(vectors)
+    if len(alphas) != len(vectors):
+        raise SteerError(f"got {len(vectors)} vectors but {len(alphas)} alphas; give one alpha or one per vector")
+    for v in vectors:
+        name = v.metadata.get("source_path", "vector")
+        if (v.n_layers, v.hidden_size) != (n_layers, hidden):
+            raise SteerError(
+                f"{name} is [{v.n_layers} layers x {v.hidden_size}] but the model has "
+                f"[{n_layers} layers x {hidden}]: the vector was built for another model"
+            )
+        if not torch.isfinite(v.matrix).all():
+            raise SteerError(f"{name} contains non-finite values")
+    for a in alphas:
+        if not isinstance(a, (int, float)) or a != a or a in (float("inf"), float("-inf")):
+            raise SteerError(f"alpha must be a finite number, got {a!r}")
+    chosen = layers if isinstance(layers, list) else parse_layers(layers, n_layers)
+    if any(not 0 <= l < n_layers for l in chosen):
+        raise SteerError(f"layers {chosen} out of range 0-{n_layers - 1}")
+    total = torch.zeros(n_layers, hidden, dtype=torch.float32)
+    for v, a in zip(vectors, alphas):
+        if a != 0:
+            total += float(a) * v.matrix
+    deltas = {}
+    for l in chosen:
+        if bool(total[l].any()):
+            p = next(blocks[l].parameters(), None)
+            device = p.device if p is not None else torch.device("cpu")
+            dtype = p.dtype if p is not None and p.is_floating_point() else torch.float32
+            deltas[l] = total[l].to(device=device, dtype=dtype)
+    return SteeringPlan(deltas)
+
+
+def _steered(h: torch.Tensor, delta: torch.Tensor, where: Where) -> torch.Tensor:
+    if where is None:
+        return h + delta
+    if isinstance(where, str):
+        h = h.clone()
+        h[:, -1, :] += delta
+        return h
+    return h + where.to(h.device, h.dtype)[..., None] * delta
+
+
+class Steerer:
+    """Applies a plan to a model's decoder blocks through one backend."""
+
+    def __init__(self, model: Any, backend: str = "nnsight", blocks: str | None = None) -> None:
+        if backend not in BACKENDS:
+            raise SteerError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
+        self.model = model
+        self.backend = backend
+        self.block_path = find_block_path(model, blocks)
+        self.blocks = resolve_module(model, self.block_path)
+        self._nnsight: Any = None
+
+    # -- hooks -------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def hooks(self, plan: SteeringPlan, where: Where = None) -> Iterator[None]:
+        """Forward hooks on the steered blocks for the duration of the block; always removed."""
+
+        def make(delta: torch.Tensor):
+            def hook(module: Any, args: Any, out: Any) -> Any:
+                if isinstance(out, tuple):
+                    return (_steered(out[0], delta, where), *out[1:])
+                return _steered(out, delta, where)
+
+            return hook
+
+        handles = [self.blocks[l].register_forward_hook(make(d)) for l, d in plan.deltas.items()]
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    # -- nnsight -----------------------------------------------------------------------------------
+    @property
+    def traced(self) -> Any:
+        if self._nnsight is None:
+            from nnsight import NNsight
+
+            self._nnsight = NNsight(self.model)
+        return self._nnsight
+
+    def _intervene(self, traced: Any, plan: SteeringPlan, where: Where) -> None:
+        """Body of an nnsight trace: edit each steered block's output in place."""
+        blocks = resolve_module(traced, self.block_path)
+        for l, delta in plan.deltas.items():
+            out = blocks[l].output
+            h = out[0] if isinstance(out, tuple) else out
+            if where is None:
+                h[:] += delta
+            elif isinstance(where, str):
+                h[:, -1, :] += delta
+            else:
+                h[:] += where.to(h.device, h.dtype)[..., None] * delta
+
+    def forward(self, plan: SteeringPlan, where: Where = None, **inputs: Any) -> Any:
+        """One steered forward pass; returns the model's output."""
+        if not plan.active:
+            return self.model(**inputs)
+        if self.backend == "hooks":
+            with self.hooks(plan, where):
+                return self.model(**inputs)
+        with self.traced.trace(**inputs):
+            self._intervene(self.traced, plan, where)
+            result = self.traced.output.save()
+        return result
+
+    def generate(self, plan: SteeringPlan, where: Where = None, **kwargs: Any) -> torch.Tensor:
+        """``model.generate(**kwargs)`` with the plan applied in every forward of the decode loop."""
+        if not plan.active:
+            return self.model.generate(**kwargs)
+        if self.backend == "hooks":
+            with self.hooks(plan, where):
+                return self.model.generate(**kwargs)
+        traced, result = self.traced, []
+
+        def run(**kw: Any) -> Any:  # keeps the generated ids outside the trace
+            result.append(self.model.generate(**kw))
+            return result[-1]
+
+        with warnings.catch_warnings():
+            # an open `tracer.all()` loop ends when generation stops; nnsight warns about that by design
+            warnings.filterwarnings("ignore", message=".*was never reached.*")
+            with traced.trace(fn=run, **kwargs) as tracer:
+                for _ in tracer.all():
+                    self._intervene(traced, plan, where)
+        return result[0]
