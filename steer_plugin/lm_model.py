@@ -69,9 +69,9 @@ class SteeredHFLM(HFLM):
             raise SteerError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
         vectors = [self._load_vector(p) for p in _split(vector)]  # fail fast, before loading the model
         super().__init__(pretrained=pretrained, **kwargs)
-        self.steerer = Steerer(self.model, backend, blocks)
+        self._blocks = blocks
         self._rolling = False
-        self.configure(vectors, alpha, layers, positions)
+        self.configure(vectors, alpha, layers, positions, backend)
 
     # -- configuration (also used by sweeps: no model reload) ----------------------------------------
     @staticmethod
@@ -84,11 +84,14 @@ class SteeredHFLM(HFLM):
         return vec
 
     def configure(
-        self, vector: Any = None, alpha: Any = 1.0, layers: Any = "all", positions: str = "all"
+        self, vector: Any = None, alpha: Any = 1.0, layers: Any = "all", positions: str = "all",
+        backend: str | None = None,
     ) -> None:
         """Switch steering without reloading the model."""
         if positions not in POSITIONS:
             raise SteerError(f"unknown positions {positions!r}; use one of {', '.join(POSITIONS)}")
+        if backend is not None or not hasattr(self, "steerer"):
+            self.steerer = Steerer(self.model, backend or "nnsight", self._blocks)
         vectors = [self._load_vector(v) for v in (vector if isinstance(vector, list) else _split(vector))]
         alphas = [float(a) for a in (_split(alpha) or [1.0])] if not isinstance(alpha, (int, float)) else [float(alpha)]
         n_layers = len(self.steerer.blocks)

@@ -39,8 +39,11 @@ def record_request(req: RecordRequest, loaded: Any = None) -> HiddenStateStats:
     from steer_plugin import __version__
     from steer_plugin.data import load_goemotions, select_all, select_texts
     from steer_plugin.models import load_model
-    from steer_plugin.record import RecordItem, items_from_classes, record_hidden_states
+    from steer_plugin.record import (
+        RecordItem, init_distributed_if_launched, items_from_classes, record_hidden_states,
+    )
 
+    init_distributed_if_launched()  # under torchrun/accelerate: each rank records a shard
     examples = load_goemotions(req.split, req.data_dir)
     source = "local" if req.data_dir else "hub"
     if req.emotion == "all":

@@ -77,12 +77,17 @@ class _ActivationWriter:
         if dtype not in ("float16", "float32"):
             raise SteerError(f"activation dtype must be float16 or float32, not {dtype!r}")
         out_dir.mkdir(parents=True, exist_ok=True)
-        self.rows: list[dict[str, int]] = []
+        # One (class, row) pair per listed class: select_all lists a class twice for a text that
+        # occurs in two rows of that class, and the statistics count it twice, so the array must
+        # hold it twice too (a dict keyed by class would leave the second row zero).
+        self.rows: list[list[tuple[str, int]]] = []
         counts: dict[str, int] = {}
         for item in items:
-            self.rows.append({c: counts.get(c, 0) for c in item.classes})
+            slots = []
             for c in item.classes:
+                slots.append((c, counts.get(c, 0)))
                 counts[c] = counts.get(c, 0) + 1
+            self.rows.append(slots)
         self.final = {c: out_dir / f"{c.replace(':', '_')}.npy" for c in counts}
         self.tmp = {c: p.with_name(p.name + ".partial") for c, p in self.final.items()}
         self.arrays = {
@@ -90,9 +95,10 @@ class _ActivationWriter:
             for c, n in counts.items()
         }
 
-    def write(self, index: int, classes: Sequence[str], state: Any) -> None:
-        for c in classes:
-            self.arrays[c][self.rows[index][c]] = state.numpy()
+    def write(self, index: int, state: Any) -> None:
+        row = state.numpy()
+        for c, slot in self.rows[index]:
+            self.arrays[c][slot] = row
 
     def close(self, ok: bool) -> None:
         for c, arr in self.arrays.items():
@@ -161,7 +167,7 @@ def record_hidden_states(
                 for c in items[i].classes:
                     by_class.setdefault(c, []).append(row)
                 if writer:
-                    writer.write(i, items[i].classes, states[row])
+                    writer.write(i, states[row])
             for c, rows in by_class.items():
                 stats[c].update(states[rows])
             bar.update(len(idx))
@@ -196,6 +202,30 @@ def _progress(total: int, enabled: bool):
     return tqdm(total=total, unit="text", desc="recording", disable=not enabled, smoothing=0.1)
 
 
+def init_distributed_if_launched() -> bool:
+    """Join the process group a launcher (torchrun, accelerate launch) describes in the environment.
+
+    Launchers only set WORLD_SIZE/RANK/MASTER_ADDR...; without init_process_group every rank would
+    record the whole selection alone. gloo on CPU, nccl (one GPU per local rank) on CUDA. Returns
+    whether this process is part of a multi-process group.
+    """
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        return False
+    if dist.is_initialized():
+        return dist.get_world_size() > 1
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend="nccl")
+    else:
+        dist.init_process_group(backend="gloo")
+    return True
+
+
 def _dist_rank_world() -> tuple[int, int]:
     import torch.distributed as dist
 
@@ -210,15 +240,17 @@ def _merge_across_ranks(local: HiddenStateStats, names: list[str], shape: tuple[
     import torch.distributed as dist
 
     world = dist.get_world_size()
+    # nccl only moves CUDA tensors; gloo (and the rest) CPU ones.
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
     merged = {c: ClassStats.empty(*shape) for c in names}
     for c in names:
         cs = local.classes[c]
         packed = torch.cat(
             [torch.tensor([float(cs.count)], dtype=torch.float64), cs.mean.flatten(), cs.m2.flatten()]
-        )
+        ).to(device)
         gathered = [torch.empty_like(packed) for _ in range(world)]
         dist.all_gather(gathered, packed)
         n = shape[0] * shape[1]
-        for g in gathered:
+        for g in (g.cpu() for g in gathered):
             merged[c].merge(ClassStats(int(g[0]), g[1 : 1 + n].view(shape), g[1 + n :].view(shape)))
     return HiddenStateStats(merged, local.metadata)

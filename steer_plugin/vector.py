@@ -66,10 +66,11 @@ class SteeringVector:
         if not torch.isfinite(self.matrix).all():
             raise SteerError("refusing to save a steering vector with non-finite values")
         meta = {
-            "n_layers": self.n_layers,
-            "hidden_size": self.hidden_size,
             "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             **self.metadata,
+            # the matrix decides the shape, not whatever a loaded file's metadata said
+            "n_layers": self.n_layers,
+            "hidden_size": self.hidden_size,
         }
         from steer_plugin import __version__
 
@@ -103,6 +104,8 @@ class SteeringVector:
         vec = cls(tensors["vector"], meta, None if mask is None else mask.bool())
         if mask is not None and mask.shape != vec.matrix.shape:
             raise SteerError(f"{p}: corrupt steering vector (mask shape {tuple(mask.shape)} != vector shape)")
+        if not torch.isfinite(vec.matrix).all():
+            raise SteerError(f"{p}: corrupt steering vector (non-finite values)")
         return vec
 
 

@@ -1,0 +1,205 @@
+"""steered_hf exactness on tiny real models (float32, CPU): against `hf`, lm-eval's own `steered`
+model, and plain forward-hook references of the same math."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from lm_eval.api.instance import Instance
+
+from steer_plugin.interop import export_lm_eval_steered
+from steer_plugin.lm_model import SteeredHFLM
+from steer_plugin.vector import SteeringVector
+
+LL_PAIRS = [
+    ("What is the capital of France?", " The capital of France is Paris."),
+    ("What is the capital of France?", " Paris."),
+    ("Tell me about yourself.", " I like reading books"),
+    ("He was furious and", " slammed the door."),
+    ("Q: What happens if you eat watermelon seeds? A:", " Nothing happens."),
+    ("Why would anyone do that?", " I don't understand."),
+    ("The weather", " is fine today and the park is open."),
+]
+PROMPTS = ["Tell me about yourself.", "Why", "What is the capital of France? The capital", "He was"]
+ROLLING = ["The weather is fine today and the park is open. She walked to the store.", "Thank you so much!"]
+
+
+def _ll(lm, pairs=LL_PAIRS):
+    reqs = [Instance("loglikelihood", {}, (c, x), i) for i, (c, x) in enumerate(pairs)]
+    return lm.loglikelihood(reqs, disable_tqdm=True)
+
+
+def _gen(lm, prompts=PROMPTS, n=8):
+    reqs = [Instance("generate_until", {}, (p, {"until": ["\n\n"], "max_gen_toks": n, "do_sample": False}), i)
+            for i, p in enumerate(prompts)]
+    return lm.generate_until(reqs, disable_tqdm=True)
+
+
+def _rolling(lm):
+    reqs = [Instance("loglikelihood_rolling", {}, (t,), i) for i, t in enumerate(ROLLING)]
+    return lm.loglikelihood_rolling(reqs, disable_tqdm=True)
+
+
+@pytest.fixture(scope="module")
+def vec_path(tmp_path_factory, tiny_llama_dir):
+    torch.manual_seed(0)
+    vec = SteeringVector(torch.randn(3, 32), {"model": tiny_llama_dir, "emotion": "anger"})
+    path = tmp_path_factory.mktemp("vec") / "v.safetensors"
+    vec.save(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def hf(tiny_llama_dir):
+    from lm_eval.models.huggingface import HFLM
+
+    return HFLM(pretrained=tiny_llama_dir, dtype="float32", device="cpu", batch_size=3)
+
+
+@pytest.fixture(scope="module")
+def steered(tiny_llama_dir, vec_path):
+    return SteeredHFLM(pretrained=tiny_llama_dir, vector=vec_path, alpha=0.0, dtype="float32", device="cpu",
+                       batch_size=3)
+
+
+def _hooks_left(model) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+@pytest.mark.parametrize("backend", ["nnsight", "hooks"])
+def test_alpha_zero_and_zero_vector_equal_hf_bit_for_bit(hf, steered, vec_path, tmp_path, backend):
+    zero = tmp_path / "zero.safetensors"
+    SteeringVector(torch.zeros(3, 32)).save(zero)
+    for vector, alpha in ((vec_path, 0.0), (str(zero), 2.0)):
+        steered.configure(vector, alpha, backend=backend)
+        assert not steered.plan.active
+        assert _ll(steered) == _ll(hf)
+        assert _gen(steered) == _gen(hf)
+        assert _rolling(steered) == _rolling(hf)
+
+
+def test_positions_all_equals_lm_eval_steered(tiny_llama_dir, steered, vec_path, tmp_path):
+    from lm_eval.models.hf_steered import SteeredModel
+
+    pt = tmp_path / "steer.pt"
+    export_lm_eval_steered(SteeringVector.load(vec_path), pt, block_path="model.layers", alpha=0.7)
+    theirs = SteeredModel(pretrained=tiny_llama_dir, steer_path=str(pt), dtype="float32", device="cpu",
+                          batch_size=3)
+    steered.configure(vec_path, 0.7, positions="all", backend="nnsight")
+    ours, ref = _ll(steered), _ll(theirs)
+    assert max(abs(a[0] - b[0]) for a, b in zip(ours, ref)) < 1e-5
+    assert [a[1] for a in ours] == [b[1] for b in ref]
+    assert _gen(steered) == _gen(theirs)
+    # and it really steers
+    steered.configure(vec_path, 0.0)
+    assert max(abs(a[0] - b[0]) for a, b in zip(ours, _ll(steered))) > 1e-2
+
+
+def _reference_ll_response(lm, vec: SteeringVector, alpha: float, ctx: str, cont: str) -> float:
+    """One request alone; a forward hook adds alpha*v at the last context token and the continuation."""
+    ctx_ids, cont_ids = lm._encode_pair(ctx, cont)
+    inp = torch.tensor([(ctx_ids + cont_ids)[:-1]])
+    start = len(ctx_ids) - 1
+    model = lm.model
+
+    def make(l):
+        def hook(mod, args, out):
+            h = (out[0] if isinstance(out, tuple) else out).clone()
+            h[:, start:, :] += alpha * vec.matrix[l]
+            return (h, *out[1:]) if isinstance(out, tuple) else h
+        return hook
+
+    handles = [model.model.layers[l].register_forward_hook(make(l)) for l in range(vec.n_layers)]
+    try:
+        with torch.no_grad():
+            logp = torch.log_softmax(model(inp).logits[0, -len(cont_ids):].double(), -1)
+    finally:
+        for h in handles:
+            h.remove()
+    return float(logp[torch.arange(len(cont_ids)), torch.tensor(cont_ids)].sum())
+
+
+@pytest.mark.parametrize("backend", ["nnsight", "hooks"])
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_positions_response_loglikelihood_matches_single_request_reference(steered, vec_path, backend, batch_size):
+    vec = SteeringVector.load(vec_path)
+    steered.configure(vec_path, 0.9, positions="response", backend=backend)
+    steered.batch_size_per_gpu = batch_size
+    try:
+        got = _ll(steered)
+    finally:
+        steered.batch_size_per_gpu = 3
+    ref = [_reference_ll_response(steered, vec, 0.9, c, x) for c, x in LL_PAIRS]
+    assert max(abs(g[0] - r) for g, r in zip(got, ref)) < 1e-4
+    # differs from positions=all (which also steers the context)
+    steered.configure(vec_path, 0.9, positions="all", backend=backend)
+    assert max(abs(a[0] - b[0]) for a, b in zip(got, _ll(steered))) > 1e-3
+
+
+def _reference_generate(lm, vec, alpha, prompt, n):
+    """The reference evaluator's recipe: add alpha*v to hidden[:, -1, :] in every forward (KV cache on)."""
+    model, tok = lm.model, lm.tokenizer
+
+    def make(l):
+        def hook(mod, args, out):
+            h = (out[0] if isinstance(out, tuple) else out).clone()
+            h[:, -1, :] += alpha * vec.matrix[l]
+            return (h, *out[1:]) if isinstance(out, tuple) else h
+        return hook
+
+    ids = torch.tensor([lm.tok_encode(prompt)])
+    handles = [model.model.layers[l].register_forward_hook(make(l)) for l in range(vec.n_layers)]
+    try:
+        with torch.no_grad():
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
+                                 use_cache=True, pad_token_id=tok.pad_token_id)
+    finally:
+        for h in handles:
+            h.remove()
+    new = out[0, ids.shape[1]:].tolist()
+    if tok.eos_token_id in new:
+        new = new[: new.index(tok.eos_token_id)]
+    return tok.decode(new, skip_special_tokens=True)
+
+
+@pytest.mark.parametrize("backend", ["nnsight", "hooks"])
+def test_positions_response_generation_matches_reference_recipe(steered, vec_path, backend):
+    vec = SteeringVector.load(vec_path)
+    steered.configure(vec_path, 1.5, positions="response", backend=backend)
+    steered.batch_size_per_gpu = 1
+    try:
+        single = _gen(steered)
+    finally:
+        steered.batch_size_per_gpu = 3
+    ref = [_reference_generate(steered, vec, 1.5, p, 8).split("\n\n")[0] for p in PROMPTS]
+    assert single == ref
+    assert _gen(steered) == single  # batched (left padding) == unbatched
+    steered.configure(vec_path, 0.0)
+    assert _gen(steered) != single  # the vector does change the generations
+
+
+def test_backends_identical_everywhere(steered, vec_path):
+    results = {}
+    for backend in ("nnsight", "hooks"):
+        for positions in ("all", "response"):
+            steered.configure(vec_path, 0.8, layers="0,2", positions=positions, backend=backend)
+            results[backend, positions] = (_ll(steered), _gen(steered), _rolling(steered))
+    for positions in ("all", "response"):
+        assert results["nnsight", positions] == results["hooks", positions]
+    # rolling loglikelihood has no context: response == all there
+    assert results["hooks", "all"][2] == results["hooks", "response"][2]
+
+
+def test_no_hooks_left_after_calls_and_exceptions(steered, vec_path):
+    before = _hooks_left(steered.model)
+    for backend in ("nnsight", "hooks"):
+        steered.configure(vec_path, 0.5, backend=backend)
+        _ll(steered)
+        _gen(steered, n=3)
+        assert _hooks_left(steered.model) == before
+        bad = [Instance("loglikelihood", {}, ("x", ""), 0)]  # empty continuation -> harness asserts
+        with pytest.raises(Exception):
+            steered.loglikelihood(bad, disable_tqdm=True)
+        assert _hooks_left(steered.model) == before
+    steered.configure(None, 0.0)
+    assert not steered.plan.active
