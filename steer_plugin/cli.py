@@ -117,6 +117,7 @@ def _add_late_commands(sub: Any) -> None:
     from steer_plugin import cli_eval
 
     cli_eval.add_commands(sub, _add_model_args)
+    cli_eval.add_eval_commands(sub, _add_model_args)
 
 
 def main(argv: list[str] | None = None) -> int:

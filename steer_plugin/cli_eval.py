@@ -88,3 +88,164 @@ def cmd_generate(args: argparse.Namespace) -> int:
         write_text_atomic(args.json_out, json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
         print(f"wrote {args.json_out}", file=sys.stderr)
     return 0
+
+
+# --- evaluation: sweep, table, run ----------------------------------------------------------------
+
+# Chosen on the real SmolLM2-135M-Instruct with a top_k=20 anger vector on all layers (see README):
+# from no visible effect to text falling apart.
+DEFAULT_ALPHAS = [0.0, 1.0, 2.0, 4.0, 8.0]
+
+
+def _add_eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tasks", default=None, help="comma-separated harness tasks")
+    p.add_argument("--limit", type=float, default=None, help="docs per task (quick look)")
+    p.add_argument("--batch-size", default="8", help="int or 'auto'")
+    p.add_argument("--classifier", default=None,
+                   help="emotion classifier for steer_emotion_* tasks: hub id, local path or 'nade'")
+    p.add_argument("--include-path", default=None, help="extra folder of task YAMLs")
+    p.add_argument("--layers", action="append", default=None, help="layer subset (repeatable for a sweep)")
+    p.add_argument("--positions", default="all", help="all, response or both: all,response")
+    p.add_argument("--backend", default="nnsight", choices=["nnsight", "hooks"])
+    p.add_argument("--log-samples", action="store_true")
+    p.add_argument("--apply-chat-template", action="store_true")
+    p.add_argument("--num-fewshot", type=int, default=None)
+    p.add_argument("--bootstrap-iters", type=int, default=1000)
+
+
+def add_eval_commands(sub: Any, add_model_args: Callable[..., None]) -> None:
+    p = sub.add_parser("sweep", help="evaluate many alphas/vectors/layers with one model load")
+    add_model_args(p)
+    p.add_argument("--vector", action="append", required=True, help="vector file (repeatable)")
+    p.add_argument("--alphas", type=_floats, required=True, help="e.g. -4,-2,-1,0,0.5,1,2,4")
+    p.add_argument("--out", required=True, help="output folder (resumable)")
+    _add_eval_args(p)
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("table", help="leaderboard table and plots from a folder of results JSON")
+    p.add_argument("dir")
+    p.add_argument("--out", default=None, help="output prefix (default: DIR/leaderboard)")
+    p.add_argument("--sort", default=None, help="sort by a column, e.g. truthfulqa_mc2/acc")
+    p.set_defaults(func=cmd_table)
+
+    p = sub.add_parser("run", help="the main job: build the vector if missing, sweep alphas, print the table")
+    add_model_args(p)
+    p.add_argument("--emotion", required=True)
+    p.add_argument("--baseline", default="neutral")
+    p.add_argument("--data", default=None, help="local GoEmotions folder (default: the hub dataset)")
+    p.add_argument("--split", default="train")
+    p.add_argument("--max-per-class", type=int, default=None)
+    p.add_argument("--method", default="top_k", choices=["mean", "top_k"])
+    p.add_argument("--top-k", type=int, default=20)
+    p.add_argument("--vector", default=None, help="use this vector file instead of building one")
+    p.add_argument("--alphas", type=_floats, default=DEFAULT_ALPHAS)
+    p.add_argument("--truthfulqa-dir", default=None,
+                   help="local TruthfulQA JSONL folder: use the truthfulqa_local_* tasks (offline)")
+    p.add_argument("--out", default=None, help="output folder (default: runs/<model>-<emotion>)")
+    _add_eval_args(p)
+    p.set_defaults(func=cmd_run, positions="response")
+
+
+def _parse_batch_size(text: str) -> Any:
+    return text if text == "auto" else int(text)
+
+
+def _sweep(args: argparse.Namespace, vectors: list[str], tasks: list[str], out: str) -> list:
+    from pathlib import Path
+
+    from steer_plugin.lm_model import SteeredHFLM
+    from steer_plugin.sweep import SweepOptions, SweepPlan, run_sweep
+
+    positions = [p.strip() for p in args.positions.split(",") if p.strip()]
+    plan = SweepPlan.grid(vectors, args.alphas, args.layers or ["all"], positions)
+    model_args = {"pretrained": args.model, "dtype": args.dtype, "backend": args.backend,
+                  "batch_size": args.batch_size}
+    options = SweepOptions(
+        tasks=tasks, out_dir=Path(out), limit=args.limit, classifier=args.classifier,
+        include_path=args.include_path, log_samples=args.log_samples,
+        apply_chat_template=args.apply_chat_template, num_fewshot=args.num_fewshot,
+        bootstrap_iters=args.bootstrap_iters, model_args=model_args)
+    kwargs: dict[str, Any] = {"dtype": args.dtype, "batch_size": _parse_batch_size(args.batch_size),
+                              "trust_remote_code": args.trust_remote_code, "backend": args.backend}
+    import torch
+
+    kwargs["device"] = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.revision:
+        kwargs["revision"] = args.revision
+    if args.device_map:
+        kwargs["parallelize"] = True
+    lm = SteeredHFLM(pretrained=args.model, blocks=args.blocks, **kwargs)
+    return run_sweep(lm, plan, options)
+
+
+def _tasks(args: argparse.Namespace) -> list[str]:
+    from steer_plugin.errors import SteerError
+
+    if not args.tasks:
+        raise SteerError("give --tasks, e.g. --tasks truthfulqa_mc1,truthfulqa_mc2,steer_emotion_anger")
+    return [t.strip() for t in args.tasks.split(",") if t.strip()]
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from steer_plugin.table import write_table
+
+    _sweep(args, args.vector, _tasks(args), args.out)
+    text, files = write_table(args.out)
+    print(text)
+    for f in files:
+        print(f"wrote {f}", file=sys.stderr)
+    return 0
+
+
+def cmd_table(args: argparse.Namespace) -> int:
+    from steer_plugin.table import write_table
+
+    text, files = write_table(args.dir, args.out, args.sort)
+    print(text)
+    for f in files:
+        print(f"wrote {f}", file=sys.stderr)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import os
+    from pathlib import Path
+
+    from steer_plugin.cli import default_vector_path
+    from steer_plugin.data import canonical_target
+    from steer_plugin.models import model_slug
+    from steer_plugin.table import write_table
+
+    emotion = canonical_target(args.emotion)
+    vector = Path(args.vector) if args.vector else default_vector_path(args.model, emotion, args.method, args.top_k)
+    if not vector.exists():
+        _build_for_run(args, emotion, vector)
+    tq_dir = args.truthfulqa_dir or os.environ.get("STEER_TRUTHFULQA_DIR")
+    if args.tasks:
+        tasks = _tasks(args)
+    else:
+        tq = ["truthfulqa_local_mc1", "truthfulqa_local_mc2"] if tq_dir else ["truthfulqa_mc1", "truthfulqa_mc2"]
+        tasks = tq + [f"steer_emotion_{emotion.replace(':', '_')}"]
+    if tq_dir:
+        os.environ["STEER_TRUTHFULQA_DIR"] = str(Path(tq_dir).resolve())
+    out = args.out or str(Path("runs") / f"{model_slug(args.model)}-{emotion.replace(':', '_')}")
+    _sweep(args, [str(vector)], tasks, out)
+    text, files = write_table(out)
+    print(text)
+    for f in files:
+        print(f"wrote {f}", file=sys.stderr)
+    return 0
+
+
+def _build_for_run(args: argparse.Namespace, emotion: str, out: Any) -> None:
+    from steer_plugin.build import build_vector
+    from steer_plugin.pipeline import RecordRequest, record_request
+
+    print(f"building {out} (no vector yet)", file=sys.stderr)
+    stats = record_request(RecordRequest(
+        model=args.model, emotion=emotion, baseline=args.baseline, split=args.split, data_dir=args.data,
+        max_per_class=args.max_per_class, dtype=args.dtype, device=args.device, revision=args.revision,
+        trust_remote_code=args.trust_remote_code, blocks=args.blocks))
+    vec = build_vector(stats, emotion, args.baseline, method=args.method,
+                       top_k=args.top_k if args.method == "top_k" else None)
+    vec.save(out)

@@ -1,0 +1,177 @@
+"""`steer sweep`: many steering configurations over harness tasks with one model load.
+
+The model and the tasks are built once; each configuration only swaps the steering plan
+(``SteeredHFLM.configure``). alpha = 0 (the unsteered baseline) runs once. Each configuration writes
+the harness's results JSON (with the steering config in ``config.steering``) into its own folder, so
+an interrupted sweep resumes by skipping folders that already hold results.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from steer_plugin.errors import SteerError
+
+RESULTS_FILE = "results.json"
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    vector: str | None  # None = the unsteered baseline
+    alpha: float
+    layers: str = "all"
+    positions: str = "all"
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.vector is None or self.alpha == 0
+
+    def slug(self) -> str:
+        if self.is_baseline:
+            return "baseline"
+        name = Path(self.vector).stem
+        h = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:8]
+        return f"{name}_a{self.alpha:g}_L{self.layers.replace(',', '.')}_{self.positions}_{h}"
+
+
+@dataclass
+class SweepPlan:
+    configs: list[SweepConfig]
+
+    @classmethod
+    def grid(cls, vectors: list[str], alphas: list[float], layer_sets: list[str], positions: list[str],
+             baseline: bool = True) -> SweepPlan:
+        if not vectors:
+            raise SteerError("give at least one --vector")
+        if not alphas:
+            raise SteerError("give at least one alpha")
+        configs: list[SweepConfig] = []
+        if baseline or 0 in alphas:
+            configs.append(SweepConfig(None, 0.0))
+        for v in vectors:
+            for layers in layer_sets:
+                for pos in positions:
+                    configs += [SweepConfig(v, float(a), layers, pos) for a in alphas if a != 0]
+        return cls(configs)
+
+
+@dataclass
+class SweepOptions:
+    tasks: list[str]
+    out_dir: Path
+    limit: float | None = None
+    classifier: str | None = None
+    include_path: str | None = None
+    log_samples: bool = False
+    apply_chat_template: bool = False
+    num_fewshot: int | None = None
+    gen_kwargs: dict[str, Any] | None = None
+    bootstrap_iters: int = 1000
+    seed: int = 0
+    model_args: dict[str, Any] = field(default_factory=dict)
+
+
+def load_tasks(options: SweepOptions) -> dict[str, Any]:
+    """Build the harness tasks once (honouring the classifier metadata and our task folder)."""
+    from lm_eval.tasks import TaskManager
+
+    from steer_plugin.tasks_dir import tasks_dir
+
+    includes = [str(tasks_dir())] + ([options.include_path] if options.include_path else [])
+    metadata = {"classifier": options.classifier} if options.classifier else {}
+    manager = TaskManager(include_path=includes, metadata=metadata)
+    unknown = [t for t in options.tasks if t not in manager.all_tasks]
+    if unknown:
+        raise SteerError(f"unknown task(s) {', '.join(unknown)}; see `lm_eval ls tasks` or `steer tasks-dir`")
+    loaded = manager.load(options.tasks)
+    for task in loaded["tasks"].values():
+        if options.gen_kwargs and task.get_config("output_type") == "generate_until":
+            task.set_config(key="generation_kwargs", value=options.gen_kwargs, update=True)
+        if options.num_fewshot is not None and task.get_config("num_fewshot") != 0:
+            task.set_config(key="num_fewshot", value=options.num_fewshot)
+        elif task.get_config("num_fewshot") is None:
+            task.set_config(key="num_fewshot", value=0)
+        task.set_fewshot_seed(seed=1234)
+    return loaded
+
+
+def _seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(1234 + seed)
+    torch.manual_seed(1234 + seed)
+
+
+def model_args_string(base: dict[str, Any], config: SweepConfig) -> str:
+    """The ``--model_args`` that reproduce one configuration with the stock `lm_eval` CLI."""
+    args = dict(base)
+    if not config.is_baseline:
+        args.update(vector=config.vector, alpha=config.alpha, layers=config.layers.replace(",", ";"),
+                    positions=config.positions)
+    return ",".join(f"{k}={v}" for k, v in args.items() if v is not None)
+
+
+def run_sweep(lm: Any, plan: SweepPlan, options: SweepOptions, progress: bool = True) -> list[Path]:
+    """Evaluate every configuration (skipping finished ones); returns the results files."""
+    from lm_eval.evaluator import evaluate
+    from lm_eval.utils import handle_non_serializable
+
+    from steer_plugin.atomic import write_text_atomic
+
+    options.out_dir.mkdir(parents=True, exist_ok=True)
+    todo = [c for c in plan.configs if not (options.out_dir / c.slug() / RESULTS_FILE).exists()]
+    done_before = len(plan.configs) - len(todo)
+    if done_before:
+        _say(progress, f"resuming: {done_before}/{len(plan.configs)} configurations already done")
+    loaded = load_tasks(options) if todo else None
+    files: list[Path] = []
+    started = time.monotonic()
+    for i, config in enumerate(todo):
+        lm.configure(None if config.is_baseline else config.vector, config.alpha, config.layers, config.positions)
+        _seed_everything(options.seed)
+        t0 = time.monotonic()
+        results = evaluate(lm=lm, task_dict=loaded, limit=options.limit, bootstrap_iters=options.bootstrap_iters,
+                           log_samples=options.log_samples, apply_chat_template=options.apply_chat_template,
+                           fewshot_as_multiturn=False, verbosity="WARNING")
+        samples = results.pop("samples", None)
+        results["config"] = {
+            "model": "steered_hf",
+            "model_args": model_args_string(options.model_args, config),
+            **lm.get_model_info(),
+            "batch_size": lm.batch_size,
+            "limit": options.limit,
+            "tasks": options.tasks,
+            "classifier": options.classifier,
+            "sweep": {**asdict(config), "slug": config.slug()},
+            "seconds": round(time.monotonic() - t0, 2),
+        }
+        results["date"] = time.time()
+        folder = options.out_dir / config.slug()
+        if samples is not None:
+            for task, rows in samples.items():
+                write_text_atomic(folder / f"samples_{task}.jsonl", "".join(
+                    json.dumps(r, default=handle_non_serializable, ensure_ascii=False) + "\n" for r in rows))
+        write_text_atomic(folder / RESULTS_FILE,
+                          json.dumps(results, indent=2, default=handle_non_serializable, ensure_ascii=False))
+        files.append(folder / RESULTS_FILE)
+        elapsed = time.monotonic() - started
+        eta = elapsed / (i + 1) * (len(todo) - i - 1)
+        _say(progress, f"[{done_before + i + 1}/{len(plan.configs)}] {config.slug()} "
+                       f"({time.monotonic() - t0:.1f}s, ETA {eta:.0f}s)")
+    lm.configure(None, 0.0)
+    return [options.out_dir / c.slug() / RESULTS_FILE for c in plan.configs]
+
+
+def _say(enabled: bool, message: str) -> None:
+    if enabled:
+        import sys
+
+        print(message, file=sys.stderr, flush=True)
