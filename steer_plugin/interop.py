@@ -30,6 +30,8 @@ def load_reference_npy(path: str | os.PathLike, *, drop_embedding_row: bool = Fa
         raise SteerError(f"{p}: expected a float [n_layers, hidden] matrix, got {arr.dtype} {arr.shape}")
     if drop_embedding_row:
         arr = arr[1:]
+    if arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise SteerError(f"{p}: no rows left: the matrix has shape {arr.shape}")
     meta = {"source_file": p.name, "method": "imported", "imported_from": "reference-npy"}
     return SteeringVector(torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)), meta)
 

@@ -126,4 +126,6 @@ class HiddenStateStats:
             metadata = json.loads(meta.get("metadata", "{}"))
         except (KeyError, ValueError, IndexError) as e:
             raise SteerError(f"{path}: corrupt stats file ({e})") from None
+        if not classes or not isinstance(metadata, dict):
+            raise SteerError(f"{path}: corrupt stats file (no classes or metadata not a JSON object)")
         return cls(classes, metadata)

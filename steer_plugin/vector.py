@@ -100,6 +100,10 @@ class SteeringVector:
             meta = json.loads(header.get("metadata", "{}"))
         except json.JSONDecodeError:
             raise SteerError(f"{p}: corrupt steering vector metadata") from None
+        if not isinstance(meta, dict):
+            raise SteerError(f"{p}: corrupt steering vector metadata (not a JSON object)")
+        if tensors["vector"].ndim != 2:
+            raise SteerError(f"{p}: corrupt steering vector (shape {tuple(tensors['vector'].shape)}, not 2-D)")
         mask = tensors.get("mask")
         vec = cls(tensors["vector"], meta, None if mask is None else mask.bool())
         if mask is not None and mask.shape != vec.matrix.shape:

@@ -81,3 +81,61 @@ def save_model(path: Path, arch: str = "llama", **kw) -> str:
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return str(path)
+
+
+# --- independent references for the recording -> statistics -> vector tests -----------------------
+# Written without steer_plugin (no find_block_path, no prompts.encode), so they can catch its bugs.
+
+_BLOCKS_BY_MODEL_TYPE = {
+    "llama": ("model", "layers"),
+    "qwen2": ("model", "layers"),
+    "gpt2": ("transformer", "h"),
+    "gpt_neox": ("gpt_neox", "layers"),
+    "opt": ("model", "decoder", "layers"),
+}
+
+
+def decoder_blocks(model):
+    obj = model
+    for part in _BLOCKS_BY_MODEL_TYPE[model.config.model_type]:
+        obj = getattr(obj, part)
+    return list(obj)
+
+
+def hook_last_token_states(model, tokenizer, texts):
+    """[N, L, H] float64: each text run alone (no padding) with a plain forward hook on every block."""
+    import numpy as np
+    import torch
+
+    blocks = decoder_blocks(model)
+    out = []
+    for text in texts:
+        got = {}
+
+        def make_hook(k):
+            def hook(module, args, output):
+                h = output[0] if isinstance(output, tuple) else output
+                got[k] = h[0, -1].detach().to(torch.float64).clone()
+
+            return hook
+
+        handles = [b.register_forward_hook(make_hook(k)) for k, b in enumerate(blocks)]
+        try:
+            ids = torch.tensor([tokenizer(text)["input_ids"]])
+            with torch.no_grad():
+                model(input_ids=ids)
+        finally:
+            for h in handles:
+                h.remove()
+        out.append(torch.stack([got[k] for k in range(len(blocks))]).numpy())
+    return np.stack(out)
+
+
+def read_goemotions_rows(path):
+    """(text, frozenset of label names) per row of a GoEmotions TSV, read with the csv module."""
+    import csv
+
+    folder = Path(path).parent
+    names = [n.strip() for n in (folder / "emotions.txt").read_text(encoding="utf-8").splitlines() if n.strip()]
+    with open(path, newline="", encoding="utf-8") as f:
+        return [(row[0], frozenset(names[int(i)] for i in row[1].split(","))) for row in csv.reader(f, delimiter="\t")]

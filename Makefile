@@ -1,0 +1,40 @@
+# Two commands on a fresh machine:  `make demo` (the main job)  and  `make test` (the test suite).
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+SHARED ?= $(abspath ../shared)
+SMOLLM2 ?= $(HOME)/.cache/steering/smollm2-135m-instruct
+MODEL ?= HuggingFaceTB/SmolLM2-135M-Instruct
+EMOTION ?= anger
+LIMIT ?= 50
+
+.PHONY: install demo demo-offline test smollm2
+
+$(BIN)/steer: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0   # first: the CPU build; a bare `torch` pulls a CUDA build
+	$(BIN)/pip install -q -e ".[test]"
+	touch $(BIN)/steer
+
+install: $(BIN)/steer
+
+# The main job with hub access: build the anger vector on SmolLM2-135M-Instruct, sweep alphas over
+# TruthfulQA MC1/MC2 and the anger task, print the leaderboard.
+demo: install
+	$(BIN)/steer run --model $(MODEL) --emotion $(EMOTION) --limit $(LIMIT)
+
+# The same fully offline, from ../shared (model converted locally, GoEmotions + TruthfulQA files,
+# the bundled `nade` classifier).
+$(SMOLLM2)/model.safetensors: | install
+	$(BIN)/python $(SHARED)/models/smollm2-135m-instruct-q4_1/convert.py --out $(SMOLLM2)
+
+smollm2: $(SMOLLM2)/model.safetensors
+
+demo-offline: install smollm2
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/steer run --model $(SMOLLM2) --emotion $(EMOTION) \
+	  --data $(SHARED)/data/goemotions --truthfulqa-dir $(SHARED)/data/truthfulqa --classifier nade \
+	  --max-per-class 500 --limit $(LIMIT)
+
+test: install
+	STEER_SHARED=$${STEER_SHARED-$(if $(wildcard $(SHARED)),$(SHARED),)} $(BIN)/python -m pytest -q

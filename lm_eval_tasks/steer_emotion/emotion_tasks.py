@@ -1,0 +1,188 @@
+"""lm-eval hooks of the steer_emotion tasks (referenced from the YAMLs with ``!function``).
+
+* :func:`emotion_docs` is the tasks' ``custom_dataset``. lm-eval 0.4.13 calls it with the task's
+  ``metadata`` (YAML ``metadata`` | TaskManager ``metadata``, i.e. ``--metadata`` and, in
+  ``simple_evaluate`` without a task manager, the model_args) plus ``dataset_kwargs``. That is the
+  one hook that sees the runtime metadata, so it resolves the classifier there
+  (``metadata["classifier"]`` → $STEER_CLASSIFIER → SamLowe) and stores the name in every doc.
+* :class:`EmotionScoreFilter` receives all responses of a task at once, classifies them in batched
+  calls and replaces each response by its score record (see ``steer_plugin.classifier.ScoreRecord``).
+* :func:`process_results` turns a score record into the per-sample metrics.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+try:
+    import steer_plugin  # noqa: F401
+except ImportError:  # a checkout without `pip install -e .`: the package sits two folders up
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from lm_eval.api.filter import Filter
+
+from steer_plugin.classifier import (
+    DEFAULT_BATCH_SIZE,
+    emotion_metrics,
+    get_classifier,
+    resolve_classifier_name,
+    target_members,
+)
+from steer_plugin.errors import SteerError
+
+HERE = Path(__file__).resolve().parent
+PROMPTS_FILE = HERE / "neutral_prompts.jsonl"
+GOEMOTIONS_DIR_ENV = "STEER_GOEMOTIONS_DIR"
+GOEMOTIONS_HUB_ID = "google-research-datasets/go_emotions"
+CONTINUE_DOCS = 200  # fixed subset: the first 200 neutral-only GoEmotions test texts
+SOURCE_PROMPTS = "prompts"
+SOURCE_CONTINUE = "goemotions_neutral"
+SPLIT = "test"
+
+
+def load_prompts(path: str | os.PathLike = PROMPTS_FILE) -> list[dict[str, str]]:
+    """The emotionally neutral open-ended prompts: rows {id, form, topic, prompt}."""
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                rows.append(json.loads(line))
+    return rows
+
+
+def load_neutral_texts(limit: int = CONTINUE_DOCS, folder: str | os.PathLike | None = None) -> list[dict[str, str]]:
+    """First ``limit`` GoEmotions test texts whose only label is neutral: rows {id, text}.
+
+    Read from ``folder`` (or $STEER_GOEMOTIONS_DIR): test.tsv + emotions.txt as in the GoEmotions
+    release; without either, from the hub dataset (config simplified, split test, labels == [27]).
+    """
+    folder = folder if folder is not None else os.environ.get(GOEMOTIONS_DIR_ENV)
+    if folder:
+        return _neutral_from_folder(Path(folder), limit)
+    return _neutral_from_hub(limit)
+
+
+def _neutral_from_folder(folder: Path, limit: int) -> list[dict[str, str]]:
+    tsv, names = folder / "test.tsv", folder / "emotions.txt"
+    if not tsv.is_file() or not names.is_file():
+        raise SteerError(
+            f"{GOEMOTIONS_DIR_ENV}={folder} must be a folder holding test.tsv and emotions.txt "
+            "(the GoEmotions release files)"
+        )
+    labels = names.read_text(encoding="utf-8").split()
+    if "neutral" not in labels:
+        raise SteerError(f"{names} has no 'neutral' label; expected the 28 GoEmotions names")
+    neutral_id = str(labels.index("neutral"))
+    rows: list[dict[str, str]] = []
+    # Standard CSV quoting: some texts are quoted with doubled inner quotes (see the data README).
+    with open(tsv, encoding="utf-8", newline="") as fh:
+        for rec in csv.reader(fh, delimiter="\t"):
+            if len(rec) >= 3 and rec[1].split(",") == [neutral_id]:
+                rows.append({"id": rec[2], "text": rec[0]})
+                if len(rows) == limit:
+                    break
+    return rows
+
+
+def _neutral_from_hub(limit: int) -> list[dict[str, str]]:
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(GOEMOTIONS_HUB_ID, "simplified", split="test")
+    except Exception as err:  # noqa: BLE001 - offline or hub errors: say what to do instead
+        raise SteerError(
+            f"cannot load {GOEMOTIONS_HUB_ID} from the hub ({type(err).__name__}); set "
+            f"{GOEMOTIONS_DIR_ENV} to a folder holding the GoEmotions test.tsv and emotions.txt"
+        ) from err
+    rows = []
+    for rec in ds:
+        if list(rec["labels"]) == [27]:
+            rows.append({"id": rec["id"], "text": rec["text"]})
+            if len(rows) == limit:
+                break
+    return rows
+
+
+def build_docs(target: str, source: str, classifier: str) -> list[dict[str, str]]:
+    """Docs of one task: {prompt_id, prompt, source, target, classifier}."""
+    target_members(target)  # SteerError for an unknown target
+    if source == SOURCE_PROMPTS:
+        base = [(r["id"], r["prompt"]) for r in load_prompts()]
+    elif source == SOURCE_CONTINUE:
+        base = [(r["id"], r["text"]) for r in load_neutral_texts()]
+    else:
+        raise SteerError(f"unknown steer_source {source!r}; accepted: {SOURCE_PROMPTS}, {SOURCE_CONTINUE}")
+    return [
+        {"prompt_id": pid, "prompt": text, "source": source, "target": target, "classifier": classifier}
+        for pid, text in base
+    ]
+
+
+def emotion_docs(
+    steer_target: str,
+    steer_source: str = SOURCE_PROMPTS,
+    classifier: str | None = None,
+    **_metadata: Any,
+):
+    """``custom_dataset`` of the steer_emotion tasks: {"test": datasets.Dataset}.
+
+    Loads the classifier (cached per process) to fail before generation when it cannot score the
+    target, e.g. ``neutral`` with nade.
+    """
+    import datasets
+
+    name = resolve_classifier_name(classifier)
+    get_classifier(name).target_labels(steer_target)
+    return {SPLIT: datasets.Dataset.from_list(build_docs(steer_target, steer_source, name))}
+
+
+class ScoreRecordDict(dict):
+    """A score record whose str() is JSON: lm-eval writes filtered_resps to the samples file with
+    str(), so --log_samples files then hold parseable records instead of Python reprs."""
+
+    def __str__(self) -> str:
+        return json.dumps(self, ensure_ascii=False)
+
+
+def _first(resp: Any) -> str:
+    # After take_first a response is a string; without it, the list of repeats (use the first).
+    if isinstance(resp, (list, tuple)):
+        resp = resp[0] if resp else ""
+    return "" if resp is None else str(resp)
+
+
+class EmotionScoreFilter(Filter):
+    """Classify every generation of a task in batched calls; each response becomes its score record."""
+
+    def __init__(self, batch_size: int = DEFAULT_BATCH_SIZE, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.batch_size = int(batch_size)
+
+    def apply(self, resps: Iterable[Any], docs: Iterable[dict]) -> list[dict[str, Any]]:
+        texts = [_first(r) for r in resps]
+        docs = list(docs)
+        names = [resolve_classifier_name(d.get("classifier")) for d in docs]
+        records: list[dict[str, Any]] = [{} for _ in texts]
+        for name in dict.fromkeys(names):  # one classifier per task in practice
+            idx = [i for i, n in enumerate(names) if n == name]
+            clf = get_classifier(name)
+            scored = clf.score_records([texts[i] for i in idx], [docs[i]["target"] for i in idx], self.batch_size)
+            for i, rec in zip(idx, scored, strict=True):
+                records[i] = ScoreRecordDict(rec.to_dict())
+        return records
+
+
+def process_results(doc: dict, results: list[Any]) -> dict[str, float]:
+    """target_rate, target_prob, neutral_rate (if the classifier has it) and prob_<label>."""
+    record = results[0]
+    if not isinstance(record, dict) or "scores" not in record:
+        raise SteerError(
+            "steer_emotion tasks need the EmotionScoreFilter in their filter_list; got an unscored response"
+        )
+    return emotion_metrics(record)
