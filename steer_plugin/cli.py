@@ -240,6 +240,10 @@ def cmd_build(args: argparse.Namespace) -> int:
     from steer_plugin.layers import parse_layers
     from steer_plugin.stats import HiddenStateStats
 
+    if args.layers:
+        parse_layers(args.layers, 1 << 30)  # syntax check before any recording; range checked below
+    if args.top_k is not None and args.method != "top_k":
+        raise SteerError("--top-k only applies to --method top_k")
     if args.stats:
         stats = HiddenStateStats.load(args.stats)
     else:

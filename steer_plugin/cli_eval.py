@@ -94,7 +94,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 # Chosen on the real SmolLM2-135M-Instruct with a top_k=20 anger vector on all layers (see README):
 # from no visible effect to text falling apart.
-DEFAULT_ALPHAS = [0.0, 1.0, 2.0, 4.0, 8.0]
+DEFAULT_ALPHAS = [0.0, 0.2, 0.3, 0.4, 0.5, 1.0]
 
 
 def _add_eval_args(p: argparse.ArgumentParser) -> None:

@@ -1,0 +1,53 @@
+"""Build the full set of emotion vectors for one model in one recording pass.
+
+    python scripts/build_vectors.py --model HuggingFaceTB/SmolLM2-135M-Instruct [--data ../shared/data/goemotions]
+        [--method top_k --top-k 20] [--max-per-class 2000] [--out vectors/]
+
+Records every text of the split once (`steer record --emotion all`: statistics per label and per Ekman group),
+then writes vectors/<model-slug>/<emotion>-<method>[-k].safetensors for all 27 emotions and 6 Ekman groups.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from steer_plugin.build import build_vector
+from steer_plugin.data import valid_targets
+from steer_plugin.models import model_slug
+from steer_plugin.pipeline import RecordRequest, record_request
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", default=None)
+    p.add_argument("--split", default="train")
+    p.add_argument("--method", default="top_k", choices=["mean", "top_k"])
+    p.add_argument("--top-k", type=int, default=20)
+    p.add_argument("--max-per-class", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--device", default=None)
+    p.add_argument("--out", default="vectors")
+    p.add_argument("--keep-stats", action="store_true", help="also write the all-emotion stats file")
+    args = p.parse_args()
+
+    stats = record_request(RecordRequest(
+        model=args.model, emotion="all", split=args.split, data_dir=args.data, max_per_class=args.max_per_class,
+        batch_size=args.batch_size, dtype=args.dtype, device=args.device))
+    folder = Path(args.out) / model_slug(args.model)
+    if args.keep_stats:
+        stats.save(folder / f"stats-{args.split}-all.safetensors")
+    top_k = args.top_k if args.method == "top_k" else None
+    for emotion in valid_targets():
+        if emotion == "neutral" or stats.classes.get(emotion) is None or stats.classes[emotion].count == 0:
+            continue
+        vec = build_vector(stats, emotion, "neutral", method=args.method, top_k=top_k)
+        name = emotion.replace(":", "_") + f"-{args.method}" + (f"-{top_k}" if top_k else "")
+        vec.save(folder / f"{name}.safetensors")
+        print(f"{folder / name}.safetensors  n={vec.metadata['counts']}  norm={float(vec.matrix.norm()):.3f}")
+
+
+if __name__ == "__main__":
+    main()

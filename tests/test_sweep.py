@@ -1,0 +1,106 @@
+"""steer sweep: one model, many configurations, results equal standalone harness runs; resumable."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from steer_plugin.sweep import RESULTS_FILE, SweepConfig, SweepOptions, SweepPlan, run_sweep
+from steer_plugin.vector import SteeringVector
+
+DOCS = [
+    {"q": "What is the capital of France?", "choices": [" Paris.", " London.", " I don't know."], "gold": 0},
+    {"q": "He was furious and", "choices": [" slammed the door.", " smiled."], "gold": 0},
+    {"q": "The weather", "choices": [" is fine today.", " is angry.", " bread"], "gold": 0},
+    {"q": "Tell me about yourself.", "choices": [" I like books.", " Go away!"], "gold": 1},
+]
+
+
+@pytest.fixture(scope="module")
+def task_dir(tmp_path_factory) -> str:
+    d = tmp_path_factory.mktemp("tasks")
+    (d / "docs.jsonl").write_text("".join(json.dumps(x) + "\n" for x in DOCS))
+    (d / "tiny_mc.yaml").write_text(
+        "task: tiny_mc\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
+        f"    test: {d / 'docs.jsonl'}\ntest_split: test\noutput_type: multiple_choice\n"
+        "doc_to_text: q\ndoc_to_choice: choices\ndoc_to_target: gold\n"
+        "metric_list:\n  - metric: acc\n  - metric: acc_norm\nmetadata:\n  version: 1.0\n")
+    return str(d)
+
+
+@pytest.fixture(scope="module")
+def vector_file(tmp_path_factory, tiny_llama_dir) -> str:
+    torch.manual_seed(3)
+    path = tmp_path_factory.mktemp("v") / "anger-mean.safetensors"
+    SteeringVector(torch.randn(3, 32), {"model": tiny_llama_dir, "emotion": "anger", "method": "mean"}).save(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def lm(tiny_llama_dir):
+    from steer_plugin.lm_model import SteeredHFLM
+
+    return SteeredHFLM(pretrained=tiny_llama_dir, dtype="float32", device="cpu", batch_size=2)
+
+
+def test_grid_runs_the_baseline_once():
+    plan = SweepPlan.grid(["a.safetensors", "b.safetensors"], [-1, 0, 1], ["all", "0-1"], ["all"])
+    assert sum(c.is_baseline for c in plan.configs) == 1
+    assert len(plan.configs) == 1 + 2 * 2 * 2
+    assert len({c.slug() for c in plan.configs}) == len(plan.configs)
+
+
+def _acc(path: Path) -> dict:
+    res = json.loads(path.read_text())["results"]["tiny_mc"]
+    return {k: v for k, v in res.items() if k in ("acc,none", "acc_norm,none")}
+
+
+def test_sweep_equals_standalone_runs_and_resumes(lm, task_dir, vector_file, tiny_llama_dir, tmp_path):
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    out = tmp_path / "sweep"
+    plan = SweepPlan.grid([vector_file], [0, 0.5, 2.0], ["all"], ["all", "response"])
+    options = SweepOptions(tasks=["tiny_mc"], out_dir=out, include_path=task_dir, log_samples=True,
+                           model_args={"pretrained": tiny_llama_dir})
+    files = run_sweep(lm, plan, options, progress=False)
+    assert len(files) == 5 and all(f.exists() for f in files)
+    assert not lm.plan.active  # steering switched off after the sweep
+
+    doc = json.loads((out / SweepConfig(vector_file, 2.0, "all", "response").slug() / RESULTS_FILE).read_text())
+    steering = doc["config"]["steering"]
+    assert steering["alphas"] == [2.0] and steering["positions"] == "response"
+    assert steering["vectors"][0]["sha256"] and steering["vectors"][0]["metadata"]["emotion"] == "anger"
+    assert (out / SweepConfig(vector_file, 2.0, "all", "response").slug() / "samples_tiny_mc.jsonl").exists()
+
+    # each configuration equals a standalone harness run with the same model_args
+    manager = TaskManager(include_path=task_dir)
+    for config, f in zip(plan.configs, files):
+        args = f"pretrained={tiny_llama_dir},dtype=float32,device=cpu,batch_size=2"
+        if not config.is_baseline:
+            args += f",vector={vector_file},alpha={config.alpha},positions={config.positions}"
+        ref = lm_eval.simple_evaluate(model="steered_hf", model_args=args, tasks=["tiny_mc"],
+                                      task_manager=manager, verbosity="ERROR", bootstrap_iters=0)
+        want = {k: v for k, v in ref["results"]["tiny_mc"].items() if k in ("acc,none", "acc_norm,none")}
+        assert _acc(f) == want, config
+        # and the recorded model_args reproduce it with the stock CLI
+        assert json.loads(f.read_text())["config"]["model_args"].startswith(f"pretrained={tiny_llama_dir}")
+
+    # resume: only the missing configuration runs again
+    stamps = {f: f.stat().st_mtime_ns for f in files}
+    missing = files[2]
+    missing.unlink()
+    run_sweep(lm, plan, options, progress=False)
+    assert missing.exists()
+    assert all(f.stat().st_mtime_ns == stamps[f] for f in files if f != missing)
+
+
+def test_unknown_task_is_a_clear_error(lm, tmp_path, vector_file):
+    from steer_plugin.errors import SteerError
+
+    plan = SweepPlan.grid([vector_file], [1.0], ["all"], ["all"])
+    with pytest.raises(SteerError, match="unknown task"):
+        run_sweep(lm, plan, SweepOptions(tasks=["no_such_task_xyz"], out_dir=tmp_path), progress=False)

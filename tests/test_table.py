@@ -1,0 +1,72 @@
+"""steer table: leaderboard rows from sweep folders and plain lm_eval results JSON."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from steer_plugin.errors import SteerError
+from steer_plugin.table import load_rows, to_csv, to_markdown, write_table
+
+
+def _result(alpha: float, mc2: float, rate: float, vector: bool = True) -> dict:
+    steering = {"vectors": [{"path": "v.safetensors", "sha256": "x",
+                             "metadata": {"emotion": "anger", "method": "top_k", "top_k": 20}}],
+                "alphas": [alpha], "layers": "all", "positions": "response"} if vector else None
+    config = {"model": "steered_hf" if vector else "hf", "model_args": "pretrained=tiny,dtype=float32"}
+    if steering:
+        config["steering"] = steering
+    return {"results": {
+        "truthfulqa_mc2": {"alias": "truthfulqa_mc2", "acc,none": mc2, "acc_stderr,none": 0.01},
+        "steer_emotion_anger": {"target_rate,none": rate, "target_rate_stderr,none": 0.02,
+                                "prob_joy,none": 0.1, "prob_joy_stderr,none": "N/A"}},
+        "config": config}
+
+
+@pytest.fixture()
+def folder(tmp_path):
+    (tmp_path / "baseline").mkdir()
+    (tmp_path / "baseline" / "results.json").write_text(json.dumps(_result(0, 0.40, 0.05, vector=False)))
+    for a, mc2, rate in ((0.5, 0.39, 0.2), (1.0, 0.35, 0.6)):
+        (tmp_path / f"a{a}").mkdir()
+        (tmp_path / f"a{a}" / "results.json").write_text(json.dumps(_result(a, mc2, rate)))
+    (tmp_path / "a1.0" / "samples_x.jsonl").write_text("{}\n")
+    (tmp_path / "other.json").write_text(json.dumps({"not": "results"}))
+    return tmp_path
+
+
+def test_rows_keys_metrics_and_stderr(folder):
+    rows = load_rows(folder)
+    assert len(rows) == 3
+    by_alpha = {r.key["alpha"]: r for r in rows}
+    assert by_alpha[0.0].key["vector"] == "-"
+    assert by_alpha[1.0].key["vector"] == "anger (top_k-20)"
+    assert by_alpha[1.0].metrics["steer_emotion_anger/target_rate"] == 0.6
+    assert by_alpha[1.0].stderr["truthfulqa_mc2/acc"] == 0.01
+    assert "steer_emotion_anger/prob_joy" not in by_alpha[1.0].stderr  # "N/A" stderr skipped
+
+
+def test_markdown_csv_and_plots(folder, tmp_path):
+    text, files = write_table(folder, tmp_path / "out" / "board")
+    names = sorted(f.name for f in files)
+    assert names == ["board.csv", "board.md", "board_tradeoff.png", "board_vs_alpha.png"]
+    for f in files:
+        assert f.stat().st_size > 0
+    md = (tmp_path / "out" / "board.md").read_text()
+    assert "| model | vector | alpha | layers | positions |" in md
+    assert "0.6000 ± 0.0200" in md and "prob_joy" not in md  # headline columns only
+    csv_text = (tmp_path / "out" / "board.csv").read_text()
+    assert "steer_emotion_anger/prob_joy" in csv_text  # the CSV has the full profile
+    assert text.splitlines()[0].startswith("model")
+    rows = load_rows(folder)
+    sorted_md = to_markdown(rows, sort="steer_emotion_anger/target_rate").splitlines()
+    assert "0.6000" in sorted_md[2]  # highest target rate first
+    assert to_csv(rows).count("\n") == 4
+
+
+def test_empty_or_missing_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(SteerError, match="no harness results"):
+        load_rows(tmp_path)
+    with pytest.raises(SteerError, match="not found"):
+        load_rows(tmp_path / "nope")
