@@ -27,3 +27,8 @@ def tiny_llama_dir(tmp_path_factory) -> str:
     from helpers_tiny import save_model
 
     return save_model(tmp_path_factory.mktemp("tiny_llama"), "llama")
+
+
+@pytest.fixture(scope="session")
+def shared_or_none() -> Path | None:
+    return shared_dir()

@@ -1,0 +1,42 @@
+"""`steer run`, the main job, end to end offline on a tiny model, tiny data and a tiny classifier."""
+
+from __future__ import annotations
+
+import json
+
+from steer_plugin.cli import main
+
+
+def test_run_builds_sweeps_and_tables(tmp_path, tiny_llama_dir, monkeypatch, capsys, shared_or_none):
+    from test_classifier import build_goemotions_classifier
+
+    clf = build_goemotions_classifier(tmp_path / "clf")
+    monkeypatch.chdir(tmp_path)
+    args = ["run", "--model", tiny_llama_dir, "--emotion", "anger", "--data",
+            str(__import__("pathlib").Path(__file__).parent / "fixtures" / "goemotions"),
+            "--top-k", "4", "--alphas", "0,2", "--classifier", clf, "--limit", "3", "--batch-size", "4",
+            "--out", str(tmp_path / "run")]
+    if shared_or_none:
+        args += ["--truthfulqa-dir", str(shared_or_none / "data" / "truthfulqa")]
+    else:
+        args += ["--tasks", "steer_emotion_anger"]
+    assert main(args) == 0
+    built = list((tmp_path / "vectors").rglob("anger-top_k-4.safetensors"))
+    assert len(built) == 1  # built because it was missing: vectors/<model-slug>/anger-top_k-4.safetensors
+    vector = built[0]
+    out = capsys.readouterr().out
+    assert "target_rate" in out
+    board = (tmp_path / "run" / "leaderboard.md").read_text()
+    assert board.count("\n") == 4  # header, separator, baseline, alpha 2
+    results = sorted((tmp_path / "run").glob("*/results.json"))
+    assert len(results) == 2
+    steered = [json.loads(p.read_text()) for p in results if "baseline" not in str(p)][0]
+    assert steered["config"]["steering"]["positions"] == "response"
+    assert "steer_emotion_anger" in steered["results"]
+    if shared_or_none:
+        assert "truthfulqa_local_mc2" in steered["results"]
+        assert (tmp_path / "run" / "leaderboard_tradeoff.png").exists()
+    # a second run reuses the vector and every finished configuration
+    mtime = vector.stat().st_mtime_ns
+    assert main(args) == 0
+    assert vector.stat().st_mtime_ns == mtime
