@@ -43,7 +43,14 @@ def record_request(req: RecordRequest, loaded: Any = None) -> HiddenStateStats:
         RecordItem, init_distributed_if_launched, items_from_classes, record_hidden_states,
     )
 
-    init_distributed_if_launched()  # under torchrun/accelerate: each rank records a shard
+    device = req.device
+    if init_distributed_if_launched() and device in (None, "cuda") and not req.device_map:
+        import os
+
+        import torch
+
+        if torch.cuda.is_available():  # one GPU per rank; each rank records a shard of the texts
+            device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
     examples = load_goemotions(req.split, req.data_dir)
     source = "local" if req.data_dir else "hub"
     if req.emotion == "all":
@@ -60,7 +67,7 @@ def record_request(req: RecordRequest, loaded: Any = None) -> HiddenStateStats:
         )
         items = items_from_classes(sel.classes)
     loaded = loaded or load_model(
-        req.model, dtype=req.dtype, device=req.device, device_map=req.device_map,
+        req.model, dtype=req.dtype, device=device, device_map=req.device_map,
         revision=req.revision, trust_remote_code=req.trust_remote_code,
     )
     meta = {
