@@ -1,0 +1,130 @@
+"""The benchmark scripts (issue 5) run end to end at a tiny size, and write only their own sections.
+
+Not timing tests: each benchmark runs once on a tiny random model with a tiny tokenizer and
+generated text, into a temporary BENCHMARKS.md, and we check what it measured and wrote. The sweep
+benchmark spawns cold `steer sweep` / `lm_eval` processes (~30-60 s on 2 cores), so it only runs
+with STEER_BENCH_SLOW=1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+sys.path.insert(0, str(SCRIPTS))
+
+import bench_common as bc  # noqa: E402
+
+FOREIGN = "## Prefix reuse (issue 6)\n\nSomeone else's table | a | b |\n"
+
+
+@pytest.fixture(scope="module")
+def tok_dir(tmp_path_factory) -> str:
+    from helpers_tiny import make_tokenizer
+
+    path = tmp_path_factory.mktemp("bench_tok")
+    make_tokenizer().save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture()
+def md(tmp_path) -> Path:
+    path = tmp_path / "BENCHMARKS.md"
+    path.write_text(FOREIGN, encoding="utf-8")
+    return path
+
+
+def _common(tok_dir: str, md: Path, tmp_path: Path, name: str) -> list[str]:
+    return ["--tokenizer", tok_dir, "--md", str(md), "--json", str(tmp_path / f"{name}.json")]
+
+
+def _section(md: Path, key: str) -> str:
+    text = md.read_text(encoding="utf-8")
+    assert FOREIGN in text, "another engineer's section was changed"
+    start, end = text.index(f"<!-- bench:{key} -->"), text.index(f"<!-- /bench:{key} -->")
+    return text[start:end]
+
+
+def test_replace_section_keeps_foreign_text_and_our_order():
+    text = "intro by someone\n" + FOREIGN
+    text = bc.replace_section(text, "eval", "## 3. eval v1")
+    text = bc.replace_section(text, "record", "## 1. record")
+    text = bc.replace_section(text, "eval", "## 3. eval v2")
+    assert "eval v1" not in text and text.count("eval v2") == 1
+    assert text.index("## 1. record") < text.index("## 3. eval v2")  # our sections stay in order
+    assert "intro by someone\n" in text and FOREIGN in text  # untouched
+    # a section inserted between two of ours goes between them, not after the foreign text
+    text = bc.replace_section(text + "\n## later foreign\n", "memory", "## 2. memory")
+    assert text.index("## 1. record") < text.index("## 2. memory") < text.index("## 3. eval v2")
+    assert text.rstrip().endswith("## later foreign")
+
+
+def test_bench_record_tiny(tok_dir, md, tmp_path):
+    import bench_record
+
+    assert bench_record.main(["--model", "tiny", "--texts", "12", "--batch-size", "4", "--repeats", "1",
+                              "--source", "generated", *_common(tok_dir, md, tmp_path, "rec")]) == 0
+    data = json.loads((tmp_path / "rec.json").read_text())
+    assert set(data["seconds"]) == {"steer record", "plain loop", "plain loop, no LM head", "reference"}
+    # all approaches computed the same class means (independent transformers loops vs nnsight)
+    assert max(data["agreement"].values()) < 1e-5
+    body = _section(md, "record")
+    assert "## 1. Recording throughput" in body and ">= 0.9x the plain loop" in body
+    assert "<!-- bench:intro -->" in md.read_text()
+
+
+def test_bench_memory_tiny(tok_dir, md, tmp_path):
+    import bench_memory
+
+    assert bench_memory.main(["--model", "tiny", "--sizes", "8", "--parallel", "2", "--source", "generated",
+                              *_common(tok_dir, md, tmp_path, "mem")]) == 0
+    data = json.loads((tmp_path / "mem.json").read_text())
+    assert set(data) == {"steer:8", "reference:8"}
+    assert all(r["peak_mb"] > 50 for r in data.values())  # torch alone is bigger than that
+    assert "peak RSS while recording grows <= 10%" in _section(md, "memory")
+
+
+def test_bench_eval_tiny(tok_dir, md, tmp_path, monkeypatch):
+    import bench_eval
+
+    # three TruthfulQA rows in the HF schema: the harness task reads them like the real file
+    tq = tmp_path / "tq"
+    tq.mkdir()
+    rows = [{"question": f"What is {x}?", "mc1_targets": {"choices": ["A.", "B."], "labels": [1, 0]},
+             "mc2_targets": {"choices": ["A.", "B.", "C."], "labels": [1, 0, 0]}} for x in ("up", "down", "it")]
+    (tq / "truthfulqa_mc.validation.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setenv("STEER_TRUTHFULQA_DIR", str(tq))
+    assert bench_eval.main(["--model", "tiny", "--repeats", "1", "--ll-limit", "2", "--gen-limit", "2",
+                            "--gen-tokens", "3", "--profile", "steered_hf nnsight",
+                            *_common(tok_dir, md, tmp_path, "eval")]) == 0
+    data = json.loads((tmp_path / "eval.json").read_text())
+    assert set(data["ll"]) == set(data["gen"]) == set(bench_eval.VARIANTS)
+    # steered_hf reproduces lm-eval's `steered` (both add alpha*v at every position of every block)
+    assert max(data["agreement"]["ll"].values()) < 1e-4
+    assert all(data["agreement"]["gen_same"].values()) and all(data["agreement"]["ll_same"].values())
+    body = _section(md, "eval")
+    assert "`steered_hf nnsight` <= 1.15x `hf` (loglikelihood)" in body
+    assert "torch kernels" in _section(md, "profile")
+
+
+@pytest.mark.skipif(os.environ.get("STEER_BENCH_SLOW") != "1",
+                    reason="spawns cold steer/lm_eval processes (~30-60 s); set STEER_BENCH_SLOW=1")
+def test_bench_sweep_tiny(tok_dir, md, tmp_path, monkeypatch):
+    import bench_sweep
+
+    tq = tmp_path / "tq"
+    tq.mkdir()
+    row = {"question": "Why?", "mc1_targets": {"choices": ["A.", "B."], "labels": [1, 0]},
+           "mc2_targets": {"choices": ["A.", "B."], "labels": [1, 0]}}
+    (tq / "truthfulqa_mc.validation.jsonl").write_text(json.dumps(row) + "\n")
+    monkeypatch.setenv("STEER_TRUTHFULQA_DIR", str(tq))
+    assert bench_sweep.main(["--model", "tiny", "--alphas", "0,1", "--limit", "1", "--repeats", "1",
+                             *_common(tok_dir, md, tmp_path, "sweep")]) == 0
+    data = json.loads((tmp_path / "sweep.json").read_text())
+    assert data["sweep"] == data["separate"]  # the same accuracies both ways
+    assert "## 4. Sweeps" in _section(md, "sweep")
