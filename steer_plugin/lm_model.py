@@ -3,7 +3,9 @@
 Everything HFLM accepts still works; on top: ``vector`` (file, or several joined by ``;``), ``alpha``
 (one, or one per vector joined by ``;``), ``layers`` (``all`` or 0-based ``0;3;5-9`` - inside
 ``--model_args`` commas separate arguments, so use ``;`` there), ``positions`` (``all``|``response``),
-``backend`` (``nnsight``|``hooks``) and ``blocks`` (module path of the decoder blocks, if needed).
+``backend`` (``nnsight``|``hooks``), ``blocks`` (module path of the decoder blocks, if needed) and
+``prefix_reuse`` (``true``|``false``, default true: score all continuations of a shared context against
+one KV cache of it, see ``prefix_reuse.py``; ``false`` is HFLM's own loop, bit for bit).
 """
 
 from __future__ import annotations
@@ -22,6 +24,10 @@ from lm_eval.models.utils_hf import pad_and_concat, stop_sequences_criteria
 
 from steer_plugin.errors import SteerError
 from steer_plugin.layers import format_layers, parse_layers
+from steer_plugin.prefix_reuse import (
+    ReuseUnsupported, Scorer, TailConfig, TokenCounts, accepts_logits_to_keep, group_by_context,
+    plain_token_count, reuse_blocker, score_groups,
+)
 from steer_plugin.steering import BACKENDS, POSITIONS, SteeringPlan, Steerer, make_plan
 from steer_plugin.vector import SteeringVector, file_sha256
 
@@ -35,6 +41,17 @@ def _split(value: Any) -> list[Any]:
     if isinstance(value, (list, tuple)):
         return list(value)
     return [p.strip() for p in str(value).split(";") if p.strip()]
+
+
+def _parse_bool(value: Any, name: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off"):
+        return False
+    raise SteerError(f"{name} must be true or false, got {value!r}")
 
 
 def _repair_layer_args(layers: Any, kwargs: dict[str, Any]) -> Any:
@@ -60,9 +77,11 @@ class SteeredHFLM(HFLM):
         positions: str = "all",
         backend: str = "nnsight",
         blocks: str | None = None,
+        prefix_reuse: Any = True,
         **kwargs: Any,
     ) -> None:
         layers = _repair_layer_args(layers, kwargs)
+        self.prefix_reuse = _parse_bool(prefix_reuse, "prefix_reuse")
         if positions not in POSITIONS:
             raise SteerError(f"unknown positions {positions!r}; use one of {', '.join(POSITIONS)}")
         if backend not in BACKENDS:
@@ -71,6 +90,12 @@ class SteeredHFLM(HFLM):
         super().__init__(pretrained=pretrained, **kwargs)
         self._blocks = blocks
         self._rolling = False
+        self.token_counts = TokenCounts()
+        self.reuse_blocker: str | None = reuse_blocker(self.model) if self.backend == "causal" else "seq2seq model"
+        if self.prefix_reuse and self.reuse_blocker:
+            log.info("prefix reuse off for this model: %s", self.reuse_blocker)
+        self._planned: list[TailConfig] = []  # configurations coming next (steer sweep), see plan_ahead
+        self._ahead: dict[Any, dict[tuple, tuple[float, bool]]] = {}  # their answers, computed early
         self.configure(vectors, alpha, layers, positions, backend)
 
     # -- configuration (also used by sweeps: no model reload) ----------------------------------------
@@ -92,12 +117,9 @@ class SteeredHFLM(HFLM):
             raise SteerError(f"unknown positions {positions!r}; use one of {', '.join(POSITIONS)}")
         if backend is not None or not hasattr(self, "steerer"):
             self.steerer = Steerer(self.model, backend or "nnsight", self._blocks)
-        vectors = [self._load_vector(v) for v in (vector if isinstance(vector, list) else _split(vector))]
-        alphas = [float(a) for a in (_split(alpha) or [1.0])] if not isinstance(alpha, (int, float)) else [float(alpha)]
+        vectors, alphas, chosen, plan = self._make_plan(vector, alpha, layers)
         n_layers = len(self.steerer.blocks)
-        chosen = parse_layers(None if layers is None else str(layers), n_layers)
-        self.plan: SteeringPlan = make_plan(vectors, alphas, self.model, self.steerer.block_path, chosen) \
-            if vectors else SteeringPlan()
+        self.plan: SteeringPlan = plan
         self.positions = positions
         self._warn_other_model(vectors)
         if len(alphas) == 1 and len(vectors) > 1:
@@ -116,6 +138,27 @@ class SteeredHFLM(HFLM):
             "steered_layers": sorted(self.plan.deltas),
         }
 
+    def _make_plan(self, vector: Any, alpha: Any, layers: Any) -> tuple[list, list[float], list[int], SteeringPlan]:
+        vectors = [self._load_vector(v) for v in (vector if isinstance(vector, list) else _split(vector))]
+        alphas = [float(a) for a in (_split(alpha) or [1.0])] if not isinstance(alpha, (int, float)) else [float(alpha)]
+        chosen = parse_layers(None if layers is None else str(layers), len(self.steerer.blocks))
+        plan = make_plan(vectors, alphas, self.model, self.steerer.block_path, chosen) if vectors else SteeringPlan()
+        return vectors, alphas, chosen, plan
+
+    def plan_ahead(self, configs: list[dict[str, Any]]) -> None:
+        """Announce the configurations a sweep will ``configure`` next (dicts of configure's ``vector``,
+        ``alpha``, ``layers``, ``positions``). With prefix reuse, the loglikelihood call of one of them also
+        scores the others that share its prefix cache (alpha 0 and every ``positions=response``
+        configuration share the unsteered one), so that cache is computed once for the sweep; their
+        answers wait in memory (two numbers per request) until they are configured. ``[]`` forgets all."""
+        self._planned, self._ahead = [], {}
+        for c in configs:
+            positions = c.get("positions", "all")
+            if positions not in POSITIONS:
+                raise SteerError(f"unknown positions {positions!r}; use one of {', '.join(POSITIONS)}")
+            plan = self._make_plan(c.get("vector"), c.get("alpha", 1.0), c.get("layers", "all"))[3]
+            self._planned.append(TailConfig.of(plan, positions))
+
     def _warn_other_model(self, vectors: list[SteeringVector]) -> None:
         from steer_plugin.models import model_fingerprint
 
@@ -133,10 +176,16 @@ class SteeredHFLM(HFLM):
     def get_model_info(self) -> dict:
         info = super().get_model_info()
         info["steering"] = self.steering_config
+        info["prefix_reuse"] = {"enabled": self.prefix_reuse, "blocked_by": self.reuse_blocker}
         return info
+
+    @property
+    def reuse_active(self) -> bool:
+        return self.prefix_reuse and self.reuse_blocker is None and self.backend == "causal"
 
     # -- forward passes ------------------------------------------------------------------------------
     def _model_call(self, inps: torch.Tensor, attn_mask: Any = None, labels: Any = None) -> torch.Tensor:
+        self.token_counts.slots += inps.numel()
         if not self.plan.active or attn_mask is not None or labels is not None:
             return super()._model_call(inps, attn_mask, labels)
         with torch.no_grad(), torch.autocast(
@@ -155,9 +204,71 @@ class SteeredHFLM(HFLM):
             self._rolling = False
 
     def _loglikelihood_tokens(self, requests: Any, disable_tqdm: bool = False, override_bs: Any = None) -> Any:
-        if not self.plan.active or self.positions == "all" or self._rolling or self.backend != "causal":
+        if self.reuse_active and not self._rolling and override_bs is None:
+            try:
+                return self._loglikelihood_reuse(requests, disable_tqdm)
+            except ReuseUnsupported as e:  # found out while running: never return answers from a broken cache
+                log.warning("prefix reuse switched off for this model (%s); scoring on the plain path", e)
+                self.reuse_blocker, self._ahead = str(e), {}
+        return self._loglikelihood_plain(requests, disable_tqdm, override_bs)
+
+    def _loglikelihood_plain(self, requests: Any, disable_tqdm: bool = False, override_bs: Any = None) -> Any:
+        harness = not self.plan.active or self.positions == "all" or self._rolling or self.backend != "causal"
+        if self.backend == "causal":
+            self.token_counts.plain += plain_token_count(requests, self.max_length, harness and self.logits_cache)
+        if harness:
             return super()._loglikelihood_tokens(requests, disable_tqdm, override_bs)
         return self._loglikelihood_response(requests, disable_tqdm, override_bs)
+
+    # -- prefix reuse --------------------------------------------------------------------------------
+    def _steered_forward(self, plan: SteeringPlan, where: Any, **inputs: Any) -> Any:
+        with torch.no_grad(), torch.autocast(
+            device_type=self.device.type, dtype=self.mixed_precision_dtype,
+            enabled=self.mixed_precision_dtype is not None,
+        ):
+            return self.steerer.forward(plan, where, **inputs)
+
+    def _reuse_batch_size(self, requests: list) -> int:
+        if self.batch_size != "auto":
+            return int(self.batch_size)
+        longest = max(range(len(requests)), key=lambda i: len(requests[i][1]) + len(requests[i][2]))
+        return max(1, int(self._detect_batch_size(requests, longest)))
+
+    def _loglikelihood_reuse(self, requests: list, disable_tqdm: bool) -> list:
+        """Group by encoded context, run each context once, score its continuations on its KV cache."""
+        from tqdm import tqdm
+
+        mine = TailConfig.of(self.plan, self.positions)
+        answers: list[Any] = [None] * len(requests)
+        ahead = self._ahead.pop(mine.key, {})
+        if ahead:  # computed while an earlier configuration of this sweep held the same prefix cache
+            for i, (_, ctx, cont) in enumerate(requests):
+                answers[i] = ahead.get((tuple(ctx), tuple(cont)))
+        todo = [(i, ctx, cont) for i, (_, ctx, cont) in enumerate(requests) if answers[i] is None]
+        groups, plain = group_by_context(todo, self.max_length)
+        if plain:  # too long for the window (the harness left-truncates) or rejected by the harness
+            for i, a in zip(plain, self._loglikelihood_plain([requests[i] for i in plain], disable_tqdm)):
+                answers[i] = a
+        if groups:
+            riders = [c for c in self._planned
+                      if c.prefix_key == mine.prefix_key and c.key != mine.key and c.key not in self._ahead]
+            scorer = Scorer(self._steered_forward, self.model.config, self.device,
+                            self._reuse_batch_size([requests[i] for i, _, _ in todo]), self.softmax_dtype,
+                            accepts_logits_to_keep(self.model), self.token_counts)
+            n = sum(g.n_requests for g in groups)
+            desc = "Running loglikelihood requests (prefix reuse" + (
+                f", +{len(riders)} configurations sharing the prefix)" if riders else ")")
+            with tqdm(total=n, disable=(disable_tqdm or self.rank != 0), desc=desc) as pbar:
+                results = score_groups(scorer, groups, [mine, *riders], pbar.update)
+            for i, a in results[0].items():
+                answers[i] = a
+            for rider, out in zip(riders, results[1:]):
+                self._ahead[rider.key] = {(tuple(requests[i][1]), tuple(requests[i][2])): a for i, a in out.items()}
+        plain_set = set(plain)
+        for i, (request_str, _, _) in enumerate(requests):
+            if request_str is not None and i not in plain_set:
+                self.cache_hook.add_partial("loglikelihood", request_str, answers[i])
+        return answers
 
     def _loglikelihood_response(self, requests: Any, disable_tqdm: bool, override_bs: Any) -> list:
         """HFLM's causal scoring loop, steering only the last context token and the continuation."""

@@ -134,6 +134,9 @@ def run_sweep(lm: Any, plan: SweepPlan, options: SweepOptions, progress: bool = 
     loaded = load_tasks(options) if todo else None
     files: list[Path] = []
     started = time.monotonic()
+    if todo and hasattr(lm, "plan_ahead"):  # prefix reuse: configurations that share a prefix cache score together
+        lm.plan_ahead([{"vector": None if c.is_baseline else c.vector, "alpha": c.alpha, "layers": c.layers,
+                        "positions": c.positions} for c in todo])
     for i, config in enumerate(todo):
         lm.configure(None if config.is_baseline else config.vector, config.alpha, config.layers, config.positions)
         _seed_everything(options.seed)
@@ -166,6 +169,8 @@ def run_sweep(lm: Any, plan: SweepPlan, options: SweepOptions, progress: bool = 
         eta = elapsed / (i + 1) * (len(todo) - i - 1)
         _say(progress, f"[{done_before + i + 1}/{len(plan.configs)}] {config.slug()} "
                        f"({time.monotonic() - t0:.1f}s, ETA {eta:.0f}s)")
+    if hasattr(lm, "plan_ahead"):
+        lm.plan_ahead([])
     lm.configure(None, 0.0)
     return [options.out_dir / c.slug() / RESULTS_FILE for c in plan.configs]
 

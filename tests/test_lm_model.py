@@ -68,14 +68,19 @@ def _hooks_left(model) -> int:
 
 @pytest.mark.parametrize("backend", ["nnsight", "hooks"])
 def test_alpha_zero_and_zero_vector_equal_hf_bit_for_bit(hf, steered, vec_path, tmp_path, backend):
+    # prefix_reuse=false is HFLM's own loop; reuse (the default) matches it to 1e-4 (test_prefix_reuse.py)
     zero = tmp_path / "zero.safetensors"
     SteeringVector(torch.zeros(3, 32)).save(zero)
-    for vector, alpha in ((vec_path, 0.0), (str(zero), 2.0)):
-        steered.configure(vector, alpha, backend=backend)
-        assert not steered.plan.active
-        assert _ll(steered) == _ll(hf)
-        assert _gen(steered) == _gen(hf)
-        assert _rolling(steered) == _rolling(hf)
+    steered.prefix_reuse = False
+    try:
+        for vector, alpha in ((vec_path, 0.0), (str(zero), 2.0)):
+            steered.configure(vector, alpha, backend=backend)
+            assert not steered.plan.active
+            assert _ll(steered) == _ll(hf)
+            assert _gen(steered) == _gen(hf)
+            assert _rolling(steered) == _rolling(hf)
+    finally:
+        steered.prefix_reuse = True
 
 
 def test_positions_all_equals_lm_eval_steered(tiny_llama_dir, steered, vec_path, tmp_path):
