@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from steer_plugin.data import EKMAN, LABELS
 from steer_plugin.errors import SteerError
 
 DEFAULT_CLASSIFIER = "SamLowe/roberta-base-go_emotions"
@@ -45,24 +46,9 @@ CLASSIFIER_ENV = "STEER_CLASSIFIER"
 NADE_NAME = "nade"
 DEFAULT_BATCH_SIZE = 32
 
-# emotions.txt of GoEmotions, in id order (27 = neutral).
-GOEMOTIONS_LABELS: tuple[str, ...] = (
-    "admiration", "amusement", "anger", "annoyance", "approval", "caring", "confusion",
-    "curiosity", "desire", "disappointment", "disapproval", "disgust", "embarrassment",
-    "excitement", "fear", "gratitude", "grief", "joy", "love", "nervousness", "optimism",
-    "pride", "realization", "relief", "remorse", "sadness", "surprise", "neutral",
-)  # fmt: skip
-
-# ekman_mapping.json of GoEmotions (neutral stays separate).
-EKMAN_GROUPS: dict[str, tuple[str, ...]] = {
-    "anger": ("anger", "annoyance", "disapproval"),
-    "disgust": ("disgust",),
-    "fear": ("fear", "nervousness"),
-    "joy": ("joy", "amusement", "approval", "excitement", "gratitude", "love", "optimism",
-            "relief", "pride", "admiration", "desire", "caring"),
-    "sadness": ("sadness", "disappointment", "embarrassment", "grief", "remorse"),
-    "surprise": ("surprise", "realization", "confusion", "curiosity"),
-}  # fmt: skip
+# The GoEmotions label set and Ekman mapping live in steer_plugin.data (one copy).
+GOEMOTIONS_LABELS: tuple[str, ...] = LABELS
+EKMAN_GROUPS: dict[str, tuple[str, ...]] = EKMAN
 
 EKMAN_LABELS: tuple[str, ...] = (*sorted(EKMAN_GROUPS), "neutral")
 EKMAN_OF: dict[str, str] = {m: g for g, ms in EKMAN_GROUPS.items() for m in ms} | {"neutral": "neutral"}
