@@ -111,6 +111,8 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--apply-chat-template", action="store_true")
     p.add_argument("--num-fewshot", type=int, default=None)
     p.add_argument("--bootstrap-iters", type=int, default=1000)
+    p.add_argument("--no-prefix-reuse", action="store_true",
+                   help="score multiple-choice requests with HFLM's own loop (bit-identical to `hf` at alpha 0)")
 
 
 def add_eval_commands(sub: Any, add_model_args: Callable[..., None]) -> None:
@@ -159,14 +161,15 @@ def _sweep(args: argparse.Namespace, vectors: list[str], tasks: list[str], out: 
     positions = [p.strip() for p in args.positions.split(",") if p.strip()]
     plan = SweepPlan.grid(vectors, args.alphas, args.layers or ["all"], positions)
     model_args = {"pretrained": args.model, "dtype": args.dtype, "backend": args.backend,
-                  "batch_size": args.batch_size}
+                  "batch_size": args.batch_size, "prefix_reuse": not args.no_prefix_reuse}
     options = SweepOptions(
         tasks=tasks, out_dir=Path(out), limit=args.limit, classifier=args.classifier,
         include_path=args.include_path, log_samples=args.log_samples,
         apply_chat_template=args.apply_chat_template, num_fewshot=args.num_fewshot,
         bootstrap_iters=args.bootstrap_iters, model_args=model_args)
     kwargs: dict[str, Any] = {"dtype": args.dtype, "batch_size": _parse_batch_size(args.batch_size),
-                              "trust_remote_code": args.trust_remote_code, "backend": args.backend}
+                              "trust_remote_code": args.trust_remote_code, "backend": args.backend,
+                              "prefix_reuse": not args.no_prefix_reuse}
     import torch
 
     kwargs["device"] = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
