@@ -188,11 +188,7 @@ class SteeredHFLM(HFLM):
         self.token_counts.slots += inps.numel()
         if not self.plan.active or attn_mask is not None or labels is not None:
             return super()._model_call(inps, attn_mask, labels)
-        with torch.no_grad(), torch.autocast(
-            device_type=self.device.type, dtype=self.mixed_precision_dtype,
-            enabled=self.mixed_precision_dtype is not None,
-        ):
-            return self.steerer.forward(self.plan, self._where, input_ids=inps).logits
+        return self._steered_forward(self.plan, self._where, input_ids=inps).logits
 
     _where: Any = None  # per-batch position mask while scoring with positions=response
 

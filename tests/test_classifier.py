@@ -14,16 +14,7 @@ from steer_plugin import classifier as C
 from steer_plugin.errors import SteerError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models gain nothing from a second thread, and on a busy 2-core machine it makes the
-    intra-op thread pool spin against other processes (measured: 2 s vs 10-35 s per lm-eval run)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 SENTENCES = [

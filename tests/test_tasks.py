@@ -29,16 +29,7 @@ CHAT_TEMPLATE = (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models gain nothing from a second thread, and on a busy 2-core machine it makes the
-    intra-op thread pool spin against other processes (measured: 2 s vs 10-35 s per lm-eval run)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _load_module(name: str, path: Path):
