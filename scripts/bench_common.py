@@ -89,17 +89,54 @@ def shared_dir() -> Path | None:
 # "memory" keeps the bench model's activation shape (30 blocks x 576) with tiny attention/MLP so
 # 16k texts record in minutes; "small" is for the sweep benchmark; "tiny" for the test suite.
 MODEL_SPECS: dict[str, dict[str, Any]] = {
-    "bench": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-                  num_key_value_heads=3, head_dim=64, rope_theta=100000.0, tie_word_embeddings=True),
-    "scale": dict(hidden_size=3072, intermediate_size=8192, num_hidden_layers=28, num_attention_heads=24,
-                  num_key_value_heads=8, head_dim=128, rope_theta=500000.0, tie_word_embeddings=True,
-                  vocab_size=128256),
-    "memory": dict(hidden_size=576, intermediate_size=8, num_hidden_layers=30, num_attention_heads=1,
-                   num_key_value_heads=1, head_dim=8, tie_word_embeddings=True),
-    "small": dict(hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
-                  num_key_value_heads=2, head_dim=32, tie_word_embeddings=True),
-    "tiny": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
-                 num_key_value_heads=2, head_dim=8, tie_word_embeddings=True),
+    "bench": dict(
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        head_dim=64,
+        rope_theta=100000.0,
+        tie_word_embeddings=True,
+    ),
+    "scale": dict(
+        hidden_size=3072,
+        intermediate_size=8192,
+        num_hidden_layers=28,
+        num_attention_heads=24,
+        num_key_value_heads=8,
+        head_dim=128,
+        rope_theta=500000.0,
+        tie_word_embeddings=True,
+        vocab_size=128256,
+    ),
+    "memory": dict(
+        hidden_size=576,
+        intermediate_size=8,
+        num_hidden_layers=30,
+        num_attention_heads=1,
+        num_key_value_heads=1,
+        head_dim=8,
+        tie_word_embeddings=True,
+    ),
+    "small": dict(
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        tie_word_embeddings=True,
+    ),
+    "tiny": dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        tie_word_embeddings=True,
+    ),
 }
 
 
@@ -111,8 +148,15 @@ def model_config(spec: str, vocab_size: int):
     kw = dict(MODEL_SPECS[spec])
     kw["vocab_size"] = max(int(kw.get("vocab_size", vocab_size)), vocab_size)
     rope_theta = kw.pop("rope_theta", 10000.0)
-    return LlamaConfig(max_position_embeddings=8192, rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2,
-                       pad_token_id=2, rope_theta=rope_theta, **kw)
+    return LlamaConfig(
+        max_position_embeddings=8192,
+        rms_norm_eps=1e-5,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+        rope_theta=rope_theta,
+        **kw,
+    )
 
 
 def build_model(spec: str, vocab_size: int, seed: int = 0):
@@ -128,9 +172,11 @@ def build_model(spec: str, vocab_size: int, seed: int = 0):
 def describe_model(model) -> str:
     c = model.config
     n = sum(p.numel() for p in model.parameters())
-    return (f"LlamaForCausalLM, random init (seed 0), {n / 1e6:.1f}M params, {c.num_hidden_layers} layers, "
-            f"hidden {c.hidden_size}, {c.num_attention_heads} heads / {c.num_key_value_heads} KV heads, "
-            f"intermediate {c.intermediate_size}, vocab {c.vocab_size}, float32")
+    return (
+        f"LlamaForCausalLM, random init (seed 0), {n / 1e6:.1f}M params, {c.num_hidden_layers} layers, "
+        f"hidden {c.hidden_size}, {c.num_attention_heads} heads / {c.num_key_value_heads} KV heads, "
+        f"intermediate {c.intermediate_size}, vocab {c.vocab_size}, float32"
+    )
 
 
 def load_tokenizer(path: str | None = None):
@@ -174,9 +220,56 @@ def random_vector(n_layers: int, hidden: int, seed: int = 1, norm: float = 1.0):
 
 # --- texts -----------------------------------------------------------------------------------------
 
-_WORDS = ("the a I you it was is so this that not what really just love hate people time good bad "
-          "feel think know never always thanks lol game team wow sorry happy sad angry why how "
-          "yes no maybe great awful funny weird day night work home friend").split()
+_WORDS = [
+    "the",
+    "a",
+    "I",
+    "you",
+    "it",
+    "was",
+    "is",
+    "so",
+    "this",
+    "that",
+    "not",
+    "what",
+    "really",
+    "just",
+    "love",
+    "hate",
+    "people",
+    "time",
+    "good",
+    "bad",
+    "feel",
+    "think",
+    "know",
+    "never",
+    "always",
+    "thanks",
+    "lol",
+    "game",
+    "team",
+    "wow",
+    "sorry",
+    "happy",
+    "sad",
+    "angry",
+    "why",
+    "how",
+    "yes",
+    "no",
+    "maybe",
+    "great",
+    "awful",
+    "funny",
+    "weird",
+    "day",
+    "night",
+    "work",
+    "home",
+    "friend",
+]
 
 
 def generated_texts(n: int, seed: int = 0) -> list[str]:
@@ -264,8 +357,9 @@ class Timings:
         return f"{min(xs):.2f}-{max(xs):.2f}"
 
 
-def alternate(variants: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1,
-              log: Callable[[str], None] | None = None) -> Timings:
+def alternate(
+    variants: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1, log: Callable[[str], None] | None = None
+) -> Timings:
     """Time each variant ``repeats`` times, rotating the order every round (A B C, B C A, C A B)."""
     names = list(variants)
     before = loadavg()
@@ -275,7 +369,7 @@ def alternate(variants: dict[str, Callable[[], Any]], repeats: int, warmup: int 
             results[name] = variants[name]()
     seconds: dict[str, list[float]] = {n: [] for n in names}
     for r in range(repeats):
-        order = names[r % len(names):] + names[: r % len(names)]
+        order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
             gc.collect()
             t0 = time.perf_counter()
@@ -305,10 +399,16 @@ def _cpu_model() -> str:
 
 def _git_rev() -> str:
     try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                             text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return rev + (" + uncommitted changes" if dirty else "") if rev else "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -330,17 +430,19 @@ def machine_info() -> dict[str, str]:
     mem = ""
     try:
         kb = int(next(l for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal")).split()[1])
-        mem = f", {kb / 1024 ** 2:.0f} GiB RAM"
+        mem = f", {kb / 1024**2:.0f} GiB RAM"
     except (OSError, StopIteration, ValueError):
         pass
     return {
         "machine": f"{_cpu_model()}, {os.cpu_count()} logical CPUs{mem}, {platform.system()} {platform.release()}",
         "gpu": "none (GPU numbers not measured)" if not torch.cuda.is_available() else torch.cuda.get_device_name(),
-        "versions": (f"python {platform.python_version()}, torch {torch.__version__}, transformers "
-                     f"{v('transformers')}, nnsight {v('nnsight')}, lm-eval {v('lm_eval')}, "
-                     f"steer-plugin {__version__} (git {_git_rev()})"),
+        "versions": (
+            f"python {platform.python_version()}, torch {torch.__version__}, transformers "
+            f"{v('transformers')}, nnsight {v('nnsight')}, lm-eval {v('lm_eval')}, "
+            f"steer-plugin {__version__} (git {_git_rev()})"
+        ),
         "threads": f"torch.set_num_threads({torch.get_num_threads()}), "
-                   f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '-')}",
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '-')}",
     }
 
 
@@ -375,8 +477,7 @@ def verdict(ok: bool) -> str:
 
 # Our sections, in file order. Each lives between ``<!-- bench:KEY -->`` and ``<!-- /bench:KEY -->``;
 # everything outside those markers (e.g. the prefix-reuse section of issue 6) is left byte for byte.
-SECTION_ORDER = ("intro", "summary", "record", "memory", "eval", "sweep", "scale-record", "scale-eval",
-                 "profile")
+SECTION_ORDER = ("intro", "summary", "record", "memory", "eval", "sweep", "scale-record", "scale-eval", "profile")
 
 
 def _block_re(key: str) -> re.Pattern[str]:

@@ -40,13 +40,17 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_common as bc  # noqa: E402
+import bench_common as bc
 
 LL_TASK = "truthfulqa_local_mc2"
 GEN_TASK = "steer_emotion_anger"
 VARIANTS = ("hf", "steered", "steered_hf hooks", "steered_hf nnsight")
-TARGETS = {("steered_hf hooks", "ll"): 1.05, ("steered_hf hooks", "gen"): 1.05,
-           ("steered_hf nnsight", "ll"): 1.15, ("steered_hf nnsight", "gen"): 1.3}
+TARGETS = {
+    ("steered_hf hooks", "ll"): 1.05,
+    ("steered_hf hooks", "gen"): 1.05,
+    ("steered_hf nnsight", "ll"): 1.15,
+    ("steered_hf nnsight", "gen"): 1.3,
+}
 
 
 def truthfulqa_dir() -> Path:
@@ -79,10 +83,12 @@ def make_lms(model, tok, vec, alpha: float, batch_size: int, share: bool, workdi
     return {
         "hf": HFLM(pretrained=copies[0], **common),
         "steered": SteeredModel(pretrained=copies[1], steer_path=str(pt_path), **common),
-        "steered_hf hooks": SteeredHFLM(pretrained=copies[2], vector=str(vec_path), alpha=alpha, backend="hooks",
-                                        **common, **extra),
-        "steered_hf nnsight": SteeredHFLM(pretrained=copies[3], vector=str(vec_path), alpha=alpha,
-                                          backend="nnsight", **common, **extra),
+        "steered_hf hooks": SteeredHFLM(
+            pretrained=copies[2], vector=str(vec_path), alpha=alpha, backend="hooks", **common, **extra
+        ),
+        "steered_hf nnsight": SteeredHFLM(
+            pretrained=copies[3], vector=str(vec_path), alpha=alpha, backend="nnsight", **common, **extra
+        ),
     }, extra
 
 
@@ -97,16 +103,16 @@ def harness_workloads(args) -> dict[str, Any]:
     from steer_plugin.tasks_dir import tasks_dir
 
     truthfulqa_dir()
-    manager = TaskManager(include_path=str(tasks_dir()), include_defaults=False,
-                          metadata={"classifier": args.classifier})
+    manager = TaskManager(
+        include_path=str(tasks_dir()), include_defaults=False, metadata={"classifier": args.classifier}
+    )
     ll_tasks = manager.load([LL_TASK])
     gen_tasks = manager.load([GEN_TASK])
     for task in gen_tasks["tasks"].values():
         task.set_config(key="generation_kwargs", value={"max_gen_toks": args.gen_tokens}, update=True)
 
     def run(lm, tasks, limit, task_name, metric):
-        res = evaluate(lm=lm, task_dict=tasks, limit=limit, log_samples=True, bootstrap_iters=0,
-                       verbosity="ERROR")
+        res = evaluate(lm=lm, task_dict=tasks, limit=limit, log_samples=True, bootstrap_iters=0, verbosity="ERROR")
         samples = res["samples"][task_name]
         outs = [s["resps"] for s in samples]
         return res["results"][task_name][metric], outs
@@ -140,8 +146,10 @@ def request_workloads(args) -> dict[str, Any]:
         return sum(x for x, _ in out), out
 
     def gen(lm):
-        reqs = [Instance("generate_until", {}, (p, {"until": [], "max_gen_toks": args.gen_tokens, "do_sample": False}), i)
-                for i, p in enumerate(prompts)]
+        reqs = [
+            Instance("generate_until", {}, (p, {"until": [], "max_gen_toks": args.gen_tokens, "do_sample": False}), i)
+            for i, p in enumerate(prompts)
+        ]
         out = lm.generate_until(reqs, disable_tqdm=True)
         return float("nan"), out
 
@@ -169,14 +177,19 @@ def agreement(outs: dict[str, tuple[float, Any]]) -> tuple[dict[str, float], dic
         num, other = split(_leaves(outs[name][1]))
         diffs[name] = max((abs(a - b) for a, b in zip(num, ref_num)), default=0.0)
         same[name] = other == ref_other and len(num) == len(ref_num)
-        parts.append(f"`{name}` " + (f"max abs logprob diff {diffs[name]:.1e}, " if num else "")
-                     + ("same greedy flags/texts" if same[name] else "OUTPUTS DIFFER"))
+        parts.append(
+            f"`{name}` "
+            + (f"max abs logprob diff {diffs[name]:.1e}, " if num else "")
+            + ("same greedy flags/texts" if same[name] else "OUTPUTS DIFFER")
+        )
 
     def metric(n: str) -> str:
         return f"{outs[n][0]:.4g}"
 
-    text = (f"vs lm-eval `steered`: {'; '.join(parts)} (metric: hf {metric('hf')}, steered {metric('steered')}, "
-            f"steered_hf {metric('steered_hf hooks')} / {metric('steered_hf nnsight')})")
+    text = (
+        f"vs lm-eval `steered`: {'; '.join(parts)} (metric: hf {metric('hf')}, steered {metric('steered')}, "
+        f"steered_hf {metric('steered_hf hooks')} / {metric('steered_hf nnsight')})"
+    )
     return diffs, same, text
 
 
@@ -190,11 +203,17 @@ def _bucket(filename: str, funcname: str) -> str:
         if "greenlet" in funcname or "switch" in funcname:
             return "nnsight (greenlet switches)"
         return "other built-ins"
-    for key, label in (("/nnsight/", "nnsight (Python)"), ("/transformers/", "transformers (Python)"),
-                       ("/lm_eval/", "lm-eval (Python)"), ("/torch/", "torch (Python)"),
-                       ("steer_plugin", "steer_plugin"), ("/nade/", "nade classifier"),
-                       ("/lightgbm/", "nade classifier"), ("/pyarrow/", "nade classifier"),
-                       ("/python3.", "Python stdlib")):
+    for key, label in (
+        ("/nnsight/", "nnsight (Python)"),
+        ("/transformers/", "transformers (Python)"),
+        ("/lm_eval/", "lm-eval (Python)"),
+        ("/torch/", "torch (Python)"),
+        ("steer_plugin", "steer_plugin"),
+        ("/nade/", "nade classifier"),
+        ("/lightgbm/", "nade classifier"),
+        ("/pyarrow/", "nade classifier"),
+        ("/python3.", "Python stdlib"),
+    ):
         if key in filename:
             return label
     return "other Python"
@@ -260,8 +279,12 @@ def main(argv: list[str] | None = None) -> int:
         timings = {}
         for w in chosen:
             bc.say(f"workload {w} ...")
-            timings[w] = bc.alternate({name: (lambda lm=lm, w=w: workloads[w](lm)) for name, lm in lms.items()},
-                                      args.repeats, warmup=1, log=bc.say)
+            timings[w] = bc.alternate(
+                {name: (lambda lm=lm, w=w: workloads[w](lm)) for name, lm in lms.items()},
+                args.repeats,
+                warmup=1,
+                log=bc.say,
+            )
         prof = None
         if args.profile:
             bc.say(f"profiling {args.profile} on {args.profile_workload} ...")
@@ -269,10 +292,14 @@ def main(argv: list[str] | None = None) -> int:
 
     info = bc.machine_info()
     scale = args.model == "scale"
-    names = {"ll": f"loglikelihood ({LL_TASK}, limit {args.ll_limit})" if args.workload == "harness"
-             else f"loglikelihood ({args.ll_limit} TruthfulQA `Q: ...\\nA:` + mc2 choice requests)",
-             "gen": f"generation ({GEN_TASK}, limit {args.gen_limit}, max_gen_toks {args.gen_tokens}, nade)"
-             if args.workload == "harness" else f"generation ({args.gen_limit} prompts, {args.gen_tokens} new tokens)"}
+    names = {
+        "ll": f"loglikelihood ({LL_TASK}, limit {args.ll_limit})"
+        if args.workload == "harness"
+        else f"loglikelihood ({args.ll_limit} TruthfulQA `Q: ...\\nA:` + mc2 choice requests)",
+        "gen": f"generation ({GEN_TASK}, limit {args.gen_limit}, max_gen_toks {args.gen_tokens}, nade)"
+        if args.workload == "harness"
+        else f"generation ({args.gen_limit} prompts, {args.gen_tokens} new tokens)",
+    }
     rows, target_rows, checks = [], [], []
     agree: dict[str, Any] = {}
     for w in chosen:
@@ -283,38 +310,61 @@ def main(argv: list[str] | None = None) -> int:
             rows.append([names[w], f"`{name}`", f"{m:.2f} ({t.spread(name)})", f"{m / base:.3f}x"])
             if (name, w) in TARGETS:
                 goal = TARGETS[(name, w)]
-                target_rows.append([f"`{name}` <= {goal}x `hf` ({'loglikelihood' if w == 'll' else 'generation'})",
-                                    f"{m / base:.3f}x", bc.verdict(m / base <= goal)])
+                target_rows.append(
+                    [
+                        f"`{name}` <= {goal}x `hf` ({'loglikelihood' if w == 'll' else 'generation'})",
+                        f"{m / base:.3f}x",
+                        bc.verdict(m / base <= goal),
+                    ]
+                )
         diffs, same, text = agreement({name: t.results[name] for name in VARIANTS})
         agree[w], agree[f"{w}_same"] = diffs, same
         checks.append(f"{w}: {text}")
     key = "scale-eval" if scale else "eval"
-    title = ("## 5. Scale model: steered evaluation overhead (Llama-3.2-3B architecture)" if scale
-             else "## 3. Steered evaluation overhead")
-    lines = [title, "", *bc.header_lines(info, bc.command_line("bench_eval.py", raw_argv)),
-             *[f"- load average ({w}) before: {timings[w].load_before}, after: {timings[w].load_after}" for w in chosen],
-             f"- model: {bc.describe_model(model)}" + ("; one instance shared by all four LMs" if share
-                                                        else "; each LM on its own copy"),
-             f"- tokenizer: {bc.tokenizer_source(args.tokenizer)}; batch size {args.batch_size}; "
-             f"{args.repeats} repeats after 1 warm-up round; in-process "
-             + ("`lm_eval.evaluator.evaluate` on tasks built once" if args.workload == "harness"
-                else "`lm.loglikelihood` / `lm.generate_until` calls"),
-             f"- steering: random vector (row norm {args.vector_norm}) on all {model.config.num_hidden_layers} "
-             f"blocks, alpha {args.alpha}, positions=all" + (f"; steered_hf extra args {extra}" if extra else ""),
-             *[f"- {c}" for c in checks],
-             "",
-             *bc.md_table(["workload", "model", "seconds, median (min-max)", "vs hf"], rows),
-             "",
-             *bc.md_table(["target", "measured", "result"], target_rows)]
+    title = (
+        "## 5. Scale model: steered evaluation overhead (Llama-3.2-3B architecture)"
+        if scale
+        else "## 3. Steered evaluation overhead"
+    )
+    lines = [
+        title,
+        "",
+        *bc.header_lines(info, bc.command_line("bench_eval.py", raw_argv)),
+        *[f"- load average ({w}) before: {timings[w].load_before}, after: {timings[w].load_after}" for w in chosen],
+        f"- model: {bc.describe_model(model)}"
+        + ("; one instance shared by all four LMs" if share else "; each LM on its own copy"),
+        f"- tokenizer: {bc.tokenizer_source(args.tokenizer)}; batch size {args.batch_size}; "
+        f"{args.repeats} repeats after 1 warm-up round; in-process "
+        + (
+            "`lm_eval.evaluator.evaluate` on tasks built once"
+            if args.workload == "harness"
+            else "`lm.loglikelihood` / `lm.generate_until` calls"
+        ),
+        f"- steering: random vector (row norm {args.vector_norm}) on all {model.config.num_hidden_layers} "
+        f"blocks, alpha {args.alpha}, positions=all" + (f"; steered_hf extra args {extra}" if extra else ""),
+        *[f"- {c}" for c in checks],
+        "",
+        *bc.md_table(["workload", "model", "seconds, median (min-max)", "vs hf"], rows),
+        "",
+        *bc.md_table(["target", "measured", "result"], target_rows),
+    ]
     bc.print_and_write(args, key, "\n".join(lines))
     if prof:
         by_bucket, top_rows, total = prof
-        plines = ["## 6. Profile of the slowest case", "",
-                  f"- command: `{bc.command_line('bench_eval.py', raw_argv)}` (cProfile of one extra "
-                  f"`{args.profile}` run, workload {names[args.profile_workload]}; {total:.1f} s under the profiler)",
-                  "", "Own time by component:", "", *bc.md_table(["component", "seconds", "share"], by_bucket),
-                  "", "Top functions by own time:", "",
-                  *bc.md_table(["function", "calls", "own s", "cumulative s"], top_rows)]
+        plines = [
+            "## 6. Profile of the slowest case",
+            "",
+            f"- command: `{bc.command_line('bench_eval.py', raw_argv)}` (cProfile of one extra "
+            f"`{args.profile}` run, workload {names[args.profile_workload]}; {total:.1f} s under the profiler)",
+            "",
+            "Own time by component:",
+            "",
+            *bc.md_table(["component", "seconds", "share"], by_bucket),
+            "",
+            "Top functions by own time:",
+            "",
+            *bc.md_table(["function", "calls", "own s", "cumulative s"], top_rows),
+        ]
         bc.print_and_write(args, "profile", "\n".join(plines))
     bc.dump_json(args.json, {w: timings[w].seconds for w in chosen} | {"threads": threads, "agreement": agree})
     return 0

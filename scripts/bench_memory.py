@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_common as bc  # noqa: E402
+import bench_common as bc
 
 
 def _maxrss_mb() -> float:
@@ -78,13 +78,25 @@ def child(args: argparse.Namespace) -> int:
     else:
         from bench_record import reference_approach
 
-        reference_approach(model, tok, [it.text for it in items], [it.classes for it in items], args.batch_size,
-                           logits_to_keep=1)
+        reference_approach(
+            model, tok, [it.text for it in items], [it.classes for it in items], args.batch_size, logits_to_keep=1
+        )
     seconds = time.perf_counter() - t0
     peak = _maxrss_mb()
-    print(json.dumps({"approach": args.approach, "n": args.n, "source": texts.source, "rss_start_mb": round(start, 1),
-                      "peak_mb": round(peak, 1), "process_peak_mb": round(max(process_peak, peak), 1),
-                      "peak_reset": reset, "seconds": round(seconds, 2)}))
+    print(
+        json.dumps(
+            {
+                "approach": args.approach,
+                "n": args.n,
+                "source": texts.source,
+                "rss_start_mb": round(start, 1),
+                "peak_mb": round(peak, 1),
+                "process_peak_mb": round(max(process_peak, peak), 1),
+                "peak_reset": reset,
+                "seconds": round(seconds, 2),
+            }
+        )
+    )
     return 0
 
 
@@ -95,10 +107,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--source", default="auto", choices=["auto", "goemotions", "generated"])
     p.add_argument("--approaches", default="steer,reference")
-    p.add_argument("--max-tokens", type=int, default=48,
-                   help="only texts of at most this many tokens (default 48; 0 = all), see the docstring")
-    p.add_argument("--parallel", type=int, default=2,
-                   help="children at once (default 2: they are Python-bound with 1 thread each; peak RSS is per process)")
+    p.add_argument(
+        "--max-tokens",
+        type=int,
+        default=48,
+        help="only texts of at most this many tokens (default 48; 0 = all), see the docstring",
+    )
+    p.add_argument(
+        "--parallel",
+        type=int,
+        default=2,
+        help="children at once (default 2: they are Python-bound with 1 thread each; peak RSS is per process)",
+    )
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--approach", default="steer", help=argparse.SUPPRESS)
     p.add_argument("--n", type=int, default=0, help=argparse.SUPPRESS)
@@ -116,9 +136,25 @@ def main(argv: list[str] | None = None) -> int:
 
     def run_child(job: tuple[str, int]) -> dict:
         a, n = job
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--approach", a, "--n", str(n),
-               "--model", args.model, "--batch-size", str(args.batch_size), "--source", args.source,
-               "--threads", str(args.threads), "--max-tokens", str(args.max_tokens)] + (["--tokenizer", args.tokenizer] if args.tokenizer else [])
+        cmd = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--child",
+            "--approach",
+            a,
+            "--n",
+            str(n),
+            "--model",
+            args.model,
+            "--batch-size",
+            str(args.batch_size),
+            "--source",
+            args.source,
+            "--threads",
+            str(args.threads),
+            "--max-tokens",
+            str(args.max_tokens),
+        ] + (["--tokenizer", args.tokenizer] if args.tokenizer else [])
         proc = subprocess.run(cmd, capture_output=True, text=True, env=bc.child_env(args.threads))
         if proc.returncode != 0:
             sys.stderr.write(proc.stderr[-5000:])
@@ -143,42 +179,69 @@ def main(argv: list[str] | None = None) -> int:
         row = [str(n)]
         for a in approaches:
             r = results[(a, n)]
-            row += [f"{r['rss_start_mb']:.0f}", f"**{r['peak_mb']:.0f}**", f"{r['process_peak_mb']:.0f}",
-                    f"{r['seconds']:.1f}"]
+            row += [
+                f"{r['rss_start_mb']:.0f}",
+                f"**{r['peak_mb']:.0f}**",
+                f"{r['process_peak_mb']:.0f}",
+                f"{r['seconds']:.1f}",
+            ]
         rows.append(row)
     header = ["texts"]
     for a in approaches:
         label = "steer record" if a == "steer" else a
-        header += [f"{label}: RSS at start MiB", f"{label}: peak RSS while recording MiB",
-                   f"{label}: process peak MiB", f"{label}: seconds"]
+        header += [
+            f"{label}: RSS at start MiB",
+            f"{label}: peak RSS while recording MiB",
+            f"{label}: process peak MiB",
+            f"{label}: seconds",
+        ]
     growth = {a: results[(a, sizes[-1])]["peak_mb"] / results[(a, sizes[0])]["peak_mb"] - 1 for a in approaches}
     reset_ok = all(r["peak_reset"] for r in results.values())
     info = bc.machine_info()
-    lines = ["## 2. Recording memory", "",
-             *bc.header_lines(info, bc.command_line("bench_memory.py", raw_argv), (load_before, load_after)),
-             f"- model `{args.model}`: {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, "
-             f"{cfg.num_attention_heads} head(s) of {cfg.head_dim}, intermediate {cfg.intermediate_size}, vocab "
-             f"{cfg.vocab_size}, float32, random init"
-             + (" (the bench model's activation shape, smaller attention/MLP so 16k texts take minutes, not an hour)"
-                if args.model == "memory" else ""),
-             f"- texts: {source} (for N = {sizes[-1]}; cycled past the end), classes = their labels; batch size "
-             f"{args.batch_size}; one fresh process per cell" + (f", {args.parallel} at a time" if args.parallel > 1 else ""),
-             "- RSS at start: `VmRSS` once model and texts are loaded; peak while recording: `ru_maxrss` after "
-             + ("the peak counter was reset at that point (`/proc/self/clear_refs`), so the random-weight model "
-                "build's transient does not hide the recording's own peak" if reset_ok else
-                "recording (the peak counter could not be reset here: it includes the model build)")
-             + "; process peak: `ru_maxrss` over the whole process",
-             f"- one kept activation row is {per_text_kb:.0f} KiB (float32, {cfg.num_hidden_layers + 1} x "
-             f"{cfg.hidden_size}); the reference evaluates the LM head at the last position only",
-             "",
-             *bc.md_table(header, rows),
-             "",
-             *bc.md_table(["target", "measured", "result"], [
-                 [f"`steer record` peak RSS while recording grows <= 10% from {sizes[0]} to {sizes[-1]} texts",
-                  f"{growth.get('steer', float('nan')) * 100:+.1f}%", bc.verdict(growth.get("steer", 1) <= 0.10)],
-                 ["reference approach grows linearly (for comparison)",
-                  f"{growth.get('reference', float('nan')) * 100:+.1f}%", "shown"],
-             ])]
+    lines = [
+        "## 2. Recording memory",
+        "",
+        *bc.header_lines(info, bc.command_line("bench_memory.py", raw_argv), (load_before, load_after)),
+        f"- model `{args.model}`: {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, "
+        f"{cfg.num_attention_heads} head(s) of {cfg.head_dim}, intermediate {cfg.intermediate_size}, vocab "
+        f"{cfg.vocab_size}, float32, random init"
+        + (
+            " (the bench model's activation shape, smaller attention/MLP so 16k texts take minutes, not an hour)"
+            if args.model == "memory"
+            else ""
+        ),
+        f"- texts: {source} (for N = {sizes[-1]}; cycled past the end), classes = their labels; batch size "
+        f"{args.batch_size}; one fresh process per cell"
+        + (f", {args.parallel} at a time" if args.parallel > 1 else ""),
+        "- RSS at start: `VmRSS` once model and texts are loaded; peak while recording: `ru_maxrss` after "
+        + (
+            "the peak counter was reset at that point (`/proc/self/clear_refs`), so the random-weight model "
+            "build's transient does not hide the recording's own peak"
+            if reset_ok
+            else "recording (the peak counter could not be reset here: it includes the model build)"
+        )
+        + "; process peak: `ru_maxrss` over the whole process",
+        f"- one kept activation row is {per_text_kb:.0f} KiB (float32, {cfg.num_hidden_layers + 1} x "
+        f"{cfg.hidden_size}); the reference evaluates the LM head at the last position only",
+        "",
+        *bc.md_table(header, rows),
+        "",
+        *bc.md_table(
+            ["target", "measured", "result"],
+            [
+                [
+                    f"`steer record` peak RSS while recording grows <= 10% from {sizes[0]} to {sizes[-1]} texts",
+                    f"{growth.get('steer', float('nan')) * 100:+.1f}%",
+                    bc.verdict(growth.get("steer", 1) <= 0.10),
+                ],
+                [
+                    "reference approach grows linearly (for comparison)",
+                    f"{growth.get('reference', float('nan')) * 100:+.1f}%",
+                    "shown",
+                ],
+            ],
+        ),
+    ]
     bc.print_and_write(args, "memory", "\n".join(lines))
     bc.dump_json(args.json, {f"{a}:{n}": r for (a, n), r in results.items()})
     return 0

@@ -32,7 +32,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", default=os.environ.get("STEER_SMOLLM2", str(Path.home() / ".cache/steering/smollm2-135m-instruct")))
+    p.add_argument(
+        "--model", default=os.environ.get("STEER_SMOLLM2", str(Path.home() / ".cache/steering/smollm2-135m-instruct"))
+    )
     p.add_argument("--truthfulqa-dir", default=os.environ.get("STEER_TRUTHFULQA_DIR", "/work/shared/data/truthfulqa"))
     p.add_argument("--limit", type=int, default=100)
     p.add_argument("--repeats", type=int, default=3)
@@ -43,8 +45,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--backend", default="nnsight", choices=("nnsight", "hooks"))
     p.add_argument("--vector", help="steering vector file (default: a random unit vector per layer, seed 0)")
     p.add_argument("--skip-sweep", action="store_true")
-    p.add_argument("--check-limit", type=int, default=20,
-                   help="questions for the steered reuse-vs-plain agreement check (plain runs are slow); 0 skips")
+    p.add_argument(
+        "--check-limit",
+        type=int,
+        default=20,
+        help="questions for the steered reuse-vs-plain agreement check (plain runs are slow); 0 skips",
+    )
     p.add_argument("--json", type=Path, help="write the measurements here")
     p.add_argument("--report", type=Path, help="only print the markdown table of an earlier --json file")
     return p.parse_args(argv)
@@ -73,8 +79,11 @@ def per_request(samples: list[dict]) -> list[tuple[float, bool]]:
 
 
 def compare(a: list, b: list) -> dict[str, Any]:
-    return {"requests": len(a), "max_abs_diff": max(abs(x[0] - y[0]) for x, y in zip(a, b, strict=True)),
-            "greedy_mismatches": sum(x[1] != y[1] for x, y in zip(a, b, strict=True))}
+    return {
+        "requests": len(a),
+        "max_abs_diff": max(abs(x[0] - y[0]) for x, y in zip(a, b, strict=True)),
+        "greedy_mismatches": sum(x[1] != y[1] for x, y in zip(a, b, strict=True)),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     loads: list[str] = []
     names = list(runs)
     for rep in range(args.repeats):
-        order = names[rep % len(names):] + names[: rep % len(names)]
+        order = names[rep % len(names) :] + names[: rep % len(names)]
         for name in order:
             lm, config = runs[name]
             if config:
@@ -131,13 +140,17 @@ def main(argv: list[str] | None = None) -> int:
             hf_tokens.clear()
             loads.append(load())
             t0 = time.perf_counter()
-            out = evaluate(lm=lm, task_dict=task_dict, limit=args.limit, bootstrap_iters=0, log_samples=True,
-                           verbosity="WARNING")
+            out = evaluate(
+                lm=lm, task_dict=task_dict, limit=args.limit, bootstrap_iters=0, log_samples=True, verbosity="WARNING"
+            )
             times[name].append(time.perf_counter() - t0)
             answers[name] = per_request(out["samples"][TASK])
             tokens[name] = lm.token_counts.as_dict() if config else {"plain": sum(hf_tokens)}
-            print(f"[{rep + 1}/{args.repeats}] {name:15s} {times[name][-1]:7.1f}s  load {loads[-1]}  "
-                  f"acc={out['results'][TASK]['acc,none']:.4f}  tokens={tokens[name]}", flush=True)
+            print(
+                f"[{rep + 1}/{args.repeats}] {name:15s} {times[name][-1]:7.1f}s  load {loads[-1]}  "
+                f"acc={out['results'][TASK]['acc,none']:.4f}  tokens={tokens[name]}",
+                flush=True,
+            )
 
     # exactness of the steered runs against the plain (harness) path, once each
     plain = {}
@@ -147,8 +160,14 @@ def main(argv: list[str] | None = None) -> int:
         got = {}
         for reuse in (True, False):
             steered.prefix_reuse = reuse
-            out = evaluate(lm=steered, task_dict=task_dict, limit=args.check_limit, bootstrap_iters=0,
-                           log_samples=True, verbosity="WARNING")
+            out = evaluate(
+                lm=steered,
+                task_dict=task_dict,
+                limit=args.check_limit,
+                bootstrap_iters=0,
+                log_samples=True,
+                verbosity="WARNING",
+            )
             got[reuse] = per_request(out["samples"][TASK])
         steered.prefix_reuse = True
         plain[name] = {"limit": args.check_limit, **compare(got[True], got[False])}
@@ -156,12 +175,22 @@ def main(argv: list[str] | None = None) -> int:
 
     med = {k: statistics.median(v) for k, v in times.items()}
     report: dict[str, Any] = {
-        "model": args.model, "task": TASK, "limit": args.limit, "batch_size": args.batch_size,
-        "threads": args.threads, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "backend": args.backend, "alpha": args.alpha, "repeats": args.repeats,
-        "times_s": times, "median_s": med, "speedup_vs_hf": {k: med["hf"] / v for k, v in med.items()},
+        "model": args.model,
+        "task": TASK,
+        "limit": args.limit,
+        "batch_size": args.batch_size,
+        "threads": args.threads,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "backend": args.backend,
+        "alpha": args.alpha,
+        "repeats": args.repeats,
+        "times_s": times,
+        "median_s": med,
+        "speedup_vs_hf": {k: med["hf"] / v for k, v in med.items()},
         # each run against the hf run of the same repeat (neighbours in time, so under similar load)
         "paired_speedups_vs_hf": {k: [h / t for h, t in zip(times["hf"], v)] for k, v in times.items()},
-        "tokens": tokens, "load_1m_5m_at_starts": loads,
+        "tokens": tokens,
+        "load_1m_5m_at_starts": loads,
         "agreement_with_hf": compare(answers["reuse_alpha0"], answers["hf"]),
         "agreement_with_plain_steered": plain,
     }
@@ -176,9 +205,16 @@ def main(argv: list[str] | None = None) -> int:
         run_sweep(steered, plan, options, progress=False)
         sweep_s = time.perf_counter() - t0
         n = len(plan.configs)
-        report["sweep"] = {"configs": n, "alphas": alphas, "seconds": sweep_s, "load_at_start": loads[-1],
-                           "tokens": steered.token_counts.as_dict(), "hf_runs_equivalent_s": n * med["hf"],
-                           "hf_runs_tokens": n * tokens["hf"]["plain"], "speedup": n * med["hf"] / sweep_s}
+        report["sweep"] = {
+            "configs": n,
+            "alphas": alphas,
+            "seconds": sweep_s,
+            "load_at_start": loads[-1],
+            "tokens": steered.token_counts.as_dict(),
+            "hf_runs_equivalent_s": n * med["hf"],
+            "hf_runs_tokens": n * tokens["hf"]["plain"],
+            "speedup": n * med["hf"] / sweep_s,
+        }
         print(f"sweep of {n} configurations: {sweep_s:.1f}s  load {loads[-1]}  tokens={steered.token_counts.as_dict()}")
 
     print(json.dumps(report, indent=2))
@@ -195,25 +231,32 @@ def markdown(r: dict[str, Any]) -> str:
         "| vs hf: tokens |",
         "|---|---:|---|---:|---:|---:|---:|",
     ]
-    labels = {"hf": "`hf`", "reuse_alpha0": "`steered_hf` alpha 0 (reuse)",
-              "reuse_all": f"`steered_hf` alpha {r['alpha']:g}, positions=all (reuse)",
-              "reuse_response": f"`steered_hf` alpha {r['alpha']:g}, positions=response (reuse)"}
+    labels = {
+        "hf": "`hf`",
+        "reuse_alpha0": "`steered_hf` alpha 0 (reuse)",
+        "reuse_all": f"`steered_hf` alpha {r['alpha']:g}, positions=all (reuse)",
+        "reuse_response": f"`steered_hf` alpha {r['alpha']:g}, positions=response (reuse)",
+    }
     for k, label in labels.items():
         tok = r["tokens"][k]
         total = tok.get("total", tok.get("plain"))
         detail = f"{total:,}" + (f" ({tok['prefix']:,} prefix + {tok['tail']:,} tail)" if "prefix" in tok else "")
         paired = r.get("paired_speedups_vs_hf") or {k: [h / t for h, t in zip(r["times_s"]["hf"], r["times_s"][k])]}
-        lines.append(f"| {label} | {r['median_s'][k]:.1f} | {', '.join(f'{t:.1f}' for t in r['times_s'][k])} | "
-                     f"{detail} | {r['speedup_vs_hf'][k]:.2f}x | {', '.join(f'{x:.2f}' for x in paired[k])} | "
-                     f"{hf_tok / total:.2f}x |")
+        lines.append(
+            f"| {label} | {r['median_s'][k]:.1f} | {', '.join(f'{t:.1f}' for t in r['times_s'][k])} | "
+            f"{detail} | {r['speedup_vs_hf'][k]:.2f}x | {', '.join(f'{x:.2f}' for x in paired[k])} | "
+            f"{hf_tok / total:.2f}x |"
+        )
     if "sweep" in r:
         s = r["sweep"]
         tok = s["tokens"]
-        lines.append(f"| `steer sweep` {s['configs']} configs (alphas {', '.join(f'{a:g}' for a in s['alphas'])}; "
-                     f"positions=response) vs {s['configs']} x `hf` ({s['hf_runs_equivalent_s']:.0f} s, "
-                     f"{s['hf_runs_tokens']:,} tokens) | {s['seconds']:.1f} | 1 run | {tok['total']:,} "
-                     f"({tok['prefix']:,} prefix + {tok['tail']:,} tail) | {s['speedup']:.2f}x | - | "
-                     f"{s['hf_runs_tokens'] / tok['total']:.2f}x |")
+        lines.append(
+            f"| `steer sweep` {s['configs']} configs (alphas {', '.join(f'{a:g}' for a in s['alphas'])}; "
+            f"positions=response) vs {s['configs']} x `hf` ({s['hf_runs_equivalent_s']:.0f} s, "
+            f"{s['hf_runs_tokens']:,} tokens) | {s['seconds']:.1f} | 1 run | {tok['total']:,} "
+            f"({tok['prefix']:,} prefix + {tok['tail']:,} tail) | {s['speedup']:.2f}x | - | "
+            f"{s['hf_runs_tokens'] / tok['total']:.2f}x |"
+        )
     return "\n".join(lines)
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_common as bc  # noqa: E402
+import bench_common as bc
 
 
 def plain_loop(model, tokenizer, texts, classes, order, batch_size):
@@ -91,8 +91,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--source", default="auto", choices=["auto", "goemotions", "generated"])
     p.add_argument("--max-tokens", type=int, default=None, help="only texts of at most this many tokens")
-    p.add_argument("--share-model", action="store_true", default=None,
-                   help="one model instance for all approaches (default for --model scale)")
+    p.add_argument(
+        "--share-model",
+        action="store_true",
+        default=None,
+        help="one model instance for all approaches (default for --model scale)",
+    )
     bc.add_common_args(p)
     args = p.parse_args(argv)
     raw_argv = list(sys.argv[1:] if argv is None else argv)
@@ -120,8 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     variants = {
         "steer record": lambda: record_hidden_states(model, tok, items, batch_size=args.batch_size, progress=False),
         "plain loop": lambda: plain_loop(plain_model, tok, texts, classes, sorted_order, args.batch_size),
-        "plain loop, no LM head": lambda: plain_loop(plain_model.model, tok, texts, classes, sorted_order,
-                                                     args.batch_size),
+        "plain loop, no LM head": lambda: plain_loop(
+            plain_model.model, tok, texts, classes, sorted_order, args.batch_size
+        ),
         "reference": lambda: reference_approach(ref_model, tok, texts, classes, args.batch_size),
     }
     t = bc.alternate(variants, args.repeats, warmup=1, log=bc.say)
@@ -131,8 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     agreement = {}
     for name in ("plain loop", "plain loop, no LM head", "reference"):
         means = t.results[name]
-        agreement[name] = max(float((torch.as_tensor(means[c])[1:-1] - stats.classes[c].mean[:-1]).abs().max())
-                              for c in stats.classes)
+        agreement[name] = max(
+            float((torch.as_tensor(means[c])[1:-1] - stats.classes[c].mean[:-1]).abs().max()) for c in stats.classes
+        )
     diffs = [f"{name} {d:.1e}" for name, d in agreement.items()]
 
     n_tok = sum(lengths)
@@ -142,47 +148,93 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for k in variants:
         padded = pad_input if k == "reference" else pad_sorted
-        rows.append([f"`{k}`", f"{med[k]:.2f} ({t.spread(k)})", f"{len(items) / med[k]:.1f}",
-                     f"{n_tok / med[k]:.0f}", f"{padded}", f"{med['plain loop'] / med[k]:.2f}x",
-                     f"{med['reference'] / med[k]:.2f}x"])
+        rows.append(
+            [
+                f"`{k}`",
+                f"{med[k]:.2f} ({t.spread(k)})",
+                f"{len(items) / med[k]:.1f}",
+                f"{n_tok / med[k]:.0f}",
+                f"{padded}",
+                f"{med['plain loop'] / med[k]:.2f}x",
+                f"{med['reference'] / med[k]:.2f}x",
+            ]
+        )
     vs_plain = med["plain loop"] / med["steer record"]
     vs_base = med["plain loop, no LM head"] / med["steer record"]
     vs_ref = med["reference"] / med["steer record"]
     # with few texts sorting saves little padding; then the comparison is within run-to-run noise
-    sort_note = (f" (sorting saves only {100 * (1 - pad_sorted / pad_input):.0f}% of the padded tokens here: "
-                 "within this run's min-max spread)" if pad_input < 1.5 * pad_sorted else "")
+    sort_note = (
+        f" (sorting saves only {100 * (1 - pad_sorted / pad_input):.0f}% of the padded tokens here: "
+        "within this run's min-max spread)"
+        if pad_input < 1.5 * pad_sorted
+        else ""
+    )
     info = bc.machine_info()
     scale = args.model == "scale"
     key = "scale-record" if scale else "record"
-    title = ("## 5. Scale model: recording throughput (Llama-3.2-3B architecture)" if scale
-             else "## 1. Recording throughput")
-    lines = [title, "", *bc.header_lines(info, bc.command_line("bench_record.py", raw_argv), (t.load_before, t.load_after)),
-             f"- model: {bc.describe_model(model)}" + ("; one instance shared by all approaches" if share else
-                                                        "; each approach on its own copy"),
-             f"- tokenizer: {bc.tokenizer_source(args.tokenizer)}",
-             f"- texts: {len(items)} ({pool.source}), {n_tok} tokens, batch size {args.batch_size}, {args.repeats} repeats after 1 warm-up round",
-             f"- agreement of the class means with `steer record` (max abs diff, blocks 0..L-2): {', '.join(diffs)}",
-             "",
-             *bc.md_table(["approach", "seconds, median (min-max)", "texts/s", "tokens/s", "padded tokens",
-                           "speed vs plain loop", "speed vs reference"], rows),
-             "",
-             *bc.md_table(["target", "measured", "result"], [
-                 ["`steer record` >= 0.9x the plain loop's throughput", f"{vs_plain:.2f}x", bc.verdict(vs_plain >= 0.9)],
-                 ["(stricter) >= 0.9x the plain loop without the LM head", f"{vs_base:.2f}x", bc.verdict(vs_base >= 0.9)],
-                 ["length-sorted batching faster than the reference approach" + ("" if "GoEmotions" in pool.source
-                                                                                 else " (target is stated for GoEmotions)"),
-                  f"{vs_ref:.2f}x", bc.verdict(vs_ref > 1.0) + sort_note],
-             ]),
-             "",
-             "`plain loop` runs the whole `LlamaForCausalLM` (LM head included, as `output_hidden_states=True` "
-             "users do) over the same length-sorted batches; `steer record` stops after the last block, so part "
-             "of its lead is the skipped LM head. `plain loop, no LM head` runs only the base model "
-             "(`model.model`): the difference to it is the cost of nnsight, tokenization and the float64 "
-             "statistics. `reference` pads each input-order batch to its longest text (the `padded tokens` "
-             "column) and keeps every activation."]
+    title = (
+        "## 5. Scale model: recording throughput (Llama-3.2-3B architecture)" if scale else "## 1. Recording throughput"
+    )
+    lines = [
+        title,
+        "",
+        *bc.header_lines(info, bc.command_line("bench_record.py", raw_argv), (t.load_before, t.load_after)),
+        f"- model: {bc.describe_model(model)}"
+        + ("; one instance shared by all approaches" if share else "; each approach on its own copy"),
+        f"- tokenizer: {bc.tokenizer_source(args.tokenizer)}",
+        f"- texts: {len(items)} ({pool.source}), {n_tok} tokens, batch size {args.batch_size}, {args.repeats} repeats after 1 warm-up round",
+        f"- agreement of the class means with `steer record` (max abs diff, blocks 0..L-2): {', '.join(diffs)}",
+        "",
+        *bc.md_table(
+            [
+                "approach",
+                "seconds, median (min-max)",
+                "texts/s",
+                "tokens/s",
+                "padded tokens",
+                "speed vs plain loop",
+                "speed vs reference",
+            ],
+            rows,
+        ),
+        "",
+        *bc.md_table(
+            ["target", "measured", "result"],
+            [
+                ["`steer record` >= 0.9x the plain loop's throughput", f"{vs_plain:.2f}x", bc.verdict(vs_plain >= 0.9)],
+                [
+                    "(stricter) >= 0.9x the plain loop without the LM head",
+                    f"{vs_base:.2f}x",
+                    bc.verdict(vs_base >= 0.9),
+                ],
+                [
+                    "length-sorted batching faster than the reference approach"
+                    + ("" if "GoEmotions" in pool.source else " (target is stated for GoEmotions)"),
+                    f"{vs_ref:.2f}x",
+                    bc.verdict(vs_ref > 1.0) + sort_note,
+                ],
+            ],
+        ),
+        "",
+        "`plain loop` runs the whole `LlamaForCausalLM` (LM head included, as `output_hidden_states=True` "
+        "users do) over the same length-sorted batches; `steer record` stops after the last block, so part "
+        "of its lead is the skipped LM head. `plain loop, no LM head` runs only the base model "
+        "(`model.model`): the difference to it is the cost of nnsight, tokenization and the float64 "
+        "statistics. `reference` pads each input-order batch to its longest text (the `padded tokens` "
+        "column) and keeps every activation.",
+    ]
     bc.print_and_write(args, key, "\n".join(lines))
-    bc.dump_json(args.json, {"seconds": t.seconds, "agreement": agreement, "tokens": n_tok, "texts": len(items), "threads": threads,
-                             "load": [t.load_before, t.load_after]})
+    bc.dump_json(
+        args.json,
+        {
+            "seconds": t.seconds,
+            "agreement": agreement,
+            "tokens": n_tok,
+            "texts": len(items),
+            "threads": threads,
+            "load": [t.load_before, t.load_after],
+        },
+    )
     return 0
 
 

@@ -27,10 +27,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_common as bc  # noqa: E402
+import bench_common as bc
 
-WRAPPER = ("import sys, steer_plugin.lm_model; from lm_eval.__main__ import cli_evaluate; "
-           "sys.argv[0] = 'lm_eval'; cli_evaluate()")
+WRAPPER = (
+    "import sys, steer_plugin.lm_model; from lm_eval.__main__ import cli_evaluate; "
+    "sys.argv[0] = 'lm_eval'; cli_evaluate()"
+)
 PROBE = "from lm_eval.api.registry import get_model; get_model('steered_hf')"
 
 
@@ -93,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     env = bc.child_env(args.threads)
     env["STEER_CLASSIFIER"] = args.classifier
     stock = stock_cli_finds_steered_hf(env)
-    lm_eval_prefix = ([sys.executable, "-m", "lm_eval"] if stock else [sys.executable, "-c", WRAPPER])
+    lm_eval_prefix = [sys.executable, "-m", "lm_eval"] if stock else [sys.executable, "-c", WRAPPER]
 
     with tempfile.TemporaryDirectory(prefix="bench_sweep_") as tmp_default:
         work = Path(args.workdir or tmp_default)
@@ -107,18 +109,59 @@ def main(argv: list[str] | None = None) -> int:
         del model
 
         def sweep_cmd(out: Path) -> list[str]:
-            return [sys.executable, "-m", "steer_plugin", "sweep", "--model", model_dir, "--vector", str(vec_path),
-                    "--alphas", ",".join(alphas), "--tasks", ",".join(tasks), "--limit", str(args.limit),
-                    "--batch-size", str(args.batch_size), "--backend", args.backend, "--dtype", "float32",
-                    "--device", "cpu", "--classifier", args.classifier, "--out", str(out)]
+            return [
+                sys.executable,
+                "-m",
+                "steer_plugin",
+                "sweep",
+                "--model",
+                model_dir,
+                "--vector",
+                str(vec_path),
+                "--alphas",
+                ",".join(alphas),
+                "--tasks",
+                ",".join(tasks),
+                "--limit",
+                str(args.limit),
+                "--batch-size",
+                str(args.batch_size),
+                "--backend",
+                args.backend,
+                "--dtype",
+                "float32",
+                "--device",
+                "cpu",
+                "--classifier",
+                args.classifier,
+                "--out",
+                str(out),
+            ]
 
         def lm_eval_cmd(alpha: str, out: Path) -> list[str]:
             margs = f"pretrained={model_dir},vector={vec_path},alpha={alpha},backend={args.backend},dtype=float32"
-            return [*lm_eval_prefix, "run", "--model", "steered_hf", "--model_args", margs, "--tasks", *tasks,
-                    "--include_path", str(tasks_dir()), "--limit", str(args.limit), "--batch_size",
-                    str(args.batch_size), "--device", "cpu", "--output_path", str(out)]
+            return [
+                *lm_eval_prefix,
+                "run",
+                "--model",
+                "steered_hf",
+                "--model_args",
+                margs,
+                "--tasks",
+                *tasks,
+                "--include_path",
+                str(tasks_dir()),
+                "--limit",
+                str(args.limit),
+                "--batch_size",
+                str(args.batch_size),
+                "--device",
+                "cpu",
+                "--output_path",
+                str(out),
+            ]
 
-        counter = iter(range(10 ** 6))
+        counter = iter(range(10**6))
         last: dict[str, Path] = {}
 
         def do_sweep() -> float:
@@ -135,20 +178,20 @@ def main(argv: list[str] | None = None) -> int:
         seconds: dict[str, list[float]] = {"steer sweep": [], "separate lm_eval": []}
         for r in range(args.repeats):  # no warm-up: every run is a cold process anyway
             order = [("steer sweep", do_sweep), ("separate lm_eval", do_separate)]
-            for name, fn in (order if r % 2 == 0 else order[::-1]):
+            for name, fn in order if r % 2 == 0 else order[::-1]:
                 seconds[name].append(fn())
                 bc.say(f"  round {r + 1}/{args.repeats} {name}: {seconds[name][-1]:.1f}s (load {bc.loadavg()[0]})")
         load_after = bc.loadavg()
 
         task0 = tasks[0]
         sweep_metrics = metrics_from_sweep(last["sweep"], task0, args.metric)
-        separate_metrics = {float(a): metric_from_lm_eval(last["separate"] / f"a{a}", task0, args.metric)
-                            for a in alphas}
+        separate_metrics = {
+            float(a): metric_from_lm_eval(last["separate"] / f"a{a}", task0, args.metric) for a in alphas
+        }
         same = sweep_metrics == separate_metrics
 
-    import statistics
-
     import inspect
+    import statistics
 
     from steer_plugin.lm_model import SteeredHFLM
 
@@ -156,32 +199,54 @@ def main(argv: list[str] | None = None) -> int:
     med = {k: statistics.median(v) for k, v in seconds.items()}
     speedup = med["separate lm_eval"] / med["steer sweep"]
     info = bc.machine_info()
-    how = ("the stock CLI (`python -m lm_eval run --model steered_hf ...`; steer-plugin's autoload hook "
-           "registers the model)" if stock else
-           "`python -c \"import steer_plugin.lm_model; from lm_eval.__main__ import cli_evaluate; ...\" run ...` "
-           "(the stock CLI does not find `steered_hf` in this environment: the autoload hook is not installed)")
-    rows = [[f"`{k}`", f"{med[k]:.1f} ({min(v):.1f}-{max(v):.1f})", f"{med[k] / len(alphas):.1f}"]
-            for k, v in seconds.items()]
-    lines = ["## 4. Sweeps", "",
-             *bc.header_lines(info, bc.command_line("bench_sweep.py", raw_argv), (load_before, load_after)),
-             f"- model `{args.model}` (saved to a temp folder and loaded by each process): {describe}",
-             f"- K = {len(alphas)} alphas ({', '.join(alphas)}; 0 = unsteered), tasks {', '.join(tasks)}, "
-             f"--limit {args.limit}, batch size {args.batch_size}, backend {args.backend}, random vector "
-             f"(row norm 0.5) on all blocks",
-             f"- separate invocations: {how}, with `--include_path {tasks_dir()}`",
-             f"- both sides are cold subprocesses timed end to end; {args.repeats} alternating rounds",
-             *(["- both sides run `steered_hf` with its defaults, so prefix reuse (issue 6) is on for both; "
-                "`steer sweep` can also share the prefix cache across alphas"] if reuse else []),
-             f"- `{args.metric}` per alpha identical on both sides: {same} ({sweep_metrics})",
-             "",
-             *bc.md_table(["approach", "seconds, median (min-max)", "seconds per alpha"], rows),
-             "",
-             *bc.md_table(["target", "measured", "result"], [
-                 [f"`steer sweep` >= 2.5x faster than {len(alphas)} separate `lm_eval` runs", f"{speedup:.2f}x",
-                  bc.verdict(speedup >= 2.5)]])]
+    how = (
+        "the stock CLI (`python -m lm_eval run --model steered_hf ...`; steer-plugin's autoload hook "
+        "registers the model)"
+        if stock
+        else '`python -c "import steer_plugin.lm_model; from lm_eval.__main__ import cli_evaluate; ..." run ...` '
+        "(the stock CLI does not find `steered_hf` in this environment: the autoload hook is not installed)"
+    )
+    rows = [
+        [f"`{k}`", f"{med[k]:.1f} ({min(v):.1f}-{max(v):.1f})", f"{med[k] / len(alphas):.1f}"]
+        for k, v in seconds.items()
+    ]
+    lines = [
+        "## 4. Sweeps",
+        "",
+        *bc.header_lines(info, bc.command_line("bench_sweep.py", raw_argv), (load_before, load_after)),
+        f"- model `{args.model}` (saved to a temp folder and loaded by each process): {describe}",
+        f"- K = {len(alphas)} alphas ({', '.join(alphas)}; 0 = unsteered), tasks {', '.join(tasks)}, "
+        f"--limit {args.limit}, batch size {args.batch_size}, backend {args.backend}, random vector "
+        f"(row norm 0.5) on all blocks",
+        f"- separate invocations: {how}, with `--include_path {tasks_dir()}`",
+        f"- both sides are cold subprocesses timed end to end; {args.repeats} alternating rounds",
+        *(
+            [
+                "- both sides run `steered_hf` with its defaults, so prefix reuse (issue 6) is on for both; "
+                "`steer sweep` can also share the prefix cache across alphas"
+            ]
+            if reuse
+            else []
+        ),
+        f"- `{args.metric}` per alpha identical on both sides: {same} ({sweep_metrics})",
+        "",
+        *bc.md_table(["approach", "seconds, median (min-max)", "seconds per alpha"], rows),
+        "",
+        *bc.md_table(
+            ["target", "measured", "result"],
+            [
+                [
+                    f"`steer sweep` >= 2.5x faster than {len(alphas)} separate `lm_eval` runs",
+                    f"{speedup:.2f}x",
+                    bc.verdict(speedup >= 2.5),
+                ]
+            ],
+        ),
+    ]
     bc.print_and_write(args, "sweep", "\n".join(lines))
-    bc.dump_json(args.json, {"seconds": seconds, "stock_cli": stock, "sweep": sweep_metrics,
-                             "separate": separate_metrics})
+    bc.dump_json(
+        args.json, {"seconds": seconds, "stock_cli": stock, "sweep": sweep_metrics, "separate": separate_metrics}
+    )
     return 0
 
 

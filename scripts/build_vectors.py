@@ -33,9 +33,18 @@ def main() -> None:
     p.add_argument("--keep-stats", action="store_true", help="also write the all-emotion stats file")
     args = p.parse_args()
 
-    stats = record_request(RecordRequest(
-        model=args.model, emotion="all", split=args.split, data_dir=args.data, max_per_class=args.max_per_class,
-        batch_size=args.batch_size, dtype=args.dtype, device=args.device))
+    stats = record_request(
+        RecordRequest(
+            model=args.model,
+            emotion="all",
+            split=args.split,
+            data_dir=args.data,
+            max_per_class=args.max_per_class,
+            batch_size=args.batch_size,
+            dtype=args.dtype,
+            device=args.device,
+        )
+    )
     folder = Path(args.out) / model_slug(args.model)
     if args.keep_stats:
         stats.save(folder / f"stats-{args.split}-all.safetensors")

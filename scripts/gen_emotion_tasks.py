@@ -62,9 +62,7 @@ def metric_list_yaml(neutral_is_goal: bool) -> str:
     lines = ["metric_list:"]
 
     def add(metric: str, higher: str) -> None:
-        lines.extend(
-            [f"  - metric: {metric}", "    aggregation: mean", f"    higher_is_better: {higher}"]
-        )
+        lines.extend([f"  - metric: {metric}", "    aggregation: mean", f"    higher_is_better: {higher}"])
 
     add("target_rate", "true")
     add("target_prob", "true")

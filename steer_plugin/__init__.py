@@ -16,7 +16,14 @@ _LAZY = {
     "SteerError": "steer_plugin.errors",
 }
 
-__all__ = [*_LAZY, "__version__"]
+__all__ = [  # noqa: RUF022 (grouped by the data flow, not alphabetically)
+    "load_goemotions",
+    "record_hidden_states",
+    "HiddenStateStats",
+    "SteeringVector",
+    "SteerError",
+    "__version__",
+]
 
 if TYPE_CHECKING:  # pragma: no cover
     from steer_plugin.data import load_goemotions

@@ -71,7 +71,7 @@ def _with_our_tasks(include_path: "object") -> "object":
         _warn(f"task folder not added ({err}); pass --include_path explicitly")
         return include_path
     if not include_path:  # None or "": TaskManager would skip it
-        given: "list" = []
+        given: list = []
     elif isinstance(include_path, (list, tuple)):
         given = list(include_path)
     else:
@@ -158,7 +158,7 @@ class _PostImportFinder:
 
     def __init__(self, hooks: "dict") -> None:
         self.hooks = hooks
-        self._busy: "set[str]" = set()
+        self._busy: set[str] = set()
 
     def find_spec(self, fullname: str, path: "object" = None, target: "object" = None) -> "object":
         hook = self.hooks.get(fullname)

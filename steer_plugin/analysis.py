@@ -185,9 +185,7 @@ def _bh_count(p: np.ndarray, alpha: float) -> int:
     return int(np.flatnonzero(below)[-1] + 1) if below.any() else 0
 
 
-def summarize_layers(
-    neurons: NeuronStats, layers: np.ndarray, alpha: float = ALPHA
-) -> list[LayerSummary]:
+def summarize_layers(neurons: NeuronStats, layers: np.ndarray, alpha: float = ALPHA) -> list[LayerSummary]:
     diff = neurons.mean_diff
     norms = np.linalg.norm(diff, axis=1)
     out = []
@@ -229,17 +227,14 @@ def _resolve_classes(stats: HiddenStateStats, target: str | None, baseline: str 
     baseline = baseline or meta.get("baseline") or DEFAULT_BASELINE
     if not target:
         raise SteerError(
-            "no target class given and the stats metadata names none; "
-            f"choose one of: {', '.join(stats.classes)}"
+            f"no target class given and the stats metadata names none; choose one of: {', '.join(stats.classes)}"
         )
     if target == baseline:
         raise SteerError(f"target and baseline are the same class ({target!r}); pick two different ones")
     t_cls, b_cls = stats.get(target), stats.get(baseline)
     for name, cls in ((target, t_cls), (baseline, b_cls)):
         if cls.count < 2:
-            raise SteerError(
-                f"class {name!r} has {cls.count} sample(s); Welch's t-test needs at least 2 per class"
-            )
+            raise SteerError(f"class {name!r} has {cls.count} sample(s); Welch's t-test needs at least 2 per class")
     return str(target), str(baseline), t_cls, b_cls
 
 

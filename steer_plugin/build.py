@@ -46,12 +46,28 @@ def build_vector(
         diff = diff * scale
     meta: dict[str, Any] = {
         k: stats.metadata[k]
-        for k in ("model", "model_revision", "config_hash", "architecture", "split", "selection",
-                  "template", "dtype", "source", "max_per_class", "seed", "dedupe", "block_path")
+        for k in (
+            "model",
+            "model_revision",
+            "config_hash",
+            "architecture",
+            "split",
+            "selection",
+            "template",
+            "dtype",
+            "source",
+            "max_per_class",
+            "seed",
+            "dedupe",
+            "block_path",
+        )
         if k in stats.metadata
     }
     meta.update(
-        emotion=target, baseline=baseline, method=method, top_k=top_k if method == "top_k" else None,
+        emotion=target,
+        baseline=baseline,
+        method=method,
+        top_k=top_k if method == "top_k" else None,
         counts={target: tgt.count, baseline: base.count},
     )
     if scale is not None:

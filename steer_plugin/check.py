@@ -49,8 +49,7 @@ class CheckReport:
 
     @property
     def ok(self) -> bool:
-        return (all(l.ok for l in self.layers) and self.alpha0_exact and self.backends_agree
-                and self.hooks_left == 0)
+        return all(l.ok for l in self.layers) and self.alpha0_exact and self.backends_agree and self.hooks_left == 0
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "ok": self.ok}
@@ -82,8 +81,16 @@ def _kl(p_logits: torch.Tensor, q_logits: torch.Tensor) -> float:
     return float((p.exp() * (p - q)).sum(-1).mean())
 
 
-def run_check(model: Any, tokenizer: Any, vector: SteeringVector, prompts: list[str], alpha: float = 1.0,
-              layers: str | None = None, blocks: str | None = None, name: str = "") -> CheckReport:
+def run_check(
+    model: Any,
+    tokenizer: Any,
+    vector: SteeringVector,
+    prompts: list[str],
+    alpha: float = 1.0,
+    layers: str | None = None,
+    blocks: str | None = None,
+    name: str = "",
+) -> CheckReport:
     def n_hooks() -> int:
         return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
 
@@ -91,7 +98,7 @@ def run_check(model: Any, tokenizer: Any, vector: SteeringVector, prompts: list[
     hooks_steerer = Steerer(model, "hooks", blocks)
     nn_steerer = Steerer(model, "nnsight", blocks)
     blk = hooks_steerer.blocks
-    ids, mask, pos = pad_batch([tokenizer(p)["input_ids"] for p in prompts], pad_id(tokenizer), "right")
+    ids, mask, _pos = pad_batch([tokenizer(p)["input_ids"] for p in prompts], pad_id(tokenizer), "right")
     device = model.get_input_embeddings().weight.device
     inputs = dict(input_ids=ids.to(device), attention_mask=mask.to(device))
     real = mask.bool()
@@ -119,16 +126,14 @@ def run_check(model: Any, tokenizer: Any, vector: SteeringVector, prompts: list[
                 cos = float(torch.nn.functional.cosine_similarity(change, d[None], dim=-1).min())
                 ratios = change.norm(dim=-1) / d.norm()
                 ratio = float(ratios[(ratios - 1).abs().argmax()])
-            ok = float(delta.norm()) == 0 or (
-                cos is not None and cos > 1 - COS_TOL and abs(ratio - 1) < RATIO_TOL)
+            ok = float(delta.norm()) == 0 or (cos is not None and cos > 1 - COS_TOL and abs(ratio - 1) < RATIO_TOL)
             kl = _kl(base[rows, last], steered[rows, last])
             report.layers.append(LayerCheck(l, float(vector.matrix[l].norm()), cos, ratio, kl, ok))
         all_plan = make_plan([vector], [alpha], model, hooks_steerer.block_path, layers)
         by_hooks = hooks_steerer.forward(all_plan, None, **inputs).logits
         by_nnsight = nn_steerer.forward(all_plan, None, **inputs).logits
         report.all_layers_kl = _kl(base[rows, last], by_hooks[rows, last])
-        report.all_layers_top1_changed = int(
-            (base[rows, last].argmax(-1) != by_hooks[rows, last].argmax(-1)).sum())
+        report.all_layers_top1_changed = int((base[rows, last].argmax(-1) != by_hooks[rows, last].argmax(-1)).sum())
         report.backend_max_diff = float((by_hooks - by_nnsight).abs().max())
         report.backends_agree = report.backend_max_diff <= 1e-5
         zero_plan = make_plan([vector], [0.0], model, hooks_steerer.block_path, layers)
@@ -142,12 +147,17 @@ def format_report(report: CheckReport) -> str:
     def f(x: float | None, spec: str) -> str:
         return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
-    lines = [f"steer check: {report.model}  alpha={report.alpha:g}", "",
-             " layer   |row|   cos(change, alpha*row)   |change|/|alpha*row|   KL next token   ok",
-             " -----  ------  -----------------------  ----------------------  -------------  ---"]
+    lines = [
+        f"steer check: {report.model}  alpha={report.alpha:g}",
+        "",
+        " layer   |row|   cos(change, alpha*row)   |change|/|alpha*row|   KL next token   ok",
+        " -----  ------  -----------------------  ----------------------  -------------  ---",
+    ]
     for l in report.layers:
-        lines.append(f" {l.layer:>5}  {f(l.row_norm, '6.3f')}  {f(l.cosine, '23.6f')}  "
-                     f"{f(l.norm_ratio, '22.6f')}  {l.kl_next_token:13.3e}  {'yes' if l.ok else 'NO'}")
+        lines.append(
+            f" {l.layer:>5}  {f(l.row_norm, '6.3f')}  {f(l.cosine, '23.6f')}  "
+            f"{f(l.norm_ratio, '22.6f')}  {l.kl_next_token:13.3e}  {'yes' if l.ok else 'NO'}"
+        )
     lines += [
         "",
         f"all layers steered: KL(next token) = {report.all_layers_kl:.3e}, "

@@ -268,9 +268,9 @@ class HFEmotionClassifier(EmotionClassifier):
     def _score_batch(self, texts: list[str]) -> list[list[float]]:
         import torch
 
-        enc = self.tokenizer(
-            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
-        ).to(self.device)
+        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt").to(
+            self.device
+        )
         with torch.inference_mode():
             logits = self.model(**enc).logits.float()
         probs = torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=-1)
@@ -286,9 +286,7 @@ class NadeEmotionClassifier(EmotionClassifier):
         try:
             from nade import Nade
         except ImportError as err:
-            raise SteerError(
-                "classifier 'nade' needs the nade package: pip install 'steer-plugin[nade]'"
-            ) from err
+            raise SteerError("classifier 'nade' needs the nade package: pip install 'steer-plugin[nade]'") from err
         with warnings.catch_warnings():  # nade warns while it unpacks its bundled models
             warnings.simplefilter("ignore")
             self.nade = Nade()

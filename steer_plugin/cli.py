@@ -12,8 +12,12 @@ DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
 def _add_model_args(p: argparse.ArgumentParser, required: bool = False) -> None:
-    p.add_argument("--model", required=required, default=None if required else DEFAULT_MODEL,
-                   help=f"hub id or local folder (default: {DEFAULT_MODEL})")
+    p.add_argument(
+        "--model",
+        required=required,
+        default=None if required else DEFAULT_MODEL,
+        help=f"hub id or local folder (default: {DEFAULT_MODEL})",
+    )
     p.add_argument("--dtype", default="float32", choices=["auto", "float32", "float16", "bfloat16"])
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps ... (default: where it loads)")
     p.add_argument("--device-map", default=None, help="e.g. 'auto' to spread a big model over devices")
@@ -23,8 +27,11 @@ def _add_model_args(p: argparse.ArgumentParser, required: bool = False) -> None:
 
 
 def _add_data_args(p: argparse.ArgumentParser, emotion_required: bool = True) -> None:
-    p.add_argument("--emotion", required=emotion_required,
-                   help="a GoEmotions label (anger, joy, ...), an Ekman group (ekman:anger) or 'all'")
+    p.add_argument(
+        "--emotion",
+        required=emotion_required,
+        help="a GoEmotions label (anger, joy, ...), an Ekman group (ekman:anger) or 'all'",
+    )
     p.add_argument("--baseline", default="neutral", help="baseline class (default: neutral)")
     p.add_argument("--data", default=None, help="local GoEmotions folder (train.tsv ...); default: the hub dataset")
     p.add_argument("--split", default="train", help="train, validation (= dev) or test")
@@ -58,8 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p)
     _add_record_args(p)
     p.add_argument("--out", required=True, help="stats file (.safetensors)")
-    p.add_argument("--save-activations", default=None, metavar="DIR",
-                   help="also write raw [N, layers, hidden] arrays per class as .npy")
+    p.add_argument(
+        "--save-activations",
+        default=None,
+        metavar="DIR",
+        help="also write raw [N, layers, hidden] arrays per class as .npy",
+    )
     p.add_argument("--activation-dtype", default="float16", choices=["float16", "float32"])
     p.set_defaults(func=cmd_record)
 
@@ -81,7 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--layers", default=None, help="keep only these layers, e.g. 10-20 (0-based)")
     p.add_argument("--scale", type=float, default=None, help="bake a scale into the file (normally use alpha)")
-    p.add_argument("--out", default=None, help="vector file (default: vectors/<model>/<emotion>-<method>[-k].safetensors)")
+    p.add_argument(
+        "--out", default=None, help="vector file (default: vectors/<model>/<emotion>-<method>[-k].safetensors)"
+    )
     p.add_argument("--save-stats", default=None, help="also keep the recorded stats file")
     p.set_defaults(func=cmd_build)
 
@@ -101,8 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("import", help="turn a reference .npy diff matrix into a vector file")
     p.add_argument("npy")
     p.add_argument("--out", required=True)
-    p.add_argument("--drop-embedding-row", action="store_true",
-                   help="the matrix came from hidden_states (row 0 = embeddings)")
+    p.add_argument(
+        "--drop-embedding-row", action="store_true", help="the matrix came from hidden_states (row 0 = embeddings)"
+    )
     p.add_argument("--emotion", default=None)
     p.add_argument("--model", default=None, help="model the matrix was recorded on")
     p.set_defaults(func=cmd_import)
@@ -150,16 +164,26 @@ def _selection(args: argparse.Namespace):
     from steer_plugin.data import load_goemotions, select_texts
 
     examples = load_goemotions(args.split, args.data)
-    return select_texts(examples, args.emotion, args.baseline, args.selection, args.max_per_class,
-                        args.seed, args.dedupe, split=args.split, source="local" if args.data else "hub")
+    return select_texts(
+        examples,
+        args.emotion,
+        args.baseline,
+        args.selection,
+        args.max_per_class,
+        args.seed,
+        args.dedupe,
+        split=args.split,
+        source="local" if args.data else "hub",
+    )
 
 
 def cmd_data(args: argparse.Namespace) -> int:
     if args.emotion == "all":
         from steer_plugin.data import load_goemotions, select_all
 
-        texts, members = select_all(load_goemotions(args.split, args.data), args.selection,
-                                    args.max_per_class, args.seed, args.dedupe)
+        texts, members = select_all(
+            load_goemotions(args.split, args.data), args.selection, args.max_per_class, args.seed, args.dedupe
+        )
         counts: dict[str, int] = {}
         for m in members:
             for c in m:
@@ -186,11 +210,25 @@ def _record_request(args: argparse.Namespace, emotion: str):
     from steer_plugin.pipeline import RecordRequest
 
     return RecordRequest(
-        model=args.model, emotion=emotion, baseline=args.baseline, split=args.split, data_dir=args.data,
-        selection=args.selection, max_per_class=args.max_per_class, seed=args.seed, dedupe=args.dedupe,
-        template=args.template, batch_size=args.batch_size, dtype=args.dtype, device=args.device,
-        device_map=args.device_map, revision=args.revision, trust_remote_code=args.trust_remote_code,
-        blocks=args.blocks, padding_side=args.padding_side, progress=not args.no_progress,
+        model=args.model,
+        emotion=emotion,
+        baseline=args.baseline,
+        split=args.split,
+        data_dir=args.data,
+        selection=args.selection,
+        max_per_class=args.max_per_class,
+        seed=args.seed,
+        dedupe=args.dedupe,
+        template=args.template,
+        batch_size=args.batch_size,
+        dtype=args.dtype,
+        device=args.device,
+        device_map=args.device_map,
+        revision=args.revision,
+        trust_remote_code=args.trust_remote_code,
+        blocks=args.blocks,
+        padding_side=args.padding_side,
+        progress=not args.no_progress,
         save_activations=getattr(args, "save_activations", None),
         activation_dtype=getattr(args, "activation_dtype", "float16"),
     )
@@ -256,14 +294,20 @@ def cmd_build(args: argparse.Namespace) -> int:
         return 0
     emotion = args.emotion or stats.metadata.get("target")
     layers = parse_layers(args.layers, stats.shape[0]) if args.layers else None
-    vec = build_vector(stats, emotion, args.baseline, method=args.method, top_k=args.top_k, layers=layers,
-                       scale=args.scale)
-    out = Path(args.out) if args.out else default_vector_path(
-        stats.metadata.get("model", "model"), vec.metadata["emotion"], args.method, args.top_k)
+    vec = build_vector(
+        stats, emotion, args.baseline, method=args.method, top_k=args.top_k, layers=layers, scale=args.scale
+    )
+    out = (
+        Path(args.out)
+        if args.out
+        else default_vector_path(stats.metadata.get("model", "model"), vec.metadata["emotion"], args.method, args.top_k)
+    )
     vec.save(out)
     norms = vec.layer_norms()
-    print(f"wrote {out}: {vec.n_layers} layers x {vec.hidden_size}, {args.method}"
-          f"{f' k={args.top_k}' if args.method == 'top_k' else ''}, counts {vec.metadata['counts']}")
+    print(
+        f"wrote {out}: {vec.n_layers} layers x {vec.hidden_size}, {args.method}"
+        f"{f' k={args.top_k}' if args.method == 'top_k' else ''}, counts {vec.metadata['counts']}"
+    )
     print("per-layer norm: " + " ".join(f"{n:.3g}" for n in norms))
     return 0
 
@@ -292,8 +336,16 @@ def cmd_list(args: argparse.Namespace) -> int:
             continue  # a stats file or another safetensors file
         m = v.metadata
         method = m.get("method", "?") + (f" k={m['top_k']}" if m.get("top_k") else "")
-        rows.append((str(f.relative_to(root)), str(m.get("model", "?")), str(m.get("emotion", "?")), method,
-                     format_layers(v.nonzero_layers(), v.n_layers), f"{float(v.matrix.norm()):.3f}"))
+        rows.append(
+            (
+                str(f.relative_to(root)),
+                str(m.get("model", "?")),
+                str(m.get("emotion", "?")),
+                method,
+                format_layers(v.nonzero_layers(), v.n_layers),
+                f"{float(v.matrix.norm()):.3f}",
+            )
+        )
     print(format_table(rows))
     return 0
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 DEFAULT_PROMPTS = ["Tell me about yourself.", "Write a short story about a boy and his dog."]
 
@@ -51,8 +52,14 @@ def add_commands(sub: Any, add_model_args: Callable[..., None]) -> None:
 def _load(args: argparse.Namespace):
     from steer_plugin.models import load_model
 
-    return load_model(args.model, dtype=args.dtype, device=args.device, device_map=args.device_map,
-                      revision=args.revision, trust_remote_code=args.trust_remote_code)
+    return load_model(
+        args.model,
+        dtype=args.dtype,
+        device=args.device,
+        device_map=args.device_map,
+        revision=args.revision,
+        trust_remote_code=args.trust_remote_code,
+    )
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -61,8 +68,16 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     vec = SteeringVector.load(args.vector)
     loaded = _load(args)
-    report = run_check(loaded.model, loaded.tokenizer, vec, args.prompt or DEFAULT_PROMPTS, args.alpha,
-                       args.layers, args.blocks, args.model)
+    report = run_check(
+        loaded.model,
+        loaded.tokenizer,
+        vec,
+        args.prompt or DEFAULT_PROMPTS,
+        args.alpha,
+        args.layers,
+        args.blocks,
+        args.model,
+    )
     print(json.dumps(report.to_json(), indent=2) if args.json else format_report(report))
     return 0 if report.ok else 1
 
@@ -76,12 +91,20 @@ def cmd_generate(args: argparse.Namespace) -> int:
     vec = SteeringVector.load(args.vector)
     loaded = _load(args)
     settings = GenerationSettings(
-        max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, temperature=args.temperature,
-        top_p=args.top_p, seed=args.seed, chat=args.chat, positions=args.positions, layers=args.layers,
-        batch_size=args.batch_size)
+        max_new_tokens=args.max_new_tokens,
+        do_sample=args.do_sample,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+        chat=args.chat,
+        positions=args.positions,
+        layers=args.layers,
+        batch_size=args.batch_size,
+    )
     steerer = Steerer(loaded.model, args.backend, args.blocks)
-    run = generate_side_by_side(loaded.model, loaded.tokenizer, vec, args.prompts or DEFAULT_PROMPTS,
-                                args.alphas, settings, steerer)
+    run = generate_side_by_side(
+        loaded.model, loaded.tokenizer, vec, args.prompts or DEFAULT_PROMPTS, args.alphas, settings, steerer
+    )
     print(format_run(run))
     if args.json_out:
         doc = {"model": args.model, "vector": args.vector, "backend": args.backend, **run.to_json()}
@@ -101,8 +124,9 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tasks", default=None, help="comma-separated harness tasks")
     p.add_argument("--limit", type=float, default=None, help="docs per task (quick look)")
     p.add_argument("--batch-size", default="8", help="int or 'auto'")
-    p.add_argument("--classifier", default=None,
-                   help="emotion classifier for steer_emotion_* tasks: hub id, local path or 'nade'")
+    p.add_argument(
+        "--classifier", default=None, help="emotion classifier for steer_emotion_* tasks: hub id, local path or 'nade'"
+    )
     p.add_argument("--include-path", default=None, help="extra folder of task YAMLs")
     p.add_argument("--layers", action="append", default=None, help="layer subset (repeatable for a sweep)")
     p.add_argument("--positions", default="all", help="all, response or both: all,response")
@@ -111,8 +135,11 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--apply-chat-template", action="store_true")
     p.add_argument("--num-fewshot", type=int, default=None)
     p.add_argument("--bootstrap-iters", type=int, default=1000)
-    p.add_argument("--no-prefix-reuse", action="store_true",
-                   help="score multiple-choice requests with HFLM's own loop (bit-identical to `hf` at alpha 0)")
+    p.add_argument(
+        "--no-prefix-reuse",
+        action="store_true",
+        help="score multiple-choice requests with HFLM's own loop (bit-identical to `hf` at alpha 0)",
+    )
 
 
 def add_eval_commands(sub: Any, add_model_args: Callable[..., None]) -> None:
@@ -141,8 +168,11 @@ def add_eval_commands(sub: Any, add_model_args: Callable[..., None]) -> None:
     p.add_argument("--top-k", type=int, default=20)
     p.add_argument("--vector", default=None, help="use this vector file instead of building one")
     p.add_argument("--alphas", type=_floats, default=DEFAULT_ALPHAS)
-    p.add_argument("--truthfulqa-dir", default=None,
-                   help="local TruthfulQA JSONL folder: use the truthfulqa_local_* tasks (offline)")
+    p.add_argument(
+        "--truthfulqa-dir",
+        default=None,
+        help="local TruthfulQA JSONL folder: use the truthfulqa_local_* tasks (offline)",
+    )
     p.add_argument("--out", default=None, help="output folder (default: runs/<model>-<emotion>)")
     _add_eval_args(p)
     p.set_defaults(func=cmd_run, positions="response")
@@ -160,16 +190,32 @@ def _sweep(args: argparse.Namespace, vectors: list[str], tasks: list[str], out: 
 
     positions = [p.strip() for p in args.positions.split(",") if p.strip()]
     plan = SweepPlan.grid(vectors, args.alphas, args.layers or ["all"], positions)
-    model_args = {"pretrained": args.model, "dtype": args.dtype, "backend": args.backend,
-                  "batch_size": args.batch_size, "prefix_reuse": not args.no_prefix_reuse}
+    model_args = {
+        "pretrained": args.model,
+        "dtype": args.dtype,
+        "backend": args.backend,
+        "batch_size": args.batch_size,
+        "prefix_reuse": not args.no_prefix_reuse,
+    }
     options = SweepOptions(
-        tasks=tasks, out_dir=Path(out), limit=args.limit, classifier=args.classifier,
-        include_path=args.include_path, log_samples=args.log_samples,
-        apply_chat_template=args.apply_chat_template, num_fewshot=args.num_fewshot,
-        bootstrap_iters=args.bootstrap_iters, model_args=model_args)
-    kwargs: dict[str, Any] = {"dtype": args.dtype, "batch_size": _parse_batch_size(args.batch_size),
-                              "trust_remote_code": args.trust_remote_code, "backend": args.backend,
-                              "prefix_reuse": not args.no_prefix_reuse}
+        tasks=tasks,
+        out_dir=Path(out),
+        limit=args.limit,
+        classifier=args.classifier,
+        include_path=args.include_path,
+        log_samples=args.log_samples,
+        apply_chat_template=args.apply_chat_template,
+        num_fewshot=args.num_fewshot,
+        bootstrap_iters=args.bootstrap_iters,
+        model_args=model_args,
+    )
+    kwargs: dict[str, Any] = {
+        "dtype": args.dtype,
+        "batch_size": _parse_batch_size(args.batch_size),
+        "trust_remote_code": args.trust_remote_code,
+        "backend": args.backend,
+        "prefix_reuse": not args.no_prefix_reuse,
+    }
     import torch
 
     kwargs["device"] = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -228,7 +274,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         tasks = _tasks(args)
     else:
         tq = ["truthfulqa_local_mc1", "truthfulqa_local_mc2"] if tq_dir else ["truthfulqa_mc1", "truthfulqa_mc2"]
-        tasks = tq + [f"steer_emotion_{emotion.replace(':', '_')}"]
+        tasks = [*tq, f"steer_emotion_{emotion.replace(':', '_')}"]
     if tq_dir:
         os.environ["STEER_TRUTHFULQA_DIR"] = str(Path(tq_dir).resolve())
     out = args.out or str(Path("runs") / f"{model_slug(args.model)}-{emotion.replace(':', '_')}")
@@ -245,10 +291,22 @@ def _build_for_run(args: argparse.Namespace, emotion: str, out: Any) -> None:
     from steer_plugin.pipeline import RecordRequest, record_request
 
     print(f"building {out} (no vector yet)", file=sys.stderr)
-    stats = record_request(RecordRequest(
-        model=args.model, emotion=emotion, baseline=args.baseline, split=args.split, data_dir=args.data,
-        max_per_class=args.max_per_class, dtype=args.dtype, device=args.device, revision=args.revision,
-        trust_remote_code=args.trust_remote_code, blocks=args.blocks))
-    vec = build_vector(stats, emotion, args.baseline, method=args.method,
-                       top_k=args.top_k if args.method == "top_k" else None)
+    stats = record_request(
+        RecordRequest(
+            model=args.model,
+            emotion=emotion,
+            baseline=args.baseline,
+            split=args.split,
+            data_dir=args.data,
+            max_per_class=args.max_per_class,
+            dtype=args.dtype,
+            device=args.device,
+            revision=args.revision,
+            trust_remote_code=args.trust_remote_code,
+            blocks=args.blocks,
+        )
+    )
+    vec = build_vector(
+        stats, emotion, args.baseline, method=args.method, top_k=args.top_k if args.method == "top_k" else None
+    )
     vec.save(out)

@@ -148,9 +148,7 @@ def source_name(data_dir: str | os.PathLike | None = None) -> str:
     return f"local:{Path(data_dir)}"
 
 
-def load_goemotions(
-    split: str = "train", data_dir: str | os.PathLike | None = None
-) -> list[Example]:
+def load_goemotions(split: str = "train", data_dir: str | os.PathLike | None = None) -> list[Example]:
     """Examples of one split, from the local folder ``data_dir`` or (if None) the hub dataset."""
     split = canonical_split(split)
     if data_dir is None:
@@ -187,9 +185,7 @@ def parse_ekman(raw: Any, where: str = "Ekman mapping") -> dict[str, tuple[str, 
             raise SteerError(f"{where}: group {group!r} must be a non-empty list of label names")
         unknown = [m for m in members if m not in LABELS]
         if unknown:
-            raise SteerError(
-                f"{where}: group {group!r} has unknown labels {unknown}; labels: {', '.join(LABELS)}"
-            )
+            raise SteerError(f"{where}: group {group!r} has unknown labels {unknown}; labels: {', '.join(LABELS)}")
         out[name] = tuple(members)
     return out
 
@@ -294,8 +290,7 @@ def _parse_ids(field_: str, path: Path, line: int) -> tuple[str, ...]:
         part = part.strip()
         if not (part.isascii() and part.isdigit()) or int(part) >= len(LABELS):
             raise SteerError(
-                f"{path}:{line}: bad label ids {field_!r}; expected comma-separated ints in "
-                f"0..{len(LABELS) - 1}"
+                f"{path}:{line}: bad label ids {field_!r}; expected comma-separated ints in 0..{len(LABELS) - 1}"
             )
         labels.append(LABELS[int(part)])
     return tuple(labels)

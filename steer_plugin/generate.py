@@ -8,10 +8,10 @@ from typing import Any
 
 import torch
 
-from steer_plugin.prompts import pad_batch, pad_id
-from steer_plugin.steering import POSITIONS, SteeringPlan, Steerer, make_plan
-from steer_plugin.vector import SteeringVector
 from steer_plugin.errors import SteerError
+from steer_plugin.prompts import pad_batch, pad_id
+from steer_plugin.steering import POSITIONS, Steerer, SteeringPlan, make_plan
+from steer_plugin.vector import SteeringVector
 
 
 @dataclass
@@ -42,15 +42,20 @@ class GenerationRun:
     generations: list[Generation] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {"settings": asdict(self.settings), "alphas": self.alphas,
-                "generations": [asdict(g) for g in self.generations]}
+        return {
+            "settings": asdict(self.settings),
+            "alphas": self.alphas,
+            "generations": [asdict(g) for g in self.generations],
+        }
 
 
 def render_prompt(tokenizer: Any, prompt: str, chat: bool) -> list[int]:
     if chat:
-        return list(tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True,
-            return_dict=True)["input_ids"])
+        return list(
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True, return_dict=True
+            )["input_ids"]
+        )
     return list(tokenizer(prompt)["input_ids"])
 
 
@@ -75,15 +80,22 @@ def generate_side_by_side(
     device = model.get_input_embeddings().weight.device
     run = GenerationRun(settings, [float(a) for a in alphas])
     for alpha in run.alphas:
-        plan = (make_plan([vector], [alpha], model, steerer.block_path, settings.layers)
-                if vector is not None else SteeringPlan())
+        plan = (
+            make_plan([vector], [alpha], model, steerer.block_path, settings.layers)
+            if vector is not None
+            else SteeringPlan()
+        )
         torch.manual_seed(settings.seed)
         for start in range(0, len(prompts), settings.batch_size):
             batch = encoded[start : start + settings.batch_size]
             ids, mask, _ = pad_batch(batch, pad, "left")
             kwargs: dict[str, Any] = dict(
-                input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=settings.max_new_tokens,
-                do_sample=settings.do_sample, pad_token_id=pad, use_cache=True,
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                max_new_tokens=settings.max_new_tokens,
+                do_sample=settings.do_sample,
+                pad_token_id=pad,
+                use_cache=True,
             )
             if settings.do_sample:
                 kwargs.update(temperature=settings.temperature, top_p=settings.top_p)
@@ -93,7 +105,7 @@ def generate_side_by_side(
             with torch.no_grad():
                 out = steerer.generate(plan, where, **kwargs)
             for row, prompt in enumerate(prompts[start : start + settings.batch_size]):
-                new = out[row, ids.shape[1]:].tolist()
+                new = out[row, ids.shape[1] :].tolist()
                 eos = tokenizer.eos_token_id
                 if eos is not None and eos in new:
                     new = new[: new.index(eos)]

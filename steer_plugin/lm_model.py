@@ -25,10 +25,17 @@ from lm_eval.models.utils_hf import pad_and_concat, stop_sequences_criteria
 from steer_plugin.errors import SteerError
 from steer_plugin.layers import format_layers, parse_layers
 from steer_plugin.prefix_reuse import (
-    ReuseUnsupported, Scorer, TailConfig, TokenCounts, accepts_logits_to_keep, group_by_context,
-    plain_token_count, reuse_blocker, score_groups,
+    ReuseUnsupported,
+    Scorer,
+    TailConfig,
+    TokenCounts,
+    accepts_logits_to_keep,
+    group_by_context,
+    plain_token_count,
+    reuse_blocker,
+    score_groups,
 )
-from steer_plugin.steering import BACKENDS, POSITIONS, SteeringPlan, Steerer, make_plan
+from steer_plugin.steering import BACKENDS, POSITIONS, Steerer, SteeringPlan, make_plan
 from steer_plugin.vector import SteeringVector, file_sha256
 
 log = logging.getLogger(__name__)
@@ -109,7 +116,11 @@ class SteeredHFLM(HFLM):
         return vec
 
     def configure(
-        self, vector: Any = None, alpha: Any = 1.0, layers: Any = "all", positions: str = "all",
+        self,
+        vector: Any = None,
+        alpha: Any = 1.0,
+        layers: Any = "all",
+        positions: str = "all",
         backend: str | None = None,
     ) -> None:
         """Switch steering without reloading the model."""
@@ -126,8 +137,11 @@ class SteeredHFLM(HFLM):
             alphas = alphas * len(vectors)
         self.steering_config = {
             "vectors": [
-                {"path": v.metadata.get("source_path"), "sha256": v.metadata.get("source_sha256"),
-                 "metadata": {k: x for k, x in v.metadata.items() if not k.startswith("source_")}}
+                {
+                    "path": v.metadata.get("source_path"),
+                    "sha256": v.metadata.get("source_sha256"),
+                    "metadata": {k: x for k, x in v.metadata.items() if not k.startswith("source_")},
+                }
                 for v in vectors
             ],
             "alphas": alphas if vectors else [],
@@ -169,7 +183,9 @@ class SteeredHFLM(HFLM):
                 same = v.metadata.get("config_hash") == here["config_hash"]
                 log.warning(
                     "steering vector %s was built on %s, but the model is %s%s",
-                    v.metadata.get("source_path"), built_on, here["model"],
+                    v.metadata.get("source_path"),
+                    built_on,
+                    here["model"],
                     " (same architecture config)" if same else " (different config)",
                 )
 
@@ -218,9 +234,13 @@ class SteeredHFLM(HFLM):
 
     # -- prefix reuse --------------------------------------------------------------------------------
     def _steered_forward(self, plan: SteeringPlan, where: Any, **inputs: Any) -> Any:
-        with torch.no_grad(), torch.autocast(
-            device_type=self.device.type, dtype=self.mixed_precision_dtype,
-            enabled=self.mixed_precision_dtype is not None,
+        with (
+            torch.no_grad(),
+            torch.autocast(
+                device_type=self.device.type,
+                dtype=self.mixed_precision_dtype,
+                enabled=self.mixed_precision_dtype is not None,
+            ),
         ):
             return self.steerer.forward(plan, where, **inputs)
 
@@ -246,14 +266,24 @@ class SteeredHFLM(HFLM):
             for i, a in zip(plain, self._loglikelihood_plain([requests[i] for i in plain], disable_tqdm)):
                 answers[i] = a
         if groups:
-            riders = [c for c in self._planned
-                      if c.prefix_key == mine.prefix_key and c.key != mine.key and c.key not in self._ahead]
-            scorer = Scorer(self._steered_forward, self.model.config, self.device,
-                            self._reuse_batch_size([requests[i] for i, _, _ in todo]), self.softmax_dtype,
-                            accepts_logits_to_keep(self.model), self.token_counts)
+            riders = [
+                c
+                for c in self._planned
+                if c.prefix_key == mine.prefix_key and c.key != mine.key and c.key not in self._ahead
+            ]
+            scorer = Scorer(
+                self._steered_forward,
+                self.model.config,
+                self.device,
+                self._reuse_batch_size([requests[i] for i, _, _ in todo]),
+                self.softmax_dtype,
+                accepts_logits_to_keep(self.model),
+                self.token_counts,
+            )
             n = sum(g.n_requests for g in groups)
             desc = "Running loglikelihood requests (prefix reuse" + (
-                f", +{len(riders)} configurations sharing the prefix)" if riders else ")")
+                f", +{len(riders)} configurations sharing the prefix)" if riders else ")"
+            )
             with tqdm(total=n, disable=(disable_tqdm or self.rank != 0), desc=desc) as pbar:
                 results = score_groups(scorer, groups, [mine, *riders], pbar.update)
             for i, a in results[0].items():
@@ -276,12 +306,15 @@ class SteeredHFLM(HFLM):
         if batch_fn is not None:
             self.batch_sizes = {}
         res = []
-        pbar = tqdm(total=len(requests), disable=(disable_tqdm or self.rank != 0),
-                    desc="Running loglikelihood requests (steered)")
+        pbar = tqdm(
+            total=len(requests),
+            disable=(disable_tqdm or self.rank != 0),
+            desc="Running loglikelihood requests (steered)",
+        )
         for chunk in re_ord.get_batched(n=batch_size, batch_fn=batch_fn):
             inps, spans = [], []
             for _, ctx, cont in chunk:
-                inp = (ctx + cont)[-(self.max_length + 1):][:-1]
+                inp = (ctx + cont)[-(self.max_length + 1) :][:-1]
                 inps.append(torch.tensor(inp, dtype=torch.long, device=self.device))
                 spans.append((max(len(inp) - len(cont), 0), len(inp)))
             width = max(len(i) for i in inps)
@@ -318,9 +351,18 @@ class SteeredHFLM(HFLM):
             generation_kwargs.pop("temperature")
         criteria = stop_sequences_criteria(self.tokenizer, stop, context.shape[1], context.shape[0])
         where = "last" if self.positions == "response" else None
-        with torch.autocast(device_type=self.device.type, dtype=self.mixed_precision_dtype,
-                            enabled=self.mixed_precision_dtype is not None):
+        with torch.autocast(
+            device_type=self.device.type,
+            dtype=self.mixed_precision_dtype,
+            enabled=self.mixed_precision_dtype is not None,
+        ):
             return self.steerer.generate(
-                self.plan, where, input_ids=context, max_length=max_length, stopping_criteria=criteria,
-                pad_token_id=self.tokenizer.pad_token_id, use_cache=True, **generation_kwargs,
+                self.plan,
+                where,
+                input_ids=context,
+                max_length=max_length,
+                stopping_criteria=criteria,
+                pad_token_id=self.tokenizer.pad_token_id,
+                use_cache=True,
+                **generation_kwargs,
             )

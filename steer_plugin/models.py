@@ -42,9 +42,7 @@ def find_block_path(model: Any, override: str | None = None) -> str:
         if isinstance(obj, torch.nn.ModuleList) and len(obj) > 0:
             return path
     if override:
-        raise SteerError(
-            f"--blocks {override!r} is not a non-empty ModuleList in {type(model).__name__}"
-        )
+        raise SteerError(f"--blocks {override!r} is not a non-empty ModuleList in {type(model).__name__}")
     raise SteerError(
         f"cannot find the decoder blocks of {type(model).__name__}: looked for "
         f"{', '.join(BLOCK_PATHS)}; name the ModuleList with --blocks PATH (e.g. --blocks model.layers)"

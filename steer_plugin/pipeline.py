@@ -40,7 +40,10 @@ def record_request(req: RecordRequest, loaded: Any = None) -> HiddenStateStats:
     from steer_plugin.data import load_goemotions, select_all, select_texts
     from steer_plugin.models import load_model
     from steer_plugin.record import (
-        RecordItem, init_distributed_if_launched, items_from_classes, record_hidden_states,
+        RecordItem,
+        init_distributed_if_launched,
+        items_from_classes,
+        record_hidden_states,
     )
 
     device = req.device
@@ -54,21 +57,30 @@ def record_request(req: RecordRequest, loaded: Any = None) -> HiddenStateStats:
     examples = load_goemotions(req.split, req.data_dir)
     source = "local" if req.data_dir else "hub"
     if req.emotion == "all":
-        texts, memberships = select_all(
-            examples, req.selection, req.max_per_class, req.seed, req.dedupe
-        )
+        texts, memberships = select_all(examples, req.selection, req.max_per_class, req.seed, req.dedupe)
         items = [RecordItem(t, tuple(m)) for t, m in zip(texts, memberships) if m]
         if not items:
             raise SteerError(f"no texts selected from split {req.split!r}")
     else:
         sel = select_texts(
-            examples, req.emotion, req.baseline, req.selection, req.max_per_class, req.seed,
-            req.dedupe, split=req.split, source=source,
+            examples,
+            req.emotion,
+            req.baseline,
+            req.selection,
+            req.max_per_class,
+            req.seed,
+            req.dedupe,
+            split=req.split,
+            source=source,
         )
         items = items_from_classes(sel.classes)
     loaded = loaded or load_model(
-        req.model, dtype=req.dtype, device=device, device_map=req.device_map,
-        revision=req.revision, trust_remote_code=req.trust_remote_code,
+        req.model,
+        dtype=req.dtype,
+        device=device,
+        device_map=req.device_map,
+        revision=req.revision,
+        trust_remote_code=req.trust_remote_code,
     )
     meta = {
         **loaded.fingerprint,
@@ -84,7 +96,15 @@ def record_request(req: RecordRequest, loaded: Any = None) -> HiddenStateStats:
         "package_version": __version__,
     }
     return record_hidden_states(
-        loaded.model, loaded.tokenizer, items, batch_size=req.batch_size, template=req.template,
-        padding_side=req.padding_side, blocks=req.blocks, progress=req.progress,
-        save_activations=req.save_activations, activation_dtype=req.activation_dtype, metadata=meta,
+        loaded.model,
+        loaded.tokenizer,
+        items,
+        batch_size=req.batch_size,
+        template=req.template,
+        padding_side=req.padding_side,
+        blocks=req.blocks,
+        progress=req.progress,
+        save_activations=req.save_activations,
+        activation_dtype=req.activation_dtype,
+        metadata=meta,
     )

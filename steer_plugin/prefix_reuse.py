@@ -54,12 +54,12 @@ class TokenCounts:
         return self.plain + self.prefix + self.tail
 
     def as_dict(self) -> dict[str, int]:
-        return {"plain": self.plain, "prefix": self.prefix, "tail": self.tail, "total": self.total,
-                "slots": self.slots}
+        return {"plain": self.plain, "prefix": self.prefix, "tail": self.tail, "total": self.total, "slots": self.slots}
 
 
-def plain_token_count(requests: Sequence[tuple[Any, Sequence[int], Sequence[int]]], max_length: int,
-                      logits_cache: bool = True) -> int:
+def plain_token_count(
+    requests: Sequence[tuple[Any, Sequence[int], Sequence[int]]], max_length: int, logits_cache: bool = True
+) -> int:
     """Real tokens HFLM's ``_loglikelihood_tokens`` feeds for these requests (its one-forward-per
     ``context + continuation[:-1]`` grouping included when ``logits_cache``)."""
     seen: set[tuple[int, ...]] = set()
@@ -89,7 +89,7 @@ def reuse_blocker(model: Any) -> str | None:
             return f"its forward takes no `{name}` argument"
     try:
         layers = DynamicCache(config=config).layers
-    except Exception as e:  # noqa: BLE001 - any failure means: not the plain per-layer KV cache we expand
+    except Exception as e:
         return f"its KV cache cannot be built ({type(e).__name__}: {e})"
     odd = sorted({type(l).__name__ for l in layers if type(l) is not DynamicLayer})
     if odd:
@@ -177,8 +177,10 @@ def group_by_context(requests: Sequence[Request], max_length: int) -> tuple[list
         if tail is None:
             tail = tails[row] = Tail([ctx_t[-1], *row])
         tail.members.append((index, list(cont)))
-    groups = [ContextGroup(ctx, sorted(tails.values(), key=lambda t: (-len(t.tokens), t.tokens)))
-              for ctx, tails in by_ctx.items()]
+    groups = [
+        ContextGroup(ctx, sorted(tails.values(), key=lambda t: (-len(t.tokens), t.tokens)))
+        for ctx, tails in by_ctx.items()
+    ]
     groups.sort(key=lambda g: (-len(g.context), g.context))
     return groups, plain
 
@@ -228,14 +230,22 @@ class Scorer:
         ids = torch.zeros(len(batch), width, dtype=torch.long, device=self.device)
         mask = torch.zeros(len(batch), width, dtype=torch.bool, device=self.device)
         for row, g in enumerate(batch):
-            ids[row, width - g.prefix_len:] = torch.tensor(g.context[:-1], dtype=torch.long)
-            mask[row, width - g.prefix_len:] = True
+            ids[row, width - g.prefix_len :] = torch.tensor(g.context[:-1], dtype=torch.long)
+            mask[row, width - g.prefix_len :] = True
         positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache(config=self.model_config)
         extra = {"logits_to_keep": 1} if self.logits_to_keep else {}
         plan = config.plan if config.prefix_steered else SteeringPlan()
-        self.forward(plan, None, input_ids=ids, attention_mask=mask.long(), position_ids=positions,
-                     cache=cache, use_cache=True, **extra)
+        self.forward(
+            plan,
+            None,
+            input_ids=ids,
+            attention_mask=mask.long(),
+            position_ids=positions,
+            cache=cache,
+            use_cache=True,
+            **extra,
+        )
         self.counts.prefix += int(lengths.sum())
         self.counts.slots += ids.numel()
         if cache.get_seq_length() != width:
@@ -257,7 +267,7 @@ class Scorer:
         rows.sort(key=lambda r: -len(r[1].tokens))  # less right padding per chunk
         answers: dict[int, Answer] = {}
         for start in range(0, len(rows), self.batch_size):
-            answers.update(self._score_chunk(prefix, rows[start:start + self.batch_size], config))
+            answers.update(self._score_chunk(prefix, rows[start : start + self.batch_size], config))
         return answers
 
     def _score_chunk(self, prefix: Prefix, rows: Sequence[tuple[int, Tail]], config: TailConfig) -> dict[int, Answer]:
@@ -271,12 +281,21 @@ class Scorer:
             real[r, : len(t.tokens)] = True
         group = torch.tensor([gi for gi, _ in rows], device=self.device)
         positions = prefix.lengths[group][:, None] + torch.arange(width, device=self.device)[None, :]
-        inputs: dict[str, Any] = {"input_ids": ids, "position_ids": positions,
-                                  "attention_mask": torch.cat([prefix.mask[group], real], dim=1).long()}
+        inputs: dict[str, Any] = {
+            "input_ids": ids,
+            "position_ids": positions,
+            "attention_mask": torch.cat([prefix.mask[group], real], dim=1).long(),
+        }
         if prefix.cache is not None:
             inputs["cache"] = DynamicCache(  # layers may sit on different devices (device_map)
-                ddp_cache_data=[(l.keys.index_select(0, group.to(l.keys.device)),
-                                 l.values.index_select(0, group.to(l.values.device))) for l in prefix.cache.layers])
+                ddp_cache_data=[
+                    (
+                        l.keys.index_select(0, group.to(l.keys.device)),
+                        l.values.index_select(0, group.to(l.values.device)),
+                    )
+                    for l in prefix.cache.layers
+                ]
+            )
             inputs["use_cache"] = True
         else:
             inputs["use_cache"] = False

@@ -18,9 +18,7 @@ class PromptTemplate:
 
     def __post_init__(self) -> None:
         if self.spec not in ("raw", "chat") and "{text}" not in self.spec:
-            raise SteerError(
-                f"bad template {self.spec!r}: use 'raw', 'chat' or a format string containing {{text}}"
-            )
+            raise SteerError(f"bad template {self.spec!r}: use 'raw', 'chat' or a format string containing {{text}}")
 
     def render(self, tokenizer: Any, text: str) -> tuple[str, bool]:
         """The string to tokenize and whether the tokenizer should add its special tokens."""

@@ -101,7 +101,7 @@ class _ActivationWriter:
             self.arrays[c][slot] = row
 
     def close(self, ok: bool) -> None:
-        for c, arr in self.arrays.items():
+        for arr in self.arrays.values():
             arr.flush()
             del arr
         self.arrays.clear()
@@ -148,9 +148,11 @@ def record_hidden_states(
     order = sorted(range(len(items)), key=lambda i: (-len(encoded[i]), i))[rank::world]
     class_names = list(dict.fromkeys(c for it in items for c in it.classes))
     stats = {c: ClassStats.empty(*shape) for c in class_names}
-    writer = _ActivationWriter(Path(save_activations), items, shape, activation_dtype) if (
-        save_activations is not None and rank == 0 and world == 1
-    ) else None
+    writer = (
+        _ActivationWriter(Path(save_activations), items, shape, activation_dtype)
+        if (save_activations is not None and rank == 0 and world == 1)
+        else None
+    )
     if save_activations is not None and world > 1:
         raise SteerError("--save-activations is only supported in single-process recording")
 

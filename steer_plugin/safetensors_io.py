@@ -22,7 +22,7 @@ def read_safetensors(
     try:
         with safe_open(str(p), framework="pt") as f:
             meta = dict(f.metadata() or {})
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (the handle is not iterable)
     except Exception as e:  # safetensors raises several exception types for bad headers
         raise SteerError(f"{p}: not a readable safetensors {what} ({type(e).__name__}: {e})") from None
     if expected_format is not None and meta.get("format") != expected_format:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -80,9 +79,7 @@ class HiddenStateStats:
 
     def get(self, name: str) -> ClassStats:
         if name not in self.classes:
-            raise SteerError(
-                f"class {name!r} is not in this stats file; it has: {', '.join(self.classes)}"
-            )
+            raise SteerError(f"class {name!r} is not in this stats file; it has: {', '.join(self.classes)}")
         return self.classes[name]
 
     def merge(self, other: HiddenStateStats) -> None:
@@ -93,8 +90,9 @@ class HiddenStateStats:
                 self.classes[name] = ClassStats(cs.count, cs.mean.clone(), cs.m2.clone())
 
     def save(self, path: str | os.PathLike) -> None:
-        from steer_plugin.atomic import atomic_path
         from safetensors.torch import save_file
+
+        from steer_plugin.atomic import atomic_path
 
         tensors: dict[str, torch.Tensor] = {}
         for name, cs in self.classes.items():

@@ -15,7 +15,7 @@ import contextlib
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 import torch
 
@@ -26,7 +26,7 @@ from steer_plugin.vector import SteeringVector
 
 POSITIONS = ("all", "response")
 BACKENDS = ("nnsight", "hooks")
-Where = Union[None, str, torch.Tensor]
+Where = str | torch.Tensor | None
 
 
 @dataclass

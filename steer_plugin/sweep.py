@@ -45,8 +45,9 @@ class SweepPlan:
     configs: list[SweepConfig]
 
     @classmethod
-    def grid(cls, vectors: list[str], alphas: list[float], layer_sets: list[str], positions: list[str],
-             baseline: bool = True) -> SweepPlan:
+    def grid(
+        cls, vectors: list[str], alphas: list[float], layer_sets: list[str], positions: list[str], baseline: bool = True
+    ) -> SweepPlan:
         if not vectors:
             raise SteerError("give at least one --vector")
         if not alphas:
@@ -114,8 +115,9 @@ def model_args_string(base: dict[str, Any], config: SweepConfig) -> str:
     """The ``--model_args`` that reproduce one configuration with the stock `lm_eval` CLI."""
     args = dict(base)
     if not config.is_baseline:
-        args.update(vector=config.vector, alpha=config.alpha, layers=config.layers.replace(",", ";"),
-                    positions=config.positions)
+        args.update(
+            vector=config.vector, alpha=config.alpha, layers=config.layers.replace(",", ";"), positions=config.positions
+        )
     return ",".join(f"{k}={v}" for k, v in args.items() if v is not None)
 
 
@@ -135,15 +137,31 @@ def run_sweep(lm: Any, plan: SweepPlan, options: SweepOptions, progress: bool = 
     files: list[Path] = []
     started = time.monotonic()
     if todo and hasattr(lm, "plan_ahead"):  # prefix reuse: configurations that share a prefix cache score together
-        lm.plan_ahead([{"vector": None if c.is_baseline else c.vector, "alpha": c.alpha, "layers": c.layers,
-                        "positions": c.positions} for c in todo])
+        lm.plan_ahead(
+            [
+                {
+                    "vector": None if c.is_baseline else c.vector,
+                    "alpha": c.alpha,
+                    "layers": c.layers,
+                    "positions": c.positions,
+                }
+                for c in todo
+            ]
+        )
     for i, config in enumerate(todo):
         lm.configure(None if config.is_baseline else config.vector, config.alpha, config.layers, config.positions)
         _seed_everything(options.seed)
         t0 = time.monotonic()
-        results = evaluate(lm=lm, task_dict=loaded, limit=options.limit, bootstrap_iters=options.bootstrap_iters,
-                           log_samples=options.log_samples, apply_chat_template=options.apply_chat_template,
-                           fewshot_as_multiturn=False, verbosity="WARNING")
+        results = evaluate(
+            lm=lm,
+            task_dict=loaded,
+            limit=options.limit,
+            bootstrap_iters=options.bootstrap_iters,
+            log_samples=options.log_samples,
+            apply_chat_template=options.apply_chat_template,
+            fewshot_as_multiturn=False,
+            verbosity="WARNING",
+        )
         samples = results.pop("samples", None)
         results["config"] = {
             "model": "steered_hf",
@@ -160,15 +178,21 @@ def run_sweep(lm: Any, plan: SweepPlan, options: SweepOptions, progress: bool = 
         folder = options.out_dir / config.slug()
         if samples is not None:
             for task, rows in samples.items():
-                write_text_atomic(folder / f"samples_{task}.jsonl", "".join(
-                    json.dumps(r, default=handle_non_serializable, ensure_ascii=False) + "\n" for r in rows))
-        write_text_atomic(folder / RESULTS_FILE,
-                          json.dumps(results, indent=2, default=handle_non_serializable, ensure_ascii=False))
+                write_text_atomic(
+                    folder / f"samples_{task}.jsonl",
+                    "".join(json.dumps(r, default=handle_non_serializable, ensure_ascii=False) + "\n" for r in rows),
+                )
+        write_text_atomic(
+            folder / RESULTS_FILE, json.dumps(results, indent=2, default=handle_non_serializable, ensure_ascii=False)
+        )
         files.append(folder / RESULTS_FILE)
         elapsed = time.monotonic() - started
         eta = elapsed / (i + 1) * (len(todo) - i - 1)
-        _say(progress, f"[{done_before + i + 1}/{len(plan.configs)}] {config.slug()} "
-                       f"({time.monotonic() - t0:.1f}s, ETA {eta:.0f}s)")
+        _say(
+            progress,
+            f"[{done_before + i + 1}/{len(plan.configs)}] {config.slug()} "
+            f"({time.monotonic() - t0:.1f}s, ETA {eta:.0f}s)",
+        )
     if hasattr(lm, "plan_ahead"):
         lm.plan_ahead([])
     lm.configure(None, 0.0)

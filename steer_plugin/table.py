@@ -14,8 +14,17 @@ from steer_plugin.errors import SteerError
 
 KEY_COLUMNS = ("model", "vector", "alpha", "layers", "positions")
 # shown in the console/Markdown table; the CSV has every metric
-HEADLINE = ("acc", "acc_norm", "target_rate", "target_prob", "neutral_rate", "bleu_acc", "rouge1_acc",
-            "exact_match", "word_perplexity")
+HEADLINE = (
+    "acc",
+    "acc_norm",
+    "target_rate",
+    "target_prob",
+    "neutral_rate",
+    "bleu_acc",
+    "rouge1_acc",
+    "exact_match",
+    "word_perplexity",
+)
 
 
 @dataclass
@@ -28,10 +37,7 @@ class Row:
 
 def _row_key(config: dict[str, Any]) -> dict[str, Any]:
     args = config.get("model_args") or ""
-    if isinstance(args, str):
-        parsed = dict(kv.split("=", 1) for kv in args.split(",") if "=" in kv)
-    else:
-        parsed = dict(args)
+    parsed = dict(kv.split("=", 1) for kv in args.split(",") if "=" in kv) if isinstance(args, str) else dict(args)
     model = parsed.get("pretrained") or config.get("model", "?")
     steering = config.get("steering") or {}
     vectors = steering.get("vectors") or []
@@ -43,10 +49,17 @@ def _row_key(config: dict[str, Any]) -> dict[str, Any]:
         meta = v.get("metadata") or {}
         emo = meta.get("emotion") or Path(str(v.get("path"))).stem
         method = meta.get("method")
-        names.append(f"{emo}" + (f" ({method}{'-' + str(meta['top_k']) if meta.get('top_k') else ''})" if method else ""))
+        names.append(
+            f"{emo}" + (f" ({method}{'-' + str(meta['top_k']) if meta.get('top_k') else ''})" if method else "")
+        )
     alpha: Any = alphas[0] if len(set(alphas)) == 1 else ";".join(f"{a:g}" for a in alphas)
-    return {"model": str(model), "vector": " + ".join(names), "alpha": alpha,
-            "layers": steering.get("layers", "all"), "positions": steering.get("positions", "all")}
+    return {
+        "model": str(model),
+        "vector": " + ".join(names),
+        "alpha": alpha,
+        "layers": steering.get("layers", "all"),
+        "positions": steering.get("positions", "all"),
+    }
 
 
 def load_rows(folder: str | Path) -> list[Row]:
@@ -116,8 +129,11 @@ def to_csv(rows: list[Row], sort: str | None = None) -> str:
     w = csv.writer(buf)
     w.writerow(list(KEY_COLUMNS) + [x for c in cols for x in (c, c + "_stderr")] + ["source"])
     for r in sorted(rows, key=lambda r: _sort_key(r, sort)):
-        w.writerow([r.key[k] for k in KEY_COLUMNS]
-                   + [x for c in cols for x in (r.metrics.get(c, ""), r.stderr.get(c, ""))] + [r.source])
+        w.writerow(
+            [r.key[k] for k in KEY_COLUMNS]
+            + [x for c in cols for x in (r.metrics.get(c, ""), r.stderr.get(c, ""))]
+            + [r.source]
+        )
     return buf.getvalue()
 
 
@@ -142,7 +158,7 @@ def _series(rows: list[Row], metric: str) -> dict[str, list[tuple[float, float]]
             continue
         label = f"{k['vector']} L={k['layers']} {k['positions']}"
         out.setdefault(label, []).append((float(k["alpha"]), r.metrics[metric]))
-    for label, pts in out.items():
+    for pts in out.values():
         base = next(iter(baselines.values()), None) if len(baselines) == 1 else None
         if base is not None and all(a != 0 for a, _ in pts):
             pts.append((0.0, base))
@@ -194,7 +210,9 @@ def plot_tradeoff(rows: list[Row], x_metric: str, y_metric: str) -> bytes:
     return buf.getvalue()
 
 
-def write_table(folder: str | Path, prefix: str | Path | None = None, sort: str | None = None) -> tuple[str, list[Path]]:
+def write_table(
+    folder: str | Path, prefix: str | Path | None = None, sort: str | None = None
+) -> tuple[str, list[Path]]:
     """Console table plus ``PREFIX.md``, ``PREFIX.csv`` and the plots; returns (console text, files)."""
     from steer_plugin.atomic import atomic_path, write_text_atomic
 

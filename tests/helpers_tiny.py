@@ -43,24 +43,64 @@ def make_config(arch: str, vocab_size: int, n_layers: int = 3, hidden: int = 32)
     from transformers import GPT2Config, GPTNeoXConfig, LlamaConfig, OPTConfig, Qwen2Config
 
     if arch == "llama":
-        return LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
-                           num_hidden_layers=n_layers, num_attention_heads=4, num_key_value_heads=2,
-                           max_position_embeddings=512, bos_token_id=1, eos_token_id=2, pad_token_id=3)
+        return LlamaConfig(
+            vocab_size=vocab_size,
+            hidden_size=hidden,
+            intermediate_size=2 * hidden,
+            num_hidden_layers=n_layers,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=3,
+        )
     if arch == "qwen2":
-        return Qwen2Config(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
-                           num_hidden_layers=n_layers, num_attention_heads=4, num_key_value_heads=2,
-                           max_position_embeddings=512, bos_token_id=1, eos_token_id=2)
+        return Qwen2Config(
+            vocab_size=vocab_size,
+            hidden_size=hidden,
+            intermediate_size=2 * hidden,
+            num_hidden_layers=n_layers,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            bos_token_id=1,
+            eos_token_id=2,
+        )
     if arch == "gpt2":
-        return GPT2Config(vocab_size=vocab_size, n_embd=hidden, n_layer=n_layers, n_head=4, n_positions=512,
-                          bos_token_id=1, eos_token_id=2)
+        return GPT2Config(
+            vocab_size=vocab_size,
+            n_embd=hidden,
+            n_layer=n_layers,
+            n_head=4,
+            n_positions=512,
+            bos_token_id=1,
+            eos_token_id=2,
+        )
     if arch == "gpt_neox":
-        return GPTNeoXConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
-                             num_hidden_layers=n_layers, num_attention_heads=4, max_position_embeddings=512,
-                             bos_token_id=1, eos_token_id=2)
+        return GPTNeoXConfig(
+            vocab_size=vocab_size,
+            hidden_size=hidden,
+            intermediate_size=2 * hidden,
+            num_hidden_layers=n_layers,
+            num_attention_heads=4,
+            max_position_embeddings=512,
+            bos_token_id=1,
+            eos_token_id=2,
+        )
     if arch == "opt":
-        return OPTConfig(vocab_size=vocab_size, hidden_size=hidden, ffn_dim=2 * hidden, num_hidden_layers=n_layers,
-                         num_attention_heads=4, max_position_embeddings=512, word_embed_proj_dim=hidden,
-                         bos_token_id=1, eos_token_id=2, pad_token_id=3)
+        return OPTConfig(
+            vocab_size=vocab_size,
+            hidden_size=hidden,
+            ffn_dim=2 * hidden,
+            num_hidden_layers=n_layers,
+            num_attention_heads=4,
+            max_position_embeddings=512,
+            word_embed_proj_dim=hidden,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=3,
+        )
     raise ValueError(arch)
 
 

@@ -67,8 +67,24 @@ def test_replace_section_keeps_foreign_text_and_our_order():
 def test_bench_record_tiny(tok_dir, md, tmp_path):
     import bench_record
 
-    assert bench_record.main(["--model", "tiny", "--texts", "12", "--batch-size", "4", "--repeats", "1",
-                              "--source", "generated", *_common(tok_dir, md, tmp_path, "rec")]) == 0
+    assert (
+        bench_record.main(
+            [
+                "--model",
+                "tiny",
+                "--texts",
+                "12",
+                "--batch-size",
+                "4",
+                "--repeats",
+                "1",
+                "--source",
+                "generated",
+                *_common(tok_dir, md, tmp_path, "rec"),
+            ]
+        )
+        == 0
+    )
     data = json.loads((tmp_path / "rec.json").read_text())
     assert set(data["seconds"]) == {"steer record", "plain loop", "plain loop, no LM head", "reference"}
     # all approaches computed the same class means (independent transformers loops vs nnsight)
@@ -81,8 +97,22 @@ def test_bench_record_tiny(tok_dir, md, tmp_path):
 def test_bench_memory_tiny(tok_dir, md, tmp_path):
     import bench_memory
 
-    assert bench_memory.main(["--model", "tiny", "--sizes", "8", "--parallel", "2", "--source", "generated",
-                              *_common(tok_dir, md, tmp_path, "mem")]) == 0
+    assert (
+        bench_memory.main(
+            [
+                "--model",
+                "tiny",
+                "--sizes",
+                "8",
+                "--parallel",
+                "2",
+                "--source",
+                "generated",
+                *_common(tok_dir, md, tmp_path, "mem"),
+            ]
+        )
+        == 0
+    )
     data = json.loads((tmp_path / "mem.json").read_text())
     assert set(data) == {"steer:8", "reference:8"}
     assert all(r["peak_mb"] > 50 for r in data.values())  # torch alone is bigger than that
@@ -95,13 +125,36 @@ def test_bench_eval_tiny(tok_dir, md, tmp_path, monkeypatch):
     # three TruthfulQA rows in the HF schema: the harness task reads them like the real file
     tq = tmp_path / "tq"
     tq.mkdir()
-    rows = [{"question": f"What is {x}?", "mc1_targets": {"choices": ["A.", "B."], "labels": [1, 0]},
-             "mc2_targets": {"choices": ["A.", "B.", "C."], "labels": [1, 0, 0]}} for x in ("up", "down", "it")]
+    rows = [
+        {
+            "question": f"What is {x}?",
+            "mc1_targets": {"choices": ["A.", "B."], "labels": [1, 0]},
+            "mc2_targets": {"choices": ["A.", "B.", "C."], "labels": [1, 0, 0]},
+        }
+        for x in ("up", "down", "it")
+    ]
     (tq / "truthfulqa_mc.validation.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     monkeypatch.setenv("STEER_TRUTHFULQA_DIR", str(tq))
-    assert bench_eval.main(["--model", "tiny", "--repeats", "1", "--ll-limit", "2", "--gen-limit", "2",
-                            "--gen-tokens", "3", "--profile", "steered_hf nnsight",
-                            *_common(tok_dir, md, tmp_path, "eval")]) == 0
+    assert (
+        bench_eval.main(
+            [
+                "--model",
+                "tiny",
+                "--repeats",
+                "1",
+                "--ll-limit",
+                "2",
+                "--gen-limit",
+                "2",
+                "--gen-tokens",
+                "3",
+                "--profile",
+                "steered_hf nnsight",
+                *_common(tok_dir, md, tmp_path, "eval"),
+            ]
+        )
+        == 0
+    )
     data = json.loads((tmp_path / "eval.json").read_text())
     assert set(data["ll"]) == set(data["gen"]) == set(bench_eval.VARIANTS)
     # steered_hf reproduces lm-eval's `steered` (both add alpha*v at every position of every block)
@@ -112,19 +165,38 @@ def test_bench_eval_tiny(tok_dir, md, tmp_path, monkeypatch):
     assert "torch kernels" in _section(md, "profile")
 
 
-@pytest.mark.skipif(os.environ.get("STEER_BENCH_SLOW") != "1",
-                    reason="spawns cold steer/lm_eval processes (~30-60 s); set STEER_BENCH_SLOW=1")
+@pytest.mark.skipif(
+    os.environ.get("STEER_BENCH_SLOW") != "1",
+    reason="spawns cold steer/lm_eval processes (~30-60 s); set STEER_BENCH_SLOW=1",
+)
 def test_bench_sweep_tiny(tok_dir, md, tmp_path, monkeypatch):
     import bench_sweep
 
     tq = tmp_path / "tq"
     tq.mkdir()
-    row = {"question": "Why?", "mc1_targets": {"choices": ["A.", "B."], "labels": [1, 0]},
-           "mc2_targets": {"choices": ["A.", "B."], "labels": [1, 0]}}
+    row = {
+        "question": "Why?",
+        "mc1_targets": {"choices": ["A.", "B."], "labels": [1, 0]},
+        "mc2_targets": {"choices": ["A.", "B."], "labels": [1, 0]},
+    }
     (tq / "truthfulqa_mc.validation.jsonl").write_text(json.dumps(row) + "\n")
     monkeypatch.setenv("STEER_TRUTHFULQA_DIR", str(tq))
-    assert bench_sweep.main(["--model", "tiny", "--alphas", "0,1", "--limit", "1", "--repeats", "1",
-                             *_common(tok_dir, md, tmp_path, "sweep")]) == 0
+    assert (
+        bench_sweep.main(
+            [
+                "--model",
+                "tiny",
+                "--alphas",
+                "0,1",
+                "--limit",
+                "1",
+                "--repeats",
+                "1",
+                *_common(tok_dir, md, tmp_path, "sweep"),
+            ]
+        )
+        == 0
+    )
     data = json.loads((tmp_path / "sweep.json").read_text())
     assert data["sweep"] == data["separate"]  # the same accuracies both ways
     assert "## 4. Sweeps" in _section(md, "sweep")

@@ -31,8 +31,16 @@ def stats(raw) -> HiddenStateStats:
         for i in range(0, len(x), 4):
             cs.update(torch.from_numpy(x[i : i + 4]))
         classes[c] = cs
-    meta = {"target": "anger", "baseline": "neutral", "model": "tiny", "split": "train", "seed": 0,
-            "block_path": "model.layers", "template": "raw", "irrelevant": 1}
+    meta = {
+        "target": "anger",
+        "baseline": "neutral",
+        "model": "tiny",
+        "split": "train",
+        "seed": 0,
+        "block_path": "model.layers",
+        "template": "raw",
+        "irrelevant": 1,
+    }
     return HiddenStateStats(classes, meta)
 
 

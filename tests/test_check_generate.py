@@ -60,8 +60,26 @@ def test_generate_side_by_side_json_and_baseline(tiny_llama_dir, vec_file, tmp_p
 
     out = tmp_path / "gen.json"
     prompts = ["Tell me about yourself.", "Why"]
-    assert main(["generate", "--model", tiny_llama_dir, "--vector", vec_file, "--alphas", "0,3",
-                 "--max-new-tokens", "6", "--no-chat", "--json-out", str(out), *prompts]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--model",
+                tiny_llama_dir,
+                "--vector",
+                vec_file,
+                "--alphas",
+                "0,3",
+                "--max-new-tokens",
+                "6",
+                "--no-chat",
+                "--json-out",
+                str(out),
+                *prompts,
+            ]
+        )
+        == 0
+    )
     doc = json.loads(out.read_text())
     assert doc["settings"]["max_new_tokens"] == 6 and doc["alphas"] == [0.0, 3.0]
     gens = {(g["prompt"], g["alpha"]): g["text"] for g in doc["generations"]}
@@ -71,9 +89,10 @@ def test_generate_side_by_side_json_and_baseline(tiny_llama_dir, vec_file, tmp_p
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
     for p in prompts:
         ids = tok(p, return_tensors="pt").input_ids
-        ref = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False,
-                             pad_token_id=tok.pad_token_id)
-        new = ref[0, ids.shape[1]:].tolist()
+        ref = model.generate(
+            ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id
+        )
+        new = ref[0, ids.shape[1] :].tolist()
         if tok.eos_token_id in new:
             new = new[: new.index(tok.eos_token_id)]
         assert gens[(p, 0.0)] == tok.decode(new, skip_special_tokens=True)
@@ -85,8 +104,28 @@ def test_generate_sampling_is_reproducible(tiny_llama_dir, vec_file, tmp_path):
     runs = []
     for i in range(2):
         out = tmp_path / f"s{i}.json"
-        main(["generate", "--model", tiny_llama_dir, "--vector", vec_file, "--alphas", "1", "--do-sample",
-              "--temperature", "1.5", "--seed", "7", "--max-new-tokens", "8", "--no-chat", "--json-out", str(out),
-              "hello", "Why would anyone"])
+        main(
+            [
+                "generate",
+                "--model",
+                tiny_llama_dir,
+                "--vector",
+                vec_file,
+                "--alphas",
+                "1",
+                "--do-sample",
+                "--temperature",
+                "1.5",
+                "--seed",
+                "7",
+                "--max-new-tokens",
+                "8",
+                "--no-chat",
+                "--json-out",
+                str(out),
+                "hello",
+                "Why would anyone",
+            ]
+        )
         runs.append(json.loads(out.read_text())["generations"])
     assert runs[0] == runs[1]

@@ -13,7 +13,6 @@ import pytest
 from steer_plugin import classifier as C
 from steer_plugin.errors import SteerError
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
@@ -104,7 +103,7 @@ def ekman_dir(tmp_path_factory) -> str:
     return build_ekman_classifier(tmp_path_factory.mktemp("ekman_clf"))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _reference_model(folder: str):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -239,7 +238,11 @@ def test_nade_classifier_scores_mapping_and_neutral():
 
     clf = C.get_classifier("nade")
     assert clf.labels == C.NADE_LABELS
-    texts = ["I am so angry, I hate you,\nget out of my house!", "I love this, what a wonderful day!", "The table is made of wood."]
+    texts = [
+        "I am so angry, I hate you,\nget out of my house!",
+        "I love this, what a wonderful day!",
+        "The table is made of wood.",
+    ]
     counter = {"n": 0}
     original = clf.nade.predict
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from helpers_tiny import hook_last_token_states, read_goemotions_rows
+
 from steer_plugin.cli import main
 from steer_plugin.stats import HiddenStateStats
 from steer_plugin.vector import SteeringVector
@@ -68,8 +68,21 @@ def _reference_vector(reference, emotion: str, k: int | None = None) -> tuple[np
 
 
 def _build(model_dir, out, *extra, emotion="anger"):
-    return ["build", "--model", model_dir, "--data", FIXTURE, "--emotion", emotion, "--split", "train",
-            "--no-progress", "--out", out, *extra]
+    return [
+        "build",
+        "--model",
+        model_dir,
+        "--data",
+        FIXTURE,
+        "--emotion",
+        emotion,
+        "--split",
+        "train",
+        "--no-progress",
+        "--out",
+        out,
+        *extra,
+    ]
 
 
 @pytest.mark.parametrize("emotion, k", [("anger", 5), ("gratitude", 1), ("anger", 32)])
@@ -106,8 +119,23 @@ def test_build_mean_and_layers(tiny_llama_dir, reference, tmp_path, capsys):
 
 def test_record_then_build_from_stats_is_the_same_vector(tiny_llama_dir, reference, tmp_path, capsys):
     stats_path = tmp_path / "anger.stats.safetensors"
-    code, stdout, _ = _run(["record", "--model", tiny_llama_dir, "--data", FIXTURE, "--emotion", "anger",
-                            "--no-progress", "--batch-size", "3", "--out", stats_path], capsys)
+    code, stdout, _ = _run(
+        [
+            "record",
+            "--model",
+            tiny_llama_dir,
+            "--data",
+            FIXTURE,
+            "--emotion",
+            "anger",
+            "--no-progress",
+            "--batch-size",
+            "3",
+            "--out",
+            stats_path,
+        ],
+        capsys,
+    )
     assert code == 0 and "anger=4, neutral=4" in stdout
     stats = HiddenStateStats.load(stats_path)
     for name, members in (("anger", {"anger"}), ("neutral", {"neutral"})):
@@ -127,7 +155,8 @@ def test_record_then_build_from_stats_is_the_same_vector(tiny_llama_dir, referen
     torch.testing.assert_close(a.matrix, b.matrix, atol=1e-6, rtol=0)
     drop = {"created_at"}
     assert {k: v for k, v in a.metadata.items() if k not in drop} == {
-        k: v for k, v in b.metadata.items() if k not in drop}
+        k: v for k, v in b.metadata.items() if k not in drop
+    }
 
     # --save-stats keeps what build recorded: the same statistics as `steer record`
     saved = tmp_path / "saved.stats.safetensors"
@@ -139,8 +168,23 @@ def test_record_then_build_from_stats_is_the_same_vector(tiny_llama_dir, referen
 
 def test_default_output_path(tiny_llama_dir, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    code, stdout, _ = _run(["build", "--model", tiny_llama_dir, "--data", FIXTURE, "--emotion", "ekman:anger",
-                            "--no-progress", "--method", "top_k", "--top-k", 3], capsys)
+    code, stdout, _ = _run(
+        [
+            "build",
+            "--model",
+            tiny_llama_dir,
+            "--data",
+            FIXTURE,
+            "--emotion",
+            "ekman:anger",
+            "--no-progress",
+            "--method",
+            "top_k",
+            "--top-k",
+            3,
+        ],
+        capsys,
+    )
     assert code == 0
     slug = Path(tiny_llama_dir).name.lower()
     path = tmp_path / "vectors" / slug / "ekman_anger-top_k-3.safetensors"
@@ -151,9 +195,27 @@ def test_default_output_path(tiny_llama_dir, tmp_path, capsys, monkeypatch):
 def test_save_activations_all_classes(tiny_llama_dir, reference, tmp_path, capsys):
     """--emotion all: one .npy per class [N, L, H]; a duplicated text counts (and is stored) twice."""
     acts, stats_path = tmp_path / "acts", tmp_path / "all.safetensors"
-    code, _, _ = _run(["record", "--model", tiny_llama_dir, "--data", FIXTURE, "--emotion", "all", "--no-progress",
-                       "--batch-size", "4", "--save-activations", acts, "--activation-dtype", "float32",
-                       "--out", stats_path], capsys)
+    code, _, _ = _run(
+        [
+            "record",
+            "--model",
+            tiny_llama_dir,
+            "--data",
+            FIXTURE,
+            "--emotion",
+            "all",
+            "--no-progress",
+            "--batch-size",
+            "4",
+            "--save-activations",
+            acts,
+            "--activation-dtype",
+            "float32",
+            "--out",
+            stats_path,
+        ],
+        capsys,
+    )
     assert code == 0
     names = [n.strip() for n in (FIXTURE / "emotions.txt").read_text().splitlines() if n.strip()]
     ekman = json.loads((FIXTURE / "ekman_mapping.json").read_text())
@@ -196,8 +258,10 @@ def test_wrong_emotion(tiny_llama_dir, tmp_path, capsys):
     out = tmp_path / "v.safetensors"
     code, _, err = _run(_build(tiny_llama_dir, out, emotion="angr"), capsys)
     _assert_cli_error(code, err, "steer build: error:", "unknown emotion 'angr'", "did you mean 'anger'")
-    code, _, err = _run(["record", "--model", tiny_llama_dir, "--data", FIXTURE, "--emotion", "fear",
-                         "--no-progress", "--out", out], capsys)  # a label with no exclusive texts here
+    code, _, err = _run(
+        ["record", "--model", tiny_llama_dir, "--data", FIXTURE, "--emotion", "fear", "--no-progress", "--out", out],
+        capsys,
+    )  # a label with no exclusive texts here
     _assert_cli_error(code, err, "no train texts for class 'fear'")
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
@@ -205,15 +269,35 @@ def test_wrong_emotion(tiny_llama_dir, tmp_path, capsys):
 @pytest.fixture(scope="module")
 def stats_file(tiny_llama_dir, tmp_path_factory):
     path = tmp_path_factory.mktemp("stats") / "anger.safetensors"
-    assert main(["record", "--model", tiny_llama_dir, "--data", str(FIXTURE), "--emotion", "anger",
-                 "--no-progress", "--out", str(path)]) == 0
+    assert (
+        main(
+            [
+                "record",
+                "--model",
+                tiny_llama_dir,
+                "--data",
+                str(FIXTURE),
+                "--emotion",
+                "anger",
+                "--no-progress",
+                "--out",
+                str(path),
+            ]
+        )
+        == 0
+    )
     return path
 
 
 @pytest.mark.parametrize(
     "spec, needle",
-    [("abc", "bad layer spec 'abc'"), ("0-7", "out of range: this model has layers 0-2"),
-     ("3", "out of range"), ("2-1", "bad layer spec"), ("1,,2", "bad layer spec")],
+    [
+        ("abc", "bad layer spec 'abc'"),
+        ("0-7", "out of range: this model has layers 0-2"),
+        ("3", "out of range"),
+        ("2-1", "bad layer spec"),
+        ("1,,2", "bad layer spec"),
+    ],
 )
 def test_bad_layers(stats_file, tmp_path, capsys, spec, needle):
     out = tmp_path / "v.safetensors"
@@ -251,8 +335,7 @@ def _corrupt_vectors(tmp_path: Path, stats_file: Path) -> dict[str, Path]:
     SteeringVector(torch.ones(3, 32), {"emotion": "anger"}).save(good)
     data = good.read_bytes()
     files = {"stats": stats_file}
-    for name, content in [("truncated", data[:-16]), ("random", np.random.default_rng(1).bytes(300)),
-                          ("empty", b"")]:
+    for name, content in [("truncated", data[:-16]), ("random", np.random.default_rng(1).bytes(300)), ("empty", b"")]:
         files[name] = tmp_path / f"{name}.safetensors"
         files[name].write_bytes(content)
     from safetensors.torch import save_file
@@ -277,8 +360,10 @@ def test_corrupt_vector_files(stats_file, tmp_path, capsys):
 def test_vector_passed_as_stats(tmp_path, capsys):
     vec = tmp_path / "v.safetensors"
     SteeringVector(torch.ones(3, 32)).save(vec)
-    for argv in (["build", "--stats", vec, "--out", tmp_path / "o.safetensors"],
-                 ["analyze", vec, "--emotion", "anger", "--out", tmp_path / "analysis"]):
+    for argv in (
+        ["build", "--stats", vec, "--out", tmp_path / "o.safetensors"],
+        ["analyze", vec, "--emotion", "anger", "--out", tmp_path / "analysis"],
+    ):
         code, _, err = _run(argv, capsys)
         _assert_cli_error(code, err, "not a steer-plugin stats file", "steer-plugin/vector")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["v.safetensors"]
@@ -287,9 +372,11 @@ def test_vector_passed_as_stats(tmp_path, capsys):
 def test_list_shows_vectors_and_skips_other_files(stats_file, tmp_path, capsys):
     root = tmp_path / "vectors"
     SteeringVector(torch.ones(3, 32), {"emotion": "anger", "method": "top_k", "top_k": 5, "model": "tiny"}).save(
-        root / "tiny" / "anger-top_k-5.safetensors")
+        root / "tiny" / "anger-top_k-5.safetensors"
+    )
     SteeringVector(torch.ones(3, 32), {"emotion": "joy", "method": "mean", "model": "tiny"}).restrict([1]).save(
-        root / "tiny" / "joy-mean.safetensors")
+        root / "tiny" / "joy-mean.safetensors"
+    )
     (root / "tiny" / "broken.safetensors").write_bytes(b"garbage")
     (root / "stats.safetensors").write_bytes(stats_file.read_bytes())
     code, stdout, _ = _run(["list", root], capsys)
@@ -308,9 +395,31 @@ def test_shared_goemotions_max_per_class(shared, tiny_llama_dir, tmp_path, capsy
     rows = read_goemotions_rows(data / "train.tsv")
     assert sum(labels == {"anger"} for _, labels in rows) > 40  # so the cap applies
     out, stats_path = tmp_path / "v.safetensors", tmp_path / "s.safetensors"
-    code, _, _ = _run(["build", "--model", tiny_llama_dir, "--data", data, "--emotion", "anger", "--no-progress",
-                       "--max-per-class", "40", "--batch-size", "16", "--method", "top_k", "--top-k", "8",
-                       "--save-stats", stats_path, "--out", out], capsys)
+    code, _, _ = _run(
+        [
+            "build",
+            "--model",
+            tiny_llama_dir,
+            "--data",
+            data,
+            "--emotion",
+            "anger",
+            "--no-progress",
+            "--max-per-class",
+            "40",
+            "--batch-size",
+            "16",
+            "--method",
+            "top_k",
+            "--top-k",
+            "8",
+            "--save-stats",
+            stats_path,
+            "--out",
+            out,
+        ],
+        capsys,
+    )
     assert code == 0
     vec = SteeringVector.load(out)
     assert vec.metadata["counts"] == {"anger": 40, "neutral": 40}

@@ -52,15 +52,15 @@ def train() -> list[Example]:
 
 def test_builtin_names_match_fixture_copies_of_upstream_files():
     names = (FIXTURE / "emotions.txt").read_text(encoding="utf-8").split("\n")
-    assert LABELS == tuple(names) and len(LABELS) == 28 and LABELS[27] == "neutral"
+    assert tuple(names) == LABELS and len(LABELS) == 28 and LABELS[27] == "neutral"
     upstream = json.loads((FIXTURE / "ekman_mapping.json").read_text(encoding="utf-8"))
-    assert EKMAN == {g: tuple(m) for g, m in upstream.items()}
+    assert {g: tuple(m) for g, m in upstream.items()} == EKMAN
     assert load_ekman(FIXTURE) == EKMAN and load_ekman(None) == EKMAN
 
 
 def test_builtin_names_match_shared_files():
     folder = shared_goemotions()
-    assert LABELS == tuple((folder / "emotions.txt").read_text(encoding="utf-8").split("\n"))
+    assert tuple((folder / "emotions.txt").read_text(encoding="utf-8").split("\n")) == LABELS
     assert load_ekman(folder) == EKMAN
 
 

@@ -21,16 +21,43 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_torchrun_two_processes_equal_single_process(tiny_llama_dir, tmp_path):
     pytest.importorskip("torch.distributed.run")
     single, dist_out = tmp_path / "single.safetensors", tmp_path / "dist.safetensors"
-    args = ["record", "--model", tiny_llama_dir, "--data", str(FIXTURE), "--emotion", "all", "--no-progress",
-            "--batch-size", "3"]
+    args = [
+        "record",
+        "--model",
+        tiny_llama_dir,
+        "--data",
+        str(FIXTURE),
+        "--emotion",
+        "all",
+        "--no-progress",
+        "--batch-size",
+        "3",
+    ]
     assert main([*args, "--out", str(single)]) == 0
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
     for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(var, None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc_per_node", "2",
-           "-m", "steer_plugin", *args, "--out", str(dist_out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nnodes",
+        "1",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "steer_plugin",
+        *args,
+        "--out",
+        str(dist_out),
+    ]
     proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("wrote ") == 1  # only rank 0 writes
@@ -44,7 +71,8 @@ def test_torchrun_two_processes_equal_single_process(tiny_llama_dir, tmp_path):
         np.testing.assert_allclose(b.get(c).m2.numpy(), a.get(c).m2.numpy(), atol=1e-6, rtol=1e-6, err_msg=c)
     drop = {"world_size"}
     assert {k: v for k, v in a.metadata.items() if k not in drop} == {
-        k: v for k, v in b.metadata.items() if k not in drop}
+        k: v for k, v in b.metadata.items() if k not in drop
+    }
 
 
 def test_no_process_group_without_launcher(monkeypatch):

@@ -48,14 +48,41 @@ def test_anger_vector_makes_answers_angrier(smollm2, shared, tmp_path):
     from steer_plugin.sweep import SweepOptions, SweepPlan, run_sweep
 
     vector = tmp_path / "anger-mean.safetensors"
-    assert main(["build", "--model", smollm2, "--data", str(shared / "data" / "goemotions"), "--emotion", "anger",
-                 "--method", "mean", "--max-per-class", "300", "--batch-size", "16", "--no-progress",
-                 "--out", str(vector)]) == 0
+    assert (
+        main(
+            [
+                "build",
+                "--model",
+                smollm2,
+                "--data",
+                str(shared / "data" / "goemotions"),
+                "--emotion",
+                "anger",
+                "--method",
+                "mean",
+                "--max-per-class",
+                "300",
+                "--batch-size",
+                "16",
+                "--no-progress",
+                "--out",
+                str(vector),
+            ]
+        )
+        == 0
+    )
 
     lm = SteeredHFLM(pretrained=smollm2, dtype="float32", device="cpu", batch_size=12)
     plan = SweepPlan.grid([str(vector)], [0.0, ALPHA], [LAYERS], ["response"])
-    options = SweepOptions(tasks=["steer_emotion_anger"], out_dir=tmp_path / "sweep", limit=N_PROMPTS,
-                           classifier="nade", apply_chat_template=True, log_samples=True, bootstrap_iters=0)
+    options = SweepOptions(
+        tasks=["steer_emotion_anger"],
+        out_dir=tmp_path / "sweep",
+        limit=N_PROMPTS,
+        classifier="nade",
+        apply_chat_template=True,
+        log_samples=True,
+        bootstrap_iters=0,
+    )
     files = run_sweep(lm, plan, options, progress=False)
 
     def scores(result_file: Path) -> tuple[list[float], list[str]]:
@@ -69,8 +96,10 @@ def test_anger_vector_makes_answers_angrier(smollm2, shared, tmp_path):
     diffs = [s - b for s, b in zip(steered, base)]
     mean_diff = sum(diffs) / len(diffs)
     sd = (sum((d - mean_diff) ** 2 for d in diffs) / (len(diffs) - 1)) ** 0.5
-    print(f"nade anger: alpha 0 -> {sum(base) / len(base):.3f}, alpha {ALPHA} -> {sum(steered) / len(steered):.3f}"
-          f" (paired diff {mean_diff:.3f}, SE {sd / len(diffs) ** 0.5:.3f})")
+    print(
+        f"nade anger: alpha 0 -> {sum(base) / len(base):.3f}, alpha {ALPHA} -> {sum(steered) / len(steered):.3f}"
+        f" (paired diff {mean_diff:.3f}, SE {sd / len(diffs) ** 0.5:.3f})"
+    )
     assert mean_diff >= MARGIN
     assert mean_diff / (sd / len(diffs) ** 0.5) >= 3  # paired over the same prompts
     assert sum(map(_english_ratio, texts)) / len(texts) >= 0.75  # still English text, not symbol soup

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from helpers_tiny import decoder_blocks, save_model
+
 from steer_plugin.cli import main
 from steer_plugin.errors import SteerError
 from steer_plugin.interop import export_gguf_control_vector, export_lm_eval_steered, load_reference_npy
@@ -41,8 +41,9 @@ def test_import_reference_npy(tmp_path, capsys):
     arr = _matrix()
     np.save(tmp_path / "ref.npy", arr)
     out = tmp_path / "v.safetensors"
-    code, stdout, _ = _run(["import", str(tmp_path / "ref.npy"), "--out", str(out), "--emotion", "anger",
-                            "--model", "tiny"], capsys)
+    code, stdout, _ = _run(
+        ["import", str(tmp_path / "ref.npy"), "--out", str(out), "--emotion", "anger", "--model", "tiny"], capsys
+    )
     assert code == 0 and "3 layers x 32" in stdout
     vec = SteeringVector.load(out)
     np.testing.assert_array_equal(vec.matrix.numpy(), arr)
@@ -73,9 +74,13 @@ def test_import_refuses_pickles_and_bad_arrays(tmp_path, capsys):
     np.save(tmp_path / "ints.npy", np.ones((L, H), dtype=np.int64))
     np.save(tmp_path / "cube.npy", np.ones((2, L, H), dtype=np.float32))
     (tmp_path / "junk.npy").write_bytes(b"definitely not numpy")
-    cases = {"pickled.npy": "not a readable .npy matrix", "ints.npy": "expected a float [n_layers, hidden]",
-             "cube.npy": "expected a float [n_layers, hidden]", "junk.npy": "not a readable .npy matrix",
-             "missing.npy": "not a readable .npy matrix"}
+    cases = {
+        "pickled.npy": "not a readable .npy matrix",
+        "ints.npy": "expected a float [n_layers, hidden]",
+        "cube.npy": "expected a float [n_layers, hidden]",
+        "junk.npy": "not a readable .npy matrix",
+        "missing.npy": "not a readable .npy matrix",
+    }
     for name, needle in cases.items():
         out = tmp_path / f"{name}.safetensors"
         code, _, err = _run(["import", str(tmp_path / name), "--out", str(out)], capsys)
@@ -88,8 +93,12 @@ def test_import_refuses_pickles_and_bad_arrays(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     "arch, block_path, prefix",
-    [("llama", "model.layers", "layers"), ("gpt2", "transformer.h", "h"),
-     ("gpt_neox", "gpt_neox.layers", "layers"), ("opt", "model.decoder.layers", "decoder.layers")],
+    [
+        ("llama", "model.layers", "layers"),
+        ("gpt2", "transformer.h", "h"),
+        ("gpt_neox", "gpt_neox.layers", "layers"),
+        ("opt", "model.decoder.layers", "decoder.layers"),
+    ],
 )
 def test_lm_eval_steered_export_matches_hook_add(arch, block_path, prefix, tmp_path):
     """lm-eval resolves hookpoints in ``model.base_model``; its SteeredModel must steer exactly like a
@@ -141,13 +150,26 @@ def test_export_cli_lm_eval_uses_vector_block_path(tmp_path, capsys):
     vec = SteeringVector(torch.from_numpy(_matrix()), {"block_path": "transformer.h"})
     vec.save(tmp_path / "v.safetensors")
     out = tmp_path / "steer.pt"
-    code, stdout, _ = _run(["export", str(tmp_path / "v.safetensors"), "--format", "lm-eval-steered",
-                            "--out", str(out), "--alpha", "-2"], capsys)
+    code, stdout, _ = _run(
+        ["export", str(tmp_path / "v.safetensors"), "--format", "lm-eval-steered", "--out", str(out), "--alpha", "-2"],
+        capsys,
+    )
     assert code == 0 and "transformer.h" in stdout
     config = torch.load(out, weights_only=True)
     assert sorted(config) == ["h.0", "h.1", "h.2"] and config["h.1"]["steering_coefficient"] == -2.0
-    code, _, _ = _run(["export", str(tmp_path / "v.safetensors"), "--format", "lm-eval-steered",
-                       "--out", str(out), "--block-path", "model.layers"], capsys)
+    code, _, _ = _run(
+        [
+            "export",
+            str(tmp_path / "v.safetensors"),
+            "--format",
+            "lm-eval-steered",
+            "--out",
+            str(out),
+            "--block-path",
+            "model.layers",
+        ],
+        capsys,
+    )
     assert code == 0 and sorted(torch.load(out, weights_only=True)) == ["layers.0", "layers.1", "layers.2"]
 
 
@@ -166,8 +188,9 @@ def _read_gguf(path):
 def test_gguf_control_vector(tmp_path):
     m = _matrix(5)
     m[3] = 0
-    layers = export_gguf_control_vector(SteeringVector(torch.from_numpy(m)), tmp_path / "cv.gguf",
-                                        model_hint="qwen2", alpha=0.5)
+    layers = export_gguf_control_vector(
+        SteeringVector(torch.from_numpy(m)), tmp_path / "cv.gguf", model_hint="qwen2", alpha=0.5
+    )
     assert layers == [1, 2, 4]  # row 0 is never exported (llama.cpp does not steer block 0); row 3 is zero
     tensors, fields = _read_gguf(tmp_path / "cv.gguf")
     assert sorted(tensors) == ["direction.1", "direction.2", "direction.4"]
@@ -181,8 +204,19 @@ def test_gguf_control_vector(tmp_path):
 
 def test_gguf_cli_notes_row_zero(tmp_path, capsys):
     SteeringVector(torch.from_numpy(_matrix())).save(tmp_path / "v.safetensors")
-    code, stdout, err = _run(["export", str(tmp_path / "v.safetensors"), "--format", "gguf",
-                              "--out", str(tmp_path / "cv.gguf"), "--alpha", "3"], capsys)
+    code, stdout, err = _run(
+        [
+            "export",
+            str(tmp_path / "v.safetensors"),
+            "--format",
+            "gguf",
+            "--out",
+            str(tmp_path / "cv.gguf"),
+            "--alpha",
+            "3",
+        ],
+        capsys,
+    )
     assert code == 0 and "row 0 was not exported" in err and "[1, 2]" in stdout
     tensors, _ = _read_gguf(tmp_path / "cv.gguf")
     np.testing.assert_allclose(tensors["direction.2"], 3 * _matrix()[2], rtol=1e-6)

@@ -30,8 +30,10 @@ def _ll(lm, pairs=LL_PAIRS):
 
 
 def _gen(lm, prompts=PROMPTS, n=8):
-    reqs = [Instance("generate_until", {}, (p, {"until": ["\n\n"], "max_gen_toks": n, "do_sample": False}), i)
-            for i, p in enumerate(prompts)]
+    reqs = [
+        Instance("generate_until", {}, (p, {"until": ["\n\n"], "max_gen_toks": n, "do_sample": False}), i)
+        for i, p in enumerate(prompts)
+    ]
     return lm.generate_until(reqs, disable_tqdm=True)
 
 
@@ -58,8 +60,9 @@ def hf(tiny_llama_dir):
 
 @pytest.fixture(scope="module")
 def steered(tiny_llama_dir, vec_path):
-    return SteeredHFLM(pretrained=tiny_llama_dir, vector=vec_path, alpha=0.0, dtype="float32", device="cpu",
-                       batch_size=3)
+    return SteeredHFLM(
+        pretrained=tiny_llama_dir, vector=vec_path, alpha=0.0, dtype="float32", device="cpu", batch_size=3
+    )
 
 
 def _hooks_left(model) -> int:
@@ -88,8 +91,7 @@ def test_positions_all_equals_lm_eval_steered(tiny_llama_dir, steered, vec_path,
 
     pt = tmp_path / "steer.pt"
     export_lm_eval_steered(SteeringVector.load(vec_path), pt, block_path="model.layers", alpha=0.7)
-    theirs = SteeredModel(pretrained=tiny_llama_dir, steer_path=str(pt), dtype="float32", device="cpu",
-                          batch_size=3)
+    theirs = SteeredModel(pretrained=tiny_llama_dir, steer_path=str(pt), dtype="float32", device="cpu", batch_size=3)
     steered.configure(vec_path, 0.7, positions="all", backend="nnsight")
     ours, ref = _ll(steered), _ll(theirs)
     assert max(abs(a[0] - b[0]) for a, b in zip(ours, ref)) < 1e-5
@@ -112,12 +114,13 @@ def _reference_ll_response(lm, vec: SteeringVector, alpha: float, ctx: str, cont
             h = (out[0] if isinstance(out, tuple) else out).clone()
             h[:, start:, :] += alpha * vec.matrix[l]
             return (h, *out[1:]) if isinstance(out, tuple) else h
+
         return hook
 
     handles = [model.model.layers[l].register_forward_hook(make(l)) for l in range(vec.n_layers)]
     try:
         with torch.no_grad():
-            logp = torch.log_softmax(model(inp).logits[0, -len(cont_ids):].double(), -1)
+            logp = torch.log_softmax(model(inp).logits[0, -len(cont_ids) :].double(), -1)
     finally:
         for h in handles:
             h.remove()
@@ -150,18 +153,25 @@ def _reference_generate(lm, vec, alpha, prompt, n):
             h = (out[0] if isinstance(out, tuple) else out).clone()
             h[:, -1, :] += alpha * vec.matrix[l]
             return (h, *out[1:]) if isinstance(out, tuple) else h
+
         return hook
 
     ids = torch.tensor([lm.tok_encode(prompt)])
     handles = [model.model.layers[l].register_forward_hook(make(l)) for l in range(vec.n_layers)]
     try:
         with torch.no_grad():
-            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
-                                 use_cache=True, pad_token_id=tok.pad_token_id)
+            out = model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=n,
+                do_sample=False,
+                use_cache=True,
+                pad_token_id=tok.pad_token_id,
+            )
     finally:
         for h in handles:
             h.remove()
-    new = out[0, ids.shape[1]:].tolist()
+    new = out[0, ids.shape[1] :].tolist()
     if tok.eos_token_id in new:
         new = new[: new.index(tok.eos_token_id)]
     return tok.decode(new, skip_special_tokens=True)

@@ -12,8 +12,11 @@ from lm_eval.api.instance import Instance
 from steer_plugin.errors import SteerError
 from steer_plugin.vector import SteeringVector
 
-PAIRS = [("The weather", " is fine today."), ("He was furious and", " slammed the door."),
-         ("Tell me about yourself.", " I like books")]
+PAIRS = [
+    ("The weather", " is fine today."),
+    ("He was furious and", " slammed the door."),
+    ("Tell me about yourself.", " I like books"),
+]
 
 
 def _ll(lm):
@@ -65,19 +68,23 @@ def test_model_args_string_with_commas_in_layers(tiny_llama_dir, vectors):
     from lm_eval.utils import simple_parse_args_string
 
     args = simple_parse_args_string(
-        f"pretrained={tiny_llama_dir},vector={vectors / 'a.safetensors'},alpha=0.7,layers=0,2,dtype=float32,device=cpu")
+        f"pretrained={tiny_llama_dir},vector={vectors / 'a.safetensors'},alpha=0.7,layers=0,2,dtype=float32,device=cpu"
+    )
     lm = get_model("steered_hf")(**args)
     assert lm.steering_config["layers"] == "0,2"
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"vector": "small.safetensors"}, "model has \\[3 layers x 32\\]"),
-    ({"vector": "a.safetensors", "layers": "0-7"}, "out of range"),
-    ({"vector": "a.safetensors", "layers": "two"}, "bad layer spec"),
-    ({"vector": "a.safetensors", "positions": "prompt"}, "unknown positions"),
-    ({"vector": "a.safetensors;b.safetensors", "alpha": "1;2;3"}, "2 vectors but 3 alphas"),
-    ({"vector": "missing.safetensors"}, "not found"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"vector": "small.safetensors"}, "model has \\[3 layers x 32\\]"),
+        ({"vector": "a.safetensors", "layers": "0-7"}, "out of range"),
+        ({"vector": "a.safetensors", "layers": "two"}, "bad layer spec"),
+        ({"vector": "a.safetensors", "positions": "prompt"}, "unknown positions"),
+        ({"vector": "a.safetensors;b.safetensors", "alpha": "1;2;3"}, "2 vectors but 3 alphas"),
+        ({"vector": "missing.safetensors"}, "not found"),
+    ],
+)
 def test_invalid_configurations_are_clear_errors(lm, vectors, kwargs, message):
     kwargs = dict(kwargs)
     kwargs["vector"] = ";".join(str(vectors / v) for v in kwargs["vector"].split(";"))
@@ -113,23 +120,33 @@ def test_results_json_records_the_steering_config(tiny_llama_dir, vectors, tmp_p
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    (tmp_path / "docs.jsonl").write_text("".join(
-        json.dumps({"q": c, "choices": [x, " no."], "gold": 0}) + "\n" for c, x in PAIRS))
+    (tmp_path / "docs.jsonl").write_text(
+        "".join(json.dumps({"q": c, "choices": [x, " no."], "gold": 0}) + "\n" for c, x in PAIRS)
+    )
     (tmp_path / "t.yaml").write_text(
         f"task: tiny_args_mc\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {tmp_path / 'docs.jsonl'}\n"
         "test_split: test\noutput_type: multiple_choice\ndoc_to_text: q\ndoc_to_choice: choices\ndoc_to_target: gold\n"
-        "metric_list:\n  - metric: acc\n")
+        "metric_list:\n  - metric: acc\n"
+    )
     vec = vectors / "a.safetensors"
     res = lm_eval.simple_evaluate(
-        model="steered_hf", model_args=f"pretrained={tiny_llama_dir},vector={vec},alpha=0.4,positions=response,"
-                                       "backend=hooks,dtype=float32,device=cpu",
-        tasks=["tiny_args_mc"], task_manager=TaskManager(include_path=str(tmp_path)), bootstrap_iters=0)
+        model="steered_hf",
+        model_args=f"pretrained={tiny_llama_dir},vector={vec},alpha=0.4,positions=response,"
+        "backend=hooks,dtype=float32,device=cpu",
+        tasks=["tiny_args_mc"],
+        task_manager=TaskManager(include_path=str(tmp_path)),
+        bootstrap_iters=0,
+    )
     steering = res["config"]["steering"]
     from steer_plugin.vector import file_sha256
 
     assert steering["vectors"][0]["path"] == str(vec)
     assert steering["vectors"][0]["sha256"] == file_sha256(vec)
     assert steering["vectors"][0]["metadata"]["emotion"] == "anger"
-    assert (steering["alphas"], steering["positions"], steering["backend"], steering["layers"]) == \
-        ([0.4], "response", "hooks", "all")
+    assert (steering["alphas"], steering["positions"], steering["backend"], steering["layers"]) == (
+        [0.4],
+        "response",
+        "hooks",
+        "all",
+    )
     json.dumps(res["config"], default=str)  # serialisable

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from helpers_tiny import ARCHS, decoder_blocks, make_model, make_tokenizer
+
 from steer_plugin.errors import SteerError
 from steer_plugin.models import (
     config_hash,

@@ -16,7 +16,13 @@ from lm_eval.api.instance import Instance
 from steer_plugin.errors import SteerError
 from steer_plugin.lm_model import SteeredHFLM
 from steer_plugin.prefix_reuse import (
-    ReuseUnsupported, Scorer, TailConfig, group_by_context, plain_token_count, reuse_blocker, score_groups,
+    ReuseUnsupported,
+    Scorer,
+    TailConfig,
+    group_by_context,
+    plain_token_count,
+    reuse_blocker,
+    score_groups,
 )
 from steer_plugin.steering import SteeringPlan
 from steer_plugin.vector import SteeringVector
@@ -100,7 +106,8 @@ def truthfulqa_requests(tmp_path_factory):
     mp.setenv("STEER_TRUTHFULQA_DIR", str(folder))
     try:
         tasks = TaskManager(include_path=str(tasks_dir()), include_defaults=False).load(
-            ["truthfulqa_local_mc1", "truthfulqa_local_mc2"])["tasks"]
+            ["truthfulqa_local_mc1", "truthfulqa_local_mc2"]
+        )["tasks"]
         instances = []
         for task in tasks.values():
             task.build_all_requests(limit=3, rank=0, world_size=1)
@@ -126,7 +133,7 @@ def _token_requests(lm) -> list:
         with torch.no_grad():
             for _ in range(3):  # the model's own greedy continuation: is_greedy must come out True
                 ids.append(int(lm.model(torch.tensor([ids])).logits[0, -1].argmax()))
-        conts.append(ids[len(ctx):])
+        conts.append(ids[len(ctx) :])
         reqs += [(None, ctx, c) for c in conts]
     reqs.append((None, [rng.randrange(4, vocab) for _ in range(120)], [7, 8, 9, 10, 11, 12, 13, 14, 15, 16]))
     return reqs
@@ -188,8 +195,14 @@ def test_backends_identical_on_the_reuse_path(lm):
 
 def test_token_counts_and_grouping(lm):
     lm.configure(lm.vec_path, 0.0)
-    reqs = [(None, [5, 6, 7, 8], [9, 10]), (None, [5, 6, 7, 8], [9, 11]), (None, [5, 6, 7, 8], [12]),
-            (None, [5, 6, 7, 8], [9, 10]), (None, [20], [21, 22, 23]), (None, [5, 6, 7], [8, 9])]
+    reqs = [
+        (None, [5, 6, 7, 8], [9, 10]),
+        (None, [5, 6, 7, 8], [9, 11]),
+        (None, [5, 6, 7, 8], [12]),
+        (None, [5, 6, 7, 8], [9, 10]),
+        (None, [20], [21, 22, 23]),
+        (None, [5, 6, 7], [8, 9]),
+    ]
     groups, plain = group_by_context([(i, c, x) for i, (_, c, x) in enumerate(reqs)], max_length=100)
     assert plain == []
     assert [g.context for g in groups] == [(5, 6, 7, 8), (5, 6, 7), (20,)]
@@ -220,8 +233,10 @@ def test_harness_logits_cache_corner_case(lm):
     lm.configure(lm.vec_path, 0.0)
     reqs = [(None, [5, 6, 7], [8, 9]), (None, [5, 6, 7, 8], [12])]
     with torch.no_grad():
-        after = [torch.log_softmax(lm.model(torch.tensor([ids])).logits[0, -1], -1)[12].item()
-                 for ids in ([5, 6, 7, 8], [5, 6, 7])]
+        after = [
+            torch.log_softmax(lm.model(torch.tensor([ids])).logits[0, -1], -1)[12].item()
+            for ids in ([5, 6, 7, 8], [5, 6, 7])
+        ]
     reuse = _run(lm, reqs, reuse=True)[1][0]
     harness = _run(lm, reqs, reuse=False)[1][0]
     assert abs(reuse - after[0]) < 1e-5
@@ -230,8 +245,12 @@ def test_harness_logits_cache_corner_case(lm):
 
 def test_sweep_computes_the_unsteered_prefix_once(lm):
     reqs = _token_requests(lm)[:-1]
-    configs = [(None, 0.0, "all"), (lm.vec_path, 0.5, "response"), (lm.vec_path, -1.0, "response"),
-               (lm.vec_path, 0.5, "all")]
+    configs = [
+        (None, 0.0, "all"),
+        (lm.vec_path, 0.5, "response"),
+        (lm.vec_path, -1.0, "response"),
+        (lm.vec_path, 0.5, "all"),
+    ]
     alone = {}
     for vector, alpha, positions in configs:
         lm.configure(vector, alpha, positions=positions)
@@ -262,8 +281,9 @@ def test_run_sweep_shares_prefix_and_matches_plain(lm, tmp_path, monkeypatch):
     (tmp_path / "tq" / "truthfulqa_mc.validation.jsonl").write_text("".join(json.dumps(r) + "\n" for r in MC_ROWS))
     monkeypatch.setenv("STEER_TRUTHFULQA_DIR", str(tmp_path / "tq"))
     plan = SweepPlan.grid([lm.vec_path], [0.0, 0.6, -0.6], ["all"], ["response"])
-    options = SweepOptions(tasks=["truthfulqa_local_mc2"], out_dir=tmp_path / "out", bootstrap_iters=0,
-                           log_samples=True)
+    options = SweepOptions(
+        tasks=["truthfulqa_local_mc2"], out_dir=tmp_path / "out", bootstrap_iters=0, log_samples=True
+    )
     lm.token_counts.__init__()
     files = run_sweep(lm, plan, options, progress=False)
     assert lm.token_counts.plain == 0 and not lm._ahead and not lm._planned
@@ -284,9 +304,19 @@ def test_models_whose_cache_cannot_be_expanded_use_the_plain_path(tmp_path):
     from transformers import AutoModelForCausalLM, Qwen2Config
 
     tok = make_tokenizer()
-    config = Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, use_sliding_window=True, sliding_window=8,
-                         max_window_layers=0, bos_token_id=1, eos_token_id=2)
+    config = Qwen2Config(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        use_sliding_window=True,
+        sliding_window=8,
+        max_window_layers=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
@@ -337,7 +367,8 @@ def test_batch_size_auto_and_the_model_argument(lm):
 
 
 def test_reuse_blocker_on_supported_architectures():
-    from helpers_tiny import ARCHS as ALL, make_model
+    from helpers_tiny import ARCHS as ALL
+    from helpers_tiny import make_model
 
     for arch in ALL:
         assert reuse_blocker(make_model(arch)[0]) is None, arch

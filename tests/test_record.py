@@ -15,8 +15,8 @@ import random
 import numpy as np
 import pytest
 import torch
-
 from helpers_tiny import ARCHS, CORPUS, hook_last_token_states, make_model, make_tokenizer
+
 from steer_plugin.errors import SteerError
 from steer_plugin.prompts import PromptTemplate, encode, pad_batch
 from steer_plugin.record import LastTokenRecorder, RecordItem, record_hidden_states
@@ -49,8 +49,13 @@ def _record_rows(model, tok, texts, tmp_path, **kw) -> tuple[np.ndarray, HiddenS
     """Raw per-text rows (via --save-activations, float32) and the statistics of one recording."""
     out = tmp_path / f"acts-{random.random()}"
     stats = record_hidden_states(
-        model, tok, [RecordItem(t, ("x",)) for t in texts], progress=False,
-        save_activations=out, activation_dtype="float32", **kw,
+        model,
+        tok,
+        [RecordItem(t, ("x",)) for t in texts],
+        progress=False,
+        save_activations=out,
+        activation_dtype="float32",
+        **kw,
     )
     return np.load(out / "x.npy"), stats
 
@@ -176,8 +181,9 @@ def test_save_activations_class_listed_twice(models, tok, tmp_path):
     ]
     ref = hook_last_token_states(model, tok, texts)
     out = tmp_path / "acts"
-    stats = record_hidden_states(model, tok, items, batch_size=3, progress=False, save_activations=out,
-                                 activation_dtype="float32")
+    stats = record_hidden_states(
+        model, tok, items, batch_size=3, progress=False, save_activations=out, activation_dtype="float32"
+    )
     arrays = {p.stem: np.load(p) for p in out.glob("*.npy")}
     assert sorted(arrays) == ["anger", "ekman_anger", "neutral"]
     assert not list(out.glob("*.partial"))
@@ -194,22 +200,30 @@ def test_save_activations_class_listed_twice(models, tok, tmp_path):
 def test_save_activations_float16_default(models, tok, tmp_path):
     model = models["llama"]
     ref = hook_last_token_states(model, tok, CORPUS[:5])
-    record_hidden_states(model, tok, [RecordItem(t, ("a",)) for t in CORPUS[:5]], progress=False,
-                         save_activations=tmp_path)
+    record_hidden_states(
+        model, tok, [RecordItem(t, ("a",)) for t in CORPUS[:5]], progress=False, save_activations=tmp_path
+    )
     arr = np.load(tmp_path / "a.npy")
     assert arr.dtype == np.float16 and arr.shape == ref.shape
     np.testing.assert_allclose(arr.astype(np.float64), ref, atol=2e-2, rtol=2e-3)
     with pytest.raises(SteerError, match="float16 or float32"):
-        record_hidden_states(model, tok, [RecordItem("x", ("a",))], progress=False,
-                             save_activations=tmp_path / "b", activation_dtype="int8")
+        record_hidden_states(
+            model,
+            tok,
+            [RecordItem("x", ("a",))],
+            progress=False,
+            save_activations=tmp_path / "b",
+            activation_dtype="int8",
+        )
 
 
 def test_format_template_records_formatted_text(models, tok):
     model = models["qwen2"]
     template = "Text: {text}\nEmotion:"
     ref = hook_last_token_states(model, tok, [template.replace("{text}", t) for t in CORPUS[:4]])
-    stats = record_hidden_states(model, tok, [RecordItem(t, ("a",)) for t in CORPUS[:4]], template=template,
-                                 batch_size=4, progress=False)
+    stats = record_hidden_states(
+        model, tok, [RecordItem(t, ("a",)) for t in CORPUS[:4]], template=template, batch_size=4, progress=False
+    )
     np.testing.assert_allclose(stats.get("a").mean.numpy(), ref.mean(0), atol=TOL, rtol=0)
     assert stats.metadata["template"] == template
 

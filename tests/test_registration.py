@@ -104,8 +104,9 @@ def test_lm_model_decorator_upgrades_the_placeholder(autoload):
 
 
 def test_default_task_manager_indexes_our_folder(autoload, tmp_path, monkeypatch):
-    import steer_plugin.tasks_dir as tasks_dir_module
     from lm_eval.tasks import TaskManager
+
+    import steer_plugin.tasks_dir as tasks_dir_module
 
     folder = tasks_copy_with_probe(tmp_path / "lm_eval_tasks")
     monkeypatch.setattr(tasks_dir_module, "tasks_dir", lambda: folder)
@@ -120,8 +121,9 @@ def test_default_task_manager_indexes_our_folder(autoload, tmp_path, monkeypatch
 
 
 def test_our_folder_is_not_added_without_defaults(autoload, tmp_path, monkeypatch):
-    import steer_plugin.tasks_dir as tasks_dir_module
     from lm_eval.tasks import TaskManager
+
+    import steer_plugin.tasks_dir as tasks_dir_module
 
     folder = tasks_copy_with_probe(tmp_path / "ours")
     other = tmp_path / "other"
@@ -180,9 +182,7 @@ def project_copy(dest: Path) -> Path:
 def build(project: Path, out: Path, hook: str) -> Path:
     out.mkdir()
     code = f"from hatchling.build import {hook}; print({hook}({str(out)!r}))"
-    done = subprocess.run(
-        [sys.executable, "-c", code], cwd=project, capture_output=True, text=True, timeout=120
-    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=project, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     return out / done.stdout.strip().splitlines()[-1]
 

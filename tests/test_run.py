@@ -12,10 +12,27 @@ def test_run_builds_sweeps_and_tables(tmp_path, tiny_llama_dir, monkeypatch, cap
 
     clf = build_goemotions_classifier(tmp_path / "clf")
     monkeypatch.chdir(tmp_path)
-    args = ["run", "--model", tiny_llama_dir, "--emotion", "anger", "--data",
-            str(__import__("pathlib").Path(__file__).parent / "fixtures" / "goemotions"),
-            "--top-k", "4", "--alphas", "0,2", "--classifier", clf, "--limit", "3", "--batch-size", "4",
-            "--out", str(tmp_path / "run")]
+    args = [
+        "run",
+        "--model",
+        tiny_llama_dir,
+        "--emotion",
+        "anger",
+        "--data",
+        str(__import__("pathlib").Path(__file__).parent / "fixtures" / "goemotions"),
+        "--top-k",
+        "4",
+        "--alphas",
+        "0,2",
+        "--classifier",
+        clf,
+        "--limit",
+        "3",
+        "--batch-size",
+        "4",
+        "--out",
+        str(tmp_path / "run"),
+    ]
     if shared_or_none:
         args += ["--truthfulqa-dir", str(shared_or_none / "data" / "truthfulqa")]
     else:

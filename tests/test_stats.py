@@ -127,17 +127,26 @@ def test_load_bad_files(tmp_path):
     with pytest.raises(SteerError, match="not a steer-plugin stats file"):
         HiddenStateStats.load(other)
     missing_count = tmp_path / "corrupt.safetensors"
-    save_file({"anger/mean": torch.zeros(L, H), "anger/m2": torch.zeros(L, H)}, str(missing_count),
-              metadata={"format": STATS_FORMAT, "format_version": "1", "metadata": "{}"})
+    save_file(
+        {"anger/mean": torch.zeros(L, H), "anger/m2": torch.zeros(L, H)},
+        str(missing_count),
+        metadata={"format": STATS_FORMAT, "format_version": "1", "metadata": "{}"},
+    )
     with pytest.raises(SteerError, match="corrupt stats file"):
         HiddenStateStats.load(missing_count)
     bad_json = tmp_path / "badjson.safetensors"
-    save_file({"a/mean": torch.zeros(L, H), "a/m2": torch.zeros(L, H), "a/count": torch.tensor([1])},
-              str(bad_json), metadata={"format": STATS_FORMAT, "metadata": "{nope"})
+    save_file(
+        {"a/mean": torch.zeros(L, H), "a/m2": torch.zeros(L, H), "a/count": torch.tensor([1])},
+        str(bad_json),
+        metadata={"format": STATS_FORMAT, "metadata": "{nope"},
+    )
     with pytest.raises(SteerError, match="corrupt stats file"):
         HiddenStateStats.load(bad_json)
     list_json = tmp_path / "listjson.safetensors"
-    save_file({"a/mean": torch.zeros(L, H), "a/m2": torch.zeros(L, H), "a/count": torch.tensor([1])},
-              str(list_json), metadata={"format": STATS_FORMAT, "metadata": "[1]"})
+    save_file(
+        {"a/mean": torch.zeros(L, H), "a/m2": torch.zeros(L, H), "a/count": torch.tensor([1])},
+        str(list_json),
+        metadata={"format": STATS_FORMAT, "metadata": "[1]"},
+    )
     with pytest.raises(SteerError, match="corrupt stats file"):
         HiddenStateStats.load(list_json)

@@ -27,7 +27,8 @@ def task_dir(tmp_path_factory) -> str:
         "task: tiny_mc\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
         f"    test: {d / 'docs.jsonl'}\ntest_split: test\noutput_type: multiple_choice\n"
         "doc_to_text: q\ndoc_to_choice: choices\ndoc_to_target: gold\n"
-        "metric_list:\n  - metric: acc\n  - metric: acc_norm\nmetadata:\n  version: 1.0\n")
+        "metric_list:\n  - metric: acc\n  - metric: acc_norm\nmetadata:\n  version: 1.0\n"
+    )
     return str(d)
 
 
@@ -64,8 +65,13 @@ def test_sweep_equals_standalone_runs_and_resumes(lm, task_dir, vector_file, tin
 
     out = tmp_path / "sweep"
     plan = SweepPlan.grid([vector_file], [0, 0.5, 2.0], ["all"], ["all", "response"])
-    options = SweepOptions(tasks=["tiny_mc"], out_dir=out, include_path=task_dir, log_samples=True,
-                           model_args={"pretrained": tiny_llama_dir})
+    options = SweepOptions(
+        tasks=["tiny_mc"],
+        out_dir=out,
+        include_path=task_dir,
+        log_samples=True,
+        model_args={"pretrained": tiny_llama_dir},
+    )
     files = run_sweep(lm, plan, options, progress=False)
     assert len(files) == 5 and all(f.exists() for f in files)
     assert not lm.plan.active  # steering switched off after the sweep
@@ -82,8 +88,14 @@ def test_sweep_equals_standalone_runs_and_resumes(lm, task_dir, vector_file, tin
         args = f"pretrained={tiny_llama_dir},dtype=float32,device=cpu,batch_size=2"
         if not config.is_baseline:
             args += f",vector={vector_file},alpha={config.alpha},positions={config.positions}"
-        ref = lm_eval.simple_evaluate(model="steered_hf", model_args=args, tasks=["tiny_mc"],
-                                      task_manager=manager, verbosity="ERROR", bootstrap_iters=0)
+        ref = lm_eval.simple_evaluate(
+            model="steered_hf",
+            model_args=args,
+            tasks=["tiny_mc"],
+            task_manager=manager,
+            verbosity="ERROR",
+            bootstrap_iters=0,
+        )
         want = {k: v for k, v in ref["results"]["tiny_mc"].items() if k in ("acc,none", "acc_norm,none")}
         assert _acc(f) == want, config
         # and the recorded model_args reproduce it with the stock CLI

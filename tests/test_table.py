@@ -11,17 +11,37 @@ from steer_plugin.table import load_rows, to_csv, to_markdown, write_table
 
 
 def _result(alpha: float, mc2: float, rate: float, vector: bool = True) -> dict:
-    steering = {"vectors": [{"path": "v.safetensors", "sha256": "x",
-                             "metadata": {"emotion": "anger", "method": "top_k", "top_k": 20}}],
-                "alphas": [alpha], "layers": "all", "positions": "response"} if vector else None
+    steering = (
+        {
+            "vectors": [
+                {
+                    "path": "v.safetensors",
+                    "sha256": "x",
+                    "metadata": {"emotion": "anger", "method": "top_k", "top_k": 20},
+                }
+            ],
+            "alphas": [alpha],
+            "layers": "all",
+            "positions": "response",
+        }
+        if vector
+        else None
+    )
     config = {"model": "steered_hf" if vector else "hf", "model_args": "pretrained=tiny,dtype=float32"}
     if steering:
         config["steering"] = steering
-    return {"results": {
-        "truthfulqa_mc2": {"alias": "truthfulqa_mc2", "acc,none": mc2, "acc_stderr,none": 0.01},
-        "steer_emotion_anger": {"target_rate,none": rate, "target_rate_stderr,none": 0.02,
-                                "prob_joy,none": 0.1, "prob_joy_stderr,none": "N/A"}},
-        "config": config}
+    return {
+        "results": {
+            "truthfulqa_mc2": {"alias": "truthfulqa_mc2", "acc,none": mc2, "acc_stderr,none": 0.01},
+            "steer_emotion_anger": {
+                "target_rate,none": rate,
+                "target_rate_stderr,none": 0.02,
+                "prob_joy,none": 0.1,
+                "prob_joy_stderr,none": "N/A",
+            },
+        },
+        "config": config,
+    }
 
 
 @pytest.fixture()

@@ -25,8 +25,14 @@ def _vector(with_mask: bool = True) -> SteeringVector:
         mask = torch.zeros(L, H, dtype=torch.bool)
         mask[:, :3] = True
         m = m * mask
-    meta = {"emotion": "anger", "baseline": "neutral", "method": "top_k" if with_mask else "mean",
-            "top_k": 3 if with_mask else None, "counts": {"anger": 4, "neutral": 5}, "model": "tiny"}
+    meta = {
+        "emotion": "anger",
+        "baseline": "neutral",
+        "method": "top_k" if with_mask else "mean",
+        "top_k": 3 if with_mask else None,
+        "counts": {"anger": 4, "neutral": 5},
+        "model": "tiny",
+    }
     return SteeringVector(m, meta, mask)
 
 

@@ -95,7 +95,7 @@ def _neutral_from_hub(limit: int) -> list[dict[str, str]]:
 
     try:
         ds = datasets.load_dataset(GOEMOTIONS_HUB_ID, "simplified", split="test")
-    except Exception as err:  # noqa: BLE001 - offline or hub errors: say what to do instead
+    except Exception as err:
         raise SteerError(
             f"cannot load {GOEMOTIONS_HUB_ID} from the hub ({type(err).__name__}); set "
             f"{GOEMOTIONS_DIR_ENV} to a folder holding the GoEmotions test.tsv and emotions.txt"

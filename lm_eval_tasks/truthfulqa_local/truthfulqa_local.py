@@ -54,7 +54,10 @@ def builtin_config(builtin_task: str) -> dict[str, Any]:
     """The built-in task's YAML (includes merged, ``!function`` hooks imported)."""
     path = BUILTIN_DIR / f"{builtin_task}.yaml"
     if not path.is_file():
-        raise SteerError(f"lm_eval has no built-in {builtin_task} at {path}; accepted: truthfulqa_mc1, truthfulqa_mc2, truthfulqa_gen")
+        raise SteerError(
+            f"lm_eval has no built-in {builtin_task} at {path}; "
+            "accepted: truthfulqa_mc1, truthfulqa_mc2, truthfulqa_gen"
+        )
     try:
         return load_yaml(path, resolve_func=True)
     except ImportError as err:  # the built-in utils.py imports sacrebleu and rouge_score at top
