@@ -464,9 +464,9 @@ def header_lines(info: dict[str, str], command: str, load: tuple[Any, Any] | Non
 
 
 def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-    return out
+    from steer_plugin.text_table import format_table
+
+    return format_table(header, rows, markdown=True).splitlines()
 
 
 def verdict(ok: bool) -> str:

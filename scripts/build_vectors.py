@@ -1,6 +1,6 @@
 """Build the full set of emotion vectors for one model in one recording pass.
 
-    python scripts/build_vectors.py --model HuggingFaceTB/SmolLM2-135M-Instruct [--data ../shared/data/goemotions]
+    python scripts/build_vectors.py --model HuggingFaceTB/SmolLM2-135M-Instruct [--data path/to/goemotions]
         [--method top_k --top-k 20] [--max-per-class 2000] [--out vectors/]
 
 Records every text of the split once (`steer record --emotion all`: statistics per label and per Ekman group),
@@ -14,8 +14,9 @@ from pathlib import Path
 
 from steer_plugin.build import build_vector
 from steer_plugin.data import valid_targets
-from steer_plugin.models import model_slug
+from steer_plugin.models import ModelOptions, model_slug
 from steer_plugin.pipeline import RecordRequest, record_request
+from steer_plugin.vector import default_vector_path
 
 
 def main() -> None:
@@ -35,14 +36,12 @@ def main() -> None:
 
     stats = record_request(
         RecordRequest(
-            model=args.model,
+            model=ModelOptions(args.model, dtype=args.dtype, device=args.device),
             emotion="all",
             split=args.split,
             data_dir=args.data,
             max_per_class=args.max_per_class,
             batch_size=args.batch_size,
-            dtype=args.dtype,
-            device=args.device,
         )
     )
     folder = Path(args.out) / model_slug(args.model)
@@ -53,9 +52,9 @@ def main() -> None:
         if emotion == "neutral" or stats.classes.get(emotion) is None or stats.classes[emotion].count == 0:
             continue
         vec = build_vector(stats, emotion, "neutral", method=args.method, top_k=top_k)
-        name = emotion.replace(":", "_") + f"-{args.method}" + (f"-{top_k}" if top_k else "")
-        vec.save(folder / f"{name}.safetensors")
-        print(f"{folder / name}.safetensors  n={vec.metadata['counts']}  norm={float(vec.matrix.norm()):.3f}")
+        path = Path(args.out) / default_vector_path(args.model, emotion, args.method, top_k).relative_to("vectors")
+        vec.save(path)
+        print(f"{path}  n={vec.metadata['counts']}  norm={float(vec.matrix.norm()):.3f}")
 
 
 if __name__ == "__main__":

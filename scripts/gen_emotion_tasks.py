@@ -28,13 +28,8 @@ except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(REPO))
 
 from steer_plugin.atomic import write_text_atomic  # noqa: E402
-from steer_plugin.classifier import (  # noqa: E402
-    DEFAULT_BATCH_SIZE,
-    GOEMOTIONS_LABELS,
-    NADE_LABELS,
-    all_targets,
-    metric_label,
-)
+from steer_plugin.classifier import DEFAULT_BATCH_SIZE, NADE_LABELS, metric_label  # noqa: E402
+from steer_plugin.data import LABELS, target_slug, valid_targets  # noqa: E402
 
 TASK_DIR = REPO / "lm_eval_tasks" / "steer_emotion"
 TEMPLATE = "_steer_emotion_template_yaml"
@@ -51,7 +46,12 @@ FAMILIES: dict[str, str] = {
 
 # Every label some supported classifier reports (GoEmotions ⊇ Ekman; nade adds two), so the
 # prob_<label> metrics have a declared aggregation and direction whichever classifier runs.
-PROFILE_LABELS: tuple[str, ...] = tuple(dict.fromkeys((*GOEMOTIONS_LABELS, *NADE_LABELS)))
+PROFILE_LABELS: tuple[str, ...] = tuple(dict.fromkeys((*LABELS, *NADE_LABELS)))
+
+
+def task_targets() -> list[str]:
+    """Every target as task names spell it: the 28 labels, then ekman_<group>."""
+    return [target_slug(t) for t in valid_targets()]
 
 
 def task_name(family: str, target: str) -> str:
@@ -117,7 +117,7 @@ def render_task(family: str, target: str) -> str:
 
 def render_group(family: str) -> str:
     lines = [HEADER.rstrip("\n"), f"group: {family}", "task:"]
-    lines += [f"  - {task_name(family, t)}" for t in all_targets()]
+    lines += [f"  - {task_name(family, t)}" for t in task_targets()]
     lines.append("aggregate_metric_list:")
     for metric in ("target_rate", "target_prob", "neutral_rate"):
         lines += [f"  - metric: {metric}", "    aggregation: mean", "    weight_by_size: false"]
@@ -130,7 +130,7 @@ def render() -> dict[str, str]:
     files = {TEMPLATE: render_template()}
     for family in FAMILIES:
         files[f"{family}.yaml"] = render_group(family)
-        for target in all_targets():
+        for target in task_targets():
             files[f"{task_name(family, target)}.yaml"] = render_task(family, target)
     return files
 

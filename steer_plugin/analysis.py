@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from steer_plugin.errors import SteerError
+from steer_plugin.text_table import format_table
 
 if TYPE_CHECKING:  # pragma: no cover
     from steer_plugin.stats import HiddenStateStats
@@ -376,19 +377,14 @@ def format_layer_table(result: AnalysisResult, max_rows: int | None = None) -> s
         keep = np.argsort(-np.nan_to_num(seps, nan=-np.inf), kind="stable")[:max_rows]
         shown = [rows[i] for i in sorted(keep)]
     headers = ("layer", "diff_norm", "separab.", "max|t|", "max|d|", "sig_bonf", "sig_bh", "zero_var", "cos_next")
-    body = [[_fmt(v) for v in s.row()] for s in shown]
-    widths = [max(len(h), *(len(r[i]) for r in body)) if body else len(h) for i, h in enumerate(headers)]
     best = result.best_layer
-
-    def line(cells: list[str] | tuple[str, ...], mark: str = " ") -> str:
-        return mark + "  ".join(c.rjust(w) for c, w in zip(cells, widths))
-
-    out = [
-        f"{result.title()}  (n_target={result.n_target}, n_baseline={result.n_baseline})",
-        line(headers),
-        line(["-" * w for w in widths]),
-    ]
-    out += [line(r, "*" if s.layer == best else " ") for r, s in zip(body, shown)]
+    table = format_table(
+        headers,
+        [[_fmt(v) for v in s.row()] for s in shown],
+        right=[True] * len(headers),
+        markers=["*" if s.layer == best else " " for s in shown],
+    )
+    out = [f"{result.title()}  (n_target={result.n_target}, n_baseline={result.n_baseline})", table]
     if len(shown) < len(rows):
         out.append(f"(showing the {len(shown)} most separable of {len(rows)} layers)")
     out.append(f"* most separable layer: {best}")

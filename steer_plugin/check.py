@@ -18,6 +18,7 @@ from steer_plugin.layers import parse_layers
 from steer_plugin.models import resolve_module
 from steer_plugin.prompts import pad_batch, pad_id
 from steer_plugin.steering import Steerer, make_plan
+from steer_plugin.text_table import format_table
 from steer_plugin.vector import SteeringVector
 
 FINAL_NORMS = ("norm", "final_layernorm", "ln_f", "final_layer_norm", "decoder.final_layer_norm")
@@ -147,18 +148,17 @@ def format_report(report: CheckReport) -> str:
     def f(x: float | None, spec: str) -> str:
         return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
+    header = ("layer", "|row|", "cos(change, alpha*row)", "|change|/|alpha*row|", "KL next token", "ok")
+    rows = [
+        (l.layer, f(l.row_norm, ".3f"), f(l.cosine, ".6f"), f(l.norm_ratio, ".6f"), f"{l.kl_next_token:.3e}",
+         "yes" if l.ok else "NO")
+        for l in report.layers
+    ]  # fmt: skip
     lines = [
         f"steer check: {report.model}  alpha={report.alpha:g}",
         "",
-        " layer   |row|   cos(change, alpha*row)   |change|/|alpha*row|   KL next token   ok",
-        " -----  ------  -----------------------  ----------------------  -------------  ---",
-    ]
-    for l in report.layers:
-        lines.append(
-            f" {l.layer:>5}  {f(l.row_norm, '6.3f')}  {f(l.cosine, '23.6f')}  "
-            f"{f(l.norm_ratio, '22.6f')}  {l.kl_next_token:13.3e}  {'yes' if l.ok else 'NO'}"
-        )
-    lines += [
+        format_table(header, rows, right=[True] * len(header)),
+        "",
         "",
         f"all layers steered: KL(next token) = {report.all_layers_kl:.3e}, "
         f"top-1 token changed for {report.all_layers_top1_changed} prompt(s)",

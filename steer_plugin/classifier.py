@@ -12,7 +12,8 @@ Any Hugging Face sequence-classification model (hub id or local folder) works as
 ``config.id2label`` names GoEmotions or Ekman labels; ``config.problem_type`` decides sigmoid
 (``multi_label_classification``) or softmax (anything else but regression).
 
-Targets are GoEmotions labels (``anger``) or Ekman groups (``ekman_anger``). A target is mapped
+Targets are GoEmotions labels (``anger``) or Ekman groups (``ekman:anger``, or ``ekman_anger`` as in
+task names; see :mod:`steer_plugin.data`). A target is mapped
 onto the classifier's own labels (:meth:`EmotionClassifier.target_labels`):
 
 * a label the classifier has is used as is;
@@ -38,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from steer_plugin.data import EKMAN, LABELS
+from steer_plugin.data import EKMAN, LABELS, ekman_group, resolve_target
 from steer_plugin.errors import SteerError
 
 DEFAULT_CLASSIFIER = "SamLowe/roberta-base-go_emotions"
@@ -47,11 +48,8 @@ NADE_NAME = "nade"
 DEFAULT_BATCH_SIZE = 32
 
 # The GoEmotions label set and Ekman mapping live in steer_plugin.data (one copy).
-GOEMOTIONS_LABELS: tuple[str, ...] = LABELS
-EKMAN_GROUPS: dict[str, tuple[str, ...]] = EKMAN
-
-EKMAN_LABELS: tuple[str, ...] = (*sorted(EKMAN_GROUPS), "neutral")
-EKMAN_OF: dict[str, str] = {m: g for g, ms in EKMAN_GROUPS.items() for m in ms} | {"neutral": "neutral"}
+EKMAN_LABELS: tuple[str, ...] = (*sorted(EKMAN), "neutral")
+EKMAN_OF: dict[str, str] = {m: g for g, ms in EKMAN.items() for m in ms} | {"neutral": "neutral"}
 
 NADE_LABELS: tuple[str, ...] = (
     "anger", "anticipation", "disgust", "fear", "joy", "sadness", "surprise", "trust",
@@ -81,24 +79,6 @@ NADE_MAPPING: dict[str, str] = {
 NADE_NEUTRAL_THRESHOLD = 0.3
 
 NEUTRAL = "neutral"
-EKMAN_PREFIX = "ekman_"
-
-
-def all_targets() -> tuple[str, ...]:
-    """Every accepted target: the 28 GoEmotions labels, then ekman_<group> for the 6 groups."""
-    return (*GOEMOTIONS_LABELS, *(EKMAN_PREFIX + g for g in EKMAN_GROUPS))
-
-
-def target_members(target: str) -> tuple[str, ...]:
-    """The GoEmotions labels a target stands for (one label, or the members of an Ekman group)."""
-    if target in GOEMOTIONS_LABELS:
-        return (target,)
-    if target.startswith(EKMAN_PREFIX) and target[len(EKMAN_PREFIX) :] in EKMAN_GROUPS:
-        return EKMAN_GROUPS[target[len(EKMAN_PREFIX) :]]
-    raise SteerError(
-        f"unknown emotion target {target!r}; accepted: a GoEmotions label "
-        f"({', '.join(GOEMOTIONS_LABELS)}) or ekman_<group> ({', '.join(EKMAN_GROUPS)})"
-    )
 
 
 def metric_label(label: str) -> str:
@@ -184,9 +164,9 @@ class EmotionClassifier(ABC):
 
     def target_labels(self, target: str) -> tuple[str, ...]:
         """The classifier labels that count as hitting ``target`` (see module docstring)."""
-        members = target_members(target)
-        if target.startswith(EKMAN_PREFIX):
-            group = target[len(EKMAN_PREFIX) :]
+        members = resolve_target(target)
+        group = ekman_group(target)
+        if group:
             if all(m in self.labels for m in members):
                 return members
             if group in self.labels:
@@ -250,7 +230,7 @@ class HFEmotionClassifier(EmotionClassifier):
                 "multi_label_classification (sigmoid) or single_label_classification (softmax)"
             )
         goemotions_map = {}
-        for label in GOEMOTIONS_LABELS:
+        for label in LABELS:
             if label in labels:
                 goemotions_map[label] = label
             elif EKMAN_OF[label] in labels:  # an Ekman classifier
@@ -332,11 +312,6 @@ def get_classifier(name: str | None = None, device: str | None = None) -> Emotio
         if key not in _CACHE:
             _CACHE[key] = _load(name, key_device)
         return _CACHE[key]
-
-
-def clear_classifier_cache() -> None:
-    with _LOCK:
-        _CACHE.clear()
 
 
 def _load(name: str, device: str) -> EmotionClassifier:

@@ -6,24 +6,9 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
-DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
-
-
-def _add_model_args(p: argparse.ArgumentParser, required: bool = False) -> None:
-    p.add_argument(
-        "--model",
-        required=required,
-        default=None if required else DEFAULT_MODEL,
-        help=f"hub id or local folder (default: {DEFAULT_MODEL})",
-    )
-    p.add_argument("--dtype", default="float32", choices=["auto", "float32", "float16", "bfloat16"])
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps ... (default: where it loads)")
-    p.add_argument("--device-map", default=None, help="e.g. 'auto' to spread a big model over devices")
-    p.add_argument("--revision", default=None)
-    p.add_argument("--trust-remote-code", action="store_true")
-    p.add_argument("--blocks", default=None, help="module path of the decoder blocks if not found automatically")
+from steer_plugin import cli_eval
+from steer_plugin.cli_args import add_model_args, model_options
 
 
 def _add_data_args(p: argparse.ArgumentParser, emotion_required: bool = True) -> None:
@@ -61,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("record", help="record per-class hidden-state statistics with nnsight")
-    _add_model_args(p)
+    add_model_args(p)
     _add_data_args(p)
     _add_record_args(p)
     p.add_argument("--out", required=True, help="stats file (.safetensors)")
@@ -84,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser("build", help="build a steering vector (records first unless --stats is given)")
-    _add_model_args(p)
+    add_model_args(p)
     _add_data_args(p, emotion_required=False)
     _add_record_args(p)
     p.add_argument("--stats", default=None, help="reuse a stats file from `steer record`")
@@ -123,15 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tasks-dir", help="print the folder of our lm-eval tasks (for --include_path)")
     p.set_defaults(func=cmd_tasks_dir)
-    _add_late_commands(sub)
+    cli_eval.add_commands(sub)
     return parser
-
-
-def _add_late_commands(sub: Any) -> None:
-    from steer_plugin import cli_eval
-
-    cli_eval.add_commands(sub, _add_model_args)
-    cli_eval.add_eval_commands(sub, _add_model_args)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -210,7 +188,7 @@ def _record_request(args: argparse.Namespace, emotion: str):
     from steer_plugin.pipeline import RecordRequest
 
     return RecordRequest(
-        model=args.model,
+        model=model_options(args),
         emotion=emotion,
         baseline=args.baseline,
         split=args.split,
@@ -221,12 +199,6 @@ def _record_request(args: argparse.Namespace, emotion: str):
         dedupe=args.dedupe,
         template=args.template,
         batch_size=args.batch_size,
-        dtype=args.dtype,
-        device=args.device,
-        device_map=args.device_map,
-        revision=args.revision,
-        trust_remote_code=args.trust_remote_code,
-        blocks=args.blocks,
         padding_side=args.padding_side,
         progress=not args.no_progress,
         save_activations=getattr(args, "save_activations", None),
@@ -265,18 +237,12 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
-def default_vector_path(model: str, emotion: str, method: str, top_k: int | None) -> Path:
-    from steer_plugin.models import model_slug
-
-    name = emotion.replace(":", "_") + f"-{method}" + (f"-{top_k}" if method == "top_k" else "")
-    return Path("vectors") / model_slug(model) / f"{name}.safetensors"
-
-
 def cmd_build(args: argparse.Namespace) -> int:
     from steer_plugin.build import build_vector
     from steer_plugin.errors import SteerError
     from steer_plugin.layers import parse_layers
     from steer_plugin.stats import HiddenStateStats
+    from steer_plugin.vector import default_vector_path
 
     if args.layers:
         parse_layers(args.layers, 1 << 30)  # syntax check before any recording; range checked below
@@ -321,6 +287,7 @@ def _record_for_build(args: argparse.Namespace):
 def cmd_list(args: argparse.Namespace) -> int:
     from steer_plugin.errors import SteerError
     from steer_plugin.layers import format_layers
+    from steer_plugin.text_table import format_table
     from steer_plugin.vector import SteeringVector
 
     root = Path(args.dir)
@@ -328,7 +295,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     if not files:
         print(f"no vectors under {root}")
         return 0
-    rows = [("file", "model", "emotion", "method", "layers", "norm")]
+    rows = []
     for f in files:
         try:
             v = SteeringVector.load(f)
@@ -346,15 +313,8 @@ def cmd_list(args: argparse.Namespace) -> int:
                 f"{float(v.matrix.norm()):.3f}",
             )
         )
-    print(format_table(rows))
+    print(format_table(("file", "model", "emotion", "method", "layers", "norm"), rows))
     return 0
-
-
-def format_table(rows: list[tuple[str, ...]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -5,20 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
 from typing import Any
+
+from steer_plugin.cli_args import add_model_args, batch_size, floats, model_options
 
 DEFAULT_PROMPTS = ["Tell me about yourself.", "Write a short story about a boy and his dog."]
 
 
-def _floats(text: str) -> list[float]:
-    try:
-        return [float(x) for x in text.replace(";", ",").split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-
-
-def add_commands(sub: Any, add_model_args: Callable[..., None]) -> None:
+def add_commands(sub: Any) -> None:
+    """check, generate, sweep, table, run."""
     p = sub.add_parser("check", help="verify that steering lands in the residual stream (per layer)")
     add_model_args(p)
     p.add_argument("--vector", required=True)
@@ -32,7 +27,7 @@ def add_commands(sub: Any, add_model_args: Callable[..., None]) -> None:
     add_model_args(p)
     p.add_argument("prompts", nargs="*", help=f"prompts (default: {DEFAULT_PROMPTS})")
     p.add_argument("--vector", required=True)
-    p.add_argument("--alphas", type=_floats, default=[0.0, 1.0], help="e.g. 0,0.3,0.8 (0 = baseline)")
+    p.add_argument("--alphas", type=floats, default=[0.0, 1.0], help="e.g. 0,0.3,0.8 (0 = baseline)")
     p.add_argument("--layers", default="all")
     p.add_argument("--positions", default="response", choices=["response", "all"])
     p.add_argument("--max-new-tokens", type=int, default=60)
@@ -47,19 +42,7 @@ def add_commands(sub: Any, add_model_args: Callable[..., None]) -> None:
     p.add_argument("--backend", default="hooks", choices=["hooks", "nnsight"])
     p.add_argument("--json-out", default=None, help="write every setting and generation as JSON")
     p.set_defaults(func=cmd_generate)
-
-
-def _load(args: argparse.Namespace):
-    from steer_plugin.models import load_model
-
-    return load_model(
-        args.model,
-        dtype=args.dtype,
-        device=args.device,
-        device_map=args.device_map,
-        revision=args.revision,
-        trust_remote_code=args.trust_remote_code,
-    )
+    _add_eval_commands(sub)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -67,7 +50,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from steer_plugin.vector import SteeringVector
 
     vec = SteeringVector.load(args.vector)
-    loaded = _load(args)
+    loaded = model_options(args).load()
     report = run_check(
         loaded.model,
         loaded.tokenizer,
@@ -89,7 +72,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from steer_plugin.vector import SteeringVector
 
     vec = SteeringVector.load(args.vector)
-    loaded = _load(args)
+    loaded = model_options(args).load()
     settings = GenerationSettings(
         max_new_tokens=args.max_new_tokens,
         do_sample=args.do_sample,
@@ -123,7 +106,7 @@ DEFAULT_ALPHAS = [0.0, 0.2, 0.3, 0.4, 0.5, 1.0]
 def _add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tasks", default=None, help="comma-separated harness tasks")
     p.add_argument("--limit", type=float, default=None, help="docs per task (quick look)")
-    p.add_argument("--batch-size", default="8", help="int or 'auto'")
+    p.add_argument("--batch-size", type=batch_size, default=8, help="int or 'auto'")
     p.add_argument(
         "--classifier", default=None, help="emotion classifier for steer_emotion_* tasks: hub id, local path or 'nade'"
     )
@@ -142,11 +125,11 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def add_eval_commands(sub: Any, add_model_args: Callable[..., None]) -> None:
+def _add_eval_commands(sub: Any) -> None:
     p = sub.add_parser("sweep", help="evaluate many alphas/vectors/layers with one model load")
     add_model_args(p)
     p.add_argument("--vector", action="append", required=True, help="vector file (repeatable)")
-    p.add_argument("--alphas", type=_floats, required=True, help="e.g. -4,-2,-1,0,0.5,1,2,4")
+    p.add_argument("--alphas", type=floats, required=True, help="e.g. -4,-2,-1,0,0.5,1,2,4")
     p.add_argument("--out", required=True, help="output folder (resumable)")
     _add_eval_args(p)
     p.set_defaults(func=cmd_sweep)
@@ -167,7 +150,7 @@ def add_eval_commands(sub: Any, add_model_args: Callable[..., None]) -> None:
     p.add_argument("--method", default="top_k", choices=["mean", "top_k"])
     p.add_argument("--top-k", type=int, default=20)
     p.add_argument("--vector", default=None, help="use this vector file instead of building one")
-    p.add_argument("--alphas", type=_floats, default=DEFAULT_ALPHAS)
+    p.add_argument("--alphas", type=floats, default=DEFAULT_ALPHAS)
     p.add_argument(
         "--truthfulqa-dir",
         default=None,
@@ -178,10 +161,6 @@ def add_eval_commands(sub: Any, add_model_args: Callable[..., None]) -> None:
     p.set_defaults(func=cmd_run, positions="response")
 
 
-def _parse_batch_size(text: str) -> Any:
-    return text if text == "auto" else int(text)
-
-
 def _sweep(args: argparse.Namespace, vectors: list[str], tasks: list[str], out: str) -> list:
     from pathlib import Path
 
@@ -190,11 +169,11 @@ def _sweep(args: argparse.Namespace, vectors: list[str], tasks: list[str], out: 
 
     positions = [p.strip() for p in args.positions.split(",") if p.strip()]
     plan = SweepPlan.grid(vectors, args.alphas, args.layers or ["all"], positions)
+    # one set of model arguments loads the model here and goes into results.json to reproduce the run
     model_args = {
-        "pretrained": args.model,
-        "dtype": args.dtype,
-        "backend": args.backend,
+        **model_options(args).harness_args(),
         "batch_size": args.batch_size,
+        "backend": args.backend,
         "prefix_reuse": not args.no_prefix_reuse,
     }
     options = SweepOptions(
@@ -209,22 +188,7 @@ def _sweep(args: argparse.Namespace, vectors: list[str], tasks: list[str], out: 
         bootstrap_iters=args.bootstrap_iters,
         model_args=model_args,
     )
-    kwargs: dict[str, Any] = {
-        "dtype": args.dtype,
-        "batch_size": _parse_batch_size(args.batch_size),
-        "trust_remote_code": args.trust_remote_code,
-        "backend": args.backend,
-        "prefix_reuse": not args.no_prefix_reuse,
-    }
-    import torch
-
-    kwargs["device"] = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if args.revision:
-        kwargs["revision"] = args.revision
-    if args.device_map:
-        kwargs["parallelize"] = True
-    lm = SteeredHFLM(pretrained=args.model, blocks=args.blocks, **kwargs)
-    return run_sweep(lm, plan, options)
+    return run_sweep(SteeredHFLM(**model_args), plan, options)
 
 
 def _tasks(args: argparse.Namespace) -> list[str]:
@@ -260,10 +224,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path
 
-    from steer_plugin.cli import default_vector_path
-    from steer_plugin.data import canonical_target
+    from steer_plugin.data import canonical_target, target_slug
     from steer_plugin.models import model_slug
     from steer_plugin.table import write_table
+    from steer_plugin.vector import default_vector_path
 
     emotion = canonical_target(args.emotion)
     vector = Path(args.vector) if args.vector else default_vector_path(args.model, emotion, args.method, args.top_k)
@@ -274,10 +238,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         tasks = _tasks(args)
     else:
         tq = ["truthfulqa_local_mc1", "truthfulqa_local_mc2"] if tq_dir else ["truthfulqa_mc1", "truthfulqa_mc2"]
-        tasks = [*tq, f"steer_emotion_{emotion.replace(':', '_')}"]
+        tasks = [*tq, f"steer_emotion_{target_slug(emotion)}"]
     if tq_dir:
         os.environ["STEER_TRUTHFULQA_DIR"] = str(Path(tq_dir).resolve())
-    out = args.out or str(Path("runs") / f"{model_slug(args.model)}-{emotion.replace(':', '_')}")
+    out = args.out or str(Path("runs") / f"{model_slug(args.model)}-{target_slug(emotion)}")
     _sweep(args, [str(vector)], tasks, out)
     text, files = write_table(out)
     print(text)
@@ -293,17 +257,12 @@ def _build_for_run(args: argparse.Namespace, emotion: str, out: Any) -> None:
     print(f"building {out} (no vector yet)", file=sys.stderr)
     stats = record_request(
         RecordRequest(
-            model=args.model,
+            model=model_options(args),
             emotion=emotion,
             baseline=args.baseline,
             split=args.split,
             data_dir=args.data,
             max_per_class=args.max_per_class,
-            dtype=args.dtype,
-            device=args.device,
-            revision=args.revision,
-            trust_remote_code=args.trust_remote_code,
-            blocks=args.blocks,
         )
     )
     vec = build_vector(

@@ -2,12 +2,13 @@
 
 Two sources give the same ``Example`` lists: the Hugging Face hub dataset
 (``google-research-datasets/go_emotions``, config ``simplified``, loaded lazily) and a local folder
-with the original files (``train.tsv``, ``dev.tsv``, ``test.tsv``, ``emotions.txt``,
-``ekman_mapping.json``). The TSVs use standard CSV quoting (about 1,400 texts are quoted with
-doubled inner quotes), so they are read with the ``csv`` module; splitting on tabs would leave those
-quote characters in the text and the texts would differ from the hub's.
+with the original files (``train.tsv``, ``dev.tsv``, ``test.tsv``, ``emotions.txt``). The TSVs
+use standard CSV quoting (about 1,400 texts are quoted with doubled inner quotes), so they are read
+with the ``csv`` module; splitting on tabs would leave those quote characters in the text and the
+texts would differ from the hub's.
 
-A class is one of the 28 labels or an Ekman group ``ekman:<group>``. Selection rules:
+A class is one of the 28 labels or an Ekman group ``ekman:<group>`` (the release's
+``ekman_mapping.json``, built in). Selection rules:
 
 * ``exclusive`` (default, the reference pipeline's rule): every label of the text is in the class
   and there is at least one, i.e. for a single emotion the label set is exactly ``{emotion}``.
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import csv
 import difflib
-import json
 import os
 import random
 from collections.abc import Iterable, Mapping, Sequence
@@ -58,9 +58,6 @@ SELECTIONS = ("exclusive", "any")
 SPLIT_FILES = {"train": "train.tsv", "validation": "dev.tsv", "test": "test.tsv"}
 _SPLIT_ALIASES = {"train": "train", "validation": "validation", "dev": "validation", "test": "test"}
 EMOTIONS_FILE = "emotions.txt"
-EKMAN_FILE = "ekman_mapping.json"
-
-EkmanMapping = Mapping[str, Sequence[str]]
 
 
 @dataclass(frozen=True)
@@ -75,15 +72,14 @@ class Example:
 # --------------------------------------------------------------------------- targets
 
 
-def valid_targets(ekman: EkmanMapping | None = None) -> list[str]:
+def valid_targets() -> list[str]:
     """The 28 labels (index order) followed by ``ekman:<group>`` for each Ekman group."""
-    groups = EKMAN if ekman is None else ekman
-    return [*LABELS, *(EKMAN_PREFIX + g for g in groups)]
+    return [*LABELS, *(EKMAN_PREFIX + g for g in EKMAN)]
 
 
-def canonical_target(name: str, ekman: EkmanMapping | None = None) -> str:
+def canonical_target(name: str) -> str:
     """Canonical class name (``anger``, ``ekman:anger``); accepts any case and ``ekman_anger``."""
-    groups = EKMAN if ekman is None else ekman
+    groups = EKMAN
     key = str(name).strip().lower()
     if key in LABELS:
         return key
@@ -91,19 +87,27 @@ def canonical_target(name: str, ekman: EkmanMapping | None = None) -> str:
         prefix = "ekman" + sep
         if key.startswith(prefix) and key[len(prefix) :] in groups:
             return EKMAN_PREFIX + key[len(prefix) :]
-    valid = valid_targets(groups)
+    valid = valid_targets()
     close = difflib.get_close_matches(key, valid, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     raise SteerError(f"unknown emotion {name!r}{hint}; valid targets: {', '.join(valid)}")
 
 
-def resolve_target(name: str, ekman: EkmanMapping | None = None) -> frozenset[str]:
-    """Label names that make up the class ``name``; SteerError listing the valid names if unknown."""
-    groups = EKMAN if ekman is None else ekman
-    canon = canonical_target(name, groups)
-    if canon.startswith(EKMAN_PREFIX):
-        return frozenset(groups[canon[len(EKMAN_PREFIX) :]])
-    return frozenset((canon,))
+def resolve_target(name: str) -> tuple[str, ...]:
+    """Label names that make up the class ``name`` (mapping order); SteerError if unknown."""
+    group = ekman_group(name)
+    return EKMAN[group] if group else (canonical_target(name),)
+
+
+def ekman_group(name: str) -> str | None:
+    """``anger`` for ``ekman:anger`` / ``ekman_anger``; None for a single label."""
+    canon = canonical_target(name)
+    return canon[len(EKMAN_PREFIX) :] if canon.startswith(EKMAN_PREFIX) else None
+
+
+def target_slug(name: str) -> str:
+    """A class name as task and file names spell it (no ``:``): ``ekman:anger`` → ``ekman_anger``."""
+    return name.replace(":", "_")
 
 
 def _check_selection(selection: str) -> str:
@@ -112,22 +116,16 @@ def _check_selection(selection: str) -> str:
     return selection
 
 
-def _in_class(labels: frozenset[str], members: frozenset[str], selection: str) -> bool:
+def _in_class(labels: frozenset[str], members: frozenset[str] | tuple[str, ...], selection: str) -> bool:
     if selection == "exclusive":
         return bool(labels) and labels <= members
     return not labels.isdisjoint(members)
 
 
-def matches(
-    labels: tuple[str, ...],
-    target: str,
-    selection: str = "exclusive",
-    *,
-    ekman: EkmanMapping | None = None,
-) -> bool:
+def matches(labels: tuple[str, ...], target: str, selection: str = "exclusive") -> bool:
     """Whether a text with ``labels`` belongs to class ``target`` under the selection rule."""
     _check_selection(selection)
-    return _in_class(frozenset(labels), resolve_target(target, ekman), selection)
+    return _in_class(frozenset(labels), frozenset(resolve_target(target)), selection)
 
 
 # --------------------------------------------------------------------------- loading
@@ -141,13 +139,6 @@ def canonical_split(split: str) -> str:
     return _SPLIT_ALIASES[key]
 
 
-def source_name(data_dir: str | os.PathLike | None = None) -> str:
-    """Short description of where the texts come from, for metadata."""
-    if data_dir is None:
-        return f"hub:{HUB_DATASET}/{HUB_CONFIG}"
-    return f"local:{Path(data_dir)}"
-
-
 def load_goemotions(split: str = "train", data_dir: str | os.PathLike | None = None) -> list[Example]:
     """Examples of one split, from the local folder ``data_dir`` or (if None) the hub dataset."""
     split = canonical_split(split)
@@ -158,36 +149,9 @@ def load_goemotions(split: str = "train", data_dir: str | os.PathLike | None = N
     return _read_tsv(folder / SPLIT_FILES[split])
 
 
-def load_ekman(data_dir: str | os.PathLike | None = None) -> dict[str, tuple[str, ...]]:
-    """The Ekman mapping from ``data_dir/ekman_mapping.json``, or the built-in copy if None."""
-    if data_dir is None:
-        return dict(EKMAN)
-    path = _check_folder(data_dir) / EKMAN_FILE
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise SteerError(f"missing {EKMAN_FILE} in GoEmotions folder {path.parent}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SteerError(f"cannot read {path}: {_one_line(exc)}") from None
-    return parse_ekman(raw, where=str(path))
-
-
-def parse_ekman(raw: Any, where: str = "Ekman mapping") -> dict[str, tuple[str, ...]]:
-    """Validate a ``{group: [label, ...]}`` mapping whose members are GoEmotions labels."""
-    if not isinstance(raw, dict) or not raw:
-        raise SteerError(f"{where}: expected a non-empty JSON object {{group: [labels]}}")
-    out: dict[str, tuple[str, ...]] = {}
-    for group, members in raw.items():
-        name = str(group).strip().lower()
-        if not name or any(c in name for c in ":, \t"):
-            raise SteerError(f"{where}: bad group name {group!r} (no spaces, commas or colons)")
-        if not (isinstance(members, list) and members and all(isinstance(m, str) for m in members)):
-            raise SteerError(f"{where}: group {group!r} must be a non-empty list of label names")
-        unknown = [m for m in members if m not in LABELS]
-        if unknown:
-            raise SteerError(f"{where}: group {group!r} has unknown labels {unknown}; labels: {', '.join(LABELS)}")
-        out[name] = tuple(members)
-    return out
+def neutral_texts(split: str = "test", data_dir: str | os.PathLike | None = None) -> list[Example]:
+    """The split's texts whose only label is neutral, in dataset order (prompts free of emotion)."""
+    return [ex for ex in load_goemotions(split, data_dir) if ex.labels == ("neutral",)]
 
 
 def example_from_hub_row(row: Mapping[str, Any]) -> Example:
@@ -239,7 +203,7 @@ def _check_folder(data_dir: str | os.PathLike) -> Path:
     if not folder.is_dir():
         raise SteerError(
             f"GoEmotions folder {str(folder)!r} does not exist; expected a folder with "
-            f"{', '.join(SPLIT_FILES.values())}, {EMOTIONS_FILE}, {EKMAN_FILE}"
+            f"{', '.join(SPLIT_FILES.values())}, {EMOTIONS_FILE}"
         )
     return folder
 
@@ -327,26 +291,6 @@ class Selection:
     def target_texts(self) -> list[str]:
         return self.classes[self.target]
 
-    @property
-    def baseline_texts(self) -> list[str]:
-        return self.classes[self.baseline]
-
-    def metadata(self) -> dict[str, Any]:
-        """JSON-ready description of the selection (no texts)."""
-        return {
-            "dataset": "go_emotions",
-            "source": self.source,
-            "split": self.split,
-            "target": self.target,
-            "baseline": self.baseline,
-            "selection": self.selection,
-            "max_per_class": self.max_per_class,
-            "seed": self.seed,
-            "dedupe": self.dedupe,
-            "counts": self.counts(),
-            "members": {k: list(v) for k, v in self.members.items()},
-        }
-
 
 def _check_sampling(max_per_class: int | None, seed: int) -> None:
     if max_per_class is not None and (
@@ -397,15 +341,12 @@ def select_texts(
     dedupe: bool = False,
     split: str = "train",
     source: str = "local",
-    *,
-    ekman: EkmanMapping | None = None,
 ) -> Selection:
     """Texts of ``target`` and ``baseline`` under the selection rule; SteerError if either is empty."""
-    groups = EKMAN if ekman is None else ekman
     _check_selection(selection)
     _check_sampling(max_per_class, seed)
     split = canonical_split(split)
-    tgt, base = canonical_target(target, groups), canonical_target(baseline, groups)
+    tgt, base = canonical_target(target), canonical_target(baseline)
     if tgt == base:
         raise SteerError(f"target and baseline are the same class {tgt!r}; pick a different baseline")
     if not examples:
@@ -414,7 +355,7 @@ def select_texts(
     classes: dict[str, list[str]] = {}
     members: dict[str, tuple[str, ...]] = {}
     for name in (tgt, base):
-        mem = resolve_target(name, groups)
+        mem = frozenset(resolve_target(name))
         rows = _class_rows(examples, labelsets, name, mem, selection, max_per_class, seed, dedupe)
         if not rows:
             raise SteerError(
@@ -443,8 +384,6 @@ def select_all(
     max_per_class: int | None = None,
     seed: int = 0,
     dedupe: bool = False,
-    *,
-    ekman: EkmanMapping | None = None,
 ) -> tuple[list[str], list[tuple[str, ...]]]:
     """All classes in one pass: unique texts to run and, per text, the classes it counts for.
 
@@ -454,16 +393,15 @@ def select_all(
     activations once per listed class gives the same per-class counts as ``select_texts``.
     Classes with no texts simply appear nowhere.
     """
-    groups = EKMAN if ekman is None else ekman
     _check_selection(selection)
     _check_sampling(max_per_class, seed)
     labelsets = [frozenset(ex.labels) for ex in examples]
     per_row: dict[int, list[str]] = {}
-    for name in valid_targets(groups):
-        mem = resolve_target(name, groups)
+    for name in valid_targets():
+        mem = frozenset(resolve_target(name))
         for i in _class_rows(examples, labelsets, name, mem, selection, max_per_class, seed, dedupe):
             per_row.setdefault(i, []).append(name)
-    class_order = {name: k for k, name in enumerate(valid_targets(groups))}
+    class_order = {name: k for k, name in enumerate(valid_targets())}
     by_text: dict[str, list[str]] = {}
     for i in sorted(per_row):
         by_text.setdefault(examples[i].text, []).extend(per_row[i])

@@ -49,10 +49,6 @@ def find_block_path(model: Any, override: str | None = None) -> str:
     )
 
 
-def find_blocks(model: Any, override: str | None = None) -> list[Any]:
-    return list(resolve_module(model, find_block_path(model, override)))
-
-
 def torch_dtype(name: str) -> Any:
     import torch
 
@@ -74,33 +70,62 @@ class LoadedModel:
         return model_fingerprint(self.model, self.name)
 
 
-def load_model(
-    name: str,
-    *,
-    dtype: str = "float32",
-    device: str | None = None,
-    device_map: str | None = None,
-    revision: str | None = None,
-    trust_remote_code: bool = False,
-) -> LoadedModel:
-    """Load a causal LM + tokenizer by hub id or local path, in eval mode."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+@dataclass(frozen=True)
+class ModelOptions:
+    """How to load a model. The one description that feeds loading for recording and checks, the
+    ``steered_hf`` model of sweeps, and the ``--model_args`` that reproduce a sweep with ``lm_eval``."""
 
-    kwargs: dict[str, Any] = {"dtype": torch_dtype(dtype), "trust_remote_code": trust_remote_code}
-    if revision:
-        kwargs["revision"] = revision
-    if device_map:
-        kwargs["device_map"] = device_map
-    try:
-        tok = AutoTokenizer.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
-    except OSError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise SteerError(f"cannot load model {name!r}: {first}") from None
-    if device and not device_map:
-        model.to(device)
-    model.eval()
-    return LoadedModel(model, tok, name)
+    name: str  # hub id or local folder
+    dtype: str = "float32"
+    device: str | None = None  # None: where it loads (CPU), or CUDA for evaluation when available
+    device_map: str | None = None  # e.g. "auto": spread a big model over devices
+    revision: str | None = None
+    trust_remote_code: bool = False
+    blocks: str | None = None  # module path of the decoder blocks, if not found automatically
+
+    def __post_init__(self) -> None:
+        torch_dtype(self.dtype)  # SteerError for an unknown dtype, before any loading
+
+    def load(self) -> LoadedModel:
+        """Load a causal LM + tokenizer by hub id or local path, in eval mode."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        kwargs: dict[str, Any] = {"dtype": torch_dtype(self.dtype), "trust_remote_code": self.trust_remote_code}
+        if self.revision:
+            kwargs["revision"] = self.revision
+        if self.device_map:
+            kwargs["device_map"] = self.device_map
+        try:
+            tok = AutoTokenizer.from_pretrained(
+                self.name, revision=self.revision, trust_remote_code=self.trust_remote_code
+            )
+            model = AutoModelForCausalLM.from_pretrained(self.name, **kwargs)
+        except OSError as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise SteerError(f"cannot load model {self.name!r}: {first}") from None
+        if self.device and not self.device_map:
+            model.to(self.device)
+        model.eval()
+        return LoadedModel(model, tok, self.name)
+
+    def harness_args(self) -> dict[str, Any]:
+        """Keyword arguments of ``steered_hf`` (HFLM) that load this model the same way."""
+        import torch
+
+        args: dict[str, Any] = {
+            "pretrained": self.name,
+            "dtype": self.dtype,
+            "device": self.device or ("cuda" if torch.cuda.is_available() else "cpu"),
+        }
+        if self.revision:
+            args["revision"] = self.revision
+        if self.trust_remote_code:
+            args["trust_remote_code"] = True
+        if self.device_map:
+            args["parallelize"] = True  # HFLM's way of spreading layers over devices
+        if self.blocks:
+            args["blocks"] = self.blocks
+        return args
 
 
 def config_hash(config: Any) -> str:

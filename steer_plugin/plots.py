@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # pragma: no cover
 HEATMAP_CLIP_PERCENTILE = 99.5
 
 
-def _new_figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -31,7 +31,7 @@ def _new_figure(width: float, height: float) -> Figure:
     return fig
 
 
-def _png(fig: Figure) -> bytes:
+def png_bytes(fig: Figure) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
@@ -51,7 +51,7 @@ def heatmap_png(mean_diff: np.ndarray, layers: np.ndarray, title: str) -> bytes:
     sorted_diff = np.sort(mean_diff, axis=1)
     lim = float(np.percentile(np.abs(mean_diff), HEATMAP_CLIP_PERCENTILE)) if mean_diff.size else 0.0
     lim = lim if lim > 0 else 1.0
-    fig = _new_figure(10, min(12.0, 2.5 + 0.22 * n_layers))
+    fig = new_figure(10, min(12.0, 2.5 + 0.22 * n_layers))
     ax = fig.add_subplot()
     im = ax.imshow(
         sorted_diff, aspect="auto", interpolation="nearest", cmap="RdBu_r", vmin=-lim, vmax=lim, origin="lower"
@@ -62,7 +62,7 @@ def heatmap_png(mean_diff: np.ndarray, layers: np.ndarray, title: str) -> bytes:
     ax.set_title(f"{title}: sorted mean difference per layer")
     cbar = fig.colorbar(im, ax=ax, extend="both")
     cbar.set_label(f"mean difference (clipped at {HEATMAP_CLIP_PERCENTILE:g}th pct of |diff|)")
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def topk_scatter_png(mean_diff: np.ndarray, layers: np.ndarray, k: int, title: str) -> bytes:
@@ -72,7 +72,7 @@ def topk_scatter_png(mean_diff: np.ndarray, layers: np.ndarray, k: int, title: s
     idx = np.argsort(-np.abs(mean_diff), axis=1, kind="stable")[:, :k]
     vals = np.take_along_axis(mean_diff, idx, axis=1)
     xs = np.repeat(layers.astype(float), k).reshape(n_layers, k)
-    fig = _new_figure(10, 5)
+    fig = new_figure(10, 5)
     ax = fig.add_subplot()
     pos = vals > 0
     ax.scatter(xs[pos], vals[pos], s=14, c="tab:red", alpha=0.7, label="target > baseline")
@@ -82,7 +82,7 @@ def topk_scatter_png(mean_diff: np.ndarray, layers: np.ndarray, k: int, title: s
     ax.set_ylabel("mean difference")
     ax.set_title(f"{title}: top {k} |mean difference| neurons per layer")
     ax.legend(loc="best", fontsize="small")
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def layers_png(summaries: Sequence[LayerSummary], title: str) -> bytes:
@@ -90,7 +90,7 @@ def layers_png(summaries: Sequence[LayerSummary], title: str) -> bytes:
     layers = np.array([s.layer for s in summaries], dtype=float)
     norms = np.array([s.diff_norm for s in summaries])
     seps = np.array([s.separability for s in summaries])
-    fig = _new_figure(9, 6)
+    fig = new_figure(9, 6)
     ax1, ax2 = fig.subplots(2, 1, sharex=True)
     ax1.plot(layers, norms, marker="o", ms=3, color="tab:purple")
     ax1.set_ylabel("L2 norm of\nmean difference")
@@ -105,4 +105,4 @@ def layers_png(summaries: Sequence[LayerSummary], title: str) -> bytes:
         ax2.annotate(f"best: {int(best)}", (best, np.nanmax(seps)), xytext=(4, -12), textcoords="offset points")
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
-    return _png(fig)
+    return png_bytes(fig)

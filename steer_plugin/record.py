@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from steer_plugin.data import target_slug
 from steer_plugin.errors import SteerError
 from steer_plugin.models import find_block_path, resolve_module
 from steer_plugin.prompts import PromptTemplate, encode, last_token_index, pad_batch, pad_id
@@ -88,7 +89,7 @@ class _ActivationWriter:
                 slots.append((c, counts.get(c, 0)))
                 counts[c] = counts.get(c, 0) + 1
             self.rows.append(slots)
-        self.final = {c: out_dir / f"{c.replace(':', '_')}.npy" for c in counts}
+        self.final = {c: out_dir / f"{target_slug(c)}.npy" for c in counts}
         self.tmp = {c: p.with_name(p.name + ".partial") for c, p in self.final.items()}
         self.arrays = {
             c: np.lib.format.open_memmap(self.tmp[c], mode="w+", dtype=dtype, shape=(n, *shape))

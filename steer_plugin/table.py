@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from steer_plugin.errors import SteerError
+from steer_plugin.plots import new_figure, png_bytes
+from steer_plugin.text_table import format_table
 
 KEY_COLUMNS = ("model", "vector", "alpha", "layers", "positions")
 # shown in the console/Markdown table; the CSV has every metric
@@ -113,14 +115,17 @@ def _fmt(row: Row, col: str) -> str:
     return f"{v:.4f}" + (f" ± {e:.4f}" if e is not None and not math.isnan(e) else "")
 
 
-def to_markdown(rows: list[Row], sort: str | None = None) -> str:
+def _headline(rows: list[Row], sort: str | None, markdown: bool) -> str:
     cols = columns(rows, True)
-    rows = sorted(rows, key=lambda r: _sort_key(r, sort))
-    head = list(KEY_COLUMNS) + cols
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    for r in rows:
-        lines.append("| " + " | ".join([str(r.key[k]) for k in KEY_COLUMNS] + [_fmt(r, c) for c in cols]) + " |")
-    return "\n".join(lines) + "\n"
+    body = [
+        [str(r.key[k]) for k in KEY_COLUMNS] + [_fmt(r, c) for c in cols]
+        for r in sorted(rows, key=lambda r: _sort_key(r, sort))
+    ]
+    return format_table([*KEY_COLUMNS, *cols], body, markdown=markdown)
+
+
+def to_markdown(rows: list[Row], sort: str | None = None) -> str:
+    return _headline(rows, sort, markdown=True) + "\n"
 
 
 def to_csv(rows: list[Row], sort: str | None = None) -> str:
@@ -138,14 +143,7 @@ def to_csv(rows: list[Row], sort: str | None = None) -> str:
 
 
 def to_console(rows: list[Row], sort: str | None = None) -> str:
-    cols = columns(rows, True)
-    table = [list(KEY_COLUMNS) + cols]
-    for r in sorted(rows, key=lambda r: _sort_key(r, sort)):
-        table.append([str(r.key[k]) for k in KEY_COLUMNS] + [_fmt(r, c) for c in cols])
-    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
-    out = ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in table]
-    out.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(out)
+    return _headline(rows, sort, markdown=False)
 
 
 def _series(rows: list[Row], metric: str) -> dict[str, list[tuple[float, float]]]:
@@ -167,11 +165,7 @@ def _series(rows: list[Row], metric: str) -> dict[str, list[tuple[float, float]]
 
 
 def plot_metric_vs_alpha(rows: list[Row], metrics: list[str]) -> bytes:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(5 * len(metrics), 4), constrained_layout=True)
-    FigureCanvasAgg(fig)
+    fig = new_figure(5 * len(metrics), 4)
     for i, metric in enumerate(metrics):
         ax = fig.add_subplot(1, len(metrics), i + 1)
         for label, pts in _series(rows, metric).items():
@@ -181,17 +175,11 @@ def plot_metric_vs_alpha(rows: list[Row], metrics: list[str]) -> bytes:
         ax.grid(alpha=0.3)
         if i == 0:
             ax.legend(fontsize=7)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    return buf.getvalue()
+    return png_bytes(fig)
 
 
 def plot_tradeoff(rows: list[Row], x_metric: str, y_metric: str) -> bytes:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6, 5), constrained_layout=True)
-    FigureCanvasAgg(fig)
+    fig = new_figure(6, 5)
     ax = fig.add_subplot(1, 1, 1)
     xs, ys = _series(rows, x_metric), _series(rows, y_metric)
     for label in xs:
@@ -205,9 +193,7 @@ def plot_tradeoff(rows: list[Row], x_metric: str, y_metric: str) -> bytes:
     ax.set_title("steering trade-off (labels: alpha)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    return buf.getvalue()
+    return png_bytes(fig)
 
 
 def write_table(

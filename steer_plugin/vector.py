@@ -113,6 +113,15 @@ class SteeringVector:
         return vec
 
 
+def default_vector_path(model: str, emotion: str, method: str, top_k: int | None = None) -> Path:
+    """Where built vectors live: ``vectors/<model-slug>/<emotion>-<method>[-k].safetensors``."""
+    from steer_plugin.data import target_slug
+    from steer_plugin.models import model_slug
+
+    name = f"{target_slug(emotion)}-{method}" + (f"-{top_k}" if method == "top_k" else "")
+    return Path("vectors") / model_slug(model) / f"{name}.safetensors"
+
+
 def file_sha256(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

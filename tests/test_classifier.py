@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from steer_plugin import classifier as C
+from steer_plugin.data import EKMAN, LABELS
 from steer_plugin.errors import SteerError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -64,7 +65,7 @@ def build_goemotions_classifier(folder: Path) -> str:
     from transformers import BertConfig, BertForSequenceClassification
 
     tok = build_tokenizer(folder)
-    labels = list(C.GOEMOTIONS_LABELS)
+    labels = list(LABELS)
     cfg = BertConfig(
         vocab_size=len(tok), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
         intermediate_size=32, max_position_embeddings=64, pad_token_id=0, initializer_range=0.5,
@@ -136,7 +137,7 @@ class ForwardCounter:
 
 def test_goemotions_classifier_scores_in_batches_and_matches_reference(goemo_dir):
     clf = C.get_classifier(goemo_dir, device="cpu")
-    assert clf.labels == C.GOEMOTIONS_LABELS
+    assert clf.labels == LABELS
     assert isinstance(clf, C.HFEmotionClassifier) and clf.multi_label
     counter = ForwardCounter(clf.model)
     try:
@@ -147,7 +148,7 @@ def test_goemotions_classifier_scores_in_batches_and_matches_reference(goemo_dir
     assert sorted(counter.rows) == [2, 4, 4]
     for text, row in zip(TEXTS, scores, strict=True):
         ref = reference_probs(goemo_dir, text, multi_label=True)
-        assert list(row) == list(C.GOEMOTIONS_LABELS)
+        assert list(row) == list(LABELS)
         assert [row[label] for label in clf.labels] == pytest.approx(ref, abs=1e-5)
     # random weights with a wide init give a spread of outputs, so the checks above can fail
     assert len({max(r, key=r.get) for r in scores}) > 1
@@ -174,10 +175,10 @@ def test_ekman_classifier_softmax_and_target_mapping(ekman_dir, goemo_dir):
     goemo = C.get_classifier(goemo_dir, device="cpu")
     assert goemo.target_labels("annoyance") == ("annoyance",)
     assert goemo.target_labels("ekman_anger") == ("anger", "annoyance", "disapproval")
-    assert goemo.target_labels("ekman_joy") == C.EKMAN_GROUPS["joy"]
-    with pytest.raises(SteerError, match="unknown emotion target 'rage'"):
+    assert goemo.target_labels("ekman_joy") == EKMAN["joy"]
+    with pytest.raises(SteerError, match="unknown emotion 'rage'"):
         goemo.target_labels("rage")
-    with pytest.raises(SteerError, match="unknown emotion target"):
+    with pytest.raises(SteerError, match="unknown emotion"):
         goemo.target_labels("ekman_trust")
 
 
@@ -191,7 +192,7 @@ def test_score_records_and_metrics_equal_independent_computation(goemo_dir, ekma
             ref = dict(zip(clf.labels, reference_probs(folder, text, multi), strict=True))
             top = max(ref, key=ref.get)
             if multi:
-                wanted = C.EKMAN_GROUPS["joy"] if target == "ekman_joy" else (target,)
+                wanted = EKMAN["joy"] if target == "ekman_joy" else (target,)
             else:
                 wanted = ("joy",) if target == "ekman_joy" else (C.EKMAN_OF[target],)
             metrics = C.emotion_metrics(rec)
@@ -224,7 +225,7 @@ def test_bad_classifier_names_raise_steer_error(tmp_path, goemo_dir):
 
 
 def test_nade_mapping_is_documented_and_complete():
-    non_neutral = set(C.GOEMOTIONS_LABELS) - {"neutral"}
+    non_neutral = set(LABELS) - {"neutral"}
     assert set(C.NADE_MAPPING) == non_neutral
     assert set(C.NADE_MAPPING.values()) <= set(C.NADE_LABELS)
     exceptions = {"admiration": "trust", "approval": "trust", "optimism": "anticipation", "desire": "anticipation"}
@@ -279,6 +280,6 @@ def test_label_constants_match_goemotions_release():
     if not shared:
         pytest.skip("STEER_SHARED is not set (path of the shared folder with data/goemotions)")
     folder = Path(shared) / "data" / "goemotions"
-    assert tuple((folder / "emotions.txt").read_text(encoding="utf-8").split()) == C.GOEMOTIONS_LABELS
+    assert tuple((folder / "emotions.txt").read_text(encoding="utf-8").split()) == LABELS
     ekman = json.loads((folder / "ekman_mapping.json").read_text(encoding="utf-8"))
-    assert {k: tuple(v) for k, v in ekman.items()} == C.EKMAN_GROUPS
+    assert {k: tuple(v) for k, v in ekman.items()} == EKMAN

@@ -8,10 +8,9 @@ from helpers_tiny import ARCHS, decoder_blocks, make_model, make_tokenizer
 
 from steer_plugin.errors import SteerError
 from steer_plugin.models import (
+    ModelOptions,
     config_hash,
     find_block_path,
-    find_blocks,
-    load_model,
     model_fingerprint,
     model_slug,
     resolve_module,
@@ -37,7 +36,7 @@ def models():
 def test_find_block_path(models, arch):
     model = models[arch]
     assert find_block_path(model) == EXPECTED[arch]
-    blocks = find_blocks(model)
+    blocks = resolve_module(model, find_block_path(model))
     assert len(blocks) == 2 and all(a is b for a, b in zip(blocks, decoder_blocks(model)))
     assert resolve_module(model, EXPECTED[arch] + ".1") is blocks[1]
 
@@ -62,7 +61,7 @@ class _Custom(torch.nn.Module):
 def test_override():
     model = _Custom()
     assert find_block_path(model, "trunk.stack") == "trunk.stack"
-    assert len(find_blocks(model, "trunk.stack")) == 3
+    assert len(resolve_module(model, find_block_path(model, "trunk.stack"))) == 3
     for bad in ("trunk.nope", "norm", "trunk.empty", "trunk.stack.0", "trunk..stack", "trunk.stack.9"):
         with pytest.raises(SteerError, match=f"--blocks '{bad}' is not a non-empty ModuleList in _Custom"):
             find_block_path(model, bad)
@@ -84,7 +83,7 @@ def test_torch_dtype():
 
 
 def test_load_model_and_fingerprint(tiny_llama_dir):
-    loaded = load_model(tiny_llama_dir)
+    loaded = ModelOptions(tiny_llama_dir).load()
     assert not loaded.model.training
     assert loaded.model.dtype == torch.float32
     assert loaded.tokenizer("hello")["input_ids"]
@@ -92,7 +91,7 @@ def test_load_model_and_fingerprint(tiny_llama_dir):
     assert fp["model"] == tiny_llama_dir and fp["architecture"] == "LlamaForCausalLM"
     assert len(fp["config_hash"]) == 16
     # the hash ignores dtype and paths: a bfloat16 load of the same folder has the same hash
-    half = load_model(tiny_llama_dir, dtype="bfloat16")
+    half = ModelOptions(tiny_llama_dir, dtype="bfloat16").load()
     assert half.model.dtype == torch.bfloat16
     assert config_hash(half.model.config) == fp["config_hash"]
     assert model_fingerprint(half.model)["config_hash"] == fp["config_hash"]
@@ -108,10 +107,10 @@ def test_config_hash_changes_with_architecture(models):
 
 def test_load_model_errors(tmp_path):
     with pytest.raises(SteerError, match="cannot load model") as info:
-        load_model(str(tmp_path / "nowhere"))
+        ModelOptions(str(tmp_path / "nowhere")).load()
     assert "\n" not in str(info.value)
     with pytest.raises(SteerError, match="unknown dtype"):
-        load_model(str(tmp_path), dtype="int3")
+        ModelOptions(str(tmp_path), dtype="int3").load()
 
 
 def test_model_slug():

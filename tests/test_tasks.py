@@ -17,6 +17,7 @@ import pytest
 from test_classifier import ForwardCounter, build_goemotions_classifier, reference_probs
 
 from steer_plugin import classifier as C
+from steer_plugin.data import EKMAN, LABELS, target_slug, valid_targets
 from steer_plugin.errors import SteerError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,6 +30,10 @@ CHAT_TEMPLATE = (
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def task_targets():
+    return [target_slug(t) for t in valid_targets()]
 
 
 def _load_module(name: str, path: Path):
@@ -97,7 +102,7 @@ GOEMOTIONS_ROWS = [  # text, label ids, comment id (the release's format; 27 = n
 def goemotions_dir(tmp_path) -> Path:
     folder = tmp_path / "goemotions"
     folder.mkdir()
-    (folder / "emotions.txt").write_text("\n".join(C.GOEMOTIONS_LABELS), encoding="utf-8")
+    (folder / "emotions.txt").write_text("\n".join(LABELS), encoding="utf-8")
     (folder / "test.tsv").write_text("".join("\t".join(r) + "\n" for r in GOEMOTIONS_ROWS), encoding="utf-8")
     return folder
 
@@ -121,7 +126,7 @@ def test_generated_yamls_are_up_to_date(gen_script, tmp_path):
     assert gen_script.stale_files() == [], "run: python scripts/gen_emotion_tasks.py"
     assert gen_script.main(["--check"]) == 0
     files = gen_script.render()
-    targets = C.all_targets()
+    targets = task_targets()
     assert len(targets) == 28 + 6
     assert len(files) == 1 + 2 + 2 * len(targets)
     # the check notices edits and leftovers, and write() repairs both
@@ -136,7 +141,7 @@ def test_generated_yamls_are_up_to_date(gen_script, tmp_path):
 
 def test_task_index_has_every_task_group_and_tag():
     tm = task_manager()
-    targets = C.all_targets()
+    targets = task_targets()
     for family in ("steer_emotion", "steer_emotion_continue"):
         assert {f"{family}_{t}" for t in targets} <= set(tm.all_subtasks)
         entry = tm.task_index[family]
@@ -150,7 +155,7 @@ def test_task_index_has_every_task_group_and_tag():
 
 def test_group_loads_all_tasks_with_aggregates(goemo_dir):
     loaded = task_manager(classifier=goemo_dir).load(["steer_emotion"])
-    assert set(loaded["tasks"]) == {f"steer_emotion_{t}" for t in C.all_targets()}
+    assert set(loaded["tasks"]) == {f"steer_emotion_{t}" for t in task_targets()}
     group = loaded["groups"]["steer_emotion"]
     assert [a.metric for a in group.aggregate_metric_list] == ["target_rate", "target_prob", "neutral_rate"]
     task = loaded["tasks"]["steer_emotion_neutral"]
@@ -166,7 +171,7 @@ def test_neutral_prompts_are_many_diverse_and_free_of_emotion_words():
     assert len({r["id"] for r in rows}) == len(rows) == len({r["prompt"] for r in rows})
     assert len({r["form"] for r in rows}) >= 6 and len({r["topic"] for r in rows}) >= 15
     assert rows[0]["prompt"] == "Tell me about yourself."
-    emotion_words = set(C.GOEMOTIONS_LABELS) - {"neutral"} | {"angry", "happy", "sad", "afraid", "hate", "excited"}
+    emotion_words = set(LABELS) - {"neutral"} | {"angry", "happy", "sad", "afraid", "hate", "excited"}
     for r in rows:
         words = set(re.findall(r"[a-z]+", r["prompt"].lower()))
         assert not words & emotion_words, r
@@ -190,7 +195,7 @@ def test_continuation_docs_from_local_goemotions_folder(goemotions_dir, goemo_di
     assert [d["prompt_id"] for d in docs] == ["c1", "c2", "c5"]
     assert {(d["target"], d["classifier"], d["source"]) for d in docs} == {(("fear"), goemo_dir, "goemotions_neutral")}
     assert task.doc_to_text(docs[1]) == 'Three words, no subtlety. "Dude. Stop." '
-    with pytest.raises(SteerError, match="test.tsv and emotions.txt"):
+    with pytest.raises(SteerError, match="GoEmotions folder"):
         mod.load_neutral_texts(folder=goemotions_dir / "missing")
 
 
@@ -255,11 +260,11 @@ def test_filter_and_process_results_equal_independent_computation(goemo_dir):
         finally:
             counter.remove()
         assert counter.calls == math.ceil(len(docs) / C.DEFAULT_BATCH_SIZE) == 2, "one classifier call per batch"
-        members = C.EKMAN_GROUPS["anger"] if name.endswith("ekman_anger") else ("annoyance",)
+        members = EKMAN["anger"] if name.endswith("ekman_anger") else ("annoyance",)
         for inst, text in zip(instances, texts, strict=True):
             record = inst.filtered_resps["none"]
             metrics = task.process_results(inst.doc, [record])
-            ref = dict(zip(C.GOEMOTIONS_LABELS, reference_probs(goemo_dir, text, True), strict=True))
+            ref = dict(zip(LABELS, reference_probs(goemo_dir, text, True), strict=True))
             top = max(ref, key=ref.get)
             assert record["generation"] == text and record["target_labels"] == list(members)
             assert metrics["target_rate"] == float(top in members)
@@ -291,7 +296,7 @@ def test_simple_evaluate_end_to_end_with_chat_template(tiny_llama, goemo_dir, go
         counter.remove()
     assert counter.calls == 2, "one batched classifier call per task"
     tok = AutoTokenizer.from_pretrained(tiny_llama)
-    cases = (("steer_emotion_anger", ("anger",), 4), ("steer_emotion_continue_ekman_joy", C.EKMAN_GROUPS["joy"], 3))
+    cases = (("steer_emotion_anger", ("anger",), 4), ("steer_emotion_continue_ekman_joy", EKMAN["joy"], 3))
     for name, members, n_docs in cases:  # the GoEmotions fixture has 3 neutral-only rows
         res = out["results"][name]
         samples = out["samples"][name]
@@ -306,7 +311,7 @@ def test_simple_evaluate_end_to_end_with_chat_template(tiny_llama, goemo_dir, go
             record = s["filtered_resps"][0]
             assert record["generation"] == generation and record["target_labels"] == list(members)
             assert json.loads(sanitize_list([record])[0]) == record  # what --log_samples writes
-            ref = dict(zip(C.GOEMOTIONS_LABELS, reference_probs(goemo_dir, generation, True), strict=True))
+            ref = dict(zip(LABELS, reference_probs(goemo_dir, generation, True), strict=True))
             assert record["scores"] == pytest.approx(ref, abs=1e-5)
             top = max(ref, key=ref.get)
             expected = {

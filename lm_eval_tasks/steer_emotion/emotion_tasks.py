@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import sys
@@ -32,18 +31,17 @@ from steer_plugin.classifier import (
     emotion_metrics,
     get_classifier,
     resolve_classifier_name,
-    target_members,
 )
+from steer_plugin.data import neutral_texts, resolve_target
 from steer_plugin.errors import SteerError
 
 HERE = Path(__file__).resolve().parent
 PROMPTS_FILE = HERE / "neutral_prompts.jsonl"
 GOEMOTIONS_DIR_ENV = "STEER_GOEMOTIONS_DIR"
-GOEMOTIONS_HUB_ID = "google-research-datasets/go_emotions"
 CONTINUE_DOCS = 200  # fixed subset: the first 200 neutral-only GoEmotions test texts
 SOURCE_PROMPTS = "prompts"
 SOURCE_CONTINUE = "goemotions_neutral"
-SPLIT = "test"
+SPLIT = "test"  # of the harness task; the neutral texts also come from GoEmotions' test split
 
 
 def load_prompts(path: str | os.PathLike = PROMPTS_FILE) -> list[dict[str, str]]:
@@ -59,59 +57,15 @@ def load_prompts(path: str | os.PathLike = PROMPTS_FILE) -> list[dict[str, str]]
 def load_neutral_texts(limit: int = CONTINUE_DOCS, folder: str | os.PathLike | None = None) -> list[dict[str, str]]:
     """First ``limit`` GoEmotions test texts whose only label is neutral: rows {id, text}.
 
-    Read from ``folder`` (or $STEER_GOEMOTIONS_DIR): test.tsv + emotions.txt as in the GoEmotions
-    release; without either, from the hub dataset (config simplified, split test, labels == [27]).
+    Read from ``folder`` (or $STEER_GOEMOTIONS_DIR, a GoEmotions release folder), else from the hub.
     """
     folder = folder if folder is not None else os.environ.get(GOEMOTIONS_DIR_ENV)
-    if folder:
-        return _neutral_from_folder(Path(folder), limit)
-    return _neutral_from_hub(limit)
-
-
-def _neutral_from_folder(folder: Path, limit: int) -> list[dict[str, str]]:
-    tsv, names = folder / "test.tsv", folder / "emotions.txt"
-    if not tsv.is_file() or not names.is_file():
-        raise SteerError(
-            f"{GOEMOTIONS_DIR_ENV}={folder} must be a folder holding test.tsv and emotions.txt "
-            "(the GoEmotions release files)"
-        )
-    labels = names.read_text(encoding="utf-8").split()
-    if "neutral" not in labels:
-        raise SteerError(f"{names} has no 'neutral' label; expected the 28 GoEmotions names")
-    neutral_id = str(labels.index("neutral"))
-    rows: list[dict[str, str]] = []
-    # Standard CSV quoting: some texts are quoted with doubled inner quotes (see the data README).
-    with open(tsv, encoding="utf-8", newline="") as fh:
-        for rec in csv.reader(fh, delimiter="\t"):
-            if len(rec) >= 3 and rec[1].split(",") == [neutral_id]:
-                rows.append({"id": rec[2], "text": rec[0]})
-                if len(rows) == limit:
-                    break
-    return rows
-
-
-def _neutral_from_hub(limit: int) -> list[dict[str, str]]:
-    import datasets
-
-    try:
-        ds = datasets.load_dataset(GOEMOTIONS_HUB_ID, "simplified", split="test")
-    except Exception as err:
-        raise SteerError(
-            f"cannot load {GOEMOTIONS_HUB_ID} from the hub ({type(err).__name__}); set "
-            f"{GOEMOTIONS_DIR_ENV} to a folder holding the GoEmotions test.tsv and emotions.txt"
-        ) from err
-    rows = []
-    for rec in ds:
-        if list(rec["labels"]) == [27]:
-            rows.append({"id": rec["id"], "text": rec["text"]})
-            if len(rows) == limit:
-                break
-    return rows
+    return [{"id": ex.id, "text": ex.text} for ex in neutral_texts("test", folder or None)[:limit]]
 
 
 def build_docs(target: str, source: str, classifier: str) -> list[dict[str, str]]:
     """Docs of one task: {prompt_id, prompt, source, target, classifier}."""
-    target_members(target)  # SteerError for an unknown target
+    resolve_target(target)  # SteerError for an unknown target
     if source == SOURCE_PROMPTS:
         base = [(r["id"], r["prompt"]) for r in load_prompts()]
     elif source == SOURCE_CONTINUE:
