@@ -10,7 +10,7 @@ import torch
 
 from steer_plugin.errors import SteerError
 from steer_plugin.prompts import pad_batch, pad_id
-from steer_plugin.steering import POSITIONS, Steerer, SteeringPlan, make_plan
+from steer_plugin.steering import Steerer, SteeringPlan, check_positions, make_plan
 from steer_plugin.vector import SteeringVector
 
 
@@ -69,8 +69,7 @@ def generate_side_by_side(
     steerer: Steerer | None = None,
 ) -> GenerationRun:
     """Generate every prompt at every alpha (alpha 0 = the unsteered model), batched per alpha."""
-    if settings.positions not in POSITIONS:
-        raise SteerError(f"unknown positions {settings.positions!r}; use one of {', '.join(POSITIONS)}")
+    check_positions(settings.positions)
     if not prompts:
         raise SteerError("give at least one prompt")
     steerer = steerer or Steerer(model, "hooks")

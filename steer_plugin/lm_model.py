@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -35,11 +35,22 @@ from steer_plugin.prefix_reuse import (
     reuse_blocker,
     score_groups,
 )
-from steer_plugin.steering import BACKENDS, POSITIONS, Steerer, SteeringPlan, make_plan
+from steer_plugin.steering import BACKENDS, Steerer, SteeringPlan, check_positions, make_plan
 from steer_plugin.vector import SteeringVector, file_sha256
 
 log = logging.getLogger(__name__)
 _LAYER_PIECE = re.compile(r"^\d+(-\d+)?$")
+
+# what `vector=` / `alpha=` accept: from --model_args a string (several joined by ';'), from Python also objects
+VectorArg = str | SteeringVector | list[str | SteeringVector] | None
+AlphaArg = float | str | list[float]
+
+
+class ResolvedSteering(NamedTuple):
+    vectors: list[SteeringVector]
+    alphas: list[float]  # one per vector
+    layers: list[int]  # the chosen layers (0-based)
+    plan: SteeringPlan
 
 
 def _split(value: Any) -> list[Any]:
@@ -89,15 +100,14 @@ class SteeredHFLM(HFLM):
     ) -> None:
         layers = _repair_layer_args(layers, kwargs)
         self.prefix_reuse = _parse_bool(prefix_reuse, "prefix_reuse")
-        if positions not in POSITIONS:
-            raise SteerError(f"unknown positions {positions!r}; use one of {', '.join(POSITIONS)}")
-        if backend not in BACKENDS:
+        check_positions(positions)
+        if backend not in BACKENDS:  # ours (nnsight|hooks); HFLM's own `backend` (causal|seq2seq) is not settable
             raise SteerError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
         vectors = [self._load_vector(p) for p in _split(vector)]  # fail fast, before loading the model
         super().__init__(pretrained=pretrained, **kwargs)
         self._blocks = blocks
         self._rolling = False
-        self.token_counts = TokenCounts()
+        self.token_counts: TokenCounts | None = None  # set one to count the tokens fed (benchmarks)
         self.reuse_blocker: str | None = reuse_blocker(self.model) if self.backend == "causal" else "seq2seq model"
         if self.prefix_reuse and self.reuse_blocker:
             log.info("prefix reuse off for this model: %s", self.reuse_blocker)
@@ -121,20 +131,16 @@ class SteeredHFLM(HFLM):
         alpha: Any = 1.0,
         layers: Any = "all",
         positions: str = "all",
-        backend: str | None = None,
+        steer_backend: str | None = None,
     ) -> None:
-        """Switch steering without reloading the model."""
-        if positions not in POSITIONS:
-            raise SteerError(f"unknown positions {positions!r}; use one of {', '.join(POSITIONS)}")
-        if backend is not None or not hasattr(self, "steerer"):
-            self.steerer = Steerer(self.model, backend or "nnsight", self._blocks)
-        vectors, alphas, chosen, plan = self._make_plan(vector, alpha, layers)
+        """Switch steering without reloading the model (``steer_backend``: nnsight|hooks)."""
+        if steer_backend is not None or not hasattr(self, "steerer"):
+            self.steerer = Steerer(self.model, steer_backend or "nnsight", self._blocks)
+        vectors, alphas, chosen, plan = self._resolve(vector, alpha, layers, positions)
         n_layers = len(self.steerer.blocks)
         self.plan: SteeringPlan = plan
         self.positions = positions
         self._warn_other_model(vectors)
-        if len(alphas) == 1 and len(vectors) > 1:
-            alphas = alphas * len(vectors)
         self.steering_config = {
             "vectors": [
                 {
@@ -152,12 +158,16 @@ class SteeredHFLM(HFLM):
             "steered_layers": sorted(self.plan.deltas),
         }
 
-    def _make_plan(self, vector: Any, alpha: Any, layers: Any) -> tuple[list, list[float], list[int], SteeringPlan]:
+    def _resolve(self, vector: VectorArg, alpha: AlphaArg, layers: Any, positions: str) -> ResolvedSteering:
+        """Check one configuration's arguments and place its deltas on the model."""
+        check_positions(positions)
         vectors = [self._load_vector(v) for v in (vector if isinstance(vector, list) else _split(vector))]
         alphas = [float(a) for a in (_split(alpha) or [1.0])] if not isinstance(alpha, (int, float)) else [float(alpha)]
+        if len(alphas) == 1 and len(vectors) > 1:
+            alphas = alphas * len(vectors)
         chosen = parse_layers(None if layers is None else str(layers), len(self.steerer.blocks))
         plan = make_plan(vectors, alphas, self.model, self.steerer.block_path, chosen) if vectors else SteeringPlan()
-        return vectors, alphas, chosen, plan
+        return ResolvedSteering(vectors, alphas, chosen, plan)
 
     def plan_ahead(self, configs: list[dict[str, Any]]) -> None:
         """Announce the configurations a sweep will ``configure`` next (dicts of configure's ``vector``,
@@ -168,10 +178,8 @@ class SteeredHFLM(HFLM):
         self._planned, self._ahead = [], {}
         for c in configs:
             positions = c.get("positions", "all")
-            if positions not in POSITIONS:
-                raise SteerError(f"unknown positions {positions!r}; use one of {', '.join(POSITIONS)}")
-            plan = self._make_plan(c.get("vector"), c.get("alpha", 1.0), c.get("layers", "all"))[3]
-            self._planned.append(TailConfig.of(plan, positions))
+            resolved = self._resolve(c.get("vector"), c.get("alpha", 1.0), c.get("layers", "all"), positions)
+            self._planned.append(TailConfig.of(resolved.plan, positions))
 
     def _warn_other_model(self, vectors: list[SteeringVector]) -> None:
         from steer_plugin.models import model_fingerprint
@@ -200,13 +208,14 @@ class SteeredHFLM(HFLM):
         return self.prefix_reuse and self.reuse_blocker is None and self.backend == "causal"
 
     # -- forward passes ------------------------------------------------------------------------------
-    def _model_call(self, inps: torch.Tensor, attn_mask: Any = None, labels: Any = None) -> torch.Tensor:
-        self.token_counts.slots += inps.numel()
+    def _model_call(
+        self, inps: torch.Tensor, attn_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if self.token_counts is not None:
+            self.token_counts.slots += inps.numel()
         if not self.plan.active or attn_mask is not None or labels is not None:
             return super()._model_call(inps, attn_mask, labels)
-        return self._steered_forward(self.plan, self._where, input_ids=inps).logits
-
-    _where: Any = None  # per-batch position mask while scoring with positions=response
+        return self._steered_forward(self.plan, None, input_ids=inps).logits
 
     def loglikelihood_rolling(self, requests: Any, disable_tqdm: bool = False) -> Any:
         self._rolling = True  # no context in rolling windows: response == all
@@ -226,7 +235,7 @@ class SteeredHFLM(HFLM):
 
     def _loglikelihood_plain(self, requests: Any, disable_tqdm: bool = False, override_bs: Any = None) -> Any:
         harness = not self.plan.active or self.positions == "all" or self._rolling or self.backend != "causal"
-        if self.backend == "causal":
+        if self.backend == "causal" and self.token_counts is not None:
             self.token_counts.plain += plain_token_count(requests, self.max_length, harness and self.logits_cache)
         if harness:
             return super()._loglikelihood_tokens(requests, disable_tqdm, override_bs)
@@ -321,11 +330,10 @@ class SteeredHFLM(HFLM):
             where = torch.zeros(len(inps), width, dtype=torch.bool)
             for row, (a, b) in enumerate(spans):
                 where[row, a:b] = True
-            self._where = where
-            try:
-                logits = self._model_call(pad_and_concat(width, inps, padding_side="right"))
-            finally:
-                self._where = None
+            batch = pad_and_concat(width, inps, padding_side="right")
+            if self.token_counts is not None:
+                self.token_counts.slots += batch.numel()
+            logits = self._steered_forward(self.plan, where, input_ids=batch).logits
             multi = F.log_softmax(logits, dim=-1, dtype=self.softmax_dtype)
             for (request_str, _, cont), lp, (_, inplen) in zip(chunk, multi, spans):
                 lp = self._select_cont_toks(lp, contlen=len(cont), inplen=inplen).unsqueeze(0)

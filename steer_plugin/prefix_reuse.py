@@ -218,7 +218,7 @@ class Scorer:
     batch_size: int  # rows per forward, as the harness's batch size
     softmax_dtype: torch.dtype | None = None
     logits_to_keep: bool = True
-    counts: TokenCounts = field(default_factory=TokenCounts)
+    counts: TokenCounts | None = None  # counting is for benchmarks
 
     def run_prefix(self, batch: Sequence[ContextGroup], config: TailConfig) -> Prefix:
         from transformers import DynamicCache
@@ -246,8 +246,9 @@ class Scorer:
             use_cache=True,
             **extra,
         )
-        self.counts.prefix += int(lengths.sum())
-        self.counts.slots += ids.numel()
+        if self.counts is not None:
+            self.counts.prefix += int(lengths.sum())
+            self.counts.slots += ids.numel()
         if cache.get_seq_length() != width:
             raise ReuseUnsupported(f"the model left {cache.get_seq_length()} positions in the KV cache, not {width}")
         for layer in cache.layers:
@@ -305,8 +306,9 @@ class Scorer:
         else:
             out = self.forward(SteeringPlan(), None, **inputs)
         logits = out.logits
-        self.counts.tail += int(real.sum())
-        self.counts.slots += ids.numel()
+        if self.counts is not None:
+            self.counts.tail += int(real.sum())
+            self.counts.slots += ids.numel()
         if logits.shape[:2] != ids.shape:
             raise ReuseUnsupported(f"the model returned logits {tuple(logits.shape[:2])} for inputs {tuple(ids.shape)}")
         logp = F.log_softmax(logits, dim=-1, dtype=self.softmax_dtype)

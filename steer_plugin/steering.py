@@ -29,6 +29,12 @@ BACKENDS = ("nnsight", "hooks")
 Where = str | torch.Tensor | None
 
 
+def check_positions(positions: str) -> str:
+    if positions not in POSITIONS:
+        raise SteerError(f"unknown positions {positions!r}; use one of {', '.join(POSITIONS)}")
+    return positions
+
+
 @dataclass
 class SteeringPlan:
     """The combined per-layer deltas ``sum_i alpha_i * v_i[l]`` for the layers that change."""

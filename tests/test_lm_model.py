@@ -77,7 +77,7 @@ def test_alpha_zero_and_zero_vector_equal_hf_bit_for_bit(hf, steered, vec_path, 
     steered.prefix_reuse = False
     try:
         for vector, alpha in ((vec_path, 0.0), (str(zero), 2.0)):
-            steered.configure(vector, alpha, backend=backend)
+            steered.configure(vector, alpha, steer_backend=backend)
             assert not steered.plan.active
             assert _ll(steered) == _ll(hf)
             assert _gen(steered) == _gen(hf)
@@ -92,7 +92,7 @@ def test_positions_all_equals_lm_eval_steered(tiny_llama_dir, steered, vec_path,
     pt = tmp_path / "steer.pt"
     export_lm_eval_steered(SteeringVector.load(vec_path), pt, block_path="model.layers", alpha=0.7)
     theirs = SteeredModel(pretrained=tiny_llama_dir, steer_path=str(pt), dtype="float32", device="cpu", batch_size=3)
-    steered.configure(vec_path, 0.7, positions="all", backend="nnsight")
+    steered.configure(vec_path, 0.7, positions="all", steer_backend="nnsight")
     ours, ref = _ll(steered), _ll(theirs)
     assert max(abs(a[0] - b[0]) for a, b in zip(ours, ref)) < 1e-5
     assert [a[1] for a in ours] == [b[1] for b in ref]
@@ -131,7 +131,7 @@ def _reference_ll_response(lm, vec: SteeringVector, alpha: float, ctx: str, cont
 @pytest.mark.parametrize("batch_size", [1, 3])
 def test_positions_response_loglikelihood_matches_single_request_reference(steered, vec_path, backend, batch_size):
     vec = SteeringVector.load(vec_path)
-    steered.configure(vec_path, 0.9, positions="response", backend=backend)
+    steered.configure(vec_path, 0.9, positions="response", steer_backend=backend)
     steered.batch_size_per_gpu = batch_size
     try:
         got = _ll(steered)
@@ -140,7 +140,7 @@ def test_positions_response_loglikelihood_matches_single_request_reference(steer
     ref = [_reference_ll_response(steered, vec, 0.9, c, x) for c, x in LL_PAIRS]
     assert max(abs(g[0] - r) for g, r in zip(got, ref)) < 1e-4
     # differs from positions=all (which also steers the context)
-    steered.configure(vec_path, 0.9, positions="all", backend=backend)
+    steered.configure(vec_path, 0.9, positions="all", steer_backend=backend)
     assert max(abs(a[0] - b[0]) for a, b in zip(got, _ll(steered))) > 1e-3
 
 
@@ -180,7 +180,7 @@ def _reference_generate(lm, vec, alpha, prompt, n):
 @pytest.mark.parametrize("backend", ["nnsight", "hooks"])
 def test_positions_response_generation_matches_reference_recipe(steered, vec_path, backend):
     vec = SteeringVector.load(vec_path)
-    steered.configure(vec_path, 1.5, positions="response", backend=backend)
+    steered.configure(vec_path, 1.5, positions="response", steer_backend=backend)
     steered.batch_size_per_gpu = 1
     try:
         single = _gen(steered)
@@ -197,7 +197,7 @@ def test_backends_identical_everywhere(steered, vec_path):
     results = {}
     for backend in ("nnsight", "hooks"):
         for positions in ("all", "response"):
-            steered.configure(vec_path, 0.8, layers="0,2", positions=positions, backend=backend)
+            steered.configure(vec_path, 0.8, layers="0,2", positions=positions, steer_backend=backend)
             results[backend, positions] = (_ll(steered), _gen(steered), _rolling(steered))
     for positions in ("all", "response"):
         assert results["nnsight", positions] == results["hooks", positions]
@@ -208,7 +208,7 @@ def test_backends_identical_everywhere(steered, vec_path):
 def test_no_hooks_left_after_calls_and_exceptions(steered, vec_path):
     before = _hooks_left(steered.model)
     for backend in ("nnsight", "hooks"):
-        steered.configure(vec_path, 0.5, backend=backend)
+        steered.configure(vec_path, 0.5, steer_backend=backend)
         _ll(steered)
         _gen(steered, n=3)
         assert _hooks_left(steered.model) == before

@@ -19,6 +19,7 @@ from steer_plugin.prefix_reuse import (
     ReuseUnsupported,
     Scorer,
     TailConfig,
+    TokenCounts,
     group_by_context,
     plain_token_count,
     reuse_blocker,
@@ -159,6 +160,7 @@ def _assert_close(got, ref):
 def test_truthfulqa_mc1_mc2_reuse_equals_plain(lm, truthfulqa_requests, positions, alpha):
     lm.configure(lm.vec_path, alpha, positions=positions)
     plain = _run(lm, truthfulqa_requests, reuse=False)
+    lm.token_counts = TokenCounts()
     before = lm.token_counts.prefix
     for bs in (1, 4):
         _assert_close(_run(lm, truthfulqa_requests, reuse=True, batch_size=bs), plain)
@@ -187,7 +189,7 @@ def test_backends_identical_on_the_reuse_path(lm):
     reqs = _token_requests(lm)
     got = {}
     for backend in ("nnsight", "hooks"):
-        lm.configure(lm.vec_path, 0.8, positions="response", backend=backend)
+        lm.configure(lm.vec_path, 0.8, positions="response", steer_backend=backend)
         got[backend] = _run(lm, reqs, reuse=True)
     assert got["nnsight"] == got["hooks"]
     _assert_close(got["hooks"], _run(lm, reqs, reuse=False))
@@ -212,7 +214,7 @@ def test_token_counts_and_grouping(lm):
     assert group_by_context([(0, [1, 2], [])], max_length=9)[1] == [0]  # harness rejects it
     assert plain_token_count(reqs, 100, logits_cache=False) == sum(len(c) + len(x) - 1 for _, c, x in reqs)
 
-    lm.token_counts.__init__()
+    lm.token_counts = TokenCounts()
     reuse = _run(lm, reqs, reuse=True)
     assert (lm.token_counts.plain, lm.token_counts.prefix, lm.token_counts.tail) == (0, 3 + 2, 2 + 1 + 2 + 3)
     # batches: contexts (5,6,7,8) + (5,6,7): prefix [2 x 3], tails [3 rows x 2]; then (20,): no prefix, tail [1 x 3]
@@ -256,7 +258,7 @@ def test_sweep_computes_the_unsteered_prefix_once(lm):
         lm.configure(vector, alpha, positions=positions)
         alone[vector, alpha, positions] = _run(lm, reqs, reuse=True)
     lm.plan_ahead([{"vector": v, "alpha": a, "positions": p} for v, a, p in configs])
-    lm.token_counts.__init__()
+    lm.token_counts = TokenCounts()
     shared = {}
     for vector, alpha, positions in configs:
         lm.configure(vector, alpha, positions=positions)
@@ -284,7 +286,7 @@ def test_run_sweep_shares_prefix_and_matches_plain(lm, tmp_path, monkeypatch):
     options = SweepOptions(
         tasks=["truthfulqa_local_mc2"], out_dir=tmp_path / "out", bootstrap_iters=0, log_samples=True
     )
-    lm.token_counts.__init__()
+    lm.token_counts = TokenCounts()
     files = run_sweep(lm, plan, options, progress=False)
     assert lm.token_counts.plain == 0 and not lm._ahead and not lm._planned
     n_prefix = lm.token_counts.prefix
@@ -323,6 +325,7 @@ def test_models_whose_cache_cannot_be_expanded_use_the_plain_path(tmp_path):
     lm = SteeredHFLM(pretrained=str(tmp_path), dtype="float32", device="cpu", batch_size=4)
     assert "sliding" in (lm.reuse_blocker or "").lower()
     assert not lm.reuse_active and lm.get_model_info()["prefix_reuse"]["blocked_by"] == lm.reuse_blocker
+    lm.token_counts = TokenCounts()
     reqs = [(None, list(range(4, 30)), [40, 41, 42]), (None, list(range(4, 30)), [43])]
     assert _run(lm, reqs, reuse=True) == _run(lm, reqs, reuse=False)
     assert lm.token_counts.prefix == 0
