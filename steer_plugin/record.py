@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from steer_plugin.data import target_slug
+from steer_plugin.data import Selection, target_slug
 from steer_plugin.errors import SteerError
 from steer_plugin.models import find_block_path, resolve_module
 from steer_plugin.prompts import PromptTemplate, encode, last_token_index, pad_batch, pad_id
@@ -116,7 +116,7 @@ class _ActivationWriter:
 def record_hidden_states(
     model: Any,
     tokenizer: Any,
-    items: Sequence[RecordItem],
+    items: Sequence[RecordItem] | Mapping[str, Sequence[str]] | Selection,
     *,
     batch_size: int = 8,
     template: PromptTemplate | str = "raw",
@@ -135,6 +135,10 @@ def record_hidden_states(
     """
     import torch
 
+    if isinstance(items, Selection):
+        items = items.classes
+    if isinstance(items, Mapping):  # {class name: texts}
+        items = items_from_classes(items)
     if batch_size < 1:
         raise SteerError(f"batch size must be >= 1, got {batch_size}")
     if not items:

@@ -15,14 +15,16 @@ import contextlib
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from steer_plugin.errors import SteerError
 from steer_plugin.layers import parse_layers
 from steer_plugin.models import find_block_path, resolve_module
-from steer_plugin.vector import SteeringVector
+
+if TYPE_CHECKING:  # pragma: no cover
+    from steer_plugin.vector import SteeringVector
 
 POSITIONS = ("all", "response")
 BACKENDS = ("nnsight", "hooks")
@@ -73,7 +75,7 @@ def make_plan(
     for a in alphas:
         if not isinstance(a, (int, float)) or a != a or a in (float("inf"), float("-inf")):
             raise SteerError(f"alpha must be a finite number, got {a!r}")
-    chosen = layers if isinstance(layers, list) else parse_layers(layers, n_layers)
+    chosen = list(layers) if isinstance(layers, (list, tuple)) else parse_layers(layers, n_layers)
     if any(not 0 <= l < n_layers for l in chosen):
         raise SteerError(f"layers {chosen} out of range 0-{n_layers - 1}")
     total = torch.zeros(n_layers, hidden, dtype=torch.float32)
@@ -98,6 +100,25 @@ def _steered(h: torch.Tensor, delta: torch.Tensor, where: Where) -> torch.Tensor
         h[:, -1, :] += delta
         return h
     return h + where.to(h.device, h.dtype)[..., None] * delta
+
+
+@contextlib.contextmanager
+def steer(
+    model: Any,
+    vectors: Sequence[SteeringVector],
+    alphas: Sequence[float],
+    *,
+    layers: str | Sequence[int] | None = "all",
+    positions: str = "all",
+    blocks: str | None = None,
+) -> Iterator[None]:
+    """Inside the ``with`` block, ``sum_i alpha_i * v_i`` is added to the chosen blocks' outputs (forward
+    hooks, removed on exit); ``positions="response"`` steers the last position of each forward."""
+    check_positions(positions)
+    steerer = Steerer(model, "hooks", blocks)
+    plan = make_plan(vectors, alphas, model, steerer.block_path, layers)
+    with steerer.hooks(plan, "last" if positions == "response" else None):
+        yield
 
 
 class Steerer:

@@ -6,6 +6,7 @@ import datetime as _dt
 import hashlib
 import json
 import os
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,65 @@ class SteeringVector:
         meta = {**self.metadata, "layers": sorted(layers)}
         mask = None if self.mask is None else self.mask & keep.bool()
         return replace(self, matrix=self.matrix * keep, metadata=meta, mask=mask)
+
+    # --- using it ----------------------------------------------------------------------------
+    def apply(
+        self,
+        model: torch.nn.Module,
+        alpha: float = 1.0,
+        layers: str | list[int] | None = "all",
+        positions: str = "all",
+        *,
+        blocks: str | None = None,
+    ) -> AbstractContextManager[None]:
+        """Steer ``model`` inside a ``with`` block: ``alpha x`` row ``l`` is added to the output of
+        decoder block ``l`` for the chosen layers; the hooks are removed on exit, also after an error.
+
+        ``positions="all"`` steers every position of every forward pass; ``"response"`` only the last
+        position of each forward, which in ``model.generate`` (left padding for batches) is the last
+        prompt token and then every generated token."""
+        from steer_plugin.steering import steer
+
+        return steer(model, [self], [alpha], layers=layers, positions=positions, blocks=blocks)
+
+    # --- arithmetic: mixes keep an honest record of what they are made of ---------------------
+    def _terms(self) -> list[dict[str, Any]]:
+        if "recipe" in self.metadata:
+            return [dict(t) for t in self.metadata["recipe"]]
+        m = self.metadata
+        source = {k: m[k] for k in ("emotion", "method", "top_k", "source_path", "source_sha256") if m.get(k)}
+        return [{"coefficient": 1.0, **source}]
+
+    def _combine(self, other: SteeringVector, sign: float) -> SteeringVector:
+        if not isinstance(other, SteeringVector):
+            return NotImplemented
+        if other.matrix.shape != self.matrix.shape:
+            raise SteerError(
+                f"cannot combine vectors of shapes {tuple(self.matrix.shape)} and {tuple(other.matrix.shape)}"
+            )
+        terms = self._terms() + [{**t, "coefficient": sign * t["coefficient"]} for t in other._terms()]
+        mask = None if self.mask is None or other.mask is None else self.mask | other.mask
+        return SteeringVector(self.matrix + sign * other.matrix, _mix_metadata(self, other, terms), mask)
+
+    def __add__(self, other: SteeringVector) -> SteeringVector:
+        return self._combine(other, 1.0)
+
+    def __sub__(self, other: SteeringVector) -> SteeringVector:
+        return self._combine(other, -1.0)
+
+    def __mul__(self, factor: float) -> SteeringVector:
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)):
+            return NotImplemented
+        terms = [{**t, "coefficient": float(factor) * t["coefficient"]} for t in self._terms()]
+        return SteeringVector(self.matrix * float(factor), _mix_metadata(self, self, terms), self.mask)
+
+    __rmul__ = __mul__
+
+    def __neg__(self) -> SteeringVector:
+        return self * -1.0
+
+    def __truediv__(self, divisor: float) -> SteeringVector:
+        return self * (1.0 / divisor)
 
     # --- file format -------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
@@ -111,6 +171,19 @@ class SteeringVector:
         if not torch.isfinite(vec.matrix).all():
             raise SteerError(f"{p}: corrupt steering vector (non-finite values)")
         return vec
+
+
+# describe the model a vector belongs to; kept in a mix only where all parts agree
+_SHARED_KEYS = ("model", "model_revision", "config_hash", "architecture", "block_path", "baseline", "split",
+                "selection", "source", "template", "dtype")  # fmt: skip
+
+
+def _mix_metadata(a: SteeringVector, b: SteeringVector, terms: list[dict[str, Any]]) -> dict[str, Any]:
+    shared = {k: a.metadata[k] for k in _SHARED_KEYS if k in a.metadata and a.metadata.get(k) == b.metadata.get(k)}
+    parts = [f"{abs(t['coefficient']):g}*{t.get('emotion', 'vector')}" for t in terms]
+    signs = ["-" if t["coefficient"] < 0 else "+" for t in terms]
+    name = ("-" if signs[0] == "-" else "") + parts[0] + "".join(f" {s} {p}" for s, p in zip(signs[1:], parts[1:]))
+    return {**shared, "emotion": name, "method": "combination", "recipe": terms}
 
 
 def default_vector_path(model: str, emotion: str, method: str, top_k: int | None = None) -> Path:
