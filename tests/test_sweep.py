@@ -116,3 +116,39 @@ def test_unknown_task_is_a_clear_error(lm, tmp_path, vector_file):
     plan = SweepPlan.grid([vector_file], [1.0], ["all"], ["all"])
     with pytest.raises(SteerError, match="unknown task"):
         run_sweep(lm, plan, SweepOptions(tasks=["no_such_task_xyz"], out_dir=tmp_path), progress=False)
+
+
+def test_reproduce_string_rebuilds_the_same_run(task_dir, vector_file, tiny_llama_dir, tmp_path):
+    """results.json's model_args, given to the stock harness, reproduce the sweep's loglikelihoods."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    from steer_plugin.cli import main
+
+    out = tmp_path / "sweep"
+    argv = ["sweep", "--model", tiny_llama_dir, "--vector", vector_file, "--alphas", "0.7", "--tasks", "tiny_mc",
+            "--include-path", task_dir, "--out", str(out), "--log-samples", "--batch-size", "2", "--device", "cpu",
+            "--blocks", "model.layers", "--trust-remote-code", "--backend", "hooks", "--layers", "0-1",
+            "--positions", "response"]  # fmt: skip
+    assert main(argv) == 0
+    folder = next(p for p in out.iterdir() if p.is_dir() and p.name != "baseline")
+    config = json.loads((folder / RESULTS_FILE).read_text())["config"]
+    args = dict(kv.split("=", 1) for kv in config["model_args"].split(","))
+    for key, value in {"pretrained": tiny_llama_dir, "blocks": "model.layers", "trust_remote_code": "True",
+                       "backend": "hooks", "layers": "0-1", "positions": "response", "alpha": "0.7",
+                       "device": "cpu", "batch_size": "2"}.items():  # fmt: skip
+        assert args.get(key) == value, (key, args)
+    rerun = lm_eval.simple_evaluate(
+        model="steered_hf",
+        model_args=config["model_args"],
+        tasks=["tiny_mc"],
+        task_manager=TaskManager(include_path=task_dir),
+        log_samples=True,
+        verbosity="WARNING",
+    )
+    logged = [json.loads(line) for line in (folder / "samples_tiny_mc.jsonl").read_text().splitlines()]
+    ours = {r["doc_id"]: [float(x[0][0]) for x in r["resps"]] for r in logged}
+    theirs = {r["doc_id"]: [float(x[0][0]) for x in r["resps"]] for r in rerun["samples"]["tiny_mc"]}
+    assert ours.keys() == theirs.keys() and len(ours) == len(DOCS)
+    for doc_id, lls in ours.items():
+        assert lls == pytest.approx(theirs[doc_id], abs=1e-5)
