@@ -2,13 +2,14 @@
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-SHARED ?= $(abspath ../shared)
+# development only (see CONTRIBUTING.md): the project's shared folder of offline models and data
+SHARED ?= $(STEER_SHARED)
 SMOLLM2 ?= $(HOME)/.cache/steering/smollm2-135m-instruct
 MODEL ?= HuggingFaceTB/SmolLM2-135M-Instruct
 EMOTION ?= anger
 LIMIT ?= 50
 
-.PHONY: install demo demo-offline test smollm2
+.PHONY: install demo demo-offline test lint smollm2
 
 $(BIN)/steer: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -24,9 +25,10 @@ install: $(BIN)/steer
 demo: install
 	$(BIN)/steer run --model $(MODEL) --emotion $(EMOTION) --limit $(LIMIT)
 
-# The same fully offline, from ../shared (model converted locally, GoEmotions + TruthfulQA files,
-# the bundled `nade` classifier).
+# Development: the same fully offline from the shared folder (SHARED=DIR or $STEER_SHARED; model converted
+# locally, GoEmotions + TruthfulQA files, the bundled `nade` classifier). See CONTRIBUTING.md.
 $(SMOLLM2)/model.safetensors: | install
+	@test -n "$(SHARED)" || { echo "set SHARED=DIR (the shared folder of offline models and data)"; exit 2; }
 	$(BIN)/python $(SHARED)/models/smollm2-135m-instruct-q4_1/convert.py --out $(SMOLLM2)
 
 smollm2: $(SMOLLM2)/model.safetensors
@@ -37,4 +39,10 @@ demo-offline: install smollm2
 	  --max-per-class 500 --limit $(LIMIT)
 
 test: install
-	STEER_SHARED=$${STEER_SHARED-$(if $(wildcard $(SHARED)),$(SHARED),)} $(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q
+
+# the gate CI runs before the tests: lint + format check (ruff) and types (mypy), configured in pyproject.toml
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy

@@ -1,4 +1,4 @@
-"""Shared helpers of the ``scripts/bench_*.py`` benchmarks (issue 5).
+"""Shared helpers of the ``scripts/bench_*.py`` benchmarks.
 
 * bench models: randomly initialised Llama models built from configs (``build_model``), with the real
   SmolLM2 tokenizer (``load_tokenizer``);
@@ -196,7 +196,7 @@ def tokenizer_source(path: str | None) -> str:
         return path
     shared = shared_dir()
     if shared and (shared / SMOLLM2_FOLDER / "tokenizer.json").exists():
-        return f"SmolLM2 tokenizer from {shared / SMOLLM2_FOLDER}"
+        return "SmolLM2-135M-Instruct tokenizer (local copy)"
     return TOKENIZER_HUB_ID
 
 
@@ -307,7 +307,7 @@ def record_items(n: int, source: str = "auto", seed: int = 0) -> TextSet:
         items = [RecordItem(ex.text, tuple(dict.fromkeys(ex.labels))) for ex in examples[:n]]
         while len(items) < n:
             items += items[: n - len(items)]
-        return TextSet(items, f"GoEmotions train.tsv, first {n} rows ({folder})")
+        return TextSet(items, f"GoEmotions train.tsv, first {n} rows")
     if source not in ("auto", "generated"):
         raise SystemExit(f"unknown text source {source!r}: auto, goemotions or generated")
     texts = generated_texts(n, seed)
@@ -476,7 +476,7 @@ def verdict(ok: bool) -> str:
 # --- BENCHMARKS.md ---------------------------------------------------------------------------------
 
 # Our sections, in file order. Each lives between ``<!-- bench:KEY -->`` and ``<!-- /bench:KEY -->``;
-# everything outside those markers (e.g. the prefix-reuse section of issue 6) is left byte for byte.
+# everything outside those markers (e.g. the prefix-reuse section) is left byte for byte.
 SECTION_ORDER = ("intro", "summary", "record", "memory", "eval", "sweep", "scale-record", "scale-eval", "profile")
 
 
@@ -518,7 +518,7 @@ def write_section(md_path: str | os.PathLike, key: str, body: str) -> None:
 
 INTRO = """# Benchmarks
 
-Performance of steer-plugin against plain transformers / lm-evaluation-harness (issue 5). Every number
+Performance of steer-plugin against plain transformers / lm-evaluation-harness. Every number
 below was produced by the command printed with it (`scripts/bench_*.py`); rerun it to refresh its section.
 Ratios are measured side by side in one process run: variants alternate in rotating order
 (A B C, B C A, ...) after a warm-up, and the tables show medians of the repeats (min-max in brackets).
@@ -526,7 +526,7 @@ Ratios are measured side by side in one process run: variants alternate in rotat
 Unless a section says otherwise, the **bench model** is a randomly initialised `LlamaForCausalLM` with the
 architecture of `HuggingFaceTB/SmolLM2-135M` (30 layers, hidden 576, 9 heads / 3 KV heads, intermediate
 1536, vocab 49152; `torch.manual_seed(0)`), float32, on CPU, batch size 8, with the real SmolLM2
-tokenizer. Texts are GoEmotions (`../shared/data/goemotions` or `$STEER_SHARED`), else generated text.
+tokenizer. Texts are GoEmotions train texts (a local copy of the release files), else generated text.
 The machine is shared with other jobs (2 cores), so each section records the load average before and
 after; `OMP_WAIT_POLICY=PASSIVE` is set for all variants (see `scripts/bench_common.py`).
 No GPU was available: GPU numbers are not measured.

@@ -75,7 +75,7 @@ def make_lms(model, tok, vec, alpha: float, batch_size: int, share: bool, workdi
     pt_path = workdir / "vector.pt"
     export_lm_eval_steered(vec, pt_path, block_path="model.layers", alpha=alpha)
     extra = {}
-    # steered_hf may grow a prefix_reuse option (issue 6); keep scoring like-for-like with hf
+    # keep scoring like-for-like with hf: prefix reuse off unless asked for
     if "prefix_reuse" in inspect.signature(SteeredHFLM.__init__).parameters:
         extra["prefix_reuse"] = False
     copies = [model] * 4 if share else [model] + [copy.deepcopy(model) for _ in range(3)]

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Benchmark prefix reuse (issue 6): lm-eval's `hf` vs `steered_hf` on truthfulqa_local_mc2, CPU float32.
+"""Benchmark prefix reuse: lm-eval's `hf` vs `steered_hf` on truthfulqa_local_mc2, CPU float32.
 
 Runs, alternating A/B with the order rotated every repeat (the machine is shared, so medians of repeats):
   hf                      lm-eval's HFLM (no reuse)
@@ -8,8 +8,8 @@ Runs, alternating A/B with the order rotated every repeat (the machine is shared
 and once a `steer sweep` (run_sweep) over N alphas with positions=response, compared with N hf runs.
 Prints per-request agreement with `hf`, tokens fed, wall times and ratios; --json writes all of it.
 
-    STEER_TRUTHFULQA_DIR=/work/shared/data/truthfulqa python scripts/bench_prefix_reuse.py \
-        --model /root/.cache/steering/smollm2-135m-instruct --limit 100 --repeats 3
+    STEER_TRUTHFULQA_DIR=path/to/truthfulqa python scripts/bench_prefix_reuse.py \
+        --model path/to/SmolLM2-135M-Instruct --limit 100 --repeats 3
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--model", default=os.environ.get("STEER_SMOLLM2", str(Path.home() / ".cache/steering/smollm2-135m-instruct"))
     )
-    p.add_argument("--truthfulqa-dir", default=os.environ.get("STEER_TRUTHFULQA_DIR", "/work/shared/data/truthfulqa"))
+    p.add_argument("--truthfulqa-dir", default=os.environ.get("STEER_TRUTHFULQA_DIR"))
     p.add_argument("--limit", type=int, default=100)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=8)
@@ -91,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.report:
         print(markdown(json.loads(args.report.read_text())))
         return 0
+    if not args.truthfulqa_dir:
+        raise SystemExit("give --truthfulqa-dir (or set STEER_TRUTHFULQA_DIR): a local TruthfulQA JSONL folder")
     os.environ["STEER_TRUTHFULQA_DIR"] = args.truthfulqa_dir
     import torch
     from lm_eval.evaluator import evaluate

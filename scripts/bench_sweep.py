@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         f"- both sides are cold subprocesses timed end to end; {args.repeats} alternating rounds",
         *(
             [
-                "- both sides run `steered_hf` with its defaults, so prefix reuse (issue 6) is on for both; "
+                "- both sides run `steered_hf` with its defaults, so prefix reuse is on for both; "
                 "`steer sweep` can also share the prefix cache across alphas"
             ]
             if reuse

@@ -29,6 +29,10 @@ other's work through the `_MARK` attribute, never through object identity.
 import os
 import sys
 
+_TYPING = False  # True for mypy only (pyproject: always_true): no `typing` import at interpreter start
+if _TYPING:
+    from typing import Any
+
 MODEL_NAME = "steered_hf"
 MODEL_TARGET = "steer_plugin.lm_model:SteeredHFLM"
 # Set to any non-empty value to start Python without the hook (debugging a broken install).
@@ -45,7 +49,7 @@ def _warn(message: str) -> None:
 # -- hooks run right after an lm_eval module executed ---------------------------------------------
 
 
-def _register_model(module: "object") -> None:
+def _register_model(module: "Any") -> None:
     from lm_eval.api.registry import model_registry
 
     # Already there: either our placeholder (second run) or the concrete class that
@@ -54,14 +58,14 @@ def _register_model(module: "object") -> None:
         model_registry.register(MODEL_NAME, target=MODEL_TARGET)
 
 
-def _same_dir(a: "object", b: "object") -> bool:
+def _same_dir(a: "Any", b: "Any") -> bool:
     try:
         return os.path.realpath(os.fspath(a)) == os.path.realpath(os.fspath(b))
     except TypeError:
         return False
 
 
-def _with_our_tasks(include_path: "object") -> "object":
+def _with_our_tasks(include_path: "Any") -> "Any":
     """`include_path` with our task folder in front, unless it is already there."""
     try:
         from steer_plugin.tasks_dir import tasks_dir
@@ -83,7 +87,7 @@ def _with_our_tasks(include_path: "object") -> "object":
     return [ours, *given]
 
 
-def _patch_task_manager(module: "object") -> None:
+def _patch_task_manager(module: "Any") -> None:
     manager_cls = getattr(module, "TaskManager", None)
     # Patch only where the class is defined; `lm_eval.tasks` merely re-exports it in 0.4.13.
     if manager_cls is None or getattr(manager_cls, "__module__", None) != module.__name__:
@@ -118,7 +122,7 @@ _HOOKS = {
 }
 
 
-def _run_hook(hook: "object", module: "object") -> None:
+def _run_hook(hook: "Any", module: "Any") -> None:
     try:
         hook(module)
     except Exception as err:  # never let our hook break `import lm_eval...`
@@ -131,14 +135,14 @@ def _run_hook(hook: "object", module: "object") -> None:
 class _PostExecLoader:
     """Delegates to the real loader; runs the hook once the module body has executed."""
 
-    def __init__(self, loader: "object", hook: "object") -> None:
+    def __init__(self, loader: "Any", hook: "Any") -> None:
         self.loader = loader
         self.hook = hook
 
-    def create_module(self, spec: "object") -> "object":
+    def create_module(self, spec: "Any") -> "Any":
         return self.loader.create_module(spec)
 
-    def exec_module(self, module: "object") -> None:
+    def exec_module(self, module: "Any") -> None:
         # Give the module its real loader back first, so that inspect, importlib.resources and
         # importlib.reload see an untouched module.
         module.__loader__ = self.loader
@@ -147,7 +151,7 @@ class _PostExecLoader:
         self.loader.exec_module(module)
         _run_hook(self.hook, module)
 
-    def __getattr__(self, name: str) -> "object":
+    def __getattr__(self, name: str) -> "Any":
         return getattr(self.loader, name)
 
 
@@ -160,7 +164,7 @@ class _PostImportFinder:
         self.hooks = hooks
         self._busy: set[str] = set()
 
-    def find_spec(self, fullname: str, path: "object" = None, target: "object" = None) -> "object":
+    def find_spec(self, fullname: str, path: "Any" = None, target: "Any" = None) -> "Any":
         hook = self.hooks.get(fullname)
         if hook is None or fullname in self._busy:
             return None
@@ -216,5 +220,5 @@ def uninstall() -> None:
     for name in ("lm_eval.tasks.manager", "lm_eval.tasks"):
         manager_cls = getattr(sys.modules.get(name), "TaskManager", None)
         init = getattr(manager_cls, "__init__", None)
-        if getattr(init, _MARK, False):
-            manager_cls.__init__ = init.__wrapped__
+        if init is not None and getattr(init, _MARK, False):
+            setattr(manager_cls, "__init__", init.__wrapped__)  # noqa: B010 (assigning a method on the class)

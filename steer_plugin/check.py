@@ -70,7 +70,7 @@ def _downstream_module(model: Any, block_path: str, blocks: Any, layer: int) -> 
 
 def _capture_input(module: Any, store: list) -> Any:
     def pre_hook(mod: Any, args: tuple, kwargs: dict) -> None:
-        h = args[0] if args else kwargs.get("hidden_states")
+        h = args[0] if args else kwargs["hidden_states"]
         store.append(h.detach().clone())
 
     return module.register_forward_pre_hook(pre_hook, with_kwargs=True)
@@ -127,7 +127,9 @@ def run_check(
                 cos = float(torch.nn.functional.cosine_similarity(change, d[None], dim=-1).min())
                 ratios = change.norm(dim=-1) / d.norm()
                 ratio = float(ratios[(ratios - 1).abs().argmax()])
-            ok = float(delta.norm()) == 0 or (cos is not None and cos > 1 - COS_TOL and abs(ratio - 1) < RATIO_TOL)
+            ok = float(delta.norm()) == 0 or (
+                cos is not None and ratio is not None and cos > 1 - COS_TOL and abs(ratio - 1) < RATIO_TOL
+            )
             kl = _kl(base[rows, last], steered[rows, last])
             report.layers.append(LayerCheck(l, float(vector.matrix[l].norm()), cos, ratio, kl, ok))
         all_plan = make_plan([vector], [alpha], model, hooks_steerer.block_path, layers)

@@ -10,7 +10,7 @@ texts would differ from the hub's.
 A class is one of the 28 labels or an Ekman group ``ekman:<group>`` (the release's
 ``ekman_mapping.json``, built in). Selection rules:
 
-* ``exclusive`` (default, the reference pipeline's rule): every label of the text is in the class
+* ``exclusive`` (default, the original research scripts' rule): every label of the text is in the class
   and there is at least one, i.e. for a single emotion the label set is exactly ``{emotion}``.
 * ``any``: at least one label of the text is in the class.
 """
@@ -116,7 +116,7 @@ def _check_selection(selection: str) -> str:
     return selection
 
 
-def _in_class(labels: frozenset[str], members: frozenset[str] | tuple[str, ...], selection: str) -> bool:
+def _in_class(labels: frozenset[str], members: frozenset[str], selection: str) -> bool:
     if selection == "exclusive":
         return bool(labels) and labels <= members
     return not labels.isdisjoint(members)

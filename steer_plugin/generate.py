@@ -1,4 +1,4 @@
-"""Baseline and steered generations side by side (the reference pipeline's step 6-1)."""
+"""Baseline and steered generations side by side (what the original research scripts' generation step showed)."""
 
 from __future__ import annotations
 

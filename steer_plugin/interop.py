@@ -1,4 +1,4 @@
-"""Other formats: the reference pipeline's ``.npy`` matrices, lm-eval's ``steered`` ``.pt`` config, and
+"""Other formats: ``.npy`` diff matrices of the original research scripts, lm-eval's ``steered`` ``.pt`` config, and
 llama.cpp's GGUF control vectors (``--control-vector``)."""
 
 from __future__ import annotations

@@ -313,7 +313,7 @@ class SteeredHFLM(HFLM):
         batch_size = self.batch_size if self.batch_size != "auto" else (override_bs or 0)
         batch_fn = self._batch_scheduler if self.batch_size == "auto" and len(re_ord) > 0 and not override_bs else None
         if batch_fn is not None:
-            self.batch_sizes = {}
+            self.batch_sizes: dict[int, int] = {}
         res = []
         pbar = tqdm(
             total=len(requests),

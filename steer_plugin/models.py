@@ -104,7 +104,7 @@ class ModelOptions:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise SteerError(f"cannot load model {self.name!r}: {first}") from None
         if self.device and not self.device_map:
-            model.to(self.device)
+            model.to(self.device)  # type: ignore[arg-type]  # a device string; transformers types it narrowly
         model.eval()
         return LoadedModel(model, tok, self.name)
 

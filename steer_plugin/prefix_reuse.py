@@ -251,11 +251,15 @@ class Scorer:
             self.counts.slots += ids.numel()
         if cache.get_seq_length() != width:
             raise ReuseUnsupported(f"the model left {cache.get_seq_length()} positions in the KV cache, not {width}")
-        for layer in cache.layers:
-            if layer.keys.dim() != 4 or layer.keys.shape[0] != len(batch) or layer.keys.shape[-2] != width:
-                raise ReuseUnsupported(f"unexpected KV cache shape {tuple(layer.keys.shape)}")
+        layers: list[Any] = list(cache.layers)  # a cache of other layer kinds (linear attention) is refused here
+        for layer in layers:
+            keys = getattr(layer, "keys", None)
+            if not isinstance(keys, torch.Tensor):
+                raise ReuseUnsupported(f"a KV cache layer of type {type(layer).__name__} holds no key tensor")
+            if keys.dim() != 4 or keys.shape[0] != len(batch) or keys.shape[-2] != width:
+                raise ReuseUnsupported(f"unexpected KV cache shape {tuple(keys.shape)}")
         if not bool(mask.all()):
-            for layer in cache.layers:
+            for layer in layers:
                 # padded positions are masked for every query, but NaN * 0 would still poison the sums
                 keep = mask[:, None, :, None].to(layer.keys.device)
                 layer.keys = torch.where(keep, layer.keys, 0)

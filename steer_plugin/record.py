@@ -27,7 +27,7 @@ class RecordItem:
     classes: tuple[str, ...]
 
 
-def items_from_classes(classes: dict[str, Sequence[str]]) -> list[RecordItem]:
+def items_from_classes(classes: Mapping[str, Sequence[str]]) -> list[RecordItem]:
     return [RecordItem(t, (name,)) for name, texts in classes.items() for t in texts]
 
 
@@ -61,7 +61,7 @@ class LastTokenRecorder:
             kwargs["position_ids"] = positions.to(self.input_device)
         blocks, n_layers = self.blocks, self.n_layers
         with torch.no_grad(), self.traced.trace(**kwargs) as tracer:
-            states = list().save()
+            states: Any = list().save()  # type: ignore[attr-defined]  # nnsight patches .save() onto it
             for layer in range(n_layers):
                 h = _block_output(blocks[layer].output)
                 states.append(h[rows.to(h.device), last.to(h.device)].to("cpu", torch.float32))

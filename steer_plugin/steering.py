@@ -75,7 +75,11 @@ def make_plan(
     for a in alphas:
         if not isinstance(a, (int, float)) or a != a or a in (float("inf"), float("-inf")):
             raise SteerError(f"alpha must be a finite number, got {a!r}")
-    chosen = list(layers) if isinstance(layers, (list, tuple)) else parse_layers(layers, n_layers)
+    chosen = (
+        list(layers)
+        if isinstance(layers, (list, tuple))
+        else parse_layers(None if layers is None else str(layers), n_layers)
+    )
     if any(not 0 <= l < n_layers for l in chosen):
         raise SteerError(f"layers {chosen} out of range 0-{n_layers - 1}")
     total = torch.zeros(n_layers, hidden, dtype=torch.float32)

@@ -35,7 +35,7 @@ class SweepConfig:
     def slug(self) -> str:
         if self.is_baseline:
             return "baseline"
-        name = Path(self.vector).stem
+        name = Path(str(self.vector)).stem
         h = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:8]
         return f"{name}_a{self.alpha:g}_L{self.layers.replace(',', '.')}_{self.positions}_{h}"
 

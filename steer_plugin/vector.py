@@ -145,7 +145,7 @@ class SteeringVector:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> SteeringVector:
-        """Our ``.safetensors`` files and the reference pipeline's ``.npy`` matrices; never unpickles."""
+        """Our ``.safetensors`` files and ``.npy`` diff matrices of the original research scripts; never unpickles."""
         p = Path(path)
         if p.suffix == ".npy":
             from steer_plugin.interop import load_reference_npy

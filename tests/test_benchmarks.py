@@ -1,4 +1,4 @@
-"""The benchmark scripts (issue 5) run end to end at a tiny size, and write only their own sections.
+"""The benchmark scripts run end to end at a tiny size, and write only their own sections.
 
 Not timing tests: each benchmark runs once on a tiny random model with a tiny tokenizer and
 generated text, into a temporary BENCHMARKS.md, and we check what it measured and wrote. The sweep
@@ -20,7 +20,7 @@ sys.path.insert(0, str(SCRIPTS))
 
 import bench_common as bc  # noqa: E402
 
-FOREIGN = "## Prefix reuse (issue 6)\n\nSomeone else's table | a | b |\n"
+FOREIGN = "## Prefix reuse\n\nSomeone else's table | a | b |\n"
 
 
 @pytest.fixture(scope="module")

@@ -34,7 +34,7 @@ FIXTURE = Path(__file__).parent / "fixtures" / "goemotions"
 def shared_goemotions() -> Path:
     root = os.environ.get("STEER_SHARED")
     if not root:
-        pytest.skip("STEER_SHARED is not set (path of the shared data folder, e.g. /work/shared)")
+        pytest.skip("STEER_SHARED is not set (path of the shared data folder)")
     path = Path(root) / "data" / "goemotions"
     if not path.is_dir():
         pytest.skip(f"{path} does not exist")

@@ -1,7 +1,7 @@
 """lm-eval task folder: generated steer_emotion YAMLs, batched scoring filter, offline TruthfulQA.
 
 Runs lm-eval end to end on a tiny random Llama (built here) and tiny random classifiers
-(from test_classifier). Tests that read /work/shared skip unless STEER_SHARED is set.
+(from test_classifier). Tests that read the shared data folder skip unless STEER_SHARED is set.
 """
 
 from __future__ import annotations
