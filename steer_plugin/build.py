@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from steer_plugin.errors import SteerError
+from steer_plugin.errors import SteerError, check_choice
 from steer_plugin.stats import HiddenStateStats
 from steer_plugin.vector import METHODS, SteeringVector
 
@@ -26,8 +26,7 @@ def build_vector(
     baseline = baseline or stats.metadata.get("baseline") or "neutral"
     if not target or target == "all":
         raise SteerError(f"name the emotion to build; this stats file has: {', '.join(stats.classes)}")
-    if method not in METHODS:
-        raise SteerError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+    check_choice("method", method, METHODS)
     tgt, base = stats.get(target), stats.get(baseline)
     for name, cs in ((target, tgt), (baseline, base)):
         if cs.count == 0:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from steer_plugin import cli_eval
-from steer_plugin.cli_args import add_model_args, model_options
+from steer_plugin.cli_args import add_model_args, record_request_from_args
 
 
 def _add_data_args(p: argparse.ArgumentParser, emotion_required: bool = True) -> None:
@@ -184,32 +184,10 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def _record_request(args: argparse.Namespace, emotion: str):
-    from steer_plugin.pipeline import RecordRequest
-
-    return RecordRequest(
-        model=model_options(args),
-        emotion=emotion,
-        baseline=args.baseline,
-        split=args.split,
-        data_dir=args.data,
-        selection=args.selection,
-        max_per_class=args.max_per_class,
-        seed=args.seed,
-        dedupe=args.dedupe,
-        template=args.template,
-        batch_size=args.batch_size,
-        padding_side=args.padding_side,
-        progress=not args.no_progress,
-        save_activations=getattr(args, "save_activations", None),
-        activation_dtype=getattr(args, "activation_dtype", "float16"),
-    )
-
-
 def cmd_record(args: argparse.Namespace) -> int:
     from steer_plugin.pipeline import record_request
 
-    stats = record_request(_record_request(args, args.emotion))
+    stats = record_request(record_request_from_args(args, args.emotion))
     if _is_main_rank():
         stats.save(args.out)
         counts = ", ".join(f"{c}={n}" for c, n in stats.counts().items())
@@ -253,7 +231,9 @@ def cmd_build(args: argparse.Namespace) -> int:
     else:
         if not args.emotion:
             raise SteerError("give --emotion (and --model/--data) to record, or --stats FILE to reuse statistics")
-        stats = _record_for_build(args)
+        from steer_plugin.pipeline import record_request
+
+        stats = record_request(record_request_from_args(args, args.emotion))
         if args.save_stats and _is_main_rank():
             stats.save(args.save_stats)
     if not _is_main_rank():
@@ -276,12 +256,6 @@ def cmd_build(args: argparse.Namespace) -> int:
     )
     print("per-layer norm: " + " ".join(f"{n:.3g}" for n in norms))
     return 0
-
-
-def _record_for_build(args: argparse.Namespace):
-    from steer_plugin.pipeline import record_request
-
-    return record_request(_record_request(args, args.emotion))
 
 
 def cmd_list(args: argparse.Namespace) -> int:

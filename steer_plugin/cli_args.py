@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
     from steer_plugin.models import ModelOptions
+    from steer_plugin.pipeline import RecordRequest
 
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
@@ -33,6 +34,25 @@ def model_options(args: argparse.Namespace) -> ModelOptions:
         revision=args.revision,
         trust_remote_code=args.trust_remote_code,
         blocks=args.blocks,
+    )
+
+
+def record_request_from_args(args: argparse.Namespace, emotion: str) -> RecordRequest:
+    """What to record, from `record`/`build`/`run` options (options a command lacks keep their defaults)."""
+    from steer_plugin.pipeline import RecordRequest
+
+    given = vars(args)
+    optional = ("selection", "max_per_class", "seed", "dedupe", "template", "batch_size", "padding_side",
+                "save_activations", "activation_dtype")  # fmt: skip
+    return RecordRequest(
+        model=model_options(args),
+        emotion=emotion,
+        baseline=args.baseline,
+        split=args.split,
+        data_dir=args.data,
+        progress=not given.get("no_progress", False),
+        # `run`'s --batch-size may be 'auto' (for evaluation): recording then keeps its default
+        **{k: given[k] for k in optional if given.get(k) is not None and given[k] != "auto"},
     )
 
 

@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from steer_plugin.cli_args import add_model_args, batch_size, floats, model_options
+from steer_plugin.cli_args import add_model_args, batch_size, floats, model_options, record_request_from_args
 
 DEFAULT_PROMPTS = ["Tell me about yourself.", "Write a short story about a boy and his dog."]
 
@@ -252,19 +252,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _build_for_run(args: argparse.Namespace, emotion: str, out: Any) -> None:
     from steer_plugin.build import build_vector
-    from steer_plugin.pipeline import RecordRequest, record_request
+    from steer_plugin.pipeline import record_request
 
     print(f"building {out} (no vector yet)", file=sys.stderr)
-    stats = record_request(
-        RecordRequest(
-            model=model_options(args),
-            emotion=emotion,
-            baseline=args.baseline,
-            split=args.split,
-            data_dir=args.data,
-            max_per_class=args.max_per_class,
-        )
-    )
+    stats = record_request(record_request_from_args(args, emotion))
     vec = build_vector(
         stats, emotion, args.baseline, method=args.method, top_k=args.top_k if args.method == "top_k" else None
     )

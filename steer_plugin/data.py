@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from steer_plugin.errors import SteerError
+from steer_plugin.errors import SteerError, check_choice
 
 HUB_DATASET = "google-research-datasets/go_emotions"
 HUB_CONFIG = "simplified"
@@ -111,9 +111,7 @@ def target_slug(name: str) -> str:
 
 
 def _check_selection(selection: str) -> str:
-    if selection not in SELECTIONS:
-        raise SteerError(f"unknown selection {selection!r}; accepted: {', '.join(SELECTIONS)}")
-    return selection
+    return check_choice("selection", selection, SELECTIONS)
 
 
 def _in_class(labels: frozenset[str], members: frozenset[str], selection: str) -> bool:

@@ -1,5 +1,14 @@
 """User-facing errors: one line that says what was wrong and what is accepted."""
 
+from collections.abc import Sequence
+
 
 class SteerError(Exception):
     """Bad input from the user (file, name, spec). The CLI prints it as one line, no traceback."""
+
+
+def check_choice(what: str, value: str, accepted: Sequence[str]) -> str:
+    """``value`` if it is one of ``accepted``, else a SteerError that lists them."""
+    if value not in accepted:
+        raise SteerError(f"unknown {what} {value!r}; use one of {', '.join(accepted)}")
+    return value

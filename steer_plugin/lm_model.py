@@ -12,17 +12,20 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
+from lm_eval.api.instance import Instance
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 from lm_eval.models.utils import Collator
 from lm_eval.models.utils_hf import pad_and_concat, stop_sequences_criteria
+from transformers import PreTrainedModel
 
-from steer_plugin.errors import SteerError
+from steer_plugin.errors import SteerError, check_choice
 from steer_plugin.layers import format_layers, parse_layers
 from steer_plugin.prefix_reuse import (
     ReuseUnsupported,
@@ -35,15 +38,18 @@ from steer_plugin.prefix_reuse import (
     reuse_blocker,
     score_groups,
 )
-from steer_plugin.steering import BACKENDS, Steerer, SteeringPlan, check_positions, make_plan
+from steer_plugin.steering import BACKENDS, Steerer, SteeringPlan, Where, check_positions, make_plan
 from steer_plugin.vector import SteeringVector, file_sha256
 
 log = logging.getLogger(__name__)
 _LAYER_PIECE = re.compile(r"^\d+(-\d+)?$")
 
 # what `vector=` / `alpha=` accept: from --model_args a string (several joined by ';'), from Python also objects
-VectorArg = str | SteeringVector | list[str | SteeringVector] | None
+VectorArg = str | SteeringVector | Sequence[str | SteeringVector] | None
 AlphaArg = float | str | list[float]
+LayersArg = str | list[int] | None  # "all", "0;3;5-9" (also with commas), or indices
+TokenRequest = tuple[Any, list[int], list[int]]  # (cache key, context tokens, continuation tokens), as HFLM has them
+Answer = tuple[float, bool]  # (log-likelihood, is greedy)
 
 
 class ResolvedSteering(NamedTuple):
@@ -88,21 +94,20 @@ class SteeredHFLM(HFLM):
 
     def __init__(
         self,
-        pretrained: Any = None,
-        vector: Any = None,
-        alpha: Any = 1.0,
-        layers: Any = "all",
+        pretrained: str | PreTrainedModel | None = None,
+        vector: VectorArg = None,
+        alpha: AlphaArg = 1.0,
+        layers: LayersArg = "all",
         positions: str = "all",
         backend: str = "nnsight",
         blocks: str | None = None,
-        prefix_reuse: Any = True,
+        prefix_reuse: bool | str = True,
         **kwargs: Any,
     ) -> None:
         layers = _repair_layer_args(layers, kwargs)
         self.prefix_reuse = _parse_bool(prefix_reuse, "prefix_reuse")
         check_positions(positions)
-        if backend not in BACKENDS:  # ours (nnsight|hooks); HFLM's own `backend` (causal|seq2seq) is not settable
-            raise SteerError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
+        check_choice("backend", backend, BACKENDS)  # ours (nnsight|hooks); HFLM's own (causal|seq2seq) is not settable
         vectors = [self._load_vector(p) for p in _split(vector)]  # fail fast, before loading the model
         super().__init__(pretrained=pretrained, **kwargs)
         self._blocks = blocks
@@ -112,12 +117,12 @@ class SteeredHFLM(HFLM):
         if self.prefix_reuse and self.reuse_blocker:
             log.info("prefix reuse off for this model: %s", self.reuse_blocker)
         self._planned: list[TailConfig] = []  # configurations coming next (steer sweep), see plan_ahead
-        self._ahead: dict[Any, dict[tuple, tuple[float, bool]]] = {}  # their answers, computed early
+        self._ahead: dict[Hashable, dict[tuple, Answer]] = {}  # their answers, computed early
         self.configure(vectors, alpha, layers, positions, backend)
 
     # -- configuration (also used by sweeps: no model reload) ----------------------------------------
     @staticmethod
-    def _load_vector(path: Any) -> SteeringVector:
+    def _load_vector(path: str | SteeringVector) -> SteeringVector:
         if isinstance(path, SteeringVector):
             return path
         vec = SteeringVector.load(path)
@@ -127,9 +132,9 @@ class SteeredHFLM(HFLM):
 
     def configure(
         self,
-        vector: Any = None,
-        alpha: Any = 1.0,
-        layers: Any = "all",
+        vector: VectorArg = None,
+        alpha: AlphaArg = 1.0,
+        layers: LayersArg = "all",
         positions: str = "all",
         steer_backend: str | None = None,
     ) -> None:
@@ -158,10 +163,10 @@ class SteeredHFLM(HFLM):
             "steered_layers": sorted(self.plan.deltas),
         }
 
-    def _resolve(self, vector: VectorArg, alpha: AlphaArg, layers: Any, positions: str) -> ResolvedSteering:
+    def _resolve(self, vector: VectorArg, alpha: AlphaArg, layers: LayersArg, positions: str) -> ResolvedSteering:
         """Check one configuration's arguments and place its deltas on the model."""
         check_positions(positions)
-        vectors = [self._load_vector(v) for v in (vector if isinstance(vector, list) else _split(vector))]
+        vectors = [self._load_vector(v) for v in (vector if isinstance(vector, (list, tuple)) else _split(vector))]
         alphas = [float(a) for a in (_split(alpha) or [1.0])] if not isinstance(alpha, (int, float)) else [float(alpha)]
         if len(alphas) == 1 and len(vectors) > 1:
             alphas = alphas * len(vectors)
@@ -217,14 +222,16 @@ class SteeredHFLM(HFLM):
             return super()._model_call(inps, attn_mask, labels)
         return self._steered_forward(self.plan, None, input_ids=inps).logits
 
-    def loglikelihood_rolling(self, requests: Any, disable_tqdm: bool = False) -> Any:
+    def loglikelihood_rolling(self, requests: list[Instance], disable_tqdm: bool = False) -> list[float]:
         self._rolling = True  # no context in rolling windows: response == all
         try:
             return super().loglikelihood_rolling(requests, disable_tqdm)
         finally:
             self._rolling = False
 
-    def _loglikelihood_tokens(self, requests: Any, disable_tqdm: bool = False, override_bs: Any = None) -> Any:
+    def _loglikelihood_tokens(
+        self, requests: list[TokenRequest], disable_tqdm: bool = False, override_bs: int | None = None
+    ) -> list[Answer]:
         if self.reuse_active and not self._rolling and override_bs is None:
             try:
                 return self._loglikelihood_reuse(requests, disable_tqdm)
@@ -233,7 +240,9 @@ class SteeredHFLM(HFLM):
                 self.reuse_blocker, self._ahead = str(e), {}
         return self._loglikelihood_plain(requests, disable_tqdm, override_bs)
 
-    def _loglikelihood_plain(self, requests: Any, disable_tqdm: bool = False, override_bs: Any = None) -> Any:
+    def _loglikelihood_plain(
+        self, requests: list[TokenRequest], disable_tqdm: bool = False, override_bs: int | None = None
+    ) -> list[Answer]:
         harness = not self.plan.active or self.positions == "all" or self._rolling or self.backend != "causal"
         if self.backend == "causal" and self.token_counts is not None:
             self.token_counts.plain += plain_token_count(requests, self.max_length, harness and self.logits_cache)
@@ -242,7 +251,7 @@ class SteeredHFLM(HFLM):
         return self._loglikelihood_response(requests, disable_tqdm, override_bs)
 
     # -- prefix reuse --------------------------------------------------------------------------------
-    def _steered_forward(self, plan: SteeringPlan, where: Any, **inputs: Any) -> Any:
+    def _steered_forward(self, plan: SteeringPlan, where: Where, **inputs: Any) -> Any:
         with (
             torch.no_grad(),
             torch.autocast(
@@ -305,7 +314,9 @@ class SteeredHFLM(HFLM):
                 self.cache_hook.add_partial("loglikelihood", request_str, answers[i])
         return answers
 
-    def _loglikelihood_response(self, requests: Any, disable_tqdm: bool, override_bs: Any) -> list:
+    def _loglikelihood_response(
+        self, requests: list[TokenRequest], disable_tqdm: bool, override_bs: int | None
+    ) -> list[Answer]:
         """HFLM's causal scoring loop, steering only the last context token and the continuation."""
         from tqdm import tqdm
 
@@ -347,7 +358,9 @@ class SteeredHFLM(HFLM):
         pbar.close()
         return re_ord.get_original(res)
 
-    def _model_generate(self, context: torch.Tensor, max_length: int, stop: list[str], **generation_kwargs: Any):
+    def _model_generate(
+        self, context: torch.Tensor, max_length: int, stop: list[str], **generation_kwargs: Any
+    ) -> torch.Tensor:
         if not self.plan.active:
             return super()._model_generate(context, max_length, stop, **generation_kwargs)
         # the same generation settings as HFLM._model_generate

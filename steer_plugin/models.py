@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from steer_plugin.errors import SteerError
+from steer_plugin.errors import SteerError, check_choice
 
 # Where the decoder blocks live, per architecture family (first match wins).
 BLOCK_PATHS: tuple[str, ...] = (
@@ -54,8 +54,7 @@ def torch_dtype(name: str) -> Any:
 
     if name == "auto":
         return "auto"
-    if name not in DTYPES:
-        raise SteerError(f"unknown dtype {name!r}; use one of {', '.join(DTYPES)}")
+    check_choice("dtype", name, DTYPES)
     return getattr(torch, name)
 
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from steer_plugin.errors import SteerError
+from steer_plugin.errors import SteerError, check_choice
 from steer_plugin.layers import parse_layers
 from steer_plugin.models import find_block_path, resolve_module
 
@@ -32,9 +32,7 @@ Where = str | torch.Tensor | None
 
 
 def check_positions(positions: str) -> str:
-    if positions not in POSITIONS:
-        raise SteerError(f"unknown positions {positions!r}; use one of {', '.join(POSITIONS)}")
-    return positions
+    return check_choice("positions", positions, POSITIONS)
 
 
 @dataclass
@@ -129,8 +127,7 @@ class Steerer:
     """Applies a plan to a model's decoder blocks through one backend."""
 
     def __init__(self, model: Any, backend: str = "nnsight", blocks: str | None = None) -> None:
-        if backend not in BACKENDS:
-            raise SteerError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
+        check_choice("backend", backend, BACKENDS)
         self.model = model
         self.backend = backend
         self.block_path = find_block_path(model, blocks)
