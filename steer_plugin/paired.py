@@ -42,6 +42,8 @@ _DATE = re.compile(r"_(\d{4}-\d{2}-\d{2}T[0-9.\-]+)$")
 # per-document scores are kept compact in sweeps: these keys plus the metric values
 COMPACT_KEYS = ("doc_id", "doc_hash", "prompt_hash", "target_hash", "filter", "metrics")
 
+_NOT_METRICS = frozenset(COMPACT_KEYS) | {"doc", "target", "arguments", "resps", "filtered_resps"}
+
 DocKey = tuple[Any, Any, Any]
 
 
@@ -193,7 +195,10 @@ def read_scores(path: str | Path) -> dict[str, dict[DocKey, float]]:
                 continue
             key = (row["doc_id"], row.get("doc_hash"), row.get("prompt_hash"))
             filt = row.get("filter", "none")
-            for name in row.get("metrics") or []:
+            names = row.get("metrics")
+            if names is None:  # harness versions before the "metrics" list: every other top-level number
+                names = [k for k in row if k not in _NOT_METRICS]
+            for name in names:
                 value = row.get(name)
                 if isinstance(value, (int, float)):  # bool is an int
                     label = name + ("" if filt == "none" else f"[{filt}]")

@@ -208,7 +208,7 @@ def _series(rows: list[Row], metric: str) -> dict[str, list[tuple[float, float]]
     """Per (model, vector, layers, positions): sorted (alpha, value); the baseline joins every series."""
     baselines = {r.key["model"]: r.metrics.get(metric) for r in rows if r.key["vector"] == "-"}
     out: dict[str, list[tuple[float, float]]] = {}
-    for r in rows:
+    for r in sorted(rows, key=lambda r: _sort_key(r, None)):  # legend order: a vector, then its controls
         k = r.key
         if k["vector"] == "-" or metric not in r.metrics or not isinstance(k["alpha"], (int, float)):
             continue

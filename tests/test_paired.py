@@ -253,3 +253,6 @@ def test_read_scores_keeps_numeric_metrics_per_filter(tmp_path):
     ]
     f.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"truncated')
     assert read_scores(f) == {"acc": {(0, "h0", "p"): 1.0}, "acc[strict]": {(0, "h0", "p"): 1.0}}
+    old = tmp_path / "samples_old.jsonl"  # older harness rows have no "metrics" list
+    old.write_text(json.dumps({"doc_id": 3, "doc": {"q": 1}, "target": 0, "filter": "none", "acc": 0}) + "\n")
+    assert read_scores(old) == {"acc": {(3, None, None): 0.0}}
