@@ -138,7 +138,19 @@ DELTA_NOTE = (
     "Δ: difference to the unsteered baseline of the same model, with a 95% paired bootstrap interval over "
     "documents; * = the interval excludes 0."
 )
+NO_BASELINE_NOTE = (
+    "No Δ columns: per-document samples exist, but no baseline row (unsteered or alpha 0, same model) has "
+    "samples of the same documents."
+)
 PAIRED_CSV = ("_delta", "_ci_low", "_ci_high", "_p")
+
+
+def _paired_note(rows: list[Row]) -> str | None:
+    if any(r.paired for r in rows):
+        return DELTA_NOTE
+    if any(r.samples and r.key["vector"] != "-" for r in rows):
+        return NO_BASELINE_NOTE
+    return None
 
 
 def _shown(rows: list[Row]) -> list[str]:
@@ -165,8 +177,8 @@ def to_markdown(rows: list[Row], sort: str | None = None) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for r in rows:
         lines.append("| " + " | ".join([str(r.key[k]) for k in KEY_COLUMNS] + [_cell(r, c) for c in cols]) + " |")
-    if any(r.paired for r in rows):
-        lines += ["", DELTA_NOTE]
+    if note := _paired_note(rows):
+        lines += ["", note]
     return "\n".join(lines) + "\n"
 
 
@@ -199,8 +211,8 @@ def to_console(rows: list[Row], sort: str | None = None) -> str:
     widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
     out = ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in table]
     out.insert(1, "  ".join("-" * w for w in widths))
-    if any(r.paired for r in rows):
-        out += ["", DELTA_NOTE]
+    if note := _paired_note(rows):
+        out += ["", note]
     return "\n".join(out)
 
 

@@ -227,12 +227,16 @@ def test_table_on_plain_lm_eval_log_samples_output(tmp_path, tiny_llama_dir, man
     assert "tiny_pair/acc Δ" in (tmp_path / "board.md").read_text()
 
     # results files without their samples files: the cells stay empty, nothing breaks
+    steered_file = next(f for f in results_files if json.loads(f.read_text())["config"]["model"] == "steered_hf")
     lone = tmp_path / "lone"
     lone.mkdir()
-    shutil.copy(results_files[0], lone / "results_a.json")
-    shutil.copy(results_files[1], lone / "results_b.json")
+    for f in results_files:
+        shutil.copy(f, lone / f"results_{'b' if f == steered_file else 'a'}.json")
     text, _ = write_table(lone, tmp_path / "lone_board")
     assert "Δ" not in text
+    # the steered run's samples without the baseline's: said so, no deltas
+    shutil.copy(samples_files(steered_file, ["tiny_ll"])["tiny_ll"], lone / "samples_tiny_ll_b.jsonl")
+    assert "No Δ columns" in write_table(lone, tmp_path / "lone_board")[0]
     lone_csv = csv.DictReader(io.StringIO((tmp_path / "lone_board.csv").read_text()))
     assert all(r["tiny_ll/ll_delta"] == "" for r in lone_csv)
 
