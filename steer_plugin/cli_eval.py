@@ -141,7 +141,8 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
         type=int,
         default=0,
         metavar="N",
-        help="also evaluate N norm-matched random-direction controls (seeds 0..N-1) at every steered configuration",
+        help="also evaluate N norm-matched random-direction controls (seeds 0..N-1) at every steered configuration "
+        "(default %(default)s; 0 = none)",
     )
     p.add_argument("--apply-chat-template", action="store_true")
     p.add_argument("--num-fewshot", type=int, default=None)
