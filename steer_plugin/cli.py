@@ -73,8 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p, emotion_required=False)
     _add_record_args(p)
     p.add_argument("--stats", default=None, help="reuse a stats file from `steer record`")
-    p.add_argument("--method", default="mean", choices=["mean", "top_k"])
+    p.add_argument(
+        "--method",
+        default="mean",
+        choices=["mean", "top_k", "random"],
+        help="random: a random-direction control with --like V's shape, per-layer norms and sparsity (--seed)",
+    )
     p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--like", default=None, metavar="VECTOR", help="the vector a --method random control copies")
     p.add_argument("--layers", default=None, help="keep only these layers, e.g. 10-20 (0-based)")
     p.add_argument("--scale", type=float, default=None, help="bake a scale into the file (normally use alpha)")
     p.add_argument(
@@ -224,6 +230,8 @@ def cmd_build(args: argparse.Namespace) -> int:
 
     if args.layers:
         parse_layers(args.layers, 1 << 30)  # syntax check before any recording; range checked below
+    if args.method == "random" or args.like:
+        return _build_random(args)
     if args.top_k is not None and args.method != "top_k":
         raise SteerError("--top-k only applies to --method top_k")
     if args.stats:
@@ -255,6 +263,40 @@ def cmd_build(args: argparse.Namespace) -> int:
         f"{f' k={args.top_k}' if args.method == 'top_k' else ''}, counts {vec.metadata['counts']}"
     )
     print("per-layer norm: " + " ".join(f"{n:.3g}" for n in norms))
+    return 0
+
+
+def _build_random(args: argparse.Namespace) -> int:
+    """`steer build --method random --like V --seed S`: a control, no recording."""
+    from steer_plugin.controls import control_path, random_like_file
+    from steer_plugin.errors import SteerError
+    from steer_plugin.layers import parse_layers
+
+    if args.method != "random":
+        raise SteerError(f"--like only applies to --method random (got --method {args.method})")
+    if not args.like:
+        raise SteerError("--method random needs --like VECTOR: the vector whose shape and per-layer norms it copies")
+    given = [
+        flag
+        for flag, value in (("--stats", args.stats), ("--emotion", args.emotion), ("--top-k", args.top_k))
+        if value is not None
+    ]
+    if args.save_stats:
+        given.append("--save-stats")
+    if given:
+        raise SteerError(
+            "--method random records nothing and takes its emotion, method and sparsity from --like; "
+            f"drop {', '.join(given)}"
+        )
+    vec = random_like_file(args.like, args.seed)
+    if args.layers:
+        vec = vec.restrict(parse_layers(args.layers, vec.n_layers))
+    if args.scale is not None:
+        vec = type(vec)(vec.matrix * args.scale, {**vec.metadata, "scale": args.scale}, vec.mask)
+    out = Path(args.out) if args.out else control_path(Path(args.like).parent, args.like, args.seed)
+    vec.save(out)
+    print(f"wrote {out}: random control of {args.like} (seed {args.seed}), {vec.n_layers} layers x {vec.hidden_size}")
+    print("per-layer norm: " + " ".join(f"{n:.3g}" for n in vec.layer_norms()))
     return 0
 
 

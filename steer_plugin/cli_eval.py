@@ -114,7 +114,19 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layers", action="append", default=None, help="layer subset (repeatable for a sweep)")
     p.add_argument("--positions", default="all", help="all, response or both: all,response")
     p.add_argument("--backend", default="nnsight", choices=["nnsight", "hooks"])
-    p.add_argument("--log-samples", action="store_true")
+    p.add_argument(
+        "--log-samples",
+        action="store_true",
+        help="keep the full harness samples (documents, prompts, outputs); per-document scores are always kept",
+    )
+    p.add_argument(
+        "--controls",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also evaluate N norm-matched random-direction controls (seeds 0..N-1) at every steered configuration "
+        "(default %(default)s; 0 = none)",
+    )
     p.add_argument("--apply-chat-template", action="store_true")
     p.add_argument("--num-fewshot", type=int, default=None)
     p.add_argument("--bootstrap-iters", type=int, default=1000)
@@ -138,6 +150,13 @@ def _add_eval_commands(sub: Any) -> None:
     p.add_argument("dir")
     p.add_argument("--out", default=None, help="output prefix (default: DIR/leaderboard)")
     p.add_argument("--sort", default=None, help="sort by a column, e.g. truthfulqa_mc2/acc")
+    p.add_argument(
+        "--resamples",
+        type=int,
+        default=None,
+        help="paired bootstrap resamples for the intervals vs the baseline (default 2000, at least 1000)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the paired bootstrap (default 0)")
     p.set_defaults(func=cmd_table)
 
     p = sub.add_parser("run", help="the main job: build the vector if missing, sweep alphas, print the table")
@@ -158,17 +177,19 @@ def _add_eval_commands(sub: Any) -> None:
     )
     p.add_argument("--out", default=None, help="output folder (default: runs/<model>-<emotion>)")
     _add_eval_args(p)
-    p.set_defaults(func=cmd_run, positions="response")
+    p.set_defaults(func=cmd_run, positions="response", controls=1)
 
 
 def _sweep(args: argparse.Namespace, vectors: list[str], tasks: list[str], out: str) -> list:
     from pathlib import Path
 
+    from steer_plugin.controls import write_controls
     from steer_plugin.lm_model import SteeredHFLM
     from steer_plugin.sweep import SweepOptions, SweepPlan, run_sweep
 
     positions = [p.strip() for p in args.positions.split(",") if p.strip()]
-    plan = SweepPlan.grid(vectors, args.alphas, args.layers or ["all"], positions)
+    controls = write_controls(vectors, args.controls, Path(out) / "controls") if args.controls else None
+    plan = SweepPlan.grid(vectors, args.alphas, args.layers or ["all"], positions, controls=controls)
     # one set of model arguments loads the model here and goes into results.json to reproduce the run
     model_args = {
         **model_options(args).harness_args(),
@@ -211,9 +232,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_table(args: argparse.Namespace) -> int:
+    from steer_plugin.errors import SteerError
+    from steer_plugin.paired import DEFAULT_RESAMPLES
     from steer_plugin.table import write_table
 
-    text, files = write_table(args.dir, args.out, args.sort)
+    resamples = DEFAULT_RESAMPLES if args.resamples is None else args.resamples
+    if resamples < 1000:
+        raise SteerError(f"--resamples must be at least 1000 for a 95% interval, got {resamples}")
+    text, files = write_table(args.dir, args.out, args.sort, resamples=resamples, seed=args.seed)
     print(text)
     for f in files:
         print(f"wrote {f}", file=sys.stderr)

@@ -46,8 +46,16 @@ class SweepPlan:
 
     @classmethod
     def grid(
-        cls, vectors: list[str], alphas: list[float], layer_sets: list[str], positions: list[str], baseline: bool = True
+        cls,
+        vectors: list[str],
+        alphas: list[float],
+        layer_sets: list[str],
+        positions: list[str],
+        baseline: bool = True,
+        controls: dict[str, list[str]] | None = None,
     ) -> SweepPlan:
+        """Every vector x layers x positions x non-zero alpha; ``controls`` maps a vector to its random
+        controls, each evaluated at every configuration of that vector (right after it)."""
         if not vectors:
             raise SteerError("give at least one --vector")
         if not alphas:
@@ -58,7 +66,10 @@ class SweepPlan:
         for v in vectors:
             for layers in layer_sets:
                 for pos in positions:
-                    configs += [SweepConfig(v, float(a), layers, pos) for a in alphas if a != 0]
+                    for a in alphas:
+                        if a != 0:
+                            configs.append(SweepConfig(v, float(a), layers, pos))
+                            configs += [SweepConfig(c, float(a), layers, pos) for c in (controls or {}).get(v, [])]
         return cls(configs)
 
 
@@ -69,7 +80,8 @@ class SweepOptions:
     limit: float | None = None
     classifier: str | None = None
     include_path: str | None = None
-    log_samples: bool = False
+    log_samples: bool = False  # full harness samples rows (documents, prompts, responses)
+    per_doc: bool = True  # compact per-document scores (for paired intervals in `steer table`)
     apply_chat_template: bool = False
     num_fewshot: int | None = None
     gen_kwargs: dict[str, Any] | None = None
@@ -127,6 +139,7 @@ def run_sweep(lm: Any, plan: SweepPlan, options: SweepOptions, progress: bool = 
     from lm_eval.utils import handle_non_serializable
 
     from steer_plugin.atomic import write_text_atomic
+    from steer_plugin.paired import compact_row
 
     options.out_dir.mkdir(parents=True, exist_ok=True)
     todo = [c for c in plan.configs if not (options.out_dir / c.slug() / RESULTS_FILE).exists()]
@@ -157,7 +170,7 @@ def run_sweep(lm: Any, plan: SweepPlan, options: SweepOptions, progress: bool = 
             task_dict=loaded,
             limit=options.limit,
             bootstrap_iters=options.bootstrap_iters,
-            log_samples=options.log_samples,
+            log_samples=options.log_samples or options.per_doc,
             apply_chat_template=options.apply_chat_template,
             fewshot_as_multiturn=False,
             verbosity="WARNING",
@@ -178,6 +191,7 @@ def run_sweep(lm: Any, plan: SweepPlan, options: SweepOptions, progress: bool = 
         folder = options.out_dir / config.slug()
         if samples is not None:
             for task, rows in samples.items():
+                rows = rows if options.log_samples else [compact_row(r) for r in rows]
                 write_text_atomic(
                     folder / f"samples_{task}.jsonl",
                     "".join(json.dumps(r, default=handle_non_serializable, ensure_ascii=False) + "\n" for r in rows),

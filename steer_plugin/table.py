@@ -10,7 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from steer_plugin.controls import is_control
 from steer_plugin.errors import SteerError
+from steer_plugin.paired import DEFAULT_RESAMPLES, Paired, compare_rows, samples_files
 from steer_plugin.plots import new_figure, png_bytes
 from steer_plugin.text_table import format_table
 
@@ -35,6 +37,26 @@ class Row:
     metrics: dict[str, float] = field(default_factory=dict)  # "task/metric" -> value
     stderr: dict[str, float] = field(default_factory=dict)
     source: str = ""
+    samples: dict[str, Path] = field(default_factory=dict)  # task -> per-document samples file
+    limit: Any = None
+    control_of: str | None = None  # a random control: the vector label it controls
+    paired: dict[str, Paired] = field(default_factory=dict)  # "task/metric" -> delta vs the baseline
+
+
+def _vector_label(v: dict[str, Any]) -> tuple[str, str | None]:
+    """``anger (top_k-20)``; a random control: ``anger (top_k-20) [random control 0]`` and its parent."""
+    meta = v.get("metadata") or {}
+
+    def describe(m: dict[str, Any], fallback: str) -> str:
+        method = m.get("method")
+        extra = f" ({method}{'-' + str(m['top_k']) if m.get('top_k') else ''})" if method else ""
+        return f"{m.get('emotion') or fallback}{extra}"
+
+    if is_control(meta):
+        source = meta.get("control_of") or {}
+        parent = describe(source, Path(str(source.get("file") or "random")).stem)
+        return f"{parent} [random control {meta.get('seed', '?')}]", parent
+    return describe(meta, Path(str(v.get("path"))).stem), None
 
 
 def _row_key(config: dict[str, Any]) -> dict[str, Any]:
@@ -46,14 +68,7 @@ def _row_key(config: dict[str, Any]) -> dict[str, Any]:
     alphas = steering.get("alphas") or []
     if not vectors or not any(alphas):
         return {"model": str(model), "vector": "-", "alpha": 0.0, "layers": "-", "positions": "-"}
-    names = []
-    for v in vectors:
-        meta = v.get("metadata") or {}
-        emo = meta.get("emotion") or Path(str(v.get("path"))).stem
-        method = meta.get("method")
-        names.append(
-            f"{emo}" + (f" ({method}{'-' + str(meta['top_k']) if meta.get('top_k') else ''})" if method else "")
-        )
+    names = [_vector_label(v)[0] for v in vectors]
     alpha: Any = alphas[0] if len(set(alphas)) == 1 else ";".join(f"{a:g}" for a in alphas)
     return {
         "model": str(model),
@@ -76,7 +91,12 @@ def load_rows(folder: str | Path) -> list[Row]:
             continue
         if not isinstance(doc, dict) or "results" not in doc or "config" not in doc:
             continue
-        row = Row(_row_key(doc["config"]), source=str(path.relative_to(root)))
+        config = doc["config"]
+        row = Row(_row_key(config), source=str(path.relative_to(root)), limit=config.get("limit"))
+        vectors = (config.get("steering") or {}).get("vectors") or []
+        if len(vectors) == 1 and row.key["vector"] != "-":
+            row.control_of = _vector_label(vectors[0])[1]
+        row.samples = samples_files(path, doc["results"])
         for task, metrics in doc["results"].items():
             for name, value in metrics.items():
                 if name == "alias" or not isinstance(value, (int, float)) or "," not in name:
@@ -115,13 +135,52 @@ def _fmt(row: Row, col: str) -> str:
     return f"{v:.4f}" + (f" ± {e:.4f}" if e is not None and not math.isnan(e) else "")
 
 
+DELTA_SUFFIX = " Δ"
+DELTA_NOTE = (
+    "Δ: difference to the unsteered baseline of the same model, with a 95% paired bootstrap interval over "
+    "documents; * = the interval excludes 0."
+)
+NO_BASELINE_NOTE = (
+    "No Δ columns: per-document samples exist, but no baseline row (unsteered or alpha 0, same model) has "
+    "samples of the same documents."
+)
+PAIRED_CSV = ("_delta", "_ci_low", "_ci_high", "_p")
+
+
+def _paired_note(rows: list[Row]) -> str | None:
+    if any(r.paired for r in rows):
+        return DELTA_NOTE
+    if any(r.samples and r.key["vector"] != "-" for r in rows):
+        return NO_BASELINE_NOTE
+    return None
+
+
+def _shown(rows: list[Row]) -> list[str]:
+    """Headline columns, each followed by its Δ column where some row has one."""
+    out = []
+    for c in columns(rows, True):
+        out.append(c)
+        if any(c in r.paired for r in rows):
+            out.append(c + DELTA_SUFFIX)
+    return out
+
+
+def _cell(row: Row, col: str) -> str:
+    if col.endswith(DELTA_SUFFIX):
+        p = row.paired.get(col.removesuffix(DELTA_SUFFIX))
+        return p.format() if p else ""
+    return _fmt(row, col)
+
+
 def _headline(rows: list[Row], sort: str | None, markdown: bool) -> str:
-    cols = columns(rows, True)
+    cols = _shown(rows)
     body = [
-        [str(r.key[k]) for k in KEY_COLUMNS] + [_fmt(r, c) for c in cols]
+        [str(r.key[k]) for k in KEY_COLUMNS] + [_cell(r, c) for c in cols]
         for r in sorted(rows, key=lambda r: _sort_key(r, sort))
     ]
-    return format_table([*KEY_COLUMNS, *cols], body, markdown=markdown)
+    text = format_table([*KEY_COLUMNS, *cols], body, markdown=markdown)
+    note = _paired_note(rows)
+    return text + (f"\n\n{note}" if note else "")
 
 
 def to_markdown(rows: list[Row], sort: str | None = None) -> str:
@@ -132,14 +191,21 @@ def to_csv(rows: list[Row], sort: str | None = None) -> str:
     cols = columns(rows, False)
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(list(KEY_COLUMNS) + [x for c in cols for x in (c, c + "_stderr")] + ["source"])
+    w.writerow(
+        list(KEY_COLUMNS) + [x for c in cols for x in (c, c + "_stderr", *(c + s for s in PAIRED_CSV))] + ["source"]
+    )
     for r in sorted(rows, key=lambda r: _sort_key(r, sort)):
         w.writerow(
             [r.key[k] for k in KEY_COLUMNS]
-            + [x for c in cols for x in (r.metrics.get(c, ""), r.stderr.get(c, ""))]
+            + [x for c in cols for x in (r.metrics.get(c, ""), r.stderr.get(c, ""), *_paired_cells(r, c))]
             + [r.source]
         )
     return buf.getvalue()
+
+
+def _paired_cells(row: Row, col: str) -> tuple[Any, ...]:
+    p = row.paired.get(col)
+    return ("", "", "", "") if p is None else (p.delta, p.ci_low, p.ci_high, p.p)
 
 
 def to_console(rows: list[Row], sort: str | None = None) -> str:
@@ -150,12 +216,11 @@ def _series(rows: list[Row], metric: str) -> dict[str, list[tuple[float, float]]
     """Per (model, vector, layers, positions): sorted (alpha, value); the baseline joins every series."""
     baselines = {r.key["model"]: r.metrics.get(metric) for r in rows if r.key["vector"] == "-"}
     out: dict[str, list[tuple[float, float]]] = {}
-    for r in rows:
+    for r in sorted(rows, key=lambda r: _sort_key(r, None)):  # legend order: a vector, then its controls
         k = r.key
         if k["vector"] == "-" or metric not in r.metrics or not isinstance(k["alpha"], (int, float)):
             continue
-        label = f"{k['vector']} L={k['layers']} {k['positions']}"
-        out.setdefault(label, []).append((float(k["alpha"]), r.metrics[metric]))
+        out.setdefault(_series_label(k), []).append((float(k["alpha"]), r.metrics[metric]))
     for pts in out.values():
         base = next(iter(baselines.values()), None) if len(baselines) == 1 else None
         if base is not None and all(a != 0 for a, _ in pts):
@@ -164,12 +229,38 @@ def _series(rows: list[Row], metric: str) -> dict[str, list[tuple[float, float]]
     return out
 
 
+def _series_label(key: dict[str, Any]) -> str:
+    return f"{key['vector']} L={key['layers']} {key['positions']}"
+
+
+def _styles(rows: list[Row]) -> dict[str, dict[str, Any]]:
+    """Line style per series: a random control is dashed, in the colour of the vector it controls."""
+    parents: dict[str, str] = {}
+    for r in sorted(rows, key=lambda r: _sort_key(r, None)):
+        if r.key["vector"] != "-":
+            label = _series_label(r.key)
+            parents[label] = _series_label({**r.key, "vector": r.control_of}) if r.control_of else label
+    colours: dict[str, str] = {}
+    for parent in parents.values():
+        colours.setdefault(parent, f"C{len(colours) % 10}")
+    styles = {}
+    for label, parent in parents.items():
+        control = label != parent
+        styles[label] = {
+            "color": colours[parent],
+            "linestyle": "--" if control else "-",
+            "marker": "x" if control else "o",
+        }
+    return styles
+
+
 def plot_metric_vs_alpha(rows: list[Row], metrics: list[str]) -> bytes:
     fig = new_figure(5 * len(metrics), 4)
+    styles = _styles(rows)
     for i, metric in enumerate(metrics):
         ax = fig.add_subplot(1, len(metrics), i + 1)
         for label, pts in _series(rows, metric).items():
-            ax.plot([a for a, _ in pts], [v for _, v in pts], marker="o", label=label)
+            ax.plot([a for a, _ in pts], [v for _, v in pts], label=label, **styles.get(label, {"marker": "o"}))
         ax.set_xlabel("alpha")
         ax.set_title(metric)
         ax.grid(alpha=0.3)
@@ -182,10 +273,11 @@ def plot_tradeoff(rows: list[Row], x_metric: str, y_metric: str) -> bytes:
     fig = new_figure(6, 5)
     ax = fig.add_subplot(1, 1, 1)
     xs, ys = _series(rows, x_metric), _series(rows, y_metric)
+    styles = _styles(rows)
     for label in xs:
         ya = dict(ys.get(label, []))
         pts = [(a, x, ya[a]) for a, x in xs[label] if a in ya]
-        ax.plot([p[1] for p in pts], [p[2] for p in pts], marker="o", label=label)
+        ax.plot([p[1] for p in pts], [p[2] for p in pts], label=label, **styles.get(label, {"marker": "o"}))
         for a, x, y in pts:
             ax.annotate(f"{a:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
     ax.set_xlabel(x_metric)
@@ -197,12 +289,18 @@ def plot_tradeoff(rows: list[Row], x_metric: str, y_metric: str) -> bytes:
 
 
 def write_table(
-    folder: str | Path, prefix: str | Path | None = None, sort: str | None = None
+    folder: str | Path,
+    prefix: str | Path | None = None,
+    sort: str | None = None,
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
 ) -> tuple[str, list[Path]]:
-    """Console table plus ``PREFIX.md``, ``PREFIX.csv`` and the plots; returns (console text, files)."""
+    """Console table plus ``PREFIX.md``, ``PREFIX.csv`` and the plots; returns (console text, files).
+    Rows with per-document samples get Δ vs the baseline (``resamples`` paired bootstrap draws, ``seed``)."""
     from steer_plugin.atomic import atomic_path, write_text_atomic
 
     rows = load_rows(folder)
+    compare_rows(rows, resamples, seed)
     prefix = Path(prefix) if prefix else Path(folder) / "leaderboard"
     files = [prefix.with_suffix(".md"), prefix.with_suffix(".csv")]
     write_text_atomic(files[0], to_markdown(rows, sort))

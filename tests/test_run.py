@@ -44,10 +44,14 @@ def test_run_builds_sweeps_and_tables(tmp_path, tiny_llama_dir, monkeypatch, cap
     out = capsys.readouterr().out
     assert "target_rate" in out
     board = (tmp_path / "run" / "leaderboard.md").read_text()
-    assert board.count("\n") == 4  # header, separator, baseline, alpha 2
+    table = board.split("\n\n")[0].splitlines()
+    assert len(table) == 5  # header, separator, baseline, alpha 2, its random control (--controls 1 by default)
+    assert "| anger (top_k-4) [random control 0] | 2.0 |" in table[4]
+    assert "steer_emotion_anger/target_prob Δ" in table[0]  # per-document scores kept: deltas vs the baseline
     results = sorted((tmp_path / "run").glob("*/results.json"))
-    assert len(results) == 2
-    steered = [json.loads(p.read_text()) for p in results if "baseline" not in str(p)][0]
+    assert len(results) == 3
+    assert (tmp_path / "run" / "controls" / "anger-top_k-4-random-0.safetensors").exists()
+    steered = [json.loads(p.read_text()) for p in results if "baseline" not in str(p) and "random" not in str(p)][0]
     assert steered["config"]["steering"]["positions"] == "response"
     assert "steer_emotion_anger" in steered["results"]
     if shared_or_none:

@@ -152,3 +152,69 @@ def test_reproduce_string_rebuilds_the_same_run(task_dir, vector_file, tiny_llam
     assert ours.keys() == theirs.keys() and len(ours) == len(DOCS)
     for doc_id, lls in ours.items():
         assert lls == pytest.approx(theirs[doc_id], abs=1e-5)
+
+
+def test_grid_puts_controls_beside_their_vector():
+    controls = {"a.safetensors": ["c/a-random-0.safetensors", "c/a-random-1.safetensors"]}
+    plan = SweepPlan.grid(["a.safetensors", "b.safetensors"], [0, 1, 2], ["all"], ["response"], controls=controls)
+    vectors = [(c.vector, c.alpha) for c in plan.configs]
+    assert vectors == [
+        (None, 0.0),
+        ("a.safetensors", 1.0),
+        ("c/a-random-0.safetensors", 1.0),
+        ("c/a-random-1.safetensors", 1.0),
+        ("a.safetensors", 2.0),
+        ("c/a-random-0.safetensors", 2.0),
+        ("c/a-random-1.safetensors", 2.0),
+        ("b.safetensors", 1.0),
+        ("b.safetensors", 2.0),
+    ]
+    assert all(c.positions == "response" for c in plan.configs[1:])
+    assert len({c.slug() for c in plan.configs}) == len(plan.configs)
+
+
+def test_sweep_with_controls_keeps_per_document_scores_and_tables_them(
+    lm, task_dir, vector_file, tiny_llama_dir, tmp_path
+):
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    from steer_plugin.controls import random_like_file, write_controls
+    from steer_plugin.table import load_rows, write_table
+
+    out = tmp_path / "sweep"
+    controls = write_controls([vector_file], 1, out / "controls")
+    plan = SweepPlan.grid([vector_file], [0, 2.0], ["all"], ["all"], controls=controls)
+    options = SweepOptions(
+        tasks=["tiny_mc"], out_dir=out, include_path=task_dir, model_args={"pretrained": tiny_llama_dir}
+    )
+    files = run_sweep(lm, plan, options, progress=False)
+    assert len(files) == 3
+    control = json.loads(files[2].read_text())["config"]
+    assert control["steering"]["vectors"][0]["path"] == controls[vector_file][0]
+    assert control["steering"]["vectors"][0]["metadata"]["method"] == "random"
+    assert torch.equal(SteeringVector.load(controls[vector_file][0]).matrix, random_like_file(vector_file, 0).matrix)
+
+    # per-document scores are kept without --log-samples, compact: keys and metric values only
+    rows = [json.loads(line) for line in (files[1].parent / "samples_tiny_mc.jsonl").read_text().splitlines()]
+    assert len(rows) == len(DOCS)
+    assert set(rows[0]) == {"doc_id", "doc_hash", "prompt_hash", "target_hash", "filter", "metrics", "acc", "acc_norm"}
+
+    # the control's recorded model_args reproduce it with the stock harness
+    ref = lm_eval.simple_evaluate(
+        model="steered_hf",
+        model_args=control["model_args"] + ",device=cpu,batch_size=2",
+        tasks=["tiny_mc"],
+        task_manager=TaskManager(include_path=task_dir),
+        verbosity="ERROR",
+        bootstrap_iters=0,
+    )
+    want = {k: v for k, v in ref["results"]["tiny_mc"].items() if k in ("acc,none", "acc_norm,none")}
+    assert _acc(files[2]) == want
+
+    text, written = write_table(out)
+    labels = {r.key["vector"] for r in load_rows(out)}
+    assert labels == {"-", "anger (mean)", "anger (mean) [random control 0]"}
+    assert "anger (mean) [random control 0]" in text and "tiny_mc/acc Δ" in text
+    assert "tiny_mc/acc_delta" in (out / "leaderboard.csv").read_text()
+    assert any(f.name == "leaderboard_vs_alpha.png" for f in written)

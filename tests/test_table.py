@@ -90,3 +90,37 @@ def test_empty_or_missing_folder_is_a_clear_error(tmp_path):
         load_rows(tmp_path)
     with pytest.raises(SteerError, match="not found"):
         load_rows(tmp_path / "nope")
+
+
+def test_control_rows_are_labelled_and_drawn_dashed_in_their_vectors_colour(folder):
+    from steer_plugin.table import _series_label, _styles
+
+    doc = _result(1.0, 0.38, 0.1)
+    doc["config"]["steering"]["vectors"][0] = {
+        "path": "controls/v-random-0.safetensors",
+        "sha256": "y",
+        "metadata": {
+            "emotion": "anger",
+            "method": "random",
+            "top_k": 20,
+            "seed": 0,
+            "control_of": {"emotion": "anger", "method": "top_k", "top_k": 20, "sha256": "x"},
+        },
+    }
+    (folder / "ctl").mkdir()
+    (folder / "ctl" / "results.json").write_text(json.dumps(doc))
+    rows = load_rows(folder)
+    control = next(r for r in rows if "random" in r.key["vector"])
+    assert control.key["vector"] == "anger (top_k-20) [random control 0]"
+    assert control.control_of == "anger (top_k-20)"
+    vector = next(r for r in rows if r.key["vector"] == "anger (top_k-20)")
+    styles = _styles(rows)
+    mine, parent = styles[_series_label(control.key)], styles[_series_label(vector.key)]
+    assert (mine["linestyle"], parent["linestyle"]) == ("--", "-")
+    assert mine["color"] == parent["color"]
+    md = to_markdown(rows).splitlines()
+    assert md.index(next(x for x in md if "[random control 0]" in x)) > md.index(
+        next(x for x in md if "| anger (top_k-20) | 1.0" in x)
+    )  # beside (after) the vector it controls
+    assert "Δ" not in "".join(md)  # no per-document samples here: no delta columns
+    assert "truthfulqa_mc2/acc_delta" in to_csv(rows).splitlines()[0]
