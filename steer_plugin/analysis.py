@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from steer_plugin.errors import SteerError
+from steer_plugin.terminal import printable
 
 if TYPE_CHECKING:  # pragma: no cover
     from steer_plugin.stats import HiddenStateStats
@@ -384,7 +385,7 @@ def format_layer_table(result: AnalysisResult, max_rows: int | None = None) -> s
         return mark + "  ".join(c.rjust(w) for c, w in zip(cells, widths))
 
     out = [
-        f"{result.title()}  (n_target={result.n_target}, n_baseline={result.n_baseline})",
+        f"{printable(result.title())}  (n_target={result.n_target}, n_baseline={result.n_baseline})",
         line(headers),
         line(["-" * w for w in widths]),
     ]

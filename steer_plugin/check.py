@@ -18,6 +18,7 @@ from steer_plugin.layers import parse_layers
 from steer_plugin.models import resolve_module
 from steer_plugin.prompts import pad_batch, pad_id
 from steer_plugin.steering import Steerer, make_plan
+from steer_plugin.terminal import printable
 from steer_plugin.vector import SteeringVector
 
 FINAL_NORMS = ("norm", "final_layernorm", "ln_f", "final_layer_norm", "decoder.final_layer_norm")
@@ -148,7 +149,7 @@ def format_report(report: CheckReport) -> str:
         return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
     lines = [
-        f"steer check: {report.model}  alpha={report.alpha:g}",
+        f"steer check: {printable(report.model)}  alpha={report.alpha:g}",
         "",
         " layer   |row|   cos(change, alpha*row)   |change|/|alpha*row|   KL next token   ok",
         " -----  ------  -----------------------  ----------------------  -------------  ---",

@@ -12,10 +12,15 @@ DEFAULT_PROMPTS = ["Tell me about yourself.", "Write a short story about a boy a
 
 
 def _floats(text: str) -> list[float]:
+    import math
+
     try:
-        return [float(x) for x in text.replace(";", ",").split(",") if x.strip()]
+        values = [float(x) for x in text.replace(";", ",").split(",") if x.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"expected finite numbers, got {text!r}")
+    return values
 
 
 def add_commands(sub: Any, add_model_args: Callable[..., None]) -> None:
@@ -64,8 +69,12 @@ def _load(args: argparse.Namespace):
 
 def cmd_check(args: argparse.Namespace) -> int:
     from steer_plugin.check import format_report, run_check
+    from steer_plugin.layers import layer_ranges
+    from steer_plugin.steering import finite_alpha
     from steer_plugin.vector import SteeringVector
 
+    finite_alpha(args.alpha, "--alpha")
+    layer_ranges(args.layers)  # syntax, before the model loads
     vec = SteeringVector.load(args.vector)
     loaded = _load(args)
     report = run_check(
@@ -85,9 +94,15 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     from steer_plugin.atomic import write_text_atomic
     from steer_plugin.generate import GenerationSettings, format_run, generate_side_by_side
+    from steer_plugin.layers import layer_ranges
     from steer_plugin.steering import Steerer
     from steer_plugin.vector import SteeringVector
 
+    if args.json_out:
+        from steer_plugin.outputs import check_output_file
+
+        check_output_file(args.json_out, "--json-out")
+    layer_ranges(args.layers)  # syntax, before the model loads
     vec = SteeringVector.load(args.vector)
     loaded = _load(args)
     settings = GenerationSettings(
@@ -140,6 +155,11 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="score multiple-choice requests with HFLM's own loop (bit-identical to `hf` at alpha 0)",
     )
+    p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="discard the results already in --out (needed when they come from another sweep)",
+    )
 
 
 def add_eval_commands(sub: Any, add_model_args: Callable[..., None]) -> None:
@@ -182,14 +202,11 @@ def _parse_batch_size(text: str) -> Any:
     return text if text == "auto" else int(text)
 
 
-def _sweep(args: argparse.Namespace, vectors: list[str], tasks: list[str], out: str) -> list:
+def _sweep_options(args: argparse.Namespace, tasks: list[str], out: str):
     from pathlib import Path
 
-    from steer_plugin.lm_model import SteeredHFLM
-    from steer_plugin.sweep import SweepOptions, SweepPlan, run_sweep
+    from steer_plugin.sweep import SweepOptions
 
-    positions = [p.strip() for p in args.positions.split(",") if p.strip()]
-    plan = SweepPlan.grid(vectors, args.alphas, args.layers or ["all"], positions)
     model_args = {
         "pretrained": args.model,
         "dtype": args.dtype,
@@ -197,7 +214,9 @@ def _sweep(args: argparse.Namespace, vectors: list[str], tasks: list[str], out: 
         "batch_size": args.batch_size,
         "prefix_reuse": not args.no_prefix_reuse,
     }
-    options = SweepOptions(
+    if args.revision:
+        model_args["revision"] = args.revision
+    return SweepOptions(
         tasks=tasks,
         out_dir=Path(out),
         limit=args.limit,
@@ -208,7 +227,39 @@ def _sweep(args: argparse.Namespace, vectors: list[str], tasks: list[str], out: 
         num_fewshot=args.num_fewshot,
         bootstrap_iters=args.bootstrap_iters,
         model_args=model_args,
+        fresh=args.fresh,
     )
+
+
+def _check_sweep_args(args: argparse.Namespace, out: str) -> None:
+    """Everything that can be checked without a model: layer specs, positions, output paths."""
+    from pathlib import Path
+
+    from steer_plugin.errors import SteerError
+    from steer_plugin.layers import layer_ranges
+    from steer_plugin.outputs import check_output_dir
+    from steer_plugin.steering import POSITIONS
+    from steer_plugin.table import check_table_outputs
+
+    for spec in args.layers or ["all"]:
+        layer_ranges(spec)
+    for p in (p.strip() for p in args.positions.split(",")):
+        if p and p not in POSITIONS:
+            raise SteerError(f"unknown positions {p!r}; use one of {', '.join(POSITIONS)}")
+    check_output_dir(out)
+    check_table_outputs(Path(out) / "leaderboard")
+
+
+def _sweep(args: argparse.Namespace, vectors: list[str], tasks: list[str], out: str) -> list:
+    from steer_plugin.lm_model import SteeredHFLM
+    from steer_plugin.sweep import SweepPlan, run_sweep
+    from steer_plugin.sweep_folder import open_sweep_folder
+
+    _check_sweep_args(args, out)
+    positions = [p.strip() for p in args.positions.split(",") if p.strip()]
+    plan = SweepPlan.grid(vectors, args.alphas, args.layers or ["all"], positions)
+    options = _sweep_options(args, tasks, out)
+    folder = open_sweep_folder(plan, options)  # refuses another sweep's folder before the model loads
     kwargs: dict[str, Any] = {
         "dtype": args.dtype,
         "batch_size": _parse_batch_size(args.batch_size),
@@ -224,7 +275,7 @@ def _sweep(args: argparse.Namespace, vectors: list[str], tasks: list[str], out: 
     if args.device_map:
         kwargs["parallelize"] = True
     lm = SteeredHFLM(pretrained=args.model, blocks=args.blocks, **kwargs)
-    return run_sweep(lm, plan, options)
+    return run_sweep(lm, plan, options, folder=folder)
 
 
 def _tasks(args: argparse.Namespace) -> list[str]:
@@ -247,7 +298,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_table(args: argparse.Namespace) -> int:
-    from steer_plugin.table import write_table
+    from steer_plugin.table import write_table  # checks its output files before reading anything
 
     text, files = write_table(args.dir, args.out, args.sort)
     print(text)
@@ -267,8 +318,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     emotion = canonical_target(args.emotion)
     vector = Path(args.vector) if args.vector else default_vector_path(args.model, emotion, args.method, args.top_k)
-    if not vector.exists():
-        _build_for_run(args, emotion, vector)
     tq_dir = args.truthfulqa_dir or os.environ.get("STEER_TRUTHFULQA_DIR")
     if args.tasks:
         tasks = _tasks(args)
@@ -278,6 +327,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     if tq_dir:
         os.environ["STEER_TRUTHFULQA_DIR"] = str(Path(tq_dir).resolve())
     out = args.out or str(Path("runs") / f"{model_slug(args.model)}-{emotion.replace(':', '_')}")
+    if not vector.exists():
+        # before building (minutes): the vector's path, the sweep folder and that it holds this sweep
+        from steer_plugin.outputs import check_output_file
+        from steer_plugin.sweep_folder import check_same_sweep, sweep_settings
+
+        check_output_file(vector, "--vector" if args.vector else "vector path")
+        _check_sweep_args(args, out)
+        if not args.fresh:
+            check_same_sweep(Path(out), sweep_settings(_sweep_options(args, tasks, out)))
+        _build_for_run(args, emotion, vector)
     _sweep(args, [str(vector)], tasks, out)
     text, files = write_table(out)
     print(text)

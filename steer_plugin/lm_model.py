@@ -11,6 +11,7 @@ one KV cache of it, see ``prefix_reuse.py``; ``false`` is HFLM's own loop, bit f
 from __future__ import annotations
 
 import logging
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from lm_eval.models.utils import Collator
 from lm_eval.models.utils_hf import pad_and_concat, stop_sequences_criteria
 
 from steer_plugin.errors import SteerError
-from steer_plugin.layers import format_layers, parse_layers
+from steer_plugin.layers import format_layers, layer_ranges, parse_layers
 from steer_plugin.prefix_reuse import (
     ReuseUnsupported,
     Scorer,
@@ -35,7 +36,8 @@ from steer_plugin.prefix_reuse import (
     reuse_blocker,
     score_groups,
 )
-from steer_plugin.steering import BACKENDS, POSITIONS, Steerer, SteeringPlan, make_plan
+from steer_plugin.steering import BACKENDS, NON_FINITE, POSITIONS, Steerer, SteeringPlan, finite_alpha, make_plan
+from steer_plugin.terminal import printable
 from steer_plugin.vector import SteeringVector, file_sha256
 
 log = logging.getLogger(__name__)
@@ -59,6 +61,13 @@ def _parse_bool(value: Any, name: str) -> bool:
     if text in ("false", "0", "no", "off"):
         return False
     raise SteerError(f"{name} must be true or false, got {value!r}")
+
+
+def _parse_alphas(alpha: Any) -> list[float]:
+    """``alpha`` (one number, or one per vector joined by ``;``) as finite floats, or an error naming it."""
+    if isinstance(alpha, (int, float)) and not isinstance(alpha, bool):
+        return [finite_alpha(alpha)]
+    return [finite_alpha(a) for a in _split(alpha)] or [1.0]
 
 
 def _repair_layer_args(layers: Any, kwargs: dict[str, Any]) -> Any:
@@ -93,7 +102,12 @@ class SteeredHFLM(HFLM):
             raise SteerError(f"unknown positions {positions!r}; use one of {', '.join(POSITIONS)}")
         if backend not in BACKENDS:
             raise SteerError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
-        vectors = [self._load_vector(p) for p in _split(vector)]  # fail fast, before loading the model
+        # every steering argument is checked before the model loads (minutes for a big one)
+        alphas = _parse_alphas(alpha)
+        layer_ranges(None if layers is None else str(layers))  # syntax; the range needs the model
+        vectors = [self._load_vector(p) for p in _split(vector)]
+        if vectors and len(alphas) not in (1, len(vectors)):
+            raise SteerError(f"got {len(vectors)} vectors but {len(alphas)} alphas; give one alpha or one per vector")
         super().__init__(pretrained=pretrained, **kwargs)
         self._blocks = blocks
         self._rolling = False
@@ -154,7 +168,7 @@ class SteeredHFLM(HFLM):
 
     def _make_plan(self, vector: Any, alpha: Any, layers: Any) -> tuple[list, list[float], list[int], SteeringPlan]:
         vectors = [self._load_vector(v) for v in (vector if isinstance(vector, list) else _split(vector))]
-        alphas = [float(a) for a in (_split(alpha) or [1.0])] if not isinstance(alpha, (int, float)) else [float(alpha)]
+        alphas = _parse_alphas(alpha)
         chosen = parse_layers(None if layers is None else str(layers), len(self.steerer.blocks))
         plan = make_plan(vectors, alphas, self.model, self.steerer.block_path, chosen) if vectors else SteeringPlan()
         return vectors, alphas, chosen, plan
@@ -183,9 +197,9 @@ class SteeredHFLM(HFLM):
                 same = v.metadata.get("config_hash") == here["config_hash"]
                 log.warning(
                     "steering vector %s was built on %s, but the model is %s%s",
-                    v.metadata.get("source_path"),
-                    built_on,
-                    here["model"],
+                    printable(v.metadata.get("source_path")),
+                    printable(built_on),
+                    printable(here["model"]),
                     " (same architecture config)" if same else " (different config)",
                 )
 
@@ -218,11 +232,18 @@ class SteeredHFLM(HFLM):
     def _loglikelihood_tokens(self, requests: Any, disable_tqdm: bool = False, override_bs: Any = None) -> Any:
         if self.reuse_active and not self._rolling and override_bs is None:
             try:
-                return self._loglikelihood_reuse(requests, disable_tqdm)
+                return self._finite(self._loglikelihood_reuse(requests, disable_tqdm))
             except ReuseUnsupported as e:  # found out while running: never return answers from a broken cache
                 log.warning("prefix reuse switched off for this model (%s); scoring on the plain path", e)
                 self.reuse_blocker, self._ahead = str(e), {}
-        return self._loglikelihood_plain(requests, disable_tqdm, override_bs)
+        return self._finite(self._loglikelihood_plain(requests, disable_tqdm, override_bs))
+
+    def _finite(self, answers: list) -> list:
+        """A steered score that is nan/inf comes from an overflowed residual stream: fail, never score it.
+        (log_softmax of finite logits is finite, so this checks the logits the answers came from.)"""
+        if self.plan.active and not all(math.isfinite(a[0]) for a in answers):
+            raise SteerError(NON_FINITE)
+        return answers
 
     def _loglikelihood_plain(self, requests: Any, disable_tqdm: bool = False, override_bs: Any = None) -> Any:
         harness = not self.plan.active or self.positions == "all" or self._rolling or self.backend != "causal"

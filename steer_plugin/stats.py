@@ -114,6 +114,10 @@ class HiddenStateStats:
         tensors, meta = read_safetensors(path, expected_format=STATS_FORMAT, what="stats file")
         classes: dict[str, ClassStats] = {}
         names = sorted({k.rsplit("/", 1)[0] for k in tensors})
+        odd = [k for k, t in tensors.items() if not k.endswith("/count") and not t.is_floating_point()]
+        if odd:  # means and M2 are float64 by construction; an int tensor is a wrong file, not a cast
+            kind = str(tensors[odd[0]].dtype).removeprefix("torch.")
+            raise SteerError(f"{path}: corrupt stats file (tensor {odd[0]!r} is {kind}, expected floats)")
         try:
             for name in names:
                 classes[name] = ClassStats(

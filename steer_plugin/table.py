@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from steer_plugin.errors import SteerError
+from steer_plugin.terminal import printable
 
 KEY_COLUMNS = ("model", "vector", "alpha", "layers", "positions")
 # shown in the console/Markdown table; the CSV has every metric
@@ -62,19 +63,74 @@ def _row_key(config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def results_shape_problem(doc: Any) -> str | None:
+    """Why ``doc`` is not a harness results document we can tabulate (None: it is one)."""
+    if not isinstance(doc, dict) or "results" not in doc or "config" not in doc:
+        return "not harness results (no 'results' and 'config')"
+    results, config = doc["results"], doc["config"]
+    if not isinstance(results, dict) or not all(isinstance(m, dict) for m in results.values()):
+        return "'results' is not an object of task -> metrics objects"
+    if not isinstance(config, dict):
+        return "'config' is not an object"
+    if not isinstance(config.get("model_args"), (str, dict, type(None))):
+        return "'config.model_args' is neither a string nor an object"
+    steering = config.get("steering")
+    if steering is None:
+        return None
+    if not isinstance(steering, dict):
+        return "'config.steering' is not an object"
+    vectors, alphas = steering.get("vectors") or [], steering.get("alphas") or []
+    if not isinstance(vectors, list) or not all(
+        isinstance(v, dict) and isinstance(v.get("metadata") or {}, dict) for v in vectors
+    ):
+        return "'config.steering.vectors' is not a list of objects"
+    if not isinstance(alphas, list) or not all(_number(a) for a in alphas):
+        return "'config.steering.alphas' is not a list of numbers"
+    return None
+
+
+def _skip(path: Path, reason: str) -> None:
+    """Files the table leaves out are named on stderr: a row must never vanish silently."""
+    import sys
+
+    print(f"steer table: skipped {printable(path)}: {reason}", file=sys.stderr)
+
+
+def _is_sweep_plan(path: Path, doc: Any) -> bool:
+    from steer_plugin.sweep_folder import SWEEP_FILE, SWEEP_FORMAT
+
+    return path.name == SWEEP_FILE and isinstance(doc, dict) and doc.get("format") == SWEEP_FORMAT
+
+
 def load_rows(folder: str | Path) -> list[Row]:
     root = Path(folder)
     if not root.exists():
         raise SteerError(f"results folder not found: {root}")
     rows: list[Row] = []
+    skipped = 0
     for path in sorted(root.rglob("*.json")):
+        if not path.is_file():
+            continue
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+            _skip(path, f"not readable JSON ({type(e).__name__})")
+            skipped += 1
             continue
-        if not isinstance(doc, dict) or "results" not in doc or "config" not in doc:
+        if _is_sweep_plan(path, doc):  # the sweep's own plan, not results
             continue
-        row = Row(_row_key(doc["config"]), source=str(path.relative_to(root)))
+        problem = results_shape_problem(doc)
+        if problem:
+            _skip(path, problem)
+            skipped += 1
+            continue
+        # every string shown later comes from the file: control characters escaped once, here
+        key = {k: printable(v) if isinstance(v, str) else v for k, v in _row_key(doc["config"]).items()}
+        row = Row(key, source=printable(path.relative_to(root)))
         for task, metrics in doc["results"].items():
             for name, value in metrics.items():
                 if name == "alias" or not isinstance(value, (int, float)) or "," not in name:
@@ -82,11 +138,12 @@ def load_rows(folder: str | Path) -> list[Row]:
                 metric, filt = name.split(",", 1)
                 target = row.stderr if metric.endswith("_stderr") else row.metrics
                 metric = metric.removesuffix("_stderr")
-                label = f"{task}/{metric}" + ("" if filt == "none" else f"[{filt}]")
+                label = printable(f"{task}/{metric}" + ("" if filt == "none" else f"[{filt}]"))
                 target[label] = float(value)
         rows.append(row)
     if not rows:
-        raise SteerError(f"no harness results JSON under {root}")
+        extra = f" ({skipped} JSON file(s) skipped, see above)" if skipped else ""
+        raise SteerError(f"no harness results JSON under {root}{extra}")
     return rows
 
 
@@ -210,14 +267,34 @@ def plot_tradeoff(rows: list[Row], x_metric: str, y_metric: str) -> bytes:
     return buf.getvalue()
 
 
+def table_outputs(prefix: str | Path) -> list[Path]:
+    """Every file ``write_table`` may write for ``prefix``."""
+    prefix = Path(prefix)
+    return [
+        prefix.with_suffix(".md"),
+        prefix.with_suffix(".csv"),
+        Path(f"{prefix}_vs_alpha.png"),
+        Path(f"{prefix}_tradeoff.png"),
+    ]
+
+
+def check_table_outputs(prefix: str | Path) -> None:
+    """Before any work (a sweep runs for hours before its table): the table's files must be writable."""
+    from steer_plugin.outputs import check_output_file
+
+    for path in table_outputs(prefix):
+        check_output_file(path)
+
+
 def write_table(
     folder: str | Path, prefix: str | Path | None = None, sort: str | None = None
 ) -> tuple[str, list[Path]]:
     """Console table plus ``PREFIX.md``, ``PREFIX.csv`` and the plots; returns (console text, files)."""
     from steer_plugin.atomic import atomic_path, write_text_atomic
 
-    rows = load_rows(folder)
     prefix = Path(prefix) if prefix else Path(folder) / "leaderboard"
+    check_table_outputs(prefix)
+    rows = load_rows(folder)
     files = [prefix.with_suffix(".md"), prefix.with_suffix(".csv")]
     write_text_atomic(files[0], to_markdown(rows, sort))
     write_text_atomic(files[1], to_csv(rows, sort))

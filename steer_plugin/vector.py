@@ -30,6 +30,8 @@ class SteeringVector:
     def __post_init__(self) -> None:
         if self.matrix.ndim != 2:
             raise SteerError(f"a steering vector is a [n_layers, hidden] matrix, got shape {tuple(self.matrix.shape)}")
+        if not self.matrix.is_floating_point():  # an int/bool matrix is not a direction; never cast it silently
+            raise SteerError(f"a steering vector holds floats, got {str(self.matrix.dtype).removeprefix('torch.')}")
         self.matrix = self.matrix.detach().to("cpu", torch.float32).contiguous()
         if self.mask is not None:
             self.mask = self.mask.to("cpu", torch.bool).contiguous()
@@ -102,6 +104,9 @@ class SteeringVector:
             raise SteerError(f"{p}: corrupt steering vector metadata") from None
         if not isinstance(meta, dict):
             raise SteerError(f"{p}: corrupt steering vector metadata (not a JSON object)")
+        if not tensors["vector"].is_floating_point():
+            kind = str(tensors["vector"].dtype).removeprefix("torch.")
+            raise SteerError(f"{p}: not a steering vector (tensor 'vector' is {kind}; a steering vector holds floats)")
         if tensors["vector"].ndim != 2:
             raise SteerError(f"{p}: corrupt steering vector (shape {tuple(tensors['vector'].shape)}, not 2-D)")
         mask = tensors.get("mask")
