@@ -137,7 +137,8 @@ class AnalysisResult:
 
     def title(self) -> str:
         base = f"{self.target} vs {self.baseline}"
-        return f"{self.model}: {base}" if self.model else base
+        # names come from the stats file: shown escaped in the console and the plots
+        return printable(f"{self.model}: {base}" if self.model else base)
 
 
 # ----------------------------------------------------------------------------- computation
@@ -385,7 +386,7 @@ def format_layer_table(result: AnalysisResult, max_rows: int | None = None) -> s
         return mark + "  ".join(c.rjust(w) for c, w in zip(cells, widths))
 
     out = [
-        f"{printable(result.title())}  (n_target={result.n_target}, n_baseline={result.n_baseline})",
+        f"{result.title()}  (n_target={result.n_target}, n_baseline={result.n_baseline})",
         line(headers),
         line(["-" * w for w in widths]),
     ]

@@ -338,7 +338,7 @@ def _check_build_outputs(args: argparse.Namespace) -> None:
     if args.out:
         check_output_file(args.out)
     elif args.emotion and not args.stats:  # with --stats the default path depends on the file's metadata
-        check_output_file(default_vector_path(args.model, args.emotion, args.method, args.top_k))
+        check_output_file(default_vector_path(args.model, args.emotion, args.method, args.top_k), "--out (default)")
     if args.save_stats:
         check_output_file(args.save_stats, "--save-stats")
 
