@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from steer_plugin.errors import SteerError
+from steer_plugin.terminal import printable
 from steer_plugin.text_table import format_table
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -137,7 +138,8 @@ class AnalysisResult:
 
     def title(self) -> str:
         base = f"{self.target} vs {self.baseline}"
-        return f"{self.model}: {base}" if self.model else base
+        # names come from the stats file: shown escaped in the console and the plots
+        return printable(f"{self.model}: {base}" if self.model else base)
 
 
 # ----------------------------------------------------------------------------- computation

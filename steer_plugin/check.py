@@ -18,6 +18,7 @@ from steer_plugin.layers import parse_layers
 from steer_plugin.models import resolve_module
 from steer_plugin.prompts import pad_batch, pad_id
 from steer_plugin.steering import Steerer, make_plan
+from steer_plugin.terminal import printable
 from steer_plugin.text_table import format_table
 from steer_plugin.vector import SteeringVector
 
@@ -157,7 +158,7 @@ def format_report(report: CheckReport) -> str:
         for l in report.layers
     ]  # fmt: skip
     lines = [
-        f"steer check: {report.model}  alpha={report.alpha:g}",
+        f"steer check: {printable(report.model)}  alpha={report.alpha:g}",
         "",
         format_table(header, rows, right=[True] * len(header)),
         "",

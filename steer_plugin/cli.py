@@ -134,7 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except SteerError as e:
-        print(f"steer {args.command}: error: {e}", file=sys.stderr)
+        from steer_plugin.terminal import printable  # messages quote file contents: one line, no escapes
+
+        print(f"steer {args.command}: error: {printable(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -162,6 +164,12 @@ def _selection(args: argparse.Namespace):
 
 
 def cmd_data(args: argparse.Namespace) -> int:
+    from steer_plugin.terminal import printable
+
+    if args.out:
+        from steer_plugin.outputs import check_output_file
+
+        check_output_file(args.out)
     if args.emotion == "all":
         from steer_plugin.data import load_goemotions, select_all
 
@@ -181,7 +189,7 @@ def cmd_data(args: argparse.Namespace) -> int:
         print(f"split {args.split} ({args.selection}):")
     width = max(len(c) for c in counts)
     for c, n in counts.items():
-        print(f"  {c:<{width}}  {n:>6}")
+        print(f"  {printable(c):<{width}}  {n:>6}")  # class names come from the data folder's emotions.txt
     if args.out:
         from steer_plugin.atomic import write_text_atomic
 
@@ -191,8 +199,12 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_record(args: argparse.Namespace) -> int:
+    from steer_plugin.outputs import check_output_dir, check_output_file
     from steer_plugin.pipeline import record_request
 
+    check_output_file(args.out)
+    if args.save_activations:
+        check_output_dir(args.save_activations, "--save-activations")
     stats = record_request(record_request_from_args(args, args.emotion))
     if _is_main_rank():
         stats.save(args.out)
@@ -211,8 +223,10 @@ def _is_main_rank() -> bool:
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     from steer_plugin.analysis import analyze, format_layer_table
+    from steer_plugin.outputs import check_output_dir
     from steer_plugin.stats import HiddenStateStats
 
+    check_output_dir(args.out)
     stats = HiddenStateStats.load(args.stats)
     result = analyze(stats, args.emotion, args.baseline, args.out, top_k=args.top_k, top_n_rows=args.top_n)
     print(format_layer_table(result))
@@ -224,16 +238,21 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 def cmd_build(args: argparse.Namespace) -> int:
     from steer_plugin.build import build_vector
     from steer_plugin.errors import SteerError
-    from steer_plugin.layers import parse_layers
+    from steer_plugin.layers import layer_ranges, parse_layers
     from steer_plugin.stats import HiddenStateStats
     from steer_plugin.vector import default_vector_path
 
     if args.layers:
-        parse_layers(args.layers, 1 << 30)  # syntax check before any recording; range checked below
+        layer_ranges(args.layers)  # syntax check before any recording; range checked below
     if args.method == "random" or args.like:
         return _build_random(args)
     if args.top_k is not None and args.method != "top_k":
         raise SteerError("--top-k only applies to --method top_k")
+    if args.scale is not None:
+        from steer_plugin.steering import finite_alpha
+
+        finite_alpha(args.scale, "--scale")
+    _check_build_outputs(args)
     if args.stats:
         stats = HiddenStateStats.load(args.stats)
     else:
@@ -264,6 +283,19 @@ def cmd_build(args: argparse.Namespace) -> int:
     )
     print("per-layer norm: " + " ".join(f"{n:.3g}" for n in norms))
     return 0
+
+
+def _check_build_outputs(args: argparse.Namespace) -> None:
+    """Before recording: the vector (given or default path) and --save-stats must be writable files."""
+    from steer_plugin.outputs import check_output_file
+    from steer_plugin.vector import default_vector_path
+
+    if args.out:
+        check_output_file(args.out)
+    elif args.emotion and not args.stats:  # with --stats the default path depends on the file's metadata
+        check_output_file(default_vector_path(args.model, args.emotion, args.method, args.top_k), "--out (default)")
+    if args.save_stats:
+        check_output_file(args.save_stats, "--save-stats")
 
 
 def _build_random(args: argparse.Namespace) -> int:
@@ -303,6 +335,7 @@ def _build_random(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     from steer_plugin.errors import SteerError
     from steer_plugin.layers import format_layers
+    from steer_plugin.terminal import printable
     from steer_plugin.text_table import format_table
     from steer_plugin.vector import SteeringVector
 
@@ -318,13 +351,12 @@ def cmd_list(args: argparse.Namespace) -> int:
         except SteerError:
             continue  # a stats file or another safetensors file
         m = v.metadata
-        method = m.get("method", "?") + (f" k={m['top_k']}" if m.get("top_k") else "")
+        method = f"{m.get('method', '?')}" + (f" k={m['top_k']}" if m.get("top_k") else "")
+        cells = (f.relative_to(root), m.get("model", "?"), m.get("emotion", "?"), method)
+        # file names and metadata come from elsewhere: escape control characters (ESC, NUL, newlines)
         rows.append(
             (
-                str(f.relative_to(root)),
-                str(m.get("model", "?")),
-                str(m.get("emotion", "?")),
-                method,
+                *(printable(c) for c in cells),
                 format_layers(v.nonzero_layers(), v.n_layers),
                 f"{float(v.matrix.norm()):.3f}",
             )
@@ -335,13 +367,16 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from steer_plugin.interop import export_gguf_control_vector, export_lm_eval_steered
+    from steer_plugin.outputs import check_output_file
+    from steer_plugin.terminal import printable
     from steer_plugin.vector import SteeringVector
 
+    check_output_file(args.out)
     vec = SteeringVector.load(args.vector)
     if args.format == "lm-eval-steered":
         block_path = args.block_path or vec.metadata.get("block_path") or "model.layers"
         export_lm_eval_steered(vec, args.out, block_path=block_path, alpha=args.alpha)
-        print(f"wrote {args.out} (blocks {block_path}.N, coefficient {args.alpha})")
+        print(f"wrote {args.out} (blocks {printable(block_path)}.N, coefficient {args.alpha})")
     else:
         layers = export_gguf_control_vector(vec, args.out, model_hint=args.model_hint, alpha=args.alpha)
         if 0 in vec.nonzero_layers():
@@ -351,9 +386,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from steer_plugin.interop import load_reference_npy
+    from steer_plugin.outputs import check_output_file
+    from steer_plugin.vector import SteeringVector
 
-    vec = load_reference_npy(args.npy, drop_embedding_row=args.drop_embedding_row)
+    check_output_file(args.out)
+    vec = SteeringVector.from_npy(args.npy, drop_embedding_row=args.drop_embedding_row)
     if args.emotion:
         vec.metadata["emotion"] = args.emotion
     if args.model:

@@ -58,10 +58,15 @@ def record_request_from_args(args: argparse.Namespace, emotion: str) -> RecordRe
 
 def floats(text: str) -> list[float]:
     """``0,0.3,1`` (or ``;``-separated) → numbers; argparse reports a bad value as a usage error."""
+    import math
+
     try:
-        return [float(x) for x in text.replace(";", ",").split(",") if x.strip()]
+        values = [float(x) for x in text.replace(";", ",").split(",") if x.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"expected finite numbers, got {text!r}")
+    return values
 
 
 def batch_size(text: str) -> int | str:

@@ -47,8 +47,12 @@ def add_commands(sub: Any) -> None:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from steer_plugin.check import format_report, run_check
+    from steer_plugin.layers import layer_ranges
+    from steer_plugin.steering import finite_alpha
     from steer_plugin.vector import SteeringVector
 
+    finite_alpha(args.alpha, "--alpha")
+    layer_ranges(args.layers)  # syntax, before the model loads
     vec = SteeringVector.load(args.vector)
     loaded = model_options(args).load()
     report = run_check(
@@ -68,9 +72,15 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     from steer_plugin.atomic import write_text_atomic
     from steer_plugin.generate import GenerationSettings, format_run, generate_side_by_side
+    from steer_plugin.layers import layer_ranges
     from steer_plugin.steering import Steerer
     from steer_plugin.vector import SteeringVector
 
+    if args.json_out:
+        from steer_plugin.outputs import check_output_file
+
+        check_output_file(args.json_out, "--json-out")
+    layer_ranges(args.layers)  # syntax, before the model loads
     vec = SteeringVector.load(args.vector)
     loaded = model_options(args).load()
     settings = GenerationSettings(
@@ -135,6 +145,11 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="score multiple-choice requests with HFLM's own loop (bit-identical to `hf` at alpha 0)",
     )
+    p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="discard the results already in --out (needed when they come from another sweep)",
+    )
 
 
 def _add_eval_commands(sub: Any) -> None:
@@ -180,24 +195,18 @@ def _add_eval_commands(sub: Any) -> None:
     p.set_defaults(func=cmd_run, positions="response", controls=1)
 
 
-def _sweep(args: argparse.Namespace, vectors: list[str], tasks: list[str], out: str) -> list:
+def _sweep_options(args: argparse.Namespace, tasks: list[str], out: str):
     from pathlib import Path
 
-    from steer_plugin.controls import write_controls
-    from steer_plugin.lm_model import SteeredHFLM
-    from steer_plugin.sweep import SweepOptions, SweepPlan, run_sweep
+    from steer_plugin.sweep import SweepOptions
 
-    positions = [p.strip() for p in args.positions.split(",") if p.strip()]
-    controls = write_controls(vectors, args.controls, Path(out) / "controls") if args.controls else None
-    plan = SweepPlan.grid(vectors, args.alphas, args.layers or ["all"], positions, controls=controls)
-    # one set of model arguments loads the model here and goes into results.json to reproduce the run
     model_args = {
         **model_options(args).harness_args(),
         "batch_size": args.batch_size,
         "backend": args.backend,
         "prefix_reuse": not args.no_prefix_reuse,
     }
-    options = SweepOptions(
+    return SweepOptions(
         tasks=tasks,
         out_dir=Path(out),
         limit=args.limit,
@@ -208,8 +217,45 @@ def _sweep(args: argparse.Namespace, vectors: list[str], tasks: list[str], out: 
         num_fewshot=args.num_fewshot,
         bootstrap_iters=args.bootstrap_iters,
         model_args=model_args,
+        fresh=args.fresh,
     )
-    return run_sweep(SteeredHFLM(**model_args), plan, options)
+
+
+def _check_sweep_args(args: argparse.Namespace, out: str) -> None:
+    """Everything that can be checked without a model: layer specs, positions, output paths."""
+    from pathlib import Path
+
+    from steer_plugin.layers import layer_ranges
+    from steer_plugin.outputs import check_output_dir
+    from steer_plugin.results_files import check_table_outputs
+    from steer_plugin.steering import check_positions
+
+    for spec in args.layers or ["all"]:
+        layer_ranges(spec)
+    for p in (p.strip() for p in args.positions.split(",")):
+        if p:
+            check_positions(p)
+    check_output_dir(out)
+    check_table_outputs(Path(out) / "leaderboard")
+
+
+def _sweep(args: argparse.Namespace, vectors: list[str], tasks: list[str], out: str) -> list:
+    from pathlib import Path
+
+    from steer_plugin.controls import write_controls
+    from steer_plugin.lm_model import SteeredHFLM
+    from steer_plugin.sweep import SweepPlan, run_sweep
+    from steer_plugin.sweep_folder import check_same_sweep, open_sweep_folder, sweep_settings
+
+    _check_sweep_args(args, out)
+    options = _sweep_options(args, tasks, out)
+    if not args.fresh:  # before the controls are written into the folder
+        check_same_sweep(Path(out), sweep_settings(options))
+    positions = [p.strip() for p in args.positions.split(",") if p.strip()]
+    controls = write_controls(vectors, args.controls, Path(out) / "controls") if args.controls else None
+    plan = SweepPlan.grid(vectors, args.alphas, args.layers or ["all"], positions, controls=controls)
+    folder = open_sweep_folder(plan, options)  # refuses another sweep's folder before the model loads
+    return run_sweep(SteeredHFLM(**options.model_args), plan, options, folder=folder)
 
 
 def _tasks(args: argparse.Namespace) -> list[str]:
@@ -234,7 +280,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_table(args: argparse.Namespace) -> int:
     from steer_plugin.errors import SteerError
     from steer_plugin.paired import DEFAULT_RESAMPLES
-    from steer_plugin.table import write_table
+    from steer_plugin.table import write_table  # checks its output files before reading anything
 
     resamples = DEFAULT_RESAMPLES if args.resamples is None else args.resamples
     if resamples < 1000:
@@ -257,8 +303,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     emotion = canonical_target(args.emotion)
     vector = Path(args.vector) if args.vector else default_vector_path(args.model, emotion, args.method, args.top_k)
-    if not vector.exists():
-        _build_for_run(args, emotion, vector)
     tq_dir = args.truthfulqa_dir or os.environ.get("STEER_TRUTHFULQA_DIR")
     if args.tasks:
         tasks = _tasks(args)
@@ -268,6 +312,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     if tq_dir:
         os.environ["STEER_TRUTHFULQA_DIR"] = str(Path(tq_dir).resolve())
     out = args.out or str(Path("runs") / f"{model_slug(args.model)}-{target_slug(emotion)}")
+    if not vector.exists():
+        # before building (minutes): the vector's path, the sweep folder and that it holds this sweep
+        from steer_plugin.outputs import check_output_file
+        from steer_plugin.sweep_folder import check_same_sweep, sweep_settings
+
+        check_output_file(vector, "--vector" if args.vector else "vector path")
+        _check_sweep_args(args, out)
+        if not args.fresh:
+            check_same_sweep(Path(out), sweep_settings(_sweep_options(args, tasks, out)))
+        _build_for_run(args, emotion, vector)
     _sweep(args, [str(vector)], tasks, out)
     text, files = write_table(out)
     print(text)

@@ -11,6 +11,7 @@ import torch
 from steer_plugin.errors import SteerError
 from steer_plugin.prompts import pad_batch, pad_id
 from steer_plugin.steering import Steerer, SteeringPlan, check_positions, make_plan
+from steer_plugin.terminal import printable
 from steer_plugin.vector import SteeringVector
 
 
@@ -117,11 +118,12 @@ def format_run(run: GenerationRun) -> str:
     lines = []
     prompts = list(dict.fromkeys(g.prompt for g in run.generations))
     for p in prompts:
-        lines.append(f"=== {p}")
+        lines.append(f"=== {printable(p)}")
         for g in run.generations:
             if g.prompt == p:
                 label = "baseline" if g.alpha == 0 else f"alpha={g.alpha:g}"
                 lines.append(f"--- {label}:")
-                lines.append(g.text.strip())
+                # a model's tokens can decode to ESC & co.: shown escaped, newlines kept
+                lines.append(printable(g.text.strip(), allow_newlines=True))
         lines.append("")
     return "\n".join(lines)

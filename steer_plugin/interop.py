@@ -1,10 +1,9 @@
-"""Other formats: ``.npy`` diff matrices of the original research scripts, lm-eval's ``steered`` ``.pt`` config, and
-llama.cpp's GGUF control vectors (``--control-vector``)."""
+"""Writing vectors for other tools: lm-eval's ``steered`` ``.pt`` config and llama.cpp's GGUF control vectors
+(``--control-vector``). Reading ``.npy`` matrices lives with the vector format (``SteeringVector.load``)."""
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -13,27 +12,14 @@ from steer_plugin.errors import SteerError
 from steer_plugin.vector import SteeringVector
 
 
-def load_reference_npy(path: str | os.PathLike, *, drop_embedding_row: bool = False) -> SteeringVector:
-    """A reference diff matrix ``[n_layers, hidden]`` (``allow_pickle=False``: never unpickles).
+def _checked_alpha(vec: SteeringVector, layers: list[int], alpha: Any) -> float:
+    """An exported file must not steer by nan/inf: alpha and every exported alpha x row are finite."""
+    from steer_plugin.steering import check_delta, finite_alpha
 
-    Matrices taken from transformers' ``hidden_states`` have an extra first row (the embeddings);
-    ``drop_embedding_row`` removes it so row ``l`` is block ``l``'s output again.
-    """
-    import numpy as np
-
-    p = Path(path)
-    try:
-        arr = np.load(p, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise SteerError(f"{p}: not a readable .npy matrix ({e})") from None
-    if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.floating):
-        raise SteerError(f"{p}: expected a float [n_layers, hidden] matrix, got {arr.dtype} {arr.shape}")
-    if drop_embedding_row:
-        arr = arr[1:]
-    if arr.shape[0] < 1 or arr.shape[1] < 1:
-        raise SteerError(f"{p}: no rows left: the matrix has shape {arr.shape}")
-    meta = {"source_file": p.name, "method": "imported", "imported_from": "reference-npy"}
-    return SteeringVector(torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)), meta)
+    value = finite_alpha(alpha, "--alpha")
+    for layer in layers:
+        check_delta(value * vec.matrix[layer], layer, exact=value * vec.matrix[layer].double())
+    return value
 
 
 def export_lm_eval_steered(
@@ -48,6 +34,7 @@ def export_lm_eval_steered(
     """
     from steer_plugin.atomic import atomic_path
 
+    alpha = _checked_alpha(vec, vec.nonzero_layers(), alpha)
     prefix = block_path.split(".", 1)[1] if "." in block_path else block_path
     config: dict[str, dict[str, Any]] = {}
     for layer in vec.nonzero_layers():
@@ -77,6 +64,7 @@ def export_gguf_control_vector(
     from steer_plugin.atomic import atomic_path
 
     layers = [l for l in vec.nonzero_layers() if l >= 1]
+    alpha = _checked_alpha(vec, layers, alpha)
     with atomic_path(path) as tmp:
         writer = gguf.GGUFWriter(str(tmp), "controlvector")
         writer.add_string("controlvector.model_hint", model_hint)

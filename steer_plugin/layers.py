@@ -5,11 +5,12 @@ from __future__ import annotations
 from steer_plugin.errors import SteerError
 
 
-def parse_layers(spec: str | None, n_layers: int) -> list[int]:
-    """Sorted unique 0-based layer indices; ``None``/``all`` means every layer."""
+def layer_ranges(spec: str | None) -> list[tuple[int, int]] | None:
+    """The spec's (lo, hi) pieces, syntax checked; ``None`` for all layers. Needs no model (and never
+    expands a range: ``0-999999999999`` is two numbers, not a trillion)."""
     if spec is None or str(spec).strip().lower() in ("", "all"):
-        return list(range(n_layers))
-    out: set[int] = set()
+        return None
+    pieces = []
     for part in str(spec).replace(";", ",").split(","):
         part = part.strip()
         try:
@@ -17,16 +18,32 @@ def parse_layers(spec: str | None, n_layers: int) -> list[int]:
                 lo, hi = (int(x) for x in part.split("-", 1))
                 if lo > hi:
                     raise ValueError
-                out.update(range(lo, hi + 1))
             else:
-                out.add(int(part))
+                lo = hi = int(part)
         except ValueError:
             raise SteerError(
                 f"bad layer spec {spec!r}: use 'all' or 0-based indices and ranges like '0,3,5-9'"
             ) from None
-    bad = sorted(i for i in out if not 0 <= i < n_layers)
+        pieces.append((lo, hi))
+    return pieces
+
+
+def parse_layers(spec: str | None, n_layers: int) -> list[int]:
+    """Sorted unique 0-based layer indices; ``None``/``all`` means every layer."""
+    pieces = layer_ranges(spec)
+    if pieces is None:
+        return list(range(n_layers))
+    out: set[int] = set()
+    bad: list[int] = []
+    for lo, hi in pieces:
+        if lo < 0 or hi >= n_layers:
+            # the first few offenders and the last one: enough to see the mistake, never a huge list
+            bad += [i for i in [*range(lo, min(hi, lo + 15) + 1), hi] if not 0 <= i < n_layers]
+        else:
+            out.update(range(lo, hi + 1))
     if bad:
-        raise SteerError(f"layer(s) {bad} out of range: this model has layers 0-{n_layers - 1}")
+        shown = sorted(set(bad))
+        raise SteerError(f"layer(s) {shown} out of range: this model has layers 0-{n_layers - 1}")
     return sorted(out)
 
 

@@ -11,6 +11,7 @@ one KV cache of it, see ``prefix_reuse.py``; ``false`` is HFLM's own loop, bit f
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections.abc import Hashable, Sequence
 from pathlib import Path
@@ -26,7 +27,7 @@ from lm_eval.models.utils_hf import pad_and_concat, stop_sequences_criteria
 from transformers import PreTrainedModel
 
 from steer_plugin.errors import SteerError, check_choice
-from steer_plugin.layers import format_layers, parse_layers
+from steer_plugin.layers import format_layers, layer_ranges, parse_layers
 from steer_plugin.prefix_reuse import (
     ReuseUnsupported,
     Scorer,
@@ -38,7 +39,17 @@ from steer_plugin.prefix_reuse import (
     reuse_blocker,
     score_groups,
 )
-from steer_plugin.steering import BACKENDS, Steerer, SteeringPlan, Where, check_positions, make_plan
+from steer_plugin.steering import (
+    BACKENDS,
+    NON_FINITE,
+    Steerer,
+    SteeringPlan,
+    Where,
+    check_positions,
+    finite_alpha,
+    make_plan,
+)
+from steer_plugin.terminal import printable
 from steer_plugin.vector import SteeringVector, file_sha256
 
 log = logging.getLogger(__name__)
@@ -78,6 +89,13 @@ def _parse_bool(value: Any, name: str) -> bool:
     raise SteerError(f"{name} must be true or false, got {value!r}")
 
 
+def _parse_alphas(alpha: Any) -> list[float]:
+    """``alpha`` (one number, or one per vector joined by ``;``) as finite floats, or an error naming it."""
+    if isinstance(alpha, (int, float)) and not isinstance(alpha, bool):
+        return [finite_alpha(alpha)]
+    return [finite_alpha(a) for a in _split(alpha)] or [1.0]
+
+
 def _repair_layer_args(layers: Any, kwargs: dict[str, Any]) -> Any:
     """``layers=0,3,5-9`` in --model_args arrives as layers=0 plus stray keys '3', '5-9'."""
     stray = [k for k, v in kwargs.items() if _LAYER_PIECE.match(str(k)) and v in ("", None)]
@@ -108,7 +126,12 @@ class SteeredHFLM(HFLM):
         self.prefix_reuse = _parse_bool(prefix_reuse, "prefix_reuse")
         check_positions(positions)
         check_choice("backend", backend, BACKENDS)  # ours (nnsight|hooks); HFLM's own (causal|seq2seq) is not settable
-        vectors = [self._load_vector(p) for p in _split(vector)]  # fail fast, before loading the model
+        # every steering argument is checked before the model loads (minutes for a big one)
+        alphas = _parse_alphas(alpha)
+        layer_ranges(None if layers is None else str(layers))  # syntax; the range needs the model
+        vectors = [self._load_vector(p) for p in _split(vector)]
+        if vectors and len(alphas) not in (1, len(vectors)):
+            raise SteerError(f"got {len(vectors)} vectors but {len(alphas)} alphas; give one alpha or one per vector")
         super().__init__(pretrained=pretrained, **kwargs)
         self._blocks = blocks
         self._rolling = False
@@ -167,7 +190,7 @@ class SteeredHFLM(HFLM):
         """Check one configuration's arguments and place its deltas on the model."""
         check_positions(positions)
         vectors = [self._load_vector(v) for v in (vector if isinstance(vector, (list, tuple)) else _split(vector))]
-        alphas = [float(a) for a in (_split(alpha) or [1.0])] if not isinstance(alpha, (int, float)) else [float(alpha)]
+        alphas = _parse_alphas(alpha)
         if len(alphas) == 1 and len(vectors) > 1:
             alphas = alphas * len(vectors)
         chosen = parse_layers(None if layers is None else str(layers), len(self.steerer.blocks))
@@ -196,9 +219,9 @@ class SteeredHFLM(HFLM):
                 same = v.metadata.get("config_hash") == here["config_hash"]
                 log.warning(
                     "steering vector %s was built on %s, but the model is %s%s",
-                    v.metadata.get("source_path"),
-                    built_on,
-                    here["model"],
+                    printable(v.metadata.get("source_path")),
+                    printable(built_on),
+                    printable(here["model"]),
                     " (same architecture config)" if same else " (different config)",
                 )
 
@@ -234,11 +257,18 @@ class SteeredHFLM(HFLM):
     ) -> list[Answer]:
         if self.reuse_active and not self._rolling and override_bs is None:
             try:
-                return self._loglikelihood_reuse(requests, disable_tqdm)
+                return self._finite(self._loglikelihood_reuse(requests, disable_tqdm))
             except ReuseUnsupported as e:  # found out while running: never return answers from a broken cache
                 log.warning("prefix reuse switched off for this model (%s); scoring on the plain path", e)
                 self.reuse_blocker, self._ahead = str(e), {}
-        return self._loglikelihood_plain(requests, disable_tqdm, override_bs)
+        return self._finite(self._loglikelihood_plain(requests, disable_tqdm, override_bs))
+
+    def _finite(self, answers: list) -> list:
+        """A steered score that is nan/inf comes from an overflowed residual stream: fail, never score it.
+        (log_softmax of finite logits is finite, so this checks the logits the answers came from.)"""
+        if self.plan.active and not all(math.isfinite(a[0]) for a in answers):
+            raise SteerError(NON_FINITE)
+        return answers
 
     def _loglikelihood_plain(
         self, requests: list[TokenRequest], disable_tqdm: bool = False, override_bs: int | None = None

@@ -75,6 +75,8 @@ class _ActivationWriter:
     def __init__(self, out_dir: Path, items: Sequence[RecordItem], shape: tuple[int, int], dtype: str):
         import numpy as np
 
+        from steer_plugin.atomic import new_temp_path
+
         if dtype not in ("float16", "float32"):
             raise SteerError(f"activation dtype must be float16 or float32, not {dtype!r}")
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -90,7 +92,8 @@ class _ActivationWriter:
                 counts[c] = counts.get(c, 0) + 1
             self.rows.append(slots)
         self.final = {c: out_dir / f"{target_slug(c)}.npy" for c in counts}
-        self.tmp = {c: p.with_name(p.name + ".partial") for c, p in self.final.items()}
+        # unique temp names (pid + host): concurrent writers never share one, leftovers of killed ones get cleaned
+        self.tmp = {c: new_temp_path(p) for c, p in self.final.items()}
         self.arrays = {
             c: np.lib.format.open_memmap(self.tmp[c], mode="w+", dtype=dtype, shape=(n, *shape))
             for c, n in counts.items()

@@ -1,4 +1,4 @@
-"""Reading our safetensors files with errors a user can act on."""
+"""Our safetensors files: written atomically, read with errors a user can act on."""
 
 from __future__ import annotations
 
@@ -8,6 +8,16 @@ from pathlib import Path
 import torch
 
 from steer_plugin.errors import SteerError
+
+
+def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], header: dict[str, str]) -> None:
+    """Tensors plus string metadata (``format``, ``format_version``, ``metadata`` JSON ...), all or nothing."""
+    from safetensors.torch import save_file
+
+    from steer_plugin.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=header)
 
 
 def read_safetensors(

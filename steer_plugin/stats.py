@@ -90,9 +90,7 @@ class HiddenStateStats:
                 self.classes[name] = ClassStats(cs.count, cs.mean.clone(), cs.m2.clone())
 
     def save(self, path: str | os.PathLike) -> None:
-        from safetensors.torch import save_file
-
-        from steer_plugin.atomic import atomic_path
+        from steer_plugin.safetensors_io import write_safetensors
 
         tensors: dict[str, torch.Tensor] = {}
         for name, cs in self.classes.items():
@@ -104,8 +102,7 @@ class HiddenStateStats:
             "format_version": str(STATS_VERSION),
             "metadata": json.dumps(self.metadata, sort_keys=True),
         }
-        with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata=meta)
+        write_safetensors(path, tensors, meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> HiddenStateStats:
@@ -114,6 +111,10 @@ class HiddenStateStats:
         tensors, meta = read_safetensors(path, expected_format=STATS_FORMAT, what="stats file")
         classes: dict[str, ClassStats] = {}
         names = sorted({k.rsplit("/", 1)[0] for k in tensors})
+        odd = [k for k, t in tensors.items() if not k.endswith("/count") and not t.is_floating_point()]
+        if odd:  # means and M2 are float64 by construction; an int tensor is a wrong file, not a cast
+            kind = str(tensors[odd[0]].dtype).removeprefix("torch.")
+            raise SteerError(f"{path}: corrupt stats file (tensor {odd[0]!r} is {kind}, expected floats)")
         try:
             for name in names:
                 classes[name] = ClassStats(

@@ -12,6 +12,7 @@ Two interchangeable backends with the same math: ``hooks`` (plain PyTorch forwar
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -22,11 +23,16 @@ import torch
 from steer_plugin.errors import SteerError, check_choice
 from steer_plugin.layers import parse_layers
 from steer_plugin.models import find_block_path, resolve_module
+from steer_plugin.terminal import printable
 
 if TYPE_CHECKING:  # pragma: no cover
     from steer_plugin.vector import SteeringVector
 
 POSITIONS = ("all", "response")
+NON_FINITE = (
+    "the steered model's scores became non-finite (nan/inf): alpha x vector is too large for this model; "
+    "use a smaller alpha"
+)
 BACKENDS = ("nnsight", "hooks")
 Where = str | torch.Tensor | None
 
@@ -44,6 +50,33 @@ class SteeringPlan:
     @property
     def active(self) -> bool:
         return bool(self.deltas)
+
+
+def finite_alpha(alpha: Any, name: str = "alpha") -> float:
+    """``alpha`` as a float, or a one-line error naming it (``abc``, ``nan``, ``inf``, ``1e999``)."""
+    try:
+        value = float(alpha)
+    except (TypeError, ValueError):
+        raise SteerError(f"{name} must be a number, got {printable(alpha)!r}") from None
+    if not math.isfinite(value):
+        raise SteerError(f"{name} must be a finite number, got {printable(alpha)!r}")
+    return value
+
+
+def check_delta(
+    delta: torch.Tensor, layer: int, dtype: torch.dtype = torch.float32, exact: torch.Tensor | None = None
+) -> None:
+    """The row actually added (``sum alpha_i x v_i[layer]``) must be finite, also in the model's dtype:
+    a finite vector near 3e38 times alpha 2 is inf in float32, 1e5 is inf in float16. ``exact``: the
+    same row computed in float64, for the message."""
+    if torch.isfinite(delta).all() and (dtype == delta.dtype or torch.isfinite(delta.to(dtype)).all()):
+        return
+    big = f"{float((delta if exact is None else exact).double().abs().max()):.3g}"
+    limit = torch.finfo(dtype).max if dtype.is_floating_point else float("inf")
+    raise SteerError(
+        f"alpha x vector at layer {layer} is not finite in {str(dtype).removeprefix('torch.')} "
+        f"(max |alpha x row| {big}, limit {limit:.3g}); use a smaller alpha or rescale the vector"
+    )
 
 
 def make_plan(
@@ -71,8 +104,9 @@ def make_plan(
         if not torch.isfinite(v.matrix).all():
             raise SteerError(f"{name} contains non-finite values")
     for a in alphas:
-        if not isinstance(a, (int, float)) or a != a or a in (float("inf"), float("-inf")):
+        if isinstance(a, bool) or not isinstance(a, (int, float)):
             raise SteerError(f"alpha must be a finite number, got {a!r}")
+        finite_alpha(a)
     chosen = (
         list(layers)
         if isinstance(layers, (list, tuple))
@@ -81,15 +115,18 @@ def make_plan(
     if any(not 0 <= l < n_layers for l in chosen):
         raise SteerError(f"layers {chosen} out of range 0-{n_layers - 1}")
     total = torch.zeros(n_layers, hidden, dtype=torch.float32)
+    exact = torch.zeros(n_layers, hidden, dtype=torch.float64)  # for the overflow message only
     for v, a in zip(vectors, alphas):
         if a != 0:
             total += float(a) * v.matrix
+            exact += float(a) * v.matrix.double()
     deltas = {}
     for l in chosen:
         if bool(total[l].any()):
             p = next(blocks[l].parameters(), None)
             device = p.device if p is not None else torch.device("cpu")
             dtype = p.dtype if p is not None and p.is_floating_point() else torch.float32
+            check_delta(total[l], l, dtype, exact[l])
             deltas[l] = total[l].to(device=device, dtype=dtype)
     return SteeringPlan(deltas)
 
@@ -192,6 +229,7 @@ class Steerer:
         """``model.generate(**kwargs)`` with the plan applied in every forward of the decode loop."""
         if not plan.active:
             return self.model.generate(**kwargs)
+        kwargs["logits_processor"] = _with_finite_check(kwargs.get("logits_processor"))
         if self.backend == "hooks":
             with self.hooks(plan, where):
                 return self.model.generate(**kwargs)
@@ -208,3 +246,20 @@ class Steerer:
                 for _ in tracer.all():
                     self._intervene(traced, plan, where)
         return result[0]
+
+
+def _with_finite_check(processors: Any) -> Any:
+    """Steered generation stops with an error when the next-token scores turn nan/+inf (the steered
+    residual stream overflowed) instead of decoding garbage from them. -inf is left alone: samplers'
+    top-k/top-p filters set it on purpose."""
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    class FiniteScores(LogitsProcessor):
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+            if bool(torch.isnan(scores).any() | torch.isposinf(scores).any()):
+                raise SteerError(NON_FINITE)
+            return scores
+
+    out = LogitsProcessorList(processors or [])
+    out.append(FiniteScores())
+    return out

@@ -3,7 +3,8 @@
 The model and the tasks are built once; each configuration only swaps the steering plan
 (``SteeredHFLM.configure``). alpha = 0 (the unsteered baseline) runs once. Each configuration writes
 the harness's results JSON (with the steering config in ``config.steering``) into its own folder, so
-an interrupted sweep resumes by skipping folders that already hold results.
+an interrupted sweep resumes by skipping configurations whose results are there and verifiably its own
+(``sweep_folder``: ``sweep.json`` holds the plan).
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from steer_plugin.errors import SteerError
-
-RESULTS_FILE = "results.json"
+from steer_plugin.results_files import RESULTS_FILE
+from steer_plugin.sweep_folder import SweepFolder, open_sweep_folder
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,7 @@ class SweepOptions:
     bootstrap_iters: int = 1000
     seed: int = 0
     model_args: dict[str, Any] = field(default_factory=dict)
+    fresh: bool = False  # discard the results already in out_dir (they may belong to another sweep)
 
 
 def load_tasks(options: SweepOptions) -> dict[str, Any]:
@@ -133,16 +135,23 @@ def model_args_string(base: dict[str, Any], config: SweepConfig) -> str:
     return ",".join(f"{k}={v}" for k, v in args.items() if v is not None)
 
 
-def run_sweep(lm: Any, plan: SweepPlan, options: SweepOptions, progress: bool = True) -> list[Path]:
-    """Evaluate every configuration (skipping finished ones); returns the results files."""
+def run_sweep(
+    lm: Any, plan: SweepPlan, options: SweepOptions, progress: bool = True, folder: SweepFolder | None = None
+) -> list[Path]:
+    """Evaluate every configuration (skipping finished ones); returns the results files.
+
+    ``folder``: from ``open_sweep_folder(plan, options)`` when the caller checked the output folder
+    before loading the model (the CLI does); opened here otherwise."""
     from lm_eval.evaluator import evaluate
     from lm_eval.utils import handle_non_serializable
 
     from steer_plugin.atomic import write_text_atomic
     from steer_plugin.paired import compact_row
 
-    options.out_dir.mkdir(parents=True, exist_ok=True)
-    todo = [c for c in plan.configs if not (options.out_dir / c.slug() / RESULTS_FILE).exists()]
+    state = folder or open_sweep_folder(plan, options)
+    for note in state.notes:
+        _say(progress, note)
+    todo = state.todo
     done_before = len(plan.configs) - len(todo)
     if done_before:
         _say(progress, f"resuming: {done_before}/{len(plan.configs)} configurations already done")
@@ -184,22 +193,23 @@ def run_sweep(lm: Any, plan: SweepPlan, options: SweepOptions, progress: bool = 
             "limit": options.limit,
             "tasks": options.tasks,
             "classifier": options.classifier,
-            "sweep": {**asdict(config), "slug": config.slug()},
+            "sweep": state.records[config.slug()],
+            "sweep_settings": state.settings,
             "seconds": round(time.monotonic() - t0, 2),
         }
         results["date"] = time.time()
-        folder = options.out_dir / config.slug()
+        out = options.out_dir / config.slug()
         if samples is not None:
             for task, rows in samples.items():
                 rows = rows if options.log_samples else [compact_row(r) for r in rows]
                 write_text_atomic(
-                    folder / f"samples_{task}.jsonl",
+                    out / f"samples_{task}.jsonl",
                     "".join(json.dumps(r, default=handle_non_serializable, ensure_ascii=False) + "\n" for r in rows),
                 )
         write_text_atomic(
-            folder / RESULTS_FILE, json.dumps(results, indent=2, default=handle_non_serializable, ensure_ascii=False)
+            out / RESULTS_FILE, json.dumps(results, indent=2, default=handle_non_serializable, ensure_ascii=False)
         )
-        files.append(folder / RESULTS_FILE)
+        files.append(out / RESULTS_FILE)
         elapsed = time.monotonic() - started
         eta = elapsed / (i + 1) * (len(todo) - i - 1)
         _say(

@@ -14,6 +14,8 @@ from steer_plugin.controls import is_control
 from steer_plugin.errors import SteerError
 from steer_plugin.paired import DEFAULT_RESAMPLES, Paired, compare_rows, samples_files
 from steer_plugin.plots import new_figure, png_bytes
+from steer_plugin.results_files import check_table_outputs, is_sweep_plan, results_shape_problem
+from steer_plugin.terminal import printable
 from steer_plugin.text_table import format_table
 
 KEY_COLUMNS = ("model", "vector", "alpha", "layers", "positions")
@@ -79,23 +81,43 @@ def _row_key(config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _skip(path: Path, reason: str) -> None:
+    """Files the table leaves out are named on stderr: a row must never vanish silently."""
+    import sys
+
+    print(f"steer table: skipped {printable(path)}: {reason}", file=sys.stderr)
+
+
 def load_rows(folder: str | Path) -> list[Row]:
     root = Path(folder)
     if not root.exists():
         raise SteerError(f"results folder not found: {root}")
     rows: list[Row] = []
+    skipped = 0
     for path in sorted(root.rglob("*.json")):
+        if not path.is_file():
+            continue
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+            _skip(path, f"not readable JSON ({type(e).__name__})")
+            skipped += 1
             continue
-        if not isinstance(doc, dict) or "results" not in doc or "config" not in doc:
+        if is_sweep_plan(path, doc):  # the sweep's own plan, not results
+            continue
+        problem = results_shape_problem(doc)
+        if problem:
+            _skip(path, problem)
+            skipped += 1
             continue
         config = doc["config"]
-        row = Row(_row_key(config), source=str(path.relative_to(root)), limit=config.get("limit"))
+        # every string shown later comes from the file: control characters escaped once, here
+        key = {k: printable(v) if isinstance(v, str) else v for k, v in _row_key(config).items()}
+        row = Row(key, source=printable(path.relative_to(root)), limit=config.get("limit"))
         vectors = (config.get("steering") or {}).get("vectors") or []
         if len(vectors) == 1 and row.key["vector"] != "-":
-            row.control_of = _vector_label(vectors[0])[1]
+            parent = _vector_label(vectors[0])[1]
+            row.control_of = None if parent is None else printable(parent)
         row.samples = samples_files(path, doc["results"])
         for task, metrics in doc["results"].items():
             for name, value in metrics.items():
@@ -104,11 +126,12 @@ def load_rows(folder: str | Path) -> list[Row]:
                 metric, filt = name.split(",", 1)
                 target = row.stderr if metric.endswith("_stderr") else row.metrics
                 metric = metric.removesuffix("_stderr")
-                label = f"{task}/{metric}" + ("" if filt == "none" else f"[{filt}]")
+                label = printable(f"{task}/{metric}" + ("" if filt == "none" else f"[{filt}]"))
                 target[label] = float(value)
         rows.append(row)
     if not rows:
-        raise SteerError(f"no harness results JSON under {root}")
+        extra = f" ({skipped} JSON file(s) skipped, see above)" if skipped else ""
+        raise SteerError(f"no harness results JSON under {root}{extra}")
     return rows
 
 
@@ -299,9 +322,10 @@ def write_table(
     Rows with per-document samples get Δ vs the baseline (``resamples`` paired bootstrap draws, ``seed``)."""
     from steer_plugin.atomic import atomic_path, write_text_atomic
 
+    prefix = Path(prefix) if prefix else Path(folder) / "leaderboard"
+    check_table_outputs(prefix)
     rows = load_rows(folder)
     compare_rows(rows, resamples, seed)
-    prefix = Path(prefix) if prefix else Path(folder) / "leaderboard"
     files = [prefix.with_suffix(".md"), prefix.with_suffix(".csv")]
     write_text_atomic(files[0], to_markdown(rows, sort))
     write_text_atomic(files[1], to_csv(rows, sort))

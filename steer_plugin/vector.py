@@ -31,6 +31,8 @@ class SteeringVector:
     def __post_init__(self) -> None:
         if self.matrix.ndim != 2:
             raise SteerError(f"a steering vector is a [n_layers, hidden] matrix, got shape {tuple(self.matrix.shape)}")
+        if not self.matrix.is_floating_point():  # an int/bool matrix is not a direction; never cast it silently
+            raise SteerError(f"a steering vector holds floats, got {str(self.matrix.dtype).removeprefix('torch.')}")
         self.matrix = self.matrix.detach().to("cpu", torch.float32).contiguous()
         if self.mask is not None:
             self.mask = self.mask.to("cpu", torch.bool).contiguous()
@@ -119,9 +121,7 @@ class SteeringVector:
     # --- file format -------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
         """Write atomically (temp file + rename): a reader never sees a half-written file."""
-        from safetensors.torch import save_file
-
-        from steer_plugin.atomic import atomic_path
+        from steer_plugin.safetensors_io import write_safetensors
 
         if not torch.isfinite(self.matrix).all():
             raise SteerError("refusing to save a steering vector with non-finite values")
@@ -140,17 +140,26 @@ class SteeringVector:
         tensors = {"vector": self.matrix}
         if self.mask is not None:
             tensors["mask"] = self.mask.to(torch.uint8)
-        with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata=header)
+        write_safetensors(path, tensors, header)
+
+    @classmethod
+    def from_npy(cls, path: str | os.PathLike, *, drop_embedding_row: bool = False) -> SteeringVector:
+        """A diff matrix ``[n_layers, hidden]`` as the original research scripts saved it (never unpickles).
+
+        Matrices taken from transformers' ``hidden_states`` have an extra first row (the embeddings);
+        ``drop_embedding_row`` removes it so row ``l`` is block ``l``'s output again."""
+        from steer_plugin.npy_io import read_float_matrix
+
+        matrix = read_float_matrix(path, drop_first_row=drop_embedding_row)
+        meta = {"source_file": Path(path).name, "method": "imported", "imported_from": "reference-npy"}
+        return cls(torch.from_numpy(matrix), meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> SteeringVector:
         """Our ``.safetensors`` files and ``.npy`` diff matrices of the original research scripts; never unpickles."""
         p = Path(path)
         if p.suffix == ".npy":
-            from steer_plugin.interop import load_reference_npy
-
-            return load_reference_npy(p)
+            return cls.from_npy(p)
         from steer_plugin.safetensors_io import read_safetensors
 
         tensors, header = read_safetensors(p, expected_format=VECTOR_FORMAT, what="steering vector")
@@ -162,6 +171,9 @@ class SteeringVector:
             raise SteerError(f"{p}: corrupt steering vector metadata") from None
         if not isinstance(meta, dict):
             raise SteerError(f"{p}: corrupt steering vector metadata (not a JSON object)")
+        if not tensors["vector"].is_floating_point():
+            kind = str(tensors["vector"].dtype).removeprefix("torch.")
+            raise SteerError(f"{p}: not a steering vector (tensor 'vector' is {kind}; a steering vector holds floats)")
         if tensors["vector"].ndim != 2:
             raise SteerError(f"{p}: corrupt steering vector (shape {tuple(tensors['vector'].shape)}, not 2-D)")
         mask = tensors.get("mask")

@@ -180,8 +180,8 @@ def test_too_few_samples_is_an_error(raw):
 def test_failure_while_writing_leaves_no_files(stats, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    (out / OUTPUT_FILES["heatmap"]).mkdir()  # os.replace onto a directory fails after the CSVs
-    with pytest.raises(OSError):
+    (out / OUTPUT_FILES["heatmap"]).mkdir()  # writing onto a directory fails after the CSVs
+    with pytest.raises(SteerError, match="heatmap.png is a folder"):  # found by atomic_path's output check
         analyze(stats, "anger", out_dir=out)
     assert [p.name for p in out.iterdir()] == [OUTPUT_FILES["heatmap"]]
 

@@ -10,7 +10,7 @@ from helpers_tiny import decoder_blocks, save_model
 
 from steer_plugin.cli import main
 from steer_plugin.errors import SteerError
-from steer_plugin.interop import export_gguf_control_vector, export_lm_eval_steered, load_reference_npy
+from steer_plugin.interop import export_gguf_control_vector, export_lm_eval_steered
 from steer_plugin.vector import SteeringVector
 
 L, H = 3, 32
@@ -64,7 +64,7 @@ def test_import_drop_embedding_row(tmp_path, capsys):
     np.testing.assert_allclose(vec.matrix.numpy(), arr[1:], rtol=1e-6)
     np.save(tmp_path / "one.npy", _matrix(1))
     with pytest.raises(SteerError, match="no rows left"):
-        load_reference_npy(tmp_path / "one.npy", drop_embedding_row=True)
+        SteeringVector.from_npy(tmp_path / "one.npy", drop_embedding_row=True)
 
 
 def test_import_refuses_pickles_and_bad_arrays(tmp_path, capsys):
