@@ -271,6 +271,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     _sweep(args, args.vector, _tasks(args), args.out)
     text, files = write_table(args.out)
+    return _show_table(text, files)
+
+
+def _show_table(text: str, files: list) -> int:
     print(text)
     for f in files:
         print(f"wrote {f}", file=sys.stderr)
@@ -286,10 +290,7 @@ def cmd_table(args: argparse.Namespace) -> int:
     if resamples < 1000:
         raise SteerError(f"--resamples must be at least 1000 for a 95% interval, got {resamples}")
     text, files = write_table(args.dir, args.out, args.sort, resamples=resamples, seed=args.seed)
-    print(text)
-    for f in files:
-        print(f"wrote {f}", file=sys.stderr)
-    return 0
+    return _show_table(text, files)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -324,10 +325,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         _build_for_run(args, emotion, vector)
     _sweep(args, [str(vector)], tasks, out)
     text, files = write_table(out)
-    print(text)
-    for f in files:
-        print(f"wrote {f}", file=sys.stderr)
-    return 0
+    return _show_table(text, files)
 
 
 def _build_for_run(args: argparse.Namespace, emotion: str, out: Any) -> None:
