@@ -33,6 +33,7 @@ class LayerCheck:
     norm_ratio: float | None  # |change| / |alpha x row|, worst position
     kl_next_token: float  # KL(unsteered || steered) of the last position's next-token distribution
     ok: bool
+    relative_strength: float | None = None  # ||alpha x row|| / RMS||h|| (RMS recorded at build time)
 
 
 @dataclass
@@ -128,7 +129,8 @@ def run_check(
                 ratio = float(ratios[(ratios - 1).abs().argmax()])
             ok = float(delta.norm()) == 0 or (cos is not None and cos > 1 - COS_TOL and abs(ratio - 1) < RATIO_TOL)
             kl = _kl(base[rows, last], steered[rows, last])
-            report.layers.append(LayerCheck(l, float(vector.matrix[l].norm()), cos, ratio, kl, ok))
+            rel = vector.relative_strength(alpha, [l]).get(l)
+            report.layers.append(LayerCheck(l, float(vector.matrix[l].norm()), cos, ratio, kl, ok, rel))
         all_plan = make_plan([vector], [alpha], model, hooks_steerer.block_path, layers)
         by_hooks = hooks_steerer.forward(all_plan, None, **inputs).logits
         by_nnsight = nn_steerer.forward(all_plan, None, **inputs).logits
@@ -150,13 +152,14 @@ def format_report(report: CheckReport) -> str:
     lines = [
         f"steer check: {report.model}  alpha={report.alpha:g}",
         "",
-        " layer   |row|   cos(change, alpha*row)   |change|/|alpha*row|   KL next token   ok",
-        " -----  ------  -----------------------  ----------------------  -------------  ---",
+        " layer   |row|   cos(change, alpha*row)   |change|/|alpha*row|   KL next token   ok   rel. strength",
+        " -----  ------  -----------------------  ----------------------  -------------  ---  -------------",
     ]
     for l in report.layers:
         lines.append(
             f" {l.layer:>5}  {f(l.row_norm, '6.3f')}  {f(l.cosine, '23.6f')}  "
-            f"{f(l.norm_ratio, '22.6f')}  {l.kl_next_token:13.3e}  {'yes' if l.ok else 'NO'}"
+            f"{f(l.norm_ratio, '22.6f')}  {l.kl_next_token:13.3e}  {'yes' if l.ok else 'NO ':3}  "
+            f"{f(l.relative_strength, '13.4g')}"
         )
     lines += [
         "",
@@ -166,6 +169,7 @@ def format_report(report: CheckReport) -> str:
         f"nnsight and hooks backends agree: {'yes' if report.backends_agree else 'NO'} "
         f"(max |diff| {report.backend_max_diff:.2e})",
         f"hooks left on the model: {report.hooks_left}",
+        "rel. strength = ||alpha x row|| / RMS||h|| of that layer's residual stream (recorded at build time)",
         f"RESULT: {'PASS' if report.ok else 'FAIL'}",
     ]
     return "\n".join(lines)

@@ -328,7 +328,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     if not files:
         print(f"no vectors under {root}")
         return 0
-    rows = [("file", "model", "emotion", "method", "layers", "norm")]
+    rows = [("file", "model", "emotion", "method", "layers", "norm", "rel/alpha")]
     for f in files:
         try:
             v = SteeringVector.load(f)
@@ -344,10 +344,19 @@ def cmd_list(args: argparse.Namespace) -> int:
                 method,
                 format_layers(v.nonzero_layers(), v.n_layers),
                 f"{float(v.matrix.norm()):.3f}",
+                _median_relative_strength(v),
             )
         )
     print(format_table(rows))
     return 0
+
+
+def _median_relative_strength(v: Any) -> str:
+    """Median over non-zero layers of ||row_l|| / RMS||h_l|| (relative strength per unit alpha)."""
+    import statistics
+
+    rel = v.relative_strength(1.0)
+    return f"{statistics.median(rel.values()):.4g}" if rel else "-"
 
 
 def format_table(rows: list[tuple[str, ...]]) -> str:

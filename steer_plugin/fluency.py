@@ -1,0 +1,311 @@
+"""Side effects of a steering configuration: KL to the unsteered model and perplexity on neutral texts.
+
+The texts (:class:`TextSource`): by default the GoEmotions **test** texts whose only label is
+``neutral`` and that have at least ``MIN_WORDS`` words, deduplicated, in a seeded shuffle; or the
+non-empty lines of a text file. Callers take prefixes of that order: a sweep the first 200,
+calibration the first 64 (calibration set) and the next 64 (held-out set).
+
+Each text is tokenized as its tokenizer does by default (special tokens included, e.g. a BOS), cut to
+``MAX_TOKENS`` tokens and split at ``c = n // 2``: context ``ids[:c]``, continuation ``ids[c:]``
+(texts under 2 tokens are skipped). The model reads ``ids[:-1]``; continuation token ``ids[j]`` is
+predicted at position ``j - 1`` (positions ``c-1 .. n-2``). Over all continuation tokens of all texts:
+
+* ``kl``  = sum of KL(p_unsteered || q_steered) of those next-token distributions / number of tokens
+  (nats, token-weighted mean);
+* ``ppl`` = exp(sum of -log q_steered(token) / number of tokens) (the steered model's perplexity).
+
+Steering as the configuration steers: ``positions=all`` adds the delta at every position (context
+included); ``positions=response`` at positions ``c-1 .. n-2``, the last context token and the
+continuation - what ``steered_hf`` steers when it scores ``loglikelihood(context, continuation)``.
+
+The unsteered distributions are computed once per probe and kept on the CPU, float32, for the
+continuation positions only (~200 texts x ~8 tokens x vocab; 300 MB for a 49k vocabulary), so every
+configuration costs one steered forward per batch and the KL is exact. If they would exceed
+``cache_bytes`` the probe recomputes them batch by batch instead (exact, twice the forwards).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from steer_plugin.errors import SteerError
+from steer_plugin.steering import Steerer, SteeringPlan
+
+MIN_WORDS = 3  # GoEmotions neutral texts shorter than this say too little to continue
+MAX_TOKENS = 128  # longer texts (file lines) are cut to their first MAX_TOKENS tokens
+DEFAULT_N_TEXTS = 200
+DEFAULT_CACHE_BYTES = 1 << 30
+GOEMOTIONS_DIR_ENV = "STEER_GOEMOTIONS_DIR"  # the harness tasks' convention for a local GoEmotions folder
+
+
+# --------------------------------------------------------------------------- texts
+
+
+@dataclass(frozen=True)
+class TextSource:
+    """Where the neutral texts come from: a text file (one text per line), a GoEmotions folder
+    (test.tsv + emotions.txt), or None = $STEER_GOEMOTIONS_DIR if set, else the hub dataset."""
+
+    path: str | None = None
+    seed: int = 0
+
+    def resolved(self) -> str | None:
+        return self.path if self.path else os.environ.get(GOEMOTIONS_DIR_ENV) or None
+
+    def describe(self) -> str:
+        where = self.resolved()
+        if where is None:
+            from steer_plugin.data import source_name
+
+            return f"{source_name(None)} test neutral (seed {self.seed})"
+        kind = "file" if Path(where).is_file() else "goemotions test neutral"
+        return f"{kind}:{where} (seed {self.seed})"
+
+    def load(self, n: int | None = None) -> list[str]:
+        """The texts in the seeded order (all of them, or the first ``n``)."""
+        where = self.resolved()
+        if where is not None and Path(where).expanduser().is_file():
+            texts = _file_texts(Path(where).expanduser())
+        else:
+            texts = _goemotions_neutral(where)
+        texts = list(dict.fromkeys(texts))  # deduplicated, first occurrence kept
+        random.Random(f"fluency:{self.seed}").shuffle(texts)
+        if not texts:
+            raise SteerError(f"no neutral texts in {self.describe()}; pass --fluency-texts FILE (one text per line)")
+        return texts if n is None else texts[:n]
+
+
+def _file_texts(path: Path) -> list[str]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise SteerError(f"cannot read fluency texts {path}: {e}") from None
+    return [line.strip() for line in lines if line.strip()]
+
+
+def _goemotions_neutral(folder: str | None) -> list[str]:
+    from steer_plugin.data import load_goemotions
+
+    if folder is not None and not Path(folder).expanduser().is_dir():
+        raise SteerError(f"fluency texts {folder!r}: not a text file or a GoEmotions folder")
+    examples = load_goemotions("test", folder)
+    return [ex.text for ex in examples if ex.labels == ("neutral",) and len(ex.text.split()) >= MIN_WORDS]
+
+
+def texts_sha256(texts: list[str]) -> str:
+    return hashlib.sha256("\n".join(texts).encode("utf-8")).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class SideEffects:
+    """KL and perplexity of one configuration, with the per-text sums they come from."""
+
+    kl_sums: list[float]  # per text: sum over its continuation tokens of KL(p || q)
+    nll_sums: list[float]  # per text: sum of -log q(token)
+    n_tokens: list[int]
+    baseline_ppl: float = float("nan")
+
+    @property
+    def total_tokens(self) -> int:
+        return sum(self.n_tokens)
+
+    @property
+    def kl(self) -> float:
+        return sum(self.kl_sums) / self.total_tokens
+
+    @property
+    def ppl(self) -> float:
+        return math.exp(sum(self.nll_sums) / self.total_tokens)
+
+    @property
+    def kl_stderr(self) -> float:
+        return _ratio_stderr(self.kl_sums, self.n_tokens)
+
+    @property
+    def ppl_stderr(self) -> float:
+        return self.ppl * _ratio_stderr(self.nll_sums, self.n_tokens)  # delta method on log ppl
+
+    def metrics(self) -> dict[str, float]:
+        """Harness-style metric keys (``name,filter``) for a results JSON entry."""
+        return {
+            "kl,none": self.kl,
+            "kl_stderr,none": self.kl_stderr,
+            "ppl,none": self.ppl,
+            "ppl_stderr,none": self.ppl_stderr,
+        }
+
+    def samples(self, texts: list[str]) -> list[dict[str, Any]]:
+        """One row per text (like a harness samples file): per-token KL and NLL of that text."""
+        return [
+            {
+                "doc_id": i,
+                "doc": {"text": t},
+                "filter": "none",
+                "metrics": ["kl", "nll"],
+                "n_tokens": n,
+                "kl": k / n,
+                "nll": s / n,
+            }
+            for i, (t, k, s, n) in enumerate(zip(texts, self.kl_sums, self.nll_sums, self.n_tokens))
+        ]
+
+
+def _ratio_stderr(sums: list[float], counts: list[int]) -> float:
+    """Standard error of sum(sums)/sum(counts) over texts (ratio estimator, linearised)."""
+    m = len(sums)
+    if m < 2:
+        return float("nan")
+    total = sum(counts)
+    r = sum(sums) / total
+    mean_n = total / m
+    var = sum((s - r * n) ** 2 for s, n in zip(sums, counts)) / (m - 1)
+    return math.sqrt(var / m) / mean_n
+
+
+# --------------------------------------------------------------------------- the probe
+
+
+@dataclass
+class _Batch:
+    text_ids: list[int]  # index of each row's text in probe.texts
+    input_ids: torch.Tensor  # [B, W] (right-padded ids[:-1])
+    attention_mask: torch.Tensor
+    response: torch.Tensor  # bool [B, W]: positions c-1 .. n-2 of each row
+    rows: torch.Tensor  # [T] row of each scored position
+    cols: torch.Tensor  # [T] its column
+    targets: torch.Tensor  # [T] the continuation token it predicts
+    owner: torch.Tensor  # [T] index (in probe.texts) of the text it belongs to
+
+
+@dataclass
+class FluencyProbe:
+    """Tokenized neutral texts and their unsteered next-token distributions, reused per configuration."""
+
+    model: Any
+    tokenizer: Any
+    texts: list[str]
+    steerer: Steerer | None = None
+    batch_size: int = 16
+    max_tokens: int = MAX_TOKENS
+    cache_bytes: int = DEFAULT_CACHE_BYTES
+    blocks: str | None = None
+    _batches: list[_Batch] = field(default_factory=list, init=False, repr=False)
+    _cache: list[torch.Tensor] | None = field(default=None, init=False, repr=False)
+    _baseline: SideEffects | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        from steer_plugin.prompts import pad_batch, pad_id
+
+        if self.steerer is None:
+            self.steerer = Steerer(self.model, "hooks", self.blocks)
+        if self.batch_size < 1:
+            raise SteerError(f"batch size must be >= 1, got {self.batch_size}")
+        encoded = []
+        for i, text in enumerate(self.texts):
+            ids = list(self.tokenizer(text)["input_ids"])[: self.max_tokens]
+            if len(ids) >= 2:
+                encoded.append((i, ids))
+        if not encoded:
+            raise SteerError("no fluency text has 2 or more tokens (a context and a continuation)")
+        self.texts = [self.texts[i] for i, _ in encoded]  # only the texts that are scored
+        encoded = [(k, ids) for k, (_, ids) in enumerate(encoded)]
+        encoded.sort(key=lambda e: -len(e[1]))  # similar lengths together: less padding
+        device = self.model.get_input_embeddings().weight.device
+        pad = pad_id(self.tokenizer)
+        for start in range(0, len(encoded), self.batch_size):
+            chunk = encoded[start : start + self.batch_size]
+            ids, mask, _ = pad_batch([e[1][:-1] for e in chunk], pad, "right")
+            response = torch.zeros_like(mask, dtype=torch.bool)
+            rows, cols, targets, owner = [], [], [], []
+            for r, (k, full) in enumerate(chunk):
+                n, c = len(full), len(full) // 2
+                response[r, c - 1 : n - 1] = True
+                for j in range(c, n):
+                    rows.append(r)
+                    cols.append(j - 1)
+                    targets.append(full[j])
+                    owner.append(k)
+            self._batches.append(
+                _Batch(
+                    [e[0] for e in chunk],
+                    ids.to(device),
+                    mask.to(device),
+                    response,
+                    torch.tensor(rows, device=device),
+                    torch.tensor(cols, device=device),
+                    torch.tensor(targets, device=device),
+                    torch.tensor(owner),
+                )
+            )
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(int(b.targets.numel()) for b in self._batches)
+
+    def _log_probs(self, batch: _Batch, plan: SteeringPlan, positions: str) -> torch.Tensor:
+        """float32 log-probs [T, V] at the scored positions of one batch."""
+        where = None if positions == "all" else batch.response
+        assert self.steerer is not None
+        with torch.no_grad():
+            out = self.steerer.forward(plan, where, input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+            logits = out.logits if hasattr(out, "logits") else out[0]
+            return torch.log_softmax(logits[batch.rows, batch.cols].float(), dim=-1)
+
+    def _baseline_log_probs(self, i: int, batch: _Batch) -> torch.Tensor:
+        if self._cache is not None:
+            return self._cache[i].to(batch.targets.device)
+        return self._log_probs(batch, SteeringPlan(), "all")
+
+    def baseline(self) -> SideEffects:
+        """The unsteered model on these texts (KL 0); fills the cache on the first call."""
+        if self._baseline is None:
+            vocab = None
+            nll = [0.0] * len(self.texts)
+            counts = [0] * len(self.texts)
+            cache: list[torch.Tensor] = []
+            for batch in self._batches:
+                lp = self._log_probs(batch, SteeringPlan(), "all")
+                vocab = lp.shape[-1]
+                if self.n_tokens * vocab * 4 <= self.cache_bytes:
+                    cache.append(lp.cpu())
+                self._add(nll, counts, batch, -lp.gather(1, batch.targets[:, None])[:, 0])
+            self._cache = cache if len(cache) == len(self._batches) else None
+            self._baseline = SideEffects([0.0] * len(self.texts), nll, counts)
+            self._baseline.baseline_ppl = self._baseline.ppl
+        return self._baseline
+
+    @staticmethod
+    def _add(sums: list[float], counts: list[int] | None, batch: _Batch, values: torch.Tensor) -> None:
+        for k, v in zip(batch.owner.tolist(), values.double().cpu().tolist()):
+            sums[k] += v
+            if counts is not None:
+                counts[k] += 1
+
+    def measure(self, plan: SteeringPlan, positions: str = "all") -> SideEffects:
+        """KL to the unsteered model and steered perplexity under ``plan`` at ``positions``."""
+        from steer_plugin.steering import POSITIONS
+
+        if positions not in POSITIONS:
+            raise SteerError(f"unknown positions {positions!r}; use one of {', '.join(POSITIONS)}")
+        base = self.baseline()
+        if not plan.active:
+            return base
+        kl = [0.0] * len(self.texts)
+        nll = [0.0] * len(self.texts)
+        for i, batch in enumerate(self._batches):
+            p = self._baseline_log_probs(i, batch)
+            q = self._log_probs(batch, plan, positions)
+            self._add(kl, None, batch, (p.exp() * (p - q)).sum(-1))
+            self._add(nll, None, batch, -q.gather(1, batch.targets[:, None])[:, 0])
+        return SideEffects(kl, nll, list(base.n_tokens), base.ppl)
