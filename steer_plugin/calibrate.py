@@ -46,7 +46,7 @@ MAX_ALPHA_RANGE = 1e6  # never search beyond start x/÷ this
 CALIBRATION_FORMAT = "steer-plugin/calibration"
 CALIBRATION_VERSION = 1
 # first alpha when the vector knows its residual RMS: a step of this fraction of the residual norm
-START_RELATIVE_STRENGTH = 0.05
+START_RELATIVE_STRENGTH = 0.02
 
 
 # --------------------------------------------------------------------------- alpha specs

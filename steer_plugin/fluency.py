@@ -22,6 +22,10 @@ The unsteered distributions are computed once per probe and kept on the CPU, flo
 continuation positions only (~200 texts x ~8 tokens x vocab; 300 MB for a 49k vocabulary), so every
 configuration costs one steered forward per batch and the KL is exact. If they would exceed
 ``cache_bytes`` the probe recomputes them batch by batch instead (exact, twice the forwards).
+With ``positions=response`` the context minus its last token is never steered: its KV cache is
+computed once too and steered passes run only the rest (about half the tokens; models whose cache
+cannot be reused, see ``prefix_reuse.reuse_blocker``, run the whole text). The LM head runs only at
+scored positions where the model takes ``logits_to_keep``.
 """
 
 from __future__ import annotations
@@ -138,12 +142,9 @@ class SideEffects:
 
     def metrics(self) -> dict[str, float]:
         """Harness-style metric keys (``name,filter``) for a results JSON entry."""
-        return {
-            "kl,none": self.kl,
-            "kl_stderr,none": self.kl_stderr,
-            "ppl,none": self.ppl,
-            "ppl_stderr,none": self.ppl_stderr,
-        }
+        out = {"kl,none": self.kl, "kl_stderr,none": self.kl_stderr, "ppl,none": self.ppl}
+        out["ppl_stderr,none"] = self.ppl_stderr
+        return {k: v for k, v in out.items() if not math.isnan(v)}  # no stderr from a single text
 
     def samples(self, texts: list[str]) -> list[dict[str, Any]]:
         """One row per text (like a harness samples file): per-token KL and NLL of that text."""
@@ -186,6 +187,20 @@ class _Batch:
     cols: torch.Tensor  # [T] its column
     targets: torch.Tensor  # [T] the continuation token it predicts
     owner: torch.Tensor  # [T] index (in probe.texts) of the text it belongs to
+    prefix_lengths: list[int] = field(default_factory=list)  # c - 1 per row: the never-steered part (response)
+
+
+@dataclass
+class _Prefix:
+    """positions=response: the unsteered KV cache of every row's ``ids[:c-1]`` (left-padded), computed once;
+    steered passes then run only the tails ``ids[c-1:n-1]`` (right-padded), whose positions are all scored."""
+
+    cache: Any  # transformers DynamicCache
+    mask: torch.Tensor  # [B, P] long, 0 on left padding
+    lengths: torch.Tensor  # [B]
+    tail_ids: torch.Tensor  # [B, W]
+    tail_mask: torch.Tensor  # [B, W] long
+    tail_cols: torch.Tensor  # [T] column of each scored position in the tail
 
 
 @dataclass
@@ -203,8 +218,12 @@ class FluencyProbe:
     _batches: list[_Batch] = field(default_factory=list, init=False, repr=False)
     _cache: list[torch.Tensor] | None = field(default=None, init=False, repr=False)
     _baseline: SideEffects | None = field(default=None, init=False, repr=False)
+    _prefixes: dict[int, _Prefix | None] = field(default_factory=dict, init=False, repr=False)
+    _reuse_blocked: str | None = field(default=None, init=False, repr=False)
+    _keep_logits: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self) -> None:
+        from steer_plugin.prefix_reuse import accepts_logits_to_keep, reuse_blocker
         from steer_plugin.prompts import pad_batch, pad_id
 
         if self.steerer is None:
@@ -246,21 +265,93 @@ class FluencyProbe:
                     torch.tensor(cols, device=device),
                     torch.tensor(targets, device=device),
                     torch.tensor(owner),
+                    [len(full) // 2 - 1 for _, full in chunk],
                 )
             )
+        self._keep_logits = accepts_logits_to_keep(self.model)
+        self._reuse_blocked = reuse_blocker(self.model)
 
     @property
     def n_tokens(self) -> int:
         return sum(int(b.targets.numel()) for b in self._batches)
 
-    def _log_probs(self, batch: _Batch, plan: SteeringPlan, positions: str) -> torch.Tensor:
-        """float32 log-probs [T, V] at the scored positions of one batch."""
-        where = None if positions == "all" else batch.response
+    def _log_probs(self, batch: _Batch, plan: SteeringPlan, positions: str, i: int | None = None) -> torch.Tensor:
+        """float32 log-probs [T, V] at the scored positions of one batch (``i``: its index, for the prefix
+        cache of positions=response)."""
         assert self.steerer is not None
+        prefix = self._prefix(i, batch) if positions == "response" and plan.active and i is not None else None
         with torch.no_grad():
-            out = self.steerer.forward(plan, where, input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+            if prefix is not None:
+                from transformers import DynamicCache
+
+                width = prefix.tail_ids.shape[1]
+                out = self.steerer.forward(
+                    plan,
+                    prefix.tail_mask.bool(),
+                    input_ids=prefix.tail_ids,
+                    attention_mask=torch.cat([prefix.mask, prefix.tail_mask], dim=1),
+                    position_ids=prefix.lengths[:, None] + torch.arange(width, device=prefix.lengths.device)[None, :],
+                    # a fresh cache object over the stored tensors: the forward appends, never edits them
+                    cache=DynamicCache(ddp_cache_data=[(l.keys, l.values) for l in prefix.cache.layers]),
+                    use_cache=True,
+                )
+                logits = out.logits if hasattr(out, "logits") else out[0]
+                return torch.log_softmax(logits[batch.rows, prefix.tail_cols].float(), dim=-1)
+            where = None if positions == "all" else batch.response
+            inputs: dict[str, Any] = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+            cols = batch.cols
+            if self._keep_logits:  # the LM head only where something is scored
+                keep, cols = torch.unique(batch.cols, return_inverse=True)
+                inputs["logits_to_keep"] = keep
+            out = self.steerer.forward(plan, where, **inputs)
             logits = out.logits if hasattr(out, "logits") else out[0]
-            return torch.log_softmax(logits[batch.rows, batch.cols].float(), dim=-1)
+            return torch.log_softmax(logits[batch.rows, cols].float(), dim=-1)
+
+    def _prefix(self, i: int, batch: _Batch) -> _Prefix | None:
+        """The batch's unsteered prefix cache (built on first use); None where it cannot be used: the
+        model's cache cannot be reused, or a row has no prefix (a 2- or 3-token text)."""
+        if i in self._prefixes:
+            return self._prefixes[i]
+        self._prefixes[i] = None
+        if self._reuse_blocked or min(batch.prefix_lengths) == 0:
+            return None
+        from transformers import DynamicCache
+
+        device = batch.input_ids.device
+        b, width = len(batch.prefix_lengths), max(batch.prefix_lengths)
+        ids = torch.zeros(b, width, dtype=torch.long, device=device)
+        mask = torch.zeros(b, width, dtype=torch.long, device=device)
+        lengths = torch.tensor(batch.prefix_lengths, device=device)
+        real = batch.attention_mask.sum(1).tolist()
+        tail_w = max(n - p for n, p in zip(real, batch.prefix_lengths))
+        tail_ids = torch.zeros(b, tail_w, dtype=torch.long, device=device)
+        tail_mask = torch.zeros(b, tail_w, dtype=torch.long, device=device)
+        for r, (p, n) in enumerate(zip(batch.prefix_lengths, real)):
+            ids[r, width - p :] = batch.input_ids[r, :p]
+            mask[r, width - p :] = 1
+            tail_ids[r, : n - p] = batch.input_ids[r, p:n]
+            tail_mask[r, : n - p] = 1
+        cache = DynamicCache(config=self.model.config)
+        extra = {"logits_to_keep": 1} if self._keep_logits else {}
+        with torch.no_grad():
+            self.model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                cache=cache,
+                use_cache=True,
+                **extra,
+            )
+        if cache.get_seq_length() != width:
+            self._reuse_blocked = f"the model left {cache.get_seq_length()} positions in the KV cache, not {width}"
+            return None
+        for layer in cache.layers:  # padded positions are masked, but NaN * 0 would still poison the sums
+            keep = mask.bool()[:, None, :, None].to(layer.keys.device)
+            layer.keys = torch.where(keep, layer.keys, 0)
+            layer.values = torch.where(keep, layer.values, 0)
+        offsets = torch.tensor(batch.prefix_lengths, device=device)[batch.rows]
+        self._prefixes[i] = _Prefix(cache, mask, lengths, tail_ids, tail_mask, batch.cols - offsets)
+        return self._prefixes[i]
 
     def _baseline_log_probs(self, i: int, batch: _Batch) -> torch.Tensor:
         if self._cache is not None:
@@ -305,7 +396,7 @@ class FluencyProbe:
         nll = [0.0] * len(self.texts)
         for i, batch in enumerate(self._batches):
             p = self._baseline_log_probs(i, batch)
-            q = self._log_probs(batch, plan, positions)
+            q = self._log_probs(batch, plan, positions, i)
             self._add(kl, None, batch, (p.exp() * (p - q)).sum(-1))
             self._add(nll, None, batch, -q.gather(1, batch.targets[:, None])[:, 0])
         return SideEffects(kl, nll, list(base.n_tokens), base.ppl)

@@ -44,7 +44,7 @@ class SweepConfig:
             del fields["kl_budget"]  # plain alphas keep the folder names of earlier versions
         h = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:8]
         budget = "" if self.kl_budget is None else f"_kl{self.kl_budget:g}"
-        return f"{name}{budget}_a{self.alpha:.4g}_L{self.layers.replace(',', '.')}_{self.positions}_{h}"
+        return f"{name}{budget}_a{self.alpha:g}_L{self.layers.replace(',', '.')}_{self.positions}_{h}"
 
 
 @dataclass

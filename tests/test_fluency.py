@@ -15,7 +15,7 @@ from steer_plugin.vector import SteeringVector
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-TEXTS = [*CORPUS[:8], "Hi there.", "A"]  # different lengths; "A" may be a single token
+TEXTS = [*CORPUS[:8], "Hi there.", "Go", "A"]  # different lengths; "Go" has 2 tokens (no prefix), "A" 1 (skipped)
 
 
 def reference(model, tokenizer, texts, delta_by_layer, positions):
@@ -73,6 +73,9 @@ def test_kl_and_ppl_equal_plain_torch_reference(arch, positions):
     want_kl, want_ppl, n_tok = reference(model, tok, TEXTS, {l: alpha * vec.matrix[l] for l in layers}, positions)
     assert got.total_tokens == n_tok
     assert got.kl > 1e-3  # the vector does something
+    if positions == "response":  # the unsteered prefix ran once and was reused (where every row has one)
+        used = [p is not None for p in probe._prefixes.values()]
+        assert any(used) and not all(used)  # "Go" has no prefix: its batch ran whole
     assert got.kl == pytest.approx(want_kl, rel=1e-4, abs=1e-7)
     assert got.ppl == pytest.approx(want_ppl, rel=1e-5)
     # the baseline: KL 0 and the unsteered perplexity
@@ -88,13 +91,17 @@ def test_no_cache_batch_size_and_backend_do_not_change_the_numbers():
     vec = SteeringVector(torch.randn(2, 32))
     plan = make_plan([vec], [2.0], model, "model.layers")
     cached = FluencyProbe(model, tok, list(TEXTS), batch_size=4).measure(plan, "response")
+    whole_probe = FluencyProbe(model, tok, list(TEXTS), batch_size=4)
+    whole_probe._reuse_blocked = "test: no prefix cache"
+    whole = whole_probe.measure(plan, "response")
+    assert not any(whole_probe._prefixes.values())
     uncached_probe = FluencyProbe(model, tok, list(TEXTS), batch_size=1, cache_bytes=0)
     uncached = uncached_probe.measure(plan, "response")
     assert uncached_probe._cache is None  # over the memory budget: recomputed per batch
     nn = FluencyProbe(model, tok, list(TEXTS), steerer=Steerer(model, "nnsight"), batch_size=16).measure(
         plan, "response"
     )
-    for other in (uncached, nn):
+    for other in (uncached, nn, whole):
         assert other.kl == pytest.approx(cached.kl, rel=1e-5)
         assert other.ppl == pytest.approx(cached.ppl, rel=1e-6)
     assert cached.n_tokens == uncached.n_tokens

@@ -45,6 +45,7 @@ def test_run_builds_sweeps_and_tables(tmp_path, tiny_llama_dir, monkeypatch, cap
     assert "target_rate" in out
     board = (tmp_path / "run" / "leaderboard.md").read_text()
     assert board.count("\n") == 4  # header, separator, baseline, alpha 2
+    assert "| side_effects/kl | side_effects/ppl |" in board  # side effects on the fixture's neutral test text
     results = sorted((tmp_path / "run").glob("*/results.json"))
     assert len(results) == 2
     steered = [json.loads(p.read_text()) for p in results if "baseline" not in str(p)][0]

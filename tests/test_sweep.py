@@ -116,3 +116,66 @@ def test_unknown_task_is_a_clear_error(lm, tmp_path, vector_file):
     plan = SweepPlan.grid([vector_file], [1.0], ["all"], ["all"])
     with pytest.raises(SteerError, match="unknown task"):
         run_sweep(lm, plan, SweepOptions(tasks=["no_such_task_xyz"], out_dir=tmp_path), progress=False)
+
+
+def test_sweep_measures_side_effects_and_resolves_kl_alphas(lm, task_dir, vector_file, tiny_llama_dir, tmp_path):
+    from test_fluency import reference
+
+    from steer_plugin.calibrate import KLBudget, calibrate_vector_file, parse_alpha_specs
+    from steer_plugin.errors import SteerError
+    from steer_plugin.fluency import TextSource
+    from steer_plugin.table import load_rows, to_console, to_csv
+
+    texts = tmp_path / "neutral.txt"
+    texts.write_text("".join(f"{d['q']}{d['choices'][0]} ({i})\n" for i, d in enumerate(DOCS * 3)), encoding="utf-8")
+    source = TextSource(str(texts))
+    resolved = []
+
+    def resolve(vector, layers, positions, budgets):
+        cal, _ = calibrate_vector_file(
+            lm.model, lm.tokenizer, vector, budgets, layers=layers, positions=positions, source=source,
+            n_calibration=6, n_heldout=6, model_name=tiny_llama_dir,
+        )  # fmt: skip
+        resolved.append((vector, layers, positions, budgets))
+        return {b: cal.alpha_for(b) for b in budgets}
+
+    alphas = parse_alpha_specs("0,kl:0.003,1.0")
+    assert alphas[1] == KLBudget(0.003)
+    plan = SweepPlan.grid([vector_file], alphas, ["all"], ["response"], resolve=resolve)
+    assert resolved == [(vector_file, "all", "response", [0.003])]  # one calibration per vector/layers/positions
+    budget_config = plan.configs[1]
+    assert budget_config.kl_budget == 0.003 and budget_config.alpha > 0 and "_kl0.003_" in budget_config.slug()
+    assert plan.configs[2] == SweepConfig(vector_file, 1.0, "all", "response")  # a plain alpha keeps its old slug
+    with pytest.raises(SteerError, match="need a model"):
+        SweepPlan.grid([vector_file], alphas, ["all"], ["all"])
+
+    out = tmp_path / "sweep"
+    options = SweepOptions(
+        tasks=["tiny_mc"], out_dir=out, include_path=task_dir, log_samples=True, side_effects=source,
+        model_args={"pretrained": tiny_llama_dir},
+    )  # fmt: skip
+    files = run_sweep(lm, plan, options, progress=False)
+    docs = [json.loads(f.read_text()) for f in files]
+    side = [d["results"]["side_effects"] for d in docs]
+    assert side[0]["kl,none"] == 0 and "kl_budget,none" not in side[0]
+    assert side[1]["kl_budget,none"] == 0.003
+    assert abs(side[1]["kl,none"] / 0.003 - 1) < 0.5  # measured on all 12 texts, calibrated on 6
+    vec = SteeringVector.load(vector_file)
+    for config, s in zip(plan.configs[1:], side[1:]):
+        deltas = {l: config.alpha * vec.matrix[l] for l in range(3)}
+        want_kl, want_ppl, _ = reference(lm.model, lm.tokenizer, source.load(200), deltas, "response")
+        assert s["kl,none"] == pytest.approx(want_kl, rel=1e-4) and s["ppl,none"] == pytest.approx(want_ppl, rel=1e-5)
+    _, base_ppl, _ = reference(lm.model, lm.tokenizer, source.load(200), {}, "response")
+    assert side[0]["ppl,none"] == pytest.approx(base_ppl, rel=1e-5)
+    assert docs[1]["config"]["sweep"]["kl_budget"] == 0.003 and docs[1]["config"]["side_effects"]["n_texts"] == 12
+    assert len((files[1].parent / "samples_side_effects.jsonl").read_text().splitlines()) == 12
+
+    # the leaderboard shows budget, KL and perplexity next to alpha, before the task metrics
+    rows = load_rows(out)
+    header = to_console(rows).splitlines()[0].split()
+    assert header[:8] == [
+        "model", "vector", "alpha", "layers", "positions",
+        "side_effects/kl_budget", "side_effects/kl", "side_effects/ppl",
+    ]  # fmt: skip
+    assert "tiny_mc/acc" in header
+    assert "side_effects/kl_stderr" in to_csv(rows).splitlines()[0]
