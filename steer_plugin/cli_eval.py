@@ -200,6 +200,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 # steer run's grid: the baseline plus alphas calibrated to these KL budgets (nats per token on neutral
 # texts), so the grid means the same on every model; plain numbers still work (--alphas 0,0.2,0.5).
 DEFAULT_ALPHAS = "0,kl:0.03,kl:0.1,kl:0.3,kl:1"
+QUICK_SIDE_EFFECT_TEXTS = 100  # with --limit (a quick look) the side effects take half the usual texts
 
 
 def _add_eval_args(p: argparse.ArgumentParser) -> None:
@@ -223,6 +224,13 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
         help="score multiple-choice requests with HFLM's own loop (bit-identical to `hf` at alpha 0)",
     )
     _add_fluency_texts_arg(p)
+    p.add_argument(
+        "--side-effect-texts",
+        type=int,
+        default=None,
+        metavar="N",
+        help="neutral texts for the kl/ppl columns (default 200; 100 with --limit)",
+    )
     p.add_argument(
         "--no-side-effects",
         action="store_true",
@@ -307,6 +315,7 @@ def _sweep(args: argparse.Namespace, vectors: list[str], tasks: list[str], out: 
         bootstrap_iters=args.bootstrap_iters,
         model_args=model_args,
         side_effects=None if args.no_side_effects else source,
+        side_effect_texts=args.side_effect_texts or (QUICK_SIDE_EFFECT_TEXTS if args.limit else 200),
     )
     kwargs: dict[str, Any] = {
         "dtype": args.dtype,

@@ -190,6 +190,11 @@ class _Batch:
     prefix_lengths: list[int] = field(default_factory=list)  # c - 1 per row: the never-steered part (response)
 
 
+def _pick(logits: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """float32 log-probs at (rows, cols), on the logits' device (the last layer's, with device_map)."""
+    return torch.log_softmax(logits[rows.to(logits.device), cols.to(logits.device)].float(), dim=-1)
+
+
 @dataclass
 class _Prefix:
     """positions=response: the unsteered KV cache of every row's ``ids[:c-1]`` (left-padded), computed once;
@@ -296,7 +301,7 @@ class FluencyProbe:
                     use_cache=True,
                 )
                 logits = out.logits if hasattr(out, "logits") else out[0]
-                return torch.log_softmax(logits[batch.rows, prefix.tail_cols].float(), dim=-1)
+                return _pick(logits, batch.rows, prefix.tail_cols)
             where = None if positions == "all" else batch.response
             inputs: dict[str, Any] = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
             cols = batch.cols
@@ -305,7 +310,7 @@ class FluencyProbe:
                 inputs["logits_to_keep"] = keep
             out = self.steerer.forward(plan, where, **inputs)
             logits = out.logits if hasattr(out, "logits") else out[0]
-            return torch.log_softmax(logits[batch.rows, cols].float(), dim=-1)
+            return _pick(logits, batch.rows, cols)
 
     def _prefix(self, i: int, batch: _Batch) -> _Prefix | None:
         """The batch's unsteered prefix cache (built on first use); None where it cannot be used: the
@@ -355,7 +360,7 @@ class FluencyProbe:
 
     def _baseline_log_probs(self, i: int, batch: _Batch) -> torch.Tensor:
         if self._cache is not None:
-            return self._cache[i].to(batch.targets.device)
+            return self._cache[i]
         return self._log_probs(batch, SteeringPlan(), "all")
 
     def baseline(self) -> SideEffects:
@@ -370,7 +375,7 @@ class FluencyProbe:
                 vocab = lp.shape[-1]
                 if self.n_tokens * vocab * 4 <= self.cache_bytes:
                     cache.append(lp.cpu())
-                self._add(nll, counts, batch, -lp.gather(1, batch.targets[:, None])[:, 0])
+                self._add(nll, counts, batch, -lp.gather(1, batch.targets[:, None].to(lp.device))[:, 0])
             self._cache = cache if len(cache) == len(self._batches) else None
             self._baseline = SideEffects([0.0] * len(self.texts), nll, counts)
             self._baseline.baseline_ppl = self._baseline.ppl
@@ -395,8 +400,8 @@ class FluencyProbe:
         kl = [0.0] * len(self.texts)
         nll = [0.0] * len(self.texts)
         for i, batch in enumerate(self._batches):
-            p = self._baseline_log_probs(i, batch)
             q = self._log_probs(batch, plan, positions, i)
+            p = self._baseline_log_probs(i, batch).to(q.device)
             self._add(kl, None, batch, (p.exp() * (p - q)).sum(-1))
-            self._add(nll, None, batch, -q.gather(1, batch.targets[:, None])[:, 0])
+            self._add(nll, None, batch, -q.gather(1, batch.targets[:, None].to(q.device))[:, 0])
         return SideEffects(kl, nll, list(base.n_tokens), base.ppl)

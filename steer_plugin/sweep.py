@@ -81,8 +81,8 @@ class SweepPlan:
                 for pos in positions:
                     found = resolve(v, layers, pos, budgets) if budgets and resolve else {}
                     for a in alphas:
-                        if isinstance(a, KLBudget):
-                            configs.append(SweepConfig(v, float(found[a.kl]), layers, pos, a.kl))
+                        if isinstance(a, KLBudget):  # 4 significant digits: readable tables, KL unchanged
+                            configs.append(SweepConfig(v, float(f"{found[a.kl]:.4g}"), layers, pos, a.kl))
                         elif a != 0:
                             configs.append(SweepConfig(v, float(a), layers, pos))
         return cls(configs)
