@@ -3,7 +3,7 @@
 The texts (:class:`TextSource`): by default the GoEmotions **test** texts whose only label is
 ``neutral`` and that have at least ``MIN_WORDS`` words, deduplicated, in a seeded shuffle; or the
 non-empty lines of a text file. Callers take prefixes of that order: a sweep the first 200,
-calibration the first 64 (calibration set) and the next 64 (held-out set).
+calibration the first 128 (calibration set) and the next 128 (held-out set).
 
 Each text is tokenized as its tokenizer does by default (special tokens included, e.g. a BOS), cut to
 ``MAX_TOKENS`` tokens and split at ``c = n // 2``: context ``ids[:c]``, continuation ``ids[c:]``
