@@ -179,3 +179,27 @@ def test_sweep_measures_side_effects_and_resolves_kl_alphas(lm, task_dir, vector
     ]  # fmt: skip
     assert "tiny_mc/acc" in header
     assert "side_effects/kl_stderr" in to_csv(rows).splitlines()[0]
+
+
+def test_sweep_command_with_kl_alphas(task_dir, vector_file, tiny_llama_dir, tmp_path, capsys):
+    from steer_plugin.calibrate import calibration_path
+    from steer_plugin.cli import main
+
+    texts = tmp_path / "neutral.txt"
+    texts.write_text("".join(f"{d['q']}{d['choices'][-1]} [{i}]\n" for i, d in enumerate(DOCS * 3)), encoding="utf-8")
+    args = ["sweep", "--model", tiny_llama_dir, "--vector", vector_file, "--alphas", "0,kl:0.002", "--tasks", "tiny_mc"]
+    args += ["--include-path", task_dir, "--out", str(tmp_path / "out"), "--fluency-texts", str(texts)]
+    args += ["--batch-size", "2", "--positions", "response", "--backend", "hooks"]
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    assert "calibrated, wrote" in err and "side_effects/kl_budget" in out and "0.0020" in out
+    entries = json.loads(calibration_path(vector_file).read_text())["calibrations"]
+    assert any(e["key"]["positions"] == "response" and e["key"]["n_calibration"] == 6 for e in entries)
+    results = sorted((tmp_path / "out").glob("*kl0.002*/results.json"))
+    assert len(results) == 1
+    assert main(args) == 0  # resumed: the stored calibration gives the same alpha, so the same folder
+    assert "stored in" in capsys.readouterr().err
+    assert len(list((tmp_path / "out").glob("*/results.json"))) == 2  # baseline + the one budget, no new folder
+    with pytest.raises(SystemExit):  # argparse: a bad alpha list is a usage error
+        main([*args[:6], "0,kl:-1", *args[7:]])
+    assert "bad alpha 'kl:-1'" in capsys.readouterr().err
