@@ -179,7 +179,6 @@ def _ratio_stderr(sums: list[float], counts: list[int]) -> float:
 
 @dataclass
 class _Batch:
-    text_ids: list[int]  # index of each row's text in probe.texts
     input_ids: torch.Tensor  # [B, W] (right-padded ids[:-1])
     attention_mask: torch.Tensor
     response: torch.Tensor  # bool [B, W]: positions c-1 .. n-2 of each row
@@ -262,7 +261,6 @@ class FluencyProbe:
                     owner.append(k)
             self._batches.append(
                 _Batch(
-                    [e[0] for e in chunk],
                     ids.to(device),
                     mask.to(device),
                     response,
