@@ -7,8 +7,18 @@ from typing import Any
 import torch
 
 from steer_plugin.errors import SteerError, check_choice
-from steer_plugin.stats import HiddenStateStats
+from steer_plugin.stats import ClassStats, HiddenStateStats
 from steer_plugin.vector import METHODS, SteeringVector
+
+RMS_SOURCE = "last-token block outputs of the target and baseline texts, pooled"
+
+
+def residual_rms(*classes: ClassStats) -> list[float]:
+    """Per layer sqrt(E||h||^2) over the pooled texts of ``classes``, from count/mean/M2 alone:
+    sum_c (n_c ||mean_c||^2 + trace(M2_c)) / sum_c n_c (E||h||^2 = ||mean||^2 + trace(cov), ddof 0)."""
+    n = sum(c.count for c in classes)
+    total = torch.stack([c.count * (c.mean**2).sum(1) + c.m2.sum(1) for c in classes]).sum(0)
+    return [float(f"{x:.6g}") for x in (total / n).sqrt().tolist()]
 
 
 def build_vector(
@@ -68,6 +78,8 @@ def build_vector(
         method=method,
         top_k=top_k if method == "top_k" else None,
         counts={target: tgt.count, baseline: base.count},
+        residual_rms=residual_rms(tgt, base),
+        residual_rms_source=RMS_SOURCE,
     )
     if scale is not None:
         meta["scale"] = scale

@@ -35,6 +35,7 @@ class LayerCheck:
     norm_ratio: float | None  # |change| / |alpha x row|, worst position
     kl_next_token: float  # KL(unsteered || steered) of the last position's next-token distribution
     ok: bool
+    relative_strength: float | None = None  # ||alpha x row|| / RMS||h|| (RMS recorded at build time)
 
 
 @dataclass
@@ -132,7 +133,8 @@ def run_check(
                 cos is not None and ratio is not None and cos > 1 - COS_TOL and abs(ratio - 1) < RATIO_TOL
             )
             kl = _kl(base[rows, last], steered[rows, last])
-            report.layers.append(LayerCheck(l, float(vector.matrix[l].norm()), cos, ratio, kl, ok))
+            rel = vector.relative_strength(alpha, [l]).get(l)
+            report.layers.append(LayerCheck(l, float(vector.matrix[l].norm()), cos, ratio, kl, ok, rel))
         all_plan = make_plan([vector], [alpha], model, hooks_steerer.block_path, layers)
         by_hooks = hooks_steerer.forward(all_plan, None, **inputs).logits
         by_nnsight = nn_steerer.forward(all_plan, None, **inputs).logits
@@ -151,10 +153,11 @@ def format_report(report: CheckReport) -> str:
     def f(x: float | None, spec: str) -> str:
         return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
-    header = ("layer", "|row|", "cos(change, alpha*row)", "|change|/|alpha*row|", "KL next token", "ok")
+    header = ("layer", "|row|", "cos(change, alpha*row)", "|change|/|alpha*row|", "KL next token", "ok",
+              "rel. strength")  # fmt: skip
     rows = [
         (l.layer, f(l.row_norm, ".3f"), f(l.cosine, ".6f"), f(l.norm_ratio, ".6f"), f"{l.kl_next_token:.3e}",
-         "yes" if l.ok else "NO")
+         "yes" if l.ok else "NO", f(l.relative_strength, ".4g"))
         for l in report.layers
     ]  # fmt: skip
     lines = [
@@ -162,13 +165,13 @@ def format_report(report: CheckReport) -> str:
         "",
         format_table(header, rows, right=[True] * len(header)),
         "",
-        "",
         f"all layers steered: KL(next token) = {report.all_layers_kl:.3e}, "
         f"top-1 token changed for {report.all_layers_top1_changed} prompt(s)",
         f"alpha=0 reproduces the unsteered logits exactly: {'yes' if report.alpha0_exact else 'NO'}",
         f"nnsight and hooks backends agree: {'yes' if report.backends_agree else 'NO'} "
         f"(max |diff| {report.backend_max_diff:.2e})",
         f"hooks left on the model: {report.hooks_left}",
+        "rel. strength = ||alpha x row|| / RMS||h|| of that layer's residual stream (recorded at build time)",
         f"RESULT: {'PASS' if report.ok else 'FAIL'}",
     ]
     return "\n".join(lines)

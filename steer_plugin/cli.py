@@ -6,9 +6,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from steer_plugin import cli_eval
 from steer_plugin.cli_args import add_model_args, record_request_from_args
+
+if TYPE_CHECKING:  # pragma: no cover
+    from steer_plugin.vector import SteeringVector
 
 
 def _add_data_args(p: argparse.ArgumentParser, emotion_required: bool = True) -> None:
@@ -359,10 +363,19 @@ def cmd_list(args: argparse.Namespace) -> int:
                 *(printable(c) for c in cells),
                 format_layers(v.nonzero_layers(), v.n_layers),
                 f"{float(v.matrix.norm()):.3f}",
+                _median_relative_strength(v),
             )
         )
-    print(format_table(("file", "model", "emotion", "method", "layers", "norm"), rows))
+    print(format_table(("file", "model", "emotion", "method", "layers", "norm", "rel/alpha"), rows))
     return 0
+
+
+def _median_relative_strength(v: SteeringVector) -> str:
+    """Median over non-zero layers of ||row_l|| / RMS||h_l|| (relative strength per unit alpha)."""
+    import statistics
+
+    rel = v.relative_strength(1.0)
+    return f"{statistics.median(rel.values()):.4g}" if rel else "-"
 
 
 def cmd_export(args: argparse.Namespace) -> int:

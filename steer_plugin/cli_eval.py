@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from steer_plugin.cli_args import add_model_args, batch_size, floats, model_options, record_request_from_args
@@ -12,8 +13,18 @@ from steer_plugin.cli_args import add_model_args, batch_size, floats, model_opti
 DEFAULT_PROMPTS = ["Tell me about yourself.", "Write a short story about a boy and his dog."]
 
 
+def _alpha_specs(text: str) -> list[Any]:
+    from steer_plugin.calibrate import parse_alpha_specs
+    from steer_plugin.errors import SteerError
+
+    try:
+        return parse_alpha_specs(text)
+    except SteerError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def add_commands(sub: Any) -> None:
-    """check, generate, sweep, table, run."""
+    """check, generate, calibrate, sweep, table, run."""
     p = sub.add_parser("check", help="verify that steering lands in the residual stream (per layer)")
     add_model_args(p)
     p.add_argument("--vector", required=True)
@@ -42,7 +53,36 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--backend", default="hooks", choices=["hooks", "nnsight"])
     p.add_argument("--json-out", default=None, help="write every setting and generation as JSON")
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser(
+        "calibrate", help="the alpha of each KL budget (side effect on neutral texts), stored next to the vector"
+    )
+    add_model_args(p)
+    p.add_argument("--vector", required=True)
+    p.add_argument("--layers", default="all")
+    p.add_argument("--positions", default="all", choices=["all", "response"])
+    p.add_argument("--kl", default="0.03,0.1,0.3,1", help="KL budgets, nats per token (default: 0.03,0.1,0.3,1)")
+    _add_fluency_texts_arg(p)
+    p.add_argument("--n-calibration", type=int, default=128, help="calibration texts (default 128)")
+    p.add_argument("--n-heldout", type=int, default=128, help="held-out texts (default 128)")
+    p.add_argument("--tolerance", type=float, default=0.05, help="relative KL tolerance (default 0.05)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0, help="seed of the text order")
+    p.add_argument("--force", action="store_true", help="calibrate again even if a matching calibration is stored")
+    p.add_argument("--no-save", action="store_true", help="do not write VECTOR.calibration.json")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON")
+    p.set_defaults(func=cmd_calibrate)
     _add_eval_commands(sub)
+
+
+def _add_fluency_texts_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--fluency-texts",
+        default=None,
+        metavar="FILE|DIR",
+        help="neutral texts for KL/perplexity: a text file (one per line) or a GoEmotions folder "
+        "(default: --data if given, else $STEER_GOEMOTIONS_DIR, else the hub's neutral test texts)",
+    )
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -67,6 +107,49 @@ def cmd_check(args: argparse.Namespace) -> int:
     )
     print(json.dumps(report.to_json(), indent=2) if args.json else format_report(report))
     return 0 if report.ok else 1
+
+
+def _fluency_source(args: argparse.Namespace) -> Any:
+    from steer_plugin.fluency import TextSource
+
+    return TextSource(args.fluency_texts or getattr(args, "data", None), seed=getattr(args, "seed", 0) or 0)
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from steer_plugin.calibrate import calibrate_vector_file, calibration_path, format_calibration, parse_budgets
+    from steer_plugin.steering import Steerer
+
+    budgets = parse_budgets(args.kl)
+    loaded = model_options(args).load()
+    calibration, reused = calibrate_vector_file(
+        loaded.model,
+        loaded.tokenizer,
+        args.vector,
+        budgets,
+        layers=args.layers,
+        positions=args.positions,
+        source=_fluency_source(args),
+        n_calibration=args.n_calibration,
+        n_heldout=args.n_heldout,
+        model_name=args.model,
+        force=args.force,
+        save=not args.no_save,
+        tolerance=args.tolerance,
+        batch_size=args.batch_size,
+        steerer=Steerer(loaded.model, "hooks", args.blocks),
+        progress=lambda m: print(m, file=sys.stderr, flush=True),
+    )
+    if args.json:
+        print(json.dumps([asdict(r) for r in calibration.rows], indent=2))
+    else:
+        print(format_calibration(calibration, f"steer calibrate: {args.vector} on {args.model}"))
+    if reused:
+        print(f"(stored calibration from {calibration_path(args.vector)}; --force to redo)", file=sys.stderr)
+    elif not args.no_save:
+        print(f"wrote {calibration_path(args.vector)}", file=sys.stderr)
+    return 0
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -108,9 +191,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 # --- evaluation: sweep, table, run ----------------------------------------------------------------
 
-# Chosen on the real SmolLM2-135M-Instruct with a top_k=20 anger vector on all layers (see README):
-# from no visible effect to text falling apart.
-DEFAULT_ALPHAS = [0.0, 0.2, 0.3, 0.4, 0.5, 1.0]
+# steer run's grid: the baseline plus alphas calibrated to these KL budgets (nats per token on neutral
+# texts), so the grid means the same on every model; plain numbers still work (--alphas 0,0.2,0.5).
+DEFAULT_ALPHAS = "0,kl:0.03,kl:0.1,kl:0.3,kl:1"
+QUICK_SIDE_EFFECT_TEXTS = 100  # with --limit (a quick look) the side effects take half the usual texts
 
 
 def _add_eval_args(p: argparse.ArgumentParser) -> None:
@@ -150,13 +234,31 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="discard the results already in --out (needed when they come from another sweep)",
     )
+    _add_fluency_texts_arg(p)
+    p.add_argument(
+        "--side-effect-texts",
+        type=int,
+        default=None,
+        metavar="N",
+        help="neutral texts for the kl/ppl columns (default 200; 100 with --limit)",
+    )
+    p.add_argument(
+        "--no-side-effects",
+        action="store_true",
+        help="skip the KL / perplexity columns (side effects on neutral texts) of every configuration",
+    )
 
 
 def _add_eval_commands(sub: Any) -> None:
     p = sub.add_parser("sweep", help="evaluate many alphas/vectors/layers with one model load")
     add_model_args(p)
     p.add_argument("--vector", action="append", required=True, help="vector file (repeatable)")
-    p.add_argument("--alphas", type=floats, required=True, help="e.g. -4,-2,-1,0,0.5,1,2,4")
+    p.add_argument(
+        "--alphas",
+        type=_alpha_specs,
+        required=True,
+        help="e.g. -4,-2,-1,0,0.5,1,2,4; kl:0.1 = the alpha whose KL to the unsteered model is 0.1 (calibrated)",
+    )
     p.add_argument("--out", required=True, help="output folder (resumable)")
     _add_eval_args(p)
     p.set_defaults(func=cmd_sweep)
@@ -184,7 +286,12 @@ def _add_eval_commands(sub: Any) -> None:
     p.add_argument("--method", default="top_k", choices=["mean", "top_k"])
     p.add_argument("--top-k", type=int, default=20)
     p.add_argument("--vector", default=None, help="use this vector file instead of building one")
-    p.add_argument("--alphas", type=floats, default=DEFAULT_ALPHAS)
+    p.add_argument(
+        "--alphas",
+        type=_alpha_specs,
+        default=_alpha_specs(DEFAULT_ALPHAS),
+        help=f"alphas and KL budgets (default: {DEFAULT_ALPHAS})",
+    )
     p.add_argument(
         "--truthfulqa-dir",
         default=None,
@@ -200,6 +307,7 @@ def _sweep_options(args: argparse.Namespace, tasks: list[str], out: str):
 
     from steer_plugin.sweep import SweepOptions
 
+    source = _fluency_source(args)
     model_args = {
         **model_options(args).harness_args(),
         "batch_size": args.batch_size,
@@ -218,6 +326,8 @@ def _sweep_options(args: argparse.Namespace, tasks: list[str], out: str):
         bootstrap_iters=args.bootstrap_iters,
         model_args=model_args,
         fresh=args.fresh,
+        side_effects=None if args.no_side_effects else source,
+        side_effect_texts=args.side_effect_texts or (QUICK_SIDE_EFFECT_TEXTS if args.limit else 200),
     )
 
 
@@ -246,16 +356,46 @@ def _sweep(args: argparse.Namespace, vectors: list[str], tasks: list[str], out: 
     from steer_plugin.lm_model import SteeredHFLM
     from steer_plugin.sweep import SweepPlan, run_sweep
     from steer_plugin.sweep_folder import check_same_sweep, open_sweep_folder, sweep_settings
+    from steer_plugin.vector import SteeringVector
 
     _check_sweep_args(args, out)
+    for v in vectors:  # a missing or corrupt vector fails now, not after the model has loaded
+        SteeringVector.load(v)
     options = _sweep_options(args, tasks, out)
     if not args.fresh:  # before the controls are written into the folder
         check_same_sweep(Path(out), sweep_settings(options))
     positions = [p.strip() for p in args.positions.split(",") if p.strip()]
     controls = write_controls(vectors, args.controls, Path(out) / "controls") if args.controls else None
-    plan = SweepPlan.grid(vectors, args.alphas, args.layers or ["all"], positions, controls=controls)
-    folder = open_sweep_folder(plan, options)  # refuses another sweep's folder before the model loads
-    return run_sweep(SteeredHFLM(**options.model_args), plan, options, folder=folder)
+    lm = SteeredHFLM(**options.model_args)
+    resolver = _resolver(args, lm, options.side_effects or _fluency_source(args))  # kl:X alphas need the model
+    plan = SweepPlan.grid(vectors, args.alphas, args.layers or ["all"], positions, controls=controls, resolve=resolver)
+    return run_sweep(lm, plan, options, folder=open_sweep_folder(plan, options))
+
+
+def _resolver(args: argparse.Namespace, lm: Any, source: Any) -> Callable[..., dict[float, float]]:
+    """kl:X alphas: calibrate each (vector, layers, positions) on the sweep's model, reusing stored calibrations."""
+    from steer_plugin.calibrate import calibrate_vector_file, calibration_path, format_calibration
+    from steer_plugin.steering import Steerer
+
+    def resolve(vector: str, layers: str, positions: str, budgets: list[float]) -> dict[float, float]:
+        batch = lm.batch_size if isinstance(lm.batch_size, int) else 16
+        calibration, reused = calibrate_vector_file(
+            lm.model,
+            lm.tokenizer,
+            vector,
+            budgets,
+            layers=layers,
+            positions=positions,
+            source=source,
+            model_name=args.model,
+            batch_size=max(int(batch), 1),
+            steerer=Steerer(lm.model, "hooks", lm.steerer.block_path),
+        )
+        how = f"stored in {calibration_path(vector)}" if reused else f"calibrated, wrote {calibration_path(vector)}"
+        print(format_calibration(calibration, f"KL budgets of {vector} ({how}):"), file=sys.stderr, flush=True)
+        return {b: calibration.alpha_for(b) for b in budgets}
+
+    return resolve
 
 
 def _tasks(args: argparse.Namespace) -> list[str]:

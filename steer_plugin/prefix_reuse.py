@@ -57,6 +57,23 @@ class TokenCounts:
         return {"plain": self.plain, "prefix": self.prefix, "tail": self.tail, "total": self.total, "slots": self.slots}
 
 
+def zero_padded_positions(cache: Any, mask: torch.Tensor, rows: int, width: int) -> None:
+    """Check a freshly filled KV cache is [rows, heads, width, dim] per layer (else ReuseUnsupported) and zero
+    its keys/values at padded positions: those are masked for every query, but NaN * 0 would still poison sums."""
+    layers: list[Any] = list(cache.layers)  # a cache of other layer kinds (linear attention) is refused here
+    for layer in layers:
+        keys = getattr(layer, "keys", None)
+        if not isinstance(keys, torch.Tensor):
+            raise ReuseUnsupported(f"a KV cache layer of type {type(layer).__name__} holds no key tensor")
+        if keys.dim() != 4 or keys.shape[0] != rows or keys.shape[-2] != width:
+            raise ReuseUnsupported(f"unexpected KV cache shape {tuple(keys.shape)}")
+    if not bool(mask.all()):
+        for layer in layers:
+            keep = mask[:, None, :, None].to(layer.keys.device)
+            layer.keys = torch.where(keep, layer.keys, 0)
+            layer.values = torch.where(keep, layer.values, 0)
+
+
 def plain_token_count(
     requests: Sequence[tuple[Any, Sequence[int], Sequence[int]]], max_length: int, logits_cache: bool = True
 ) -> int:
@@ -251,19 +268,7 @@ class Scorer:
             self.counts.slots += ids.numel()
         if cache.get_seq_length() != width:
             raise ReuseUnsupported(f"the model left {cache.get_seq_length()} positions in the KV cache, not {width}")
-        layers: list[Any] = list(cache.layers)  # a cache of other layer kinds (linear attention) is refused here
-        for layer in layers:
-            keys = getattr(layer, "keys", None)
-            if not isinstance(keys, torch.Tensor):
-                raise ReuseUnsupported(f"a KV cache layer of type {type(layer).__name__} holds no key tensor")
-            if keys.dim() != 4 or keys.shape[0] != len(batch) or keys.shape[-2] != width:
-                raise ReuseUnsupported(f"unexpected KV cache shape {tuple(keys.shape)}")
-        if not bool(mask.all()):
-            for layer in layers:
-                # padded positions are masked for every query, but NaN * 0 would still poison the sums
-                keep = mask[:, None, :, None].to(layer.keys.device)
-                layer.keys = torch.where(keep, layer.keys, 0)
-                layer.values = torch.where(keep, layer.values, 0)
+        zero_padded_positions(cache, mask, len(batch), width)
         return Prefix(cache, mask, lengths)
 
     def score(self, prefix: Prefix, batch: Sequence[ContextGroup], config: TailConfig) -> dict[int, Answer]:

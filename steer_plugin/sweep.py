@@ -13,6 +13,7 @@ import hashlib
 import json
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ from steer_plugin.errors import SteerError
 from steer_plugin.results_files import RESULTS_FILE
 from steer_plugin.sweep_folder import SweepFolder, open_sweep_folder
 
+SIDE_EFFECTS = "side_effects"  # the results entry with kl / ppl (and kl_budget) of a configuration
+
 
 @dataclass(frozen=True)
 class SweepConfig:
@@ -28,6 +31,7 @@ class SweepConfig:
     alpha: float
     layers: str = "all"
     positions: str = "all"
+    kl_budget: float | None = None  # the KL budget the alpha was calibrated for (``kl:0.1``), if any
 
     @property
     def is_baseline(self) -> bool:
@@ -37,8 +41,12 @@ class SweepConfig:
         if self.is_baseline:
             return "baseline"
         name = Path(str(self.vector)).stem
-        h = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:8]
-        return f"{name}_a{self.alpha:g}_L{self.layers.replace(',', '.')}_{self.positions}_{h}"
+        fields = asdict(self)
+        if self.kl_budget is None:
+            del fields["kl_budget"]  # plain alphas keep the folder names of earlier versions
+        h = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:8]
+        budget = "" if self.kl_budget is None else f"_kl{self.kl_budget:g}"
+        return f"{name}{budget}_a{self.alpha:g}_L{self.layers.replace(',', '.')}_{self.positions}_{h}"
 
 
 @dataclass
@@ -49,29 +57,46 @@ class SweepPlan:
     def grid(
         cls,
         vectors: list[str],
-        alphas: list[float],
+        alphas: list[Any],
         layer_sets: list[str],
         positions: list[str],
         baseline: bool = True,
         controls: dict[str, list[str]] | None = None,
+        resolve: Resolver | None = None,
     ) -> SweepPlan:
-        """Every vector x layers x positions x non-zero alpha; ``controls`` maps a vector to its random
-        controls, each evaluated at every configuration of that vector (right after it)."""
+        """Every vector x layer set x positions x alpha. An alpha may be a KL budget
+        (``calibrate.KLBudget``); ``resolve(vector, layers, positions, budgets)`` turns the budgets of
+        one (vector, layers, positions) into alphas ``{budget: alpha}``. ``controls`` maps a vector to its
+        random controls, each evaluated at every alpha of that vector (right after it)."""
+        from steer_plugin.calibrate import KLBudget
+
         if not vectors:
             raise SteerError("give at least one --vector")
         if not alphas:
             raise SteerError("give at least one alpha")
+        budgets = [a.kl for a in alphas if isinstance(a, KLBudget)]
+        if budgets and resolve is None:
+            raise SteerError("KL budgets (kl:X) need a model to calibrate on")
         configs: list[SweepConfig] = []
         if baseline or 0 in alphas:
             configs.append(SweepConfig(None, 0.0))
         for v in vectors:
             for layers in layer_sets:
                 for pos in positions:
+                    found = resolve(v, layers, pos, budgets) if budgets and resolve else {}
                     for a in alphas:
-                        if a != 0:
-                            configs.append(SweepConfig(v, float(a), layers, pos))
-                            configs += [SweepConfig(c, float(a), layers, pos) for c in (controls or {}).get(v, [])]
+                        if isinstance(a, KLBudget):  # 4 significant digits: readable tables, KL unchanged
+                            alpha, budget = float(f"{found[a.kl]:.4g}"), a.kl
+                        elif a != 0:
+                            alpha, budget = float(a), None
+                        else:
+                            continue
+                        for vec in [v, *(controls or {}).get(v, [])]:
+                            configs.append(SweepConfig(vec, alpha, layers, pos, budget))
         return cls(configs)
+
+
+Resolver = Callable[[str, str, str, list[float]], dict[float, float]]
 
 
 @dataclass
@@ -90,6 +115,9 @@ class SweepOptions:
     seed: int = 0
     model_args: dict[str, Any] = field(default_factory=dict)
     fresh: bool = False  # discard the results already in out_dir (they may belong to another sweep)
+    # side effects (KL, perplexity on neutral texts) of every configuration; None = not measured
+    side_effects: Any = None  # steer_plugin.fluency.TextSource
+    side_effect_texts: int = 200
 
 
 def load_tasks(options: SweepOptions) -> dict[str, Any]:
@@ -170,6 +198,7 @@ def run_sweep(
                 for c in todo
             ]
         )
+    probe = None
     for i, config in enumerate(todo):
         lm.configure(None if config.is_baseline else config.vector, config.alpha, config.layers, config.positions)
         _seed_everything(options.seed)
@@ -185,6 +214,25 @@ def run_sweep(
             verbosity="WARNING",
         )
         samples = results.pop("samples", None)
+        seconds = time.monotonic() - t0
+        side: dict[str, Any] = {} if config.kl_budget is None else {"kl_budget,none": config.kl_budget}
+        side_info = None
+        if options.side_effects is not None:
+            t1 = time.monotonic()
+            if probe is None:
+                probe = side_effect_probe(lm, options)
+            measured = probe.measure(lm.plan, lm.positions)
+            side.update(measured.metrics())
+            side_info = {
+                "texts": options.side_effects.describe(),
+                "n_texts": len(probe.texts),
+                "n_tokens": measured.total_tokens,
+                "seconds": round(time.monotonic() - t1, 2),
+            }
+            if samples is not None:
+                samples[SIDE_EFFECTS] = measured.samples(probe.texts)
+        if side:
+            results["results"][SIDE_EFFECTS] = {"alias": SIDE_EFFECTS, **side}
         results["config"] = {
             "model": "steered_hf",
             "model_args": model_args_string(options.model_args, config),
@@ -195,7 +243,8 @@ def run_sweep(
             "classifier": options.classifier,
             "sweep": state.records[config.slug()],
             "sweep_settings": state.settings,
-            "seconds": round(time.monotonic() - t0, 2),
+            "seconds": round(seconds, 2),
+            "side_effects": side_info,
         }
         results["date"] = time.time()
         out = options.out_dir / config.slug()
@@ -221,6 +270,19 @@ def run_sweep(
         lm.plan_ahead([])
     lm.configure(None, 0.0)
     return [options.out_dir / c.slug() / RESULTS_FILE for c in plan.configs]
+
+
+def side_effect_probe(lm: Any, options: SweepOptions) -> Any:
+    """The sweep's fluency probe on the lm's model: texts tokenized and the unsteered pass done once."""
+    from steer_plugin.fluency import FluencyProbe
+    from steer_plugin.steering import Steerer
+
+    texts = options.side_effects.load(options.side_effect_texts)
+    batch = lm.batch_size if isinstance(lm.batch_size, int) else 16
+    steerer = Steerer(lm.model, "hooks", lm.steerer.block_path)  # same blocks as lm.plan, no tracing overhead
+    probe = FluencyProbe(lm.model, lm.tokenizer, texts, steerer=steerer, batch_size=max(int(batch), 1))
+    probe.baseline()
+    return probe
 
 
 def _say(enabled: bool, message: str) -> None:

@@ -54,6 +54,10 @@ def sweep_settings(options: SweepOptions) -> dict[str, Any]:
         include_path=options.include_path,
         bootstrap_iters=options.bootstrap_iters,
         seed=options.seed,
+        # the kl / ppl columns depend on the neutral texts they were measured on
+        side_effects=None
+        if options.side_effects is None
+        else {"texts": options.side_effects.describe(), "n_texts": options.side_effect_texts},
         package_version=__version__,
     )
     return json.loads(json.dumps(settings, default=str))  # as it reads back from JSON

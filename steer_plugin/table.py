@@ -30,7 +30,12 @@ HEADLINE = (
     "rouge1_acc",
     "exact_match",
     "word_perplexity",
+    "kl_budget",
+    "kl",
+    "ppl",
 )
+# steer sweep's side effects (see steer_plugin.fluency) come first, next to the alpha they belong to
+SIDE_EFFECT_COLUMNS = ("side_effects/kl_budget", "side_effects/kl", "side_effects/ppl")
 
 
 @dataclass
@@ -148,7 +153,8 @@ def columns(rows: list[Row], headline_only: bool) -> list[str]:
     cols = sorted({m for r in rows for m in r.metrics})
     if headline_only:
         cols = [c for c in cols if c.split("/", 1)[1].split("[")[0] in HEADLINE]
-    return cols
+    first = [c for c in SIDE_EFFECT_COLUMNS if c in cols]
+    return first + [c for c in cols if c not in first]
 
 
 def _fmt(row: Row, col: str) -> str:

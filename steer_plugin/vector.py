@@ -51,6 +51,17 @@ class SteeringVector:
     def nonzero_layers(self) -> list[int]:
         return [i for i, n in enumerate(self.layer_norms()) if n > 0]
 
+    def relative_strength(self, alpha: float = 1.0, layers: list[int] | None = None) -> dict[int, float]:
+        """``|alpha| ||row_l|| / RMS||h_l||`` per non-zero layer (of ``layers``): the step in units of the
+        residual stream's typical norm there. Empty if the metadata has no ``residual_rms`` (built
+        before it was recorded, or imported)."""
+        rms = self.metadata.get("residual_rms")
+        if not isinstance(rms, list) or len(rms) != self.n_layers:
+            return {}
+        norms = self.layer_norms()
+        keep = self.nonzero_layers() if layers is None else [l for l in layers if norms[l] > 0]
+        return {l: abs(alpha) * norms[l] / float(rms[l]) for l in keep if rms[l] and float(rms[l]) > 0}
+
     def restrict(self, layers: list[int]) -> SteeringVector:
         """Keep only ``layers`` (others zeroed)."""
         keep = torch.zeros(self.n_layers, 1)

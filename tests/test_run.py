@@ -48,6 +48,7 @@ def test_run_builds_sweeps_and_tables(tmp_path, tiny_llama_dir, monkeypatch, cap
     assert len(table) == 5  # header, separator, baseline, alpha 2, its random control (--controls 1 by default)
     assert "| anger (top_k-4) [random control 0] | 2.0 |" in table[4]
     assert "steer_emotion_anger/target_prob Δ" in table[0]  # per-document scores kept: deltas vs the baseline
+    assert "| side_effects/kl | side_effects/ppl |" in board  # side effects on the fixture's neutral test text
     results = sorted((tmp_path / "run").glob("*/results.json"))
     assert len(results) == 3
     assert (tmp_path / "run" / "controls" / "anger-top_k-4-random-0.safetensors").exists()

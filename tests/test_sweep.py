@@ -129,7 +129,7 @@ def test_reproduce_string_rebuilds_the_same_run(task_dir, vector_file, tiny_llam
     argv = ["sweep", "--model", tiny_llama_dir, "--vector", vector_file, "--alphas", "0.7", "--tasks", "tiny_mc",
             "--include-path", task_dir, "--out", str(out), "--log-samples", "--batch-size", "2", "--device", "cpu",
             "--blocks", "model.layers", "--trust-remote-code", "--backend", "hooks", "--layers", "0-1",
-            "--positions", "response"]  # fmt: skip
+            "--positions", "response", "--no-side-effects"]  # fmt: skip
     assert main(argv) == 0
     folder = next(p for p in out.iterdir() if p.is_dir() and p.name != "baseline")
     config = json.loads((folder / RESULTS_FILE).read_text())["config"]
@@ -218,3 +218,90 @@ def test_sweep_with_controls_keeps_per_document_scores_and_tables_them(
     assert "anger (mean) [random control 0]" in text and "tiny_mc/acc Δ" in text
     assert "tiny_mc/acc_delta" in (out / "leaderboard.csv").read_text()
     assert any(f.name == "leaderboard_vs_alpha.png" for f in written)
+
+
+def test_sweep_measures_side_effects_and_resolves_kl_alphas(lm, task_dir, vector_file, tiny_llama_dir, tmp_path):
+    from test_fluency import reference
+
+    from steer_plugin.calibrate import KLBudget, calibrate_vector_file, parse_alpha_specs
+    from steer_plugin.errors import SteerError
+    from steer_plugin.fluency import TextSource
+    from steer_plugin.table import load_rows, to_console, to_csv
+
+    texts = tmp_path / "neutral.txt"
+    texts.write_text("".join(f"{d['q']}{d['choices'][0]} ({i})\n" for i, d in enumerate(DOCS * 3)), encoding="utf-8")
+    source = TextSource(str(texts))
+    resolved = []
+
+    def resolve(vector, layers, positions, budgets):
+        cal, _ = calibrate_vector_file(
+            lm.model, lm.tokenizer, vector, budgets, layers=layers, positions=positions, source=source,
+            n_calibration=6, n_heldout=6, model_name=tiny_llama_dir,
+        )  # fmt: skip
+        resolved.append((vector, layers, positions, budgets))
+        return {b: cal.alpha_for(b) for b in budgets}
+
+    alphas = parse_alpha_specs("0,kl:0.003,1.0")
+    assert alphas[1] == KLBudget(0.003)
+    plan = SweepPlan.grid([vector_file], alphas, ["all"], ["response"], resolve=resolve)
+    assert resolved == [(vector_file, "all", "response", [0.003])]  # one calibration per vector/layers/positions
+    budget_config = plan.configs[1]
+    assert budget_config.kl_budget == 0.003 and budget_config.alpha > 0 and "_kl0.003_" in budget_config.slug()
+    assert plan.configs[2] == SweepConfig(vector_file, 1.0, "all", "response")  # a plain alpha keeps its old slug
+    with pytest.raises(SteerError, match="need a model"):
+        SweepPlan.grid([vector_file], alphas, ["all"], ["all"])
+
+    out = tmp_path / "sweep"
+    options = SweepOptions(
+        tasks=["tiny_mc"], out_dir=out, include_path=task_dir, log_samples=True, side_effects=source,
+        model_args={"pretrained": tiny_llama_dir},
+    )  # fmt: skip
+    files = run_sweep(lm, plan, options, progress=False)
+    docs = [json.loads(f.read_text()) for f in files]
+    side = [d["results"]["side_effects"] for d in docs]
+    assert side[0]["kl,none"] == 0 and "kl_budget,none" not in side[0]
+    assert side[1]["kl_budget,none"] == 0.003
+    assert abs(side[1]["kl,none"] / 0.003 - 1) < 0.5  # measured on all 12 texts, calibrated on 6
+    vec = SteeringVector.load(vector_file)
+    for config, s in zip(plan.configs[1:], side[1:]):
+        deltas = {l: config.alpha * vec.matrix[l] for l in range(3)}
+        want_kl, want_ppl, _ = reference(lm.model, lm.tokenizer, source.load(200), deltas, "response")
+        assert s["kl,none"] == pytest.approx(want_kl, rel=1e-4) and s["ppl,none"] == pytest.approx(want_ppl, rel=1e-5)
+    _, base_ppl, _ = reference(lm.model, lm.tokenizer, source.load(200), {}, "response")
+    assert side[0]["ppl,none"] == pytest.approx(base_ppl, rel=1e-5)
+    assert docs[1]["config"]["sweep"]["kl_budget"] == 0.003 and docs[1]["config"]["side_effects"]["n_texts"] == 12
+    assert len((files[1].parent / "samples_side_effects.jsonl").read_text().splitlines()) == 12
+
+    # the leaderboard shows budget, KL and perplexity next to alpha, before the task metrics
+    rows = load_rows(out)
+    header = to_console(rows).splitlines()[0].split()
+    assert header[:8] == [
+        "model", "vector", "alpha", "layers", "positions",
+        "side_effects/kl_budget", "side_effects/kl", "side_effects/ppl",
+    ]  # fmt: skip
+    assert "tiny_mc/acc" in header
+    assert "side_effects/kl_stderr" in to_csv(rows).splitlines()[0]
+
+
+def test_sweep_command_with_kl_alphas(task_dir, vector_file, tiny_llama_dir, tmp_path, capsys):
+    from steer_plugin.calibrate import calibration_path
+    from steer_plugin.cli import main
+
+    texts = tmp_path / "neutral.txt"
+    texts.write_text("".join(f"{d['q']}{d['choices'][-1]} [{i}]\n" for i, d in enumerate(DOCS * 3)), encoding="utf-8")
+    args = ["sweep", "--model", tiny_llama_dir, "--vector", vector_file, "--alphas", "0,kl:0.002", "--tasks", "tiny_mc"]
+    args += ["--include-path", task_dir, "--out", str(tmp_path / "out"), "--fluency-texts", str(texts)]
+    args += ["--batch-size", "2", "--positions", "response", "--backend", "hooks"]
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    assert "calibrated, wrote" in err and "side_effects/kl_budget" in out and "0.0020" in out
+    entries = json.loads(calibration_path(vector_file).read_text())["calibrations"]
+    assert any(e["key"]["positions"] == "response" and e["key"]["n_calibration"] == 6 for e in entries)
+    results = sorted((tmp_path / "out").glob("*kl0.002*/results.json"))
+    assert len(results) == 1
+    assert main(args) == 0  # resumed: the stored calibration gives the same alpha, so the same folder
+    assert "stored in" in capsys.readouterr().err
+    assert len(list((tmp_path / "out").glob("*/results.json"))) == 2  # baseline + the one budget, no new folder
+    with pytest.raises(SystemExit):  # argparse: a bad alpha list is a usage error
+        main([*args[:6], "0,kl:-1", *args[7:]])
+    assert "bad alpha 'kl:-1'" in capsys.readouterr().err
