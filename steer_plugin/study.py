@@ -21,6 +21,7 @@ from steer_plugin.paired import DEFAULT_RESAMPLES, Paired, compare_rows
 from steer_plugin.table import Row, load_rows
 
 SIDE = "side_effects"
+OUTPUTS = ("summary.md", "leakage.csv", "leakage.png", "dose_response.png")
 NEUTRAL = "neutral"
 
 
@@ -304,14 +305,18 @@ def dose_response_png(study: Study) -> bytes:
 
 def write_study(
     folder: str | Path,
-    prefix: str | Path | None = None,
+    out_dir: str | Path | None = None,
     leakage_budget: float | None = None,
     resamples: int = DEFAULT_RESAMPLES,
     seed: int = 0,
 ) -> tuple[str, list[Path]]:
     """summary.md, leakage.csv/png and dose_response.png beside the leaderboard; returns the summary."""
+    from steer_plugin.outputs import check_output_file
+
     root = Path(folder)
-    out = Path(prefix) if prefix is not None else root
+    out = Path(out_dir) if out_dir is not None else root
+    for name in OUTPUTS:  # before the statistics: a path that cannot be written fails now
+        check_output_file(out / name, name)
     study = load_study(root, resamples, seed)
     text = summary_text(study)
     files = [out / "summary.md"]

@@ -152,6 +152,19 @@ def test_leakage_cells_are_deltas_of_each_label(run_folder):
         leakage(study, 0.2)
 
 
+def test_report_command(run_folder, capsys):
+    folder, _ = run_folder
+    assert main(["report", str(folder), "--leakage-budget", "0.3", "--resamples", "1000"]) == 0
+    out = capsys.readouterr().out
+    assert out.strip() == (folder / "summary.md").read_text().strip()
+    assert main(["report", str(folder), "--leakage-budget", "0.2"]) == 2  # not a budget of this run
+    assert "0.1, 0.3" in capsys.readouterr().err
+    (folder / "leakage.png").unlink()
+    (folder / "leakage.png").mkdir()
+    assert main(["report", str(folder)]) == 2  # an output that cannot be written fails before any work
+    assert "is a folder" in capsys.readouterr().err
+
+
 # --- the multi-emotion steer run ---------------------------------------------------------------------
 
 
