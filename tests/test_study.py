@@ -208,3 +208,32 @@ def test_run_several_emotions_records_once(tmp_path, tiny_llama_dir, monkeypatch
     # again: both vectors and every configuration are reused, nothing recorded
     assert main(args) == 0
     assert len(calls) == 1
+
+
+def test_identical_greedy_generations_run_once(tiny_llama_dir, tmp_path):
+    """The emotion tasks of a multi-emotion sweep share prompts: each is generated once, with the same text
+    as generating every request on its own (batch size 1: no padding, an exact reference)."""
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    from steer_plugin.lm_model import SteeredHFLM
+
+    lm = SteeredHFLM(pretrained=tiny_llama_dir, dtype="float32", device="cpu", batch_size=1)
+    greedy = {"until": ["\n\n"], "max_gen_toks": 6, "do_sample": False}
+    sampled = {"until": ["\n\n"], "max_gen_toks": 6, "do_sample": True, "temperature": 1.0}
+    args = [("Tell me", greedy), ("Once upon", greedy), ("Tell me", dict(greedy)), ("Tell me", sampled),
+            ("Tell me", sampled)]  # fmt: skip
+    requests = [Instance("generate_until", {}, a, i) for i, a in enumerate(args)]
+    calls = []
+    real = lm._model_generate
+
+    def counting(context, *a, **kw):
+        calls.append(context.shape[0])
+        return real(context, *a, **kw)
+
+    lm._model_generate = counting
+    out = lm.generate_until(requests, disable_tqdm=True)
+    assert sum(calls) == 4  # "Tell me" greedy once, "Once upon", and both sampled requests
+    assert out[0] == out[2]
+    reference = [HFLM.generate_until(lm, [r], disable_tqdm=True)[0] for r in requests[:3]]
+    assert out[:3] == reference
