@@ -57,6 +57,7 @@ class Arm:
     emotion: str  # the class the vector steers toward (a control: its parent's)
     alpha: float
     budget: float | None  # the KL budget the alpha was calibrated for, if any
+    series: str = ""  # what the summary/plots call it: the emotion, or the vector and settings if that is ambiguous
 
     @property
     def level(self) -> float:
@@ -76,7 +77,8 @@ class Study:
 
     @property
     def emotions(self) -> list[str]:
-        return list(dict.fromkeys(a.emotion for a in self.arms))
+        """The steered series: emotions, or ``anger (mean), layers 3-5, all`` when one emotion has several."""
+        return list(dict.fromkeys(a.series for a in self.arms))
 
     @property
     def levels(self) -> list[float]:
@@ -99,6 +101,15 @@ def _arm(row: Row, label: str) -> Arm | None:
     return Arm(row, _emotion_of(label), alpha, row.metrics.get(f"{SIDE}/kl_budget"))
 
 
+def _name_series(arms: list[Arm]) -> None:
+    """One series per (vector, layers, positions); named by its emotion unless that names several."""
+    groups = {(a.row.key["vector"], a.row.key["layers"], a.row.key["positions"]): a.emotion for a in arms}
+    ambiguous = len(groups) > len(set(groups.values()))
+    for a in arms:
+        vector, layers, positions = (a.row.key[k] for k in ("vector", "layers", "positions"))
+        a.series = f"{vector}, layers {layers}, {positions}" if ambiguous else a.emotion
+
+
 def load_study(folder: str | Path, resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> Study:
     """The baseline, each emotion vector's configurations and their controls, with paired statistics."""
     rows = load_rows(folder)
@@ -107,6 +118,7 @@ def load_study(folder: str | Path, resamples: int = DEFAULT_RESAMPLES, seed: int
     if not baselines:
         raise SteerError(f"no baseline (alpha 0) results under {folder}: the summary compares against it")
     arms = [a for r in rows if r.key["vector"] != "-" and r.control_of is None if (a := _arm(r, r.key["vector"]))]
+    _name_series(arms)
     study = Study(baselines[0], arms)
     for r in rows:
         if r.control_of is None or (control := _arm(r, r.control_of)) is None:
@@ -122,6 +134,7 @@ def load_study(folder: str | Path, resamples: int = DEFAULT_RESAMPLES, seed: int
 
 
 def _num(x: float, digits: int = 3, sign: bool = True) -> str:
+    x = 0.0 if round(x, digits) == 0 else x  # no "-0.000"
     return f"{x:{'+' if sign else ''}.{digits}f}".replace("-", "\N{MINUS SIGN}")
 
 
@@ -162,13 +175,14 @@ def sentence(study: Study, arm: Arm) -> str:
     before, after = study.baseline.metrics.get(f"{SIDE}/ppl"), arm.row.metrics.get(f"{SIDE}/ppl")
     if before is not None and after is not None:
         parts.append(f"perplexity {before:.1f} \N{RIGHTWARDS ARROW} {after:.1f}")
-    return f"Toward {arm.emotion} {where}: " + ("; ".join(parts) or "no paired scores") + "."
+    toward = arm.emotion if arm.series == arm.emotion else f"{arm.emotion} ({arm.series})"
+    return f"Toward {toward} {where}: " + ("; ".join(parts) or "no paired scores") + "."
 
 
 def summary_text(study: Study) -> str:
     lines = ["What steering did (Δ vs the unsteered baseline, 95% paired bootstrap interval; n.s. = includes 0):", ""]
-    for emotion in study.emotions:
-        lines += [sentence(study, a) for a in sorted(study.arms, key=lambda a: a.level) if a.emotion == emotion]
+    for series in study.emotions:
+        lines += [sentence(study, a) for a in sorted(study.arms, key=lambda a: a.level) if a.series == series]
     return "\n".join(lines) + "\n"
 
 
@@ -212,15 +226,15 @@ def leakage(study: Study, level: float | None = None) -> Leakage:
     labels: dict[str, None] = {}
     emotions: list[str] = []
     for arm in study.arms:
-        if not math.isclose(arm.level, chosen, rel_tol=1e-6) or arm.emotion in emotions:
+        if not math.isclose(arm.level, chosen, rel_tol=1e-6) or arm.series in emotions:
             continue
         prefix = f"steer_emotion_{target_slug(arm.emotion)}/prob_"
         found = {k[len(prefix) :]: p for k, p in arm.row.paired.items() if k.startswith(prefix)}
         if found:
-            emotions.append(arm.emotion)
+            emotions.append(arm.series)
             for label, p in found.items():
                 labels.setdefault(label)
-                cells[(arm.emotion, label)] = p
+                cells[(arm.series, label)] = p
     return Leakage(chosen, emotions, list(labels), cells)
 
 
@@ -271,9 +285,9 @@ def dose_response_png(study: Study) -> bytes:
     ax = fig.add_subplot()
     colours = [f"C{i % 10}" for i in range(len(study.emotions))]
     for colour, emotion in zip(colours, study.emotions):
-        metric = target_metric(emotion)
+        arms = sorted((a for a in study.arms if a.series == emotion), key=lambda a: a.alpha)
+        metric = target_metric(arms[0].emotion)
         base = study.baseline.metrics.get(metric)
-        arms = sorted((a for a in study.arms if a.emotion == emotion), key=lambda a: a.alpha)
         series: list[tuple[str, list[Arm]]] = [(emotion, arms)]
         n_controls = max((len(study.controls_of(a)) for a in arms), default=0)
         for i in range(n_controls):

@@ -152,6 +152,20 @@ def test_leakage_cells_are_deltas_of_each_label(run_folder):
         leakage(study, 0.2)
 
 
+def test_two_vectors_of_one_emotion_are_two_series(tmp_path):
+    rng = np.random.default_rng(1)
+    folder = tmp_path / "run"
+    _write_config(folder, "baseline", None, 0.0, None, rng)
+    _write_config(folder, "mean", _vector("anger"), 0.5, 0.1, rng)
+    top_k = {"path": "anger-top_k.safetensors", "metadata": {"emotion": "anger", "method": "top_k", "top_k": 4}}
+    _write_config(folder, "top_k", top_k, 0.7, 0.1, rng)
+    study = load_study(folder, resamples=1000)
+    assert study.emotions == ["anger (mean), layers all, all", "anger (top_k-4), layers all, all"]
+    assert leakage(study).emotions == study.emotions
+    summary, _ = write_study(folder, resamples=1000)
+    assert "Toward anger (anger (top_k-4), layers all, all) at KL 0.10 (alpha 0.7): anger probability" in summary
+
+
 def test_report_command(run_folder, capsys):
     folder, _ = run_folder
     assert main(["report", str(folder), "--leakage-budget", "0.3", "--resamples", "1000"]) == 0
