@@ -268,7 +268,7 @@ def leakage_png(table: Leakage, what: str) -> bytes:
                 ax.text(j, i, f"{p.delta:+.2f}" + ("*" if p.significant else ""), ha="center", va="center", fontsize=7)
     ax.set_xlabel("classifier label")
     ax.set_ylabel("steered toward")
-    ax.set_title(f"Δ probability vs the baseline at {what} (* = 95% paired interval excludes 0)")
+    ax.set_title(f"Δ probability vs the baseline at {what}\n(* = 95% paired interval excludes 0)", fontsize=10)
     fig.colorbar(im, ax=ax).set_label("Δ probability")
     return png_bytes(fig)
 
