@@ -276,9 +276,28 @@ def _add_eval_commands(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the paired bootstrap (default 0)")
     p.set_defaults(func=cmd_table)
 
+    p = sub.add_parser(
+        "report", help="what steering did: summary.md, leakage.csv/png, dose_response.png from a run/sweep folder"
+    )
+    p.add_argument("dir")
+    p.add_argument(
+        "--leakage-budget",
+        type=float,
+        default=None,
+        help="the KL budget (or alpha, without kl: alphas) of leakage.csv/png (default: the middle one)",
+    )
+    p.add_argument("--resamples", type=int, default=None, help="paired bootstrap resamples (default 2000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the paired bootstrap (default 0)")
+    p.set_defaults(func=cmd_report)
+
     p = sub.add_parser("run", help="the main job: build the vector if missing, sweep alphas, print the table")
     add_model_args(p)
-    p.add_argument("--emotion", required=True)
+    p.add_argument(
+        "--emotion",
+        required=True,
+        help="a label or Ekman group (anger, ekman:anger), several (anger,joy,sadness), "
+        "'all' (the 27 emotions) or 'ekman' (the 6 groups): one recording, one sweep",
+    )
     p.add_argument("--baseline", default="neutral")
     p.add_argument("--data", default=None, help="local GoEmotions folder (default: the hub dataset)")
     p.add_argument("--split", default="train")
@@ -298,6 +317,12 @@ def _add_eval_commands(sub: Any) -> None:
         help="local TruthfulQA JSONL folder: use the truthfulqa_local_* tasks (offline)",
     )
     p.add_argument("--out", default=None, help="output folder (default: runs/<model>-<emotion>)")
+    p.add_argument(
+        "--leakage-budget",
+        type=float,
+        default=None,
+        help="the KL budget (or alpha, without kl: alphas) of leakage.csv/png (default: the middle one)",
+    )
     _add_eval_args(p)
     p.set_defaults(func=cmd_run, positions="response", controls=1)
 
@@ -433,39 +458,92 @@ def cmd_table(args: argparse.Namespace) -> int:
     return _show_table(text, files)
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from steer_plugin.errors import SteerError
+    from steer_plugin.paired import DEFAULT_RESAMPLES
+    from steer_plugin.study import write_study
+
+    resamples = DEFAULT_RESAMPLES if args.resamples is None else args.resamples
+    if resamples < 1000:
+        raise SteerError(f"--resamples must be at least 1000 for a 95% interval, got {resamples}")
+    summary, files = write_study(args.dir, leakage_budget=args.leakage_budget, resamples=resamples, seed=args.seed)
+    return _show_table(summary, files)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path
 
-    from steer_plugin.data import canonical_target, target_slug
+    from steer_plugin.data import target_slug
+    from steer_plugin.errors import SteerError
     from steer_plugin.models import model_slug
+    from steer_plugin.study import check_level, parse_targets, run_folder_name, write_study
     from steer_plugin.table import write_table
     from steer_plugin.vector import default_vector_path
 
-    emotion = canonical_target(args.emotion)
-    vector = Path(args.vector) if args.vector else default_vector_path(args.model, emotion, args.method, args.top_k)
+    emotions = parse_targets(args.emotion)
+    check_level(args.leakage_budget, args.alphas)  # before minutes of recording and evaluation
+    if args.vector and len(emotions) > 1:
+        raise SteerError("--vector names one vector; give one --emotion with it (or leave --vector out)")
+    vectors = {
+        e: Path(args.vector) if args.vector else default_vector_path(args.model, e, args.method, args.top_k)
+        for e in emotions
+    }
     tq_dir = args.truthfulqa_dir or os.environ.get("STEER_TRUTHFULQA_DIR")
     if args.tasks:
         tasks = _tasks(args)
     else:
         tq = ["truthfulqa_local_mc1", "truthfulqa_local_mc2"] if tq_dir else ["truthfulqa_mc1", "truthfulqa_mc2"]
-        tasks = [*tq, f"steer_emotion_{target_slug(emotion)}"]
+        tasks = [*tq, *(f"steer_emotion_{target_slug(e)}" for e in emotions)]
     if tq_dir:
         os.environ["STEER_TRUTHFULQA_DIR"] = str(Path(tq_dir).resolve())
-    out = args.out or str(Path("runs") / f"{model_slug(args.model)}-{target_slug(emotion)}")
-    if not vector.exists():
+    out = args.out or str(Path("runs") / f"{model_slug(args.model)}-{run_folder_name(args.emotion, emotions)}")
+    missing = {e: v for e, v in vectors.items() if not v.exists()}
+    if missing:
         # before building (minutes): the vector's path, the sweep folder and that it holds this sweep
         from steer_plugin.outputs import check_output_file
         from steer_plugin.sweep_folder import check_same_sweep, sweep_settings
 
-        check_output_file(vector, "--vector" if args.vector else "vector path")
+        for v in missing.values():
+            check_output_file(v, "--vector" if args.vector else "vector path")
         _check_sweep_args(args, out)
         if not args.fresh:
             check_same_sweep(Path(out), sweep_settings(_sweep_options(args, tasks, out)))
-        _build_for_run(args, emotion, vector)
-    _sweep(args, [str(vector)], tasks, out)
+        if len(missing) == 1:
+            [(emotion, vector)] = missing.items()
+            _build_for_run(args, emotion, vector)
+        else:
+            _build_many_for_run(args, missing)
+    _sweep(args, [str(v) for v in vectors.values()], tasks, out)
     text, files = write_table(out)
-    return _show_table(text, files)
+    _show_table(text, files)
+    try:
+        summary, study_files = write_study(out, leakage_budget=args.leakage_budget)
+    except SteerError as e:  # e.g. --alphas without 0: the table stands, there is nothing to compare against
+        print(f"no summary: {e}", file=sys.stderr)
+        return 0
+    print()
+    print(summary)
+    for f in study_files:
+        print(f"wrote {f}", file=sys.stderr)
+    return 0
+
+
+def _build_many_for_run(args: argparse.Namespace, vectors: dict[str, Any]) -> None:
+    """Every missing vector from one recording pass over the union of their texts and the baseline's."""
+    from dataclasses import replace
+
+    from steer_plugin.build import build_vector
+    from steer_plugin.pipeline import record_request
+
+    names = list(vectors)
+    print(f"building {len(names)} vectors from one recording ({', '.join(names)})", file=sys.stderr)
+    request = record_request_from_args(args, ",".join(names))
+    stats = record_request(replace(request, targets=tuple(names)))
+    for emotion, out in vectors.items():
+        top_k = args.top_k if args.method == "top_k" else None
+        build_vector(stats, emotion, args.baseline, method=args.method, top_k=top_k).save(out)
+        print(f"wrote {out}", file=sys.stderr)
 
 
 def _build_for_run(args: argparse.Namespace, emotion: str, out: Any) -> None:

@@ -10,6 +10,7 @@ one KV cache of it, see ``prefix_reuse.py``; ``false`` is HFLM's own loop, bit f
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
@@ -104,6 +105,18 @@ def _repair_layer_args(layers: Any, kwargs: dict[str, Any]) -> Any:
     for k in stray:
         del kwargs[k]
     return ",".join([str(layers), *stray])
+
+
+def _greedy_key(req: Instance) -> tuple[str, str] | None:
+    """(context, settings) of a greedy generate_until request; None for a sampled one (HFLM's rule:
+    greedy when do_sample is False, or unset with temperature 0 or unset)."""
+    context, kwargs = req.args[0], req.args[1] if len(req.args) > 1 else {}
+    if not isinstance(context, str) or not isinstance(kwargs, dict):
+        return None
+    do_sample, temperature = kwargs.get("do_sample"), kwargs.get("temperature")
+    if do_sample or (do_sample is None and temperature not in (None, 0, 0.0)):
+        return None
+    return context, json.dumps(kwargs, sort_keys=True, default=str)
 
 
 @register_model("steered_hf")
@@ -387,6 +400,27 @@ class SteeredHFLM(HFLM):
                 pbar.update(1)
         pbar.close()
         return re_ord.get_original(res)
+
+    def generate_until(self, requests: list[Instance], disable_tqdm: bool = False) -> list[str]:
+        """Identical greedy requests are generated once: the steer_emotion_* tasks share their prompts and
+        settings, so a sweep over several emotions generates each prompt once per configuration, not once
+        per emotion task. Sampled requests are all generated."""
+        first: dict[tuple[str, str], int] = {}
+        unique: list[Instance] = []
+        slot: list[int] = []
+        for req in requests:
+            key = _greedy_key(req)
+            if key is not None and key in first:
+                slot.append(first[key])
+                continue
+            if key is not None:
+                first[key] = len(unique)
+            slot.append(len(unique))
+            unique.append(req)
+        if len(unique) == len(requests):
+            return super().generate_until(requests, disable_tqdm=disable_tqdm)
+        out = super().generate_until(unique, disable_tqdm=disable_tqdm)
+        return [out[i] for i in slot]
 
     def _model_generate(
         self, context: torch.Tensor, max_length: int, stop: list[str], **generation_kwargs: Any

@@ -26,6 +26,8 @@ class RecordRequest:
     save_activations: str | None = None
     activation_dtype: str = "float16"
     progress: bool = True
+    # several targets against one baseline, recorded in one pass (`steer run --emotion anger,joy`)
+    targets: tuple[str, ...] = ()
 
 
 def record_request(req: RecordRequest, loaded: LoadedModel | None = None) -> HiddenStateStats:
@@ -49,7 +51,9 @@ def record_request(req: RecordRequest, loaded: LoadedModel | None = None) -> Hid
             options = replace(options, device=f"cuda:{os.environ.get('LOCAL_RANK', '0')}")
     examples = load_goemotions(req.split, req.data_dir)
     source = "local" if req.data_dir else "hub"
-    if req.emotion == "all":
+    if req.targets:
+        items = _items_of_targets(examples, req, source)
+    elif req.emotion == "all":
         texts, memberships = select_all(examples, req.selection, req.max_per_class, req.seed, req.dedupe)
         items = [RecordItem(t, tuple(m)) for t, m in zip(texts, memberships) if m]
         if not items:
@@ -94,3 +98,30 @@ def record_request(req: RecordRequest, loaded: LoadedModel | None = None) -> Hid
         activation_dtype=req.activation_dtype,
         metadata=meta,
     )
+
+
+def _items_of_targets(examples: list, req: RecordRequest, source: str) -> list:
+    """Each target's and the baseline's texts, every text run once with all the classes it counts for
+    (listed once per row it was selected for, as ``select_all`` does)."""
+    from steer_plugin.data import select_texts
+    from steer_plugin.record import RecordItem
+
+    classes: dict[str, list[str]] = {}
+    for target in req.targets:
+        sel = select_texts(
+            examples,
+            target,
+            req.baseline,
+            req.selection,
+            req.max_per_class,
+            req.seed,
+            req.dedupe,
+            split=req.split,
+            source=source,
+        )
+        classes.update(sel.classes)
+    by_text: dict[str, list[str]] = {}
+    for name, texts in classes.items():
+        for text in texts:
+            by_text.setdefault(text, []).append(name)
+    return [RecordItem(text, tuple(names)) for text, names in by_text.items()]

@@ -58,6 +58,10 @@ def test_run_builds_sweeps_and_tables(tmp_path, tiny_llama_dir, monkeypatch, cap
     if shared_or_none:
         assert "truthfulqa_local_mc2" in steered["results"]
         assert (tmp_path / "run" / "leaderboard_tradeoff.png").exists()
+    summary = (tmp_path / "run" / "summary.md").read_text()  # what steering did, also printed
+    assert "Toward anger at alpha 2 (KL " in summary and "anger probability " in summary
+    assert "random control " in summary and summary.strip() in out
+    assert (tmp_path / "run" / "dose_response.png").exists() and (tmp_path / "run" / "leakage.csv").exists()
     # a second run reuses the vector and every finished configuration
     mtime = vector.stat().st_mtime_ns
     assert main(args) == 0
