@@ -304,8 +304,9 @@ def dose_response_png(study: Study) -> bytes:
                 lo.append(p.delta - p.ci_low)
                 hi.append(p.ci_high - p.delta)
             if len(xs) > 1:
-                style = {"ls": "--", "marker": "x"} if k else {"ls": "-", "marker": "o"}
-                ax.errorbar(xs, ys, yerr=[lo, hi], color=colour, capsize=3, label=name, **style)
+                control = k > 0  # the emotion vector first, then its controls (dashed)
+                ax.errorbar(xs, ys, yerr=[lo, hi], color=colour, capsize=3, label=name,
+                            ls="--" if control else "-", marker="x" if control else "o")  # fmt: skip
     ax.set_xlabel("KL to the unsteered model (nats/token, neutral texts)" if use_kl else "alpha")
     ax.set_ylabel("target probability (own steer_emotion task)")
     ax.set_title("Dose-response: target probability with 95% paired intervals; baseline at 0")
