@@ -146,6 +146,18 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
         help="score multiple-choice requests with HFLM's own loop (bit-identical to `hf` at alpha 0)",
     )
     p.add_argument(
+        "--no-config-batching",
+        action="store_true",
+        help="run one configuration at a time (default: greedy generation of all configurations in mixed batches)",
+    )
+    p.add_argument(
+        "--config-batch-rows",
+        type=int,
+        default=None,
+        metavar="N",
+        help="most rows in one mixed batch of several configurations (default 64, never below --batch-size)",
+    )
+    p.add_argument(
         "--fresh",
         action="store_true",
         help="discard the results already in --out (needed when they come from another sweep)",
@@ -218,6 +230,8 @@ def _sweep_options(args: argparse.Namespace, tasks: list[str], out: str):
         bootstrap_iters=args.bootstrap_iters,
         model_args=model_args,
         fresh=args.fresh,
+        config_batching=not args.no_config_batching,
+        config_batch_rows=args.config_batch_rows,
     )
 
 
@@ -232,6 +246,10 @@ def _check_sweep_args(args: argparse.Namespace, out: str) -> None:
 
     for spec in args.layers or ["all"]:
         layer_ranges(spec)
+    if args.config_batch_rows is not None and args.config_batch_rows < 1:
+        from steer_plugin.errors import SteerError
+
+        raise SteerError(f"--config-batch-rows must be a positive number of rows, got {args.config_batch_rows}")
     for p in (p.strip() for p in args.positions.split(",")):
         if p:
             check_positions(p)

@@ -90,6 +90,8 @@ class SweepOptions:
     seed: int = 0
     model_args: dict[str, Any] = field(default_factory=dict)
     fresh: bool = False  # discard the results already in out_dir (they may belong to another sweep)
+    config_batching: bool = True  # several configurations per batch (config_batching.py); results are the same
+    config_batch_rows: int | None = None  # most rows in one mixed batch (None: config_batching.DEFAULT_ROWS)
 
 
 def load_tasks(options: SweepOptions) -> dict[str, Any]:
@@ -168,7 +170,8 @@ def run_sweep(
                     "positions": c.positions,
                 }
                 for c in todo
-            ]
+            ],
+            **_batching_args(lm, options),
         )
     for i, config in enumerate(todo):
         lm.configure(None if config.is_baseline else config.vector, config.alpha, config.layers, config.positions)
@@ -221,6 +224,15 @@ def run_sweep(
         lm.plan_ahead([])
     lm.configure(None, 0.0)
     return [options.out_dir / c.slug() / RESULTS_FILE for c in plan.configs]
+
+
+def _batching_args(lm: Any, options: SweepOptions) -> dict[str, Any]:
+    """plan_ahead's config-batching arguments, for a model that takes them."""
+    import inspect
+
+    if "config_batching" not in inspect.signature(lm.plan_ahead).parameters:
+        return {}
+    return {"config_batching": options.config_batching, "rows": options.config_batch_rows}
 
 
 def _say(enabled: bool, message: str) -> None:
