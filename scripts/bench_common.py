@@ -488,6 +488,7 @@ SECTION_ORDER = (
     "scale-eval",
     "profile",
     "config-batching",
+    "config-batching-1b",
 )
 
 

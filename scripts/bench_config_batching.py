@@ -242,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     info = bc.machine_info()
     ratio6 = raw[6]["ratio"] if 6 in raw else None
     lines = [
-        "## 7. Config batching: a sweep's generation, all configurations in mixed batches",
+        "## 7. Config batching: a sweep's generation, all configurations in mixed batches"
+        + (" (random 1.2B Llama)" if args.model == "1b" else ""),
         "",
         *bc.header_lines(info, bc.command_line("bench_config_batching.py", raw_argv), (load_before, load_after)),
         f"- model: {described}",
@@ -269,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
             ["target", "measured", "result"],
             [["K = 6 batched >= 2.5x faster than one at a time", f"{ratio6:.2f}x", bc.verdict(ratio6 >= 2.5)]],
         )
-    bc.print_and_write(args, "config-batching", "\n".join(lines))
+    bc.print_and_write(args, "config-batching-1b" if args.model == "1b" else "config-batching", "\n".join(lines))
     bc.dump_json(args.json, raw)
     return 0
 
