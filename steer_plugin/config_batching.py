@@ -206,9 +206,10 @@ def generate_mixed(
     n, width = context.shape
     mask = kwargs.pop("attention_mask", None)
     eos = _eos_tensor(model, kwargs)
-    per_batch = max(1, gen.rows // n)
+    most = max(1, gen.rows // n)
     out: list[torch.Tensor | None] = [None] * len(configs)
     for positions, members in _groups(configs):
+        per_batch = -(-len(members) // -(-len(members) // most))  # as even as the budget allows: 11 -> 6 + 5
         shared = None
         if positions == "response" and gen.share_prefix and width > 1:
             with torch.no_grad():
