@@ -242,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     info = bc.machine_info()
     ratio6 = raw[6]["ratio"] if 6 in raw else None
     lines = [
-        "## 7. Config batching: a sweep's generation, all configurations in mixed batches"
+        ("## 7b. " if args.model == "1b" else "## 7. ")
+        + "Config batching: a sweep's generation, all configurations in mixed batches"
         + (" (random 1.2B Llama)" if args.model == "1b" else ""),
         "",
         *bc.header_lines(info, bc.command_line("bench_config_batching.py", raw_argv), (load_before, load_after)),

@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from steer_plugin.prefix_reuse import Answer, ContextGroup, Scorer, Tail, TailConfig, batches
+from steer_plugin.prefix_reuse import Answer, ContextGroup, Scorer, Tail, TailConfig, accepts_logits_to_keep, batches
 from steer_plugin.steering import RowPlan, Steerer, SteeringPlan
 
 log = logging.getLogger(__name__)
@@ -165,6 +165,8 @@ def _prefix_cache(model: Any, context: torch.Tensor, mask: torch.Tensor | None) 
         m = mask[:, :-1]
         inputs["attention_mask"] = m
         inputs["position_ids"] = (m.long().cumsum(-1) - 1).masked_fill(m == 0, 0)
+    if accepts_logits_to_keep(model):
+        inputs["logits_to_keep"] = 1  # only the cache is wanted
     cache = DynamicCache(config=model.config)
     model(**inputs, cache=cache, use_cache=True)
     return cache
@@ -202,6 +204,8 @@ def generate_mixed(
     """Greedy generation of one harness batch under every configuration: per configuration the token tensor
     its own ``_model_generate`` returns (None where its scores turned non-finite). ``kwargs``: normalised by
     ``greedy_kwargs``, with the batch's ``attention_mask``."""
+    from transformers import LogitsProcessorList, StoppingCriteriaList
+
     model = gen.steerer.model
     n, width = context.shape
     mask = kwargs.pop("attention_mask", None)
@@ -225,8 +229,6 @@ def generate_mixed(
                 extra["attention_mask"] = mask.repeat(g, 1)
             if shared is not None:
                 extra["cache"] = _expanded(shared, g)
-            from transformers import LogitsProcessorList, StoppingCriteriaList
-
             plan = RowPlan.stack([configs[i].plan for i in part], repeat=n)
             tokens = gen.steerer.generate(
                 plan,
