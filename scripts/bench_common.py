@@ -477,7 +477,19 @@ def verdict(ok: bool) -> str:
 
 # Our sections, in file order. Each lives between ``<!-- bench:KEY -->`` and ``<!-- /bench:KEY -->``;
 # everything outside those markers (e.g. the prefix-reuse section) is left byte for byte.
-SECTION_ORDER = ("intro", "summary", "record", "memory", "eval", "sweep", "scale-record", "scale-eval", "profile")
+SECTION_ORDER = (
+    "intro",
+    "summary",
+    "record",
+    "memory",
+    "eval",
+    "sweep",
+    "scale-record",
+    "scale-eval",
+    "profile",
+    "config-batching",
+    "config-batching-1b",
+)
 
 
 def _block_re(key: str) -> re.Pattern[str]:

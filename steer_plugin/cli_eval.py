@@ -230,6 +230,18 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
         help="score multiple-choice requests with HFLM's own loop (bit-identical to `hf` at alpha 0)",
     )
     p.add_argument(
+        "--no-config-batching",
+        action="store_true",
+        help="run one configuration at a time (default: greedy generation of all configurations in mixed batches)",
+    )
+    p.add_argument(
+        "--config-batch-rows",
+        type=int,
+        default=None,
+        metavar="N",
+        help="most rows in one mixed batch of several configurations (default 64, never below --batch-size)",
+    )
+    p.add_argument(
         "--fresh",
         action="store_true",
         help="discard the results already in --out (needed when they come from another sweep)",
@@ -353,6 +365,8 @@ def _sweep_options(args: argparse.Namespace, tasks: list[str], out: str):
         fresh=args.fresh,
         side_effects=None if args.no_side_effects else source,
         side_effect_texts=args.side_effect_texts or (QUICK_SIDE_EFFECT_TEXTS if args.limit else 200),
+        config_batching=not args.no_config_batching,
+        config_batch_rows=args.config_batch_rows,
     )
 
 
@@ -367,6 +381,10 @@ def _check_sweep_args(args: argparse.Namespace, out: str) -> None:
 
     for spec in args.layers or ["all"]:
         layer_ranges(spec)
+    if args.config_batch_rows is not None and args.config_batch_rows < 1:
+        from steer_plugin.errors import SteerError
+
+        raise SteerError(f"--config-batch-rows must be a positive number of rows, got {args.config_batch_rows}")
     for p in (p.strip() for p in args.positions.split(",")):
         if p:
             check_positions(p)

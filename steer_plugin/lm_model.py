@@ -27,6 +27,15 @@ from lm_eval.models.utils import Collator
 from lm_eval.models.utils_hf import pad_and_concat, stop_sequences_criteria
 from transformers import PreTrainedModel
 
+from steer_plugin.config_batching import (
+    DEFAULT_ROWS,
+    ConfigBatcher,
+    MixedGeneration,
+    batch_key,
+    generate_mixed,
+    greedy_kwargs,
+    score_groups_mixed,
+)
 from steer_plugin.errors import SteerError, check_choice
 from steer_plugin.layers import format_layers, layer_ranges, parse_layers
 from steer_plugin.prefix_reuse import (
@@ -154,6 +163,7 @@ class SteeredHFLM(HFLM):
             log.info("prefix reuse off for this model: %s", self.reuse_blocker)
         self._planned: list[TailConfig] = []  # configurations coming next (steer sweep), see plan_ahead
         self._ahead: dict[Hashable, dict[tuple, Answer]] = {}  # their answers, computed early
+        self._batcher: ConfigBatcher | None = None  # several configurations per batch (steer sweep), see plan_ahead
         self.configure(vectors, alpha, layers, positions, backend)
 
     # -- configuration (also used by sweeps: no model reload) ----------------------------------------
@@ -210,17 +220,23 @@ class SteeredHFLM(HFLM):
         plan = make_plan(vectors, alphas, self.model, self.steerer.block_path, chosen) if vectors else SteeringPlan()
         return ResolvedSteering(vectors, alphas, chosen, plan)
 
-    def plan_ahead(self, configs: list[dict[str, Any]]) -> None:
+    def plan_ahead(self, configs: list[dict[str, Any]], config_batching: bool = True, rows: int | None = None) -> None:
         """Announce the configurations a sweep will ``configure`` next (dicts of configure's ``vector``,
         ``alpha``, ``layers``, ``positions``). With prefix reuse, the loglikelihood call of one of them also
         scores the others that share its prefix cache (alpha 0 and every ``positions=response``
         configuration share the unsteered one), so that cache is computed once for the sweep; their
-        answers wait in memory (two numbers per request) until they are configured. ``[]`` forgets all."""
-        self._planned, self._ahead = [], {}
+        answers wait in memory (two numbers per request) until they are configured. ``config_batching``:
+        greedy generation (and ``positions=all`` loglikelihood with prefix reuse) of the configurations
+        still to come runs in mixed batches of at most ``rows`` rows (default 64, never below the batch
+        size), see ``config_batching.py``. ``[]`` forgets all."""
+        self._planned, self._ahead, self._batcher = [], {}, None
         for c in configs:
             positions = c.get("positions", "all")
             resolved = self._resolve(c.get("vector"), c.get("alpha", 1.0), c.get("layers", "all"), positions)
             self._planned.append(TailConfig.of(resolved.plan, positions))
+        if config_batching and len(self._planned) > 1:
+            fixed = int(self.batch_size) if str(self.batch_size).isdigit() else 1
+            self._batcher = ConfigBatcher(list(self._planned), max(rows or DEFAULT_ROWS, fixed))
 
     def _warn_other_model(self, vectors: list[SteeringVector]) -> None:
         from steer_plugin.models import model_fingerprint
@@ -341,12 +357,21 @@ class SteeredHFLM(HFLM):
                 accepts_logits_to_keep(self.model),
                 self.token_counts,
             )
+            mixed = self._mixed_riders(mine)
             n = sum(g.n_requests for g in groups)
             desc = "Running loglikelihood requests (prefix reuse" + (
-                f", +{len(riders)} configurations sharing the prefix)" if riders else ")"
+                f", +{len(riders)} configurations sharing the prefix)"
+                if riders
+                else f", +{len(mixed)} configurations in the same batches)"
+                if mixed
+                else ")"
             )
             with tqdm(total=n, disable=(disable_tqdm or self.rank != 0), desc=desc) as pbar:
-                results = score_groups(scorer, groups, [mine, *riders], pbar.update)
+                if mixed and self._batcher is not None:
+                    riders = mixed
+                    results = score_groups_mixed(scorer, groups, [mine, *mixed], self._batcher.rows, pbar.update)
+                else:
+                    results = score_groups(scorer, groups, [mine, *riders], pbar.update)
             for i, a in results[0].items():
                 answers[i] = a
             for rider, out in zip(riders, results[1:]):
@@ -356,6 +381,13 @@ class SteeredHFLM(HFLM):
             if request_str is not None and i not in plain_set:
                 self.cache_hook.add_partial("loglikelihood", request_str, answers[i])
         return answers
+
+    def _mixed_riders(self, mine: TailConfig) -> list[TailConfig]:
+        """Configurations to come that steer their prefixes too (``positions=all``), scored in the same
+        forwards as ``mine`` (config batching); none for one that shares the unsteered prefix."""
+        if self._batcher is None or not mine.prefix_steered:
+            return []
+        return self._batcher.riders(mine, lambda c: not c.prefix_steered or c.key in self._ahead)
 
     def _loglikelihood_response(
         self, requests: list[TokenRequest], disable_tqdm: bool, override_bs: int | None
@@ -425,6 +457,10 @@ class SteeredHFLM(HFLM):
     def _model_generate(
         self, context: torch.Tensor, max_length: int, stop: list[str], **generation_kwargs: Any
     ) -> torch.Tensor:
+        if self._batcher is not None:
+            tokens = self._generate_batched(context, max_length, stop, generation_kwargs)
+            if tokens is not None:
+                return tokens
         if not self.plan.active:
             return super()._model_generate(context, max_length, stop, **generation_kwargs)
         # the same generation settings as HFLM._model_generate
@@ -451,3 +487,40 @@ class SteeredHFLM(HFLM):
                 use_cache=True,
                 **generation_kwargs,
             )
+
+    def _generate_batched(
+        self, context: torch.Tensor, max_length: int, stop: list[str], generation_kwargs: dict[str, Any]
+    ) -> torch.Tensor | None:
+        """This batch's tokens from an earlier mixed batch, or a mixed batch of this configuration and the
+        ones to come (config batching); None: generate it alone."""
+        assert self._batcher is not None
+        mine = TailConfig.of(self.plan, self.positions)
+        key = batch_key(context, max_length, stop, generation_kwargs)
+        ready = self._batcher.ready.pop((mine.key, key), None)
+        if ready is not None:
+            return ready
+        kwargs = greedy_kwargs(generation_kwargs, self.model.generation_config)
+        riders = self._batcher.riders(mine, lambda c: (c.key, key) in self._batcher.ready)  # type: ignore[union-attr]
+        if kwargs is None or not riders:
+            return None
+        gen = MixedGeneration(
+            self.steerer,
+            self.tokenizer,
+            lambda width, rows: stop_sequences_criteria(self.tokenizer, stop, width, rows),
+            self.tokenizer.pad_token_id,
+            share_prefix=self.reuse_active,
+            rows=self._batcher.rows,
+        )
+        log.info("generating a batch for %d configurations at once", 1 + len(riders))
+        with torch.autocast(
+            device_type=self.device.type,
+            dtype=self.mixed_precision_dtype,
+            enabled=self.mixed_precision_dtype is not None,
+        ):
+            out = generate_mixed(gen, [mine, *riders], context, max_length, stop, kwargs)
+        for rider, tokens in zip(riders, out[1:]):
+            if tokens is not None:  # non-finite: that configuration runs alone later and fails there
+                self._batcher.ready[(rider.key, key)] = tokens
+        if out[0] is None:
+            raise SteerError(NON_FINITE)
+        return out[0]

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from steer_plugin.steering import SteeringPlan
+from steer_plugin.steering import RowPlan, SteeringPlan
 
 Answer = tuple[float, bool]  # (log-probability of the continuation, is it the greedy continuation)
 Request = tuple[int, Sequence[int], Sequence[int]]  # (index in the caller's list, context, continuation)
@@ -311,7 +311,9 @@ class Scorer:
             inputs["use_cache"] = False
         if config.plan.active:
             where = real if config.positions == "response" else None
-            out = self.forward(config.plan, where, **inputs)
+            # a RowPlan (configurations mixed, config_batching) has one row per prefix row: pick the tails'
+            plan = config.plan.take(group) if isinstance(config.plan, RowPlan) else config.plan
+            out = self.forward(plan, where, **inputs)
         else:
             out = self.forward(SteeringPlan(), None, **inputs)
         logits = out.logits

@@ -7,6 +7,9 @@ Two interchangeable backends with the same math: ``hooks`` (plain PyTorch forwar
 * ``"last"`` - ``hidden[:, -1, :]`` (``positions=response`` during generation with a KV cache: the
   last prompt token in the prefill, then every generated token);
 * a bool tensor ``[batch, seq]`` - exactly those positions (``positions=response`` in loglikelihood).
+
+A ``SteeringPlan`` adds the same delta to every row; a ``RowPlan`` adds row ``i``'s own delta to row ``i``
+(several configurations in one batch, ``config_batching.py``), with the same ``Where`` for every row.
 """
 
 from __future__ import annotations
@@ -50,6 +53,36 @@ class SteeringPlan:
     @property
     def active(self) -> bool:
         return bool(self.deltas)
+
+
+@dataclass
+class RowPlan:
+    """One delta per batch row: ``deltas[l][i]`` is added to row ``i``'s output of block ``l`` (a zero row
+    where row ``i``'s configuration leaves layer ``l`` alone: adding 0.0 changes nothing, bit for bit)."""
+
+    deltas: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [rows, hidden]
+
+    @property
+    def active(self) -> bool:
+        return bool(self.deltas)
+
+    @classmethod
+    def stack(cls, plans: Sequence[SteeringPlan], repeat: int = 1) -> RowPlan:
+        """Rows ``i * repeat .. (i + 1) * repeat - 1`` get ``plans[i]`` (plans made for one model by ``make_plan``,
+        so each layer's deltas share a device and dtype)."""
+        deltas: dict[int, torch.Tensor] = {}
+        for l in sorted({l for p in plans for l in p.deltas}):
+            like = next(p.deltas[l] for p in plans if l in p.deltas)
+            rows = [p.deltas.get(l, torch.zeros_like(like)) for p in plans]
+            deltas[l] = torch.stack(rows).repeat_interleave(repeat, dim=0)
+        return cls(deltas)
+
+    def take(self, rows: torch.Tensor) -> RowPlan:
+        """The plan for a batch made of these rows (indices into this plan's rows)."""
+        return RowPlan({l: d.index_select(0, rows.to(d.device)) for l, d in self.deltas.items()})
+
+
+AnyPlan = SteeringPlan | RowPlan
 
 
 def finite_alpha(alpha: Any, name: str = "alpha") -> float:
@@ -131,14 +164,24 @@ def make_plan(
     return SteeringPlan(deltas)
 
 
+def _per_position(delta: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """``delta`` shaped to add to ``h`` [batch, seq, hidden]: a row plan's [rows, hidden] gets a seq axis."""
+    if delta.dim() == 1:
+        return delta
+    if delta.shape[0] != h.shape[0]:
+        raise RuntimeError(f"a row plan for {delta.shape[0]} rows met a batch of {h.shape[0]} rows")
+    return delta[:, None, :]
+
+
 def _steered(h: torch.Tensor, delta: torch.Tensor, where: Where) -> torch.Tensor:
+    d = _per_position(delta, h)
     if where is None:
-        return h + delta
+        return h + d
     if isinstance(where, str):
         h = h.clone()
-        h[:, -1, :] += delta
+        h[:, -1:, :] += d
         return h
-    return h + where.to(h.device, h.dtype)[..., None] * delta
+    return h + where.to(h.device, h.dtype)[..., None] * d
 
 
 @contextlib.contextmanager
@@ -173,7 +216,7 @@ class Steerer:
 
     # -- hooks -------------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def hooks(self, plan: SteeringPlan, where: Where = None) -> Iterator[None]:
+    def hooks(self, plan: AnyPlan, where: Where = None) -> Iterator[None]:
         """Forward hooks on the steered blocks for the duration of the block; always removed."""
 
         def make(delta: torch.Tensor):
@@ -200,20 +243,21 @@ class Steerer:
             self._nnsight = NNsight(self.model)
         return self._nnsight
 
-    def _intervene(self, traced: Any, plan: SteeringPlan, where: Where) -> None:
+    def _intervene(self, traced: Any, plan: AnyPlan, where: Where) -> None:
         """Body of an nnsight trace: edit each steered block's output in place."""
         blocks = resolve_module(traced, self.block_path)
         for l, delta in plan.deltas.items():
             out = blocks[l].output
             h = out[0] if isinstance(out, tuple) else out
+            d = _per_position(delta, h)
             if where is None:
-                h[:] += delta
+                h[:] += d
             elif isinstance(where, str):
-                h[:, -1, :] += delta
+                h[:, -1:, :] += d
             else:
-                h[:] += where.to(h.device, h.dtype)[..., None] * delta
+                h[:] += where.to(h.device, h.dtype)[..., None] * d
 
-    def forward(self, plan: SteeringPlan, where: Where = None, **inputs: Any) -> Any:
+    def forward(self, plan: AnyPlan, where: Where = None, **inputs: Any) -> Any:
         """One steered forward pass; returns the model's output."""
         if not plan.active:
             return self.model(**inputs)
@@ -225,11 +269,13 @@ class Steerer:
             result = self.traced.output.save()
         return result
 
-    def generate(self, plan: SteeringPlan, where: Where = None, **kwargs: Any) -> torch.Tensor:
-        """``model.generate(**kwargs)`` with the plan applied in every forward of the decode loop."""
+    def generate(self, plan: AnyPlan, where: Where = None, check_finite: bool = True, **kwargs: Any) -> torch.Tensor:
+        """``model.generate(**kwargs)`` with the plan applied in every forward of the decode loop
+        (``check_finite``: stop with an error when the scores turn nan/inf)."""
         if not plan.active:
             return self.model.generate(**kwargs)
-        kwargs["logits_processor"] = _with_finite_check(kwargs.get("logits_processor"))
+        if check_finite:
+            kwargs["logits_processor"] = _with_finite_check(kwargs.get("logits_processor"))
         if self.backend == "hooks":
             with self.hooks(plan, where):
                 return self.model.generate(**kwargs)

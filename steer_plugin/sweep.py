@@ -118,6 +118,8 @@ class SweepOptions:
     # side effects (KL, perplexity on neutral texts) of every configuration; None = not measured
     side_effects: Any = None  # steer_plugin.fluency.TextSource
     side_effect_texts: int = 200
+    config_batching: bool = True  # several configurations per batch (config_batching.py); results are the same
+    config_batch_rows: int | None = None  # most rows in one mixed batch (None: config_batching.DEFAULT_ROWS)
 
 
 def load_tasks(options: SweepOptions) -> dict[str, Any]:
@@ -196,7 +198,8 @@ def run_sweep(
                     "positions": c.positions,
                 }
                 for c in todo
-            ]
+            ],
+            **_batching_args(lm, options),
         )
     probe = None
     for i, config in enumerate(todo):
@@ -283,6 +286,15 @@ def side_effect_probe(lm: Any, options: SweepOptions) -> Any:
     probe = FluencyProbe(lm.model, lm.tokenizer, texts, steerer=steerer, batch_size=max(int(batch), 1))
     probe.baseline()
     return probe
+
+
+def _batching_args(lm: Any, options: SweepOptions) -> dict[str, Any]:
+    """plan_ahead's config-batching arguments, for a model that takes them."""
+    import inspect
+
+    if "config_batching" not in inspect.signature(lm.plan_ahead).parameters:
+        return {}
+    return {"config_batching": options.config_batching, "rows": options.config_batch_rows}
 
 
 def _say(enabled: bool, message: str) -> None:

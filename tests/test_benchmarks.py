@@ -200,3 +200,18 @@ def test_bench_sweep_tiny(tok_dir, md, tmp_path, monkeypatch):
     data = json.loads((tmp_path / "sweep.json").read_text())
     assert data["sweep"] == data["separate"]  # the same accuracies both ways
     assert "## 4. Sweeps" in _section(md, "sweep")
+
+
+def test_bench_config_batching_tiny(md, tmp_path):
+    import bench_config_batching
+    from helpers_tiny import save_model
+
+    model_dir = save_model(tmp_path / "model", "llama")
+    argv = ["--model", model_dir, "--prompts", "3", "--ks", "2,6", "--max-gen-toks", "4", "--batch-size", "2",
+            "--md", str(md), "--json", str(tmp_path / "cb.json")]  # fmt: skip
+    assert bench_config_batching.main(argv) == 0
+    data = json.loads((tmp_path / "cb.json").read_text())
+    assert set(data) == {"2", "6"}
+    assert data["6"]["identical"] == [18, 18]  # 3 prompts x 6 configurations, the same text both ways
+    section = _section(md, "config-batching")
+    assert "## 7. Config batching" in section and "| 6 |" in section
