@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         f"- K = {len(alphas)} alphas ({', '.join(alphas)}; 0 = unsteered), tasks {', '.join(tasks)}, "
         f"--limit {args.limit}, batch size {args.batch_size}, backend {args.backend}, random vector "
         f"(row norm 0.5) on all blocks",
-        f"- separate invocations: {how}, with `--include_path {tasks_dir()}`",
+        f"- separate invocations: {how}, with `--include_path $(steer tasks-dir)`",
         f"- both sides are cold subprocesses timed end to end; {args.repeats} alternating rounds",
         *(
             [

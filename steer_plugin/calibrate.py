@@ -32,6 +32,7 @@ from typing import Any
 
 from steer_plugin.errors import SteerError
 from steer_plugin.fluency import FluencyProbe, SideEffects, TextSource, texts_sha256
+from steer_plugin.text_table import format_table
 from steer_plugin.vector import SteeringVector
 
 log = logging.getLogger(__name__)
@@ -307,13 +308,12 @@ def calibrate(
 ) -> Calibration:
     """Find the alpha of every budget on the calibration texts and measure it on the held-out texts."""
     from steer_plugin.layers import format_layers, parse_layers
-    from steer_plugin.steering import POSITIONS, Steerer, make_plan
+    from steer_plugin.steering import Steerer, check_positions, make_plan
 
     budgets = sorted(set(float(b) for b in budgets))
     if not budgets or any(not (b > 0 and math.isfinite(b)) for b in budgets):
         raise SteerError(f"KL budgets must be positive numbers, got {budgets}")
-    if positions not in POSITIONS:
-        raise SteerError(f"unknown positions {positions!r}; use one of {', '.join(POSITIONS)}")
+    check_positions(positions)
     if not 0 < tolerance < 1:
         raise SteerError(f"tolerance must be between 0 and 1, got {tolerance}")
     t0 = time.monotonic()
@@ -521,7 +521,7 @@ def format_calibration(c: Calibration, title: str = "") -> str:
         return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
     head = ("kl budget", "alpha", "kl calibration", "kl held-out ± se", "ppl held-out", "rel. strength (median / max)")
-    rows = [head] + [
+    rows = [
         (
             f(r.kl_budget, "g"),
             f(r.alpha, ".5g"),
@@ -532,16 +532,13 @@ def format_calibration(c: Calibration, title: str = "") -> str:
         )
         for r in c.rows
     ]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = [title] if title else []
     k = c.key
     lines.append(
         f"layers {k.get('layers')}, positions {k.get('positions')}; texts: {c.texts}, "
         f"{k.get('n_calibration')} calibration + {k.get('n_heldout')} held-out"
     )
-    lines += ["  ".join(x.rjust(w) for x, w in zip(r, widths)) for r in rows[:1]]
-    lines += ["  ".join("-" * w for w in widths)]
-    lines += ["  ".join(x.rjust(w) for x, w in zip(r, widths)) for r in rows[1:]]
+    lines.append(format_table(head, rows, right=[True] * len(head)))
     lines.append(
         f"unsteered perplexity {f(c.baseline_ppl_calibration, '.3f')} (calibration) / "
         f"{f(c.baseline_ppl_heldout, '.3f')} (held-out); {c.evaluations} evaluations, {c.seconds:.1f} s"

@@ -389,10 +389,9 @@ class FluencyProbe:
 
     def measure(self, plan: SteeringPlan, positions: str = "all") -> SideEffects:
         """KL to the unsteered model and steered perplexity under ``plan`` at ``positions``."""
-        from steer_plugin.steering import POSITIONS
+        from steer_plugin.steering import check_positions
 
-        if positions not in POSITIONS:
-            raise SteerError(f"unknown positions {positions!r}; use one of {', '.join(POSITIONS)}")
+        check_positions(positions)
         base = self.baseline()
         if not plan.active:
             return base
