@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers_cli import assert_one_line_error, run_cli
 from helpers_tiny import hook_last_token_states, read_goemotions_rows
 
 from steer_plugin.cli import main
@@ -22,20 +23,6 @@ from steer_plugin.vector import SteeringVector
 
 FIXTURE = Path(__file__).parent / "fixtures" / "goemotions"
 TOL = 1e-5
-
-
-def _run(argv, capsys):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def _assert_cli_error(code, err, *needles):
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for n in needles:
-        assert n in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +75,7 @@ def _build(model_dir, out, *extra, emotion="anger"):
 @pytest.mark.parametrize("emotion, k", [("anger", 5), ("gratitude", 1), ("anger", 32)])
 def test_build_top_k_equals_reference(tiny_llama_dir, reference, tmp_path, capsys, emotion, k):
     out = tmp_path / "v.safetensors"
-    code, stdout, _ = _run(_build(tiny_llama_dir, out, "--method", "top_k", "--top-k", k, emotion=emotion), capsys)
+    code, stdout, _ = run_cli(_build(tiny_llama_dir, out, "--method", "top_k", "--top-k", k, emotion=emotion), capsys)
     assert code == 0 and str(out) in stdout
     vec = SteeringVector.load(out)
     want, mask = _reference_vector(reference, emotion, k)
@@ -103,14 +90,14 @@ def test_build_top_k_equals_reference(tiny_llama_dir, reference, tmp_path, capsy
 def test_build_mean_and_layers(tiny_llama_dir, reference, tmp_path, capsys):
     want, _ = _reference_vector(reference, "anger")
     out = tmp_path / "mean.safetensors"
-    assert _run(_build(tiny_llama_dir, out, "--method", "mean"), capsys)[0] == 0
+    assert run_cli(_build(tiny_llama_dir, out, "--method", "mean"), capsys)[0] == 0
     vec = SteeringVector.load(out)
     assert vec.mask is None and vec.metadata["top_k"] is None
     np.testing.assert_allclose(vec.matrix.numpy(), want, atol=TOL, rtol=0)
     # --layers keeps only those rows; padding side and batch size do not change the result
     out2 = tmp_path / "sub.safetensors"
     extra = ["--layers", "0,2", "--batch-size", "3", "--padding-side", "left"]
-    assert _run(_build(tiny_llama_dir, out2, *extra), capsys)[0] == 0
+    assert run_cli(_build(tiny_llama_dir, out2, *extra), capsys)[0] == 0
     sub = SteeringVector.load(out2)
     keep = np.array([1.0, 0.0, 1.0])[:, None]
     np.testing.assert_allclose(sub.matrix.numpy(), want * keep, atol=TOL, rtol=0)
@@ -119,7 +106,7 @@ def test_build_mean_and_layers(tiny_llama_dir, reference, tmp_path, capsys):
 
 def test_record_then_build_from_stats_is_the_same_vector(tiny_llama_dir, reference, tmp_path, capsys):
     stats_path = tmp_path / "anger.stats.safetensors"
-    code, stdout, _ = _run(
+    code, stdout, _ = run_cli(
         [
             "record",
             "--model",
@@ -147,9 +134,9 @@ def test_record_then_build_from_stats_is_the_same_vector(tiny_llama_dir, referen
     assert m["source"] == "local" and m["n_layers"] == 3 and m["architecture"] == "LlamaForCausalLM"
 
     direct, reused = tmp_path / "direct.safetensors", tmp_path / "reused.safetensors"
-    assert _run(_build(tiny_llama_dir, direct, "--method", "top_k", "--top-k", 4), capsys)[0] == 0
+    assert run_cli(_build(tiny_llama_dir, direct, "--method", "top_k", "--top-k", 4), capsys)[0] == 0
     # --stats: no --model/--data/--emotion needed, the target comes from the stats file
-    assert _run(["build", "--stats", stats_path, "--method", "top_k", "--top-k", 4, "--out", reused], capsys)[0] == 0
+    assert run_cli(["build", "--stats", stats_path, "--method", "top_k", "--top-k", 4, "--out", reused], capsys)[0] == 0
     a, b = SteeringVector.load(direct), SteeringVector.load(reused)
     assert torch.equal(a.mask, b.mask)
     torch.testing.assert_close(a.matrix, b.matrix, atol=1e-6, rtol=0)
@@ -160,7 +147,7 @@ def test_record_then_build_from_stats_is_the_same_vector(tiny_llama_dir, referen
 
     # --save-stats keeps what build recorded: the same statistics as `steer record`
     saved = tmp_path / "saved.stats.safetensors"
-    assert _run(_build(tiny_llama_dir, tmp_path / "x.safetensors", "--save-stats", saved), capsys)[0] == 0
+    assert run_cli(_build(tiny_llama_dir, tmp_path / "x.safetensors", "--save-stats", saved), capsys)[0] == 0
     again = HiddenStateStats.load(saved)
     for c in ("anger", "neutral"):
         torch.testing.assert_close(again.get(c).mean, stats.get(c).mean, atol=1e-6, rtol=0)
@@ -168,7 +155,7 @@ def test_record_then_build_from_stats_is_the_same_vector(tiny_llama_dir, referen
 
 def test_default_output_path(tiny_llama_dir, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    code, stdout, _ = _run(
+    code, stdout, _ = run_cli(
         [
             "build",
             "--model",
@@ -195,7 +182,7 @@ def test_default_output_path(tiny_llama_dir, tmp_path, capsys, monkeypatch):
 def test_save_activations_all_classes(tiny_llama_dir, reference, tmp_path, capsys):
     """--emotion all: one .npy per class [N, L, H]; a duplicated text counts (and is stored) twice."""
     acts, stats_path = tmp_path / "acts", tmp_path / "all.safetensors"
-    code, _, _ = _run(
+    code, _, _ = run_cli(
         [
             "record",
             "--model",
@@ -243,7 +230,7 @@ def test_save_activations_all_classes(tiny_llama_dir, reference, tmp_path, capsy
 
 def test_data_command_counts(tmp_path, capsys):
     out = tmp_path / "sel.jsonl"
-    code, stdout, _ = _run(["data", "--data", FIXTURE, "--emotion", "anger", "--out", out], capsys)
+    code, stdout, _ = run_cli(["data", "--data", FIXTURE, "--emotion", "anger", "--out", out], capsys)
     assert code == 0 and "anger" in stdout and "neutral" in stdout
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     ref = read_goemotions_rows(FIXTURE / "train.tsv")
@@ -256,13 +243,13 @@ def test_data_command_counts(tmp_path, capsys):
 
 def test_wrong_emotion(tiny_llama_dir, tmp_path, capsys):
     out = tmp_path / "v.safetensors"
-    code, _, err = _run(_build(tiny_llama_dir, out, emotion="angr"), capsys)
-    _assert_cli_error(code, err, "steer build: error:", "unknown emotion 'angr'", "did you mean 'anger'")
-    code, _, err = _run(
+    code, _, err = run_cli(_build(tiny_llama_dir, out, emotion="angr"), capsys)
+    assert_one_line_error(code, err, "steer build: error:", "unknown emotion 'angr'", "did you mean 'anger'")
+    code, _, err = run_cli(
         ["record", "--model", tiny_llama_dir, "--data", FIXTURE, "--emotion", "fear", "--no-progress", "--out", out],
         capsys,
     )  # a label with no exclusive texts here
-    _assert_cli_error(code, err, "no train texts for class 'fear'")
+    assert_one_line_error(code, err, "no train texts for class 'fear'")
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
@@ -301,8 +288,8 @@ def stats_file(tiny_llama_dir, tmp_path_factory):
 )
 def test_bad_layers(stats_file, tmp_path, capsys, spec, needle):
     out = tmp_path / "v.safetensors"
-    code, _, err = _run(["build", "--stats", stats_file, "--layers", spec, "--out", out], capsys)
-    _assert_cli_error(code, err, "steer build: error:", needle)
+    code, _, err = run_cli(["build", "--stats", stats_file, "--layers", spec, "--out", out], capsys)
+    assert_one_line_error(code, err, "steer build: error:", needle)
     assert not out.exists()
 
 
@@ -310,7 +297,7 @@ def test_bad_layers_when_recording(tiny_llama_dir, tmp_path, capsys):
     # cli.py checks --layers only after loading the model and recording, so transformers' weight
     # loading bar comes first on stderr; the error is still one line and the last one.
     out = tmp_path / "v.safetensors"
-    code, _, err = _run(_build(tiny_llama_dir, out, "--layers", "9"), capsys)
+    code, _, err = run_cli(_build(tiny_llama_dir, out, "--layers", "9"), capsys)
     assert code == 2 and "Traceback" not in err
     assert err.count("error:") == 1
     assert err.strip().splitlines()[-1] == "steer build: error: layer(s) [9] out of range: this model has layers 0-2"
@@ -325,8 +312,8 @@ def test_other_build_errors(stats_file, tmp_path, capsys):
         (["build", "--stats", stats_file, "--emotion", "joy", "--out", out], "'joy' is not in this stats file"),
         (["build", "--out", out], "give --emotion"),
     ]:
-        code, _, err = _run(argv, capsys)
-        _assert_cli_error(code, err, needle)
+        code, _, err = run_cli(argv, capsys)
+        assert_one_line_error(code, err, needle)
     assert not out.exists()
 
 
@@ -350,11 +337,11 @@ def test_corrupt_vector_files(stats_file, tmp_path, capsys):
     for name, path in _corrupt_vectors(tmp_path, stats_file).items():
         for fmt in ("lm-eval-steered", "gguf"):
             out = tmp_path / f"out-{name}.{fmt}"
-            code, _, err = _run(["export", path, "--format", fmt, "--out", out], capsys)
-            _assert_cli_error(code, err, "steer export: error:", path.name)
+            code, _, err = run_cli(["export", path, "--format", fmt, "--out", out], capsys)
+            assert_one_line_error(code, err, "steer export: error:", path.name)
             assert not out.exists()
-    code, _, err = _run(["export", stats_file, "--format", "gguf", "--out", tmp_path / "x.gguf"], capsys)
-    _assert_cli_error(code, err, "not a steer-plugin steering vector", "steer-plugin/stats")
+    code, _, err = run_cli(["export", stats_file, "--format", "gguf", "--out", tmp_path / "x.gguf"], capsys)
+    assert_one_line_error(code, err, "not a steer-plugin steering vector", "steer-plugin/stats")
 
 
 def test_vector_passed_as_stats(tmp_path, capsys):
@@ -364,8 +351,8 @@ def test_vector_passed_as_stats(tmp_path, capsys):
         ["build", "--stats", vec, "--out", tmp_path / "o.safetensors"],
         ["analyze", vec, "--emotion", "anger", "--out", tmp_path / "analysis"],
     ):
-        code, _, err = _run(argv, capsys)
-        _assert_cli_error(code, err, "not a steer-plugin stats file", "steer-plugin/vector")
+        code, _, err = run_cli(argv, capsys)
+        assert_one_line_error(code, err, "not a steer-plugin stats file", "steer-plugin/vector")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["v.safetensors"]
 
 
@@ -379,13 +366,13 @@ def test_list_shows_vectors_and_skips_other_files(stats_file, tmp_path, capsys):
     )
     (root / "tiny" / "broken.safetensors").write_bytes(b"garbage")
     (root / "stats.safetensors").write_bytes(stats_file.read_bytes())
-    code, stdout, _ = _run(["list", root], capsys)
+    code, stdout, _ = run_cli(["list", root], capsys)
     assert code == 0
     lines = stdout.strip().splitlines()
     assert len(lines) == 4  # header, rule, two vectors
     assert "anger" in lines[2] and "top_k k=5" in lines[2] and "all" in lines[2]
     assert "joy" in lines[3] and " 1 " in f"{lines[3]} " and "broken" not in stdout and "stats" not in stdout
-    code, stdout, _ = _run(["list", tmp_path / "empty"], capsys)
+    code, stdout, _ = run_cli(["list", tmp_path / "empty"], capsys)
     assert code == 0 and "no vectors under" in stdout
 
 
@@ -395,7 +382,7 @@ def test_shared_goemotions_max_per_class(shared, tiny_llama_dir, tmp_path, capsy
     rows = read_goemotions_rows(data / "train.tsv")
     assert sum(labels == {"anger"} for _, labels in rows) > 40  # so the cap applies
     out, stats_path = tmp_path / "v.safetensors", tmp_path / "s.safetensors"
-    code, _, _ = _run(
+    code, _, _ = run_cli(
         [
             "build",
             "--model",

@@ -18,28 +18,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers_cli import assert_one_line_error, run_cli
 
 import steer_plugin
-from steer_plugin.cli import main
 from steer_plugin.stats import ClassStats, HiddenStateStats
 from steer_plugin.vector import SteeringVector
 
 FIXTURE = Path(__file__).parent / "fixtures" / "goemotions"
 NO_MODEL = "/nonexistent/model-that-must-not-be-loaded"
-
-
-def _run(argv, capsys):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def _assert_one_line_error(code, err, *needles):
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for n in needles:
-        assert n in lines[0], lines[0]
 
 
 @pytest.fixture()
@@ -85,11 +71,11 @@ def test_out_naming_a_folder_is_a_one_line_error(tmp_path, capsys, stats_file, v
         ["table", _results(tmp_path / "res"), "--out", taken / "x"],  # fine: taken/x.md is a file path
     ]
     for argv in cases[:-1]:
-        code, _, err = _run(argv, capsys)
-        _assert_one_line_error(code, err, "is a folder")
+        code, _, err = run_cli(argv, capsys)
+        assert_one_line_error(code, err, "is a folder")
     (taken / "x.md").mkdir()
-    code, _, err = _run(cases[-1], capsys)
-    _assert_one_line_error(code, err, "steer table: error:", "x.md is a folder")
+    code, _, err = run_cli(cases[-1], capsys)
+    assert_one_line_error(code, err, "steer table: error:", "x.md is a folder")
     assert sorted(p.name for p in taken.iterdir()) == ["x.md"]  # nothing was written anywhere
 
 
@@ -125,32 +111,32 @@ def test_commands_that_load_a_model_check_outputs_first(tmp_path, capsys, vector
         (["analyze", tmp_path / "missing-stats.safetensors", "--out", a_file], "--out"),
     ]
     for argv, flag in cases:
-        code, _, err = _run(argv, capsys)
-        _assert_one_line_error(code, err, flag, "is an existing file" if "a_file" in err else "is a folder")
+        code, _, err = run_cli(argv, capsys)
+        assert_one_line_error(code, err, flag, "is an existing file" if "a_file" in err else "is a folder")
     assert a_file.read_text() == "x"
 
 
 def test_default_vector_path_is_checked_before_recording(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "vectors" / "model-that-must-not-be-loaded" / "anger-mean.safetensors").mkdir(parents=True)
-    code, _, err = _run(["build", "--model", NO_MODEL, "--emotion", "anger", "--data", FIXTURE], capsys)
-    _assert_one_line_error(code, err, "--out (default)", "anger-mean.safetensors is a folder")
+    code, _, err = run_cli(["build", "--model", NO_MODEL, "--emotion", "anger", "--data", FIXTURE], capsys)
+    assert_one_line_error(code, err, "--out (default)", "anger-mean.safetensors is a folder")
 
 
 def test_sweep_leaderboard_outputs_are_checked_before_the_model_loads(tmp_path, capsys, vector_file):
     out = tmp_path / "sweep"
     (out / "leaderboard.csv").mkdir(parents=True)
-    code, _, err = _run(
+    code, _, err = run_cli(
         ["sweep", "--model", NO_MODEL, "--vector", vector_file, "--alphas", "1", "--tasks", "x", "--out", out], capsys
     )
-    _assert_one_line_error(code, err, "leaderboard.csv is a folder")
+    assert_one_line_error(code, err, "leaderboard.csv is a folder")
 
 
 def test_parent_that_is_a_file(tmp_path, capsys, stats_file):
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
-    code, _, err = _run(["build", "--stats", stats_file, "--out", a_file / "sub" / "v.safetensors"], capsys)
-    _assert_one_line_error(code, err, "is a file, not a folder")
+    code, _, err = run_cli(["build", "--stats", stats_file, "--out", a_file / "sub" / "v.safetensors"], capsys)
+    assert_one_line_error(code, err, "is a file, not a folder")
 
 
 # --- read-only folders -----------------------------------------------------------------------------
@@ -293,5 +279,5 @@ def test_saved_activations_use_cleanable_temp_names(tmp_path, tiny_llama_dir, ca
     stale.write_bytes(b"partial")
     argv = ["record", "--model", tiny_llama_dir, "--emotion", "anger", "--data", FIXTURE, "--no-progress"]
     argv += ["--out", tmp_path / "s.safetensors", "--save-activations", acts, "--activation-dtype", "float32"]
-    assert _run(argv, capsys)[0] == 0
+    assert run_cli(argv, capsys)[0] == 0
     assert sorted(p.name for p in acts.iterdir()) == ["anger.npy", "neutral.npy"]

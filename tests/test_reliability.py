@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers_cli import assert_one_line_error, run_cli
 from helpers_tiny import decoder_blocks
 
 from steer_plugin.cli import main
@@ -31,20 +32,6 @@ DOCS = [
 ]
 ESC, NUL, CSI = "\x1b", "\x00", "\x9b"
 SWEEP_FILE = "sweep.json"
-
-
-def _run(argv, capsys):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def _assert_one_line_error(code, err, *needles):
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for n in needles:
-        assert n in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -216,13 +203,13 @@ def test_cli_sweep_into_another_models_folder_is_refused_before_loading(
     out = tmp_path / "sweep"
     base = ["sweep", "--vector", vector_file, "--alphas", "1", "--tasks", "rel_mc", "--include-path", task_dir]
     base += ["--out", out, "--batch-size", "4", "--device", "cpu", "--bootstrap-iters", "0", "--no-side-effects"]
-    assert _run([*base, "--model", tiny_llama_dir], capsys)[0] == 0
+    assert run_cli([*base, "--model", tiny_llama_dir], capsys)[0] == 0
     # another model (one whose hidden size would not even fit the vector): it is never loaded
-    code, _, err = _run([*base, "--model", "/nonexistent/other-model"], capsys)
-    _assert_one_line_error(code, err, "holds another sweep", "model", "/nonexistent/other-model", "--fresh")
-    code, _, err = _run([*base, "--model", tiny_llama_dir, "--limit", "2"], capsys)
-    _assert_one_line_error(code, err, "limit null -> 2.0")
-    code, _, err = _run([*base, "--model", tiny_llama_dir, "--limit", "2", "--fresh"], capsys)
+    code, _, err = run_cli([*base, "--model", "/nonexistent/other-model"], capsys)
+    assert_one_line_error(code, err, "holds another sweep", "model", "/nonexistent/other-model", "--fresh")
+    code, _, err = run_cli([*base, "--model", tiny_llama_dir, "--limit", "2"], capsys)
+    assert_one_line_error(code, err, "limit null -> 2.0")
+    code, _, err = run_cli([*base, "--model", tiny_llama_dir, "--limit", "2", "--fresh"], capsys)
     assert code == 0, err
     assert "--fresh: discarded 2 earlier result(s)" in err
     for f in out.glob("*/results.json"):
@@ -264,13 +251,13 @@ def test_table_names_unreadable_files_and_ignores_its_own_plan(tmp_path, capsys)
     (tmp_path / "latin1.json").write_bytes(b'{"x": "\xff"}')
     (tmp_path / "folder.json").mkdir()  # a directory whose name ends in .json
     (tmp_path / SWEEP_FILE).write_text(json.dumps({"format": "steer-plugin/sweep", "settings": {}, "configs": []}))
-    code, out, err = _run(["table", tmp_path], capsys)
+    code, out, err = run_cli(["table", tmp_path], capsys)
     assert code == 0 and "tiny" in out
     assert "truncated.json: not readable JSON (JSONDecodeError)" in err
     assert "latin1.json: not readable JSON (UnicodeDecodeError)" in err
     assert SWEEP_FILE not in err and "folder.json" not in err
     (tmp_path / "good.json").unlink()
-    code, _, err = _run(["table", tmp_path], capsys)
+    code, _, err = run_cli(["table", tmp_path], capsys)
     assert code == 2 and "no harness results JSON" in err and "2 JSON file(s) skipped" in err
 
 
@@ -311,12 +298,12 @@ def test_malformed_npy_is_rejected_by_its_header(tmp_path, capsys):
         with pytest.raises(SteerError, match=str(path.name)):
             SteeringVector.load(path)
         out = tmp_path / f"{name}.safetensors"
-        code, _, err = _run(["import", path, "--out", out], capsys)
-        _assert_one_line_error(code, err, "steer import: error:", path.name)
+        code, _, err = run_cli(["import", path, "--out", out], capsys)
+        assert_one_line_error(code, err, "steer import: error:", path.name)
         assert not out.exists()
         # steer check reads the vector before the model: the model is never needed
-        code, _, err = _run(["check", "--model", "/nonexistent/model", "--vector", path], capsys)
-        _assert_one_line_error(code, err, "steer check: error:", path.name)
+        code, _, err = run_cli(["check", "--model", "/nonexistent/model", "--vector", path], capsys)
+        assert_one_line_error(code, err, "steer check: error:", path.name)
 
 
 def test_malformed_npy_fails_steered_hf_before_the_model_loads(tmp_path):
@@ -429,8 +416,8 @@ def test_export_refuses_non_finite_alpha(tmp_path, capsys, fmt, alpha):
     vec = tmp_path / "v.safetensors"
     SteeringVector(torch.ones(3, 32)).save(vec)
     out = tmp_path / f"out.{fmt}"
-    code, _, err = _run(["export", vec, "--format", fmt, "--out", out, f"--alpha={alpha}"], capsys)
-    _assert_one_line_error(code, err, "steer export: error:")
+    code, _, err = run_cli(["export", vec, "--format", fmt, "--out", out, f"--alpha={alpha}"], capsys)
+    assert_one_line_error(code, err, "steer export: error:")
     assert ("--alpha must be a finite number" in err) or ("not finite in float32" in err), err
     assert not out.exists()
 
@@ -479,8 +466,8 @@ def test_cli_steering_arguments_are_checked_before_the_model_loads(tmp_path, vec
         (["build", "--stats", stats_file_for_build, "--scale", "inf", "--out", tmp_path / "v"], "--scale must be"),
     ]
     for argv, needle in cases:
-        code, _, err = _run(argv, capsys)
-        _assert_one_line_error(code, err, needle)
+        code, _, err = run_cli(argv, capsys)
+        assert_one_line_error(code, err, needle)
     assert not (tmp_path / "s").exists()
     with pytest.raises(SystemExit) as e:  # argparse's own usage error
         main(["generate", *no_model, "--vector", vector_file, "--alphas", "0,nan"])
@@ -489,9 +476,11 @@ def test_cli_steering_arguments_are_checked_before_the_model_loads(tmp_path, vec
 
 def test_huge_layer_ranges_are_not_expanded(stats_file_for_build, tmp_path, capsys):
     out = tmp_path / "v.safetensors"
-    code, _, err = _run(["build", "--stats", stats_file_for_build, "--layers", "0-99999999999", "--out", out], capsys)
-    _assert_one_line_error(code, err, "out of range: this model has layers 0-2")
-    code, _, err = _run(["build", "--stats", stats_file_for_build, "--layers", "all", "--out", out], capsys)
+    code, _, err = run_cli(
+        ["build", "--stats", stats_file_for_build, "--layers", "0-99999999999", "--out", out], capsys
+    )
+    assert_one_line_error(code, err, "out of range: this model has layers 0-2")
+    code, _, err = run_cli(["build", "--stats", stats_file_for_build, "--layers", "all", "--out", out], capsys)
     assert code == 0, err
 
 
@@ -520,7 +509,7 @@ def test_list_escapes_control_characters(tmp_path, capsys):
     root = tmp_path / "vectors"
     meta = {"emotion": f"an{ESC}[2J{NUL}ger\nfake row", "model": f"m{CSI}31m\u202eodel", "method": "mean"}
     SteeringVector(torch.ones(3, 32), meta).save(root / "a.safetensors")
-    code, out, _ = _run(["list", root], capsys)
+    code, out, _ = run_cli(["list", root], capsys)
     assert code == 0
     _no_controls(out)
     lines = out.strip().splitlines()
@@ -533,7 +522,7 @@ def test_table_escapes_control_characters(tmp_path, capsys):
     doc["results"] = {f"task{ESC}[1m": {"acc,none": 0.5}}
     (tmp_path / "r.json").write_text(json.dumps(doc))
     (tmp_path / f"bad{ESC}[2J.json").write_text("{")
-    code, out, err = _run(["table", tmp_path], capsys)
+    code, out, err = run_cli(["table", tmp_path], capsys)
     assert code == 0
     _no_controls(out)
     _no_controls(err)
@@ -543,7 +532,7 @@ def test_table_escapes_control_characters(tmp_path, capsys):
 
 
 def test_analyze_escapes_control_characters(stats_file_for_build, tmp_path, capsys):
-    code, out, _ = _run(["analyze", stats_file_for_build, "--emotion", "anger", "--out", tmp_path / "a"], capsys)
+    code, out, _ = run_cli(["analyze", stats_file_for_build, "--emotion", "anger", "--out", tmp_path / "a"], capsys)
     assert code == 0
     _no_controls(out)
     assert "tiny\\x1b[31mred" in out
@@ -556,14 +545,16 @@ def test_check_report_and_errors_escape_control_characters(tmp_path, capsys):
     # an error message quoting a file name (or its contents) stays one line without escapes
     name = tmp_path / f"v{ESC}[31m\nx.safetensors"
     name.write_bytes(b"junk")
-    code, _, err = _run(["export", name, "--format", "gguf", "--out", tmp_path / "o.gguf"], capsys)
-    _assert_one_line_error(code, err, "steer export: error:", "v\\x1b[31m\\nx.safetensors")
+    code, _, err = run_cli(["export", name, "--format", "gguf", "--out", tmp_path / "o.gguf"], capsys)
+    assert_one_line_error(code, err, "steer export: error:", "v\\x1b[31m\\nx.safetensors")
     _no_controls(err)
     stats = tmp_path / "s.safetensors"
     classes = {f"c{ESC}[2J": ClassStats(3, torch.zeros(3, 32, dtype=torch.float64), torch.ones(3, 32))}
     HiddenStateStats(classes, {}).save(stats)
-    code, _, err = _run(["build", "--stats", stats, "--emotion", "anger", "--out", tmp_path / "v.safetensors"], capsys)
-    _assert_one_line_error(code, err, "c\\x1b[2J")
+    code, _, err = run_cli(
+        ["build", "--stats", stats, "--emotion", "anger", "--out", tmp_path / "v.safetensors"], capsys
+    )
+    assert_one_line_error(code, err, "c\\x1b[2J")
     _no_controls(err)
 
 
