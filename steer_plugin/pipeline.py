@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from steer_plugin.data import Selection
 from steer_plugin.errors import SteerError
 from steer_plugin.models import LoadedModel, ModelOptions
 from steer_plugin.stats import HiddenStateStats
@@ -33,7 +34,7 @@ class RecordRequest:
 def record_request(req: RecordRequest, loaded: LoadedModel | None = None) -> HiddenStateStats:
     """Select texts, load the model (unless given) and record per-class statistics."""
     from steer_plugin import __version__
-    from steer_plugin.data import load_goemotions, select_all, select_texts
+    from steer_plugin.data import load_goemotions, select_all
     from steer_plugin.record import (
         RecordItem,
         init_distributed_if_launched,
@@ -59,17 +60,7 @@ def record_request(req: RecordRequest, loaded: LoadedModel | None = None) -> Hid
         if not items:
             raise SteerError(f"no texts selected from split {req.split!r}")
     else:
-        sel = select_texts(
-            examples,
-            req.emotion,
-            req.baseline,
-            req.selection,
-            req.max_per_class,
-            req.seed,
-            req.dedupe,
-            split=req.split,
-            source=source,
-        )
+        sel = _select(examples, req.emotion, req, source)
         items = items_from_classes(sel.classes)
     loaded = loaded or options.load()
     meta = {
@@ -100,25 +91,24 @@ def record_request(req: RecordRequest, loaded: LoadedModel | None = None) -> Hid
     )
 
 
+def _select(examples: list, target: str, req: RecordRequest, source: str) -> Selection:
+    """``target`` and the baseline under the request's selection rule and sampling."""
+    from steer_plugin.data import select_texts
+
+    return select_texts(
+        examples, target, req.baseline, req.selection, req.max_per_class, req.seed, req.dedupe,
+        split=req.split, source=source,
+    )  # fmt: skip
+
+
 def _items_of_targets(examples: list, req: RecordRequest, source: str) -> list:
     """Each target's and the baseline's texts, every text run once with all the classes it counts for
     (listed once per row it was selected for, as ``select_all`` does)."""
-    from steer_plugin.data import select_texts
     from steer_plugin.record import RecordItem
 
     classes: dict[str, list[str]] = {}
     for target in req.targets:
-        sel = select_texts(
-            examples,
-            target,
-            req.baseline,
-            req.selection,
-            req.max_per_class,
-            req.seed,
-            req.dedupe,
-            split=req.split,
-            source=source,
-        )
+        sel = _select(examples, target, req, source)
         classes.update(sel.classes)
     by_text: dict[str, list[str]] = {}
     for name, texts in classes.items():
