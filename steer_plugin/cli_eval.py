@@ -320,7 +320,7 @@ def _add_eval_commands(sub: Any) -> None:
     p.add_argument(
         "--alphas",
         type=_alpha_specs,
-        default=_alpha_specs(DEFAULT_ALPHAS),
+        default=DEFAULT_ALPHAS,  # a string: argparse converts it only when used (keeps `--help` instant)
         help=f"alphas and KL budgets (default: {DEFAULT_ALPHAS})",
     )
     p.add_argument(
