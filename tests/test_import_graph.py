@@ -74,3 +74,13 @@ def test_library_never_imports_the_cli():
     cli = {m for m in import_graph() if m.startswith("cli")} | {"__main__"}
     offenders = {m: deps & cli for m, deps in import_graph().items() if m not in cli and deps & cli}
     assert not offenders, offenders
+
+
+def test_the_command_line_parser_imports_no_torch():
+    """`steer --help` must start instantly: building the parser may not import torch (or anything heavy)."""
+    import subprocess
+    import sys
+
+    code = "import sys; from steer_plugin.cli import build_parser; build_parser(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
