@@ -282,7 +282,7 @@ def score_groups_mixed(
                                  repeat=len(batch))  # fmt: skip
             config = TailConfig(("mixed",), plan, "all")  # type: ignore[arg-type]
             prefix = mixed.run_prefix(repeated, config)
-            answers = mixed.score(prefix, repeated, config)
+            [answers] = mixed.score(prefix, repeated, [config])
             del prefix
             for index, answer in answers.items():
                 j, i = divmod(index, span)

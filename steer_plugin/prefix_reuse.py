@@ -228,6 +228,38 @@ class Prefix:
 
 
 @dataclass
+class _Chunk:
+    """One forward's tail rows: right-padded tokens and their group's rows of the prefix cache."""
+
+    rows: Sequence[tuple[int, Tail]]
+    ids: torch.Tensor
+    real: torch.Tensor  # [rows, width] bool, False on right padding
+    group: torch.Tensor  # [rows] index of each row's group in the batch
+    positions: torch.Tensor
+    mask: torch.Tensor  # prefix mask + real, long
+    cache_rows: list[tuple[torch.Tensor, torch.Tensor]] | None  # per layer (keys, values) of the rows' prefixes
+
+    @classmethod
+    def of(cls, prefix: Prefix, rows: Sequence[tuple[int, Tail]], device: torch.device) -> _Chunk:
+        width = max(len(t.tokens) for _, t in rows)
+        ids = torch.zeros(len(rows), width, dtype=torch.long, device=device)
+        real = torch.zeros(len(rows), width, dtype=torch.bool, device=device)
+        for r, (_, t) in enumerate(rows):
+            ids[r, : len(t.tokens)] = torch.tensor(t.tokens, dtype=torch.long)
+            real[r, : len(t.tokens)] = True
+        group = torch.tensor([gi for gi, _ in rows], device=device)
+        positions = prefix.lengths[group][:, None] + torch.arange(width, device=device)[None, :]
+        mask = torch.cat([prefix.mask[group], real], dim=1).long()
+        cache_rows = None
+        if prefix.cache is not None:  # layers may sit on different devices (device_map)
+            cache_rows = [
+                (l.keys.index_select(0, group.to(l.keys.device)), l.values.index_select(0, group.to(l.values.device)))
+                for l in prefix.cache.layers
+            ]
+        return cls(rows, ids, real, group, positions, mask, cache_rows)
+
+
+@dataclass
 class Scorer:
     forward: Forward
     model_config: Any
@@ -271,41 +303,28 @@ class Scorer:
         zero_padded_positions(cache, mask, len(batch), width)
         return Prefix(cache, mask, lengths)
 
-    def score(self, prefix: Prefix, batch: Sequence[ContextGroup], config: TailConfig) -> dict[int, Answer]:
-        """Answers for every request of the batch under ``config``, tails in forwards of ``batch_size`` rows."""
+    def score(
+        self, prefix: Prefix, batch: Sequence[ContextGroup], configs: Sequence[TailConfig]
+    ) -> list[dict[int, Answer]]:
+        """Answers for every request of the batch under each of ``configs``, tails in forwards of
+        ``batch_size`` rows; a chunk's rows of the prefix cache are gathered once for all configurations."""
         rows = [(gi, t) for gi, g in enumerate(batch) for t in g.tails]
         rows.sort(key=lambda r: -len(r[1].tokens))  # less right padding per chunk
-        answers: dict[int, Answer] = {}
+        answers: list[dict[int, Answer]] = [{} for _ in configs]
         for start in range(0, len(rows), self.batch_size):
-            answers.update(self._score_chunk(prefix, rows[start : start + self.batch_size], config))
+            chunk = _Chunk.of(prefix, rows[start : start + self.batch_size], self.device)
+            for config, out in zip(configs, answers):
+                out.update(self._score_chunk(chunk, config))
         return answers
 
-    def _score_chunk(self, prefix: Prefix, rows: Sequence[tuple[int, Tail]], config: TailConfig) -> dict[int, Answer]:
+    def _score_chunk(self, chunk: _Chunk, config: TailConfig) -> dict[int, Answer]:
         from transformers import DynamicCache
 
-        width = max(len(t.tokens) for _, t in rows)
-        ids = torch.zeros(len(rows), width, dtype=torch.long, device=self.device)
-        real = torch.zeros(len(rows), width, dtype=torch.bool, device=self.device)
-        for r, (_, t) in enumerate(rows):
-            ids[r, : len(t.tokens)] = torch.tensor(t.tokens, dtype=torch.long)
-            real[r, : len(t.tokens)] = True
-        group = torch.tensor([gi for gi, _ in rows], device=self.device)
-        positions = prefix.lengths[group][:, None] + torch.arange(width, device=self.device)[None, :]
-        inputs: dict[str, Any] = {
-            "input_ids": ids,
-            "position_ids": positions,
-            "attention_mask": torch.cat([prefix.mask[group], real], dim=1).long(),
-        }
-        if prefix.cache is not None:
-            inputs["cache"] = DynamicCache(  # layers may sit on different devices (device_map)
-                ddp_cache_data=[
-                    (
-                        l.keys.index_select(0, group.to(l.keys.device)),
-                        l.values.index_select(0, group.to(l.values.device)),
-                    )
-                    for l in prefix.cache.layers
-                ]
-            )
+        ids, real, group = chunk.ids, chunk.real, chunk.group
+        inputs: dict[str, Any] = {"input_ids": ids, "position_ids": chunk.positions, "attention_mask": chunk.mask}
+        if chunk.cache_rows is not None:
+            # a fresh cache object per forward: the forward appends to it; the gathered tensors stay as they are
+            inputs["cache"] = DynamicCache(ddp_cache_data=list(chunk.cache_rows))
             inputs["use_cache"] = True
         else:
             inputs["use_cache"] = False
@@ -324,7 +343,7 @@ class Scorer:
             raise ReuseUnsupported(f"the model returned logits {tuple(logits.shape[:2])} for inputs {tuple(ids.shape)}")
         logp = F.log_softmax(logits, dim=-1, dtype=self.softmax_dtype)
         answers: dict[int, Answer] = {}
-        for r, (_, tail) in enumerate(rows):
+        for r, (_, tail) in enumerate(chunk.rows):
             lp = logp[r, : len(tail.tokens)]
             greedy = lp.argmax(dim=-1)
             for index, cont in tail.members:
@@ -347,8 +366,8 @@ def score_groups(
     results: list[dict[int, Answer]] = [{} for _ in configs]
     for batch in batches(groups, scorer.batch_size):
         prefix = scorer.run_prefix(batch, configs[0])
-        for config, out in zip(configs, results):
-            out.update(scorer.score(prefix, batch, config))
+        for out, answers in zip(results, scorer.score(prefix, batch, configs)):
+            out.update(answers)
         del prefix  # one batch of caches alive at a time
         if on_batch is not None:
             on_batch(sum(g.n_requests for g in batch))

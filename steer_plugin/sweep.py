@@ -130,7 +130,10 @@ def load_tasks(options: SweepOptions) -> dict[str, Any]:
 
     includes = [str(tasks_dir())] + ([options.include_path] if options.include_path else [])
     metadata = {"classifier": options.classifier} if options.classifier else {}
-    manager = TaskManager(include_path=includes, metadata=metadata)
+    # our folders alone index in a second; the harness's own ~10k task files take ~20 s, so only when needed
+    manager = TaskManager(include_path=includes, metadata=metadata, include_defaults=False)
+    if any(t not in manager.all_tasks for t in options.tasks):
+        manager = TaskManager(include_path=includes, metadata=metadata)
     unknown = [t for t in options.tasks if t not in manager.all_tasks]
     if unknown:
         raise SteerError(f"unknown task(s) {', '.join(unknown)}; see `lm_eval ls tasks` or `steer tasks-dir`")
