@@ -1,0 +1,110 @@
+"""Which steering settings move the target most at equal KL: method x layers x positions.
+
+Runs one `steer sweep` of an emotion's mean and top-k vectors over all vs middle layers and
+``positions=all`` vs ``response``, each calibrated to the same KL budgets, on the emotion's own
+``steer_emotion_*`` task, then prints (and writes ``comparison.md``) the Δ of the target probability
+vs the unsteered baseline with its 95% paired bootstrap interval, per setting and budget, beside the KL
+and perplexity measured on neutral texts. ``steer report`` on the same folder draws the dose-response
+plot (target probability vs KL with intervals, one line per setting).
+
+    python scripts/compare_settings.py --model HuggingFaceTB/SmolLM2-135M-Instruct --emotion anger \\
+        --out runs/settings-anger [--middle 10-19] [--budgets 0.1,0.3,1] [--limit N] [-- extra sweep args]
+
+Missing vectors are built first (`steer build`, both methods from one recording pass).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from steer_plugin.cli import main as steer
+from steer_plugin.study import load_study, target_metric, write_study
+from steer_plugin.text_table import format_table
+from steer_plugin.vector import default_vector_path
+
+
+def _middle(n_layers: int) -> str:
+    """The middle third of the blocks, e.g. ``10-19`` of 30."""
+    third = n_layers // 3
+    return f"{third}-{n_layers - third - 1}"
+
+
+def comparison(folder: Path, emotion: str) -> str:
+    study = load_study(folder)
+    metric = target_metric(emotion)
+    header = ["setting", "KL budget", "alpha", "KL (held-out texts)", "perplexity", "Δ target prob [95% CI]"]
+    rows = []
+    for series in study.emotions:
+        for arm in sorted((a for a in study.arms if a.series == series), key=lambda a: a.level):
+            p = arm.row.paired.get(metric)
+            delta = "-" if p is None else f"{p.delta:+.3f} [{p.ci_low:+.3f}, {p.ci_high:+.3f}]" + (
+                "" if p.significant else " (n.s.)"
+            )
+            ppl = arm.row.metrics.get("side_effects/ppl")
+            rows.append(
+                [
+                    series,
+                    f"{arm.level:g}",
+                    f"{arm.alpha:.4g}",
+                    "-" if arm.kl is None else f"{arm.kl:.3f}",
+                    "-" if ppl is None else f"{ppl:.1f}",
+                    delta,
+                ]
+            )
+    base = study.baseline.metrics.get(metric)
+    title = f"{emotion}: baseline target probability {base:.3f}" if base is not None else emotion
+    return f"{title}\n\n" + format_table(header, rows, markdown=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--emotion", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--middle", default=None, help="the middle layer range (default: the middle third)")
+    ap.add_argument("--budgets", default="0.1,0.3,1")
+    ap.add_argument("--top-k", type=int, default=20)
+    ap.add_argument("--limit", default=None)
+    ap.add_argument("--classifier", default=None)
+    ap.add_argument("--data", default=None, help="local GoEmotions folder (vectors and neutral texts)")
+    args = ap.parse_args(argv)
+
+    vectors = [default_vector_path(args.model, args.emotion, m, args.top_k) for m in ("mean", "top_k")]
+    data = ["--data", args.data] if args.data else []
+    for method, path in zip(("mean", "top_k"), vectors):
+        if not path.exists():
+            rc = steer(["build", "--model", args.model, "--emotion", args.emotion, "--method", method,
+                        "--top-k", str(args.top_k), "--out", str(path), *data])  # fmt: skip
+            if rc:
+                return rc
+    middle = args.middle
+    if middle is None:
+        from transformers import AutoConfig
+
+        middle = _middle(AutoConfig.from_pretrained(args.model).num_hidden_layers)
+    alphas = "0," + ",".join(f"kl:{b}" for b in args.budgets.split(","))
+    sweep = ["sweep", "--model", args.model, "--out", args.out, "--alphas", alphas, "--layers", "all",
+             "--layers", middle, "--positions", "all,response", "--controls", "0",
+             "--tasks", f"steer_emotion_{args.emotion}"]  # fmt: skip
+    for v in vectors:
+        sweep += ["--vector", str(v)]
+    sweep += ["--limit", args.limit] if args.limit else []
+    sweep += ["--classifier", args.classifier] if args.classifier else []
+    sweep += ["--fluency-texts", args.data] if args.data else []
+    rc = steer(sweep + extra)
+    if rc:
+        return rc
+    write_study(args.out)
+    text = comparison(Path(args.out), args.emotion)
+    (Path(args.out) / "comparison.md").write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
