@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from steer_plugin.cli import main as steer
-from steer_plugin.study import load_study, target_metric, write_study
+from steer_plugin.study import describe, load_study, target_metric, write_study
 from steer_plugin.text_table import format_table
 from steer_plugin.vector import default_vector_path
 
@@ -39,9 +39,7 @@ def comparison(folder: Path, emotion: str) -> str:
     for series in study.emotions:
         for arm in sorted((a for a in study.arms if a.series == series), key=lambda a: a.level):
             p = arm.row.paired.get(metric)
-            delta = "-" if p is None else f"{p.delta:+.3f} [{p.ci_low:+.3f}, {p.ci_high:+.3f}]" + (
-                "" if p.significant else " (n.s.)"
-            )
+            delta = "-" if p is None else describe(p)
             ppl = arm.row.metrics.get("side_effects/ppl")
             rows.append(
                 [
