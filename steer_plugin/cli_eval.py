@@ -433,6 +433,9 @@ def _resolver(args: argparse.Namespace, lm: Any, source: Any) -> Callable[..., d
             model_name=args.model,
             batch_size=max(int(batch), 1),
             steerer=Steerer(lm.model, "hooks", lm.steerer.block_path),
+            progress=lambda m: print(
+                f"calibrating {vector} (layers {layers}, {positions}):{m}", file=sys.stderr, flush=True
+            ),
         )
         how = f"stored in {calibration_path(vector)}" if reused else f"calibrated, wrote {calibration_path(vector)}"
         print(format_calibration(calibration, f"KL budgets of {vector} ({how}):"), file=sys.stderr, flush=True)
