@@ -110,13 +110,12 @@ def test_sweep_equals_standalone_runs_and_resumes(lm, task_dir, vector_file, tin
     assert all(f.stat().st_mtime_ns == stamps[f] for f in files if f != missing)
 
 
-def test_unknown_task_is_a_clear_error(lm, tmp_path, vector_file, monkeypatch):
-    """...after looking in the harness's own tasks too (our folders alone are indexed first, being fast)."""
+@pytest.fixture
+def task_indexes(monkeypatch) -> list[bool]:
+    """Every TaskManager built from now on, as its include_defaults (True: the harness's own ~15k tasks)."""
     import lm_eval.tasks
 
-    from steer_plugin.errors import SteerError
-
-    built = []
+    built: list[bool] = []
     real = lm_eval.tasks.TaskManager
 
     def spy(*args, **kwargs):
@@ -124,27 +123,24 @@ def test_unknown_task_is_a_clear_error(lm, tmp_path, vector_file, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(lm_eval.tasks, "TaskManager", spy)
+    return built
+
+
+def test_unknown_task_is_a_clear_error(lm, tmp_path, vector_file, task_indexes):
+    """...after looking in the harness's own tasks too (our folders alone are indexed first, being fast)."""
+    from steer_plugin.errors import SteerError
+
     plan = SweepPlan.grid([vector_file], [1.0], ["all"], ["all"])
     with pytest.raises(SteerError, match="unknown task"):
         run_sweep(lm, plan, SweepOptions(tasks=["no_such_task_xyz"], out_dir=tmp_path), progress=False)
-    assert built == [False, True]
+    assert task_indexes == [False, True]
 
 
-def test_our_tasks_skip_the_harness_index(task_dir, monkeypatch):
-    import lm_eval.tasks
-
+def test_our_tasks_skip_the_harness_index(task_dir, task_indexes):
     from steer_plugin.sweep import load_tasks
 
-    built = []
-    real = lm_eval.tasks.TaskManager
-
-    def spy(*args, **kwargs):
-        built.append(kwargs.get("include_defaults", True))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(lm_eval.tasks, "TaskManager", spy)
     loaded = load_tasks(SweepOptions(tasks=["tiny_mc"], out_dir=Path("unused"), include_path=task_dir))
-    assert list(loaded["tasks"]) == ["tiny_mc"] and built == [False]
+    assert list(loaded["tasks"]) == ["tiny_mc"] and task_indexes == [False]
 
 
 def test_reproduce_string_rebuilds_the_same_run(task_dir, vector_file, tiny_llama_dir, tmp_path):
