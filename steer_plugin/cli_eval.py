@@ -205,7 +205,13 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
         "--classifier", default=None, help="emotion classifier for steer_emotion_* tasks: hub id, local path or 'nade'"
     )
     p.add_argument("--include-path", default=None, help="extra folder of task YAMLs")
-    p.add_argument("--layers", action="append", default=None, help="layer subset (repeatable for a sweep)")
+    p.add_argument(
+        "--layers",
+        action="append",
+        default=None,
+        help="layers: all, middle (the middle third) or e.g. 10-19; repeatable for a sweep "
+        "(default: all; steer run: middle)",
+    )
     p.add_argument("--positions", default="all", help="all, response or both: all,response")
     p.add_argument("--backend", default="nnsight", choices=["nnsight", "hooks"])
     p.add_argument(
@@ -273,7 +279,7 @@ def _add_eval_commands(sub: Any) -> None:
     )
     p.add_argument("--out", required=True, help="output folder (resumable)")
     _add_eval_args(p)
-    p.set_defaults(func=cmd_sweep)
+    p.set_defaults(func=cmd_sweep, default_layers="all")
 
     p = sub.add_parser("table", help="leaderboard table and plots from a folder of results JSON")
     p.add_argument("dir")
@@ -336,7 +342,9 @@ def _add_eval_commands(sub: Any) -> None:
         help="the KL budget (or alpha, without kl: alphas) of leakage.csv/png (default: the middle one)",
     )
     _add_eval_args(p)
-    p.set_defaults(func=cmd_run, positions="response", controls=1)
+    # chosen by measurement (README, "Choosing the defaults"): at equal KL, top-k vectors on the middle third of
+    # the layers at the response positions moved the target most
+    p.set_defaults(func=cmd_run, positions="response", controls=1, default_layers="middle")
 
 
 def _sweep_options(args: argparse.Namespace, tasks: list[str], out: str):
@@ -379,7 +387,7 @@ def _check_sweep_args(args: argparse.Namespace, out: str) -> None:
     from steer_plugin.results_files import check_table_outputs
     from steer_plugin.steering import check_positions
 
-    for spec in args.layers or ["all"]:
+    for spec in _layer_sets(args):
         layer_ranges(spec)
     if args.config_batch_rows is not None and args.config_batch_rows < 1:
         from steer_plugin.errors import SteerError
@@ -390,6 +398,10 @@ def _check_sweep_args(args: argparse.Namespace, out: str) -> None:
             check_positions(p)
     check_output_dir(out)
     check_table_outputs(Path(out) / "leaderboard")
+
+
+def _layer_sets(args: argparse.Namespace) -> list[str]:
+    return args.layers or [args.default_layers]
 
 
 def _sweep(args: argparse.Namespace, vectors: list[str], tasks: list[str], out: str) -> list:
@@ -411,7 +423,7 @@ def _sweep(args: argparse.Namespace, vectors: list[str], tasks: list[str], out: 
     controls = write_controls(vectors, args.controls, Path(out) / "controls") if args.controls else None
     lm = SteeredHFLM(**options.model_args)
     resolver = _resolver(args, lm, options.side_effects or _fluency_source(args))  # kl:X alphas need the model
-    plan = SweepPlan.grid(vectors, args.alphas, args.layers or ["all"], positions, controls=controls, resolve=resolver)
+    plan = SweepPlan.grid(vectors, args.alphas, _layer_sets(args), positions, controls=controls, resolve=resolver)
     return run_sweep(lm, plan, options, folder=open_sweep_folder(plan, options))
 
 

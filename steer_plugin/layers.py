@@ -1,14 +1,24 @@
-"""Layer specs: ``all`` or a comma list of 0-based indices and ranges, e.g. ``0,3,5-9``."""
+"""Layer specs: ``all``, ``middle`` (the middle third of the blocks: 10-19 of 30) or a comma list of 0-based
+indices and ranges, e.g. ``0,3,5-9``."""
 
 from __future__ import annotations
 
 from steer_plugin.errors import SteerError
 
+MIDDLE = "middle"
+
+
+def middle_layers(n_layers: int) -> list[int]:
+    """The middle third of ``n_layers`` blocks (all of them below 3): where emotion steering moved the target
+    most at equal KL on SmolLM2 (README, "Choosing the defaults")."""
+    third = n_layers // 3
+    return list(range(third, n_layers - third))
+
 
 def layer_ranges(spec: str | None) -> list[tuple[int, int]] | None:
-    """The spec's (lo, hi) pieces, syntax checked; ``None`` for all layers. Needs no model (and never
-    expands a range: ``0-999999999999`` is two numbers, not a trillion)."""
-    if spec is None or str(spec).strip().lower() in ("", "all"):
+    """The spec's (lo, hi) pieces, syntax checked; ``None`` for ``all`` and ``middle`` (which needs the model's
+    depth). Needs no model (and never expands a range: ``0-999999999999`` is two numbers, not a trillion)."""
+    if spec is None or str(spec).strip().lower() in ("", "all", MIDDLE):
         return None
     pieces = []
     for part in str(spec).replace(";", ",").split(","):
@@ -22,7 +32,7 @@ def layer_ranges(spec: str | None) -> list[tuple[int, int]] | None:
                 lo = hi = int(part)
         except ValueError:
             raise SteerError(
-                f"bad layer spec {spec!r}: use 'all' or 0-based indices and ranges like '0,3,5-9'"
+                f"bad layer spec {spec!r}: use 'all', 'middle' or 0-based indices and ranges like '0,3,5-9'"
             ) from None
         pieces.append((lo, hi))
     return pieces
@@ -30,6 +40,8 @@ def layer_ranges(spec: str | None) -> list[tuple[int, int]] | None:
 
 def parse_layers(spec: str | None, n_layers: int) -> list[int]:
     """Sorted unique 0-based layer indices; ``None``/``all`` means every layer."""
+    if spec is not None and str(spec).strip().lower() == MIDDLE:
+        return middle_layers(n_layers)
     pieces = layer_ranges(spec)
     if pieces is None:
         return list(range(n_layers))

@@ -29,6 +29,13 @@ def test_parse(spec, want):
     assert parse_layers(spec, 10) == want
 
 
+@pytest.mark.parametrize(
+    "n, want", [(30, list(range(10, 20))), (32, list(range(10, 22))), (12, [4, 5, 6, 7]), (3, [1]), (2, [0, 1]), (1, [0])]
+)
+def test_middle_is_the_middle_third(n, want):
+    assert parse_layers("middle", n) == parse_layers(" Middle ", n) == want
+
+
 @pytest.mark.parametrize("spec", ["10", "0,10", "8-12", "-1", "99"])
 def test_out_of_range(spec):
     with pytest.raises(SteerError, match=r"out of range: this model has layers 0-9") as info:
@@ -38,7 +45,7 @@ def test_out_of_range(spec):
 
 @pytest.mark.parametrize("spec", ["abc", "1-", "-1-3", "3-1", "1,,2", "1.5", "1-2-3", "first", "1e2", "0x3", ","])
 def test_garbage(spec):
-    with pytest.raises(SteerError, match=r"bad layer spec .*use 'all' or 0-based indices and ranges") as info:
+    with pytest.raises(SteerError, match=r"bad layer spec .*use 'all', 'middle' or 0-based indices and ranges") as info:
         parse_layers(spec, 10)
     assert "\n" not in str(info.value)
 

@@ -54,6 +54,7 @@ def test_run_builds_sweeps_and_tables(tmp_path, tiny_llama_dir, monkeypatch, cap
     assert (tmp_path / "run" / "controls" / "anger-top_k-4-random-0.safetensors").exists()
     steered = [json.loads(p.read_text()) for p in results if "baseline" not in str(p) and "random" not in str(p)][0]
     assert steered["config"]["steering"]["positions"] == "response"
+    assert steered["config"]["steering"]["layers"] == "1"  # the default, middle: the middle third of 3 blocks
     assert "steer_emotion_anger" in steered["results"]
     if shared_or_none:
         assert "truthfulqa_local_mc2" in steered["results"]
