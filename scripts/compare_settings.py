@@ -8,7 +8,7 @@ and perplexity measured on neutral texts. ``steer report`` on the same folder dr
 plot (target probability vs KL with intervals, one line per setting).
 
     python scripts/compare_settings.py --model HuggingFaceTB/SmolLM2-135M-Instruct --emotion anger \\
-        --out runs/settings-anger [--middle 10-19] [--budgets 0.1,0.3,1] [--limit N] [-- extra sweep args]
+        --out runs/settings-anger [--middle 8-20] [--budgets 0.1,0.3,1] [--limit N] [-- extra sweep args]
 
 Missing vectors are built first (`steer build`, both methods from one recording pass).
 """
@@ -23,12 +23,6 @@ from steer_plugin.cli import main as steer
 from steer_plugin.study import describe, load_study, target_metric, write_study
 from steer_plugin.text_table import format_table
 from steer_plugin.vector import default_vector_path
-
-
-def _middle(n_layers: int) -> str:
-    """The middle third of the blocks, e.g. ``10-19`` of 30."""
-    third = n_layers // 3
-    return f"{third}-{n_layers - third - 1}"
 
 
 def comparison(folder: Path, emotion: str) -> str:
@@ -64,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", required=True)
     ap.add_argument("--emotion", required=True)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--middle", default=None, help="the middle layer range (default: the middle third)")
+    ap.add_argument("--middle", default="middle", help="the middle layers (default: the middle third)")
     ap.add_argument("--budgets", default="0.1,0.3,1")
     ap.add_argument("--top-k", type=int, default=20)
     ap.add_argument("--limit", default=None)
@@ -81,10 +75,6 @@ def main(argv: list[str] | None = None) -> int:
             if rc:
                 return rc
     middle = args.middle
-    if middle is None:
-        from transformers import AutoConfig
-
-        middle = _middle(AutoConfig.from_pretrained(args.model).num_hidden_layers)
     alphas = "0," + ",".join(f"kl:{b}" for b in args.budgets.split(","))
     sweep = ["sweep", "--model", args.model, "--out", args.out, "--alphas", alphas, "--layers", "all",
              "--layers", middle, "--positions", "all,response", "--controls", "0",

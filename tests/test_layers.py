@@ -30,7 +30,8 @@ def test_parse(spec, want):
 
 
 @pytest.mark.parametrize(
-    "n, want", [(30, list(range(10, 20))), (32, list(range(10, 22))), (12, [4, 5, 6, 7]), (3, [1]), (2, [0, 1]), (1, [0])]
+    "n, want",
+    [(30, list(range(10, 20))), (32, list(range(10, 22))), (12, [4, 5, 6, 7]), (3, [1]), (2, [0, 1]), (1, [0])],
 )
 def test_middle_is_the_middle_third(n, want):
     assert parse_layers("middle", n) == parse_layers(" Middle ", n) == want
