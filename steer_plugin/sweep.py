@@ -265,12 +265,15 @@ def run_sweep(
             out / RESULTS_FILE, json.dumps(results, indent=2, default=handle_non_serializable, ensure_ascii=False)
         )
         files.append(out / RESULTS_FILE)
-        elapsed = time.monotonic() - started
-        eta = elapsed / (i + 1) * (len(todo) - i - 1)
+        if i == 0:
+            # the first configuration also ran the batched work of the others (TruthfulQA tails, mixed generation):
+            # it says nothing about how long the rest take
+            started = time.monotonic()
+            eta = ""
+        else:
+            eta = f", ETA {(time.monotonic() - started) / i * (len(todo) - i - 1):.0f}s"
         _say(
-            progress,
-            f"[{done_before + i + 1}/{len(plan.configs)}] {config.slug()} "
-            f"({time.monotonic() - t0:.1f}s, ETA {eta:.0f}s)",
+            progress, f"[{done_before + i + 1}/{len(plan.configs)}] {config.slug()} ({time.monotonic() - t0:.1f}s{eta})"
         )
     if hasattr(lm, "plan_ahead"):
         lm.plan_ahead([])
