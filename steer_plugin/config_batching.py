@@ -72,17 +72,22 @@ def batch_key(context: torch.Tensor, max_length: int, stop: Sequence[str], kwarg
     return (tuple(context.shape), h.hexdigest(), int(max_length), tuple(stop), rest)
 
 
-def greedy_kwargs(kwargs: dict[str, Any], generation_config: Any) -> dict[str, Any] | None:
-    """HFLM's normalisation of the generation settings (temperature 0 -> greedy); None unless the decoding
-    is greedy with one sequence per prompt (sampling draws and beams depend on the batch)."""
+def hflm_generation_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """HFLM._model_generate's normalisation of the generation settings: temperature 0 (the default) -> greedy."""
     kwargs = dict(kwargs)
     kwargs["temperature"] = kwargs.get("temperature", 0.0)
-    do_sample = kwargs.get("do_sample")
-    if kwargs["temperature"] == 0.0 and do_sample is None:
-        kwargs["do_sample"] = do_sample = False
-    if do_sample is False and kwargs["temperature"] == 0.0:
+    if kwargs["temperature"] == 0.0 and kwargs.get("do_sample") is None:
+        kwargs["do_sample"] = False
+    if kwargs.get("do_sample") is False and kwargs["temperature"] == 0.0:
         kwargs.pop("temperature")
-    if do_sample is not False:
+    return kwargs
+
+
+def greedy_kwargs(kwargs: dict[str, Any], generation_config: Any) -> dict[str, Any] | None:
+    """``hflm_generation_kwargs``, or None unless the decoding is greedy with one sequence per prompt
+    (sampling draws and beams depend on the batch)."""
+    kwargs = hflm_generation_kwargs(kwargs)
+    if kwargs.get("do_sample") is not False:
         return None
     for name in ("num_beams", "num_return_sequences"):
         if (kwargs.get(name) or getattr(generation_config, name, 1) or 1) != 1:

@@ -34,6 +34,7 @@ from steer_plugin.config_batching import (
     batch_key,
     generate_mixed,
     greedy_kwargs,
+    hflm_generation_kwargs,
     score_groups_mixed,
 )
 from steer_plugin.errors import SteerError, check_choice
@@ -463,13 +464,7 @@ class SteeredHFLM(HFLM):
                 return tokens
         if not self.plan.active:
             return super()._model_generate(context, max_length, stop, **generation_kwargs)
-        # the same generation settings as HFLM._model_generate
-        generation_kwargs["temperature"] = generation_kwargs.get("temperature", 0.0)
-        do_sample = generation_kwargs.get("do_sample")
-        if generation_kwargs["temperature"] == 0.0 and do_sample is None:
-            generation_kwargs["do_sample"] = do_sample = False
-        if do_sample is False and generation_kwargs["temperature"] == 0.0:
-            generation_kwargs.pop("temperature")
+        generation_kwargs = hflm_generation_kwargs(generation_kwargs)  # the same settings as HFLM._model_generate
         criteria = stop_sequences_criteria(self.tokenizer, stop, context.shape[1], context.shape[0])
         where = "last" if self.positions == "response" else None
         with torch.autocast(

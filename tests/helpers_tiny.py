@@ -179,3 +179,18 @@ def read_goemotions_rows(path):
     names = [n.strip() for n in (folder / "emotions.txt").read_text(encoding="utf-8").splitlines() if n.strip()]
     with open(path, newline="", encoding="utf-8") as f:
         return [(row[0], frozenset(names[int(i)] for i in row[1].split(","))) for row in csv.reader(f, delimiter="\t")]
+
+
+def save_tiny_stats(path: Path, model: str = "tiny") -> Path:
+    """A stats file of anger vs neutral (3 layers x 32, 5 texts each, seeded), as `steer build --stats` reads."""
+    import torch
+
+    from steer_plugin.stats import ClassStats, HiddenStateStats
+
+    g = torch.Generator().manual_seed(0)
+    classes = {
+        c: ClassStats(5, torch.randn(3, 32, generator=g, dtype=torch.float64), torch.rand(3, 32, dtype=torch.float64))
+        for c in ("anger", "neutral")
+    }
+    HiddenStateStats(classes, {"model": model, "target": "anger", "baseline": "neutral"}).save(path)
+    return path

@@ -19,9 +19,10 @@ import numpy as np
 import pytest
 import torch
 from helpers_cli import assert_one_line_error, run_cli
+from helpers_tiny import save_tiny_stats
 
 import steer_plugin
-from steer_plugin.stats import ClassStats, HiddenStateStats
+from steer_plugin.stats import HiddenStateStats
 from steer_plugin.vector import SteeringVector
 
 FIXTURE = Path(__file__).parent / "fixtures" / "goemotions"
@@ -30,14 +31,7 @@ NO_MODEL = "/nonexistent/model-that-must-not-be-loaded"
 
 @pytest.fixture()
 def stats_file(tmp_path) -> Path:
-    g = torch.Generator().manual_seed(0)
-    classes = {
-        c: ClassStats(5, torch.randn(3, 32, generator=g, dtype=torch.float64), torch.rand(3, 32, dtype=torch.float64))
-        for c in ("anger", "neutral")
-    }
-    path = tmp_path / "stats.safetensors"
-    HiddenStateStats(classes, {"model": "tiny", "target": "anger", "baseline": "neutral"}).save(path)
-    return path
+    return save_tiny_stats(tmp_path / "stats.safetensors")
 
 
 @pytest.fixture()

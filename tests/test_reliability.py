@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 from helpers_cli import assert_one_line_error, run_cli
-from helpers_tiny import decoder_blocks
+from helpers_tiny import decoder_blocks, save_tiny_stats
 
 from steer_plugin.cli import main
 from steer_plugin.errors import SteerError
@@ -486,15 +486,7 @@ def test_huge_layer_ranges_are_not_expanded(stats_file_for_build, tmp_path, caps
 
 @pytest.fixture()
 def stats_file_for_build(tmp_path) -> Path:
-    g = torch.Generator().manual_seed(0)
-    classes = {
-        c: ClassStats(5, torch.randn(3, 32, generator=g, dtype=torch.float64), torch.rand(3, 32, dtype=torch.float64))
-        for c in ("anger", "neutral")
-    }
-    meta = {"model": f"tiny{ESC}[31mred", "target": "anger", "baseline": "neutral"}
-    path = tmp_path / "stats.safetensors"
-    HiddenStateStats(classes, meta).save(path)
-    return path
+    return save_tiny_stats(tmp_path / "stats.safetensors", model=f"tiny{ESC}[31mred")
 
 
 # --- 4. files from elsewhere are data, not terminal input ----------------------------------------------
