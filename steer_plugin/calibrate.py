@@ -474,7 +474,7 @@ def calibrate_vector_file(
     steerer = kwargs.pop("steerer", None) or Steerer(model, "hooks", kwargs.pop("blocks", None))
     n_layers = len(steerer.blocks)
     sha = file_sha256(vector_path)
-    probe_texts = _scored(tokenizer, texts)
+    probe_texts = scored_texts(tokenizer, texts)
     key = calibration_key(
         model, model_name, sha, format_layers(parse_layers(layers, n_layers), n_layers), positions, *probe_texts
     )
@@ -505,7 +505,7 @@ def calibrate_vector_file(
     return result, False
 
 
-def _scored(tokenizer: Any, texts: tuple[list[str], list[str]]) -> tuple[list[str], list[str]]:
+def scored_texts(tokenizer: Any, texts: tuple[list[str], list[str]]) -> tuple[list[str], list[str]]:
     """The texts a probe keeps (2 tokens or more), so a stored key can be checked before any forward."""
     from steer_plugin.fluency import MAX_TOKENS
 
