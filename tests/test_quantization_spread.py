@@ -113,9 +113,9 @@ def test_report_on_a_quantized_tiny_model(tmp_path, monkeypatch, capsys):
     qs.main()
     report = out.read_text()
     assert "(22 Q4_1, 1 Q8_0;" in report  # 7 matrices x 3 blocks + lm_head; the embedding is Q8_0
-    assert "| anger | texts: seed 0 vs seed 1 |" in report and "| anger | copy 1 vs dequantized |" in report
+    assert "| anger | texts: seed 0 vs seed 1 (" in report and "| anger | copy 1 vs dequantized |" in report
     kl_line = next(line for line in report.splitlines() if line.startswith("| anger | 0.1 |"))
     row = cal.rows[0]
-    assert f"| {row.alpha:.4g} | {row.kl_heldout:.4f} | copy 1: " in kl_line
+    assert f"| {row.alpha:.4g} | {row.kl_heldout:.4f} | 1 | " in kl_line
     copy_kl = float(report.split("copy 1 ")[1].split(",")[0].split()[0])
     assert copy_kl > 0  # the copy is another model, though a close one
