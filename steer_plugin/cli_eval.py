@@ -227,6 +227,13 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
         help="also evaluate N norm-matched random-direction controls (seeds 0..N-1) at every steered configuration "
         "(default %(default)s; 0 = none)",
     )
+    p.add_argument(
+        "--control-match",
+        default="alpha",
+        choices=["alpha", "kl"],
+        help="at a KL budget, run each control at its vector's alpha (same size; default) or calibrate the "
+        "control to the same KL budget (same side effects; one more calibration per control)",
+    )
     p.add_argument("--apply-chat-template", action="store_true")
     p.add_argument("--num-fewshot", type=int, default=None)
     p.add_argument("--bootstrap-iters", type=int, default=1000)
@@ -423,7 +430,10 @@ def _sweep(args: argparse.Namespace, vectors: list[str], tasks: list[str], out: 
     controls = write_controls(vectors, args.controls, Path(out) / "controls") if args.controls else None
     lm = SteeredHFLM(**options.model_args)
     resolver = _resolver(args, lm, options.side_effects or _fluency_source(args))  # kl:X alphas need the model
-    plan = SweepPlan.grid(vectors, args.alphas, _layer_sets(args), positions, controls=controls, resolve=resolver)
+    plan = SweepPlan.grid(
+        vectors, args.alphas, _layer_sets(args), positions, controls=controls, resolve=resolver,
+        control_match=args.control_match,
+    )  # fmt: skip
     return run_sweep(lm, plan, options, folder=open_sweep_folder(plan, options))
 
 

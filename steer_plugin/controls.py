@@ -26,8 +26,12 @@ if TYPE_CHECKING:  # pragma: no cover
 # torch and the vector module load lazily: `steer table` only needs ``is_control``
 
 RANDOM_METHOD = "random"
-# metadata that says which model the control belongs to (the steered_hf checks read these)
-_MODEL_KEYS = ("model", "model_revision", "config_hash", "architecture", "block_path", "dtype", "layers")
+# metadata of the model the control belongs to (the steered_hf checks read these; the residual RMS gives a
+# control the same relative strength per unit alpha as its vector, and calibration its first alpha)
+_MODEL_KEYS = (
+    "model", "model_revision", "config_hash", "architecture", "block_path", "dtype", "layers",
+    "residual_rms", "residual_rms_source",
+)  # fmt: skip
 
 
 def random_like(

@@ -110,6 +110,13 @@ def _name_series(arms: list[Arm]) -> None:
         a.series = f"{vector}, layers {layers}, {positions}" if ambiguous else a.emotion
 
 
+def _same_level(arm: Arm, control: Arm) -> bool:
+    """A control belongs to the arm at the same KL budget (at the arm's alpha or its own), else the same alpha."""
+    if arm.budget is not None and control.budget is not None:
+        return math.isclose(arm.budget, control.budget)
+    return arm.budget is None and control.budget is None and math.isclose(arm.alpha, control.alpha)
+
+
 def load_study(folder: str | Path, resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> Study:
     """The baseline, each emotion vector's configurations and their controls, with paired statistics."""
     rows = load_rows(folder)
@@ -125,7 +132,7 @@ def load_study(folder: str | Path, resamples: int = DEFAULT_RESAMPLES, seed: int
             continue
         for arm in arms:
             same = all(arm.row.key[k] == r.key[k] for k in ("model", "layers", "positions"))
-            if same and arm.row.key["vector"] == r.control_of and math.isclose(arm.alpha, control.alpha):
+            if same and arm.row.key["vector"] == r.control_of and _same_level(arm, control):
                 study.controls.setdefault(id(arm.row), []).append(control)
     return study
 
@@ -167,6 +174,8 @@ def sentence(study: Study, arm: Arm) -> str:
     for i, control in enumerate(controls):
         if metric in control.row.paired:
             name = "random control" if len(controls) == 1 else f"random control {i}"
+            if not math.isclose(control.alpha, arm.alpha):  # calibrated to the same KL: say how hard it pushed
+                name += f" (same KL, alpha {control.alpha:.3g})"
             parts.append(f"{name} {describe(control.row.paired[metric])}")
     for label, p in arm.row.paired.items():
         task, metric_name = label.split("/", 1)

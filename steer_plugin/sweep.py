@@ -23,6 +23,7 @@ from steer_plugin.results_files import RESULTS_FILE
 from steer_plugin.sweep_folder import SweepFolder, open_sweep_folder
 
 SIDE_EFFECTS = "side_effects"  # the results entry with kl / ppl (and kl_budget) of a configuration
+CONTROL_MATCHES = ("alpha", "kl")  # a random control at its vector's alpha, or at its own alpha for the same KL
 
 
 @dataclass(frozen=True)
@@ -63,13 +64,18 @@ class SweepPlan:
         baseline: bool = True,
         controls: dict[str, list[str]] | None = None,
         resolve: Resolver | None = None,
+        control_match: str = "alpha",
     ) -> SweepPlan:
         """Every vector x layer set x positions x alpha. An alpha may be a KL budget
         (``calibrate.KLBudget``); ``resolve(vector, layers, positions, budgets)`` turns the budgets of
         one (vector, layers, positions) into alphas ``{budget: alpha}``. ``controls`` maps a vector to its
-        random controls, each evaluated at every alpha of that vector (right after it)."""
+        random controls, each evaluated right after it at every level of that vector: at the same alpha
+        (``control_match="alpha"``), or, for a KL budget, at the control's own alpha for that budget
+        (``"kl"``: the same side effects instead of the same size)."""
         from steer_plugin.calibrate import KLBudget
 
+        if control_match not in CONTROL_MATCHES:
+            raise SteerError(f"control match must be one of {', '.join(CONTROL_MATCHES)}, got {control_match!r}")
         if not vectors:
             raise SteerError("give at least one --vector")
         if not alphas:
@@ -83,16 +89,19 @@ class SweepPlan:
         for v in vectors:
             for layers in layer_sets:
                 for pos in positions:
-                    found = resolve(v, layers, pos, budgets) if budgets and resolve else {}
+                    found = {}
+                    for vec in [v, *(controls or {}).get(v, [])]:
+                        own = vec == v or control_match == "kl"
+                        found[vec] = resolve(vec, layers, pos, budgets) if own and budgets and resolve else {}
                     for a in alphas:
-                        if isinstance(a, KLBudget):  # 4 significant digits: readable tables, KL unchanged
-                            alpha, budget = float(f"{found[a.kl]:.4g}"), a.kl
-                        elif a != 0:
-                            alpha, budget = float(a), None
-                        else:
+                        if a == 0 and not isinstance(a, KLBudget):
                             continue
-                        for vec in [v, *(controls or {}).get(v, [])]:
-                            configs.append(SweepConfig(vec, alpha, layers, pos, budget))
+                        for vec in found:
+                            if isinstance(a, KLBudget):  # 4 significant digits: readable tables, KL unchanged
+                                alpha = (found[vec] or found[v])[a.kl]
+                                configs.append(SweepConfig(vec, float(f"{alpha:.4g}"), layers, pos, a.kl))
+                            else:
+                                configs.append(SweepConfig(vec, float(a), layers, pos))
         return cls(configs)
 
 

@@ -19,6 +19,7 @@ def _mean_vector() -> SteeringVector:
     m = torch.randn(L, H, generator=g) * torch.linspace(0.5, 100, L)[:, None]  # norms from ~3 to ~700
     m[2] = 0  # a layer left out (e.g. by --layers)
     meta = {"model": "tiny", "config_hash": "abc", "emotion": "anger", "method": "mean", "block_path": "model.layers"}
+    meta["residual_rms"] = [float(x) for x in range(10, 10 + L)]
     return SteeringVector(m, meta)
 
 
@@ -44,6 +45,8 @@ def test_mean_control_matches_norms_and_is_dense():
     assert all(int((r.matrix[layer] != 0).sum()) == H for layer in range(L) if layer != 2)
     m = r.metadata
     assert (m["method"], m["seed"], m["emotion"], m["model"], m["config_hash"]) == ("random", 0, "anger", "tiny", "abc")
+    # the model's residual RMS: the same relative strength per unit alpha, and calibration's first alpha
+    assert r.relative_strength(1.0, [0, 1]) == v.relative_strength(1.0, [0, 1])
     assert m["control_of"] == {
         "emotion": "anger",
         "method": "mean",

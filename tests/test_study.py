@@ -152,6 +152,27 @@ def test_leakage_cells_are_deltas_of_each_label(run_folder):
         leakage(study, 0.2)
 
 
+def test_controls_calibrated_to_the_same_kl_pair_by_budget(tmp_path):
+    rng = np.random.default_rng(3)
+    folder = tmp_path / "run"
+    scores = {"baseline": _write_config(folder, "baseline", None, 0.0, None, rng)}
+    for name, control, alpha, budget in (("kl0.1", False, 0.2, 0.1), ("kl1", False, 0.6, 1.0)):
+        scores[name] = _write_config(folder, name, _vector("anger", control), alpha, budget, rng)
+    # its control, calibrated to the same budgets: larger alphas, and one of them equal to the vector's other alpha
+    scores["c0.1"] = _write_config(folder, "c0.1", _vector("anger", True), 0.6, 0.1, rng)
+    scores["c1"] = _write_config(folder, "c1", _vector("anger", True), 1.9, 1.0, rng)
+    study = load_study(folder, resamples=1000)
+    for arm, control in zip(sorted(study.arms, key=lambda a: a.level), ("c0.1", "c1")):
+        (paired,) = study.controls_of(arm)
+        assert paired.budget == arm.budget and paired.alpha == {"c0.1": 0.6, "c1": 1.9}[control]
+        text = sentence(study, arm)
+        want = PairedBootstrap(1000, 0).compare(
+            scores[control]["steer_emotion_anger"]["target_prob"],
+            scores["baseline"]["steer_emotion_anger"]["target_prob"],
+        )
+        assert f"; random control (same KL, alpha {paired.alpha:.3g}) {describe(want)};" in text
+
+
 def test_two_vectors_of_one_emotion_are_two_series(tmp_path):
     rng = np.random.default_rng(1)
     folder = tmp_path / "run"

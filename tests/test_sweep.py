@@ -198,6 +198,35 @@ def test_grid_puts_controls_beside_their_vector():
     assert len({c.slug() for c in plan.configs}) == len(plan.configs)
 
 
+def test_grid_calibrates_controls_to_the_same_kl_when_asked():
+    from steer_plugin.calibrate import parse_alpha_specs
+    from steer_plugin.errors import SteerError
+
+    controls = {"a.safetensors": ["c/a-random-0.safetensors"]}
+    own = {"a.safetensors": {0.1: 0.5, 1.0: 2.0}, "c/a-random-0.safetensors": {0.1: 1.5, 1.0: 4.25}}
+    asked = []
+
+    def resolve(vector, layers, positions, budgets):
+        asked.append(vector)
+        return own[vector]
+
+    alphas = parse_alpha_specs("0,kl:0.1,kl:1,3")
+    plan = SweepPlan.grid(["a.safetensors"], alphas, ["all"], ["all"], controls=controls, resolve=resolve)
+    assert asked == ["a.safetensors"]  # the default: controls at their vector's alpha, no calibration of their own
+    assert [(c.alpha, c.kl_budget) for c in plan.configs[1:]] == [(0.5, 0.1)] * 2 + [(2.0, 1.0)] * 2 + [(3.0, None)] * 2
+    asked.clear()
+    plan = SweepPlan.grid(
+        ["a.safetensors"], alphas, ["all"], ["all"], controls=controls, resolve=resolve, control_match="kl"
+    )
+    assert asked == ["a.safetensors", "c/a-random-0.safetensors"]
+    assert [(Path(c.vector).stem, c.alpha, c.kl_budget) for c in plan.configs[1:]] == [
+        ("a", 0.5, 0.1), ("a-random-0", 1.5, 0.1), ("a", 2.0, 1.0), ("a-random-0", 4.25, 1.0),
+        ("a", 3.0, None), ("a-random-0", 3.0, None),  # a plain alpha has no KL to match: the same alpha
+    ]  # fmt: skip
+    with pytest.raises(SteerError, match="control match must be one of alpha, kl"):
+        SweepPlan.grid(["a.safetensors"], alphas, ["all"], ["all"], resolve=resolve, control_match="norm")
+
+
 def test_sweep_with_controls_keeps_per_document_scores_and_tables_them(
     lm, task_dir, vector_file, tiny_llama_dir, tmp_path
 ):
@@ -330,3 +359,27 @@ def test_sweep_command_with_kl_alphas(task_dir, vector_file, tiny_llama_dir, tmp
     with pytest.raises(SystemExit):  # argparse: a bad alpha list is a usage error
         main([*args[:6], "0,kl:-1", *args[7:]])
     assert "bad alpha 'kl:-1'" in capsys.readouterr().err
+
+
+def test_sweep_command_with_controls_at_the_same_kl(task_dir, vector_file, tiny_llama_dir, tmp_path, capsys):
+    from steer_plugin.calibrate import calibration_path
+    from steer_plugin.cli import main
+
+    texts = tmp_path / "neutral.txt"
+    texts.write_text("".join(f"{d['q']}{d['choices'][-1]} <{i}>\n" for i, d in enumerate(DOCS * 3)), encoding="utf-8")
+    out = tmp_path / "out"
+    args = ["sweep", "--model", tiny_llama_dir, "--vector", vector_file, "--alphas", "0,kl:0.002", "--tasks", "tiny_mc"]
+    args += ["--include-path", task_dir, "--out", str(out), "--fluency-texts", str(texts), "--batch-size", "2"]
+    args += ["--positions", "response", "--backend", "hooks", "--controls", "1", "--control-match", "kl"]
+    assert main(args) == 0
+    capsys.readouterr()
+    control = out / "controls" / f"{Path(vector_file).stem}-random-0.safetensors"
+    assert calibration_path(control).is_file()  # calibrated like a vector, stored beside it
+    docs = [json.loads(p.read_text()) for p in sorted(out.glob("*kl0.002*/results.json"))]
+    assert len(docs) == 2
+    by_vector = {Path(d["config"]["steering"]["vectors"][0]["path"]).name: d for d in docs}
+    mine, ctrl = by_vector[Path(vector_file).name], by_vector[control.name]
+    assert mine["config"]["sweep"]["alpha"] != ctrl["config"]["sweep"]["alpha"]  # its own alpha for the budget
+    for d in (mine, ctrl):  # both near the budget on all the texts (calibrated on half of them)
+        side = d["results"]["side_effects"]
+        assert side["kl_budget,none"] == 0.002 and abs(side["kl,none"] / 0.002 - 1) < 0.5
