@@ -193,6 +193,10 @@ def main() -> None:
     layers = parse_layers(args.layers, n_layers)
     layer_spec = format_layers(layers, n_layers)
     grids = quantized_parameters(model)
+    if not grids:
+        raise SystemExit(
+            f"{args.model}: no weight lies on a Q4_1 / Q8_0 grid; this script is for dequantized GGUF models"
+        )
     params = dict(model.named_parameters())
     original = {name: params[name].detach().clone() for name in grids}
     kinds = {k: sum(1 for g in grids.values() if g.kind == k) for k in ("q4_1", "q8_0")}

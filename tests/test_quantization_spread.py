@@ -119,3 +119,11 @@ def test_report_on_a_quantized_tiny_model(tmp_path, monkeypatch, capsys):
     assert f"| {row.alpha:.4g} | {row.kl_heldout:.4f} | 1 | " in kl_line
     copy_kl = float(report.split("copy 1 ")[1].split(",")[0].split()[0])
     assert copy_kl > 0  # the copy is another model, though a close one
+
+
+def test_a_model_that_was_not_quantized_is_refused(tiny_llama_dir, monkeypatch, tmp_path):
+    qs = _script()
+    argv = ["quantization_spread.py", "--model", tiny_llama_dir, "--vectors", str(tmp_path), "--data", str(FIXTURE)]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit, match="no weight lies on a Q4_1 / Q8_0 grid"):
+        qs.main()
