@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from steer_plugin.fluency import FluencyProbe, TextSource, texts_sha256
 from steer_plugin.layers import format_layers, parse_layers
 from steer_plugin.models import LoadedModel, ModelOptions
 from steer_plugin.pipeline import RecordRequest, record_request
+from steer_plugin.similarity import agreement
 from steer_plugin.steering import Steerer, make_plan
 from steer_plugin.vector import SteeringVector
 
@@ -110,20 +110,6 @@ def quantized_parameters(model: torch.nn.Module) -> dict[str, Grid]:
 # --------------------------------------------------------------------------- measurements
 
 
-def cosines(a: SteeringVector, b: SteeringVector, layers: list[int]) -> list[float]:
-    return [float(torch.nn.functional.cosine_similarity(a.matrix[l], b.matrix[l], dim=0)) for l in layers]
-
-
-def shared_neurons(a: SteeringVector, b: SteeringVector, layers: list[int]) -> float:
-    """Share of the non-zero neurons of ``a`` that ``b`` selects too, over ``layers``."""
-    common = total = 0
-    for l in layers:
-        sa, sb = a.matrix[l] != 0, b.matrix[l] != 0
-        common += int((sa & sb).sum())
-        total += int(sa.sum())
-    return common / total if total else float("nan")
-
-
 def next_token_kl(reference: torch.nn.Module, other: torch.nn.Module, tokenizer, texts: list[str]) -> float:
     """Mean per-token KL(reference || other) over the texts' next-token distributions (all positions)."""
     total, n = 0.0, 0
@@ -162,8 +148,14 @@ def shipped_calibration(vector_path: Path, layers: str, positions: str) -> Calib
 # --------------------------------------------------------------------------- the report
 
 
-def _fmt(values: list[float]) -> str:
-    return f"{statistics.median(values):.4f} (min {min(values):.4f})"
+def _cells(a: dict, b: dict, emotion: str, layers: list[int]) -> str:
+    """mean: cosine | top-k: cosine | top-k: shared neurons, of ``a``'s and ``b``'s vectors of ``emotion``."""
+    mean = agreement(a[(emotion, "mean")], b[(emotion, "mean")], layers)
+    top_k = agreement(a[(emotion, "top_k")], b[(emotion, "top_k")], layers)
+    return (
+        f"{mean.median_cosine:.4f} (min {mean.min_cosine:.4f}) | {top_k.median_cosine:.4f} "
+        f"(min {top_k.min_cosine:.4f}) | {top_k.shared_neurons:.3f}"
+    )
 
 
 def main() -> None:
@@ -243,12 +235,10 @@ def main() -> None:
 
     sample_rows = []
     for e in emotions:
-        m, k = (e, "mean"), (e, "top_k")
         common = texts_in_common(args.data, e, args.max_per_class)
         shared = ", ".join(f"{v} {name}" for name, v in common.items())
         sample_rows.append(
-            f"| {e} | texts: seed 0 vs seed 1 ({shared} in common) | {_fmt(cosines(base[m], resampled[m], layers))} | "
-            f"{_fmt(cosines(base[k], resampled[k], layers))} | {shared_neurons(base[k], resampled[k], layers):.3f} |"
+            f"| {e} | texts: seed 0 vs seed 1 ({shared} in common) | {_cells(base, resampled, e, layers)} |"
         )
     copy_rows, kl_rows, model_kl = [], [], []
     for c in range(1, args.copies + 1):
@@ -259,11 +249,7 @@ def main() -> None:
         model_kl.append(next_token_kl(reference, model, tok, kl_texts))
         vecs = record(0)
         for e in emotions:
-            m, k = (e, "mean"), (e, "top_k")
-            copy_rows.append(
-                f"| {e} | copy {c} vs dequantized | {_fmt(cosines(base[m], vecs[m], layers))} | "
-                f"{_fmt(cosines(base[k], vecs[k], layers))} | {shared_neurons(base[k], vecs[k], layers):.3f} |"
-            )
+            copy_rows.append(f"| {e} | copy {c} vs dequantized | {_cells(base, vecs, e, layers)} |")
             if e in shipped:
                 vector, cal, held = shipped[e]
                 probe = FluencyProbe(model, tok, held, steerer=steerer)
