@@ -32,6 +32,7 @@ from typing import Any
 
 from steer_plugin.errors import SteerError
 from steer_plugin.fluency import FluencyProbe, SideEffects, TextSource, texts_sha256
+from steer_plugin.results_files import CALIBRATION_FORMAT
 from steer_plugin.text_table import format_table
 from steer_plugin.vector import SteeringVector
 
@@ -46,7 +47,6 @@ DEFAULT_TOLERANCE = 0.05  # well inside the promised +-10 %
 MAX_EVALS_PER_BUDGET = 12
 MAX_STEP = 16.0  # bracketing: at most x16 (or /16) per step
 MAX_ALPHA_RANGE = 1e6  # never search beyond start x/÷ this
-CALIBRATION_FORMAT = "steer-plugin/calibration"
 CALIBRATION_VERSION = 1
 # first alpha when the vector knows its residual RMS: a step of this fraction of the residual norm
 START_RELATIVE_STRENGTH = 0.02

@@ -9,6 +9,7 @@ SWEEP_FILE = "sweep.json"  # a sweep's plan, written once
 SWEEP_FORMAT = "steer-plugin/sweep"
 SWEEP_VERSION = 1
 RESULTS_FILE = "results.json"  # one per configuration: the harness's results JSON
+CALIBRATION_FORMAT = "steer-plugin/calibration"  # <vector>.calibration.json, e.g. beside a sweep's controls
 
 
 def _number(x: Any) -> bool:
@@ -43,6 +44,10 @@ def results_shape_problem(doc: Any) -> str | None:
 
 def is_sweep_plan(path: Path, doc: Any) -> bool:
     return path.name == SWEEP_FILE and isinstance(doc, dict) and doc.get("format") == SWEEP_FORMAT
+
+
+def is_calibration(doc: Any) -> bool:
+    return isinstance(doc, dict) and doc.get("format") == CALIBRATION_FORMAT
 
 
 def table_outputs(prefix: str | Path) -> list[Path]:

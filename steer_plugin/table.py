@@ -14,7 +14,7 @@ from steer_plugin.controls import is_control
 from steer_plugin.errors import SteerError
 from steer_plugin.paired import DEFAULT_RESAMPLES, Paired, compare_rows, samples_files
 from steer_plugin.plots import new_figure, png_bytes
-from steer_plugin.results_files import check_table_outputs, is_sweep_plan, results_shape_problem
+from steer_plugin.results_files import check_table_outputs, is_calibration, is_sweep_plan, results_shape_problem
 from steer_plugin.terminal import printable
 from steer_plugin.text_table import format_table
 
@@ -108,7 +108,7 @@ def load_rows(folder: str | Path) -> list[Row]:
             _skip(path, f"not readable JSON ({type(e).__name__})")
             skipped += 1
             continue
-        if is_sweep_plan(path, doc):  # the sweep's own plan, not results
+        if is_sweep_plan(path, doc) or is_calibration(doc):  # the sweep's own plan / controls' alphas, not results
             continue
         problem = results_shape_problem(doc)
         if problem:
