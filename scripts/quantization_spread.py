@@ -29,15 +29,23 @@ import torch
 
 from steer_plugin.atomic import write_text_atomic
 from steer_plugin.build import build_vector
-from steer_plugin.calibrate import Calibration, scored_texts, split_texts, stored_calibrations
+from steer_plugin.calibrate import (
+    DEFAULT_N_CALIBRATION,
+    DEFAULT_N_HELDOUT,
+    Calibration,
+    calibration_key,
+    find_stored,
+    scored_texts,
+    split_texts,
+)
 from steer_plugin.data import load_goemotions, select_texts
-from steer_plugin.fluency import FluencyProbe, TextSource, texts_sha256
+from steer_plugin.fluency import FluencyProbe, TextSource
 from steer_plugin.layers import format_layers, parse_layers
 from steer_plugin.models import LoadedModel, ModelOptions
 from steer_plugin.pipeline import RecordRequest, record_request
 from steer_plugin.similarity import agreement
 from steer_plugin.steering import Steerer, make_plan
-from steer_plugin.vector import SteeringVector
+from steer_plugin.vector import SteeringVector, file_sha256
 
 BLOCK = 32  # weights per Q4_1 / Q8_0 block (ggml's QK4_1 and QK8_0)
 
@@ -131,18 +139,21 @@ def vectors_of(stats, emotions: list[str], top_k: int) -> dict[tuple[str, str], 
     return out
 
 
-def texts_in_common(data: str, emotion: str, n: int) -> dict[str, int]:
+def texts_in_common(examples: list, emotion: str, n: int) -> dict[str, int]:
     """How many texts the seed-0 and seed-1 samples of ``n`` per class share, per class."""
-    examples = load_goemotions("train", data)
     a, b = (select_texts(examples, emotion, max_per_class=n, seed=s).classes for s in (0, 1))
     return {name: len(set(a[name]) & set(b[name])) for name in a}
 
 
-def shipped_calibration(vector_path: Path, layers: str, positions: str) -> Calibration | None:
-    for c in stored_calibrations(vector_path):
-        if c.key.get("layers") == layers and c.key.get("positions") == positions:
-            return c
-    return None
+def shipped_calibration(
+    loaded: LoadedModel, vector_path: Path, layers: str, positions: str, source: TextSource
+) -> tuple[Calibration, list[str]] | None:
+    """The vector's stored calibration for this model, layers, positions and the default texts of ``source``
+    (what ``steer run`` would reuse), with its held-out texts."""
+    texts = scored_texts(loaded.tokenizer, split_texts(source, DEFAULT_N_CALIBRATION, DEFAULT_N_HELDOUT))
+    key = calibration_key(loaded.model, loaded.name, file_sha256(vector_path), layers, positions, *texts)
+    found = find_stored(vector_path, key, [])
+    return None if found is None else (found, texts[1])
 
 
 # --------------------------------------------------------------------------- the report
@@ -223,19 +234,16 @@ def main() -> None:
     shipped = {}
     for e in emotions:
         path = Path(args.vectors) / f"{e}-top_k-{args.top_k}.safetensors"
-        cal = shipped_calibration(path, layer_spec, args.positions)
-        if cal is None:
-            print(f"{path}: no calibration at layers {layer_spec}, positions {args.positions}; skipped")
+        found = shipped_calibration(loaded, path, layer_spec, args.positions, source)
+        if found is None:
+            print(f"{path}: no stored calibration for this model at layers {layer_spec}, {args.positions}; skipped")
             continue
-        texts = scored_texts(tok, split_texts(source, cal.key["n_calibration"], cal.key["n_heldout"]))
-        if texts_sha256([*texts[0], "\x00", *texts[1]]) != cal.key["texts_sha256"]:
-            print(f"{path}: calibrated on other texts than {source.describe()}; skipped")
-            continue
-        shipped[e] = (SteeringVector.load(path), cal, texts[1])
+        shipped[e] = (SteeringVector.load(path), *found)
 
     sample_rows = []
+    examples = load_goemotions("train", args.data)
     for e in emotions:
-        common = texts_in_common(args.data, e, args.max_per_class)
+        common = texts_in_common(examples, e, args.max_per_class)
         shared = ", ".join(f"{v} {name}" for name, v in common.items())
         sample_rows.append(
             f"| {e} | texts: seed 0 vs seed 1 ({shared} in common) | {_cells(base, resampled, e, layers)} |"

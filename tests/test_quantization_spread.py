@@ -103,7 +103,7 @@ def test_report_on_a_quantized_tiny_model(tmp_path, monkeypatch, capsys):
     build_vector(stats, "anger", "neutral", method="top_k", top_k=4).save(vector_path)
     cal, _ = calibrate_vector_file(
         loaded.model, loaded.tokenizer, vector_path, [0.1], layers="1", positions="response",
-        source=TextSource(texts), n_calibration=6, n_heldout=6,
+        source=TextSource(texts), model_name=model_dir,
     )  # fmt: skip
     out = tmp_path / "spread.md"
     argv = ["quantization_spread.py", "--model", model_dir, "--vectors", str(vectors), "--data", str(FIXTURE)]
