@@ -194,3 +194,16 @@ def save_tiny_stats(path: Path, model: str = "tiny") -> Path:
     }
     HiddenStateStats(classes, {"model": model, "target": "anger", "baseline": "neutral"}).save(path)
     return path
+
+
+def load_script(name: str):
+    """``scripts/<name>.py`` as a module (registered in ``sys.modules`` first: dataclasses look their module up)."""
+    import importlib.util
+    import sys
+
+    if name not in sys.modules:
+        path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[name])
+    return sys.modules[name]

@@ -2,22 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
+from helpers_tiny import load_script
 from test_study import _vector, _write_config
 
 from steer_plugin.study import describe, load_study
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "compare_settings.py"
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("compare_settings", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_comparison_rows_are_settings_by_budget(tmp_path):
@@ -31,7 +20,7 @@ def test_comparison_rows_are_settings_by_budget(tmp_path):
         ("top_k_a", top_k, 0.7, 0.1),
     ):
         _write_config(folder, name, vector, alpha, budget, rng)
-    text = _script().comparison(folder, "anger")
+    text = load_script("compare_settings").comparison(folder, "anger")
     lines = text.splitlines()
     assert lines[0].startswith("anger: baseline target probability ")
     rows = [line for line in lines if line.startswith("| anger")]

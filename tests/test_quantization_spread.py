@@ -3,24 +3,15 @@ independent transcription of ggml's reference quantizers), and its report on a t
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers_tiny import load_script
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "quantization_spread.py"
 FIXTURE = Path(__file__).parent / "fixtures" / "goemotions"
-
-
-def _script():
-    if "quantization_spread" not in sys.modules:  # registered first: its dataclass looks its module up
-        spec = importlib.util.spec_from_file_location("quantization_spread", SCRIPT)
-        sys.modules["quantization_spread"] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules["quantization_spread"])
-    return sys.modules["quantization_spread"]
 
 
 # ggml-quants.c, quantize_row_q4_1_ref / quantize_row_q8_0_ref and their dequantize_row_*, in numpy
@@ -46,7 +37,7 @@ def q8_0(x: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize(("kind", "quantize"), [("q4_1", q4_1), ("q8_0", q8_0)])
 def test_copies_quantize_back_to_the_same_weights(kind, quantize):
-    qs = _script()
+    qs = load_script("quantization_spread")
     rng = np.random.default_rng(0)
     # weights that are exactly representable: no fp16 rounding of the block's scale between the two passes
     dequantized = torch.from_numpy(quantize(quantize(rng.normal(0, 0.05, (16, 96)).astype(np.float32))))
@@ -61,7 +52,7 @@ def test_copies_quantize_back_to_the_same_weights(kind, quantize):
 
 
 def test_weights_not_on_a_grid_are_left_alone():
-    qs = _script()
+    qs = load_script("quantization_spread")
     assert qs.quantization_grid(torch.randn(8, 64)) is None
     assert qs.quantization_grid(torch.ones(64)) is None  # a norm weight (1-D)
     assert qs.quantization_grid(torch.randn(8, 30)) is None  # rows not in blocks of 32
@@ -88,7 +79,7 @@ def test_report_on_a_quantized_tiny_model(tmp_path, monkeypatch, capsys):
     from steer_plugin.models import ModelOptions
     from steer_plugin.pipeline import RecordRequest, record_request
 
-    qs = _script()
+    qs = load_script("quantization_spread")
     texts = str(tmp_path / "neutral.txt")
     words = ["the", "cat", "sat", "on", "a", "mat", "and", "looked", "at", "the", "day"]
     Path(texts).write_text("\n".join(" ".join(words[i % 5 : i % 5 + 4 + i % 4]) for i in range(16)), encoding="utf-8")
@@ -122,7 +113,7 @@ def test_report_on_a_quantized_tiny_model(tmp_path, monkeypatch, capsys):
 
 
 def test_a_model_that_was_not_quantized_is_refused(tiny_llama_dir, monkeypatch, tmp_path):
-    qs = _script()
+    qs = load_script("quantization_spread")
     argv = ["quantization_spread.py", "--model", tiny_llama_dir, "--vectors", str(tmp_path), "--data", str(FIXTURE)]
     monkeypatch.setattr(sys, "argv", argv)
     with pytest.raises(SystemExit, match="no weight lies on a Q4_1 / Q8_0 grid"):

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers_tiny import load_script
 
 from steer_plugin.errors import SteerError
 from steer_plugin.similarity import agreement
 from steer_plugin.vector import SteeringVector
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "compare_vectors.py"
 
 
 def _top_k(matrix: torch.Tensor, k: int, meta: dict | None = None) -> SteeringVector:
@@ -47,9 +44,7 @@ def test_a_zero_layer_has_no_cosine_and_shapes_must_match():
 
 
 def test_compare_vectors_script(tmp_path, monkeypatch, capsys):
-    spec = importlib.util.spec_from_file_location("compare_vectors", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("compare_vectors")
     g = torch.Generator().manual_seed(1)
     for folder, noise in (("old", 0.0), ("new", 0.3)):
         base = torch.randn(6, 16, generator=torch.Generator().manual_seed(2))

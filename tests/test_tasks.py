@@ -7,13 +7,13 @@ Runs lm-eval end to end on a tiny random Llama (built here) and tiny random clas
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import math
 import os
 from pathlib import Path
 
 import pytest
+from helpers_tiny import load_script
 from test_classifier import ForwardCounter, build_goemotions_classifier, reference_probs
 
 from steer_plugin import classifier as C
@@ -36,16 +36,9 @@ def task_targets():
     return [target_slug(t) for t in valid_targets()]
 
 
-def _load_module(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def gen_script():
-    return _load_module("gen_emotion_tasks", REPO / "scripts" / "gen_emotion_tasks.py")
+    return load_script("gen_emotion_tasks")
 
 
 @pytest.fixture(scope="module")
