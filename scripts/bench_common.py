@@ -210,7 +210,7 @@ def random_vector(n_layers: int, hidden: int, seed: int = 1, norm: float = 1.0):
     """A steering vector with every layer's row of the given L2 norm."""
     import torch
 
-    from steer_plugin.vector import SteeringVector
+    from steer_plugin.vectors.vector import SteeringVector
 
     g = torch.Generator().manual_seed(seed)
     m = torch.randn(n_layers, hidden, generator=g)
@@ -284,7 +284,7 @@ def generated_texts(n: int, seed: int = 0) -> list[str]:
 
 @dataclass
 class TextSet:
-    items: list[Any]  # steer_plugin.record.RecordItem
+    items: list[Any]  # steer_plugin.vectors.record.RecordItem
     source: str
 
 
@@ -295,13 +295,13 @@ def record_items(n: int, source: str = "auto", seed: int = 0) -> TextSet:
     labels (``steer record --emotion all --selection any``); cycled if ``n`` exceeds the split.
     Generated: ``generated_texts`` in 4 classes.
     """
-    from steer_plugin.record import RecordItem
+    from steer_plugin.vectors.record import RecordItem
 
     folder = (shared_dir() / "data" / "goemotions") if shared_dir() else None
     if source == "goemotions" or (source == "auto" and folder and (folder / "train.tsv").exists()):
         if not folder or not (folder / "train.tsv").exists():
             raise SystemExit("GoEmotions not found: set STEER_SHARED or put it in ../shared/data/goemotions")
-        from steer_plugin.data import load_goemotions
+        from steer_plugin.data.goemotions import load_goemotions
 
         examples = load_goemotions("train", folder)
         items = [RecordItem(ex.text, tuple(dict.fromkeys(ex.labels))) for ex in examples[:n]]
@@ -319,7 +319,7 @@ def short_items(tokenizer: Any, n: int, max_tokens: int | None, source: str = "a
     them), taken in file order; cycled if fewer qualify."""
     if not max_tokens:
         return record_items(n, source)
-    from steer_plugin.prompts import PromptTemplate, encode
+    from steer_plugin.data.prompts import PromptTemplate, encode
 
     pool = record_items(2 * n, source)
     lens = [len(x) for x in encode(tokenizer, [it.text for it in pool.items], PromptTemplate("raw"))]
@@ -464,7 +464,7 @@ def header_lines(info: dict[str, str], command: str, load: tuple[Any, Any] | Non
 
 
 def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
-    from steer_plugin.text_table import format_table
+    from steer_plugin.io.text_table import format_table
 
     return format_table(header, rows, markdown=True).splitlines()
 
@@ -516,7 +516,7 @@ def replace_section(text: str, key: str, body: str) -> str:
 
 def write_section(md_path: str | os.PathLike, key: str, body: str) -> None:
     """Re-read the file right before writing and replace only our section (atomic write)."""
-    from steer_plugin.atomic import write_text_atomic
+    from steer_plugin.io.atomic import write_text_atomic
 
     path = Path(md_path)
     if key != "intro" and not (path.exists() and "<!-- bench:intro -->" in path.read_text(encoding="utf-8")):
@@ -554,7 +554,7 @@ def print_and_write(args: Any, key: str, body: str) -> None:
 
 def dump_json(path: str | None, data: Any) -> None:
     if path:
-        from steer_plugin.atomic import write_text_atomic
+        from steer_plugin.io.atomic import write_text_atomic
 
         write_text_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
 

@@ -49,7 +49,7 @@ SPEC_1B = dict(  # Llama-3.2-1B's shape
 
 
 def neutral_prompts(n: int) -> list[str]:
-    from steer_plugin.tasks_dir import tasks_dir
+    from steer_plugin.harness.tasks import tasks_dir
 
     path = tasks_dir() / "steer_emotion" / "neutral_prompts.jsonl"
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -59,7 +59,7 @@ def neutral_prompts(n: int) -> list[str]:
 def load_lm(args: argparse.Namespace) -> tuple[Any, str]:
     import torch
 
-    from steer_plugin.lm_model import SteeredHFLM
+    from steer_plugin.harness.model import SteeredHFLM
 
     common = dict(batch_size=args.batch_size, device="cpu", backend=args.backend)
     if args.model == "1b":
@@ -77,8 +77,8 @@ def load_lm(args: argparse.Namespace) -> tuple[Any, str]:
 
 
 def configurations(lm: Any, args: argparse.Namespace) -> tuple[list[dict[str, Any]], str]:
-    from steer_plugin.controls import random_like
-    from steer_plugin.vector import SteeringVector
+    from steer_plugin.vectors.controls import random_like
+    from steer_plugin.vectors.vector import SteeringVector
 
     config = lm.model.config
     if args.vector:

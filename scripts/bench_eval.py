@@ -67,8 +67,8 @@ def make_lms(model, tok, vec, alpha: float, batch_size: int, share: bool, workdi
     from lm_eval.models.hf_steered import SteeredModel
     from lm_eval.models.huggingface import HFLM
 
-    from steer_plugin.interop import export_lm_eval_steered
-    from steer_plugin.lm_model import SteeredHFLM
+    from steer_plugin.harness.model import SteeredHFLM
+    from steer_plugin.vectors.interop import export_lm_eval_steered
 
     vec_path = workdir / "vector.safetensors"
     vec.save(vec_path)
@@ -100,7 +100,7 @@ def harness_workloads(args) -> dict[str, Any]:
     from lm_eval.evaluator import evaluate
     from lm_eval.tasks import TaskManager
 
-    from steer_plugin.tasks_dir import tasks_dir
+    from steer_plugin.harness.tasks import tasks_dir
 
     truthfulqa_dir()
     manager = TaskManager(
@@ -126,7 +126,7 @@ def harness_workloads(args) -> dict[str, Any]:
 def request_workloads(args) -> dict[str, Any]:
     from lm_eval.api.instance import Instance
 
-    from steer_plugin.tasks_dir import tasks_dir
+    from steer_plugin.harness.tasks import tasks_dir
 
     ll_pairs: list[tuple[str, str]] = []
     with open(truthfulqa_dir() / "truthfulqa_mc.validation.jsonl", encoding="utf-8") as f:

@@ -60,7 +60,7 @@ def _reset_peak() -> bool:
 
 def child(args: argparse.Namespace) -> int:
     bc.setup(args.threads)
-    from steer_plugin.record import record_hidden_states
+    from steer_plugin.vectors.record import record_hidden_states
 
     tok = bc.load_tokenizer(args.tokenizer)
     texts = bc.short_items(tok, args.n, args.max_tokens, args.source)

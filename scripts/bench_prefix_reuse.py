@@ -64,7 +64,7 @@ def load() -> str:
 def random_vector(model: Any, folder: Path) -> str:
     import torch
 
-    from steer_plugin.vector import SteeringVector
+    from steer_plugin.vectors.vector import SteeringVector
 
     cfg = model.config
     torch.manual_seed(0)
@@ -99,10 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    from steer_plugin.lm_model import SteeredHFLM
-    from steer_plugin.prefix_reuse import TokenCounts, plain_token_count
-    from steer_plugin.sweep import SweepOptions, SweepPlan, run_sweep
-    from steer_plugin.tasks_dir import tasks_dir
+    from steer_plugin.harness.model import SteeredHFLM
+    from steer_plugin.harness.prefix_reuse import TokenCounts, plain_token_count
+    from steer_plugin.harness.tasks import tasks_dir
+    from steer_plugin.study.plan import SweepOptions, SweepPlan
+    from steer_plugin.study.sweep import run_sweep
 
     torch.set_num_threads(args.threads)
     common = {"pretrained": args.model, "dtype": "float32", "device": "cpu", "batch_size": args.batch_size}

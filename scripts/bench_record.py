@@ -104,8 +104,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from steer_plugin.prompts import PromptTemplate, encode
-    from steer_plugin.record import record_hidden_states
+    from steer_plugin.data.prompts import PromptTemplate, encode
+    from steer_plugin.vectors.record import record_hidden_states
 
     tok = bc.load_tokenizer(args.tokenizer)
     pool = bc.short_items(tok, args.texts, args.max_tokens, args.source)

@@ -7,7 +7,7 @@ model load, evaluation, writing results), alternating, medians of ``--repeats``:
 * K x ``lm_eval run --model steered_hf --model_args pretrained=...,vector=...,alpha=a_i`` with
   ``--include_path $(steer tasks-dir)``. If the stock CLI cannot find ``steered_hf`` in this
   environment (steer-plugin's autoload hook not installed), each invocation is
-  ``python -c "import steer_plugin.lm_model; <lm_eval's CLI main>" run ...`` instead (the report
+  ``python -c "import steer_plugin.harness.model; <lm_eval's CLI main>" run ...`` instead (the report
   says which).
 
 The model is saved to a temporary folder first (``--model small`` by default: a random Llama with
@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_common as bc
 
 WRAPPER = (
-    "import sys, steer_plugin.lm_model; from lm_eval.__main__ import cli_evaluate; "
+    "import sys, steer_plugin.harness.model; from lm_eval.__main__ import cli_evaluate; "
     "sys.argv[0] = 'lm_eval'; cli_evaluate()"
 )
 PROBE = "from lm_eval.api.registry import get_model; get_model('steered_hf')"
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import bench_eval
 
-    from steer_plugin.tasks_dir import tasks_dir
+    from steer_plugin.harness.tasks import tasks_dir
 
     bench_eval.truthfulqa_dir()  # sets STEER_TRUTHFULQA_DIR for the children
     env = bc.child_env(args.threads)
@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     import inspect
     import statistics
 
-    from steer_plugin.lm_model import SteeredHFLM
+    from steer_plugin.harness.model import SteeredHFLM
 
     reuse = "prefix_reuse" in inspect.signature(SteeredHFLM.__init__).parameters
     med = {k: statistics.median(v) for k, v in seconds.items()}
@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         "the stock CLI (`python -m lm_eval run --model steered_hf ...`; steer-plugin's autoload hook "
         "registers the model)"
         if stock
-        else '`python -c "import steer_plugin.lm_model; from lm_eval.__main__ import cli_evaluate; ..." run ...` '
+        else '`python -c "import steer_plugin.harness.model; from lm_eval.__main__ import cli_evaluate; ..." run ...` '
         "(the stock CLI does not find `steered_hf` in this environment: the autoload hook is not installed)"
     )
     rows = [

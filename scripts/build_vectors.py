@@ -14,12 +14,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from steer_plugin.build import build_vector
-from steer_plugin.data import valid_targets
-from steer_plugin.models import ModelOptions
-from steer_plugin.pipeline import RecordRequest, record_request
-from steer_plugin.stats import HiddenStateStats
-from steer_plugin.vector import default_vector_path
+from steer_plugin.data.goemotions import valid_targets
+from steer_plugin.model.loading import ModelOptions
+from steer_plugin.vectors.build import build_vector
+from steer_plugin.vectors.request import RecordRequest, record_request
+from steer_plugin.vectors.stats import HiddenStateStats
+from steer_plugin.vectors.vector import default_vector_path
 
 
 def main() -> None:

@@ -3,7 +3,7 @@
 #
 # For a regular wheel install and for an editable install, in a venv without system site packages:
 #   - the stock `lm_eval` / `lm-eval run` CLIs and `lm_eval.simple_evaluate` resolve `--model steered_hf`
-#     to steer_plugin.lm_model:SteeredHFLM (the run may then fail inside that module: fine; what must
+#     to steer_plugin.harness.model:SteeredHFLM (the run may then fail inside that module: fine; what must
 #     never appear is lm_eval's "no model for this name"),
 #   - a default TaskManager (and `lm-eval ls tasks`) sees our task folder without --include_path,
 #   - the .pth costs nothing measurable at interpreter start (python -X importtime, wall time),
@@ -40,7 +40,7 @@ WHEEL=$(ls "$WORK"/dist/steer_plugin-*.whl)
 ok "$WHEEL"
 
 # Resolution probe: lm_model.py may not exist or may fail to load the (nonexistent) model; either
-# way the traceback must come from steer_plugin.lm_model, not from lm_eval's name lookup.
+# way the traceback must come from steer_plugin.harness.model, not from lm_eval's name lookup.
 check_resolves() {  # label, command...
   local label=$1 out
   shift
@@ -48,7 +48,7 @@ check_resolves() {  # label, command...
   if grep -q "no model for this name" <<<"$out"; then
     fail "$label: lm_eval did not find steered_hf"; tail -5 <<<"$out"
   elif grep -Eq "steer_plugin[./]lm_model|SteeredHFLM" <<<"$out"; then
-    ok "$label: steered_hf -> steer_plugin.lm_model ($(grep -E 'Error|error' <<<"$out" | tail -1 | cut -c1-150))"
+    ok "$label: steered_hf -> steer_plugin.harness.model ($(grep -E 'Error|error' <<<"$out" | tail -1 | cut -c1-150))"
   else
     fail "$label: unexpected output"; tail -15 <<<"$out"
   fi
@@ -62,13 +62,13 @@ check_installed() {  # mode
   local entry
   entry=$(cd "$WORK" && "$PY" -c 'import sys, lm_eval.models
 from lm_eval.api.registry import model_registry as r, get_model
-assert "steer_plugin.lm_model" not in sys.modules, "registration must stay lazy"
+assert "steer_plugin.harness.model" not in sys.modules, "registration must stay lazy"
 print(dict(r.items())["steered_hf"], get_model("dummy").__name__)' 2>&1) || true
-  [[ $entry == "steer_plugin.lm_model:SteeredHFLM DummyLM" ]] \
+  [[ $entry == "steer_plugin.harness.model:SteeredHFLM DummyLM" ]] \
     && ok "$mode: registry entry is the lazy target, built-ins intact" || fail "$mode: registry entry: $entry"
 
   # Task folder as the package sees it; names from our YAMLs (if any are written yet).
-  tasks_dir=$(cd "$WORK" && "$PY" -c 'from steer_plugin.tasks_dir import tasks_dir; print(tasks_dir())' 2>&1) || true
+  tasks_dir=$(cd "$WORK" && "$PY" -c 'from steer_plugin.harness.tasks import tasks_dir; print(tasks_dir())' 2>&1) || true
   ok "$mode: tasks_dir() = $tasks_dir"
   task=$(grep -rhoE '^task: *[A-Za-z0-9_.-]+' "$tasks_dir" --include='*.yaml' 2>/dev/null | head -1 | sed 's/task: *//' || true)
   local listing

@@ -12,10 +12,10 @@ import argparse
 import statistics
 from pathlib import Path
 
-from steer_plugin.atomic import write_text_atomic
-from steer_plugin.layers import format_layers, parse_layers
-from steer_plugin.similarity import agreement
-from steer_plugin.vector import SteeringVector
+from steer_plugin.io.atomic import write_text_atomic
+from steer_plugin.model.layers import format_layers, parse_layers
+from steer_plugin.vectors.similarity import agreement
+from steer_plugin.vectors.vector import SteeringVector
 
 
 def comparison(old: Path, new: Path, layer_spec: str) -> str:

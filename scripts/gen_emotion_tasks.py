@@ -12,7 +12,7 @@ Writes, into lm_eval_tasks/steer_emotion/:
   for every target: the 28 GoEmotions labels and ekman_<group> for the 6 Ekman groups,
 * ``steer_emotion.yaml`` and ``steer_emotion_continue.yaml``: the two groups.
 
-Labels come from steer_plugin.classifier, so the tasks and the classifier mapping cannot drift.
+Labels come from steer_plugin.harness.classifier, so the tasks and the classifier mapping cannot drift.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ try:
 except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(REPO))
 
-from steer_plugin.atomic import write_text_atomic  # noqa: E402
-from steer_plugin.classifier import DEFAULT_BATCH_SIZE, NADE_LABELS, metric_label  # noqa: E402
-from steer_plugin.data import LABELS, target_slug, valid_targets  # noqa: E402
+from steer_plugin.data.goemotions import LABELS, target_slug, valid_targets  # noqa: E402
+from steer_plugin.harness.classifier import DEFAULT_BATCH_SIZE, NADE_LABELS, metric_label  # noqa: E402
+from steer_plugin.io.atomic import write_text_atomic  # noqa: E402
 
 TASK_DIR = REPO / "lm_eval_tasks" / "steer_emotion"
 TEMPLATE = "_steer_emotion_template_yaml"

@@ -27,9 +27,12 @@ from pathlib import Path
 
 import torch
 
-from steer_plugin.atomic import write_text_atomic
-from steer_plugin.build import build_vector
-from steer_plugin.calibrate import (
+from steer_plugin.data.goemotions import load_goemotions, select_texts
+from steer_plugin.io.atomic import write_text_atomic
+from steer_plugin.model.hooks import Steerer, make_plan
+from steer_plugin.model.layers import format_layers, parse_layers
+from steer_plugin.model.loading import LoadedModel, ModelOptions
+from steer_plugin.steering.calibrate import (
     DEFAULT_N_CALIBRATION,
     DEFAULT_N_HELDOUT,
     Calibration,
@@ -38,14 +41,11 @@ from steer_plugin.calibrate import (
     scored_texts,
     split_texts,
 )
-from steer_plugin.data import load_goemotions, select_texts
-from steer_plugin.fluency import FluencyProbe, TextSource
-from steer_plugin.layers import format_layers, parse_layers
-from steer_plugin.models import LoadedModel, ModelOptions
-from steer_plugin.pipeline import RecordRequest, record_request
-from steer_plugin.similarity import agreement
-from steer_plugin.steering import Steerer, make_plan
-from steer_plugin.vector import SteeringVector, file_sha256
+from steer_plugin.steering.side_effects import FluencyProbe, TextSource
+from steer_plugin.vectors.build import build_vector
+from steer_plugin.vectors.request import RecordRequest, record_request
+from steer_plugin.vectors.similarity import agreement
+from steer_plugin.vectors.vector import SteeringVector, file_sha256
 
 BLOCK = 32  # weights per Q4_1 / Q8_0 block (ggml's QK4_1 and QK8_0)
 

@@ -10,14 +10,14 @@ __version__ = "0.1.0"
 
 # the data flow: texts -> recorded statistics -> vector -> steered model
 _LAZY = {
-    "load_goemotions": "steer_plugin.data",
-    "select_texts": "steer_plugin.data",
-    "ModelOptions": "steer_plugin.models",
-    "record_hidden_states": "steer_plugin.record",
-    "HiddenStateStats": "steer_plugin.stats",
-    "build_vector": "steer_plugin.build",
-    "SteeringVector": "steer_plugin.vector",
-    "steer": "steer_plugin.steering",
+    "load_goemotions": "steer_plugin.data.goemotions",
+    "select_texts": "steer_plugin.data.goemotions",
+    "ModelOptions": "steer_plugin.model.loading",
+    "record_hidden_states": "steer_plugin.vectors.record",
+    "HiddenStateStats": "steer_plugin.vectors.stats",
+    "build_vector": "steer_plugin.vectors.build",
+    "SteeringVector": "steer_plugin.vectors.vector",
+    "steer": "steer_plugin.model.hooks",
     "SteerError": "steer_plugin.errors",
 }
 
@@ -35,14 +35,14 @@ __all__ = [  # noqa: RUF022 (grouped by the data flow, not alphabetically)
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from steer_plugin.build import build_vector
-    from steer_plugin.data import load_goemotions, select_texts
+    from steer_plugin.data.goemotions import load_goemotions, select_texts
     from steer_plugin.errors import SteerError
-    from steer_plugin.models import ModelOptions
-    from steer_plugin.record import record_hidden_states
-    from steer_plugin.stats import HiddenStateStats
-    from steer_plugin.steering import steer
-    from steer_plugin.vector import SteeringVector
+    from steer_plugin.model.hooks import steer
+    from steer_plugin.model.loading import ModelOptions
+    from steer_plugin.vectors.build import build_vector
+    from steer_plugin.vectors.record import record_hidden_states
+    from steer_plugin.vectors.stats import HiddenStateStats
+    from steer_plugin.vectors.vector import SteeringVector
 
 
 def __getattr__(name: str):

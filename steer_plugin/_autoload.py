@@ -34,7 +34,7 @@ if _TYPING:
     from typing import Any
 
 MODEL_NAME = "steered_hf"
-MODEL_TARGET = "steer_plugin.lm_model:SteeredHFLM"
+MODEL_TARGET = "steer_plugin.harness.model:SteeredHFLM"
 # Set to any non-empty value to start Python without the hook (debugging a broken install).
 DISABLE_ENV = "STEER_PLUGIN_NO_AUTOLOAD"
 _MARK = "_steer_plugin_autoload"
@@ -53,7 +53,7 @@ def _register_model(module: "Any") -> None:
     from lm_eval.api.registry import model_registry
 
     # Already there: either our placeholder (second run) or the concrete class that
-    # `steer_plugin.lm_model` registered itself; registering the string over a class would raise.
+    # `steer_plugin.harness.model` registered itself; registering the string over a class would raise.
     if MODEL_NAME not in model_registry:
         model_registry.register(MODEL_NAME, target=MODEL_TARGET)
 
@@ -68,7 +68,7 @@ def _same_dir(a: "Any", b: "Any") -> bool:
 def _with_our_tasks(include_path: "Any") -> "Any":
     """`include_path` with our task folder in front, unless it is already there."""
     try:
-        from steer_plugin.tasks_dir import tasks_dir
+        from steer_plugin.harness.tasks import tasks_dir
 
         ours = tasks_dir()
     except Exception as err:  # a broken install must not break the harness
@@ -214,7 +214,7 @@ def uninstall() -> None:
     """Remove the finder and restore `TaskManager.__init__` (for tests).
 
     The `steered_hf` registry entry stays: lm_eval's registry has no public way to remove one, and
-    the lazy placeholder is exactly what `steer_plugin.lm_model` itself registers as a class.
+    the lazy placeholder is exactly what `steer_plugin.harness.model` itself registers as a class.
     """
     sys.meta_path[:] = [finder for finder in sys.meta_path if not getattr(finder, _MARK, False)]
     for name in ("lm_eval.tasks.manager", "lm_eval.tasks"):

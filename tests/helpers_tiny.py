@@ -185,7 +185,7 @@ def save_tiny_stats(path: Path, model: str = "tiny") -> Path:
     """A stats file of anger vs neutral (3 layers x 32, 5 texts each, seeded), as `steer build --stats` reads."""
     import torch
 
-    from steer_plugin.stats import ClassStats, HiddenStateStats
+    from steer_plugin.vectors.stats import ClassStats, HiddenStateStats
 
     g = torch.Generator().manual_seed(0)
     classes = {

@@ -10,15 +10,15 @@ import pytest
 import torch
 from scipy import stats as sps
 
-from steer_plugin.analysis import (
+from steer_plugin.errors import SteerError
+from steer_plugin.vectors.analysis import (
     LAYER_COLUMNS,
     OUTPUT_FILES,
     RANKING_COLUMNS,
     analyze,
     format_layer_table,
 )
-from steer_plugin.errors import SteerError
-from steer_plugin.stats import ClassStats, HiddenStateStats
+from steer_plugin.vectors.stats import ClassStats, HiddenStateStats
 
 L, H = 4, 24
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

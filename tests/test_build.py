@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from steer_plugin.build import build_vector
 from steer_plugin.errors import SteerError
-from steer_plugin.stats import ClassStats, HiddenStateStats
+from steer_plugin.vectors.build import build_vector
+from steer_plugin.vectors.stats import ClassStats, HiddenStateStats
 
 L, H = 5, 12
 

@@ -11,11 +11,11 @@ import torch
 from helpers_tiny import CORPUS, make_model
 from test_fluency import reference
 
-from steer_plugin import calibrate as C
 from steer_plugin.errors import SteerError
-from steer_plugin.fluency import TextSource
-from steer_plugin.stats import ClassStats
-from steer_plugin.vector import SteeringVector
+from steer_plugin.steering import calibrate as C
+from steer_plugin.steering.side_effects import TextSource
+from steer_plugin.vectors.stats import ClassStats
+from steer_plugin.vectors.vector import SteeringVector
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -74,7 +74,7 @@ def test_search_reports_an_unreachable_budget_and_a_dead_vector():
 
 
 def test_residual_rms_from_statistics_equals_direct_computation():
-    from steer_plugin.build import residual_rms
+    from steer_plugin.vectors.build import residual_rms
 
     torch.manual_seed(0)
     a = torch.randn(30, 4, 16, dtype=torch.float64) * 3 + 1
@@ -95,9 +95,9 @@ def test_residual_rms_from_statistics_equals_direct_computation():
 
 
 def test_built_vector_carries_rms_and_list_and_check_show_it(tmp_path, tiny_llama_dir, capsys):
-    from steer_plugin.build import build_vector
-    from steer_plugin.cli import main
-    from steer_plugin.stats import HiddenStateStats
+    from steer_plugin.cli.main import main
+    from steer_plugin.vectors.build import build_vector
+    from steer_plugin.vectors.stats import HiddenStateStats
 
     torch.manual_seed(1)
     stats = HiddenStateStats({"anger": ClassStats.empty(3, 32), "neutral": ClassStats.empty(3, 32)})
@@ -192,7 +192,7 @@ def test_stored_calibrations_are_reused_and_coexist(tmp_path, texts_file, monkey
 
 
 def test_calibrate_command_json_and_table(tmp_path, texts_file, capsys):
-    from steer_plugin.cli import main
+    from steer_plugin.cli.main import main
 
     model, tok = sharp_model("gpt2")
     model_dir = str(tmp_path / "m")
@@ -216,7 +216,7 @@ def test_calibrate_command_json_and_table(tmp_path, texts_file, capsys):
 
 
 def test_calibrate_command_errors(tmp_path, tiny_llama_dir, texts_file, capsys):
-    from steer_plugin.cli import main
+    from steer_plugin.cli.main import main
 
     vec = tmp_path / "zero.safetensors"
     m = torch.zeros(3, 32)

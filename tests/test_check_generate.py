@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from steer_plugin.cli import main
-from steer_plugin.vector import SteeringVector
+from steer_plugin.cli.main import main
+from steer_plugin.vectors.vector import SteeringVector
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def test_check_passes_and_reports_each_layer(tmp_path, vec_file, capsys, arch):
 
 def test_check_detects_a_wrong_injection_point(tiny_llama_dir, vec_file, monkeypatch, capsys):
     """If steering landed anywhere but the block output, the received change would not be alpha x row."""
-    import steer_plugin.steering as steering
+    import steer_plugin.model.hooks as steering
 
     real = steering._steered
     monkeypatch.setattr(steering, "_steered", lambda h, d, w: real(h, 2 * d, w))

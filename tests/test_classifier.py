@@ -1,4 +1,4 @@
-"""steer_plugin.classifier on tiny random classifiers (GoEmotions sigmoid, Ekman softmax) and nade."""
+"""steer_plugin.harness.classifier on tiny random classifiers (GoEmotions sigmoid, Ekman softmax) and nade."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from steer_plugin import classifier as C
-from steer_plugin.data import EKMAN, LABELS
+from steer_plugin.data.goemotions import EKMAN, LABELS
 from steer_plugin.errors import SteerError
+from steer_plugin.harness import classifier as C
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -6,7 +6,7 @@ import numpy as np
 from helpers_tiny import load_script
 from test_study import _vector, _write_config
 
-from steer_plugin.study import describe, load_study
+from steer_plugin.study.report import describe, load_study
 
 
 def test_comparison_rows_are_settings_by_budget(tmp_path):

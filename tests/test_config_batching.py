@@ -16,10 +16,10 @@ import torch
 from helpers_tiny import make_config, make_tokenizer
 from lm_eval.api.instance import Instance
 
-from steer_plugin import config_batching
 from steer_plugin.errors import SteerError
-from steer_plugin.steering import RowPlan, Steerer, make_plan
-from steer_plugin.vector import SteeringVector
+from steer_plugin.harness import config_batching
+from steer_plugin.model.hooks import RowPlan, Steerer, make_plan
+from steer_plugin.vectors.vector import SteeringVector
 
 PROMPTS = [
     "I am so angry",
@@ -55,7 +55,7 @@ def _model(arch: str, seed: int = 0):
 
 
 def _lm(arch: str, backend: str, batch_size: int = 2):
-    from steer_plugin.lm_model import SteeredHFLM
+    from steer_plugin.harness.model import SteeredHFLM
 
     model, tok = _model(arch)
     return SteeredHFLM(pretrained=model, tokenizer=tok, batch_size=batch_size, device="cpu", backend=backend)
@@ -160,7 +160,7 @@ def test_mixed_generation_equals_each_configuration_alone(arch, backend, monkeyp
     mixes = []
     mixed_fn = config_batching.generate_mixed
     monkeypatch.setattr(
-        "steer_plugin.lm_model.generate_mixed", lambda gen, c, *a: mixes.append(len(c)) or mixed_fn(gen, c, *a)
+        "steer_plugin.harness.model.generate_mixed", lambda gen, c, *a: mixes.append(len(c)) or mixed_fn(gen, c, *a)
     )
     mixed_text = _each(lm, configs, lambda: lm.generate_until(requests, disable_tqdm=True), planned=True)
 
@@ -262,7 +262,7 @@ def test_mixed_loglikelihood_equals_each_configuration_alone(arch, backend):
 
 def test_mixed_loglikelihood_tails_mix_configurations():
     """score_groups_mixed against score_groups, one configuration at a time, with a row budget that splits."""
-    from steer_plugin.prefix_reuse import Scorer, TailConfig, group_by_context, score_groups
+    from steer_plugin.harness.prefix_reuse import Scorer, TailConfig, group_by_context, score_groups
 
     model, tok = _model("llama")
     steerer = Steerer(model, "hooks")
@@ -331,8 +331,9 @@ def _samples(folder: Path, task: str) -> dict:
 
 
 def test_sweep_with_config_batching_equals_one_at_a_time_and_resumes(task_dir, model_dir, tmp_path):
-    from steer_plugin.lm_model import SteeredHFLM
-    from steer_plugin.sweep import SweepOptions, SweepPlan, run_sweep
+    from steer_plugin.harness.model import SteeredHFLM
+    from steer_plugin.study.plan import SweepOptions, SweepPlan
+    from steer_plugin.study.sweep import run_sweep
 
     paths = []
     for i, v in enumerate(_vectors()):
@@ -384,14 +385,14 @@ def _no_side_effects() -> list[str]:
     what these CLI runs are about."""
     import inspect
 
-    from steer_plugin import cli_eval
+    from steer_plugin.cli import evaluate as cli_eval
 
     return ["--no-side-effects"] if "--no-side-effects" in inspect.getsource(cli_eval) else []
 
 
 def test_cli_no_config_batching_flag(task_dir, model_dir, tmp_path, monkeypatch):
-    from steer_plugin.cli import main
-    from steer_plugin.lm_model import SteeredHFLM
+    from steer_plugin.cli.main import main
+    from steer_plugin.harness.model import SteeredHFLM
 
     vec = tmp_path / "v.safetensors"
     _vectors()[0].save(vec)

@@ -1,7 +1,7 @@
 """GoEmotions data layer: parsing, class selection, sampling, errors.
 
 Expected numbers come from hand-counting the tiny fixture, from the shared data README, or from an
-independent pure-csv reference computation in this file; never from steer_plugin.data itself.
+independent pure-csv reference computation in this file; never from steer_plugin.data.goemotions itself.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from steer_plugin import data
-from steer_plugin.data import (
+from steer_plugin.data import goemotions as data
+from steer_plugin.data.goemotions import (
     EKMAN,
     LABELS,
     Example,

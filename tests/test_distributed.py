@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from steer_plugin.cli import main
-from steer_plugin.stats import HiddenStateStats
+from steer_plugin.cli.main import main
+from steer_plugin.vectors.stats import HiddenStateStats
 
 FIXTURE = Path(__file__).parent / "fixtures" / "goemotions"
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,7 +78,7 @@ def test_torchrun_two_processes_equal_single_process(tiny_llama_dir, tmp_path):
 def test_no_process_group_without_launcher(monkeypatch):
     import torch.distributed as dist
 
-    from steer_plugin.record import init_distributed_if_launched
+    from steer_plugin.vectors.record import init_distributed_if_launched
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert init_distributed_if_launched() is False

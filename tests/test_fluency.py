@@ -9,9 +9,9 @@ import torch
 from helpers_tiny import CORPUS, decoder_blocks, make_model
 
 from steer_plugin.errors import SteerError
-from steer_plugin.fluency import FluencyProbe, TextSource
-from steer_plugin.steering import Steerer, make_plan
-from steer_plugin.vector import SteeringVector
+from steer_plugin.model.hooks import Steerer, make_plan
+from steer_plugin.steering.side_effects import FluencyProbe, TextSource
+from steer_plugin.vectors.vector import SteeringVector
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -125,7 +125,7 @@ def test_text_sources(tmp_path, monkeypatch):
     # a GoEmotions folder: neutral-only test texts with at least 3 words
     folder = tmp_path / "goemo"
     folder.mkdir()
-    from steer_plugin.data import LABELS
+    from steer_plugin.data.goemotions import LABELS
 
     (folder / "emotions.txt").write_text("\n".join(LABELS) + "\n", encoding="utf-8")
     (folder / "test.tsv").write_text(
@@ -152,8 +152,8 @@ def test_steer_fluency_task_scores_the_same_texts_with_rolling_loglikelihood(tmp
     from lm_eval.tasks import TaskManager
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from steer_plugin.data import LABELS
-    from steer_plugin.tasks_dir import tasks_dir
+    from steer_plugin.data.goemotions import LABELS
+    from steer_plugin.harness.tasks import tasks_dir
 
     folder = tmp_path / "goemo"
     folder.mkdir()

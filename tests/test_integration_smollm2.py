@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from steer_plugin.cli import main
+from steer_plugin.cli.main import main
 
 ALPHA = 0.8
 LAYERS = "8-16"
@@ -44,8 +44,9 @@ def smollm2() -> str:
 
 def test_anger_vector_makes_answers_angrier(smollm2, shared, tmp_path):
     pytest.importorskip("nade")
-    from steer_plugin.lm_model import SteeredHFLM
-    from steer_plugin.sweep import SweepOptions, SweepPlan, run_sweep
+    from steer_plugin.harness.model import SteeredHFLM
+    from steer_plugin.study.plan import SweepOptions, SweepPlan
+    from steer_plugin.study.sweep import run_sweep
 
     vector = tmp_path / "anger-mean.safetensors"
     assert (

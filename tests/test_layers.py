@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from steer_plugin.errors import SteerError
-from steer_plugin.layers import format_layers, parse_layers
+from steer_plugin.model.layers import format_layers, parse_layers
 
 
 @pytest.mark.parametrize(

@@ -7,9 +7,9 @@ import pytest
 import torch
 from lm_eval.api.instance import Instance
 
-from steer_plugin.interop import export_lm_eval_steered
-from steer_plugin.lm_model import SteeredHFLM
-from steer_plugin.vector import SteeringVector
+from steer_plugin.harness.model import SteeredHFLM
+from steer_plugin.vectors.interop import export_lm_eval_steered
+from steer_plugin.vectors.vector import SteeringVector
 
 LL_PAIRS = [
     ("What is the capital of France?", " The capital of France is Paris."),

@@ -10,7 +10,7 @@ import torch
 from lm_eval.api.instance import Instance
 
 from steer_plugin.errors import SteerError
-from steer_plugin.vector import SteeringVector
+from steer_plugin.vectors.vector import SteeringVector
 
 PAIRS = [
     ("The weather", " is fine today."),
@@ -41,7 +41,7 @@ def vectors(tmp_path_factory, tiny_llama_dir):
 
 @pytest.fixture(scope="module")
 def lm(tiny_llama_dir):
-    from steer_plugin.lm_model import SteeredHFLM
+    from steer_plugin.harness.model import SteeredHFLM
 
     return SteeredHFLM(pretrained=tiny_llama_dir, dtype="float32", device="cpu", batch_size=2)
 
@@ -93,14 +93,14 @@ def test_invalid_configurations_are_clear_errors(lm, vectors, kwargs, message):
 
 
 def test_unknown_backend_fails_before_loading_the_model(tiny_llama_dir, vectors):
-    from steer_plugin.lm_model import SteeredHFLM
+    from steer_plugin.harness.model import SteeredHFLM
 
     with pytest.raises(SteerError, match="unknown backend"):
         SteeredHFLM(pretrained="does/not-exist", vector=str(vectors / "a.safetensors"), backend="magic")
 
 
 def test_vector_from_another_model_warns_naming_both(lm, vectors, caplog):
-    with caplog.at_level(logging.WARNING, logger="steer_plugin.lm_model"):
+    with caplog.at_level(logging.WARNING, logger="steer_plugin.harness.model"):
         lm.configure(str(vectors / "other.safetensors"), 1.0)
     assert "someone/else-7b" in caplog.text and "tiny_llama" in caplog.text
 
@@ -138,7 +138,7 @@ def test_results_json_records_the_steering_config(tiny_llama_dir, vectors, tmp_p
         bootstrap_iters=0,
     )
     steering = res["config"]["steering"]
-    from steer_plugin.vector import file_sha256
+    from steer_plugin.vectors.vector import file_sha256
 
     assert steering["vectors"][0]["path"] == str(vec)
     assert steering["vectors"][0]["sha256"] == file_sha256(vec)

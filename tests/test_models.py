@@ -7,7 +7,7 @@ import torch
 from helpers_tiny import ARCHS, decoder_blocks, make_model, make_tokenizer
 
 from steer_plugin.errors import SteerError
-from steer_plugin.models import (
+from steer_plugin.model.loading import (
     ModelOptions,
     config_hash,
     find_block_path,

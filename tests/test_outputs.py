@@ -22,8 +22,8 @@ from helpers_cli import assert_one_line_error, run_cli
 from helpers_tiny import save_tiny_stats
 
 import steer_plugin
-from steer_plugin.stats import HiddenStateStats
-from steer_plugin.vector import SteeringVector
+from steer_plugin.vectors.stats import HiddenStateStats
+from steer_plugin.vectors.vector import SteeringVector
 
 FIXTURE = Path(__file__).parent / "fixtures" / "goemotions"
 NO_MODEL = "/nonexistent/model-that-must-not-be-loaded"
@@ -137,7 +137,7 @@ def test_parent_that_is_a_file(tmp_path, capsys, stats_file):
 
 _CHILD = """
 import contextlib, io, json, sys
-from steer_plugin.cli import main
+from steer_plugin.cli.main import main
 out = []
 for argv in json.loads(sys.argv[1]):
     err = io.StringIO()
@@ -211,7 +211,7 @@ def test_safetensors_outputs_follow_the_umask(tmp_path, umask, mode, stats_file)
     try:
         SteeringVector(torch.ones(3, 32)).save(tmp_path / "v.safetensors")
         HiddenStateStats.load(stats_file).save(tmp_path / "s.safetensors")
-        from steer_plugin.atomic import write_text_atomic
+        from steer_plugin.io.atomic import write_text_atomic
 
         write_text_atomic(tmp_path / "t.json", "{}")
     finally:
@@ -230,7 +230,7 @@ def _dead_pid() -> int:
 
 
 def test_stale_temp_files_are_removed_on_the_next_write(tmp_path):
-    from steer_plugin.atomic import _HOST, STALE_AFTER_S, atomic_path
+    from steer_plugin.io.atomic import _HOST, STALE_AFTER_S, atomic_path
 
     target = tmp_path / "v.safetensors"
     alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
@@ -265,7 +265,7 @@ def test_stale_temp_files_are_removed_on_the_next_write(tmp_path):
 
 def test_saved_activations_use_cleanable_temp_names(tmp_path, tiny_llama_dir, capsys):
     """--save-activations wrote `anger.npy.partial`: two concurrent recordings shared it, a kill left it."""
-    from steer_plugin.atomic import _HOST
+    from steer_plugin.io.atomic import _HOST
 
     acts = tmp_path / "acts"
     acts.mkdir()

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from steer_plugin import paired
-from steer_plugin.paired import PairedBootstrap, match_documents, read_scores, samples_files
-from steer_plugin.table import load_rows, write_table
+from steer_plugin.study import paired
+from steer_plugin.study.paired import PairedBootstrap, match_documents, read_scores, samples_files
+from steer_plugin.study.rows import load_rows
+from steer_plugin.study.table import write_table
 
 
 def _scipy_ci(c: np.ndarray, b: np.ndarray, resamples: int, seed: int) -> tuple[float, float]:
@@ -171,7 +172,7 @@ def _lm_eval_run(model: str, model_args: str, manager, out: str) -> dict:
 def test_table_on_plain_lm_eval_log_samples_output(tmp_path, tiny_llama_dir, manager, one_torch_thread):
     import torch
 
-    from steer_plugin.vector import SteeringVector
+    from steer_plugin.vectors.vector import SteeringVector
 
     vec = tmp_path / "anger-mean.safetensors"
     g = torch.Generator().manual_seed(0)

@@ -14,19 +14,18 @@ from helpers_tiny import make_config, make_tokenizer
 from lm_eval.api.instance import Instance
 
 from steer_plugin.errors import SteerError
-from steer_plugin.lm_model import SteeredHFLM
-from steer_plugin.prefix_reuse import (
-    ReuseUnsupported,
+from steer_plugin.harness.model import SteeredHFLM
+from steer_plugin.harness.prefix_reuse import (
     Scorer,
     TailConfig,
     TokenCounts,
     group_by_context,
     plain_token_count,
-    reuse_blocker,
     score_groups,
 )
-from steer_plugin.steering import SteeringPlan
-from steer_plugin.vector import SteeringVector
+from steer_plugin.model.hooks import SteeringPlan
+from steer_plugin.steering.kv_prefix import ReuseUnsupported, reuse_blocker
+from steer_plugin.vectors.vector import SteeringVector
 
 ARCHS = ("llama", "gpt2")
 CONFIGS = [("all", 0.0), ("all", 0.8), ("response", 0.8)]
@@ -93,7 +92,7 @@ def truthfulqa_requests(tmp_path_factory):
 
     from lm_eval.tasks import TaskManager
 
-    from steer_plugin.tasks_dir import tasks_dir
+    from steer_plugin.harness.tasks import tasks_dir
 
     pytest.importorskip("sacrebleu", reason="lm-eval's truthfulqa utils.py imports sacrebleu and rouge_score")
     pytest.importorskip("rouge_score", reason="lm-eval's truthfulqa utils.py imports sacrebleu and rouge_score")
@@ -274,7 +273,8 @@ def test_sweep_computes_the_unsteered_prefix_once(lm):
 
 
 def test_run_sweep_shares_prefix_and_matches_plain(lm, tmp_path, monkeypatch):
-    from steer_plugin.sweep import SweepOptions, SweepPlan, run_sweep
+    from steer_plugin.study.plan import SweepOptions, SweepPlan
+    from steer_plugin.study.sweep import run_sweep
 
     if lm.model.config.model_type != "llama":
         pytest.skip("run_sweep wiring is architecture-independent: checked once, on llama (10 s)")

@@ -73,11 +73,11 @@ def _quantized_tiny_model(path: Path) -> str:
 
 
 def test_report_on_a_quantized_tiny_model(tmp_path, monkeypatch, capsys):
-    from steer_plugin.build import build_vector
-    from steer_plugin.calibrate import calibrate_vector_file
-    from steer_plugin.fluency import TextSource
-    from steer_plugin.models import ModelOptions
-    from steer_plugin.pipeline import RecordRequest, record_request
+    from steer_plugin.model.loading import ModelOptions
+    from steer_plugin.steering.calibrate import calibrate_vector_file
+    from steer_plugin.steering.side_effects import TextSource
+    from steer_plugin.vectors.build import build_vector
+    from steer_plugin.vectors.request import RecordRequest, record_request
 
     qs = load_script("quantization_spread")
     texts = str(tmp_path / "neutral.txt")

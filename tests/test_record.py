@@ -17,10 +17,10 @@ import pytest
 import torch
 from helpers_tiny import ARCHS, CORPUS, hook_last_token_states, make_model, make_tokenizer
 
+from steer_plugin.data.prompts import PromptTemplate, encode, pad_batch
 from steer_plugin.errors import SteerError
-from steer_plugin.prompts import PromptTemplate, encode, pad_batch
-from steer_plugin.record import LastTokenRecorder, RecordItem, record_hidden_states
-from steer_plugin.stats import ClassStats, HiddenStateStats
+from steer_plugin.vectors.record import LastTokenRecorder, RecordItem, record_hidden_states
+from steer_plugin.vectors.stats import ClassStats, HiddenStateStats
 
 TOL = 1e-5
 N_LAYERS = 3

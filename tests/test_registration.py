@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-LAZY_TARGET = "steer_plugin.lm_model:SteeredHFLM"
+LAZY_TARGET = "steer_plugin.harness.model:SteeredHFLM"
 PROBE_TASK = "steer_autoload_probe"
 PROBE_YAML = f"""\
 task: {PROBE_TASK}
@@ -82,7 +82,7 @@ def test_steered_hf_is_registered_lazily_and_builtins_still_resolve(autoload):
     entry = dict(model_registry.items())["steered_hf"]
     if isinstance(entry, str):
         assert entry == LAZY_TARGET
-    else:  # another test imported steer_plugin.lm_model, whose @register_model upgrades the string
+    else:  # another test imported steer_plugin.harness.model, whose @register_model upgrades the string
         assert f"{entry.__module__}:{entry.__name__}" == LAZY_TARGET
 
     # Every built-in name is still there, and `hf` resolves to the class its mapping names.
@@ -97,7 +97,7 @@ def test_lm_model_decorator_upgrades_the_placeholder(autoload):
     import lm_eval.models  # noqa: F401  (hook registers the placeholder first)
     from lm_eval.api.registry import get_model
 
-    lm_model = importlib.import_module("steer_plugin.lm_model")
+    lm_model = importlib.import_module("steer_plugin.harness.model")
     assert get_model("steered_hf") is lm_model.SteeredHFLM
     module_name, _, attr = LAZY_TARGET.partition(":")
     assert (lm_model.__name__, lm_model.SteeredHFLM.__name__) == (module_name, attr)
@@ -106,7 +106,7 @@ def test_lm_model_decorator_upgrades_the_placeholder(autoload):
 def test_default_task_manager_indexes_our_folder(autoload, tmp_path, monkeypatch):
     from lm_eval.tasks import TaskManager
 
-    import steer_plugin.tasks_dir as tasks_dir_module
+    import steer_plugin.harness.tasks as tasks_dir_module
 
     folder = tasks_copy_with_probe(tmp_path / "lm_eval_tasks")
     monkeypatch.setattr(tasks_dir_module, "tasks_dir", lambda: folder)
@@ -123,7 +123,7 @@ def test_default_task_manager_indexes_our_folder(autoload, tmp_path, monkeypatch
 def test_our_folder_is_not_added_without_defaults(autoload, tmp_path, monkeypatch):
     from lm_eval.tasks import TaskManager
 
-    import steer_plugin.tasks_dir as tasks_dir_module
+    import steer_plugin.harness.tasks as tasks_dir_module
 
     folder = tasks_copy_with_probe(tmp_path / "ours")
     other = tmp_path / "other"
@@ -137,7 +137,7 @@ def test_our_folder_is_not_added_without_defaults(autoload, tmp_path, monkeypatc
 
 
 def test_include_path_merging(autoload, tmp_path, monkeypatch):
-    import steer_plugin.tasks_dir as tasks_dir_module
+    import steer_plugin.harness.tasks as tasks_dir_module
 
     ours = tmp_path / "ours"
     ours.mkdir()
@@ -156,7 +156,7 @@ def test_include_path_merging(autoload, tmp_path, monkeypatch):
 
 def test_tasks_dir_in_source_layout():
     import steer_plugin
-    from steer_plugin.tasks_dir import tasks_dir
+    from steer_plugin.harness.tasks import tasks_dir
 
     if Path(steer_plugin.__file__).resolve().parents[1] != REPO:
         pytest.skip("steer_plugin is imported from an installed wheel, not this checkout")
@@ -204,7 +204,7 @@ def test_wheel_ships_autoload_and_tasks(wheel):
 
     assert pth.strip() == "import _steer_plugin_autoload; _steer_plugin_autoload.install()"
     assert top_level_copy == (REPO / "steer_plugin" / "_autoload.py").read_bytes()
-    assert {"steer_plugin/_autoload.py", "steer_plugin/tasks_dir.py"} <= names
+    assert {"steer_plugin/_autoload.py", "steer_plugin/harness/tasks.py"} <= names
     tasks = REPO / "lm_eval_tasks"
     expected_tasks = {
         "steer_plugin/lm_eval_tasks/" + p.relative_to(tasks).as_posix()
@@ -243,11 +243,11 @@ def test_unpacked_wheel_as_site_dir_hooks_lm_eval(wheel, tmp_path):
         from lm_eval.api.registry import get_model, model_registry
         assert get_model("dummy").__name__ == "DummyLM"  # get_model imports lm_eval.models
         assert dict(model_registry.items())["steered_hf"] == {LAZY_TARGET!r}
-        assert "steer_plugin.lm_model" not in sys.modules, "registration must stay lazy"
+        assert "steer_plugin.harness.model" not in sys.modules, "registration must stay lazy"
 
         from lm_eval.tasks import TaskManager
         assert getattr(TaskManager.__init__, "_steer_plugin_autoload", False)
-        from steer_plugin.tasks_dir import tasks_dir
+        from steer_plugin.harness.tasks import tasks_dir
         assert tasks_dir() == __import__("pathlib").Path({str(site_dir)!r}).resolve() / "steer_plugin" / "lm_eval_tasks"
         print("ok")
         """

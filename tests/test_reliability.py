@@ -17,12 +17,14 @@ import torch
 from helpers_cli import assert_one_line_error, run_cli
 from helpers_tiny import decoder_blocks, save_tiny_stats
 
-from steer_plugin.cli import main
+from steer_plugin.cli.main import main
 from steer_plugin.errors import SteerError
-from steer_plugin.stats import ClassStats, HiddenStateStats
-from steer_plugin.sweep import SweepConfig, SweepOptions, SweepPlan, run_sweep
-from steer_plugin.table import load_rows, write_table
-from steer_plugin.vector import SteeringVector
+from steer_plugin.study.plan import SweepConfig, SweepOptions, SweepPlan
+from steer_plugin.study.rows import load_rows
+from steer_plugin.study.sweep import run_sweep
+from steer_plugin.study.table import write_table
+from steer_plugin.vectors.stats import ClassStats, HiddenStateStats
+from steer_plugin.vectors.vector import SteeringVector
 
 DOCS = [
     {"q": "What is the capital of France?", "choices": [" Paris.", " London."], "gold": 0},
@@ -57,7 +59,7 @@ def vector_file(tmp_path_factory, tiny_llama_dir) -> str:
 
 @pytest.fixture(scope="module")
 def lm(tiny_llama_dir, one_torch_thread):
-    from steer_plugin.lm_model import SteeredHFLM
+    from steer_plugin.harness.model import SteeredHFLM
 
     return SteeredHFLM(pretrained=tiny_llama_dir, dtype="float32", device="cpu", batch_size=4)
 
@@ -95,7 +97,7 @@ def _copy(finished, tmp_path: Path) -> tuple[Path, SweepPlan, list[Path]]:
 
 def test_sweep_records_its_plan_and_each_configuration_its_identity(finished, vector_file, tiny_llama_dir):
     from steer_plugin import __version__
-    from steer_plugin.vector import file_sha256
+    from steer_plugin.vectors.vector import file_sha256
 
     out, plan, files = finished
     doc = json.loads((out / SWEEP_FILE).read_text())
@@ -180,7 +182,7 @@ def test_results_of_a_changed_vector_are_rerun(lm, task_dir, vector_file, tiny_l
     run_sweep(lm, plan, _options(out, task_dir, tiny_llama_dir), progress=True)
     err = capsys.readouterr().err
     assert err.count("stale results.json (the vector file changed since)") == 2, err
-    from steer_plugin.vector import file_sha256
+    from steer_plugin.vectors.vector import file_sha256
 
     for f, alpha in zip(files, (1.0, 2.0)):
         steering = json.loads(f.read_text())["config"]["steering"]
@@ -307,7 +309,7 @@ def test_malformed_npy_is_rejected_by_its_header(tmp_path, capsys):
 
 
 def test_malformed_npy_fails_steered_hf_before_the_model_loads(tmp_path):
-    from steer_plugin.lm_model import SteeredHFLM
+    from steer_plugin.harness.model import SteeredHFLM
 
     for path in _bad_npys(tmp_path).values():
         with pytest.raises(SteerError, match=str(path.name)):
@@ -354,7 +356,7 @@ def _block_output_hooks(model, delta: torch.Tensor) -> list:
 
 
 def test_alpha_times_vector_overflow_is_refused(lm, tmp_path):
-    from steer_plugin.steering import make_plan
+    from steer_plugin.model.hooks import make_plan
 
     big = tmp_path / "big.safetensors"
     SteeringVector(torch.full((3, 32), 3e38)).save(big)  # finite in float32 ...
@@ -531,7 +533,7 @@ def test_analyze_escapes_control_characters(stats_file_for_build, tmp_path, caps
 
 
 def test_check_report_and_errors_escape_control_characters(tmp_path, capsys):
-    from steer_plugin.check import CheckReport, format_report
+    from steer_plugin.steering.check import CheckReport, format_report
 
     _no_controls(format_report(CheckReport(f"m{ESC}[2J", 1.0)))
     # an error message quoting a file name (or its contents) stays one line without escapes
@@ -551,7 +553,7 @@ def test_check_report_and_errors_escape_control_characters(tmp_path, capsys):
 
 
 def test_generate_output_escapes_control_characters():
-    from steer_plugin.generate import Generation, GenerationRun, GenerationSettings, format_run
+    from steer_plugin.steering.generate import Generation, GenerationRun, GenerationSettings, format_run
 
     run = GenerationRun(GenerationSettings(), [0.0])
     run.generations.append(Generation(f"p{ESC}[2J", 0.0, f"line one\nline{ESC}[31m two", 3))
@@ -561,7 +563,7 @@ def test_generate_output_escapes_control_characters():
 
 
 def test_printable():
-    from steer_plugin.terminal import printable
+    from steer_plugin.io.terminal import printable
 
     assert printable("plain ü 日本") == "plain ü 日本"
     assert printable(f"a{ESC}b{NUL}c\td\re\x7f{CSI}\u2028\u202e") == "a\\x1bb\\x00c\\td\\re\\x7f\\x9b\\u2028\\u202e"

@@ -10,8 +10,8 @@ import torch
 from helpers_tiny import load_script
 
 from steer_plugin.errors import SteerError
-from steer_plugin.similarity import agreement
-from steer_plugin.vector import SteeringVector
+from steer_plugin.vectors.similarity import agreement
+from steer_plugin.vectors.vector import SteeringVector
 
 
 def _top_k(matrix: torch.Tensor, k: int, meta: dict | None = None) -> SteeringVector:

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import save_file
 
 from steer_plugin.errors import SteerError
-from steer_plugin.stats import STATS_FORMAT, ClassStats, HiddenStateStats
+from steer_plugin.vectors.stats import STATS_FORMAT, ClassStats, HiddenStateStats
 
 L, H = 3, 16
 

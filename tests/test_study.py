@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from steer_plugin.cli import main
+from steer_plugin.cli.main import main
 from steer_plugin.errors import SteerError
-from steer_plugin.paired import PairedBootstrap
-from steer_plugin.study import describe, leakage, load_study, parse_targets, sentence, write_study
+from steer_plugin.study.paired import PairedBootstrap
+from steer_plugin.study.report import describe, leakage, load_study, parse_targets, sentence, write_study
 
 FIXTURE = Path(__file__).parent / "fixtures" / "goemotions"
 
@@ -206,7 +206,7 @@ def test_report_command(run_folder, capsys):
 def test_run_several_emotions_records_once(tmp_path, tiny_llama_dir, monkeypatch, capsys, shared_or_none):
     from test_classifier import build_goemotions_classifier
 
-    import steer_plugin.record as record
+    import steer_plugin.vectors.record as record
 
     calls = []
     real = record.record_hidden_states
@@ -251,7 +251,7 @@ def test_identical_greedy_generations_run_once(tiny_llama_dir, tmp_path):
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
 
-    from steer_plugin.lm_model import SteeredHFLM
+    from steer_plugin.harness.model import SteeredHFLM
 
     lm = SteeredHFLM(pretrained=tiny_llama_dir, dtype="float32", device="cpu", batch_size=1)
     greedy = {"until": ["\n\n"], "max_gen_toks": 6, "do_sample": False}

@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from steer_plugin.sweep import RESULTS_FILE, SweepConfig, SweepOptions, SweepPlan, run_sweep
-from steer_plugin.vector import SteeringVector
+from steer_plugin.study.plan import SweepConfig, SweepOptions, SweepPlan
+from steer_plugin.study.results_files import RESULTS_FILE
+from steer_plugin.study.sweep import run_sweep
+from steer_plugin.vectors.vector import SteeringVector
 
 DOCS = [
     {"q": "What is the capital of France?", "choices": [" Paris.", " London.", " I don't know."], "gold": 0},
@@ -42,7 +44,7 @@ def vector_file(tmp_path_factory, tiny_llama_dir) -> str:
 
 @pytest.fixture(scope="module")
 def lm(tiny_llama_dir):
-    from steer_plugin.lm_model import SteeredHFLM
+    from steer_plugin.harness.model import SteeredHFLM
 
     return SteeredHFLM(pretrained=tiny_llama_dir, dtype="float32", device="cpu", batch_size=2)
 
@@ -137,7 +139,7 @@ def test_unknown_task_is_a_clear_error(lm, tmp_path, vector_file, task_indexes):
 
 
 def test_our_tasks_skip_the_harness_index(task_dir, task_indexes):
-    from steer_plugin.sweep import load_tasks
+    from steer_plugin.study.sweep import load_tasks
 
     loaded = load_tasks(SweepOptions(tasks=["tiny_mc"], out_dir=Path("unused"), include_path=task_dir))
     assert list(loaded["tasks"]) == ["tiny_mc"] and task_indexes == [False]
@@ -148,7 +150,7 @@ def test_reproduce_string_rebuilds_the_same_run(task_dir, vector_file, tiny_llam
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    from steer_plugin.cli import main
+    from steer_plugin.cli.main import main
 
     out = tmp_path / "sweep"
     argv = ["sweep", "--model", tiny_llama_dir, "--vector", vector_file, "--alphas", "0.7", "--tasks", "tiny_mc",
@@ -199,8 +201,8 @@ def test_grid_puts_controls_beside_their_vector():
 
 
 def test_grid_calibrates_controls_to_the_same_kl_when_asked():
-    from steer_plugin.calibrate import parse_alpha_specs
     from steer_plugin.errors import SteerError
+    from steer_plugin.steering.calibrate import parse_alpha_specs
 
     controls = {"a.safetensors": ["c/a-random-0.safetensors"]}
     own = {"a.safetensors": {0.1: 0.5, 1.0: 2.0}, "c/a-random-0.safetensors": {0.1: 1.5, 1.0: 4.25}}
@@ -233,8 +235,9 @@ def test_sweep_with_controls_keeps_per_document_scores_and_tables_them(
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    from steer_plugin.controls import random_like_file, write_controls
-    from steer_plugin.table import load_rows, write_table
+    from steer_plugin.study.rows import load_rows
+    from steer_plugin.study.table import write_table
+    from steer_plugin.vectors.controls import random_like_file, write_controls
 
     out = tmp_path / "sweep"
     controls = write_controls([vector_file], 1, out / "controls")
@@ -277,10 +280,11 @@ def test_sweep_with_controls_keeps_per_document_scores_and_tables_them(
 def test_sweep_measures_side_effects_and_resolves_kl_alphas(lm, task_dir, vector_file, tiny_llama_dir, tmp_path):
     from test_fluency import reference
 
-    from steer_plugin.calibrate import KLBudget, calibrate_vector_file, parse_alpha_specs
     from steer_plugin.errors import SteerError
-    from steer_plugin.fluency import TextSource
-    from steer_plugin.table import load_rows, to_console, to_csv
+    from steer_plugin.steering.calibrate import KLBudget, calibrate_vector_file, parse_alpha_specs
+    from steer_plugin.steering.side_effects import TextSource
+    from steer_plugin.study.rows import load_rows
+    from steer_plugin.study.table import to_console, to_csv
 
     texts = tmp_path / "neutral.txt"
     texts.write_text("".join(f"{d['q']}{d['choices'][0]} ({i})\n" for i, d in enumerate(DOCS * 3)), encoding="utf-8")
@@ -338,8 +342,8 @@ def test_sweep_measures_side_effects_and_resolves_kl_alphas(lm, task_dir, vector
 
 
 def test_sweep_command_with_kl_alphas(task_dir, vector_file, tiny_llama_dir, tmp_path, capsys):
-    from steer_plugin.calibrate import calibration_path
-    from steer_plugin.cli import main
+    from steer_plugin.cli.main import main
+    from steer_plugin.steering.calibrate import calibration_path
 
     texts = tmp_path / "neutral.txt"
     texts.write_text("".join(f"{d['q']}{d['choices'][-1]} [{i}]\n" for i, d in enumerate(DOCS * 3)), encoding="utf-8")
@@ -362,8 +366,8 @@ def test_sweep_command_with_kl_alphas(task_dir, vector_file, tiny_llama_dir, tmp
 
 
 def test_sweep_command_with_controls_at_the_same_kl(task_dir, vector_file, tiny_llama_dir, tmp_path, capsys):
-    from steer_plugin.calibrate import calibration_path
-    from steer_plugin.cli import main
+    from steer_plugin.cli.main import main
+    from steer_plugin.steering.calibrate import calibration_path
 
     texts = tmp_path / "neutral.txt"
     texts.write_text("".join(f"{d['q']}{d['choices'][-1]} <{i}>\n" for i, d in enumerate(DOCS * 3)), encoding="utf-8")

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from steer_plugin.errors import SteerError
-from steer_plugin.table import load_rows, to_csv, to_markdown, write_table
+from steer_plugin.study.rows import load_rows
+from steer_plugin.study.table import to_csv, to_markdown, write_table
 
 
 def _result(alpha: float, mc2: float, rate: float, vector: bool = True) -> dict:
@@ -93,7 +94,7 @@ def test_empty_or_missing_folder_is_a_clear_error(tmp_path):
 
 
 def test_control_rows_are_labelled_and_drawn_dashed_in_their_vectors_colour(folder):
-    from steer_plugin.table import _series_label, _styles
+    from steer_plugin.study.table import _series_label, _styles
 
     doc = _result(1.0, 0.38, 0.1)
     doc["config"]["steering"]["vectors"][0] = {

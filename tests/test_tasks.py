@@ -16,9 +16,9 @@ import pytest
 from helpers_tiny import load_script
 from test_classifier import ForwardCounter, build_goemotions_classifier, reference_probs
 
-from steer_plugin import classifier as C
-from steer_plugin.data import EKMAN, LABELS, target_slug, valid_targets
+from steer_plugin.data.goemotions import EKMAN, LABELS, target_slug, valid_targets
 from steer_plugin.errors import SteerError
+from steer_plugin.harness import classifier as C
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS_DIR = REPO / "lm_eval_tasks"

@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import save_file
 
 from steer_plugin.errors import SteerError
-from steer_plugin.stats import ClassStats, HiddenStateStats
-from steer_plugin.vector import VECTOR_FORMAT, SteeringVector, file_sha256
+from steer_plugin.vectors.stats import ClassStats, HiddenStateStats
+from steer_plugin.vectors.vector import VECTOR_FORMAT, SteeringVector, file_sha256
 
 L, H = 4, 8
 

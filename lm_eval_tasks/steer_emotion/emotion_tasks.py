@@ -6,7 +6,7 @@
   one hook that sees the runtime metadata, so it resolves the classifier there
   (``metadata["classifier"]`` → $STEER_CLASSIFIER → SamLowe) and stores the name in every doc.
 * :class:`EmotionScoreFilter` receives all responses of a task at once, classifies them in batched
-  calls and replaces each response by its score record (see ``steer_plugin.classifier.ScoreRecord``).
+  calls and replaces each response by its score record (see ``steer_plugin.harness.classifier.ScoreRecord``).
 * :func:`process_results` turns a score record into the per-sample metrics.
 """
 
@@ -26,14 +26,14 @@ except ImportError:  # a checkout without `pip install -e .`: the package sits t
 
 from lm_eval.api.filter import Filter
 
-from steer_plugin.classifier import (
+from steer_plugin.data.goemotions import neutral_texts, resolve_target
+from steer_plugin.errors import SteerError
+from steer_plugin.harness.classifier import (
     DEFAULT_BATCH_SIZE,
     emotion_metrics,
     get_classifier,
     resolve_classifier_name,
 )
-from steer_plugin.data import neutral_texts, resolve_target
-from steer_plugin.errors import SteerError
 
 HERE = Path(__file__).resolve().parent
 PROMPTS_FILE = HERE / "neutral_prompts.jsonl"

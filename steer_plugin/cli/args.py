@@ -1,0 +1,82 @@
+"""Argument groups shared by the `steer` commands (argparse only: `steer --help` stays instant)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from steer_plugin.model.loading import ModelOptions
+    from steer_plugin.vectors.request import RecordRequest
+
+DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"hub id or local folder (default: {DEFAULT_MODEL})")
+    p.add_argument("--dtype", default="float32", choices=["auto", "float32", "float16", "bfloat16"])
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps ... (default: where it loads)")
+    p.add_argument("--device-map", default=None, help="e.g. 'auto' to spread a big model over devices")
+    p.add_argument("--revision", default=None)
+    p.add_argument("--trust-remote-code", action="store_true")
+    p.add_argument("--blocks", default=None, help="module path of the decoder blocks if not found automatically")
+
+
+def model_options(args: argparse.Namespace) -> ModelOptions:
+    """The model the command line names, as the one `ModelOptions` every later step uses."""
+    from steer_plugin.model.loading import ModelOptions
+
+    return ModelOptions(
+        name=args.model,
+        dtype=args.dtype,
+        device=args.device,
+        device_map=args.device_map,
+        revision=args.revision,
+        trust_remote_code=args.trust_remote_code,
+        blocks=args.blocks,
+    )
+
+
+def record_request_from_args(args: argparse.Namespace, emotion: str) -> RecordRequest:
+    """What to record, from `record`/`build`/`run` options (options a command lacks keep their defaults)."""
+    from steer_plugin.vectors.request import RecordRequest
+
+    given = vars(args)
+    optional = ("selection", "max_per_class", "seed", "dedupe", "template", "batch_size", "padding_side",
+                "save_activations", "activation_dtype")  # fmt: skip
+    return RecordRequest(
+        model=model_options(args),
+        emotion=emotion,
+        baseline=args.baseline,
+        split=args.split,
+        data_dir=args.data,
+        progress=not given.get("no_progress", False),
+        # `run`'s --batch-size may be 'auto' (for evaluation): recording then keeps its default
+        **{k: given[k] for k in optional if given.get(k) is not None and given[k] != "auto"},
+    )
+
+
+def floats(text: str) -> list[float]:
+    """``0,0.3,1`` (or ``;``-separated) → numbers; argparse reports a bad value as a usage error."""
+    import math
+
+    try:
+        values = [float(x) for x in text.replace(";", ",").split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"expected finite numbers, got {text!r}")
+    return values
+
+
+def batch_size(text: str) -> int | str:
+    """An int, or ``auto`` (the harness finds the largest that fits)."""
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {text!r}")
+    return value

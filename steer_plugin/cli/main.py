@@ -1,0 +1,424 @@
+"""The `steer` command line. Only argparse at import time: `steer --help` must start instantly."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from steer_plugin.cli import evaluate as cli_eval
+from steer_plugin.cli.args import add_model_args, record_request_from_args
+
+if TYPE_CHECKING:  # pragma: no cover
+    from steer_plugin.vectors.vector import SteeringVector
+
+
+def _add_data_args(p: argparse.ArgumentParser, emotion_required: bool = True) -> None:
+    p.add_argument(
+        "--emotion",
+        required=emotion_required,
+        help="a GoEmotions label (anger, joy, ...), an Ekman group (ekman:anger) or 'all'",
+    )
+    p.add_argument("--baseline", default="neutral", help="baseline class (default: neutral)")
+    p.add_argument("--data", default=None, help="local GoEmotions folder (train.tsv ...); default: the hub dataset")
+    p.add_argument("--split", default="train", help="train, validation (= dev) or test")
+    p.add_argument("--selection", default="exclusive", choices=["exclusive", "any"])
+    p.add_argument("--max-per-class", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dedupe", action="store_true", help="drop identical texts within a class")
+
+
+def _add_record_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--template", default="raw", help="raw, chat, or a format string with {text}")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--padding-side", choices=["left", "right"], default=None)
+    p.add_argument("--no-progress", action="store_true")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="steer", description="Emotion steering vectors for causal LMs, evaluated with lm-evaluation-harness."
+    )
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("data", help="GoEmotions selection counts (and texts)")
+    _add_data_args(p)
+    p.add_argument("--out", default=None, help="write the selected texts as JSONL (text, class)")
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("record", help="record per-class hidden-state statistics with nnsight")
+    add_model_args(p)
+    _add_data_args(p)
+    _add_record_args(p)
+    p.add_argument("--out", required=True, help="stats file (.safetensors)")
+    p.add_argument(
+        "--save-activations",
+        default=None,
+        metavar="DIR",
+        help="also write raw [N, layers, hidden] arrays per class as .npy",
+    )
+    p.add_argument("--activation-dtype", default="float16", choices=["float16", "float32"])
+    p.set_defaults(func=cmd_record)
+
+    p = sub.add_parser("analyze", help="neuron/layer statistics, ranking CSV and plots from a stats file")
+    p.add_argument("stats")
+    p.add_argument("--emotion", default=None, help="target class (default: the stats file's)")
+    p.add_argument("--baseline", default="neutral")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--top-k", type=int, default=20, help="neurons per layer in the scatter plot")
+    p.add_argument("--top-n", type=int, default=None, help="rows of ranking.csv (default: all)")
+    p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser("build", help="build a steering vector (records first unless --stats is given)")
+    add_model_args(p)
+    _add_data_args(p, emotion_required=False)
+    _add_record_args(p)
+    p.add_argument("--stats", default=None, help="reuse a stats file from `steer record`")
+    p.add_argument(
+        "--method",
+        default="mean",
+        choices=["mean", "top_k", "random"],
+        help="random: a random-direction control with --like V's shape, per-layer norms and sparsity (--seed)",
+    )
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--like", default=None, metavar="VECTOR", help="the vector a --method random control copies")
+    p.add_argument("--layers", default=None, help="keep only these layers, e.g. 10-20 (0-based)")
+    p.add_argument("--scale", type=float, default=None, help="bake a scale into the file (normally use alpha)")
+    p.add_argument(
+        "--out", default=None, help="vector file (default: vectors/<model>/<emotion>-<method>[-k].safetensors)"
+    )
+    p.add_argument("--save-stats", default=None, help="also keep the recorded stats file")
+    p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("list", help="show the vectors under a folder")
+    p.add_argument("dir", nargs="?", default="vectors")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("export", help="write a vector in another tool's format")
+    p.add_argument("vector")
+    p.add_argument("--format", required=True, choices=["lm-eval-steered", "gguf"])
+    p.add_argument("--out", required=True)
+    p.add_argument("--alpha", type=float, default=1.0)
+    p.add_argument("--block-path", default=None, help="hookpoint prefix for lm-eval (default: from the vector)")
+    p.add_argument("--model-hint", default="llama", help="GGUF model hint (llama.cpp architecture)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("import", help="turn a reference .npy diff matrix into a vector file")
+    p.add_argument("npy")
+    p.add_argument("--out", required=True)
+    p.add_argument(
+        "--drop-embedding-row", action="store_true", help="the matrix came from hidden_states (row 0 = embeddings)"
+    )
+    p.add_argument("--emotion", default=None)
+    p.add_argument("--model", default=None, help="model the matrix was recorded on")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("tasks-dir", help="print the folder of our lm-eval tasks (for --include_path)")
+    p.set_defaults(func=cmd_tasks_dir)
+    cli_eval.add_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from steer_plugin import __version__
+
+        print(__version__)
+        return 0
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    from steer_plugin.errors import SteerError
+
+    try:
+        return int(args.func(args) or 0)
+    except SteerError as e:
+        from steer_plugin.io.terminal import printable  # messages quote file contents: one line, no escapes
+
+        print(f"steer {args.command}: error: {printable(e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+# --- commands ------------------------------------------------------------------------------------
+
+
+def _selection(args: argparse.Namespace):
+    from steer_plugin.data.goemotions import load_goemotions, select_texts
+
+    examples = load_goemotions(args.split, args.data)
+    return select_texts(
+        examples,
+        args.emotion,
+        args.baseline,
+        args.selection,
+        args.max_per_class,
+        args.seed,
+        args.dedupe,
+        split=args.split,
+        source="local" if args.data else "hub",
+    )
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from steer_plugin.io.terminal import printable
+
+    if args.out:
+        from steer_plugin.io.outputs import check_output_file
+
+        check_output_file(args.out)
+    if args.emotion == "all":
+        from steer_plugin.data.goemotions import load_goemotions, select_all
+
+        texts, members = select_all(
+            load_goemotions(args.split, args.data), args.selection, args.max_per_class, args.seed, args.dedupe
+        )
+        counts: dict[str, int] = {}
+        for m in members:
+            for c in m:
+                counts[c] = counts.get(c, 0) + 1
+        rows = [{"text": t, "classes": list(m)} for t, m in zip(texts, members)]
+        print(f"split {args.split} ({args.selection}): {len(texts)} texts")
+    else:
+        sel = _selection(args)
+        counts = sel.counts()
+        rows = [{"text": t, "class": c} for c, ts in sel.classes.items() for t in ts]
+        print(f"split {args.split} ({args.selection}):")
+    width = max(len(c) for c in counts)
+    for c, n in counts.items():
+        print(f"  {printable(c):<{width}}  {n:>6}")  # class names come from the data folder's emotions.txt
+    if args.out:
+        from steer_plugin.io.atomic import write_text_atomic
+
+        write_text_atomic(args.out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        print(f"wrote {len(rows)} texts to {args.out}")
+    return 0
+
+
+def cmd_record(args: argparse.Namespace) -> int:
+    from steer_plugin.io.outputs import check_output_dir, check_output_file
+    from steer_plugin.vectors.request import record_request
+
+    check_output_file(args.out)
+    if args.save_activations:
+        check_output_dir(args.save_activations, "--save-activations")
+    stats = record_request(record_request_from_args(args, args.emotion))
+    if _is_main_rank():
+        stats.save(args.out)
+        counts = ", ".join(f"{c}={n}" for c, n in stats.counts().items())
+        print(f"wrote {args.out}: {stats.shape[0]} layers x {stats.shape[1]} ({counts})")
+    return 0
+
+
+def _is_main_rank() -> bool:
+    try:
+        import torch.distributed as dist
+    except ImportError:
+        return True
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from steer_plugin.io.outputs import check_output_dir
+    from steer_plugin.vectors.analysis import analyze, format_layer_table
+    from steer_plugin.vectors.stats import HiddenStateStats
+
+    check_output_dir(args.out)
+    stats = HiddenStateStats.load(args.stats)
+    result = analyze(stats, args.emotion, args.baseline, args.out, top_k=args.top_k, top_n_rows=args.top_n)
+    print(format_layer_table(result))
+    for path in result.files:
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from steer_plugin.errors import SteerError
+    from steer_plugin.model.layers import layer_ranges, parse_layers
+    from steer_plugin.vectors.build import build_vector
+    from steer_plugin.vectors.stats import HiddenStateStats
+    from steer_plugin.vectors.vector import default_vector_path
+
+    if args.layers:
+        layer_ranges(args.layers)  # syntax check before any recording; range checked below
+    if args.method == "random" or args.like:
+        return _build_random(args)
+    if args.top_k is not None and args.method != "top_k":
+        raise SteerError("--top-k only applies to --method top_k")
+    if args.scale is not None:
+        from steer_plugin.model.hooks import finite_alpha
+
+        finite_alpha(args.scale, "--scale")
+    _check_build_outputs(args)
+    if args.stats:
+        stats = HiddenStateStats.load(args.stats)
+    else:
+        if not args.emotion:
+            raise SteerError("give --emotion (and --model/--data) to record, or --stats FILE to reuse statistics")
+        from steer_plugin.vectors.request import record_request
+
+        stats = record_request(record_request_from_args(args, args.emotion))
+        if args.save_stats and _is_main_rank():
+            stats.save(args.save_stats)
+    if not _is_main_rank():
+        return 0
+    emotion = args.emotion or stats.metadata.get("target")
+    layers = parse_layers(args.layers, stats.shape[0]) if args.layers else None
+    vec = build_vector(
+        stats, emotion, args.baseline, method=args.method, top_k=args.top_k, layers=layers, scale=args.scale
+    )
+    out = (
+        Path(args.out)
+        if args.out
+        else default_vector_path(stats.metadata.get("model", "model"), vec.metadata["emotion"], args.method, args.top_k)
+    )
+    vec.save(out)
+    norms = vec.layer_norms()
+    print(
+        f"wrote {out}: {vec.n_layers} layers x {vec.hidden_size}, {args.method}"
+        f"{f' k={args.top_k}' if args.method == 'top_k' else ''}, counts {vec.metadata['counts']}"
+    )
+    print("per-layer norm: " + " ".join(f"{n:.3g}" for n in norms))
+    return 0
+
+
+def _check_build_outputs(args: argparse.Namespace) -> None:
+    """Before recording: the vector (given or default path) and --save-stats must be writable files."""
+    from steer_plugin.io.outputs import check_output_file
+    from steer_plugin.vectors.vector import default_vector_path
+
+    if args.out:
+        check_output_file(args.out)
+    elif args.emotion and not args.stats:  # with --stats the default path depends on the file's metadata
+        check_output_file(default_vector_path(args.model, args.emotion, args.method, args.top_k), "--out (default)")
+    if args.save_stats:
+        check_output_file(args.save_stats, "--save-stats")
+
+
+def _build_random(args: argparse.Namespace) -> int:
+    """`steer build --method random --like V --seed S`: a control, no recording."""
+    from steer_plugin.errors import SteerError
+    from steer_plugin.model.layers import parse_layers
+    from steer_plugin.vectors.controls import control_path, random_like_file
+
+    if args.method != "random":
+        raise SteerError(f"--like only applies to --method random (got --method {args.method})")
+    if not args.like:
+        raise SteerError("--method random needs --like VECTOR: the vector whose shape and per-layer norms it copies")
+    given = [
+        flag
+        for flag, value in (("--stats", args.stats), ("--emotion", args.emotion), ("--top-k", args.top_k))
+        if value is not None
+    ]
+    if args.save_stats:
+        given.append("--save-stats")
+    if given:
+        raise SteerError(
+            "--method random records nothing and takes its emotion, method and sparsity from --like; "
+            f"drop {', '.join(given)}"
+        )
+    vec = random_like_file(args.like, args.seed)
+    if args.layers:
+        vec = vec.restrict(parse_layers(args.layers, vec.n_layers))
+    if args.scale is not None:
+        vec = type(vec)(vec.matrix * args.scale, {**vec.metadata, "scale": args.scale}, vec.mask)
+    out = Path(args.out) if args.out else control_path(Path(args.like).parent, args.like, args.seed)
+    vec.save(out)
+    print(f"wrote {out}: random control of {args.like} (seed {args.seed}), {vec.n_layers} layers x {vec.hidden_size}")
+    print("per-layer norm: " + " ".join(f"{n:.3g}" for n in vec.layer_norms()))
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from steer_plugin.errors import SteerError
+    from steer_plugin.io.terminal import printable
+    from steer_plugin.io.text_table import format_table
+    from steer_plugin.model.layers import format_layers
+    from steer_plugin.vectors.vector import SteeringVector
+
+    root = Path(args.dir)
+    files = sorted(root.rglob("*.safetensors")) if root.is_dir() else []
+    if not files:
+        print(f"no vectors under {root}")
+        return 0
+    rows = []
+    for f in files:
+        try:
+            v = SteeringVector.load(f)
+        except SteerError:
+            continue  # a stats file or another safetensors file
+        m = v.metadata
+        method = f"{m.get('method', '?')}" + (f" k={m['top_k']}" if m.get("top_k") else "")
+        cells = (f.relative_to(root), m.get("model", "?"), m.get("emotion", "?"), method)
+        # file names and metadata come from elsewhere: escape control characters (ESC, NUL, newlines)
+        rows.append(
+            (
+                *(printable(c) for c in cells),
+                format_layers(v.nonzero_layers(), v.n_layers),
+                f"{float(v.matrix.norm()):.3f}",
+                _median_relative_strength(v),
+            )
+        )
+    print(format_table(("file", "model", "emotion", "method", "layers", "norm", "rel/alpha"), rows))
+    return 0
+
+
+def _median_relative_strength(v: SteeringVector) -> str:
+    """Median over non-zero layers of ||row_l|| / RMS||h_l|| (relative strength per unit alpha)."""
+    import statistics
+
+    rel = v.relative_strength(1.0)
+    return f"{statistics.median(rel.values()):.4g}" if rel else "-"
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from steer_plugin.io.outputs import check_output_file
+    from steer_plugin.io.terminal import printable
+    from steer_plugin.vectors.interop import export_gguf_control_vector, export_lm_eval_steered
+    from steer_plugin.vectors.vector import SteeringVector
+
+    check_output_file(args.out)
+    vec = SteeringVector.load(args.vector)
+    if args.format == "lm-eval-steered":
+        block_path = args.block_path or vec.metadata.get("block_path") or "model.layers"
+        export_lm_eval_steered(vec, args.out, block_path=block_path, alpha=args.alpha)
+        print(f"wrote {args.out} (blocks {printable(block_path)}.N, coefficient {args.alpha})")
+    else:
+        layers = export_gguf_control_vector(vec, args.out, model_hint=args.model_hint, alpha=args.alpha)
+        if 0 in vec.nonzero_layers():
+            print("note: llama.cpp never steers block 0; row 0 was not exported", file=sys.stderr)
+        print(f"wrote {args.out} (layers {layers})")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from steer_plugin.io.outputs import check_output_file
+    from steer_plugin.vectors.vector import SteeringVector
+
+    check_output_file(args.out)
+    vec = SteeringVector.from_npy(args.npy, drop_embedding_row=args.drop_embedding_row)
+    if args.emotion:
+        vec.metadata["emotion"] = args.emotion
+    if args.model:
+        vec.metadata["model"] = args.model
+    vec.save(args.out)
+    print(f"wrote {args.out}: {vec.n_layers} layers x {vec.hidden_size}")
+    return 0
+
+
+def cmd_tasks_dir(args: argparse.Namespace) -> int:
+    from steer_plugin.harness.tasks import tasks_dir
+
+    print(tasks_dir())
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,326 @@
+"""Prefix reuse: score every continuation of a shared context against one KV cache of that context.
+
+lm-eval's HFLM feeds ``(context + continuation)[:-1]`` for every (context, choice) pair, so a
+multiple-choice question with a 200-token prompt and 8 short choices runs the prompt 8 times. Here a
+*group* is all requests with the same encoded context. Per group:
+
+* the **prefix** ``context[:-1]`` runs once and leaves its KV cache;
+* one **tail** row per continuation, ``[context[-1]] + continuation[:-1]``, runs on that cache (expanded
+  over the rows). The logits for ``continuation[0]`` come from the last context token's position, which
+  is why that token rides with the tail and not with the prefix.
+
+Several groups share one forward: prefixes are left-padded (attention mask + explicit position ids), tails
+right-padded and each tail row gets its own group's cache row. With ``positions=response`` the steered
+positions are exactly the tail's, so the prefix cache is the unsteered one for every alpha and vector:
+``score_groups`` runs several configurations' tails against one prefix (``steer sweep``).
+
+Requests whose context + continuation exceed the model's window (the harness left-truncates them) and
+continuations the harness rejects (empty) are left to the plain path (``group_by_context``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from steer_plugin.model.hooks import RowPlan, SteeringPlan
+from steer_plugin.steering.kv_prefix import ReuseUnsupported, zero_padded_positions
+
+Answer = tuple[float, bool]  # (log-probability of the continuation, is it the greedy continuation)
+Request = tuple[int, Sequence[int], Sequence[int]]  # (index in the caller's list, context, continuation)
+UNSTEERED = ("unsteered",)
+
+
+@dataclass
+class TokenCounts:
+    """Tokens fed to the model, to compare the plain path with prefix reuse."""
+
+    plain: int = 0  # real tokens of the harness path (what it feeds: ctx+cont[:-1] per distinct request)
+    prefix: int = 0  # real tokens of prefix forwards (context[:-1], once per group)
+    tail: int = 0  # real tokens of tail forwards (context[-1] + continuation[:-1], per row and configuration)
+    slots: int = 0  # positions run including padding, every path
+
+    @property
+    def total(self) -> int:
+        return self.plain + self.prefix + self.tail
+
+    def as_dict(self) -> dict[str, int]:
+        return {"plain": self.plain, "prefix": self.prefix, "tail": self.tail, "total": self.total, "slots": self.slots}
+
+
+def plain_token_count(
+    requests: Sequence[tuple[Any, Sequence[int], Sequence[int]]], max_length: int, logits_cache: bool = True
+) -> int:
+    """Real tokens HFLM's ``_loglikelihood_tokens`` feeds for these requests (its one-forward-per
+    ``context + continuation[:-1]`` grouping included when ``logits_cache``)."""
+    seen: set[tuple[int, ...]] = set()
+    total = 0
+    for _, ctx, cont in requests:
+        if logits_cache:
+            key = tuple(ctx) + tuple(cont[:-1])
+            if key in seen:
+                continue
+            seen.add(key)
+        total += min(len(ctx) + len(cont), max_length + 1) - 1
+    return total
+
+
+# -- configurations ----------------------------------------------------------------------------------
+def config_key(plan: SteeringPlan, positions: str) -> Hashable:
+    """Identity of a steering configuration by what it computes (the deltas, not the file names)."""
+    if not plan.active:
+        return UNSTEERED
+    parts = tuple(
+        (l, str(d.dtype), hashlib.sha256(d.detach().to("cpu", torch.float64).numpy().tobytes()).hexdigest())
+        for l, d in sorted(plan.deltas.items())
+    )
+    return (positions, parts)
+
+
+@dataclass(frozen=True)
+class TailConfig:
+    """One configuration as prefix reuse runs it."""
+
+    key: Hashable
+    plan: SteeringPlan
+    positions: str
+
+    @classmethod
+    def of(cls, plan: SteeringPlan, positions: str) -> TailConfig:
+        return cls(config_key(plan, positions), plan, positions)
+
+    @property
+    def prefix_steered(self) -> bool:
+        # positions=all steers the context too; response leaves context[:-1] alone
+        return self.plan.active and self.positions != "response"
+
+    @property
+    def prefix_key(self) -> Hashable:
+        """Configurations with the same prefix key share the prefix KV cache."""
+        return self.key if self.prefix_steered else UNSTEERED
+
+
+# -- grouping ----------------------------------------------------------------------------------------
+@dataclass
+class Tail:
+    """One tail row, ``[context[-1]] + continuation[:-1]``; it scores every continuation that starts
+    with ``continuation[:-1]`` (those differ only in their last token)."""
+
+    tokens: list[int]
+    members: list[tuple[int, list[int]]] = field(default_factory=list)  # (request index, continuation)
+
+
+@dataclass
+class ContextGroup:
+    context: tuple[int, ...]
+    tails: list[Tail]
+
+    @property
+    def prefix_len(self) -> int:
+        return len(self.context) - 1
+
+    @property
+    def n_requests(self) -> int:
+        return sum(len(t.members) for t in self.tails)
+
+
+def group_by_context(requests: Sequence[Request], max_length: int) -> tuple[list[ContextGroup], list[int]]:
+    """Groups by encoded context (longest prefix first) and the request indices left to the plain path:
+    empty context/continuation (the harness asserts on those) and context + continuation longer than
+    ``max_length + 1`` (the harness left-truncates those, so the context would differ)."""
+    by_ctx: dict[tuple[int, ...], dict[tuple[int, ...], Tail]] = {}
+    plain: list[int] = []
+    for index, ctx, cont in requests:
+        if not ctx or not cont or len(ctx) + len(cont) > max_length + 1:
+            plain.append(index)
+            continue
+        ctx_t = tuple(ctx)
+        tails = by_ctx.setdefault(ctx_t, {})
+        row = tuple(cont[:-1])
+        tail = tails.get(row)
+        if tail is None:
+            tail = tails[row] = Tail([ctx_t[-1], *row])
+        tail.members.append((index, list(cont)))
+    groups = [
+        ContextGroup(ctx, sorted(tails.values(), key=lambda t: (-len(t.tokens), t.tokens)))
+        for ctx, tails in by_ctx.items()
+    ]
+    groups.sort(key=lambda g: (-len(g.context), g.context))
+    return groups, plain
+
+
+def batches(groups: Sequence[ContextGroup], batch_size: int) -> Iterator[list[ContextGroup]]:
+    """Up to ``batch_size`` groups per prefix forward; one-token contexts (no prefix) batch apart."""
+    batch: list[ContextGroup] = []
+    for g in groups:
+        if batch and (len(batch) >= batch_size or (batch[0].prefix_len > 0) != (g.prefix_len > 0)):
+            yield batch
+            batch = []
+        batch.append(g)
+    if batch:
+        yield batch
+
+
+# -- forwards ----------------------------------------------------------------------------------------
+Forward = Callable[..., Any]  # forward(plan, where, **model_inputs) -> model output (no grad, autocast set)
+
+
+@dataclass
+class Prefix:
+    """The KV cache of a batch of left-padded prefixes."""
+
+    cache: Any  # DynamicCache, None when every context is one token long
+    mask: torch.Tensor  # [groups, P] bool, False on left padding
+    lengths: torch.Tensor  # [groups] real prefix lengths
+
+
+@dataclass
+class _Chunk:
+    """One forward's tail rows: right-padded tokens and their group's rows of the prefix cache."""
+
+    rows: Sequence[tuple[int, Tail]]
+    ids: torch.Tensor
+    real: torch.Tensor  # [rows, width] bool, False on right padding
+    group: torch.Tensor  # [rows] index of each row's group in the batch
+    positions: torch.Tensor
+    mask: torch.Tensor  # prefix mask + real, long
+    cache_rows: list[tuple[torch.Tensor, torch.Tensor]] | None  # per layer (keys, values) of the rows' prefixes
+
+    @classmethod
+    def of(cls, prefix: Prefix, rows: Sequence[tuple[int, Tail]], device: torch.device) -> _Chunk:
+        width = max(len(t.tokens) for _, t in rows)
+        ids = torch.zeros(len(rows), width, dtype=torch.long, device=device)
+        real = torch.zeros(len(rows), width, dtype=torch.bool, device=device)
+        for r, (_, t) in enumerate(rows):
+            ids[r, : len(t.tokens)] = torch.tensor(t.tokens, dtype=torch.long)
+            real[r, : len(t.tokens)] = True
+        group = torch.tensor([gi for gi, _ in rows], device=device)
+        positions = prefix.lengths[group][:, None] + torch.arange(width, device=device)[None, :]
+        mask = torch.cat([prefix.mask[group], real], dim=1).long()
+        cache_rows = None
+        if prefix.cache is not None:  # layers may sit on different devices (device_map)
+            cache_rows = [
+                (l.keys.index_select(0, group.to(l.keys.device)), l.values.index_select(0, group.to(l.values.device)))
+                for l in prefix.cache.layers
+            ]
+        return cls(rows, ids, real, group, positions, mask, cache_rows)
+
+
+@dataclass
+class Scorer:
+    forward: Forward
+    model_config: Any
+    device: torch.device
+    batch_size: int  # rows per forward, as the harness's batch size
+    softmax_dtype: torch.dtype | None = None
+    logits_to_keep: bool = True
+    counts: TokenCounts | None = None  # counting is for benchmarks
+
+    def run_prefix(self, batch: Sequence[ContextGroup], config: TailConfig) -> Prefix:
+        from transformers import DynamicCache
+
+        width = max(g.prefix_len for g in batch)
+        lengths = torch.tensor([g.prefix_len for g in batch], device=self.device)
+        if width == 0:
+            return Prefix(None, torch.zeros(len(batch), 0, dtype=torch.bool, device=self.device), lengths)
+        ids = torch.zeros(len(batch), width, dtype=torch.long, device=self.device)
+        mask = torch.zeros(len(batch), width, dtype=torch.bool, device=self.device)
+        for row, g in enumerate(batch):
+            ids[row, width - g.prefix_len :] = torch.tensor(g.context[:-1], dtype=torch.long)
+            mask[row, width - g.prefix_len :] = True
+        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache(config=self.model_config)
+        extra = {"logits_to_keep": 1} if self.logits_to_keep else {}
+        plan = config.plan if config.prefix_steered else SteeringPlan()
+        self.forward(
+            plan,
+            None,
+            input_ids=ids,
+            attention_mask=mask.long(),
+            position_ids=positions,
+            cache=cache,
+            use_cache=True,
+            **extra,
+        )
+        if self.counts is not None:
+            self.counts.prefix += int(lengths.sum())
+            self.counts.slots += ids.numel()
+        if cache.get_seq_length() != width:
+            raise ReuseUnsupported(f"the model left {cache.get_seq_length()} positions in the KV cache, not {width}")
+        zero_padded_positions(cache, mask, len(batch), width)
+        return Prefix(cache, mask, lengths)
+
+    def score(
+        self, prefix: Prefix, batch: Sequence[ContextGroup], configs: Sequence[TailConfig]
+    ) -> list[dict[int, Answer]]:
+        """Answers for every request of the batch under each of ``configs``, tails in forwards of
+        ``batch_size`` rows; a chunk's rows of the prefix cache are gathered once for all configurations."""
+        rows = [(gi, t) for gi, g in enumerate(batch) for t in g.tails]
+        rows.sort(key=lambda r: -len(r[1].tokens))  # less right padding per chunk
+        answers: list[dict[int, Answer]] = [{} for _ in configs]
+        for start in range(0, len(rows), self.batch_size):
+            chunk = _Chunk.of(prefix, rows[start : start + self.batch_size], self.device)
+            for config, out in zip(configs, answers):
+                out.update(self._score_chunk(chunk, config))
+        return answers
+
+    def _score_chunk(self, chunk: _Chunk, config: TailConfig) -> dict[int, Answer]:
+        from transformers import DynamicCache
+
+        ids, real, group = chunk.ids, chunk.real, chunk.group
+        inputs: dict[str, Any] = {"input_ids": ids, "position_ids": chunk.positions, "attention_mask": chunk.mask}
+        if chunk.cache_rows is not None:
+            # a fresh cache object per forward: the forward appends to it; the gathered tensors stay as they are
+            inputs["cache"] = DynamicCache(ddp_cache_data=list(chunk.cache_rows))
+            inputs["use_cache"] = True
+        else:
+            inputs["use_cache"] = False
+        if config.plan.active:
+            where = real if config.positions == "response" else None
+            # a RowPlan (configurations mixed, config_batching) has one row per prefix row: pick the tails'
+            plan = config.plan.take(group) if isinstance(config.plan, RowPlan) else config.plan
+            out = self.forward(plan, where, **inputs)
+        else:
+            out = self.forward(SteeringPlan(), None, **inputs)
+        logits = out.logits
+        if self.counts is not None:
+            self.counts.tail += int(real.sum())
+            self.counts.slots += ids.numel()
+        if logits.shape[:2] != ids.shape:
+            raise ReuseUnsupported(f"the model returned logits {tuple(logits.shape[:2])} for inputs {tuple(ids.shape)}")
+        logp = F.log_softmax(logits, dim=-1, dtype=self.softmax_dtype)
+        answers: dict[int, Answer] = {}
+        for r, (_, tail) in enumerate(chunk.rows):
+            lp = logp[r, : len(tail.tokens)]
+            greedy = lp.argmax(dim=-1)
+            for index, cont in tail.members:
+                cont_t = torch.tensor(cont, dtype=torch.long, device=lp.device)
+                # same reduction as HFLM: gather over [1, n], then sum
+                picked = torch.gather(lp.unsqueeze(0), 2, cont_t[None, :, None]).squeeze(-1)
+                answers[index] = (float(picked.sum()), bool((greedy == cont_t).all()))
+        return answers
+
+
+def score_groups(
+    scorer: Scorer,
+    groups: Sequence[ContextGroup],
+    configs: Sequence[TailConfig],
+    on_batch: Callable[[int], None] | None = None,
+) -> list[dict[int, Answer]]:
+    """Answers per configuration; all ``configs`` must share one prefix key (one prefix per batch)."""
+    if len({c.prefix_key for c in configs}) > 1:
+        raise ValueError("configurations with different prefixes cannot share a prefix cache")
+    results: list[dict[int, Answer]] = [{} for _ in configs]
+    for batch in batches(groups, scorer.batch_size):
+        prefix = scorer.run_prefix(batch, configs[0])
+        for out, answers in zip(results, scorer.score(prefix, batch, configs)):
+            out.update(answers)
+        del prefix  # one batch of caches alive at a time
+        if on_batch is not None:
+            on_batch(sum(g.n_requests for g in batch))
+    return results

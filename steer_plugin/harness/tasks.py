@@ -1,0 +1,27 @@
+"""Where our lm-evaluation-harness task YAMLs live (`steer tasks-dir`, the autoload hook)."""
+
+from pathlib import Path
+
+from steer_plugin.errors import SteerError
+
+TASKS_FOLDER = "lm_eval_tasks"
+
+
+def tasks_dir() -> Path:
+    """The folder holding our task YAMLs, for an installed wheel and for a source/editable checkout.
+
+    The wheel force-includes the repo's `lm_eval_tasks/` as `steer_plugin/lm_eval_tasks/`; a source
+    checkout (and the editable install, which imports from it) has it next to the package.
+    The installed location is tried first so a wheel never picks up an unrelated
+    `site-packages/lm_eval_tasks`.
+    """
+    package = Path(__file__).resolve().parents[1]  # steer_plugin/
+    candidates = (package / TASKS_FOLDER, package.parent / TASKS_FOLDER)
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate
+    raise SteerError(
+        "task folder not found; looked in "
+        + " and ".join(str(c) for c in candidates)
+        + " (reinstall steer-plugin, or run from a checkout that has lm_eval_tasks/)"
+    )

@@ -1,0 +1,1 @@
+"""Files and the terminal: atomic writes, output checks, safetensors/npy readers, escaping, text tables, figures."""

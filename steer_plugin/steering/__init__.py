@@ -1,0 +1,1 @@
+"""Steering in use: side effects (KL, perplexity), alpha calibration to KL budgets, checks, generation."""

@@ -1,0 +1,129 @@
+"""Baseline and steered generations side by side (what the original research scripts' generation step showed)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from steer_plugin.data.prompts import pad_batch, pad_id
+from steer_plugin.errors import SteerError
+from steer_plugin.io.terminal import printable
+from steer_plugin.model.hooks import Steerer, SteeringPlan, check_positions, make_plan
+from steer_plugin.vectors.vector import SteeringVector
+
+
+@dataclass
+class GenerationSettings:
+    max_new_tokens: int = 60
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int = 0
+    chat: bool | None = None  # None: use the chat template when the tokenizer has one
+    positions: str = "response"
+    layers: str = "all"
+    batch_size: int = 8
+
+
+@dataclass
+class Generation:
+    prompt: str
+    alpha: float
+    text: str
+    n_tokens: int
+
+
+@dataclass
+class GenerationRun:
+    settings: GenerationSettings
+    alphas: list[float]
+    generations: list[Generation] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "settings": asdict(self.settings),
+            "alphas": self.alphas,
+            "generations": [asdict(g) for g in self.generations],
+        }
+
+
+def render_prompt(tokenizer: Any, prompt: str, chat: bool) -> list[int]:
+    if chat:
+        return list(
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True, return_dict=True
+            )["input_ids"]
+        )
+    return list(tokenizer(prompt)["input_ids"])
+
+
+def generate_side_by_side(
+    model: Any,
+    tokenizer: Any,
+    vector: SteeringVector | None,
+    prompts: Sequence[str],
+    alphas: Sequence[float],
+    settings: GenerationSettings,
+    steerer: Steerer | None = None,
+) -> GenerationRun:
+    """Generate every prompt at every alpha (alpha 0 = the unsteered model), batched per alpha."""
+    check_positions(settings.positions)
+    if not prompts:
+        raise SteerError("give at least one prompt")
+    steerer = steerer or Steerer(model, "hooks")
+    chat = settings.chat if settings.chat is not None else bool(getattr(tokenizer, "chat_template", None))
+    encoded = [render_prompt(tokenizer, p, chat) for p in prompts]
+    pad = pad_id(tokenizer)
+    device = model.get_input_embeddings().weight.device
+    run = GenerationRun(settings, [float(a) for a in alphas])
+    for alpha in run.alphas:
+        plan = (
+            make_plan([vector], [alpha], model, steerer.block_path, settings.layers)
+            if vector is not None
+            else SteeringPlan()
+        )
+        torch.manual_seed(settings.seed)
+        for start in range(0, len(prompts), settings.batch_size):
+            batch = encoded[start : start + settings.batch_size]
+            ids, mask, _ = pad_batch(batch, pad, "left")
+            kwargs: dict[str, Any] = dict(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                max_new_tokens=settings.max_new_tokens,
+                do_sample=settings.do_sample,
+                pad_token_id=pad,
+                use_cache=True,
+            )
+            if settings.do_sample:
+                kwargs.update(temperature=settings.temperature, top_p=settings.top_p)
+            else:
+                kwargs.update(temperature=None, top_p=None, top_k=None)
+            where = "last" if settings.positions == "response" else None
+            with torch.no_grad():
+                out = steerer.generate(plan, where, **kwargs)
+            for row, prompt in enumerate(prompts[start : start + settings.batch_size]):
+                new = out[row, ids.shape[1] :].tolist()
+                eos = tokenizer.eos_token_id
+                if eos is not None and eos in new:
+                    new = new[: new.index(eos)]
+                text = tokenizer.decode(new, skip_special_tokens=True)
+                run.generations.append(Generation(prompt, alpha, text, len(new)))
+    return run
+
+
+def format_run(run: GenerationRun) -> str:
+    lines = []
+    prompts = list(dict.fromkeys(g.prompt for g in run.generations))
+    for p in prompts:
+        lines.append(f"=== {printable(p)}")
+        for g in run.generations:
+            if g.prompt == p:
+                label = "baseline" if g.alpha == 0 else f"alpha={g.alpha:g}"
+                lines.append(f"--- {label}:")
+                # a model's tokens can decode to ESC & co.: shown escaped, newlines kept
+                lines.append(printable(g.text.strip(), allow_newlines=True))
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,405 @@
+"""Side effects of a steering configuration: KL to the unsteered model and perplexity on neutral texts.
+
+The texts (:class:`TextSource`): by default the GoEmotions **test** texts whose only label is
+``neutral`` and that have at least ``MIN_WORDS`` words, deduplicated, in a seeded shuffle; or the
+non-empty lines of a text file. Callers take prefixes of that order: a sweep the first 200,
+calibration the first 128 (calibration set) and the next 128 (held-out set).
+
+Each text is tokenized as its tokenizer does by default (special tokens included, e.g. a BOS), cut to
+``MAX_TOKENS`` tokens and split at ``c = n // 2``: context ``ids[:c]``, continuation ``ids[c:]``
+(texts under 2 tokens are skipped). The model reads ``ids[:-1]``; continuation token ``ids[j]`` is
+predicted at position ``j - 1`` (positions ``c-1 .. n-2``). Over all continuation tokens of all texts:
+
+* ``kl``  = sum of KL(p_unsteered || q_steered) of those next-token distributions / number of tokens
+  (nats, token-weighted mean);
+* ``ppl`` = exp(sum of -log q_steered(token) / number of tokens) (the steered model's perplexity).
+
+Steering as the configuration steers: ``positions=all`` adds the delta at every position (context
+included); ``positions=response`` at positions ``c-1 .. n-2``, the last context token and the
+continuation - what ``steered_hf`` steers when it scores ``loglikelihood(context, continuation)``.
+
+The unsteered distributions are computed once per probe and kept on the CPU, float32, for the
+continuation positions only (~200 texts x ~8 tokens x vocab; 300 MB for a 49k vocabulary), so every
+configuration costs one steered forward per batch and the KL is exact. If they would exceed
+``cache_bytes`` the probe recomputes them batch by batch instead (exact, twice the forwards).
+With ``positions=response`` the context minus its last token is never steered: its KV cache is
+computed once too and steered passes run only the rest (about half the tokens; models whose cache
+cannot be reused, see ``kv_prefix.reuse_blocker``, run the whole text). The LM head runs only at
+scored positions where the model takes ``logits_to_keep``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from steer_plugin.errors import SteerError
+from steer_plugin.model.hooks import Steerer, SteeringPlan
+from steer_plugin.steering.kv_prefix import ReuseUnsupported, zero_padded_positions
+
+MIN_WORDS = 3  # GoEmotions neutral texts shorter than this say too little to continue
+MAX_TOKENS = 128  # longer texts (file lines) are cut to their first MAX_TOKENS tokens
+DEFAULT_N_TEXTS = 200
+DEFAULT_CACHE_BYTES = 1 << 30
+GOEMOTIONS_DIR_ENV = "STEER_GOEMOTIONS_DIR"  # the harness tasks' convention for a local GoEmotions folder
+
+
+# --------------------------------------------------------------------------- texts
+
+
+@dataclass(frozen=True)
+class TextSource:
+    """Where the neutral texts come from: a text file (one text per line), a GoEmotions folder
+    (test.tsv + emotions.txt), or None = $STEER_GOEMOTIONS_DIR if set, else the hub dataset."""
+
+    path: str | None = None
+    seed: int = 0
+
+    def resolved(self) -> str | None:
+        return self.path if self.path else os.environ.get(GOEMOTIONS_DIR_ENV) or None
+
+    def describe(self) -> str:
+        where = self.resolved()
+        if where is None:
+            from steer_plugin.data.goemotions import HUB_CONFIG, HUB_DATASET
+
+            return f"hub:{HUB_DATASET}/{HUB_CONFIG} test neutral (seed {self.seed})"
+        kind = "file" if Path(where).is_file() else "goemotions test neutral"
+        return f"{kind}:{where} (seed {self.seed})"
+
+    def load(self, n: int | None = None) -> list[str]:
+        """The texts in the seeded order (all of them, or the first ``n``)."""
+        where = self.resolved()
+        if where is not None and Path(where).expanduser().is_file():
+            texts = _file_texts(Path(where).expanduser())
+        else:
+            texts = _goemotions_neutral(where)
+        texts = list(dict.fromkeys(texts))  # deduplicated, first occurrence kept
+        random.Random(f"fluency:{self.seed}").shuffle(texts)
+        if not texts:
+            raise SteerError(f"no neutral texts in {self.describe()}; pass --fluency-texts FILE (one text per line)")
+        return texts if n is None else texts[:n]
+
+
+def _file_texts(path: Path) -> list[str]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise SteerError(f"cannot read fluency texts {path}: {e}") from None
+    return [line.strip() for line in lines if line.strip()]
+
+
+def _goemotions_neutral(folder: str | None) -> list[str]:
+    from steer_plugin.data.goemotions import neutral_texts
+
+    if folder is not None and not Path(folder).expanduser().is_dir():
+        raise SteerError(f"fluency texts {folder!r}: not a text file or a GoEmotions folder")
+    return [ex.text for ex in neutral_texts("test", folder) if len(ex.text.split()) >= MIN_WORDS]
+
+
+def texts_sha256(texts: list[str]) -> str:
+    return hashlib.sha256("\n".join(texts).encode("utf-8")).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class SideEffects:
+    """KL and perplexity of one configuration, with the per-text sums they come from."""
+
+    kl_sums: list[float]  # per text: sum over its continuation tokens of KL(p || q)
+    nll_sums: list[float]  # per text: sum of -log q(token)
+    n_tokens: list[int]
+    baseline_ppl: float = float("nan")
+
+    @property
+    def total_tokens(self) -> int:
+        return sum(self.n_tokens)
+
+    @property
+    def kl(self) -> float:
+        return sum(self.kl_sums) / self.total_tokens
+
+    @property
+    def ppl(self) -> float:
+        return math.exp(sum(self.nll_sums) / self.total_tokens)
+
+    @property
+    def kl_stderr(self) -> float:
+        return _ratio_stderr(self.kl_sums, self.n_tokens)
+
+    @property
+    def ppl_stderr(self) -> float:
+        return self.ppl * _ratio_stderr(self.nll_sums, self.n_tokens)  # delta method on log ppl
+
+    def metrics(self) -> dict[str, float]:
+        """Harness-style metric keys (``name,filter``) for a results JSON entry."""
+        out = {"kl,none": self.kl, "kl_stderr,none": self.kl_stderr, "ppl,none": self.ppl}
+        out["ppl_stderr,none"] = self.ppl_stderr
+        return {k: v for k, v in out.items() if not math.isnan(v)}  # no stderr from a single text
+
+    def samples(self, texts: list[str]) -> list[dict[str, Any]]:
+        """One row per text (like a harness samples file): per-token KL and NLL of that text."""
+        return [
+            {
+                "doc_id": i,
+                "doc": {"text": t},
+                "filter": "none",
+                "metrics": ["kl", "nll"],
+                "n_tokens": n,
+                "kl": k / n,
+                "nll": s / n,
+            }
+            for i, (t, k, s, n) in enumerate(zip(texts, self.kl_sums, self.nll_sums, self.n_tokens))
+        ]
+
+
+def _ratio_stderr(sums: list[float], counts: list[int]) -> float:
+    """Standard error of sum(sums)/sum(counts) over texts (ratio estimator, linearised)."""
+    m = len(sums)
+    if m < 2:
+        return float("nan")
+    total = sum(counts)
+    r = sum(sums) / total
+    mean_n = total / m
+    var = sum((s - r * n) ** 2 for s, n in zip(sums, counts)) / (m - 1)
+    return math.sqrt(var / m) / mean_n
+
+
+# --------------------------------------------------------------------------- the probe
+
+
+@dataclass
+class _Batch:
+    input_ids: torch.Tensor  # [B, W] (right-padded ids[:-1])
+    attention_mask: torch.Tensor
+    response: torch.Tensor  # bool [B, W]: positions c-1 .. n-2 of each row
+    rows: torch.Tensor  # [T] row of each scored position
+    cols: torch.Tensor  # [T] its column
+    targets: torch.Tensor  # [T] the continuation token it predicts
+    owner: torch.Tensor  # [T] index (in probe.texts) of the text it belongs to
+    prefix_lengths: list[int] = field(default_factory=list)  # c - 1 per row: the never-steered part (response)
+
+
+def _pick(logits: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """float32 log-probs at (rows, cols), on the logits' device (the last layer's, with device_map)."""
+    return torch.log_softmax(logits[rows.to(logits.device), cols.to(logits.device)].float(), dim=-1)
+
+
+@dataclass
+class _Prefix:
+    """positions=response: the unsteered KV cache of every row's ``ids[:c-1]`` (left-padded), computed once;
+    steered passes then run only the tails ``ids[c-1:n-1]`` (right-padded), whose positions are all scored."""
+
+    cache: Any  # transformers DynamicCache
+    mask: torch.Tensor  # [B, P] long, 0 on left padding
+    lengths: torch.Tensor  # [B]
+    tail_ids: torch.Tensor  # [B, W]
+    tail_mask: torch.Tensor  # [B, W] long
+    tail_cols: torch.Tensor  # [T] column of each scored position in the tail
+
+
+@dataclass
+class FluencyProbe:
+    """Tokenized neutral texts and their unsteered next-token distributions, reused per configuration."""
+
+    model: Any
+    tokenizer: Any
+    texts: list[str]
+    steerer: Steerer | None = None
+    batch_size: int = 16
+    max_tokens: int = MAX_TOKENS
+    cache_bytes: int = DEFAULT_CACHE_BYTES
+    blocks: str | None = None
+    _batches: list[_Batch] = field(default_factory=list, init=False, repr=False)
+    _cache: list[torch.Tensor] | None = field(default=None, init=False, repr=False)
+    _baseline: SideEffects | None = field(default=None, init=False, repr=False)
+    _prefixes: dict[int, _Prefix | None] = field(default_factory=dict, init=False, repr=False)
+    _reuse_blocked: str | None = field(default=None, init=False, repr=False)
+    _keep_logits: bool = field(default=False, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        from steer_plugin.data.prompts import pad_batch, pad_id
+        from steer_plugin.steering.kv_prefix import accepts_logits_to_keep, reuse_blocker
+
+        if self.steerer is None:
+            self.steerer = Steerer(self.model, "hooks", self.blocks)
+        if self.batch_size < 1:
+            raise SteerError(f"batch size must be >= 1, got {self.batch_size}")
+        encoded = []
+        for i, text in enumerate(self.texts):
+            ids = list(self.tokenizer(text)["input_ids"])[: self.max_tokens]
+            if len(ids) >= 2:
+                encoded.append((i, ids))
+        if not encoded:
+            raise SteerError("no fluency text has 2 or more tokens (a context and a continuation)")
+        self.texts = [self.texts[i] for i, _ in encoded]  # only the texts that are scored
+        encoded = [(k, ids) for k, (_, ids) in enumerate(encoded)]
+        encoded.sort(key=lambda e: -len(e[1]))  # similar lengths together: less padding
+        device = self.model.get_input_embeddings().weight.device
+        pad = pad_id(self.tokenizer)
+        for start in range(0, len(encoded), self.batch_size):
+            chunk = encoded[start : start + self.batch_size]
+            ids, mask, _ = pad_batch([e[1][:-1] for e in chunk], pad, "right")
+            response = torch.zeros_like(mask, dtype=torch.bool)
+            rows, cols, targets, owner = [], [], [], []
+            for r, (k, full) in enumerate(chunk):
+                n, c = len(full), len(full) // 2
+                response[r, c - 1 : n - 1] = True
+                for j in range(c, n):
+                    rows.append(r)
+                    cols.append(j - 1)
+                    targets.append(full[j])
+                    owner.append(k)
+            self._batches.append(
+                _Batch(
+                    ids.to(device),
+                    mask.to(device),
+                    response,
+                    torch.tensor(rows, device=device),
+                    torch.tensor(cols, device=device),
+                    torch.tensor(targets, device=device),
+                    torch.tensor(owner),
+                    [len(full) // 2 - 1 for _, full in chunk],
+                )
+            )
+        self._keep_logits = accepts_logits_to_keep(self.model)
+        self._reuse_blocked = reuse_blocker(self.model)
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(int(b.targets.numel()) for b in self._batches)
+
+    def _log_probs(self, batch: _Batch, plan: SteeringPlan, positions: str, i: int | None = None) -> torch.Tensor:
+        """float32 log-probs [T, V] at the scored positions of one batch (``i``: its index, for the prefix
+        cache of positions=response)."""
+        assert self.steerer is not None
+        prefix = self._prefix(i, batch) if positions == "response" and plan.active and i is not None else None
+        with torch.no_grad():
+            if prefix is not None:
+                from transformers import DynamicCache
+
+                width = prefix.tail_ids.shape[1]
+                out = self.steerer.forward(
+                    plan,
+                    prefix.tail_mask.bool(),
+                    input_ids=prefix.tail_ids,
+                    attention_mask=torch.cat([prefix.mask, prefix.tail_mask], dim=1),
+                    position_ids=prefix.lengths[:, None] + torch.arange(width, device=prefix.lengths.device)[None, :],
+                    # a fresh cache object over the stored tensors: the forward appends, never edits them
+                    cache=DynamicCache(ddp_cache_data=[(l.keys, l.values) for l in prefix.cache.layers]),
+                    use_cache=True,
+                )
+                logits = out.logits if hasattr(out, "logits") else out[0]
+                return _pick(logits, batch.rows, prefix.tail_cols)
+            where = None if positions == "all" else batch.response
+            inputs: dict[str, Any] = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+            cols = batch.cols
+            if self._keep_logits:  # the LM head only where something is scored
+                keep, cols = torch.unique(batch.cols, return_inverse=True)
+                inputs["logits_to_keep"] = keep
+            out = self.steerer.forward(plan, where, **inputs)
+            logits = out.logits if hasattr(out, "logits") else out[0]
+            return _pick(logits, batch.rows, cols)
+
+    def _prefix(self, i: int, batch: _Batch) -> _Prefix | None:
+        """The batch's unsteered prefix cache (built on first use); None where it cannot be used: the
+        model's cache cannot be reused, or a row has no prefix (a 2- or 3-token text)."""
+        if i in self._prefixes:
+            return self._prefixes[i]
+        self._prefixes[i] = None
+        if self._reuse_blocked or min(batch.prefix_lengths) == 0:
+            return None
+        from transformers import DynamicCache
+
+        device = batch.input_ids.device
+        b, width = len(batch.prefix_lengths), max(batch.prefix_lengths)
+        ids = torch.zeros(b, width, dtype=torch.long, device=device)
+        mask = torch.zeros(b, width, dtype=torch.long, device=device)
+        lengths = torch.tensor(batch.prefix_lengths, device=device)
+        real = batch.attention_mask.sum(1).tolist()
+        tail_w = max(n - p for n, p in zip(real, batch.prefix_lengths))
+        tail_ids = torch.zeros(b, tail_w, dtype=torch.long, device=device)
+        tail_mask = torch.zeros(b, tail_w, dtype=torch.long, device=device)
+        for r, (p, n) in enumerate(zip(batch.prefix_lengths, real)):
+            ids[r, width - p :] = batch.input_ids[r, :p]
+            mask[r, width - p :] = 1
+            tail_ids[r, : n - p] = batch.input_ids[r, p:n]
+            tail_mask[r, : n - p] = 1
+        cache = DynamicCache(config=self.model.config)
+        extra = {"logits_to_keep": 1} if self._keep_logits else {}
+        with torch.no_grad():
+            self.model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                cache=cache,
+                use_cache=True,
+                **extra,
+            )
+        if cache.get_seq_length() != width:
+            self._reuse_blocked = f"the model left {cache.get_seq_length()} positions in the KV cache, not {width}"
+            return None
+        try:
+            zero_padded_positions(cache, mask.bool(), b, width)
+        except ReuseUnsupported as e:
+            self._reuse_blocked = str(e)
+            return None
+        offsets = torch.tensor(batch.prefix_lengths, device=device)[batch.rows]
+        self._prefixes[i] = _Prefix(cache, mask, lengths, tail_ids, tail_mask, batch.cols - offsets)
+        return self._prefixes[i]
+
+    def _baseline_log_probs(self, i: int, batch: _Batch) -> torch.Tensor:
+        if self._cache is not None:
+            return self._cache[i]
+        return self._log_probs(batch, SteeringPlan(), "all")
+
+    def baseline(self) -> SideEffects:
+        """The unsteered model on these texts (KL 0); fills the cache on the first call."""
+        if self._baseline is None:
+            vocab = None
+            nll = [0.0] * len(self.texts)
+            counts = [0] * len(self.texts)
+            cache: list[torch.Tensor] = []
+            for batch in self._batches:
+                lp = self._log_probs(batch, SteeringPlan(), "all")
+                vocab = lp.shape[-1]
+                if self.n_tokens * vocab * 4 <= self.cache_bytes:
+                    cache.append(lp.cpu())
+                self._add(nll, counts, batch, -lp.gather(1, batch.targets[:, None].to(lp.device))[:, 0])
+            self._cache = cache if len(cache) == len(self._batches) else None
+            self._baseline = SideEffects([0.0] * len(self.texts), nll, counts)
+            self._baseline.baseline_ppl = self._baseline.ppl
+        return self._baseline
+
+    @staticmethod
+    def _add(sums: list[float], counts: list[int] | None, batch: _Batch, values: torch.Tensor) -> None:
+        for k, v in zip(batch.owner.tolist(), values.double().cpu().tolist()):
+            sums[k] += v
+            if counts is not None:
+                counts[k] += 1
+
+    def measure(self, plan: SteeringPlan, positions: str = "all") -> SideEffects:
+        """KL to the unsteered model and steered perplexity under ``plan`` at ``positions``."""
+        from steer_plugin.model.hooks import check_positions
+
+        check_positions(positions)
+        base = self.baseline()
+        if not plan.active:
+            return base
+        kl = [0.0] * len(self.texts)
+        nll = [0.0] * len(self.texts)
+        for i, batch in enumerate(self._batches):
+            q = self._log_probs(batch, plan, positions, i)
+            p = self._baseline_log_probs(i, batch).to(q.device)
+            self._add(kl, None, batch, (p.exp() * (p - q)).sum(-1))
+            self._add(nll, None, batch, -q.gather(1, batch.targets[:, None].to(q.device))[:, 0])
+        return SideEffects(kl, nll, list(base.n_tokens), base.ppl)

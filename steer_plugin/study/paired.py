@@ -1,0 +1,230 @@
+"""Paired statistics against the unsteered baseline, over the documents both arms scored.
+
+Every steered configuration is scored on the same documents as the baseline, so the difference of
+their means is judged document by document (``d_i = config_i - baseline_i``), which removes the
+between-document variance that dominates each arm's own stderr:
+
+* ``delta``: ``mean(config) - mean(baseline)`` over the matched documents (equal to the difference
+  of the two leaderboard means when both arms scored the same documents);
+* ``ci_low``/``ci_high``: a 95% paired bootstrap percentile interval: documents are resampled with
+  replacement (``resamples`` times, seeded), the same resample for both arms, and the 2.5th / 97.5th
+  percentiles (linear interpolation) of the resampled mean differences are reported - the same
+  numbers as ``scipy.stats.bootstrap(..., paired=True, method="percentile")`` with the same generator;
+* ``p``: a two-sided sign-flip permutation test (randomization test of paired differences): under
+  "steering changes nothing" each ``d_i`` is as likely to have the other sign, so
+  ``p = P(|sum(s_i d_i)| >= |sum(d_i)|)`` over random signs ``s``: exact (all ``2^n`` sign vectors)
+  when ``2^n <= resamples``, otherwise ``(1 + hits) / (1 + resamples)`` over seeded random signs.
+
+Per-document scores come from the harness's samples files: ``samples_<task>.jsonl`` beside a sweep's
+``results.json``, or ``samples_<task>_<date>.jsonl`` beside ``lm_eval --log_samples``'s
+``results_<date>.json``. Documents are matched by ``doc_id`` and, where recorded, the document and
+prompt hashes (a baseline that saw other prompts is no baseline).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DEFAULT_RESAMPLES = 2000
+LEVEL = 0.95
+_DATE = re.compile(r"_(\d{4}-\d{2}-\d{2}T[0-9.\-]+)$")
+# per-document scores are kept compact in sweeps: these keys plus the metric values
+COMPACT_KEYS = ("doc_id", "doc_hash", "prompt_hash", "target_hash", "filter", "metrics")
+
+_NOT_METRICS = frozenset(COMPACT_KEYS) | {"doc", "target", "arguments", "resps", "filtered_resps"}
+
+DocKey = tuple[Any, Any, Any]
+
+
+@dataclass(frozen=True)
+class Paired:
+    """One metric of one configuration against the baseline."""
+
+    delta: float
+    ci_low: float
+    ci_high: float
+    p: float
+    n: int  # matched documents
+
+    @property
+    def significant(self) -> bool:
+        """The interval excludes 0."""
+        return self.ci_low > 0 or self.ci_high < 0
+
+    def format(self) -> str:
+        return f"{self.delta:+.3f} [{self.ci_low:+.3f}, {self.ci_high:+.3f}]" + ("*" if self.significant else "")
+
+
+# --- the statistics ---------------------------------------------------------------------------
+
+
+_CHUNK = 1 << 22  # random draws held in memory at once
+_CACHE_LIMIT = 1 << 23  # draws kept between comparisons (64 MiB as float64)
+
+
+def _count_chunks(n: int, resamples: int, seed: int) -> Iterator[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    rows_per_chunk = max(1, _CHUNK // n)
+    for start in range(0, resamples, rows_per_chunk):
+        rows = min(rows_per_chunk, resamples - start)
+        idx = rng.integers(0, n, (rows, n))
+        flat = (idx + n * np.arange(rows)[:, None]).ravel()
+        yield np.bincount(flat, minlength=rows * n).reshape(rows, n).astype(np.float64)
+
+
+def bootstrap_counts(n: int, resamples: int, seed: int) -> np.ndarray:
+    """``[resamples, n]``: how often each document appears in each bootstrap resample.
+
+    Resample ``b`` is ``rng.integers(0, n, n)`` with ``rng = default_rng(seed)`` (drawn ``(rows, n)`` at a
+    time: the indices scipy's bootstrap draws); counting them lets one matrix product give every
+    resample's mean."""
+    return np.vstack(list(_count_chunks(n, resamples, seed)))
+
+
+def _sign_chunks(n: int, resamples: int, seed: int) -> Iterator[np.ndarray]:
+    if n < 63 and (1 << n) <= resamples:  # exact: every sign vector once
+        codes = np.arange(1 << n)[:, None] >> np.arange(n)[None, :]
+        yield 1.0 - 2.0 * (codes & 1)
+        return
+    rng = np.random.default_rng([seed, 1])
+    rows_per_chunk = max(1, _CHUNK // n)
+    for start in range(0, resamples, rows_per_chunk):
+        yield 1.0 - 2.0 * rng.integers(0, 2, (min(rows_per_chunk, resamples - start), n))
+
+
+def sign_flips(n: int, resamples: int, seed: int) -> tuple[np.ndarray, bool]:
+    """Sign vectors ``[m, n]`` and whether they are all ``2^n`` of them (the exact test)."""
+    return np.vstack(list(_sign_chunks(n, resamples, seed))), n < 63 and (1 << n) <= resamples
+
+
+class PairedBootstrap:
+    """Seeded paired bootstrap + sign-flip test. The random draws depend only on the number of
+    documents, so they are drawn once and reused by every metric and configuration."""
+
+    def __init__(self, resamples: int = DEFAULT_RESAMPLES, seed: int = 0, level: float = LEVEL) -> None:
+        if resamples < 1:
+            raise ValueError("resamples must be >= 1")
+        self.resamples, self.seed, self.level = resamples, seed, level
+        self._cache: dict[tuple[str, int], np.ndarray] = {}
+
+    def _apply(self, kind: str, n: int, d: np.ndarray) -> np.ndarray:
+        """``draws @ d`` for every resample (``kind`` = counts or signs), cached while small."""
+        chunks = _count_chunks if kind == "counts" else _sign_chunks
+        key = (kind, n)
+        if key in self._cache:
+            return self._cache[key] @ d
+        if n * self.resamples <= _CACHE_LIMIT:
+            self._cache[key] = np.vstack(list(chunks(n, self.resamples, self.seed)))
+            return self._cache[key] @ d
+        return np.concatenate([c @ d for c in chunks(n, self.resamples, self.seed)])
+
+    def compare(self, config: Any, baseline: Any) -> Paired:
+        c = np.asarray(config, dtype=np.float64)
+        b = np.asarray(baseline, dtype=np.float64)
+        if c.shape != b.shape or c.ndim != 1:
+            raise ValueError(f"paired arms need equal 1-D shapes, got {c.shape} and {b.shape}")
+        n = len(c)
+        if n < 1:
+            raise ValueError("no documents to compare")
+        d = c - b
+        means = self._apply("counts", n, d) / n
+        tail = (1 - self.level) / 2
+        lo, hi = np.quantile(means, [tail, 1 - tail])
+        flipped = np.abs(self._apply("signs", n, d))
+        exact = n < 63 and (1 << n) <= self.resamples
+        observed = abs(float(d.sum()))
+        tol = 1e-9 * max(float(np.abs(d).sum()), 1e-300)  # ties up to float rounding count as "as extreme"
+        hits = int((flipped >= observed - tol).sum())
+        p = hits / len(flipped) if exact else (1 + hits) / (1 + len(flipped))
+        return Paired(float(c.mean() - b.mean()), float(lo), float(hi), min(1.0, p), n)
+
+
+# --- per-document scores from samples files --------------------------------------------------------
+
+
+def samples_files(results_file: str | Path, tasks: Iterable[str]) -> dict[str, Path]:
+    """The samples file of each task that has one beside a results file (ours or lm_eval's layout)."""
+    path = Path(results_file)
+    stem = path.stem
+    if stem.startswith("results"):
+        suffix = stem[len("results") :]  # "" (sweeps) or "_<date>" (lm_eval --output_path DIR)
+    else:
+        m = _DATE.search(stem)  # lm_eval --output_path FILE.json -> FILE_<date>.json
+        suffix = f"_{m.group(1)}" if m else ""
+    found = {}
+    for task in tasks:
+        candidate = path.with_name(f"samples_{task}{suffix}.jsonl")
+        if candidate.is_file():
+            found[task] = candidate
+    return found
+
+
+def compact_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A samples row without the document, prompts and responses: its keys and metric values."""
+    out = {k: row[k] for k in COMPACT_KEYS if k in row}
+    for name in row.get("metrics") or []:
+        if name in row:
+            out[name] = row[name]
+    return out
+
+
+def read_scores(path: str | Path) -> dict[str, dict[DocKey, float]]:
+    """``{metric label: {doc key: value}}`` of the numeric per-document metrics in a samples file;
+    labels are ``metric`` or ``metric[filter]`` as in the leaderboard (filter ``none`` is left out)."""
+    scores: dict[str, dict[DocKey, float]] = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a truncated last line: the documents before it still count
+            if not isinstance(row, dict) or "doc_id" not in row:
+                continue
+            key = (row["doc_id"], row.get("doc_hash"), row.get("prompt_hash"))
+            filt = row.get("filter", "none")
+            names = row.get("metrics")
+            if names is None:  # harness versions before the "metrics" list: every other top-level number
+                names = [k for k in row if k not in _NOT_METRICS]
+            for name in names:
+                value = row.get(name)
+                if isinstance(value, (int, float)):  # bool is an int
+                    label = name + ("" if filt == "none" else f"[{filt}]")
+                    scores.setdefault(label, {})[key] = float(value)
+    return scores
+
+
+def _matches(config: DocKey, baseline: DocKey) -> bool:
+    return all(a is None or b is None or a == b for a, b in zip(config[1:], baseline[1:]))
+
+
+def match_documents(config: dict[DocKey, float], baseline: dict[DocKey, float]) -> tuple[list[float], list[float]]:
+    """Values of the documents both arms scored, in the config's order (by doc_id, hashes agreeing)."""
+    by_id: dict[Any, list[tuple[DocKey, float]]] = {}
+    for key, value in baseline.items():
+        by_id.setdefault(key[0], []).append((key, value))
+    c, b = [], []
+    for key, value in config.items():
+        hit = next((v for k, v in by_id.get(key[0], []) if _matches(key, k)), None)
+        if hit is not None:
+            c.append(value)
+            b.append(hit)
+    return c, b
+
+
+def _is_mean_of(values: Iterable[float], reported: float | None) -> bool:
+    """Paired means only make sense for metrics the harness aggregates by their mean."""
+    vals = list(values)
+    if reported is None or not vals:
+        return reported is None and bool(vals)
+    mean = math.fsum(vals) / len(vals)
+    return abs(mean - reported) <= 1e-6 * max(1.0, abs(reported))

@@ -1,0 +1,356 @@
+"""What steering did, from a finished `steer run` / `steer sweep` folder: summary sentences, the emotion x
+label leakage table and the dose-response plot.
+
+Every number comes from the leaderboard's rows and their paired statistics against the baseline
+(``steer_plugin.study.paired``: Δ with a 95% paired bootstrap interval over the same documents), so the
+sentences say no more than the intervals do: an interval that includes 0 is marked "n.s.".
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from steer_plugin.data.goemotions import EKMAN, EKMAN_PREFIX, LABELS, canonical_target, target_slug
+from steer_plugin.errors import SteerError
+from steer_plugin.io.atomic import write_bytes_atomic, write_text_atomic
+from steer_plugin.study.paired import DEFAULT_RESAMPLES, Paired
+from steer_plugin.study.rows import Row, compare_rows, load_rows
+
+SIDE = "side_effects"
+OUTPUTS = ("summary.md", "leakage.csv", "leakage.png", "dose_response.png")
+NEUTRAL = "neutral"
+
+
+def parse_targets(spec: str) -> list[str]:
+    """``anger`` / ``anger,joy,sadness`` / ``all`` (the 27 emotions) / ``ekman`` (the 6 groups) → class names."""
+    key = spec.strip().lower()
+    if key == "all":
+        return [label for label in LABELS if label != NEUTRAL]
+    if key == "ekman":
+        return [EKMAN_PREFIX + g for g in EKMAN]
+    names = [canonical_target(part) for part in spec.split(",") if part.strip()]
+    if not names:
+        raise SteerError(f"--emotion {spec!r} names no emotion; give e.g. anger, anger,joy,sadness, all or ekman")
+    return list(dict.fromkeys(names))
+
+
+def run_folder_name(spec: str, targets: list[str]) -> str:
+    """``anger`` for one target (as before), ``all``/``ekman``, else the targets joined: ``anger-joy``."""
+    key = spec.strip().lower()
+    if len(targets) > 1 and key in ("all", "ekman"):
+        return key
+    return "-".join(target_slug(t) for t in targets)
+
+
+# --- the rows of a run -------------------------------------------------------------------------------
+
+
+@dataclass
+class Arm:
+    """One steered configuration: a vector (or its random control) at one alpha."""
+
+    row: Row
+    emotion: str  # the class the vector steers toward (a control: its parent's)
+    alpha: float
+    budget: float | None  # the KL budget the alpha was calibrated for, if any
+    series: str = ""  # what the summary/plots call it: the emotion, or the vector and settings if that is ambiguous
+
+    @property
+    def level(self) -> float:
+        """What the run's grid was given: the KL budget, else the alpha."""
+        return self.alpha if self.budget is None else self.budget
+
+    @property
+    def kl(self) -> float | None:
+        return self.row.metrics.get(f"{SIDE}/kl")
+
+
+@dataclass
+class Study:
+    baseline: Row
+    arms: list[Arm]  # emotion vectors, in row order
+    controls: dict[int, list[Arm]] = field(default_factory=dict)  # id(arm.row) -> its controls at that alpha
+
+    @property
+    def emotions(self) -> list[str]:
+        """The steered series: emotions, or ``anger (mean), layers 3-5, all`` when one emotion has several."""
+        return list(dict.fromkeys(a.series for a in self.arms))
+
+    @property
+    def levels(self) -> list[float]:
+        return sorted({a.level for a in self.arms})
+
+    def controls_of(self, arm: Arm) -> list[Arm]:
+        return self.controls.get(id(arm.row), [])
+
+
+def _emotion_of(label: str) -> str:
+    """``anger (top_k-20)`` → ``anger``: the leaderboard's vector label starts with the emotion."""
+    return label.split(" (", 1)[0].strip()
+
+
+def _arm(row: Row, label: str) -> Arm | None:
+    try:
+        alpha = float(row.key["alpha"])
+    except (TypeError, ValueError):
+        return None  # several vectors at different alphas: not one emotion's arm
+    return Arm(row, _emotion_of(label), alpha, row.metrics.get(f"{SIDE}/kl_budget"))
+
+
+def _name_series(arms: list[Arm]) -> None:
+    """One series per (vector, layers, positions); named by its emotion unless that names several."""
+    groups = {(a.row.key["vector"], a.row.key["layers"], a.row.key["positions"]): a.emotion for a in arms}
+    ambiguous = len(groups) > len(set(groups.values()))
+    for a in arms:
+        vector, layers, positions = (a.row.key[k] for k in ("vector", "layers", "positions"))
+        a.series = f"{vector}, layers {layers}, {positions}" if ambiguous else a.emotion
+
+
+def _same_level(arm: Arm, control: Arm) -> bool:
+    """A control belongs to the arm at the same KL budget (at the arm's alpha or its own), else the same alpha."""
+    if arm.budget is not None and control.budget is not None:
+        return math.isclose(arm.budget, control.budget)
+    return arm.budget is None and control.budget is None and math.isclose(arm.alpha, control.alpha)
+
+
+def load_study(folder: str | Path, resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> Study:
+    """The baseline, each emotion vector's configurations and their controls, with paired statistics."""
+    rows = load_rows(folder)
+    compare_rows(rows, resamples, seed)
+    baselines = [r for r in rows if r.key["vector"] == "-"]
+    if not baselines:
+        raise SteerError(f"no baseline (alpha 0) results under {folder}: the summary compares against it")
+    arms = [a for r in rows if r.key["vector"] != "-" and r.control_of is None if (a := _arm(r, r.key["vector"]))]
+    _name_series(arms)
+    study = Study(baselines[0], arms)
+    for r in rows:
+        if r.control_of is None or (control := _arm(r, r.control_of)) is None:
+            continue
+        for arm in arms:
+            same = all(arm.row.key[k] == r.key[k] for k in ("model", "layers", "positions"))
+            if same and arm.row.key["vector"] == r.control_of and _same_level(arm, control):
+                study.controls.setdefault(id(arm.row), []).append(control)
+    return study
+
+
+# --- summary sentences -------------------------------------------------------------------------------
+
+
+def _num(x: float, digits: int = 3, sign: bool = True) -> str:
+    x = 0.0 if round(x, digits) == 0 else x  # no "-0.000"
+    return f"{x:{'+' if sign else ''}.{digits}f}".replace("-", "\N{MINUS SIGN}")
+
+
+def describe(p: Paired) -> str:
+    """``+0.190 [+0.150, +0.230]``, with "(n.s.)" when the 95% interval includes 0."""
+    return f"{_num(p.delta)} [{_num(p.ci_low)}, {_num(p.ci_high)}]" + ("" if p.significant else " (n.s.)")
+
+
+def _task_name(task: str) -> str:
+    for part in ("mc1", "mc2"):
+        if task.startswith("truthfulqa") and task.endswith(part):
+            return f"TruthfulQA {part.upper()}"
+    return task
+
+
+def target_metric(emotion: str) -> str:
+    return f"steer_emotion_{target_slug(emotion)}/target_prob"
+
+
+def sentence(study: Study, arm: Arm) -> str:
+    """ "Toward anger at KL 0.10 (alpha 0.17): anger probability +0.19 [...]; random control ...; ..."."""
+    where = f"at KL {arm.budget:.2f} (alpha {arm.alpha:.3g})" if arm.budget is not None else f"at alpha {arm.alpha:g}"
+    if arm.budget is None and arm.kl is not None:
+        where += f" (KL {arm.kl:.3g})"
+    parts = []
+    metric = target_metric(arm.emotion)
+    if metric in arm.row.paired:
+        parts.append(f"{arm.emotion} probability {describe(arm.row.paired[metric])}")
+    controls = study.controls_of(arm)
+    for i, control in enumerate(controls):
+        if metric in control.row.paired:
+            name = "random control" if len(controls) == 1 else f"random control {i}"
+            if not math.isclose(control.alpha, arm.alpha):  # calibrated to the same KL: say how hard it pushed
+                name += f" (same KL, alpha {control.alpha:.3g})"
+            parts.append(f"{name} {describe(control.row.paired[metric])}")
+    for label, p in arm.row.paired.items():
+        task, metric_name = label.split("/", 1)
+        if metric_name == "acc" and not task.startswith("steer_emotion_"):
+            parts.append(f"{_task_name(task)} {describe(p)}")
+    before, after = study.baseline.metrics.get(f"{SIDE}/ppl"), arm.row.metrics.get(f"{SIDE}/ppl")
+    if before is not None and after is not None:
+        parts.append(f"perplexity {before:.1f} \N{RIGHTWARDS ARROW} {after:.1f}")
+    toward = arm.emotion if arm.series == arm.emotion else f"{arm.emotion} ({arm.series})"
+    return f"Toward {toward} {where}: " + ("; ".join(parts) or "no paired scores") + "."
+
+
+def summary_text(study: Study) -> str:
+    lines = ["What steering did (Δ vs the unsteered baseline, 95% paired bootstrap interval; n.s. = includes 0):", ""]
+    for series in study.emotions:
+        lines += [sentence(study, a) for a in sorted(study.arms, key=lambda a: a.level) if a.series == series]
+    return "\n".join(lines) + "\n"
+
+
+# --- leakage: steered emotion x classifier label ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Leakage:
+    level: float
+    emotions: list[str]
+    labels: list[str]
+    cells: dict[tuple[str, str], Paired]  # (steered emotion, classifier label) -> Δ prob_<label>
+
+
+def pick_level(study: Study, level: float | None) -> float:
+    levels = study.levels
+    if not levels:
+        raise SteerError("no steered configurations to report on")
+    if level is None:
+        return levels[(len(levels) - 1) // 2]
+    for candidate in levels:
+        if math.isclose(candidate, level, rel_tol=1e-6):
+            return candidate
+    raise SteerError(f"--leakage-budget {level:g} is not in this run; it has {', '.join(f'{x:g}' for x in levels)}")
+
+
+def check_level(level: float | None, alphas: list) -> None:
+    """A --leakage-budget that the grid (``0,kl:0.1,...`` or plain alphas) does not contain is an error."""
+    if level is None:
+        return
+    levels = [float(getattr(a, "kl", a)) for a in alphas if getattr(a, "kl", a)]
+    if not any(math.isclose(x, level, rel_tol=1e-6) for x in levels):
+        have = ", ".join(f"{x:g}" for x in levels) or "none"
+        raise SteerError(f"--leakage-budget {level:g} is not in --alphas; the steered budgets/alphas are {have}")
+
+
+def leakage(study: Study, level: float | None = None) -> Leakage:
+    """Δ of every ``prob_<label>`` of each emotion's own ``steer_emotion_<emotion>`` task at one budget/alpha."""
+    chosen = pick_level(study, level)
+    cells: dict[tuple[str, str], Paired] = {}
+    labels: dict[str, None] = {}
+    emotions: list[str] = []
+    for arm in study.arms:
+        if not math.isclose(arm.level, chosen, rel_tol=1e-6) or arm.series in emotions:
+            continue
+        prefix = f"steer_emotion_{target_slug(arm.emotion)}/prob_"
+        found = {k[len(prefix) :]: p for k, p in arm.row.paired.items() if k.startswith(prefix)}
+        if found:
+            emotions.append(arm.series)
+            for label, p in found.items():
+                labels.setdefault(label)
+                cells[(arm.series, label)] = p
+    return Leakage(chosen, emotions, list(labels), cells)
+
+
+def leakage_csv(table: Leakage) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["steered", "label", "level", "delta", "ci_low", "ci_high", "p", "n"])
+    for (emotion, label), p in table.cells.items():
+        w.writerow([emotion, label, table.level, p.delta, p.ci_low, p.ci_high, p.p, p.n])
+    return buf.getvalue()
+
+
+def leakage_png(table: Leakage, what: str) -> bytes:
+    import numpy as np
+
+    from steer_plugin.io.figures import new_figure, png_bytes
+
+    grid = np.array([[table.cells[(e, lab)].delta if (e, lab) in table.cells else np.nan for lab in table.labels]
+                     for e in table.emotions])  # fmt: skip
+    lim = float(np.nanmax(np.abs(grid))) if np.isfinite(grid).any() else 0.0
+    lim = lim if lim > 0 else 1.0
+    fig = new_figure(max(5.0, 2.0 + 0.42 * len(table.labels)), max(3.0, 2.0 + 0.4 * len(table.emotions)))
+    ax = fig.add_subplot()
+    im = ax.imshow(grid, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
+    ax.set_xticks(range(len(table.labels)), table.labels, rotation=60, ha="right")
+    ax.set_yticks(range(len(table.emotions)), table.emotions)
+    for i, e in enumerate(table.emotions):
+        for j, lab in enumerate(table.labels):
+            p = table.cells.get((e, lab))
+            if p is not None:
+                ax.text(j, i, f"{p.delta:+.2f}" + ("*" if p.significant else ""), ha="center", va="center", fontsize=7)
+    ax.set_xlabel("classifier label")
+    ax.set_ylabel("steered toward")
+    ax.set_title(f"Δ probability vs the baseline at {what}\n(* = 95% paired interval excludes 0)", fontsize=10)
+    fig.colorbar(im, ax=ax).set_label("Δ probability")
+    return png_bytes(fig)
+
+
+# --- dose-response ----------------------------------------------------------------------------------------
+
+
+def dose_response_png(study: Study) -> bytes:
+    """Target probability vs measured KL (alpha without side effects): each vector, its control dashed."""
+    from steer_plugin.io.figures import new_figure, png_bytes
+
+    use_kl = all(a.kl is not None for a in study.arms)
+    fig = new_figure(8, 5)
+    ax = fig.add_subplot()
+    colours = [f"C{i % 10}" for i in range(len(study.emotions))]
+    for colour, emotion in zip(colours, study.emotions):
+        arms = sorted((a for a in study.arms if a.series == emotion), key=lambda a: a.alpha)
+        metric = target_metric(arms[0].emotion)
+        base = study.baseline.metrics.get(metric)
+        series: list[tuple[str, list[Arm]]] = [(emotion, arms)]
+        n_controls = max((len(study.controls_of(a)) for a in arms), default=0)
+        for i in range(n_controls):
+            picked = [study.controls_of(a)[i] for a in arms if len(study.controls_of(a)) > i]
+            series.append((f"{emotion}: random control" + (f" {i}" if n_controls > 1 else ""), picked))
+        for k, (name, points) in enumerate(series):
+            xs, ys, lo, hi = ([0.0], [base], [0.0], [0.0]) if base is not None else ([], [], [], [])
+            for a in points:
+                p, y = a.row.paired.get(metric), a.row.metrics.get(metric)
+                if p is None or y is None:
+                    continue
+                xs.append((a.kl or 0.0) if use_kl else a.alpha)
+                ys.append(y)
+                lo.append(p.delta - p.ci_low)
+                hi.append(p.ci_high - p.delta)
+            if len(xs) > 1:
+                control = k > 0  # the emotion vector first, then its controls (dashed)
+                ax.errorbar(xs, ys, yerr=[lo, hi], color=colour, capsize=3, label=name,
+                            ls="--" if control else "-", marker="x" if control else "o")  # fmt: skip
+    ax.set_xlabel("KL to the unsteered model (nats/token, neutral texts)" if use_kl else "alpha")
+    ax.set_ylabel("target probability (own steer_emotion task)")
+    ax.set_title("Dose-response: target probability with 95% paired intervals; baseline at 0")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    return png_bytes(fig)
+
+
+# --- files ----------------------------------------------------------------------------------------------
+
+
+def write_study(
+    folder: str | Path,
+    out_dir: str | Path | None = None,
+    leakage_budget: float | None = None,
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+) -> tuple[str, list[Path]]:
+    """summary.md, leakage.csv/png and dose_response.png beside the leaderboard; returns the summary."""
+    from steer_plugin.io.outputs import check_output_file
+
+    root = Path(folder)
+    out = Path(out_dir) if out_dir is not None else root
+    for name in OUTPUTS:  # before the statistics: a path that cannot be written fails now
+        check_output_file(out / name, name)
+    study = load_study(root, resamples, seed)
+    text = summary_text(study)
+    files = [out / "summary.md"]
+    write_text_atomic(files[0], text)
+    table = leakage(study, leakage_budget)
+    if table.cells:
+        what = f"KL {table.level:g}" if any(a.budget is not None for a in study.arms) else f"alpha {table.level:g}"
+        write_text_atomic(out / "leakage.csv", leakage_csv(table))
+        write_bytes_atomic(out / "leakage.png", leakage_png(table, what))
+        files += [out / "leakage.csv", out / "leakage.png"]
+    write_bytes_atomic(out / "dose_response.png", dose_response_png(study))
+    files.append(out / "dose_response.png")
+    return text, files

@@ -1,0 +1,64 @@
+"""The files a sweep writes and `steer table` reads: their names, and what makes a results document usable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+SWEEP_FILE = "sweep.json"  # a sweep's plan, written once
+SWEEP_FORMAT = "steer-plugin/sweep"
+SWEEP_VERSION = 1
+RESULTS_FILE = "results.json"  # one per configuration: the harness's results JSON
+
+
+def _number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def results_shape_problem(doc: Any) -> str | None:
+    """Why ``doc`` is not a harness results document we can tabulate (None: it is one)."""
+    if not isinstance(doc, dict) or "results" not in doc or "config" not in doc:
+        return "not harness results (no 'results' and 'config')"
+    results, config = doc["results"], doc["config"]
+    if not isinstance(results, dict) or not all(isinstance(m, dict) for m in results.values()):
+        return "'results' is not an object of task -> metrics objects"
+    if not isinstance(config, dict):
+        return "'config' is not an object"
+    if not isinstance(config.get("model_args"), (str, dict, type(None))):
+        return "'config.model_args' is neither a string nor an object"
+    steering = config.get("steering")
+    if steering is None:
+        return None
+    if not isinstance(steering, dict):
+        return "'config.steering' is not an object"
+    vectors, alphas = steering.get("vectors") or [], steering.get("alphas") or []
+    if not isinstance(vectors, list) or not all(
+        isinstance(v, dict) and isinstance(v.get("metadata") or {}, dict) for v in vectors
+    ):
+        return "'config.steering.vectors' is not a list of objects"
+    if not isinstance(alphas, list) or not all(_number(a) for a in alphas):
+        return "'config.steering.alphas' is not a list of numbers"
+    return None
+
+
+def is_sweep_plan(path: Path, doc: Any) -> bool:
+    return path.name == SWEEP_FILE and isinstance(doc, dict) and doc.get("format") == SWEEP_FORMAT
+
+
+def table_outputs(prefix: str | Path) -> list[Path]:
+    """Every file ``write_table`` may write for ``prefix``."""
+    prefix = Path(prefix)
+    return [
+        prefix.with_suffix(".md"),
+        prefix.with_suffix(".csv"),
+        Path(f"{prefix}_vs_alpha.png"),
+        Path(f"{prefix}_tradeoff.png"),
+    ]
+
+
+def check_table_outputs(prefix: str | Path) -> None:
+    """Before any work (a sweep runs for hours before its table): the table's files must be writable."""
+    from steer_plugin.io.outputs import check_output_file
+
+    for path in table_outputs(prefix):
+        check_output_file(path)

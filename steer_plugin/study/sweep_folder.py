@@ -1,0 +1,220 @@
+"""The sweep folder: its plan (``sweep.json``) and which configurations are really done.
+
+A sweep resumes by skipping finished configurations, and a wrong skip is a silently wrong table. So a
+configuration counts as done only if its ``results.json`` parses, has the harness shape and records
+the same sweep settings (model and its load options, tasks, limit, few-shot/chat/generation settings,
+classifier, seed, package version) and the same configuration (vector path and sha256, alpha, layers,
+positions). ``sweep.json``, written before the first evaluation, holds the settings and every
+configuration planned into the folder. Into a folder of another sweep nothing runs: a one-line error
+says what differs (``--out`` elsewhere, or ``--fresh`` to discard its results). A corrupt or stale
+results file of the same sweep is rerun, and said so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from steer_plugin.errors import SteerError
+from steer_plugin.io.terminal import printable
+from steer_plugin.study.results_files import (
+    RESULTS_FILE,
+    SWEEP_FILE,
+    SWEEP_FORMAT,
+    SWEEP_VERSION,
+    results_shape_problem,
+    table_outputs,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from steer_plugin.study.plan import SweepConfig, SweepOptions, SweepPlan
+
+# results don't depend on these (batching is exact); everything else in model_args does
+_NOT_SETTINGS = ("batch_size",)
+
+
+def sweep_settings(options: SweepOptions) -> dict[str, Any]:
+    """What every configuration of one sweep shares; a results file with other settings is not ours."""
+    from steer_plugin import __version__
+
+    settings: dict[str, Any] = {}
+    for k, v in options.model_args.items():
+        if k not in _NOT_SETTINGS and v is not None:
+            settings["model" if k == "pretrained" else k] = v
+    settings.update(
+        tasks=list(options.tasks),
+        limit=options.limit,
+        num_fewshot=options.num_fewshot,
+        apply_chat_template=options.apply_chat_template,
+        gen_kwargs=options.gen_kwargs,
+        classifier=options.classifier or os.environ.get("STEER_CLASSIFIER"),
+        include_path=options.include_path,
+        bootstrap_iters=options.bootstrap_iters,
+        seed=options.seed,
+        # the kl / ppl columns depend on the neutral texts they were measured on
+        side_effects=None
+        if options.side_effects is None
+        else {"texts": options.side_effects.describe(), "n_texts": options.side_effect_texts},
+        package_version=__version__,
+    )
+    return json.loads(json.dumps(settings, default=str))  # as it reads back from JSON
+
+
+def config_record(config: SweepConfig, vector_sha256: str | None) -> dict[str, Any]:
+    """One configuration as recorded in sweep.json and in its results' ``config.sweep``."""
+    return {**asdict(config), "slug": config.slug(), "vector_sha256": vector_sha256}
+
+
+@dataclass
+class SweepFolder:
+    root: Path
+    settings: dict[str, Any]
+    records: dict[str, dict[str, Any]]  # slug -> config_record, for the configurations of this plan
+    todo: list[SweepConfig]
+    notes: list[str] = field(default_factory=list)  # what was discarded or is rerun, and why
+
+    def results_path(self, config: SweepConfig) -> Path:
+        return self.root / config.slug() / RESULTS_FILE
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return printable(text if len(text) <= 60 else text[:57] + "...")
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any]) -> str:
+    keys = list(new) + [k for k in old if k not in new]
+    return "; ".join(
+        f"{printable(k)} {_short(old.get(k))} -> {_short(new.get(k))}" for k in keys if old.get(k) != new.get(k)
+    )
+
+
+def _read_json(path: Path) -> tuple[Any, str | None]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8")), None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        return None, type(e).__name__
+
+
+def _result_folders(root: Path) -> list[Path]:
+    if not root.is_dir():
+        return []
+    return sorted(d for d in root.iterdir() if d.is_dir() and (d / RESULTS_FILE).is_file())
+
+
+def discard_results(root: Path) -> int:
+    """``--fresh``: remove what a sweep wrote here (results, samples, sweep.json, leaderboard) and nothing else."""
+    folders = _result_folders(root)
+    for d in folders:
+        for f in [d / RESULTS_FILE, *d.glob("samples_*.jsonl")]:
+            f.unlink(missing_ok=True)
+        if not any(d.iterdir()):
+            d.rmdir()
+    for f in [root / SWEEP_FILE, *table_outputs(root / "leaderboard")]:
+        f.unlink(missing_ok=True)
+    return len(folders)
+
+
+def _how_to_proceed(root: Path) -> str:
+    return f"use --out elsewhere, or --fresh to discard the results in {printable(root)}"
+
+
+def check_same_sweep(root: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
+    """Refuse a folder that holds another sweep; returns its sweep.json (None when there is none yet)."""
+    plan_file = root / SWEEP_FILE
+    if not plan_file.exists():
+        if _result_folders(root):
+            raise SteerError(
+                f"{printable(root)} holds sweep results but no {SWEEP_FILE} (an older version, or not a "
+                f"steer sweep), so they cannot be checked; {_how_to_proceed(root)}"
+            )
+        return None
+    doc, error = _read_json(plan_file)
+    if (
+        error
+        or not isinstance(doc, dict)
+        or doc.get("format") != SWEEP_FORMAT
+        or not isinstance(doc.get("settings"), dict)
+    ):
+        why = error or "not a steer sweep plan"
+        raise SteerError(f"{printable(plan_file)} is unreadable ({why}); {_how_to_proceed(root)}")
+    if doc["settings"] != settings:
+        what = _differences(doc["settings"], settings)
+        raise SteerError(f"{printable(root)} holds another sweep ({what}); {_how_to_proceed(root)}")
+    return doc
+
+
+def _rerun_reason(path: Path, record: dict[str, Any], settings: dict[str, Any]) -> str | None:
+    """None if ``path`` holds this configuration's finished results; else why it runs again."""
+    doc, error = _read_json(path)
+    if error:
+        return f"corrupt {RESULTS_FILE} ({error})"
+    problem = results_shape_problem(doc)
+    if problem:
+        return f"corrupt {RESULTS_FILE} ({problem})"
+    config = doc["config"]
+    if not isinstance(config.get("sweep_settings"), dict):
+        return f"stale {RESULTS_FILE} (no record of its sweep settings)"
+    if config["sweep_settings"] != settings:
+        return f"stale {RESULTS_FILE} ({_differences(config['sweep_settings'], settings)})"
+    had = config.get("sweep") if isinstance(config.get("sweep"), dict) else {}
+    if had.get("vector_sha256") != record["vector_sha256"]:
+        return f"stale {RESULTS_FILE} (the vector file changed since)"
+    if any(had.get(k) != record[k] for k in ("vector", "alpha", "layers", "positions")):
+        return f"stale {RESULTS_FILE} (another configuration)"
+    return None
+
+
+def _vector_shas(plan: SweepPlan) -> dict[str, str]:
+    """sha256 of every vector file, each loaded once: a bad vector fails here, before the model loads."""
+    from steer_plugin.vectors.vector import SteeringVector, file_sha256
+
+    shas = {}
+    for c in plan.configs:
+        if c.vector is not None and c.vector not in shas:
+            SteeringVector.load(c.vector)  # format, shape, float dtype, finite values
+            shas[c.vector] = file_sha256(c.vector)
+    return shas
+
+
+def open_sweep_folder(plan: SweepPlan, options: SweepOptions) -> SweepFolder:
+    """Check the output folder against this sweep, record the plan in sweep.json, list what must run."""
+    from steer_plugin.io.atomic import write_text_atomic
+    from steer_plugin.io.outputs import check_output_dir
+
+    root = check_output_dir(options.out_dir)
+    settings = sweep_settings(options)
+    shas = _vector_shas(plan)
+    notes = []
+    if options.fresh and root.exists():
+        n = discard_results(root)
+        if n:
+            notes.append(f"--fresh: discarded {n} earlier result(s) in {printable(root)}")
+    existing = check_same_sweep(root, settings)
+    records = {
+        c.slug(): config_record(c, None if c.vector is None or c.is_baseline else shas[c.vector]) for c in plan.configs
+    }
+    folder = SweepFolder(root, settings, records, [], notes)
+    for c in plan.configs:
+        path = folder.results_path(c)
+        if not path.exists():
+            folder.todo.append(c)
+            continue
+        reason = _rerun_reason(path, records[c.slug()], settings)
+        if reason:
+            folder.todo.append(c)
+            notes.append(f"rerunning {printable(c.slug())}: {reason}")
+    planned = [r for r in (existing or {}).get("configs", []) if isinstance(r, dict) and r.get("slug") not in records]
+    doc = {
+        "format": SWEEP_FORMAT,
+        "format_version": SWEEP_VERSION,
+        "settings": settings,
+        "configs": planned + list(records.values()),
+    }
+    if existing != doc:  # written once; again only when the plan grows or a vector changed
+        root.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(root / SWEEP_FILE, json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+    return folder

@@ -1,0 +1,117 @@
+"""GoEmotions selection -> model -> recorded statistics: the steps `steer record` and `steer build` share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from steer_plugin.data.goemotions import Selection
+from steer_plugin.errors import SteerError
+from steer_plugin.model.loading import LoadedModel, ModelOptions
+from steer_plugin.vectors.stats import HiddenStateStats
+
+
+@dataclass
+class RecordRequest:
+    model: ModelOptions
+    emotion: str  # a label, 'ekman:<group>', or 'all'
+    baseline: str = "neutral"
+    split: str = "train"
+    data_dir: str | None = None
+    selection: str = "exclusive"
+    max_per_class: int | None = None
+    seed: int = 0
+    dedupe: bool = False
+    template: str = "raw"
+    batch_size: int = 8
+    padding_side: str | None = None
+    save_activations: str | None = None
+    activation_dtype: str = "float16"
+    progress: bool = True
+    # several targets against one baseline, recorded in one pass (`steer run --emotion anger,joy`)
+    targets: tuple[str, ...] = ()
+
+
+def record_request(req: RecordRequest, loaded: LoadedModel | None = None) -> HiddenStateStats:
+    """Select texts, load the model (unless given) and record per-class statistics."""
+    from steer_plugin import __version__
+    from steer_plugin.data.goemotions import load_goemotions, select_all
+    from steer_plugin.vectors.record import (
+        RecordItem,
+        init_distributed_if_launched,
+        items_from_classes,
+        record_hidden_states,
+    )
+
+    options = req.model
+    if init_distributed_if_launched() and options.device in (None, "cuda") and not options.device_map:
+        import os
+
+        import torch
+
+        if torch.cuda.is_available():  # one GPU per rank; each rank records a shard of the texts
+            options = replace(options, device=f"cuda:{os.environ.get('LOCAL_RANK', '0')}")
+    examples = load_goemotions(req.split, req.data_dir)
+    source = "local" if req.data_dir else "hub"
+    if req.targets:
+        items = _items_of_targets(examples, req, source)
+    elif req.emotion == "all":
+        texts, memberships = select_all(examples, req.selection, req.max_per_class, req.seed, req.dedupe)
+        items = [RecordItem(t, tuple(m)) for t, m in zip(texts, memberships) if m]
+        if not items:
+            raise SteerError(f"no texts selected from split {req.split!r}")
+    else:
+        sel = _select(examples, req.emotion, req, source)
+        items = items_from_classes(sel.classes)
+    loaded = loaded or options.load()
+    meta = {
+        **loaded.fingerprint,
+        "target": req.emotion,
+        "baseline": req.baseline,
+        "split": req.split,
+        "selection": req.selection,
+        "source": source,
+        "max_per_class": req.max_per_class,
+        "seed": req.seed,
+        "dedupe": req.dedupe,
+        "dtype": options.dtype,
+        "package_version": __version__,
+    }
+    return record_hidden_states(
+        loaded.model,
+        loaded.tokenizer,
+        items,
+        batch_size=req.batch_size,
+        template=req.template,
+        padding_side=req.padding_side,
+        blocks=options.blocks,
+        progress=req.progress,
+        save_activations=req.save_activations,
+        activation_dtype=req.activation_dtype,
+        metadata=meta,
+    )
+
+
+def _select(examples: list, target: str, req: RecordRequest, source: str) -> Selection:
+    """``target`` and the baseline under the request's selection rule and sampling."""
+    from steer_plugin.data.goemotions import select_texts
+
+    return select_texts(
+        examples, target, req.baseline, req.selection, req.max_per_class, req.seed, req.dedupe,
+        split=req.split, source=source,
+    )  # fmt: skip
+
+
+def _items_of_targets(examples: list, req: RecordRequest, source: str) -> list:
+    """Each target's and the baseline's texts, every text run once with all the classes it counts for
+    (listed once per row it was selected for, as ``select_all`` does)."""
+    from steer_plugin.vectors.record import RecordItem
+
+    classes: dict[str, list[str]] = {}
+    for target in req.targets:
+        sel = _select(examples, target, req, source)
+        classes.update(sel.classes)
+    by_text: dict[str, list[str]] = {}
+    for name, texts in classes.items():
+        for text in texts:
+            by_text.setdefault(text, []).append(name)
+    return [RecordItem(text, tuple(names)) for text, names in by_text.items()]

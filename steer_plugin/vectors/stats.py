@@ -1,0 +1,130 @@
+"""Streaming per-class hidden-state statistics (float64, O(layers x hidden) memory).
+
+Each class keeps count, mean and M2 (sum of squared deviations) and is updated batch by batch with
+Chan et al.'s parallel formula, so shards from several processes merge exactly like one pass.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from steer_plugin.errors import SteerError
+
+STATS_FORMAT = "steer-plugin/stats"
+STATS_VERSION = 1
+
+
+@dataclass
+class ClassStats:
+    """count, mean [L, H] and M2 [L, H] of one class, all float64."""
+
+    count: int
+    mean: torch.Tensor
+    m2: torch.Tensor
+
+    @classmethod
+    def empty(cls, n_layers: int, hidden: int) -> ClassStats:
+        z = torch.zeros(n_layers, hidden, dtype=torch.float64)
+        return cls(0, z, z.clone())
+
+    def update(self, batch: torch.Tensor) -> None:
+        """Add a batch of activations [N, L, H] (any float dtype)."""
+        if batch.shape[0] == 0:
+            return
+        x = batch.detach().to("cpu", torch.float64)
+        n = x.shape[0]
+        bmean = x.mean(0)
+        bm2 = ((x - bmean) ** 2).sum(0)
+        self.merge(ClassStats(n, bmean, bm2))
+
+    def merge(self, other: ClassStats) -> None:
+        if other.count == 0:
+            return
+        if self.count == 0:
+            self.count, self.mean, self.m2 = other.count, other.mean.clone(), other.m2.clone()
+            return
+        n = self.count + other.count
+        delta = other.mean - self.mean
+        self.mean = self.mean + delta * (other.count / n)
+        self.m2 = self.m2 + other.m2 + delta**2 * (self.count * other.count / n)
+        self.count = n
+
+    @property
+    def var(self) -> torch.Tensor:
+        """Unbiased variance (ddof=1); NaN for fewer than two samples."""
+        if self.count < 2:
+            return torch.full_like(self.m2, float("nan"))
+        return self.m2 / (self.count - 1)
+
+
+@dataclass
+class HiddenStateStats:
+    """Statistics of several classes (e.g. ``anger`` and ``neutral``) recorded from one model."""
+
+    classes: dict[str, ClassStats]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        first = next(iter(self.classes.values()))
+        return tuple(first.mean.shape)  # type: ignore[return-value]
+
+    def counts(self) -> dict[str, int]:
+        return {name: c.count for name, c in self.classes.items()}
+
+    def get(self, name: str) -> ClassStats:
+        if name not in self.classes:
+            raise SteerError(f"class {name!r} is not in this stats file; it has: {', '.join(self.classes)}")
+        return self.classes[name]
+
+    def merge(self, other: HiddenStateStats) -> None:
+        for name, cs in other.classes.items():
+            if name in self.classes:
+                self.classes[name].merge(cs)
+            else:
+                self.classes[name] = ClassStats(cs.count, cs.mean.clone(), cs.m2.clone())
+
+    def save(self, path: str | os.PathLike) -> None:
+        from steer_plugin.io.safetensors import write_safetensors
+
+        tensors: dict[str, torch.Tensor] = {}
+        for name, cs in self.classes.items():
+            tensors[f"{name}/mean"] = cs.mean.contiguous()
+            tensors[f"{name}/m2"] = cs.m2.contiguous()
+            tensors[f"{name}/count"] = torch.tensor([cs.count], dtype=torch.int64)
+        meta = {
+            "format": STATS_FORMAT,
+            "format_version": str(STATS_VERSION),
+            "metadata": json.dumps(self.metadata, sort_keys=True),
+        }
+        write_safetensors(path, tensors, meta)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> HiddenStateStats:
+        from steer_plugin.io.safetensors import read_safetensors
+
+        tensors, meta = read_safetensors(path, expected_format=STATS_FORMAT, what="stats file")
+        classes: dict[str, ClassStats] = {}
+        names = sorted({k.rsplit("/", 1)[0] for k in tensors})
+        odd = [k for k, t in tensors.items() if not k.endswith("/count") and not t.is_floating_point()]
+        if odd:  # means and M2 are float64 by construction; an int tensor is a wrong file, not a cast
+            kind = str(tensors[odd[0]].dtype).removeprefix("torch.")
+            raise SteerError(f"{path}: corrupt stats file (tensor {odd[0]!r} is {kind}, expected floats)")
+        try:
+            for name in names:
+                classes[name] = ClassStats(
+                    int(tensors[f"{name}/count"][0]),
+                    tensors[f"{name}/mean"].to(torch.float64),
+                    tensors[f"{name}/m2"].to(torch.float64),
+                )
+            metadata = json.loads(meta.get("metadata", "{}"))
+        except (KeyError, ValueError, IndexError) as e:
+            raise SteerError(f"{path}: corrupt stats file ({e})") from None
+        if not classes or not isinstance(metadata, dict):
+            raise SteerError(f"{path}: corrupt stats file (no classes or metadata not a JSON object)")
+        return cls(classes, metadata)

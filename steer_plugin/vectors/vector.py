@@ -1,0 +1,226 @@
+"""The steering vector: a float32 matrix [n_layers, hidden] in a self-describing safetensors file."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from steer_plugin.errors import SteerError
+
+VECTOR_FORMAT = "steer-plugin/vector"
+VECTOR_VERSION = 1
+METHODS = ("mean", "top_k")
+
+
+@dataclass
+class SteeringVector:
+    """One row per decoder block: row ``l`` is added to the output of block ``l``."""
+
+    matrix: torch.Tensor
+    metadata: dict[str, Any] = field(default_factory=dict)
+    mask: torch.Tensor | None = None  # bool [L, H]: the kept neurons of a top_k vector
+
+    def __post_init__(self) -> None:
+        if self.matrix.ndim != 2:
+            raise SteerError(f"a steering vector is a [n_layers, hidden] matrix, got shape {tuple(self.matrix.shape)}")
+        if not self.matrix.is_floating_point():  # an int/bool matrix is not a direction; never cast it silently
+            raise SteerError(f"a steering vector holds floats, got {str(self.matrix.dtype).removeprefix('torch.')}")
+        self.matrix = self.matrix.detach().to("cpu", torch.float32).contiguous()
+        if self.mask is not None:
+            self.mask = self.mask.to("cpu", torch.bool).contiguous()
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.matrix.shape[0])
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.matrix.shape[1])
+
+    def layer_norms(self) -> list[float]:
+        return [float(x) for x in self.matrix.norm(dim=1)]
+
+    def nonzero_layers(self) -> list[int]:
+        return [i for i, n in enumerate(self.layer_norms()) if n > 0]
+
+    def relative_strength(self, alpha: float = 1.0, layers: list[int] | None = None) -> dict[int, float]:
+        """``|alpha| ||row_l|| / RMS||h_l||`` per non-zero layer (of ``layers``): the step in units of the
+        residual stream's typical norm there. Empty if the metadata has no ``residual_rms`` (built
+        before it was recorded, or imported)."""
+        rms = self.metadata.get("residual_rms")
+        if not isinstance(rms, list) or len(rms) != self.n_layers:
+            return {}
+        norms = self.layer_norms()
+        keep = self.nonzero_layers() if layers is None else [l for l in layers if norms[l] > 0]
+        return {l: abs(alpha) * norms[l] / float(rms[l]) for l in keep if rms[l] and float(rms[l]) > 0}
+
+    def restrict(self, layers: list[int]) -> SteeringVector:
+        """Keep only ``layers`` (others zeroed)."""
+        keep = torch.zeros(self.n_layers, 1)
+        keep[layers] = 1
+        meta = {**self.metadata, "layers": sorted(layers)}
+        mask = None if self.mask is None else self.mask & keep.bool()
+        return replace(self, matrix=self.matrix * keep, metadata=meta, mask=mask)
+
+    # --- using it ----------------------------------------------------------------------------
+    def apply(
+        self,
+        model: torch.nn.Module,
+        alpha: float = 1.0,
+        layers: str | list[int] | None = "all",
+        positions: str = "all",
+        *,
+        blocks: str | None = None,
+    ) -> AbstractContextManager[None]:
+        """Steer ``model`` inside a ``with`` block: ``alpha x`` row ``l`` is added to the output of
+        decoder block ``l`` for the chosen layers; the hooks are removed on exit, also after an error.
+
+        ``positions="all"`` steers every position of every forward pass; ``"response"`` only the last
+        position of each forward, which in ``model.generate`` (left padding for batches) is the last
+        prompt token and then every generated token."""
+        from steer_plugin.model.hooks import steer
+
+        return steer(model, [self], [alpha], layers=layers, positions=positions, blocks=blocks)
+
+    # --- arithmetic: mixes keep an honest record of what they are made of ---------------------
+    def _terms(self) -> list[dict[str, Any]]:
+        if "recipe" in self.metadata:
+            return [dict(t) for t in self.metadata["recipe"]]
+        m = self.metadata
+        source = {k: m[k] for k in ("emotion", "method", "top_k", "source_path", "source_sha256") if m.get(k)}
+        return [{"coefficient": 1.0, **source}]
+
+    def _combine(self, other: SteeringVector, sign: float) -> SteeringVector:
+        if not isinstance(other, SteeringVector):
+            return NotImplemented
+        if other.matrix.shape != self.matrix.shape:
+            raise SteerError(
+                f"cannot combine vectors of shapes {tuple(self.matrix.shape)} and {tuple(other.matrix.shape)}"
+            )
+        terms = self._terms() + [{**t, "coefficient": sign * t["coefficient"]} for t in other._terms()]
+        mask = None if self.mask is None or other.mask is None else self.mask | other.mask
+        return SteeringVector(self.matrix + sign * other.matrix, _mix_metadata(self, other, terms), mask)
+
+    def __add__(self, other: SteeringVector) -> SteeringVector:
+        return self._combine(other, 1.0)
+
+    def __sub__(self, other: SteeringVector) -> SteeringVector:
+        return self._combine(other, -1.0)
+
+    def __mul__(self, factor: float) -> SteeringVector:
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)):
+            return NotImplemented
+        terms = [{**t, "coefficient": float(factor) * t["coefficient"]} for t in self._terms()]
+        return SteeringVector(self.matrix * float(factor), _mix_metadata(self, self, terms), self.mask)
+
+    __rmul__ = __mul__
+
+    def __neg__(self) -> SteeringVector:
+        return self * -1.0
+
+    def __truediv__(self, divisor: float) -> SteeringVector:
+        return self * (1.0 / divisor)
+
+    # --- file format -------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> None:
+        """Write atomically (temp file + rename): a reader never sees a half-written file."""
+        from steer_plugin.io.safetensors import write_safetensors
+
+        if not torch.isfinite(self.matrix).all():
+            raise SteerError("refusing to save a steering vector with non-finite values")
+        meta = {
+            "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            **self.metadata,
+            # the matrix decides the shape, not whatever a loaded file's metadata said
+            "n_layers": self.n_layers,
+            "hidden_size": self.hidden_size,
+        }
+        from steer_plugin import __version__
+
+        meta.setdefault("package_version", __version__)
+        header = {k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}
+        header.update(format=VECTOR_FORMAT, format_version=str(VECTOR_VERSION), metadata=json.dumps(meta))
+        tensors = {"vector": self.matrix}
+        if self.mask is not None:
+            tensors["mask"] = self.mask.to(torch.uint8)
+        write_safetensors(path, tensors, header)
+
+    @classmethod
+    def from_npy(cls, path: str | os.PathLike, *, drop_embedding_row: bool = False) -> SteeringVector:
+        """A diff matrix ``[n_layers, hidden]`` as the original research scripts saved it (never unpickles).
+
+        Matrices taken from transformers' ``hidden_states`` have an extra first row (the embeddings);
+        ``drop_embedding_row`` removes it so row ``l`` is block ``l``'s output again."""
+        from steer_plugin.io.npy import read_float_matrix
+
+        matrix = read_float_matrix(path, drop_first_row=drop_embedding_row)
+        meta = {"source_file": Path(path).name, "method": "imported", "imported_from": "reference-npy"}
+        return cls(torch.from_numpy(matrix), meta)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> SteeringVector:
+        """Our ``.safetensors`` files and ``.npy`` diff matrices of the original research scripts; never unpickles."""
+        p = Path(path)
+        if p.suffix == ".npy":
+            return cls.from_npy(p)
+        from steer_plugin.io.safetensors import read_safetensors
+
+        tensors, header = read_safetensors(p, expected_format=VECTOR_FORMAT, what="steering vector")
+        if "vector" not in tensors:
+            raise SteerError(f"{p}: corrupt steering vector (no 'vector' tensor)")
+        try:
+            meta = json.loads(header.get("metadata", "{}"))
+        except json.JSONDecodeError:
+            raise SteerError(f"{p}: corrupt steering vector metadata") from None
+        if not isinstance(meta, dict):
+            raise SteerError(f"{p}: corrupt steering vector metadata (not a JSON object)")
+        if not tensors["vector"].is_floating_point():
+            kind = str(tensors["vector"].dtype).removeprefix("torch.")
+            raise SteerError(f"{p}: not a steering vector (tensor 'vector' is {kind}; a steering vector holds floats)")
+        if tensors["vector"].ndim != 2:
+            raise SteerError(f"{p}: corrupt steering vector (shape {tuple(tensors['vector'].shape)}, not 2-D)")
+        mask = tensors.get("mask")
+        vec = cls(tensors["vector"], meta, None if mask is None else mask.bool())
+        if mask is not None and mask.shape != vec.matrix.shape:
+            raise SteerError(f"{p}: corrupt steering vector (mask shape {tuple(mask.shape)} != vector shape)")
+        if not torch.isfinite(vec.matrix).all():
+            raise SteerError(f"{p}: corrupt steering vector (non-finite values)")
+        return vec
+
+
+# describe the model a vector belongs to; kept in a mix only where all parts agree
+_SHARED_KEYS = ("model", "model_revision", "config_hash", "architecture", "block_path", "baseline", "split",
+                "selection", "source", "template", "dtype")  # fmt: skip
+
+
+def _mix_metadata(a: SteeringVector, b: SteeringVector, terms: list[dict[str, Any]]) -> dict[str, Any]:
+    shared = {k: a.metadata[k] for k in _SHARED_KEYS if k in a.metadata and a.metadata.get(k) == b.metadata.get(k)}
+    parts = [f"{abs(t['coefficient']):g}*{t.get('emotion', 'vector')}" for t in terms]
+    signs = ["-" if t["coefficient"] < 0 else "+" for t in terms]
+    name = ("-" if signs[0] == "-" else "") + parts[0] + "".join(f" {s} {p}" for s, p in zip(signs[1:], parts[1:]))
+    return {**shared, "emotion": name, "method": "combination", "recipe": terms}
+
+
+def default_vector_path(model: str, emotion: str, method: str, top_k: int | None = None) -> Path:
+    """Where built vectors live: ``vectors/<model-slug>/<emotion>-<method>[-k].safetensors``."""
+    from steer_plugin.data.goemotions import target_slug
+    from steer_plugin.model.loading import model_slug
+
+    name = f"{target_slug(emotion)}-{method}" + (f"-{top_k}" if method == "top_k" else "")
+    return Path("vectors") / model_slug(model) / f"{name}.safetensors"
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
