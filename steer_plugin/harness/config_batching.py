@@ -40,7 +40,7 @@ from steer_plugin.harness.prefix_reuse import (
     batches,
 )
 from steer_plugin.model.hooks import RowPlan, Steerer, SteeringPlan
-from steer_plugin.steering.kv_prefix import accepts_logits_to_keep
+from steer_plugin.steering.kv_prefix import KVPrefix, ReuseUnsupported, accepts_logits_to_keep
 
 log = logging.getLogger(__name__)
 DEFAULT_ROWS = 64
@@ -168,29 +168,12 @@ def _eos_tensor(model: Any, kwargs: dict[str, Any]) -> torch.Tensor | None:
     return torch.tensor(eos if isinstance(eos, (list, tuple)) else [eos], dtype=torch.long)
 
 
-def _prefix_cache(model: Any, context: torch.Tensor, mask: torch.Tensor | None) -> Any:
-    """KV cache of ``context[:, :-1]``, unsteered, with the position ids HF generate gives a left-padded batch."""
-    from transformers import DynamicCache
-
+def _prefix_cache(model: Any, context: torch.Tensor, mask: torch.Tensor | None) -> KVPrefix:
+    """KV cache of ``context[:, :-1]`` (left-padded), unsteered: generation continues from it with the last
+    prompt token, steered (``positions=response``)."""
     ids = context[:, :-1]
-    inputs: dict[str, Any] = {"input_ids": ids}
-    if mask is not None:
-        m = mask[:, :-1]
-        inputs["attention_mask"] = m
-        inputs["position_ids"] = (m.long().cumsum(-1) - 1).masked_fill(m == 0, 0)
-    if accepts_logits_to_keep(model):
-        inputs["logits_to_keep"] = 1  # only the cache is wanted
-    cache = DynamicCache(config=model.config)
-    model(**inputs, cache=cache, use_cache=True)
-    return cache
-
-
-def _expanded(cache: Any, times: int) -> Any:
-    from transformers import DynamicCache
-
-    return DynamicCache(
-        ddp_cache_data=[(l.keys.repeat(times, 1, 1, 1), l.values.repeat(times, 1, 1, 1)) for l in cache.layers]
-    )
+    real = mask[:, :-1] if mask is not None else torch.ones_like(ids)
+    return KVPrefix.run(model, model.config, ids, real, logits_to_keep=accepts_logits_to_keep(model))
 
 
 def _groups(configs: Sequence[TailConfig]) -> list[tuple[str, list[int]]]:
@@ -229,8 +212,11 @@ def generate_mixed(
         per_batch = -(-len(members) // -(-len(members) // most))  # as even as the budget allows: 11 -> 6 + 5
         shared = None
         if positions == "response" and gen.share_prefix and width > 1:
-            with torch.no_grad():
-                shared = _prefix_cache(model, context, mask)
+            try:
+                with torch.no_grad():
+                    shared = _prefix_cache(model, context, mask)
+            except ReuseUnsupported as e:  # never generate from a broken cache: prefill the whole prompt
+                log.warning("prompt prefix not shared (%s)", e)
         for start in range(0, len(members), per_batch):
             part = members[start : start + per_batch]
             g = len(part)
@@ -241,7 +227,7 @@ def generate_mixed(
             if mask is not None:
                 extra["attention_mask"] = mask.repeat(g, 1)
             if shared is not None:
-                extra["cache"] = _expanded(shared, g)
+                extra["cache"] = shared.repeated(g).fresh_cache()  # row j*n+i: prompt i of configuration j
             plan = RowPlan.stack([configs[i].plan for i in part], repeat=n)
             tokens = gen.steerer.generate(
                 plan,

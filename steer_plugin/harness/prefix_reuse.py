@@ -28,8 +28,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from steer_plugin.data.prompts import pad_batch
 from steer_plugin.model.hooks import RowPlan, SteeringPlan
-from steer_plugin.steering.kv_prefix import ReuseUnsupported, zero_padded_positions
+from steer_plugin.steering.kv_prefix import KVPrefix, ReuseUnsupported
 
 Answer = tuple[float, bool]  # (log-probability of the continuation, is it the greedy continuation)
 Request = tuple[int, Sequence[int], Sequence[int]]  # (index in the caller's list, context, continuation)
@@ -171,15 +172,6 @@ Forward = Callable[..., Any]  # forward(plan, where, **model_inputs) -> model ou
 
 
 @dataclass
-class Prefix:
-    """The KV cache of a batch of left-padded prefixes."""
-
-    cache: Any  # DynamicCache, None when every context is one token long
-    mask: torch.Tensor  # [groups, P] bool, False on left padding
-    lengths: torch.Tensor  # [groups] real prefix lengths
-
-
-@dataclass
 class _Chunk:
     """One forward's tail rows: right-padded tokens and their group's rows of the prefix cache."""
 
@@ -187,28 +179,14 @@ class _Chunk:
     ids: torch.Tensor
     real: torch.Tensor  # [rows, width] bool, False on right padding
     group: torch.Tensor  # [rows] index of each row's group in the batch
-    positions: torch.Tensor
-    mask: torch.Tensor  # prefix mask + real, long
-    cache_rows: list[tuple[torch.Tensor, torch.Tensor]] | None  # per layer (keys, values) of the rows' prefixes
+    prefix: KVPrefix  # each row's group's prefix, gathered once for every configuration
 
     @classmethod
-    def of(cls, prefix: Prefix, rows: Sequence[tuple[int, Tail]], device: torch.device) -> _Chunk:
-        width = max(len(t.tokens) for _, t in rows)
-        ids = torch.zeros(len(rows), width, dtype=torch.long, device=device)
-        real = torch.zeros(len(rows), width, dtype=torch.bool, device=device)
-        for r, (_, t) in enumerate(rows):
-            ids[r, : len(t.tokens)] = torch.tensor(t.tokens, dtype=torch.long)
-            real[r, : len(t.tokens)] = True
+    def of(cls, prefix: KVPrefix, rows: Sequence[tuple[int, Tail]], device: torch.device) -> _Chunk:
+        ids, real, _ = pad_batch([t.tokens for _, t in rows], 0, "right")
+        ids, real = ids.to(device), real.to(device, torch.bool)
         group = torch.tensor([gi for gi, _ in rows], device=device)
-        positions = prefix.lengths[group][:, None] + torch.arange(width, device=device)[None, :]
-        mask = torch.cat([prefix.mask[group], real], dim=1).long()
-        cache_rows = None
-        if prefix.cache is not None:  # layers may sit on different devices (device_map)
-            cache_rows = [
-                (l.keys.index_select(0, group.to(l.keys.device)), l.values.index_select(0, group.to(l.values.device)))
-                for l in prefix.cache.layers
-            ]
-        return cls(rows, ids, real, group, positions, mask, cache_rows)
+        return cls(rows, ids, real, group, prefix.rows(group))
 
 
 @dataclass
@@ -221,42 +199,23 @@ class Scorer:
     logits_to_keep: bool = True
     counts: TokenCounts | None = None  # counting is for benchmarks
 
-    def run_prefix(self, batch: Sequence[ContextGroup], config: TailConfig) -> Prefix:
-        from transformers import DynamicCache
-
-        width = max(g.prefix_len for g in batch)
-        lengths = torch.tensor([g.prefix_len for g in batch], device=self.device)
-        if width == 0:
-            return Prefix(None, torch.zeros(len(batch), 0, dtype=torch.bool, device=self.device), lengths)
-        ids = torch.zeros(len(batch), width, dtype=torch.long, device=self.device)
-        mask = torch.zeros(len(batch), width, dtype=torch.bool, device=self.device)
-        for row, g in enumerate(batch):
-            ids[row, width - g.prefix_len :] = torch.tensor(g.context[:-1], dtype=torch.long)
-            mask[row, width - g.prefix_len :] = True
-        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache(config=self.model_config)
-        extra = {"logits_to_keep": 1} if self.logits_to_keep else {}
+    def run_prefix(self, batch: Sequence[ContextGroup], config: TailConfig) -> KVPrefix:
+        """The KV cache of the batch's ``context[:-1]``, steered only where the configuration steers it."""
         plan = config.plan if config.prefix_steered else SteeringPlan()
-        self.forward(
-            plan,
-            None,
-            input_ids=ids,
-            attention_mask=mask.long(),
-            position_ids=positions,
-            cache=cache,
-            use_cache=True,
-            **extra,
+        prefix = KVPrefix.run_tokens(
+            lambda **inputs: self.forward(plan, None, **inputs),
+            self.model_config,
+            [g.context[:-1] for g in batch],
+            self.device,
+            logits_to_keep=self.logits_to_keep,
         )
         if self.counts is not None:
-            self.counts.prefix += int(lengths.sum())
-            self.counts.slots += ids.numel()
-        if cache.get_seq_length() != width:
-            raise ReuseUnsupported(f"the model left {cache.get_seq_length()} positions in the KV cache, not {width}")
-        zero_padded_positions(cache, mask, len(batch), width)
-        return Prefix(cache, mask, lengths)
+            self.counts.prefix += int(prefix.lengths.sum())
+            self.counts.slots += prefix.mask.numel()
+        return prefix
 
     def score(
-        self, prefix: Prefix, batch: Sequence[ContextGroup], configs: Sequence[TailConfig]
+        self, prefix: KVPrefix, batch: Sequence[ContextGroup], configs: Sequence[TailConfig]
     ) -> list[dict[int, Answer]]:
         """Answers for every request of the batch under each of ``configs``, tails in forwards of
         ``batch_size`` rows; a chunk's rows of the prefix cache are gathered once for all configurations."""
@@ -270,16 +229,8 @@ class Scorer:
         return answers
 
     def _score_chunk(self, chunk: _Chunk, config: TailConfig) -> dict[int, Answer]:
-        from transformers import DynamicCache
-
         ids, real, group = chunk.ids, chunk.real, chunk.group
-        inputs: dict[str, Any] = {"input_ids": ids, "position_ids": chunk.positions, "attention_mask": chunk.mask}
-        if chunk.cache_rows is not None:
-            # a fresh cache object per forward: the forward appends to it; the gathered tensors stay as they are
-            inputs["cache"] = DynamicCache(ddp_cache_data=list(chunk.cache_rows))
-            inputs["use_cache"] = True
-        else:
-            inputs["use_cache"] = False
+        inputs = {"input_ids": ids, **chunk.prefix.tail_inputs(real)}
         if config.plan.active:
             where = real if config.positions == "response" else None
             # a RowPlan (configurations mixed, config_batching) has one row per prefix row: pick the tails'

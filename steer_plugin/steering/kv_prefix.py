@@ -1,25 +1,134 @@
 """The KV cache of a shared prefix, computed once and reused by many continuations.
 
 Prefix reuse (loglikelihood), config batching (generation) and the side-effect probe (KL on neutral texts)
-all run ``prefix`` once, left-padded, and continue from its cache; this module is the one place that knows
-how a transformers cache is built, checked, gathered and handed to a new forward.
+all run a prefix once, left-padded, and continue from its cache (``KVPrefix``); this module is the one place
+that knows how a transformers cache is built, checked, gathered or repeated and handed to a new forward.
+The callers bring their own forward (steering plan, no_grad, autocast) and decide what a refusal
+(``ReuseUnsupported``) means for them: the plain path, or the whole prompt prefilled.
 """
 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from steer_plugin.data.prompts import pad_batch
 
 
 class ReuseUnsupported(RuntimeError):
     """The model does not behave as prefix reuse needs (found while running); use the plain path."""
 
 
-def zero_padded_positions(cache: Any, mask: torch.Tensor, rows: int, width: int) -> None:
-    """Check a freshly filled KV cache is [rows, heads, width, dim] per layer (else ReuseUnsupported) and zero
-    its keys/values at padded positions: those are masked for every query, but NaN * 0 would still poison sums."""
+Forward = Callable[..., Any]  # forward(**model_inputs) -> model output; the caller's steering and no_grad
+Layers = list[tuple[torch.Tensor, torch.Tensor]]  # per layer (keys, values), each [rows, heads, width, dim]
+
+
+@dataclass(frozen=True)
+class KVPrefix:
+    """The keys/values of a batch of left-padded prefixes, and what a continuation needs to attend to them.
+
+    The tensors are never changed after construction: every continuation gets a fresh cache object over
+    them (``fresh_cache``), so one prefix serves any number of forwards, configurations and row layouts.
+    """
+
+    layers: Layers  # empty when the prefix is zero tokens wide (nothing was run)
+    mask: torch.Tensor  # [rows, width] bool, False on left padding
+    lengths: torch.Tensor  # [rows] long, real prefix tokens per row (the first position of the continuation)
+
+    @classmethod
+    def run(
+        cls, forward: Forward, config: Any, ids: torch.Tensor, mask: torch.Tensor, *, logits_to_keep: bool
+    ) -> KVPrefix:
+        """Run left-padded ``ids`` (``mask`` 0/False on the padding) once into a ``DynamicCache(config=...)``.
+
+        Position ids count real tokens only, so a padded row's positions are those it has alone; with
+        ``logits_to_keep`` (when the model's forward takes it) the LM head runs at one position, as only
+        the cache is wanted. Raises ReuseUnsupported when the model does not fill the cache as expected.
+        """
+        from transformers import DynamicCache
+
+        mask = mask.bool()
+        rows, width = ids.shape
+        lengths = mask.sum(-1)
+        if width == 0:
+            return cls([], mask, lengths)
+        cache = DynamicCache(config=config)
+        extra = {"logits_to_keep": 1} if logits_to_keep else {}
+        forward(
+            input_ids=ids,
+            attention_mask=mask.long(),
+            position_ids=(mask.long().cumsum(-1) - 1).clamp(min=0),
+            cache=cache,
+            use_cache=True,
+            **extra,
+        )
+        if cache.get_seq_length() != width:
+            raise ReuseUnsupported(f"the model left {cache.get_seq_length()} positions in the KV cache, not {width}")
+        return cls(_checked_layers(cache, mask, rows, width), mask, lengths)
+
+    @classmethod
+    def run_tokens(
+        cls,
+        forward: Forward,
+        config: Any,
+        prefixes: Sequence[Sequence[int]],
+        device: torch.device,
+        *,
+        logits_to_keep: bool,
+    ) -> KVPrefix:
+        """``run`` on token lists of any lengths (empty ones included), left-padded to the longest."""
+        ids, mask, _ = pad_batch(prefixes, 0, "left")  # the pad id is masked (and its keys zeroed): any will do
+        return cls.run(forward, config, ids.to(device), mask.to(device), logits_to_keep=logits_to_keep)
+
+    def rows(self, index: torch.Tensor) -> KVPrefix:
+        """The prefix of row ``index[i]`` as row ``i`` (e.g. each continuation's own prefix), gathered once
+        for any number of forwards. Each layer's tensors stay on their device (device_map spreads layers)."""
+        return KVPrefix(
+            [(k.index_select(0, index.to(k.device)), v.index_select(0, index.to(v.device))) for k, v in self.layers],
+            self.mask.index_select(0, index.to(self.mask.device)),
+            self.lengths.index_select(0, index.to(self.lengths.device)),
+        )
+
+    def repeated(self, times: int) -> KVPrefix:
+        """The rows ``times`` over, one block after another: row ``j * rows + i`` is row ``i``."""
+        return KVPrefix(
+            [(k.repeat(times, 1, 1, 1), v.repeat(times, 1, 1, 1)) for k, v in self.layers],
+            self.mask.repeat(times, 1),
+            self.lengths.repeat(times),
+        )
+
+    def fresh_cache(self) -> Any:
+        """A new ``DynamicCache`` over the stored tensors (None for a zero-width prefix). One per forward:
+        a forward appends its own keys/values to the cache object it is given (by concatenation, so the
+        stored tensors are untouched), and a second forward through that object would attend to the first's."""
+        from transformers import DynamicCache
+
+        return DynamicCache(ddp_cache_data=list(self.layers)) if self.layers else None
+
+    def tail_inputs(self, tail_mask: torch.Tensor) -> dict[str, Any]:
+        """The model inputs but ``input_ids`` for continuations ``[rows, tail]`` after this prefix (right-padded,
+        ``tail_mask`` 0/False there): position ids that go on from each row's real prefix length, the
+        attention mask over prefix + tail, and a fresh cache."""
+        tail = tail_mask.shape[1]
+        inputs: dict[str, Any] = {
+            "position_ids": self.lengths[:, None] + torch.arange(tail, device=self.lengths.device)[None, :],
+            "attention_mask": torch.cat([self.mask, tail_mask.bool().to(self.mask.device)], dim=1).long(),
+        }
+        cache = self.fresh_cache()
+        if cache is not None:
+            inputs["cache"] = cache
+        inputs["use_cache"] = cache is not None
+        return inputs
+
+
+def _checked_layers(cache: Any, mask: torch.Tensor, rows: int, width: int) -> Layers:
+    """The keys/values of a freshly filled KV cache, checked to be [rows, heads, width, dim] per layer (else
+    ReuseUnsupported), zeroed at padded positions: those are masked for every query, but NaN * 0 (a padded
+    position that attended to nothing) would still poison the sums."""
     layers: list[Any] = list(cache.layers)  # a cache of other layer kinds (linear attention) is refused here
     for layer in layers:
         keys = getattr(layer, "keys", None)
@@ -27,11 +136,13 @@ def zero_padded_positions(cache: Any, mask: torch.Tensor, rows: int, width: int)
             raise ReuseUnsupported(f"a KV cache layer of type {type(layer).__name__} holds no key tensor")
         if keys.dim() != 4 or keys.shape[0] != rows or keys.shape[-2] != width:
             raise ReuseUnsupported(f"unexpected KV cache shape {tuple(keys.shape)}")
-    if not bool(mask.all()):
-        for layer in layers:
-            keep = mask[:, None, :, None].to(layer.keys.device)
-            layer.keys = torch.where(keep, layer.keys, 0)
-            layer.values = torch.where(keep, layer.values, 0)
+    if bool(mask.all()):
+        return [(l.keys, l.values) for l in layers]
+    out = []
+    for layer in layers:
+        keep = mask[:, None, :, None].to(layer.keys.device)
+        out.append((torch.where(keep, layer.keys, 0), torch.where(keep, layer.values, 0)))
+    return out
 
 
 # -- which models ------------------------------------------------------------------------------------

@@ -40,9 +40,10 @@ from typing import Any
 
 import torch
 
+from steer_plugin.data.prompts import pad_batch, pad_id
 from steer_plugin.errors import SteerError
 from steer_plugin.model.hooks import Steerer, SteeringPlan
-from steer_plugin.steering.kv_prefix import ReuseUnsupported, zero_padded_positions
+from steer_plugin.steering.kv_prefix import KVPrefix, ReuseUnsupported, accepts_logits_to_keep, reuse_blocker
 
 MIN_WORDS = 3  # GoEmotions neutral texts shorter than this say too little to continue
 MAX_TOKENS = 128  # longer texts (file lines) are cut to their first MAX_TOKENS tokens
@@ -199,9 +200,7 @@ class _Prefix:
     """positions=response: the unsteered KV cache of every row's ``ids[:c-1]`` (left-padded), computed once;
     steered passes then run only the tails ``ids[c-1:n-1]`` (right-padded), whose positions are all scored."""
 
-    cache: Any  # transformers DynamicCache
-    mask: torch.Tensor  # [B, P] long, 0 on left padding
-    lengths: torch.Tensor  # [B]
+    kv: KVPrefix
     tail_ids: torch.Tensor  # [B, W]
     tail_mask: torch.Tensor  # [B, W] long
     tail_cols: torch.Tensor  # [T] column of each scored position in the tail
@@ -227,9 +226,6 @@ class FluencyProbe:
     _keep_logits: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        from steer_plugin.data.prompts import pad_batch, pad_id
-        from steer_plugin.steering.kv_prefix import accepts_logits_to_keep, reuse_blocker
-
         if self.steerer is None:
             self.steerer = Steerer(self.model, "hooks", self.blocks)
         if self.batch_size < 1:
@@ -285,19 +281,8 @@ class FluencyProbe:
         prefix = self._prefix(i, batch) if positions == "response" and plan.active and i is not None else None
         with torch.no_grad():
             if prefix is not None:
-                from transformers import DynamicCache
-
-                width = prefix.tail_ids.shape[1]
-                out = self.steerer.forward(
-                    plan,
-                    prefix.tail_mask.bool(),
-                    input_ids=prefix.tail_ids,
-                    attention_mask=torch.cat([prefix.mask, prefix.tail_mask], dim=1),
-                    position_ids=prefix.lengths[:, None] + torch.arange(width, device=prefix.lengths.device)[None, :],
-                    # a fresh cache object over the stored tensors: the forward appends, never edits them
-                    cache=DynamicCache(ddp_cache_data=[(l.keys, l.values) for l in prefix.cache.layers]),
-                    use_cache=True,
-                )
+                tail = prefix.kv.tail_inputs(prefix.tail_mask)
+                out = self.steerer.forward(plan, prefix.tail_mask.bool(), input_ids=prefix.tail_ids, **tail)
                 logits = out.logits if hasattr(out, "logits") else out[0]
                 return _pick(logits, batch.rows, prefix.tail_cols)
             where = None if positions == "all" else batch.response
@@ -318,43 +303,18 @@ class FluencyProbe:
         self._prefixes[i] = None
         if self._reuse_blocked or min(batch.prefix_lengths) == 0:
             return None
-        from transformers import DynamicCache
-
         device = batch.input_ids.device
-        b, width = len(batch.prefix_lengths), max(batch.prefix_lengths)
-        ids = torch.zeros(b, width, dtype=torch.long, device=device)
-        mask = torch.zeros(b, width, dtype=torch.long, device=device)
-        lengths = torch.tensor(batch.prefix_lengths, device=device)
-        real = batch.attention_mask.sum(1).tolist()
-        tail_w = max(n - p for n, p in zip(real, batch.prefix_lengths))
-        tail_ids = torch.zeros(b, tail_w, dtype=torch.long, device=device)
-        tail_mask = torch.zeros(b, tail_w, dtype=torch.long, device=device)
-        for r, (p, n) in enumerate(zip(batch.prefix_lengths, real)):
-            ids[r, width - p :] = batch.input_ids[r, :p]
-            mask[r, width - p :] = 1
-            tail_ids[r, : n - p] = batch.input_ids[r, p:n]
-            tail_mask[r, : n - p] = 1
-        cache = DynamicCache(config=self.model.config)
-        extra = {"logits_to_keep": 1} if self._keep_logits else {}
-        with torch.no_grad():
-            self.model(
-                input_ids=ids,
-                attention_mask=mask,
-                position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                cache=cache,
-                use_cache=True,
-                **extra,
-            )
-        if cache.get_seq_length() != width:
-            self._reuse_blocked = f"the model left {cache.get_seq_length()} positions in the KV cache, not {width}"
-            return None
+        texts = [batch.input_ids[r, :n].tolist() for r, n in enumerate(batch.attention_mask.sum(1).tolist())]
+        heads = [ids[:p] for ids, p in zip(texts, batch.prefix_lengths)]
+        tail_ids, tail_mask, _ = pad_batch([ids[p:] for ids, p in zip(texts, batch.prefix_lengths)], 0, "right")
         try:
-            zero_padded_positions(cache, mask.bool(), b, width)
+            with torch.no_grad():
+                kv = KVPrefix.run_tokens(self.model, self.model.config, heads, device, logits_to_keep=self._keep_logits)
         except ReuseUnsupported as e:
             self._reuse_blocked = str(e)
             return None
         offsets = torch.tensor(batch.prefix_lengths, device=device)[batch.rows]
-        self._prefixes[i] = _Prefix(cache, mask, lengths, tail_ids, tail_mask, batch.cols - offsets)
+        self._prefixes[i] = _Prefix(kv, tail_ids.to(device), tail_mask.to(device), batch.cols - offsets)
         return self._prefixes[i]
 
     def _baseline_log_probs(self, i: int, batch: _Batch) -> torch.Tensor:

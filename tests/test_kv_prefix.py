@@ -1,0 +1,126 @@
+"""KVPrefix against a plain transformers forward of each full sequence alone (no padding, no cache): the
+logits of continuations from a batch of left-padded prefixes of different lengths, of gathered and of
+repeated rows equal the full forward's at the continuation positions (atol 1e-4), on tiny llama, gpt2 and
+qwen2 models with sharpened attention (so a wrong position, mask or cache row shows)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers_tiny import make_model
+
+from steer_plugin.data.prompts import pad_batch
+from steer_plugin.steering.kv_prefix import KVPrefix, ReuseUnsupported, accepts_logits_to_keep
+
+ARCHS = ("llama", "gpt2", "qwen2")
+PREFIXES = [[5, 6, 7, 8, 9, 40], [10, 11], [12, 13, 14, 41]]  # left-padded to 6
+ATOL = 1e-4
+
+
+@pytest.fixture(scope="module", params=ARCHS)
+def model(request):
+    model, _ = make_model(request.param, n_layers=3, hidden=32, seed=3)
+    with torch.no_grad():  # sharper attention than the 0.02-std init
+        for name, param in model.named_parameters():
+            if name.endswith(("q_proj.weight", "k_proj.weight", "c_attn.weight")):
+                param.mul_(6)
+    return model
+
+
+def _prefix(model, prefixes=PREFIXES) -> KVPrefix:
+    with torch.no_grad():
+        return KVPrefix.run_tokens(
+            model, model.config, prefixes, torch.device("cpu"), logits_to_keep=accepts_logits_to_keep(model)
+        )
+
+
+def _continue(model, prefix: KVPrefix, tails: list[list[int]], shift: int = 0) -> torch.Tensor:
+    """Logits [rows, tail, vocab] of right-padded ``tails`` after ``prefix`` (``shift``: positions off by that)."""
+    ids, mask, _ = pad_batch(tails, 0, "right")
+    inputs = prefix.tail_inputs(mask)
+    inputs["position_ids"] = inputs["position_ids"] + shift
+    with torch.no_grad():
+        return model(input_ids=ids, **inputs).logits
+
+
+def _full(model, tokens: list[int]) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=torch.tensor([tokens])).logits[0]
+
+
+def _assert_as_full_forward(model, got: torch.Tensor, prefixes: list[list[int]], tails: list[list[int]]) -> None:
+    for r, (head, tail) in enumerate(zip(prefixes, tails)):
+        want = _full(model, head + tail)[len(head) :]
+        torch.testing.assert_close(got[r, : len(tail)], want, rtol=0, atol=ATOL)
+
+
+def test_continuations_of_left_padded_prefixes_equal_the_full_forward(model):
+    tails = [[20, 21, 22], [23], [24, 25]]
+    prefix = _prefix(model)
+    got = _continue(model, prefix, tails)
+    _assert_as_full_forward(model, got, PREFIXES, tails)
+    # the comparison can fail: positions one off, or no prefix at all, give other logits
+    assert (_continue(model, prefix, tails, shift=1) - got).abs().max() > 100 * ATOL
+    alone = _full(model, tails[0])
+    assert (got[0, : len(tails[0])] - alone).abs().max() > 100 * ATOL
+
+
+def test_an_already_padded_batch_gives_the_same_cache(model):
+    ids, mask, _ = pad_batch(PREFIXES, 3, "left")  # another pad id: padded keys/values are zeroed either way
+    with torch.no_grad():
+        padded = KVPrefix.run(model, model.config, ids, mask, logits_to_keep=False)
+    tokens = _prefix(model)
+    assert torch.equal(padded.mask, tokens.mask) and torch.equal(padded.lengths, torch.tensor([6, 2, 4]))
+    for (k, v), (k2, v2) in zip(padded.layers, tokens.layers, strict=True):
+        torch.testing.assert_close(k, k2, rtol=0, atol=1e-6)
+        torch.testing.assert_close(v, v2, rtol=0, atol=1e-6)
+        assert not k[~mask.bool()[:, None, :, None].expand_as(k)].any()  # zero at padded positions
+
+
+def test_gathered_rows_continue_their_own_prefix(model):
+    index = torch.tensor([2, 0, 0, 1, 2])
+    tails = [[30, 31], [32, 33, 34], [35], [36, 37], [38]]
+    got = _continue(model, _prefix(model).rows(index), tails)
+    _assert_as_full_forward(model, got, [PREFIXES[i] for i in index.tolist()], tails)
+
+
+def test_repeated_rows_continue_prefix_i_at_row_j_times_rows_plus_i(model):
+    tails = [[20, 21], [22], [23, 24, 25], [26], [27, 28], [29]]
+    repeated = _prefix(model).repeated(2)
+    assert repeated.mask.shape == (6, 6)
+    got = _continue(model, repeated, tails)
+    _assert_as_full_forward(model, got, PREFIXES * 2, tails)
+
+
+def test_a_forward_through_a_fresh_cache_leaves_the_stored_tensors_alone(model):
+    prefix = _prefix(model)
+    before = [(k.clone(), v.clone()) for k, v in prefix.layers]
+    tails = [[20, 21, 22], [23], [24, 25]]
+    first = _continue(model, prefix, tails)
+    second = _continue(model, prefix, tails)  # would attend to the first's keys if the cache object were shared
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+    for (k, v), (k0, v0) in zip(prefix.layers, before, strict=True):
+        assert torch.equal(k, k0) and torch.equal(v, v0)
+    assert prefix.fresh_cache() is not prefix.fresh_cache()
+
+
+def test_a_zero_width_prefix_runs_nothing_and_continues_from_position_zero(model):
+    prefix = _prefix(model, [[], []])
+    assert prefix.layers == [] and prefix.fresh_cache() is None
+    tails = [[20, 21, 22], [23]]
+    assert prefix.tail_inputs(torch.ones(2, 3))["use_cache"] is False
+    _assert_as_full_forward(model, _continue(model, prefix, tails), [[], []], tails)
+
+
+def test_a_cache_of_the_wrong_length_is_refused(model):
+    def drops_first_token(**inputs):
+        return model(**{k: v[:, 1:] if k in ("input_ids", "attention_mask", "position_ids") else v
+                        for k, v in inputs.items()})  # fmt: skip
+
+    def ignores_cache(**inputs):
+        inputs.pop("cache")
+        return model(**inputs)
+
+    for forward in (drops_first_token, ignores_cache):
+        with torch.no_grad(), pytest.raises(ReuseUnsupported, match="positions in the KV cache, not 6"):
+            KVPrefix.run_tokens(forward, model.config, PREFIXES, torch.device("cpu"), logits_to_keep=False)
