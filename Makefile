@@ -39,7 +39,7 @@ demo-offline: install smollm2
 	  --max-per-class 500 --limit $(LIMIT)
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 # the gate CI runs before the tests: lint + format check (ruff) and types (mypy), configured in pyproject.toml
 lint: install

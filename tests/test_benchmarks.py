@@ -1,24 +1,25 @@
-"""The benchmark scripts run end to end at a tiny size, and write only their own sections.
+"""The benchmarks (``benchmarks/``) run end to end at a tiny size, and write only their own sections.
 
 Not timing tests: each benchmark runs once on a tiny random model with a tiny tokenizer and
-generated text, into a temporary BENCHMARKS.md, and we check what it measured and wrote. The sweep
-benchmark spawns cold `steer sweep` / `lm_eval` processes (~30-60 s on 2 cores), so it only runs
-with STEER_BENCH_SLOW=1.
+generated text, into a temporary BENCHMARKS.md, and we check what it measured and wrote. The memory
+and sweep benchmarks spawn subprocesses (marked ``slow``).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
-import os
-import sys
+import re
 from pathlib import Path
 
 import pytest
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
-sys.path.insert(0, str(SCRIPTS))
-
-import bench_common as bc  # noqa: E402
+import benchmarks.config_batching
+import benchmarks.eval
+import benchmarks.memory
+import benchmarks.record
+import benchmarks.sweep
+from benchmarks import common as bc
 
 FOREIGN = "## Prefix reuse\n\nSomeone else's table | a | b |\n"
 
@@ -64,11 +65,19 @@ def test_replace_section_keeps_foreign_text_and_our_order():
     assert text.rstrip().endswith("## later foreign")
 
 
-def test_bench_record_tiny(tok_dir, md, tmp_path):
-    import bench_record
+def test_quoted_commands_name_runnable_benchmarks():
+    """Every `python -m benchmarks.X` that BENCHMARKS.md and CONTRIBUTING.md quote is a module here."""
+    repo = Path(__file__).resolve().parents[1]
+    docs = {name: (repo / name).read_text(encoding="utf-8") for name in ("BENCHMARKS.md", "CONTRIBUTING.md")}
+    quoted = {m for text in docs.values() for m in re.findall(r"python -m (benchmarks\.\w+)", text)}
+    assert {"benchmarks.record", "benchmarks.eval", "benchmarks.prefix_reuse"} <= quoted
+    assert [m for m in sorted(quoted) if importlib.util.find_spec(m) is None] == []
+    assert not any("scripts/bench_" in text for text in docs.values())
 
+
+def test_bench_record_tiny(tok_dir, md, tmp_path):
     assert (
-        bench_record.main(
+        benchmarks.record.main(
             [
                 "--model",
                 "tiny",
@@ -90,15 +99,15 @@ def test_bench_record_tiny(tok_dir, md, tmp_path):
     # all approaches computed the same class means (independent transformers loops vs nnsight)
     assert max(data["agreement"].values()) < 1e-5
     body = _section(md, "record")
+    assert "- command: `python -m benchmarks.record --model tiny --texts 12 " in body  # how to rerun it
     assert "## 1. Recording throughput" in body and ">= 0.9x the plain loop" in body
     assert "<!-- bench:intro -->" in md.read_text()
 
 
+@pytest.mark.slow  # one child process per (approach, size)
 def test_bench_memory_tiny(tok_dir, md, tmp_path):
-    import bench_memory
-
     assert (
-        bench_memory.main(
+        benchmarks.memory.main(
             [
                 "--model",
                 "tiny",
@@ -120,8 +129,6 @@ def test_bench_memory_tiny(tok_dir, md, tmp_path):
 
 
 def test_bench_eval_tiny(tok_dir, md, tmp_path, monkeypatch):
-    import bench_eval
-
     # three TruthfulQA rows in the HF schema: the harness task reads them like the real file
     tq = tmp_path / "tq"
     tq.mkdir()
@@ -136,7 +143,7 @@ def test_bench_eval_tiny(tok_dir, md, tmp_path, monkeypatch):
     (tq / "truthfulqa_mc.validation.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     monkeypatch.setenv("STEER_TRUTHFULQA_DIR", str(tq))
     assert (
-        bench_eval.main(
+        benchmarks.eval.main(
             [
                 "--model",
                 "tiny",
@@ -156,7 +163,7 @@ def test_bench_eval_tiny(tok_dir, md, tmp_path, monkeypatch):
         == 0
     )
     data = json.loads((tmp_path / "eval.json").read_text())
-    assert set(data["ll"]) == set(data["gen"]) == set(bench_eval.VARIANTS)
+    assert set(data["ll"]) == set(data["gen"]) == set(benchmarks.eval.VARIANTS)
     # steered_hf reproduces lm-eval's `steered` (both add alpha*v at every position of every block)
     assert max(data["agreement"]["ll"].values()) < 1e-4
     assert all(data["agreement"]["gen_same"].values()) and all(data["agreement"]["ll_same"].values())
@@ -165,13 +172,8 @@ def test_bench_eval_tiny(tok_dir, md, tmp_path, monkeypatch):
     assert "torch kernels" in _section(md, "profile")
 
 
-@pytest.mark.skipif(
-    os.environ.get("STEER_BENCH_SLOW") != "1",
-    reason="spawns cold steer/lm_eval processes (~30-60 s); set STEER_BENCH_SLOW=1",
-)
+@pytest.mark.slow  # cold `steer sweep` / `lm_eval` processes (~30-60 s on 2 cores)
 def test_bench_sweep_tiny(tok_dir, md, tmp_path, monkeypatch):
-    import bench_sweep
-
     tq = tmp_path / "tq"
     tq.mkdir()
     row = {
@@ -182,7 +184,7 @@ def test_bench_sweep_tiny(tok_dir, md, tmp_path, monkeypatch):
     (tq / "truthfulqa_mc.validation.jsonl").write_text(json.dumps(row) + "\n")
     monkeypatch.setenv("STEER_TRUTHFULQA_DIR", str(tq))
     assert (
-        bench_sweep.main(
+        benchmarks.sweep.main(
             [
                 "--model",
                 "tiny",
@@ -203,13 +205,12 @@ def test_bench_sweep_tiny(tok_dir, md, tmp_path, monkeypatch):
 
 
 def test_bench_config_batching_tiny(md, tmp_path):
-    import bench_config_batching
     from helpers_tiny import save_model
 
     model_dir = save_model(tmp_path / "model", "llama")
     argv = ["--model", model_dir, "--prompts", "3", "--ks", "2,6", "--max-gen-toks", "4", "--batch-size", "2",
             "--md", str(md), "--json", str(tmp_path / "cb.json")]  # fmt: skip
-    assert bench_config_batching.main(argv) == 0
+    assert benchmarks.config_batching.main(argv) == 0
     data = json.loads((tmp_path / "cb.json").read_text())
     assert set(data) == {"2", "6"}
     assert data["6"]["identical"] == [18, 18]  # 3 prompts x 6 configurations, the same text both ways

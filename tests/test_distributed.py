@@ -18,6 +18,7 @@ FIXTURE = Path(__file__).parent / "fixtures" / "goemotions"
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # two torchrun worker processes
 def test_torchrun_two_processes_equal_single_process(tiny_llama_dir, tmp_path):
     pytest.importorskip("torch.distributed.run")
     single, dist_out = tmp_path / "single.safetensors", tmp_path / "dist.safetensors"

@@ -23,6 +23,8 @@ import pytest
 
 from steer_plugin.cli.main import main
 
+pytestmark = pytest.mark.slow  # the real SmolLM2-135M-Instruct
+
 ALPHA = 0.8
 LAYERS = "8-16"
 N_PROMPTS = 24

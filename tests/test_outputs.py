@@ -165,6 +165,7 @@ def _run_without_write_permission(argvs: list[list[str]]) -> list[tuple[object, 
     return [tuple(x) for x in json.loads(done.stdout.strip().splitlines()[-1])]
 
 
+@pytest.mark.slow  # the commands run in a child process without write permission
 def test_read_only_folder_is_a_one_line_error_before_the_model(tmp_path, stats_file):
     ro = tmp_path / "ro"
     ro.mkdir()

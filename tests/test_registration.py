@@ -194,6 +194,7 @@ def wheel(tmp_path_factory) -> Path:
     return build(project_copy(tmp / "project"), tmp / "dist", "build_wheel")
 
 
+@pytest.mark.slow  # builds a wheel in a subprocess
 def test_wheel_ships_autoload_and_tasks(wheel):
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
@@ -216,6 +217,7 @@ def test_wheel_ships_autoload_and_tasks(wheel):
     assert {"steer_plugin_autoload.pth", "_steer_plugin_autoload.py"} <= recorded
 
 
+@pytest.mark.slow  # builds a wheel in a subprocess
 def test_editable_wheel_ships_autoload_but_no_task_copy(tmp_path):
     pytest.importorskip("hatchling", reason="hatchling (build backend) is needed to build the wheel")
     pytest.importorskip("editables", reason="hatchling needs `editables` for editable wheels")
@@ -227,6 +229,7 @@ def test_editable_wheel_ships_autoload_but_no_task_copy(tmp_path):
     assert not any(n.startswith("steer_plugin/") for n in names)
 
 
+@pytest.mark.slow  # builds a wheel, imports lm_eval in a fresh interpreter
 def test_unpacked_wheel_as_site_dir_hooks_lm_eval(wheel, tmp_path):
     site_dir = tmp_path / "site"
     with zipfile.ZipFile(wheel) as archive:

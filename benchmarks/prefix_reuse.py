@@ -8,7 +8,7 @@ Runs, alternating A/B with the order rotated every repeat (the machine is shared
 and once a `steer sweep` (run_sweep) over N alphas with positions=response, compared with N hf runs.
 Prints per-request agreement with `hf`, tokens fed, wall times and ratios; --json writes all of it.
 
-    STEER_TRUTHFULQA_DIR=path/to/truthfulqa python scripts/bench_prefix_reuse.py \
+    STEER_TRUTHFULQA_DIR=path/to/truthfulqa python -m benchmarks.prefix_reuse \
         --model path/to/SmolLM2-135M-Instruct --limit 100 --repeats 3
 """
 

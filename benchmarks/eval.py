@@ -22,8 +22,8 @@ Every LM gets its own copy of the model (nnsight instruments the modules it wrap
 ``--share-model`` (the default for ``--model scale``). ``--profile`` runs cProfile over one extra
 run of one variant and writes what dominates into the profile section.
 
-    python scripts/bench_eval.py
-    python scripts/bench_eval.py --model scale --workload requests --batch-size 4 --ll-limit 8 \\
+    python -m benchmarks.eval
+    python -m benchmarks.eval --model scale --workload requests --batch-size 4 --ll-limit 8 \\
         --gen-limit 4 --gen-tokens 8 --repeats 3
 """
 
@@ -39,8 +39,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_common as bc
+from benchmarks import common as bc
 
 LL_TASK = "truthfulqa_local_mc2"
 GEN_TASK = "steer_emotion_anger"
@@ -329,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         title,
         "",
-        *bc.header_lines(info, bc.command_line("bench_eval.py", raw_argv)),
+        *bc.header_lines(info, bc.command_line("eval", raw_argv)),
         *[f"- load average ({w}) before: {timings[w].load_before}, after: {timings[w].load_after}" for w in chosen],
         f"- model: {bc.describe_model(model)}"
         + ("; one instance shared by all four LMs" if share else "; each LM on its own copy"),
@@ -354,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         plines = [
             "## 6. Profile of the slowest case",
             "",
-            f"- command: `{bc.command_line('bench_eval.py', raw_argv)}` (cProfile of one extra "
+            f"- command: `{bc.command_line('eval', raw_argv)}` (cProfile of one extra "
             f"`{args.profile}` run, workload {names[args.profile_workload]}; {total:.1f} s under the profiler)",
             "",
             "Own time by component:",

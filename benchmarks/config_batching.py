@@ -16,8 +16,8 @@ Identity: each configuration's generations of both variants are compared; for a 
 logit gap at the first differing token (the configuration's own steered forward on the common prefix: the
 two candidate tokens' logits) shows whether it is a near-tie.
 
-    python scripts/bench_config_batching.py                    # real SmolLM2-135M-Instruct ($STEER_SMOLLM2)
-    python scripts/bench_config_batching.py --model 1b --ks 2,6 --max-gen-toks 20   # random 1.2B Llama
+    python -m benchmarks.config_batching   # real SmolLM2-135M-Instruct ($STEER_SMOLLM2)
+    python -m benchmarks.config_batching --model 1b --ks 2,6 --max-gen-toks 20   # random 1.2B Llama
 """
 
 from __future__ import annotations
@@ -31,8 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_common as bc
+from benchmarks import common as bc
 
 DEFAULT_ALPHAS = [0.2, 0.3, 0.4, 0.5, 1.0, 1.5]
 SPEC_1B = dict(  # Llama-3.2-1B's shape
@@ -246,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         + "Config batching: a sweep's generation, all configurations in mixed batches"
         + (" (random 1.2B Llama)" if args.model == "1b" else ""),
         "",
-        *bc.header_lines(info, bc.command_line("bench_config_batching.py", raw_argv), (load_before, load_after)),
+        *bc.header_lines(info, bc.command_line("config_batching", raw_argv), (load_before, load_after)),
         f"- model: {described}",
         f"- workload like `steer_emotion_anger` in `steer run`: the first {len(prompts)} neutral prompts, greedy, "
         f"{args.max_gen_toks} new tokens (stop at EOS), batch size {args.batch_size}, positions={args.positions}, "

@@ -1,4 +1,4 @@
-"""Shared helpers of the ``scripts/bench_*.py`` benchmarks.
+"""Shared harness of the benchmarks (``python -m benchmarks.<name>`` from the repository root).
 
 * bench models: randomly initialised Llama models built from configs (``build_model``), with the real
   SmolLM2 tokenizer (``load_tokenizer``);
@@ -30,8 +30,6 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # run from a checkout, installed or not
-    sys.path.insert(0, str(REPO))
 
 DEFAULT_MD = REPO / "BENCHMARKS.md"
 TOKENIZER_HUB_ID = "HuggingFaceTB/SmolLM2-135M"
@@ -446,8 +444,9 @@ def machine_info() -> dict[str, str]:
     }
 
 
-def command_line(script: str, argv: Sequence[str]) -> str:
-    return " ".join(["python", f"scripts/{script}", *(shlex.quote(a) for a in argv)])
+def command_line(benchmark: str, argv: Sequence[str]) -> str:
+    """How to rerun ``benchmarks.<benchmark>`` with ``argv``, as quoted in BENCHMARKS.md."""
+    return " ".join(["python", "-m", f"benchmarks.{benchmark}", *(shlex.quote(a) for a in argv)])
 
 
 def header_lines(info: dict[str, str], command: str, load: tuple[Any, Any] | None = None) -> list[str]:
@@ -531,7 +530,7 @@ def write_section(md_path: str | os.PathLike, key: str, body: str) -> None:
 INTRO = """# Benchmarks
 
 Performance of steer-plugin against plain transformers / lm-evaluation-harness. Every number
-below was produced by the command printed with it (`scripts/bench_*.py`); rerun it to refresh its section.
+below was produced by the command printed with it (`python -m benchmarks.<name>`); rerun it to refresh its section.
 Ratios are measured side by side in one process run: variants alternate in rotating order
 (A B C, B C A, ...) after a warm-up, and the tables show medians of the repeats (min-max in brackets).
 
@@ -540,7 +539,7 @@ architecture of `HuggingFaceTB/SmolLM2-135M` (30 layers, hidden 576, 9 heads / 3
 1536, vocab 49152; `torch.manual_seed(0)`), float32, on CPU, batch size 8, with the real SmolLM2
 tokenizer. Texts are GoEmotions train texts (a local copy of the release files), else generated text.
 The machine is shared with other jobs (2 cores), so each section records the load average before and
-after; `OMP_WAIT_POLICY=PASSIVE` is set for all variants (see `scripts/bench_common.py`).
+after; `OMP_WAIT_POLICY=PASSIVE` is set for all variants (see `benchmarks/common.py`).
 No GPU was available: GPU numbers are not measured.
 """
 

@@ -5,7 +5,7 @@ loading the texts, and again after recording:
 
 * ``steer record``: ``record_hidden_states`` (streaming float64 statistics: O(classes x layers x hidden));
 * ``reference``: unsorted batches, every last-token hidden state kept (float32), class means at the end
-  (``bench_record.reference_approach``).
+  (``benchmarks.record.reference_approach``).
 
 Texts: the first N GoEmotions train rows, each in the classes of its labels (28 classes, like
 ``steer record --emotion all --selection any``). To keep 16k texts within minutes on 2 cores the
@@ -19,7 +19,7 @@ its widest batch, and the first 4k GoEmotions rows hold one 649-token text (the 
 50 tokens). Without the cap that single batch (+~200 MiB of transient activations in both
 approaches) would be measured as "growth with N".
 
-    python scripts/bench_memory.py                      # sizes 1000,4000,16000, 2 children at a time
+    python -m benchmarks.memory   # sizes 1000,4000,16000, 2 children at a time
 """
 
 from __future__ import annotations
@@ -30,10 +30,9 @@ import resource
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_common as bc
+from benchmarks import common as bc
+from benchmarks.record import reference_approach
 
 
 def _maxrss_mb() -> float:
@@ -76,8 +75,6 @@ def child(args: argparse.Namespace) -> int:
     if args.approach == "steer":
         record_hidden_states(model, tok, items, batch_size=args.batch_size, progress=False)
     else:
-        from bench_record import reference_approach
-
         reference_approach(
             model, tok, [it.text for it in items], [it.classes for it in items], args.batch_size, logits_to_keep=1
         )
@@ -138,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         a, n = job
         cmd = [
             sys.executable,
-            str(Path(__file__).resolve()),
+            "-m",
+            "benchmarks.memory",
             "--child",
             "--approach",
             a,
@@ -201,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "## 2. Recording memory",
         "",
-        *bc.header_lines(info, bc.command_line("bench_memory.py", raw_argv), (load_before, load_after)),
+        *bc.header_lines(info, bc.command_line("memory", raw_argv), (load_before, load_after)),
         f"- model `{args.model}`: {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, "
         f"{cfg.num_attention_heads} head(s) of {cfg.head_dim}, intermediate {cfg.intermediate_size}, vocab "
         f"{cfg.vocab_size}, float32, random init"

@@ -13,7 +13,7 @@ model load, evaluation, writing results), alternating, medians of ``--repeats``:
 The model is saved to a temporary folder first (``--model small`` by default: a random Llama with
 the SmolLM2 tokenizer; ``--model bench`` for the bench model). Results of both sides are compared.
 
-    python scripts/bench_sweep.py
+    python -m benchmarks.sweep
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_common as bc
+from benchmarks import common as bc
+from benchmarks.eval import truthfulqa_dir
 
 WRAPPER = (
     "import sys, steer_plugin.harness.model; from lm_eval.__main__ import cli_evaluate; "
@@ -87,11 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     alphas = [a.strip() for a in args.alphas.split(",") if a.strip()]
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
 
-    import bench_eval
-
     from steer_plugin.harness.tasks import tasks_dir
 
-    bench_eval.truthfulqa_dir()  # sets STEER_TRUTHFULQA_DIR for the children
+    truthfulqa_dir()  # sets STEER_TRUTHFULQA_DIR for the children
     env = bc.child_env(args.threads)
     env["STEER_CLASSIFIER"] = args.classifier
     stock = stock_cli_finds_steered_hf(env)
@@ -134,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
                 "cpu",
                 "--classifier",
                 args.classifier,
+                "--no-side-effects",  # like the lm_eval runs: no KL / perplexity columns on neutral texts
                 "--out",
                 str(out),
             ]
@@ -213,13 +212,14 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "## 4. Sweeps",
         "",
-        *bc.header_lines(info, bc.command_line("bench_sweep.py", raw_argv), (load_before, load_after)),
+        *bc.header_lines(info, bc.command_line("sweep", raw_argv), (load_before, load_after)),
         f"- model `{args.model}` (saved to a temp folder and loaded by each process): {describe}",
         f"- K = {len(alphas)} alphas ({', '.join(alphas)}; 0 = unsteered), tasks {', '.join(tasks)}, "
         f"--limit {args.limit}, batch size {args.batch_size}, backend {args.backend}, random vector "
         f"(row norm 0.5) on all blocks",
         f"- separate invocations: {how}, with `--include_path $(steer tasks-dir)`",
         f"- both sides are cold subprocesses timed end to end; {args.repeats} alternating rounds",
+        "- `steer sweep --no-side-effects`: the separate runs compute no KL / perplexity columns either",
         *(
             [
                 "- both sides run `steered_hf` with its defaults, so prefix reuse is on for both; "

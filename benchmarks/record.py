@@ -13,8 +13,8 @@ size and dtype, alternating, medians of ``--repeats``:
 Each approach gets its own copy of the model (nnsight instruments the modules it wraps), except with
 ``--share-model`` (the default for ``--model scale``, which would not fit twice in memory).
 
-    python scripts/bench_record.py                      # benchmark 1, bench model
-    python scripts/bench_record.py --model scale --texts 8 --batch-size 4 --max-tokens 24 --repeats 3
+    python -m benchmarks.record   # benchmark 1, bench model
+    python -m benchmarks.record --model scale --texts 8 --batch-size 4 --max-tokens 24 --repeats 3
 """
 
 from __future__ import annotations
@@ -22,11 +22,9 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_common as bc
+from benchmarks import common as bc
 
 
 def plain_loop(model, tokenizer, texts, classes, order, batch_size):
@@ -178,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         title,
         "",
-        *bc.header_lines(info, bc.command_line("bench_record.py", raw_argv), (t.load_before, t.load_after)),
+        *bc.header_lines(info, bc.command_line("record", raw_argv), (t.load_before, t.load_after)),
         f"- model: {bc.describe_model(model)}"
         + ("; one instance shared by all approaches" if share else "; each approach on its own copy"),
         f"- tokenizer: {bc.tokenizer_source(args.tokenizer)}",
