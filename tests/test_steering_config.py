@@ -9,7 +9,9 @@ import json
 
 import pytest
 
+from steer_plugin.errors import SteerError
 from steer_plugin.steering.calibrate import KLBudget
+from steer_plugin.steering.config import SteeringConfig
 from steer_plugin.study.plan import SweepConfig, SweepPlan
 from steer_plugin.study.sweep_folder import config_record
 
@@ -72,3 +74,21 @@ def test_a_grid_with_controls_and_budgets_plans_the_folders_of_earlier_versions(
     ]
     assert len(slugs) == 37 and slugs[-1] == "b_a-0.5_L3.5_all_e1ef169e"
     assert hashlib.sha256("\n".join(slugs).encode()).hexdigest()[:16] == "ec4e9b8ba3e7f4b3"
+
+
+def test_the_plan_marks_each_control_with_its_vector():
+    plan = SweepPlan.grid(["a.safetensors"], [1.0, 2.0], ["all"], ["response"], controls={"a.safetensors": ["c.st"]})
+    assert SweepConfig is SteeringConfig
+    assert [(c.vector, c.alpha, c.control_of) for c in plan.configs] == [
+        (None, 0.0, None),
+        ("a.safetensors", 1.0, None),
+        ("c.st", 1.0, "a.safetensors"),
+        ("a.safetensors", 2.0, None),
+        ("c.st", 2.0, "a.safetensors"),
+    ]
+    assert "control_of" not in config_record(plan.configs[2], None)  # sweep.json as before
+
+
+def test_unknown_positions_are_a_clear_error():
+    with pytest.raises(SteerError, match="unknown positions 'prompt'"):
+        SweepPlan.grid(["a.safetensors"], [1.0], ["all"], ["prompt"])
