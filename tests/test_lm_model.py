@@ -144,6 +144,21 @@ def test_positions_response_loglikelihood_matches_single_request_reference(steer
     assert max(abs(a[0] - b[0]) for a, b in zip(got, _ll(steered))) > 1e-3
 
 
+def test_a_steering_config_steers_as_its_fields_say(steered, vec_path):
+    from steer_plugin.steering.config import UNSTEERED, SteeringConfig
+
+    vec = SteeringVector.load(vec_path)
+    steered.configure(SteeringConfig(vec_path, 0.9, "all", "response"), steer_backend="hooks")
+    got = _ll(steered)
+    ref = [_reference_ll_response(steered, vec, 0.9, c, x) for c, x in LL_PAIRS]
+    assert max(abs(g[0] - r) for g, r in zip(got, ref)) < 1e-4
+    recorded = steered.steering_config
+    assert (recorded["alphas"], recorded["positions"], recorded["vectors"][0]["path"]) == ([0.9], "response", vec_path)
+    for unsteered in (UNSTEERED, SteeringConfig(vec_path, 0.0, "all", "response")):  # alpha 0 is the baseline
+        steered.configure(unsteered)
+        assert not steered.plan.active and steered.steering_config["vectors"] == []
+
+
 def _reference_generate(lm, vec, alpha, prompt, n):
     """The reference evaluator's recipe: add alpha*v to hidden[:, -1, :] in every forward (KV cache on)."""
     model, tok = lm.model, lm.tokenizer

@@ -187,6 +187,29 @@ def test_two_vectors_of_one_emotion_are_two_series(tmp_path):
     assert "Toward anger (anger (top_k-4), layers all, all) at KL 0.10 (alpha 0.7): anger probability" in summary
 
 
+def test_an_emotion_comes_from_the_vector_metadata_and_a_combination_is_no_arm(tmp_path):
+    """The arm's emotion is the metadata's, even where the label would read otherwise; a row of two
+    vectors steers toward neither, so it is neither an arm nor a second series of its first emotion."""
+    rng = np.random.default_rng(2)
+    folder = tmp_path / "run"
+    _write_config(folder, "baseline", None, 0.0, None, rng)
+    _write_config(folder, "anger", _vector("anger"), 0.5, None, rng)
+    odd = {"path": "odd.safetensors", "metadata": {"emotion": "joy (happy)", "method": "mean"}}
+    _write_config(folder, "odd", odd, 0.5, None, rng)
+    _write_config(folder, "two", _vector("anger"), 1.0, None, rng)
+    path = folder / "two" / "results.json"
+    doc = json.loads(path.read_text())
+    doc["config"]["steering"]["vectors"].append(_vector("joy"))
+    doc["config"]["steering"]["alphas"] = [1.0, 1.0]
+    path.write_text(json.dumps(doc))
+    study = load_study(folder, resamples=200)
+    assert [(a.emotion, a.row.key.vector) for a in study.arms] == [
+        ("anger", "anger (mean)"),
+        ("joy (happy)", "joy (happy) (mean)"),
+    ]
+    assert study.emotions == ["anger", "joy (happy)"]
+
+
 def test_report_command(run_folder, capsys):
     folder, _ = run_folder
     assert main(["report", str(folder), "--leakage-budget", "0.3", "--resamples", "1000"]) == 0

@@ -125,3 +125,24 @@ def test_control_rows_are_labelled_and_drawn_dashed_in_their_vectors_colour(fold
     )  # beside (after) the vector it controls
     assert "Δ" not in "".join(md)  # no per-document samples here: no delta columns
     assert "truthfulqa_mc2/acc_delta" in to_csv(rows).splitlines()[0]
+
+
+def test_row_keys_are_typed_and_a_control_knows_its_vector(folder):
+    doc = _result(1.0, 0.38, 0.1)
+    doc["config"]["steering"]["vectors"][0]["path"] = "controls/v-random-3.safetensors"
+    doc["config"]["steering"]["vectors"][0]["metadata"] = {
+        "emotion": "anger",
+        "method": "random",
+        "seed": 3,
+        "control_of": {"emotion": "anger", "method": "top_k", "top_k": 20, "file": "v.safetensors"},
+    }
+    doc["results"]["side_effects"] = {"kl_budget,none": 0.1, "kl,none": 0.09}
+    (folder / "ctl").mkdir()
+    (folder / "ctl" / "results.json").write_text(json.dumps(doc))
+    keys = {r.source: r.key for r in load_rows(folder)}
+    base, vector, control = keys["baseline/results.json"], keys["a1.0/results.json"], keys["ctl/results.json"]
+    assert base.unsteered and base.vector is None and base.emotion is None
+    assert (vector.vector, vector.emotion, vector.method, vector.alpha) == ("anger (top_k-20)", "anger", "top_k", 1.0)
+    assert vector.kl_budget is None and vector.controls is None
+    assert (control.emotion, control.method, control.kl_budget) == ("anger", "random", 0.1)
+    assert control.control_of == "anger (top_k-20)" and control.controls == vector.series

@@ -14,7 +14,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -53,11 +53,12 @@ from steer_plugin.model.hooks import (
     Steerer,
     SteeringPlan,
     Where,
-    check_positions,
     finite_alpha,
     make_plan,
 )
 from steer_plugin.model.layers import format_layers, layer_ranges, parse_layers
+from steer_plugin.model.positions import Positions, check_positions
+from steer_plugin.steering.config import SteeringConfig
 from steer_plugin.steering.kv_prefix import ReuseUnsupported, accepts_logits_to_keep, reuse_blocker
 from steer_plugin.vectors.vector import SteeringVector, file_sha256
 
@@ -66,6 +67,9 @@ _LAYER_PIECE = re.compile(r"^\d+(-\d+)?$")
 
 # what `vector=` / `alpha=` accept: from --model_args a string (several joined by ';'), from Python also objects
 VectorArg = str | SteeringVector | Sequence[str | SteeringVector] | None
+# what configure / plan_ahead take: a sweep's configuration, or configure's --model_args keywords
+# (several vectors, SteeringVector objects) as a dict
+Steering = SteeringConfig | Mapping[str, Any]
 AlphaArg = float | str | list[float]
 LayersArg = str | list[int] | None  # "all", "0;3;5-9" (also with commas), or indices
 TokenRequest = tuple[Any, list[int], list[int]]  # (cache key, context tokens, continuation tokens), as HFLM has them
@@ -73,9 +77,12 @@ Answer = tuple[float, bool]  # (log-likelihood, is greedy)
 
 
 class ResolvedSteering(NamedTuple):
+    """One configuration placed on the model: its vectors loaded, its deltas on the chosen layers."""
+
     vectors: list[SteeringVector]
     alphas: list[float]  # one per vector
     layers: list[int]  # the chosen layers (0-based)
+    positions: Positions
     plan: SteeringPlan
 
 
@@ -85,6 +92,11 @@ def _split(value: Any) -> list[Any]:
     if isinstance(value, (list, tuple)):
         return list(value)
     return [p.strip() for p in str(value).split(";") if p.strip()]
+
+
+def _keywords(vector: VectorArg, alpha: AlphaArg, layers: LayersArg, positions: str) -> dict[str, Any]:
+    """``configure``'s arguments as the dict ``plan_ahead`` also takes."""
+    return {"vector": vector, "alpha": alpha, "layers": layers, "positions": positions}
 
 
 def _parse_bool(value: Any, name: str) -> bool:
@@ -177,20 +189,31 @@ class SteeredHFLM(HFLM):
 
     def configure(
         self,
-        vector: VectorArg = None,
+        vector: SteeringConfig | VectorArg = None,
         alpha: AlphaArg = 1.0,
         layers: LayersArg = "all",
         positions: str = "all",
         steer_backend: str | None = None,
     ) -> None:
-        """Switch steering without reloading the model (``steer_backend``: nnsight|hooks)."""
+        """Switch steering without reloading the model.
+
+        Args:
+            vector: a ``SteeringConfig`` (a sweep's configuration: then ``alpha``, ``layers`` and
+                ``positions`` are its own and the ones given here are not used), or as in ``--model_args``:
+                a vector file or ``SteeringVector``, several joined by ``;`` or in a list; None: unsteered.
+            alpha: one, or one per vector (joined by ``;``, or a list).
+            layers: ``all``, ``middle`` or 0-based ``0;3;5-9`` (also with commas), or indices.
+            positions: ``all`` or ``response``.
+            steer_backend: ``nnsight`` or ``hooks``; None keeps the current one.
+        """
         if steer_backend is not None or not hasattr(self, "steerer"):
             self.steerer = Steerer(self.model, steer_backend or "nnsight", self._blocks)
-        vectors, alphas, chosen, plan = self._resolve(vector, alpha, layers, positions)
+        steering = vector if isinstance(vector, SteeringConfig) else _keywords(vector, alpha, layers, positions)
+        resolved = self._resolve(steering)
         n_layers = len(self.steerer.blocks)
-        self.plan: SteeringPlan = plan
-        self.positions = positions
-        self._warn_other_model(vectors)
+        self.plan: SteeringPlan = resolved.plan
+        self.positions: Positions = resolved.positions
+        self._warn_other_model(resolved.vectors)
         self.steering_config = {
             "vectors": [
                 {
@@ -198,41 +221,52 @@ class SteeredHFLM(HFLM):
                     "sha256": v.metadata.get("source_sha256"),
                     "metadata": {k: x for k, x in v.metadata.items() if not k.startswith("source_")},
                 }
-                for v in vectors
+                for v in resolved.vectors
             ],
-            "alphas": alphas if vectors else [],
-            "layers": format_layers(chosen, n_layers),
-            "positions": positions,
+            "alphas": resolved.alphas if resolved.vectors else [],
+            "layers": format_layers(resolved.layers, n_layers),
+            "positions": resolved.positions,
             "backend": self.steerer.backend,
             "block_path": self.steerer.block_path,
             "steered_layers": sorted(self.plan.deltas),
         }
 
-    def _resolve(self, vector: VectorArg, alpha: AlphaArg, layers: LayersArg, positions: str) -> ResolvedSteering:
-        """Check one configuration's arguments and place its deltas on the model."""
-        check_positions(positions)
+    def _resolve(self, steering: Steering) -> ResolvedSteering:
+        """Check one configuration and place its deltas on the model."""
+        if isinstance(steering, SteeringConfig):
+            steering = _keywords(
+                None if steering.is_baseline else steering.vector, steering.alpha, steering.layers, steering.positions
+            )
+        vector, alpha, layers = steering.get("vector"), steering.get("alpha", 1.0), steering.get("layers", "all")
+        checked = check_positions(steering.get("positions", "all"))
         vectors = [self._load_vector(v) for v in (vector if isinstance(vector, (list, tuple)) else _split(vector))]
         alphas = _parse_alphas(alpha)
         if len(alphas) == 1 and len(vectors) > 1:
             alphas = alphas * len(vectors)
         chosen = parse_layers(None if layers is None else str(layers), len(self.steerer.blocks))
         plan = make_plan(vectors, alphas, self.model, self.steerer.block_path, chosen) if vectors else SteeringPlan()
-        return ResolvedSteering(vectors, alphas, chosen, plan)
+        return ResolvedSteering(vectors, alphas, chosen, checked, plan)
 
-    def plan_ahead(self, configs: list[dict[str, Any]], config_batching: bool = True, rows: int | None = None) -> None:
-        """Announce the configurations a sweep will ``configure`` next (dicts of configure's ``vector``,
-        ``alpha``, ``layers``, ``positions``). With prefix reuse, the loglikelihood call of one of them also
-        scores the others that share its prefix cache (alpha 0 and every ``positions=response``
-        configuration share the unsteered one), so that cache is computed once for the sweep; their
-        answers wait in memory (two numbers per request) until they are configured. ``config_batching``:
-        greedy generation (and ``positions=all`` loglikelihood with prefix reuse) of the configurations
-        still to come runs in mixed batches of at most ``rows`` rows (default 64, never below the batch
-        size), see ``config_batching.py``. ``[]`` forgets all."""
+    def plan_ahead(self, configs: Sequence[Steering], config_batching: bool = True, rows: int | None = None) -> None:
+        """Announce the configurations a sweep will ``configure`` next.
+
+        With prefix reuse, the loglikelihood call of one of them also scores the others that share its
+        prefix cache (alpha 0 and every ``positions=response`` configuration share the unsteered one), so
+        that cache is computed once for the sweep; their answers wait in memory (two numbers per request)
+        until they are configured. With config batching, greedy generation (and ``positions=all``
+        loglikelihood with prefix reuse) of the configurations still to come runs in mixed batches, see
+        ``config_batching.py``.
+
+        Args:
+            configs: each a ``SteeringConfig``, or ``configure``'s ``vector``/``alpha``/``layers``/``positions``
+                as a dict (several vectors, ``SteeringVector`` objects); ``[]`` forgets all.
+            config_batching: mix the configurations still to come into the same batches.
+            rows: the most rows in one mixed batch (default 64, never below the batch size).
+        """
         self._planned, self._ahead, self._batcher = [], {}, None
         for c in configs:
-            positions = c.get("positions", "all")
-            resolved = self._resolve(c.get("vector"), c.get("alpha", 1.0), c.get("layers", "all"), positions)
-            self._planned.append(TailConfig.of(resolved.plan, positions))
+            resolved = self._resolve(c)
+            self._planned.append(TailConfig.of(resolved.plan, resolved.positions))
         if config_batching and len(self._planned) > 1:
             fixed = int(self.batch_size) if str(self.batch_size).isdigit() else 1
             self._batcher = ConfigBatcher(list(self._planned), max(rows or DEFAULT_ROWS, fixed))

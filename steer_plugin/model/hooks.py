@@ -27,6 +27,7 @@ from steer_plugin.errors import SteerError, check_choice
 from steer_plugin.io.terminal import printable
 from steer_plugin.model.layers import parse_layers
 from steer_plugin.model.loading import find_block_path, resolve_module
+from steer_plugin.model.positions import check_positions
 
 
 class Steerable(Protocol):
@@ -43,17 +44,12 @@ class Steerable(Protocol):
     def hidden_size(self) -> int: ...
 
 
-POSITIONS = ("all", "response")
 NON_FINITE = (
     "the steered model's scores became non-finite (nan/inf): alpha x vector is too large for this model; "
     "use a smaller alpha"
 )
 BACKENDS = ("nnsight", "hooks")
 Where = str | torch.Tensor | None
-
-
-def check_positions(positions: str) -> str:
-    return check_choice("positions", positions, POSITIONS)
 
 
 @dataclass

@@ -307,8 +307,9 @@ def calibrate(
     progress: Callable[[str], None] | None = None,
 ) -> Calibration:
     """Find the alpha of every budget on the calibration texts and measure it on the held-out texts."""
-    from steer_plugin.model.hooks import Steerer, check_positions, make_plan
+    from steer_plugin.model.hooks import Steerer, make_plan
     from steer_plugin.model.layers import format_layers, parse_layers
+    from steer_plugin.model.positions import check_positions
 
     budgets = sorted(set(float(b) for b in budgets))
     if not budgets or any(not (b > 0 and math.isfinite(b)) for b in budgets):

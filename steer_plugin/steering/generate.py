@@ -11,7 +11,8 @@ import torch
 from steer_plugin.data.prompts import pad_batch, pad_id
 from steer_plugin.errors import SteerError
 from steer_plugin.io.terminal import printable
-from steer_plugin.model.hooks import Steerer, SteeringPlan, check_positions, make_plan
+from steer_plugin.model.hooks import Steerer, SteeringPlan, make_plan
+from steer_plugin.model.positions import check_positions
 from steer_plugin.vectors.vector import SteeringVector
 
 

@@ -43,6 +43,7 @@ import torch
 from steer_plugin.data.prompts import pad_batch, pad_id
 from steer_plugin.errors import SteerError
 from steer_plugin.model.hooks import Steerer, SteeringPlan
+from steer_plugin.model.positions import check_positions
 from steer_plugin.steering.kv_prefix import KVPrefix, ReuseUnsupported, accepts_logits_to_keep, reuse_blocker
 
 MIN_WORDS = 3  # GoEmotions neutral texts shorter than this say too little to continue
@@ -349,8 +350,6 @@ class FluencyProbe:
 
     def measure(self, plan: SteeringPlan, positions: str = "all") -> SideEffects:
         """KL to the unsteered model and steered perplexity under ``plan`` at ``positions``."""
-        from steer_plugin.model.hooks import check_positions
-
         check_positions(positions)
         base = self.baseline()
         if not plan.active:

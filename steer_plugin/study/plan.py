@@ -2,46 +2,25 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from steer_plugin.errors import SteerError
+from steer_plugin.model.positions import check_positions
+from steer_plugin.steering.config import UNSTEERED, SteeringConfig
 
 SIDE_EFFECTS = "side_effects"  # the results entry with kl / ppl (and kl_budget) of a configuration
 CONTROL_MATCHES = ("alpha", "kl")  # a random control at its vector's alpha, or at its own alpha for the same KL
 
 
-@dataclass(frozen=True)
-class SweepConfig:
-    vector: str | None  # None = the unsteered baseline
-    alpha: float
-    layers: str = "all"
-    positions: str = "all"
-    kl_budget: float | None = None  # the KL budget the alpha was calibrated for (``kl:0.1``), if any
-
-    @property
-    def is_baseline(self) -> bool:
-        return self.vector is None or self.alpha == 0
-
-    def slug(self) -> str:
-        if self.is_baseline:
-            return "baseline"
-        name = Path(str(self.vector)).stem
-        fields = asdict(self)
-        if self.kl_budget is None:
-            del fields["kl_budget"]  # plain alphas keep the folder names of earlier versions
-        h = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:8]
-        budget = "" if self.kl_budget is None else f"_kl{self.kl_budget:g}"
-        return f"{name}{budget}_a{self.alpha:g}_L{self.layers.replace(',', '.')}_{self.positions}_{h}"
+SweepConfig = SteeringConfig  # a configuration of the plan: the one steering description, by the sweep's name
 
 
 @dataclass
 class SweepPlan:
-    configs: list[SweepConfig]
+    configs: list[SteeringConfig]
 
     @classmethod
     def grid(
@@ -55,12 +34,24 @@ class SweepPlan:
         resolve: Resolver | None = None,
         control_match: str = "alpha",
     ) -> SweepPlan:
-        """Every vector x layer set x positions x alpha. An alpha may be a KL budget
-        (``calibrate.KLBudget``); ``resolve(vector, layers, positions, budgets)`` turns the budgets of
-        one (vector, layers, positions) into alphas ``{budget: alpha}``. ``controls`` maps a vector to its
-        random controls, each evaluated right after it at every level of that vector: at the same alpha
-        (``control_match="alpha"``), or, for a KL budget, at the control's own alpha for that budget
-        (``"kl"``: the same side effects instead of the same size)."""
+        """Every vector x layer set x positions x alpha, the unsteered baseline first.
+
+        Args:
+            vectors: vector files.
+            alphas: numbers, or KL budgets (``calibrate.KLBudget``); 0 is the baseline.
+            layer_sets: layer specs (``all``, ``middle``, ``0,3,5-9``).
+            positions: ``all`` / ``response``.
+            baseline: plan the unsteered baseline even without a 0 among ``alphas``.
+            controls: a vector's random control files, each evaluated right after it at every level of that
+                vector (their configurations carry ``control_of``).
+            resolve: ``resolve(vector, layers, positions, budgets) -> {budget: alpha}``, the alphas of one
+                (vector, layers, positions) for the KL budgets; needed when there are budgets.
+            control_match: a control at its vector's alpha (``"alpha"``), or, for a KL budget, at its own
+                alpha for that budget (``"kl"``: the same side effects instead of the same size).
+
+        Returns:
+            The plan, configurations in evaluation order.
+        """
         from steer_plugin.steering.calibrate import KLBudget
 
         if control_match not in CONTROL_MATCHES:
@@ -72,12 +63,12 @@ class SweepPlan:
         budgets = [a.kl for a in alphas if isinstance(a, KLBudget)]
         if budgets and resolve is None:
             raise SteerError("KL budgets (kl:X) need a model to calibrate on")
-        configs: list[SweepConfig] = []
+        configs: list[SteeringConfig] = []
         if baseline or 0 in alphas:
-            configs.append(SweepConfig(None, 0.0))
+            configs.append(UNSTEERED)
         for v in vectors:
             for layers in layer_sets:
-                for pos in positions:
+                for pos in map(check_positions, positions):
                     found = {}
                     for vec in [v, *(controls or {}).get(v, [])]:
                         own = vec == v or control_match == "kl"
@@ -86,11 +77,12 @@ class SweepPlan:
                         if a == 0 and not isinstance(a, KLBudget):
                             continue
                         for vec in found:
+                            control_of = None if vec == v else v
                             if isinstance(a, KLBudget):  # 4 significant digits: readable tables, KL unchanged
-                                alpha = (found[vec] or found[v])[a.kl]
-                                configs.append(SweepConfig(vec, float(f"{alpha:.4g}"), layers, pos, a.kl))
+                                alpha = float(f"{(found[vec] or found[v])[a.kl]:.4g}")
+                                configs.append(SteeringConfig(vec, alpha, layers, pos, a.kl, control_of))
                             else:
-                                configs.append(SweepConfig(vec, float(a), layers, pos))
+                                configs.append(SteeringConfig(vec, float(a), layers, pos, control_of=control_of))
         return cls(configs)
 
 

@@ -18,7 +18,7 @@ from steer_plugin.data.goemotions import EKMAN, EKMAN_PREFIX, LABELS, canonical_
 from steer_plugin.errors import SteerError
 from steer_plugin.io.atomic import write_bytes_atomic, write_text_atomic
 from steer_plugin.study.paired import DEFAULT_RESAMPLES, Paired
-from steer_plugin.study.rows import Row, compare_rows, load_rows
+from steer_plugin.study.rows import Row, SeriesKey, compare_rows, load_rows
 
 SIDE = "side_effects"
 OUTPUTS = ("summary.md", "leakage.csv", "leakage.png", "dose_response.png")
@@ -73,7 +73,7 @@ class Arm:
 class Study:
     baseline: Row
     arms: list[Arm]  # emotion vectors, in row order
-    controls: dict[int, list[Arm]] = field(default_factory=dict)  # id(arm.row) -> its controls at that alpha
+    controls: dict[SeriesKey, list[Arm]] = field(default_factory=dict)  # a vector's series -> its controls
 
     @property
     def emotions(self) -> list[str]:
@@ -85,29 +85,29 @@ class Study:
         return sorted({a.level for a in self.arms})
 
     def controls_of(self, arm: Arm) -> list[Arm]:
-        return self.controls.get(id(arm.row), [])
+        """The random controls of the arm's vector at the arm's level."""
+        return [c for c in self.controls.get(arm.row.key.series, []) if _same_level(arm, c)]
 
 
-def _emotion_of(label: str) -> str:
-    """``anger (top_k-20)`` → ``anger``: the leaderboard's vector label starts with the emotion."""
-    return label.split(" (", 1)[0].strip()
-
-
-def _arm(row: Row, label: str) -> Arm | None:
+def _arm(row: Row) -> Arm | None:
+    """The row as one emotion's arm; None for the baseline, several vectors, or several alphas."""
+    key = row.key
+    if key.unsteered or key.emotion is None:
+        return None
     try:
-        alpha = float(row.key["alpha"])
+        alpha = float(key.alpha)
     except (TypeError, ValueError):
         return None  # several vectors at different alphas: not one emotion's arm
-    return Arm(row, _emotion_of(label), alpha, row.metrics.get(f"{SIDE}/kl_budget"))
+    return Arm(row, key.emotion, alpha, key.kl_budget)
 
 
 def _name_series(arms: list[Arm]) -> None:
     """One series per (vector, layers, positions); named by its emotion unless that names several."""
-    groups = {(a.row.key["vector"], a.row.key["layers"], a.row.key["positions"]): a.emotion for a in arms}
+    groups = {(a.row.key.vector, a.row.key.layers, a.row.key.positions): a.emotion for a in arms}
     ambiguous = len(groups) > len(set(groups.values()))
     for a in arms:
-        vector, layers, positions = (a.row.key[k] for k in ("vector", "layers", "positions"))
-        a.series = f"{vector}, layers {layers}, {positions}" if ambiguous else a.emotion
+        key = a.row.key
+        a.series = f"{key.vector}, layers {key.layers}, {key.positions}" if ambiguous else a.emotion
 
 
 def _same_level(arm: Arm, control: Arm) -> bool:
@@ -118,22 +118,28 @@ def _same_level(arm: Arm, control: Arm) -> bool:
 
 
 def load_study(folder: str | Path, resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> Study:
-    """The baseline, each emotion vector's configurations and their controls, with paired statistics."""
+    """The baseline, each emotion vector's configurations and their controls, with paired statistics.
+
+    Args:
+        folder: a `steer run` / `steer sweep` folder (an unsteered baseline among its results).
+        resamples: paired bootstrap draws per comparison.
+        seed: the bootstrap's seed.
+
+    Returns:
+        The study: arms know their emotion from their vector's metadata, controls are found by their
+        vector's series (``SeriesKey``) and level.
+    """
     rows = load_rows(folder)
     compare_rows(rows, resamples, seed)
-    baselines = [r for r in rows if r.key["vector"] == "-"]
+    baselines = [r for r in rows if r.key.unsteered]
     if not baselines:
         raise SteerError(f"no baseline (alpha 0) results under {folder}: the summary compares against it")
-    arms = [a for r in rows if r.key["vector"] != "-" and r.control_of is None if (a := _arm(r, r.key["vector"]))]
+    arms = [a for r in rows if r.key.controls is None and (a := _arm(r))]
     _name_series(arms)
     study = Study(baselines[0], arms)
     for r in rows:
-        if r.control_of is None or (control := _arm(r, r.control_of)) is None:
-            continue
-        for arm in arms:
-            same = all(arm.row.key[k] == r.key[k] for k in ("model", "layers", "positions"))
-            if same and arm.row.key["vector"] == r.control_of and _same_level(arm, control):
-                study.controls.setdefault(id(arm.row), []).append(control)
+        if (series := r.key.controls) is not None and (control := _arm(r)) is not None:
+            study.controls.setdefault(series, []).append(control)
     return study
 
 

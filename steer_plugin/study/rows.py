@@ -4,7 +4,7 @@ their paired comparisons against the baseline row."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,56 +21,136 @@ from steer_plugin.study.paired import (
     read_scores,
     samples_files,
 )
+from steer_plugin.study.plan import SIDE_EFFECTS
 from steer_plugin.study.results_files import is_sweep_plan, results_shape_problem
 from steer_plugin.vectors.controls import is_control
+
+KEY_COLUMNS = ("model", "vector", "alpha", "layers", "positions")  # the leaderboard's columns of a row's key
+UNSTEERED_CELL = "-"  # what the leaderboard shows as the vector, layers and positions of an unsteered row
+
+
+@dataclass(frozen=True)
+class SeriesKey:
+    """One vector's line across alphas (or KL budgets): what a random control shares with its vector."""
+
+    model: str
+    vector: str  # the vector's label
+    layers: str
+    positions: str
+
+    @property
+    def label(self) -> str:
+        """``anger (top_k-20) L=all response``: the line's name in the leaderboard's plots."""
+        return f"{self.vector} L={self.layers} {self.positions}"
+
+
+@dataclass(frozen=True)
+class RowKey:
+    """What a leaderboard row ran: the model and its steering, as its results file records them.
+
+    Every string is printable (control characters escaped): it comes from a file.
+    """
+
+    model: str
+    vector: str | None = None  # the label, ``anger (top_k-20)`` or ``a + b``; None: unsteered (or alpha 0)
+    alpha: float | str = 0.0  # several vectors at different alphas: ``1;-0.5``
+    layers: str = "all"
+    positions: str = "all"
+    emotion: str | None = None  # what one vector steers toward (a control: its vector's); None for several
+    method: str | None = None  # how that vector was built (``mean``, ``top_k``, ``random`` for a control)
+    kl_budget: float | None = None  # the KL budget its alpha was calibrated for, if any
+    control_of: str | None = None  # a random control: the label of the vector it controls
+
+    @property
+    def unsteered(self) -> bool:
+        return self.vector is None
+
+    @property
+    def series(self) -> SeriesKey:
+        return SeriesKey(self.model, str(self.vector), self.layers, self.positions)
+
+    @property
+    def controls(self) -> SeriesKey | None:
+        """A random control's vector's series (same model, layers and positions); None for any other row."""
+        if self.control_of is None:
+            return None
+        return SeriesKey(self.model, self.control_of, self.layers, self.positions)
+
+    def __getitem__(self, column: str) -> Any:
+        """The leaderboard's cell of a key column (``KEY_COLUMNS``): ``-`` as an unsteered row's vector,
+        layers and positions."""
+        if column not in KEY_COLUMNS:
+            raise KeyError(column)
+        if self.unsteered and column in ("vector", "layers", "positions"):
+            return UNSTEERED_CELL
+        return getattr(self, column)
 
 
 @dataclass
 class Row:
-    key: dict[str, Any]
+    key: RowKey
     metrics: dict[str, float] = field(default_factory=dict)  # "task/metric" -> value
     stderr: dict[str, float] = field(default_factory=dict)
     source: str = ""
     samples: dict[str, Path] = field(default_factory=dict)  # task -> per-document samples file
     limit: Any = None
-    control_of: str | None = None  # a random control: the vector label it controls
     paired: dict[str, Paired] = field(default_factory=dict)  # "task/metric" -> delta vs the baseline
 
+    @property
+    def control_of(self) -> str | None:
+        """A random control: the label of the vector it controls."""
+        return self.key.control_of
 
-def _vector_label(v: dict[str, Any]) -> tuple[str, str | None]:
-    """``anger (top_k-20)``; a random control: ``anger (top_k-20) [random control 0]`` and its parent."""
+
+@dataclass(frozen=True)
+class _Vector:
+    """One vector of a results file, described from its metadata (printable strings)."""
+
+    label: str  # ``anger (top_k-20)``; a random control: ``anger (top_k-20) [random control 0]``
+    emotion: str  # the metadata's emotion (a control: its vector's), else the file's stem
+    method: str | None
+    control_of: str | None  # a random control: its vector's label
+
+
+def _describe(m: dict[str, Any], fallback: str) -> tuple[str, str]:
+    """(label, emotion) of a vector's metadata; ``fallback`` (the file stem) names one without an emotion."""
+    emotion = printable(m.get("emotion") or fallback)
+    method = m.get("method")
+    extra = f" ({method}{'-' + str(m['top_k']) if m.get('top_k') else ''})" if method else ""
+    return f"{emotion}{printable(extra)}", emotion
+
+
+def _vector(v: dict[str, Any]) -> _Vector:
     meta = v.get("metadata") or {}
-
-    def describe(m: dict[str, Any], fallback: str) -> str:
-        method = m.get("method")
-        extra = f" ({method}{'-' + str(m['top_k']) if m.get('top_k') else ''})" if method else ""
-        return f"{m.get('emotion') or fallback}{extra}"
-
+    method = None if meta.get("method") is None else printable(meta["method"])
     if is_control(meta):
         source = meta.get("control_of") or {}
-        parent = describe(source, Path(str(source.get("file") or "random")).stem)
-        return f"{parent} [random control {meta.get('seed', '?')}]", parent
-    return describe(meta, Path(str(v.get("path"))).stem), None
+        parent, emotion = _describe(source, Path(str(source.get("file") or "random")).stem)
+        return _Vector(f"{parent} [random control {printable(meta.get('seed', '?'))}]", emotion, method, parent)
+    label, emotion = _describe(meta, Path(str(v.get("path"))).stem)
+    return _Vector(label, emotion, method, None)
 
 
-def _row_key(config: dict[str, Any]) -> dict[str, Any]:
+def _row_key(config: dict[str, Any], kl_budget: float | None) -> RowKey:
     args = config.get("model_args") or ""
     parsed = dict(kv.split("=", 1) for kv in args.split(",") if "=" in kv) if isinstance(args, str) else dict(args)
-    model = parsed.get("pretrained") or config.get("model", "?")
+    model = printable(parsed.get("pretrained") or config.get("model", "?"))
     steering = config.get("steering") or {}
-    vectors = steering.get("vectors") or []
     alphas = steering.get("alphas") or []
-    if not vectors or not any(alphas):
-        return {"model": str(model), "vector": "-", "alpha": 0.0, "layers": "-", "positions": "-"}
-    names = [_vector_label(v)[0] for v in vectors]
+    if not steering.get("vectors") or not any(alphas):
+        return RowKey(model)
+    vectors = [_vector(v) for v in steering["vectors"]]
     alpha: Any = alphas[0] if len(set(alphas)) == 1 else ";".join(f"{a:g}" for a in alphas)
-    return {
-        "model": str(model),
-        "vector": " + ".join(names),
-        "alpha": alpha,
-        "layers": steering.get("layers", "all"),
-        "positions": steering.get("positions", "all"),
-    }
+    one = vectors[0] if len(vectors) == 1 else None  # emotion, method and control: of one vector only
+    key = RowKey(
+        model,
+        " + ".join(v.label for v in vectors),
+        printable(alpha) if isinstance(alpha, str) else alpha,
+        printable(steering.get("layers", "all")),
+        printable(steering.get("positions", "all")),
+        kl_budget=kl_budget,
+    )
+    return key if one is None else replace(key, emotion=one.emotion, method=one.method, control_of=one.control_of)
 
 
 def _skip(path: Path, reason: str) -> None:
@@ -81,6 +161,16 @@ def _skip(path: Path, reason: str) -> None:
 
 
 def load_rows(folder: str | Path) -> list[Row]:
+    """The leaderboard's rows: one per harness results JSON under ``folder`` (sweep plans, calibrations
+    and unreadable files left out, the last two named on stderr).
+
+    Args:
+        folder: a `steer sweep` / `steer run` folder, or any folder of lm_eval results.
+
+    Returns:
+        The rows in path order, keyed by what they ran (``RowKey``), without paired statistics yet
+        (``compare_rows``).
+    """
     root = Path(folder)
     if not root.exists():
         raise SteerError(f"results folder not found: {root}")
@@ -103,23 +193,26 @@ def load_rows(folder: str | Path) -> list[Row]:
             skipped += 1
             continue
         config = doc["config"]
-        # every string shown later comes from the file: control characters escaped once, here
-        key = {k: printable(v) if isinstance(v, str) else v for k, v in _row_key(config).items()}
-        row = Row(key, source=printable(path.relative_to(root)), limit=config.get("limit"))
-        vectors = (config.get("steering") or {}).get("vectors") or []
-        if len(vectors) == 1 and row.key["vector"] != "-":
-            parent = _vector_label(vectors[0])[1]
-            row.control_of = None if parent is None else printable(parent)
-        row.samples = samples_files(path, doc["results"])
-        for task, metrics in doc["results"].items():
-            for name, value in metrics.items():
+        # every string shown later comes from the file: control characters escaped once, as it is read
+        metrics: dict[str, float] = {}
+        stderr: dict[str, float] = {}
+        for task, values in doc["results"].items():
+            for name, value in values.items():
                 if name == "alias" or not isinstance(value, (int, float)) or "," not in name:
                     continue
                 metric, filt = name.split(",", 1)
-                target = row.stderr if metric.endswith("_stderr") else row.metrics
+                target = stderr if metric.endswith("_stderr") else metrics
                 metric = metric.removesuffix("_stderr")
                 label = printable(f"{task}/{metric}" + ("" if filt == "none" else f"[{filt}]"))
                 target[label] = float(value)
+        row = Row(
+            _row_key(config, metrics.get(f"{SIDE_EFFECTS}/kl_budget")),
+            metrics,
+            stderr,
+            source=printable(path.relative_to(root)),
+            samples=samples_files(path, doc["results"]),
+            limit=config.get("limit"),
+        )
         rows.append(row)
     if not rows:
         extra = f" ({skipped} JSON file(s) skipped, see above)" if skipped else ""
@@ -139,11 +232,11 @@ def compare_rows(rows: list[Row], resamples: int = DEFAULT_RESAMPLES, seed: int 
             cache[path] = read_scores(path)
         return cache[path]
 
-    baselines = [r for r in rows if r.key["vector"] == "-" and r.samples]
+    baselines = [r for r in rows if r.key.unsteered and r.samples]
     for row in rows:
-        if row.key["vector"] == "-" or not row.samples:
+        if row.key.unsteered or not row.samples:
             continue
-        candidates = [b for b in baselines if b is not row and b.key["model"] == row.key["model"]]
+        candidates = [b for b in baselines if b is not row and b.key.model == row.key.model]
         candidates.sort(key=lambda b: (b.limit != row.limit, b.source))
         for task, path in row.samples.items():
             mine = scores(path)

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from steer_plugin.errors import SteerError
-from steer_plugin.study.plan import SIDE_EFFECTS, SweepConfig, SweepOptions, SweepPlan
+from steer_plugin.steering.config import UNSTEERED, SteeringConfig
+from steer_plugin.study.plan import SIDE_EFFECTS, SweepOptions, SweepPlan
 from steer_plugin.study.results_files import RESULTS_FILE
 from steer_plugin.study.sweep_folder import SweepFolder, open_sweep_folder
 
@@ -57,7 +58,7 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(1234 + seed)
 
 
-def model_args_string(base: dict[str, Any], config: SweepConfig) -> str:
+def model_args_string(base: dict[str, Any], config: SteeringConfig) -> str:
     """The ``--model_args`` that reproduce one configuration with the stock `lm_eval` CLI."""
     args = dict(base)
     if not config.is_baseline:
@@ -70,10 +71,19 @@ def model_args_string(base: dict[str, Any], config: SweepConfig) -> str:
 def run_sweep(
     lm: Any, plan: SweepPlan, options: SweepOptions, progress: bool = True, folder: SweepFolder | None = None
 ) -> list[Path]:
-    """Evaluate every configuration (skipping finished ones); returns the results files.
+    """Evaluate every configuration (skipping finished ones).
 
-    ``folder``: from ``open_sweep_folder(plan, options)`` when the caller checked the output folder
-    before loading the model (the CLI does); opened here otherwise."""
+    Args:
+        lm: the loaded ``steered_hf`` model; each configuration only switches its steering.
+        plan: the configurations, in order.
+        options: tasks, output folder and evaluation settings.
+        progress: one line per configuration on stderr.
+        folder: from ``open_sweep_folder(plan, options)`` when the caller checked the output folder
+            before loading the model (the CLI does); opened here otherwise.
+
+    Returns:
+        The results file of every configuration of the plan, in plan order.
+    """
     from lm_eval.evaluator import evaluate
     from lm_eval.utils import handle_non_serializable
 
@@ -91,21 +101,10 @@ def run_sweep(
     files: list[Path] = []
     started = time.monotonic()
     if todo and hasattr(lm, "plan_ahead"):  # prefix reuse: configurations that share a prefix cache score together
-        lm.plan_ahead(
-            [
-                {
-                    "vector": None if c.is_baseline else c.vector,
-                    "alpha": c.alpha,
-                    "layers": c.layers,
-                    "positions": c.positions,
-                }
-                for c in todo
-            ],
-            **_batching_args(lm, options),
-        )
+        lm.plan_ahead(todo, **_batching_args(lm, options))
     probe = None
     for i, config in enumerate(todo):
-        lm.configure(None if config.is_baseline else config.vector, config.alpha, config.layers, config.positions)
+        lm.configure(config)
         _seed_everything(options.seed)
         t0 = time.monotonic()
         results = evaluate(
@@ -176,7 +175,7 @@ def run_sweep(
         )
     if hasattr(lm, "plan_ahead"):
         lm.plan_ahead([])
-    lm.configure(None, 0.0)
+    lm.configure(UNSTEERED)
     return [options.out_dir / c.slug() / RESULTS_FILE for c in plan.configs]
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +30,8 @@ from steer_plugin.study.results_files import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
-    from steer_plugin.study.plan import SweepConfig, SweepOptions, SweepPlan
+    from steer_plugin.steering.config import SteeringConfig
+    from steer_plugin.study.plan import SweepOptions, SweepPlan
 
 # results don't depend on these (batching is exact); everything else in model_args does
 _NOT_SETTINGS = ("batch_size",)
@@ -63,9 +64,9 @@ def sweep_settings(options: SweepOptions) -> dict[str, Any]:
     return json.loads(json.dumps(settings, default=str))  # as it reads back from JSON
 
 
-def config_record(config: SweepConfig, vector_sha256: str | None) -> dict[str, Any]:
+def config_record(config: SteeringConfig, vector_sha256: str | None) -> dict[str, Any]:
     """One configuration as recorded in sweep.json and in its results' ``config.sweep``."""
-    return {**asdict(config), "slug": config.slug(), "vector_sha256": vector_sha256}
+    return {**config.record(), "slug": config.slug(), "vector_sha256": vector_sha256}
 
 
 @dataclass
@@ -73,10 +74,10 @@ class SweepFolder:
     root: Path
     settings: dict[str, Any]
     records: dict[str, dict[str, Any]]  # slug -> config_record, for the configurations of this plan
-    todo: list[SweepConfig]
+    todo: list[SteeringConfig]
     notes: list[str] = field(default_factory=list)  # what was discarded or is rerun, and why
 
-    def results_path(self, config: SweepConfig) -> Path:
+    def results_path(self, config: SteeringConfig) -> Path:
         return self.root / config.slug() / RESULTS_FILE
 
 

@@ -12,9 +12,8 @@ from steer_plugin.io.figures import new_figure, png_bytes
 from steer_plugin.io.text_table import format_table
 from steer_plugin.study.paired import DEFAULT_RESAMPLES
 from steer_plugin.study.results_files import check_table_outputs
-from steer_plugin.study.rows import Row, compare_rows, load_rows
+from steer_plugin.study.rows import KEY_COLUMNS, Row, RowKey, compare_rows, load_rows
 
-KEY_COLUMNS = ("model", "vector", "alpha", "layers", "positions")
 # shown in the console/Markdown table; the CSV has every metric
 HEADLINE = (
     "acc",
@@ -39,8 +38,8 @@ def _sort_key(row: Row, sort: str | None) -> tuple:
         v = row.metrics.get(sort, float("nan"))
         return (math.isnan(v), -v if not math.isnan(v) else 0)
     k = row.key
-    alpha = k["alpha"] if isinstance(k["alpha"], (int, float)) else 0
-    return (k["model"], k["vector"] != "-", k["vector"], str(k["layers"]), str(k["positions"]), alpha)
+    alpha = k.alpha if isinstance(k.alpha, (int, float)) else 0
+    return (k.model, not k.unsteered, k["vector"], str(k["layers"]), str(k["positions"]), alpha)
 
 
 def columns(rows: list[Row], headline_only: bool) -> list[str]:
@@ -73,7 +72,7 @@ PAIRED_CSV = ("_delta", "_ci_low", "_ci_high", "_p")
 def _paired_note(rows: list[Row]) -> str | None:
     if any(r.paired for r in rows):
         return DELTA_NOTE
-    if any(r.samples and r.key["vector"] != "-" for r in rows):
+    if any(r.samples and not r.key.unsteered for r in rows):
         return NO_BASELINE_NOTE
     return None
 
@@ -137,13 +136,13 @@ def to_console(rows: list[Row], sort: str | None = None) -> str:
 
 def _series(rows: list[Row], metric: str) -> dict[str, list[tuple[float, float]]]:
     """Per (model, vector, layers, positions): sorted (alpha, value); the baseline joins every series."""
-    baselines = {r.key["model"]: r.metrics.get(metric) for r in rows if r.key["vector"] == "-"}
+    baselines = {r.key.model: r.metrics.get(metric) for r in rows if r.key.unsteered}
     out: dict[str, list[tuple[float, float]]] = {}
     for r in sorted(rows, key=lambda r: _sort_key(r, None)):  # legend order: a vector, then its controls
         k = r.key
-        if k["vector"] == "-" or metric not in r.metrics or not isinstance(k["alpha"], (int, float)):
+        if k.unsteered or metric not in r.metrics or not isinstance(k.alpha, (int, float)):
             continue
-        out.setdefault(_series_label(k), []).append((float(k["alpha"]), r.metrics[metric]))
+        out.setdefault(_series_label(k), []).append((float(k.alpha), r.metrics[metric]))
     for pts in out.values():
         base = next(iter(baselines.values()), None) if len(baselines) == 1 else None
         if base is not None and all(a != 0 for a, _ in pts):
@@ -152,17 +151,17 @@ def _series(rows: list[Row], metric: str) -> dict[str, list[tuple[float, float]]
     return out
 
 
-def _series_label(key: dict[str, Any]) -> str:
-    return f"{key['vector']} L={key['layers']} {key['positions']}"
+def _series_label(key: RowKey) -> str:
+    return key.series.label
 
 
 def _styles(rows: list[Row]) -> dict[str, dict[str, Any]]:
     """Line style per series: a random control is dashed, in the colour of the vector it controls."""
     parents: dict[str, str] = {}
     for r in sorted(rows, key=lambda r: _sort_key(r, None)):
-        if r.key["vector"] != "-":
+        if not r.key.unsteered:
             label = _series_label(r.key)
-            parents[label] = _series_label({**r.key, "vector": r.control_of}) if r.control_of else label
+            parents[label] = r.key.controls.label if r.key.controls else label
     colours: dict[str, str] = {}
     for parent in parents.values():
         colours.setdefault(parent, f"C{len(colours) % 10}")
@@ -231,7 +230,7 @@ def write_table(
     write_text_atomic(files[1], to_csv(rows, sort))
     metrics = sorted({m for r in rows for m in r.metrics})
     key = [m for m in metrics if m.endswith(("/acc", "/target_rate", "/target_prob"))]
-    if key and any(r.key["vector"] != "-" for r in rows):
+    if key and any(not r.key.unsteered for r in rows):
         path = Path(f"{prefix}_vs_alpha.png")
         with atomic_path(path) as tmp:
             tmp.write_bytes(plot_metric_vs_alpha(rows, key))
