@@ -19,7 +19,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from steer_plugin.cli.main import main as steer
+from steer_plugin.cli import main as steer
 from steer_plugin.io.text_table import format_table
 from steer_plugin.study.report import describe, load_study, target_metric, write_study
 from steer_plugin.vectors.vector import default_vector_path

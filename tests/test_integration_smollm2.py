@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from steer_plugin.cli.main import main
+from steer_plugin.cli import main
 
 ALPHA = 0.8
 LAYERS = "8-16"

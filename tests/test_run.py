@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from steer_plugin.cli.main import main
+from steer_plugin.cli import main
 
 
 def test_run_builds_sweeps_and_tables(tmp_path, tiny_llama_dir, monkeypatch, capsys, shared_or_none):
