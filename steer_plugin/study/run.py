@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args
@@ -20,7 +20,7 @@ from steer_plugin.errors import SteerError, check_choice
 from steer_plugin.harness.tasks import TRUTHFULQA_DIR_ENV
 from steer_plugin.io.outputs import check_output_dir, check_output_file
 from steer_plugin.model.loading import DEFAULT_MODEL, Dtype, ModelOptions, model_slug
-from steer_plugin.study.plan import SweepOptions, SweepPlan
+from steer_plugin.study.plan import Resolver, SweepOptions, SweepPlan
 from steer_plugin.study.results_files import check_table_outputs
 from steer_plugin.study.sweep import run_sweep
 from steer_plugin.study.sweep_folder import check_same_sweep, open_sweep_folder, sweep_settings
@@ -130,7 +130,7 @@ class Evaluation:
         return SweepOptions(
             tasks=self.task_names,
             out_dir=out,
-            limit=self.limit,
+            limit=None if self.limit is None else float(self.limit),  # as `--limit` gives it: the same sweep.json
             classifier=self.classifier,
             include_path=self.include_path,
             log_samples=self.log_samples,
@@ -329,7 +329,7 @@ def run(
         for m in methods
     }
     tq_dir = truthfulqa_dir or os.environ.get(TRUTHFULQA_DIR_ENV)
-    if tasks is None:
+    if not tasks:
         tq = ["truthfulqa_local_mc1", "truthfulqa_local_mc2"] if tq_dir else ["truthfulqa_mc1", "truthfulqa_mc2"]
         tasks = [*tq, *(f"steer_emotion_{target_slug(e)}" for e in emotions)]
     default_out = Path("runs") / f"{model_slug(model)}-{run_folder_name(emotion, emotions)}"
@@ -354,12 +354,12 @@ def run(
         evaluation.check(folder)
         if not fresh:
             check_same_sweep(folder, sweep_settings(evaluation.sweep_options(loading, folder)))
-        request = RecordRequest(
+        request = RecordRequest(  # the targets are set by what is missing
             model=loading, emotion=emotion, baseline=baseline, split=split, data_dir=str(data) if data else None,
             max_per_class=max_per_class, progress=progress,
-            # an 'auto' batch size is the harness's: recording then keeps its default
-            **({"batch_size": batch_size} if isinstance(batch_size, int) else {}),
         )  # fmt: skip
+        if isinstance(batch_size, int):  # an 'auto' batch size is the harness's: recording then keeps its default
+            request = replace(request, batch_size=batch_size)
         _build_missing(missing, request, top_k, progress)
     result = sweep(list(wanted.values()), grid, folder, model=loading, evaluation=evaluation, progress=progress)
     try:
@@ -388,7 +388,7 @@ def _names(value: str | Sequence[str] | None) -> list[str]:
     return [p.strip() for p in parts if p.strip()]
 
 
-def _build_missing(missing: dict[tuple[str, str], Path], request: RecordRequest, top_k: int, progress: bool) -> None:
+def _build_missing(missing: dict[tuple[str, Method], Path], request: RecordRequest, top_k: int, progress: bool) -> None:
     """Every missing (emotion, method) vector from one recording pass over their texts and the baseline's."""
     from steer_plugin.vectors.build import build_vector
     from steer_plugin.vectors.request import record_request
@@ -407,9 +407,7 @@ def _build_missing(missing: dict[tuple[str, str], Path], request: RecordRequest,
         _say(progress, f"wrote {path}")
 
 
-def _calibrated_alphas(
-    model_name: str, lm: Any, source: TextSource, progress: bool
-) -> Callable[[str, str, str, list[float]], dict[float, float]]:
+def _calibrated_alphas(model_name: str, lm: Any, source: TextSource, progress: bool) -> Resolver:
     """kl:X alphas: calibrate each (vector, layers, positions) on the sweep's model, reusing stored calibrations."""
     from steer_plugin.model.hooks import Steerer
     from steer_plugin.steering.calibrate import calibrate_vector_file, calibration_path, format_calibration
