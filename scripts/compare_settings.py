@@ -8,9 +8,10 @@ and perplexity measured on neutral texts. ``steer report`` on the same folder dr
 plot (target probability vs KL with intervals, one line per setting).
 
     python scripts/compare_settings.py --model HuggingFaceTB/SmolLM2-135M-Instruct --emotion anger \\
-        --out runs/settings-anger [--middle 8-20] [--budgets 0.1,0.3,1] [--limit N] [-- extra sweep args]
+        --out runs/settings-anger [--middle 8-20] [--budgets 0.1,0.3,1] [--limit N] [-- extra steer run options]
 
-Missing vectors are built first (`steer build`, both methods from one recording pass).
+It is one ``steer_plugin.run(...)`` call: missing vectors are built first (both methods from one recording
+pass); options after ``--`` (``--batch-size``, ``--device``, ...) are `steer run`'s.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from steer_plugin.cli.main import main as steer
+import steer_plugin
+from steer_plugin.cli import build_parser
+from steer_plugin.cli.study import run_arguments
 from steer_plugin.io.text_table import format_table
-from steer_plugin.study.report import describe, load_study, target_metric, write_study
-from steer_plugin.vectors.vector import default_vector_path
+from steer_plugin.study.report import describe, load_study, target_metric
 
 
 def comparison(folder: Path, emotion: str) -> str:
@@ -61,33 +63,33 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--middle", default="middle", help="the middle layers (default: the middle third)")
     ap.add_argument("--budgets", default="0.1,0.3,1")
     ap.add_argument("--top-k", type=int, default=20)
-    ap.add_argument("--limit", default=None)
+    ap.add_argument("--limit", type=float, default=None)
     ap.add_argument("--classifier", default=None)
     ap.add_argument("--data", default=None, help="local GoEmotions folder (vectors and neutral texts)")
     args = ap.parse_args(argv)
 
-    vectors = [default_vector_path(args.model, args.emotion, m, args.top_k) for m in ("mean", "top_k")]
-    data = ["--data", args.data] if args.data else []
-    for method, path in zip(("mean", "top_k"), vectors):
-        if not path.exists():
-            rc = steer(["build", "--model", args.model, "--emotion", args.emotion, "--method", method,
-                        "--top-k", str(args.top_k), "--out", str(path), *data])  # fmt: skip
-            if rc:
-                return rc
-    middle = args.middle
-    alphas = "0," + ",".join(f"kl:{b}" for b in args.budgets.split(","))
-    sweep = ["sweep", "--model", args.model, "--out", args.out, "--alphas", alphas, "--layers", "all",
-             "--layers", middle, "--positions", "all,response", "--controls", "0",
-             "--tasks", f"steer_emotion_{args.emotion}"]  # fmt: skip
-    for v in vectors:
-        sweep += ["--vector", str(v)]
-    sweep += ["--limit", args.limit] if args.limit else []
-    sweep += ["--classifier", args.classifier] if args.classifier else []
-    sweep += ["--fluency-texts", args.data] if args.data else []
-    rc = steer(sweep + extra)
-    if rc:
-        return rc
-    write_study(args.out)
+    # `steer run`'s defaults and the extra options, then the settings this comparison is about
+    options = run_arguments(
+        build_parser().parse_args(["run", "--model", args.model, "--emotion", args.emotion, *extra])
+    )
+    options.update(
+        method=["mean", "top_k"],
+        top_k=args.top_k,
+        data=args.data,  # the vectors' texts and the neutral texts of the side effects
+        alphas=[0, *(f"kl:{b}" for b in args.budgets.split(","))],
+        layers=["all", args.middle],
+        positions=["all", "response"],
+        controls=0,
+        tasks=[f"steer_emotion_{args.emotion}"],
+        limit=args.limit,
+        classifier=args.classifier,
+        out=args.out,
+    )
+    try:
+        steer_plugin.run(**options)
+    except steer_plugin.SteerError as e:
+        print(f"compare_settings: error: {e}", file=sys.stderr)
+        return 2
     text = comparison(Path(args.out), args.emotion)
     (Path(args.out) / "comparison.md").write_text(text + "\n")
     print(text)

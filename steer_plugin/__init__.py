@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-# the data flow: texts -> recorded statistics -> vector -> steered model
+# the data flow: texts -> recorded statistics -> vector -> steered model -> calibrated, evaluated run
 _LAZY = {
     "load_goemotions": "steer_plugin.data.goemotions",
     "select_texts": "steer_plugin.data.goemotions",
@@ -16,8 +16,14 @@ _LAZY = {
     "record_hidden_states": "steer_plugin.vectors.record",
     "HiddenStateStats": "steer_plugin.vectors.stats",
     "build_vector": "steer_plugin.vectors.build",
+    "train_vector": "steer_plugin.vectors.train",
     "SteeringVector": "steer_plugin.vectors.vector",
+    "random_like": "steer_plugin.vectors.controls",
     "steer": "steer_plugin.model.hooks",
+    "calibrate": "steer_plugin.steering.calibrate",
+    "SteeredHFLM": "steer_plugin.harness.model",
+    "run": "steer_plugin.study.run",
+    "RunResult": "steer_plugin.study.run",
     "SteerError": "steer_plugin.errors",
 }
 
@@ -28,8 +34,14 @@ __all__ = [  # noqa: RUF022 (grouped by the data flow, not alphabetically)
     "record_hidden_states",
     "HiddenStateStats",
     "build_vector",
+    "train_vector",
     "SteeringVector",
+    "random_like",
     "steer",
+    "calibrate",
+    "SteeredHFLM",
+    "run",
+    "RunResult",
     "SteerError",
     "__version__",
 ]
@@ -37,11 +49,16 @@ __all__ = [  # noqa: RUF022 (grouped by the data flow, not alphabetically)
 if TYPE_CHECKING:  # pragma: no cover
     from steer_plugin.data.goemotions import load_goemotions, select_texts
     from steer_plugin.errors import SteerError
+    from steer_plugin.harness.model import SteeredHFLM
     from steer_plugin.model.hooks import steer
     from steer_plugin.model.loading import ModelOptions
+    from steer_plugin.steering.calibrate import calibrate
+    from steer_plugin.study.run import RunResult, run
     from steer_plugin.vectors.build import build_vector
+    from steer_plugin.vectors.controls import random_like
     from steer_plugin.vectors.record import record_hidden_states
     from steer_plugin.vectors.stats import HiddenStateStats
+    from steer_plugin.vectors.train import train_vector
     from steer_plugin.vectors.vector import SteeringVector
 
 

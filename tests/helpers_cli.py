@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from steer_plugin.cli.main import main
+from steer_plugin.cli import main
 
 
 def run_cli(argv, capsys):

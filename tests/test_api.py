@@ -3,16 +3,18 @@ reference, and vector arithmetic keeps honest metadata."""
 
 from __future__ import annotations
 
+import inspect
 import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from helpers_tiny import ARCHS, decoder_blocks, make_model, save_model
+from helpers_tiny import ARCHS, decoder_blocks, hook_last_token_states, make_model, read_goemotions_rows, save_model
 
 import steer_plugin
-from steer_plugin import SteerError, SteeringVector, steer
+from steer_plugin import SteerError, SteeringVector, steer, train_vector
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "goemotions"
@@ -26,15 +28,22 @@ def readme_example() -> str:
 
 
 def test_readme_example_runs(tmp_path, monkeypatch, capsys):
+    from test_classifier import build_goemotions_classifier
+
     model_dir = save_model(tmp_path / "model", "llama", n_layers=18)  # the example steers layers 8-16
     data = tmp_path / "goemotions"
     shutil.copytree(FIXTURE, data)
     with open(data / "train.tsv", "a", encoding="utf-8") as f:  # the fixture has no joy-only text
         f.write("What a wonderful day!\t17\tj1\nI love it, so happy\t17\tj2\n")
+    with open(data / "test.tsv", "a", encoding="utf-8") as f:  # a KL calibration needs 2 neutral texts or more
+        f.write("".join(f"The bus stops at the corner of the {s} street.\t27\tn{s}\n" for s in ("first", "second")))
+    clf = build_goemotions_classifier(tmp_path / "clf")
     code = readme_example()
     for old, new in (
         ('"HuggingFaceTB/SmolLM2-135M-Instruct"', repr(model_dir)),
         ('load_goemotions("train")', f"load_goemotions('train', {str(data)!r})"),
+        ("data=None", f"data={str(data)!r}"),
+        ('classifier="SamLowe/roberta-base-go_emotions"', f"classifier={clf!r}"),
     ):
         assert old in code
         code = code.replace(old, new)
@@ -47,6 +56,14 @@ def test_readme_example_runs(tmp_path, monkeypatch, capsys):
     steered, model = namespace["steered"], namespace["model"]
     assert steered.shape[0] == 2
     assert all(not b._forward_hooks for b in decoder_blocks(model))  # nothing left behind
+    v_top = namespace["v_top"]
+    assert v_top.metadata["method"] == "top_k" and int((v_top.matrix != 0).sum(1).max()) == 20
+    result = namespace["result"]
+    assert result.folder == Path("runs/anger") and (tmp_path / "runs/anger/summary.md").is_file()
+    assert result.summary.startswith("What steering did") and "Toward anger at KL 0.10" in result.summary
+    assert result.summary.strip() in out
+    assert sorted(r.key["vector"] == "-" for r in result.rows) == [False, True]  # the baseline and kl:0.1
+    assert all(f.is_file() for f in result.files) and Path("runs/anger/leaderboard.md") in result.files
 
 
 def _reference_logits(model, ids, rows: dict[int, torch.Tensor], last_only: bool) -> torch.Tensor:
@@ -145,3 +162,61 @@ def test_mixed_vector_round_trips(tmp_path):
 def test_public_names_resolve():
     for name in steer_plugin.__all__:
         assert getattr(steer_plugin, name) is not None
+
+
+def test_public_functions_document_their_arguments_and_result():
+    for name in ("train_vector", "random_like", "calibrate", "run"):
+        doc = inspect.getdoc(getattr(steer_plugin, name)) or ""
+        assert "Args:" in doc and "Returns:" in doc, name
+        documented = set(re.findall(r"^\s{4}(\w+):", doc.split("Args:")[1].split("Returns:")[0], re.M))
+        model_options = {"dtype", "device", "device_map", "revision", "trust_remote_code", "blocks"}  # run: one entry
+        missing = set(inspect.signature(getattr(steer_plugin, name)).parameters) - documented - model_options
+        assert not missing, (name, missing)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_train_vector_is_the_mean_difference_of_hooked_block_outputs(arch):
+    """Select, record, build in one call = the mean last-token block output of the anger-only texts minus the
+    neutral-only ones', each text run alone through plain forward hooks (the fixture read with the csv module)."""
+    model, tok = make_model(arch)
+    rows = read_goemotions_rows(FIXTURE / "train.tsv")
+    texts = {c: [t for t, labels in rows if labels == {c}] for c in ("anger", "neutral")}
+    assert len(texts["anger"]) == 4 and len(texts["neutral"]) == 4
+    diff = hook_last_token_states(model, tok, texts["anger"]).mean(0) - hook_last_token_states(
+        model, tok, texts["neutral"]
+    ).mean(0)
+    v = train_vector(model, tok, "anger", data=FIXTURE, progress=False)
+    np.testing.assert_allclose(v.matrix.numpy(), diff, atol=1e-5, rtol=0)
+    assert v.metadata["counts"] == {"anger": 4, "neutral": 4} and v.metadata["method"] == "mean"
+    k = train_vector(model, tok, "anger", data=FIXTURE, method="top_k", top_k=5, layers="1-2", progress=False)
+    for layer in range(3):
+        kept = np.flatnonzero(k.matrix[layer].numpy())
+        if layer == 0:
+            assert kept.size == 0  # not among the layers kept
+        else:
+            assert set(kept) == set(np.argsort(-np.abs(diff[layer]))[:5])
+            np.testing.assert_allclose(k.matrix[layer].numpy()[kept], diff[layer][kept], atol=1e-5, rtol=0)
+    with pytest.raises(SteerError, match="top_k only applies"):
+        train_vector(model, tok, "anger", data=FIXTURE, top_k=5)
+    with pytest.raises(SteerError, match="not 'all'"):
+        train_vector(model, tok, "all", data=FIXTURE)
+
+
+def test_train_vector_equals_steer_build(tmp_path, tiny_llama_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from steer_plugin.cli import main
+
+    out = tmp_path / "built.safetensors"
+    argv = ["build", "--model", tiny_llama_dir, "--emotion", "anger", "--data", str(FIXTURE), "--max-per-class", "3",
+            "--method", "top_k", "--top-k", "6", "--out", str(out), "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    v = train_vector(model, tok, "anger", data=FIXTURE, max_per_class=3, method="top_k", top_k=6, progress=False)
+    built = SteeringVector.load(out)
+    assert torch.equal(v.matrix, built.matrix) and torch.equal(v.mask, built.mask)
+    saved = {k: val for k, val in built.metadata.items() if k not in ("created_at", "n_layers", "hidden_size")}
+    assert {k: v.metadata.get(k) for k in saved if k != "package_version"} == {
+        k: val for k, val in saved.items() if k != "package_version"
+    }

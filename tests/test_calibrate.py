@@ -95,7 +95,7 @@ def test_residual_rms_from_statistics_equals_direct_computation():
 
 
 def test_built_vector_carries_rms_and_list_and_check_show_it(tmp_path, tiny_llama_dir, capsys):
-    from steer_plugin.cli.main import main
+    from steer_plugin.cli import main
     from steer_plugin.vectors.build import build_vector
     from steer_plugin.vectors.stats import HiddenStateStats
 
@@ -192,7 +192,7 @@ def test_stored_calibrations_are_reused_and_coexist(tmp_path, texts_file, monkey
 
 
 def test_calibrate_command_json_and_table(tmp_path, texts_file, capsys):
-    from steer_plugin.cli.main import main
+    from steer_plugin.cli import main
 
     model, tok = sharp_model("gpt2")
     model_dir = str(tmp_path / "m")
@@ -216,7 +216,7 @@ def test_calibrate_command_json_and_table(tmp_path, texts_file, capsys):
 
 
 def test_calibrate_command_errors(tmp_path, tiny_llama_dir, texts_file, capsys):
-    from steer_plugin.cli.main import main
+    from steer_plugin.cli import main
 
     vec = tmp_path / "zero.safetensors"
     m = torch.zeros(3, 32)

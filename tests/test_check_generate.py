@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from steer_plugin.cli.main import main
+from steer_plugin.cli import main
 from steer_plugin.vectors.vector import SteeringVector
 
 

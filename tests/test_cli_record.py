@@ -2,7 +2,7 @@
 independent reference: the TSV read with the csv module, every text run alone through the HF model with
 a forward hook on each block (last token), per-class means in numpy, difference, top-k by |diff|.
 
-Everything runs in-process through ``steer_plugin.cli.main.main``; bad input must give exit code 2 and one
+Everything runs in-process through ``steer_plugin.cli.main``; bad input must give exit code 2 and one
 line on stderr (no traceback) and leave no output file.
 """
 
@@ -17,7 +17,7 @@ import torch
 from helpers_cli import assert_one_line_error, run_cli
 from helpers_tiny import hook_last_token_states, read_goemotions_rows
 
-from steer_plugin.cli.main import main
+from steer_plugin.cli import main
 from steer_plugin.vectors.stats import HiddenStateStats
 from steer_plugin.vectors.vector import SteeringVector
 

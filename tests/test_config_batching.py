@@ -385,13 +385,13 @@ def _no_side_effects() -> list[str]:
     what these CLI runs are about."""
     import inspect
 
-    from steer_plugin.cli import evaluate as cli_eval
+    from steer_plugin.cli import study as cli_study
 
-    return ["--no-side-effects"] if "--no-side-effects" in inspect.getsource(cli_eval) else []
+    return ["--no-side-effects"] if "--no-side-effects" in inspect.getsource(cli_study) else []
 
 
 def test_cli_no_config_batching_flag(task_dir, model_dir, tmp_path, monkeypatch):
-    from steer_plugin.cli.main import main
+    from steer_plugin.cli import main
     from steer_plugin.harness.model import SteeredHFLM
 
     vec = tmp_path / "v.safetensors"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from steer_plugin.cli.main import main
+from steer_plugin.cli import main
 from steer_plugin.errors import SteerError
 from steer_plugin.vectors.controls import control_path, random_like, random_like_file, write_controls
 from steer_plugin.vectors.vector import SteeringVector, file_sha256

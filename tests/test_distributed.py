@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from steer_plugin.cli.main import main
+from steer_plugin.cli import main
 from steer_plugin.vectors.stats import HiddenStateStats
 
 FIXTURE = Path(__file__).parent / "fixtures" / "goemotions"

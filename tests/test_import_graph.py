@@ -81,6 +81,8 @@ def test_the_graph_is_read():
     graph = import_graph()
     assert "vectors.vector" in graph and "model.hooks" in graph["harness.model"]
     assert "study.rows" in graph["study.table"]
+    # `steer sweep` / `steer run` (cli.study) are thin callers of the library's study.run, which drives study.sweep
+    assert "study.run" in graph["cli.study"] and "study.sweep" in graph["study.run"]
 
 
 def test_no_import_cycles_not_even_for_type_checking():

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from steer_plugin.cli.main import main
+from steer_plugin.cli import main
 
 pytestmark = pytest.mark.slow  # the real SmolLM2-135M-Instruct
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from helpers_tiny import decoder_blocks, save_model
 
-from steer_plugin.cli.main import main
+from steer_plugin.cli import main
 from steer_plugin.errors import SteerError
 from steer_plugin.vectors.interop import export_gguf_control_vector, export_lm_eval_steered
 from steer_plugin.vectors.vector import SteeringVector

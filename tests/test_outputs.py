@@ -137,7 +137,7 @@ def test_parent_that_is_a_file(tmp_path, capsys, stats_file):
 
 _CHILD = """
 import contextlib, io, json, sys
-from steer_plugin.cli.main import main
+from steer_plugin.cli import main
 out = []
 for argv in json.loads(sys.argv[1]):
     err = io.StringIO()

@@ -17,7 +17,7 @@ import torch
 from helpers_cli import assert_one_line_error, run_cli
 from helpers_tiny import decoder_blocks, save_tiny_stats
 
-from steer_plugin.cli.main import main
+from steer_plugin.cli import main
 from steer_plugin.errors import SteerError
 from steer_plugin.study.plan import SweepConfig, SweepOptions, SweepPlan
 from steer_plugin.study.rows import load_rows

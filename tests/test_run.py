@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+from pathlib import Path
 
-from steer_plugin.cli.main import main
+import steer_plugin
+from steer_plugin.cli import main
+from steer_plugin.vectors.vector import default_vector_path
+
+FIXTURE = Path(__file__).parent / "fixtures" / "goemotions"
 
 
 def test_run_builds_sweeps_and_tables(tmp_path, tiny_llama_dir, monkeypatch, capsys, shared_or_none):
@@ -67,3 +74,54 @@ def test_run_builds_sweeps_and_tables(tmp_path, tiny_llama_dir, monkeypatch, cap
     mtime = vector.stat().st_mtime_ns
     assert main(args) == 0
     assert vector.stat().st_mtime_ns == mtime
+
+
+def _normalized(doc):
+    """A results/sweep JSON without what differs between two runs of the same sweep: when and how long."""
+    if isinstance(doc, dict):
+        return {k: _normalized(v) for k, v in doc.items() if k not in ("date", "seconds")}
+    return [_normalized(v) for v in doc] if isinstance(doc, list) else doc
+
+
+def test_the_library_call_writes_the_folder_steer_run_writes(tmp_path, tiny_llama_dir, monkeypatch, shared_or_none):
+    """`steer_plugin.run(...)` with `steer run`'s options as keywords: the same files with the same contents
+    (apart from timestamps and durations), built from the same defaults, and no environment variable written."""
+    from test_classifier import build_goemotions_classifier
+
+    options = {"model": tiny_llama_dir, "emotion": "anger", "data": str(FIXTURE), "top_k": 4, "alphas": "0,2",
+               "classifier": build_goemotions_classifier(tmp_path / "clf"), "limit": 3, "batch_size": 4, "out": "run"}  # fmt: skip
+    if shared_or_none:
+        options["truthfulqa_dir"] = str(shared_or_none / "data" / "truthfulqa")  # to the tasks as metadata
+    else:
+        options["tasks"] = "steer_emotion_anger"
+    library, command = tmp_path / "library", tmp_path / "command"
+    library.mkdir()
+    monkeypatch.chdir(library)
+    ours = {k: v for k, v in os.environ.items() if k.startswith("STEER_")}
+    result = steer_plugin.run(**options)
+    assert {k: v for k, v in os.environ.items() if k.startswith("STEER_")} == ours
+    # a vector file (and a control) records when it was written, and a configuration records the file's sha256:
+    # the command reuses the library's, as a second run would
+    shutil.copytree(library / "vectors", command / "vectors")
+    shutil.copytree(library / "run" / "controls", command / "run" / "controls")
+    monkeypatch.chdir(command)
+    assert main(["run", *(x for k, v in options.items() for x in (f"--{k.replace('_', '-')}", str(v)))]) == 0
+
+    def files(root: Path) -> list[str]:
+        return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+    assert files(library / "run") == files(command / "run")
+    assert len([f for f in files(library / "run") if f.endswith("results.json")]) == 3  # the baseline, alpha 2, control
+    for name in files(library / "run"):
+        a, b = library / "run" / name, command / "run" / name
+        if name.endswith(".json"):
+            assert _normalized(json.loads(a.read_text())) == _normalized(json.loads(b.read_text())), name
+        else:
+            assert a.read_bytes() == b.read_bytes(), name
+    assert result.folder == Path("run") and result.vectors == [default_vector_path(tiny_llama_dir, "anger", "top_k", 4)]
+    assert result.summary == (library / "run" / "summary.md").read_text()
+    top = [Path("run") / f for f in files(library / "run") if "/" not in f and f != "sweep.json"]
+    assert sorted(result.files) == sorted(top)  # the reports
+    assert sorted(r.source for r in result.rows) == sorted(str(p.relative_to("run")) for p in result.results)
+    control = next(r for r in result.rows if r.control_of)
+    assert "steer_emotion_anger/target_prob" in control.paired  # Δ vs the baseline, as in the table

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from steer_plugin.cli.main import main
+from steer_plugin.cli import main
 from steer_plugin.errors import SteerError
 from steer_plugin.study.paired import PairedBootstrap
 from steer_plugin.study.report import describe, leakage, load_study, parse_targets, sentence, write_study

@@ -150,7 +150,7 @@ def test_reproduce_string_rebuilds_the_same_run(task_dir, vector_file, tiny_llam
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    from steer_plugin.cli.main import main
+    from steer_plugin.cli import main
 
     out = tmp_path / "sweep"
     argv = ["sweep", "--model", tiny_llama_dir, "--vector", vector_file, "--alphas", "0.7", "--tasks", "tiny_mc",
@@ -342,7 +342,7 @@ def test_sweep_measures_side_effects_and_resolves_kl_alphas(lm, task_dir, vector
 
 
 def test_sweep_command_with_kl_alphas(task_dir, vector_file, tiny_llama_dir, tmp_path, capsys):
-    from steer_plugin.cli.main import main
+    from steer_plugin.cli import main
     from steer_plugin.steering.calibrate import calibration_path
 
     texts = tmp_path / "neutral.txt"
@@ -366,7 +366,7 @@ def test_sweep_command_with_kl_alphas(task_dir, vector_file, tiny_llama_dir, tmp
 
 
 def test_sweep_command_with_controls_at_the_same_kl(task_dir, vector_file, tiny_llama_dir, tmp_path, capsys):
-    from steer_plugin.cli.main import main
+    from steer_plugin.cli import main
     from steer_plugin.steering.calibrate import calibration_path
 
     texts = tmp_path / "neutral.txt"

@@ -32,8 +32,8 @@ from lm_eval.api.task import ConfigurableTask
 from lm_eval.tasks._yaml_loader import load_yaml
 
 from steer_plugin.errors import SteerError
+from steer_plugin.harness.tasks import TRUTHFULQA_DIR_ENV
 
-TRUTHFULQA_DIR_ENV = "STEER_TRUTHFULQA_DIR"
 TAG = "truthfulqa_local"
 BUILTIN_DIR = Path(lm_eval.tasks.__file__).resolve().parent / "truthfulqa"
 # keys of our YAMLs that are not TaskConfig fields

@@ -5,16 +5,15 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # pragma: no cover
-    from steer_plugin.model.loading import ModelOptions
-    from steer_plugin.vectors.request import RecordRequest
+from steer_plugin.model.loading import DEFAULT_MODEL, DTYPES, ModelOptions
 
-DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+if TYPE_CHECKING:  # pragma: no cover
+    from steer_plugin.vectors.request import RecordRequest
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"hub id or local folder (default: {DEFAULT_MODEL})")
-    p.add_argument("--dtype", default="float32", choices=["auto", "float32", "float16", "bfloat16"])
+    p.add_argument("--dtype", default="float32", choices=DTYPES)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps ... (default: where it loads)")
     p.add_argument("--device-map", default=None, help="e.g. 'auto' to spread a big model over devices")
     p.add_argument("--revision", default=None)
@@ -24,8 +23,6 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 def model_options(args: argparse.Namespace) -> ModelOptions:
     """The model the command line names, as the one `ModelOptions` every later step uses."""
-    from steer_plugin.model.loading import ModelOptions
-
     return ModelOptions(
         name=args.model,
         dtype=args.dtype,
@@ -53,6 +50,33 @@ def record_request_from_args(args: argparse.Namespace, emotion: str) -> RecordRe
         progress=not given.get("no_progress", False),
         # `run`'s --batch-size may be 'auto' (for evaluation): recording then keeps its default
         **{k: given[k] for k in optional if given.get(k) is not None and given[k] != "auto"},
+    )
+
+
+def add_data_args(p: argparse.ArgumentParser, emotion_required: bool = True) -> None:
+    """Which GoEmotions texts (`data`, `record`, `build`)."""
+    p.add_argument(
+        "--emotion",
+        required=emotion_required,
+        help="a GoEmotions label (anger, joy, ...), an Ekman group (ekman:anger) or 'all'",
+    )
+    p.add_argument("--baseline", default="neutral", help="baseline class (default: neutral)")
+    p.add_argument("--data", default=None, help="local GoEmotions folder (train.tsv ...); default: the hub dataset")
+    p.add_argument("--split", default="train", help="train, validation (= dev) or test")
+    p.add_argument("--selection", default="exclusive", choices=["exclusive", "any"])
+    p.add_argument("--max-per-class", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dedupe", action="store_true", help="drop identical texts within a class")
+
+
+def add_fluency_texts_arg(p: argparse.ArgumentParser) -> None:
+    """The neutral texts of the side effects (`calibrate`, `sweep`, `run`)."""
+    p.add_argument(
+        "--fluency-texts",
+        default=None,
+        metavar="FILE|DIR",
+        help="neutral texts for KL/perplexity: a text file (one per line) or a GoEmotions folder "
+        "(default: --data if given, else $STEER_GOEMOTIONS_DIR, else the hub's neutral test texts)",
     )
 
 

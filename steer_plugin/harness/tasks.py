@@ -5,6 +5,8 @@ from pathlib import Path
 from steer_plugin.errors import SteerError
 
 TASKS_FOLDER = "lm_eval_tasks"
+# the truthfulqa_local tasks read their JSONL folder from task metadata ``truthfulqa_dir``, else from this variable
+TRUTHFULQA_DIR_ENV = "STEER_TRUTHFULQA_DIR"
 
 
 def tasks_dir() -> Path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 from steer_plugin.errors import SteerError, check_choice
 
@@ -19,7 +19,9 @@ BLOCK_PATHS: tuple[str, ...] = (
     "transformer.blocks",  # MPT
 )
 
-DTYPES = ("auto", "float32", "float16", "bfloat16")
+Dtype = Literal["auto", "float32", "float16", "bfloat16"]
+DTYPES: tuple[str, ...] = get_args(Dtype)
+DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"  # small and ungated: runs on a laptop CPU
 
 
 def resolve_module(root: Any, path: str) -> Any:

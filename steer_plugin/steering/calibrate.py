@@ -306,7 +306,31 @@ def calibrate(
     vector_sha256: str = "",
     progress: Callable[[str], None] | None = None,
 ) -> Calibration:
-    """Find the alpha of every budget on the calibration texts and measure it on the held-out texts."""
+    """Find the alpha of every KL budget on the calibration texts and measure it on the held-out texts.
+
+    Args:
+        model: a transformers causal LM.
+        tokenizer: its tokenizer.
+        vector: the steering vector.
+        budgets: KL budgets, nats per token (mean KL of the steered to the unsteered next-token distribution).
+        layers: the layers steered (``all``, ``middle``, ``10-19``).
+        positions: ``all`` or ``response`` (the last position of each forward).
+        source: where the neutral texts come from (default: GoEmotions' neutral test texts).
+        texts: the (calibration, held-out) texts themselves, instead of ``source``'s.
+        n_calibration: calibration texts taken from ``source``.
+        n_heldout: held-out texts taken from ``source``.
+        tolerance: relative tolerance of the KL reached on the calibration texts.
+        batch_size: texts per forward pass.
+        steerer: the hooks that steer (default: forward hooks on the decoder blocks, ``blocks``).
+        blocks: module path of the decoder blocks, if they are not found automatically.
+        model_name: the model's name in the calibration's key.
+        vector_sha256: the vector file's sha256 in the key.
+        progress: called with a line per evaluated alpha.
+
+    Returns:
+        A ``Calibration``: per budget the alpha, the KL on calibration and held-out texts (with standard
+        errors), perplexities and relative strength; ``alpha_for(budget)`` reads one alpha.
+    """
     from steer_plugin.model.hooks import Steerer, make_plan
     from steer_plugin.model.layers import format_layers, parse_layers
     from steer_plugin.model.positions import check_positions

@@ -22,14 +22,17 @@ from steer_plugin.study.results_files import RESULTS_FILE
 from steer_plugin.study.sweep_folder import SweepFolder, open_sweep_folder
 
 
-def load_tasks(options: SweepOptions) -> dict[str, Any]:
-    """Build the harness tasks once (honouring the classifier metadata and our task folder)."""
+def load_tasks(options: SweepOptions, metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Build the harness tasks once (honouring the classifier metadata and our task folder).
+
+    ``metadata``: more task metadata (lm-eval's ``--metadata``), e.g. ``truthfulqa_dir`` of the
+    truthfulqa_local tasks."""
     from lm_eval.tasks import TaskManager
 
     from steer_plugin.harness.tasks import tasks_dir
 
     includes = [str(tasks_dir())] + ([options.include_path] if options.include_path else [])
-    metadata = {"classifier": options.classifier} if options.classifier else {}
+    metadata = {**({"classifier": options.classifier} if options.classifier else {}), **(metadata or {})}
     # our folders alone index in a second; the harness's own ~10k task files take ~20 s, so only when needed
     manager = TaskManager(include_path=includes, metadata=metadata, include_defaults=False)
     if any(t not in manager.all_tasks for t in options.tasks):
@@ -69,7 +72,12 @@ def model_args_string(base: dict[str, Any], config: SteeringConfig) -> str:
 
 
 def run_sweep(
-    lm: Any, plan: SweepPlan, options: SweepOptions, progress: bool = True, folder: SweepFolder | None = None
+    lm: Any,
+    plan: SweepPlan,
+    options: SweepOptions,
+    progress: bool = True,
+    folder: SweepFolder | None = None,
+    task_metadata: dict[str, Any] | None = None,
 ) -> list[Path]:
     """Evaluate every configuration (skipping finished ones).
 
@@ -79,7 +87,8 @@ def run_sweep(
         options: tasks, output folder and evaluation settings.
         progress: one line per configuration on stderr.
         folder: from ``open_sweep_folder(plan, options)`` when the caller checked the output folder
-            before loading the model (the CLI does); opened here otherwise.
+            before loading the model (``steer_plugin.run`` does); opened here otherwise.
+        task_metadata: see ``load_tasks``.
 
     Returns:
         The results file of every configuration of the plan, in plan order.
@@ -97,7 +106,7 @@ def run_sweep(
     done_before = len(plan.configs) - len(todo)
     if done_before:
         _say(progress, f"resuming: {done_before}/{len(plan.configs)} configurations already done")
-    loaded = load_tasks(options) if todo else None
+    loaded = load_tasks(options, task_metadata) if todo else None
     files: list[Path] = []
     started = time.monotonic()
     if todo and hasattr(lm, "plan_ahead"):  # prefix reuse: configurations that share a prefix cache score together

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -210,14 +211,21 @@ def plot_tradeoff(rows: list[Row], x_metric: str, y_metric: str) -> bytes:
     return png_bytes(fig)
 
 
-def write_table(
+@dataclass(frozen=True)
+class Leaderboard:
+    rows: list[Row]  # with their paired Δ vs the baseline
+    text: str  # the console table
+    files: list[Path]  # PREFIX.md, PREFIX.csv and the plots
+
+
+def write_leaderboard(
     folder: str | Path,
     prefix: str | Path | None = None,
     sort: str | None = None,
     resamples: int = DEFAULT_RESAMPLES,
     seed: int = 0,
-) -> tuple[str, list[Path]]:
-    """Console table plus ``PREFIX.md``, ``PREFIX.csv`` and the plots; returns (console text, files).
+) -> Leaderboard:
+    """The rows of a folder of results, written as ``PREFIX.md``, ``PREFIX.csv`` and the plots.
     Rows with per-document samples get Δ vs the baseline (``resamples`` paired bootstrap draws, ``seed``)."""
     from steer_plugin.io.atomic import atomic_path, write_text_atomic
 
@@ -242,4 +250,16 @@ def write_table(
             with atomic_path(path) as tmp:
                 tmp.write_bytes(plot_tradeoff(rows, x, y))
             files.append(path)
-    return to_console(rows, sort), files
+    return Leaderboard(rows, to_console(rows, sort), files)
+
+
+def write_table(
+    folder: str | Path,
+    prefix: str | Path | None = None,
+    sort: str | None = None,
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+) -> tuple[str, list[Path]]:
+    """``write_leaderboard``'s console text and files (for callers that do not need the rows)."""
+    board = write_leaderboard(folder, prefix, sort, resamples, seed)
+    return board.text, board.files

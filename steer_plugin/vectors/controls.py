@@ -37,7 +37,18 @@ _MODEL_KEYS = (
 def random_like(
     vector: SteeringVector, seed: int, *, source_sha256: str | None = None, source_name: str | None = None
 ) -> SteeringVector:
-    """A norm- and sparsity-matched random-direction control of ``vector`` (float64 draws, seeded)."""
+    """A norm- and sparsity-matched random-direction control of ``vector`` (float64 draws, seeded).
+
+    Args:
+        vector: the vector to control for.
+        seed: the seed of the draws (>= 0); the same seed gives the same control on every machine.
+        source_sha256: the sha256 of the vector's file, recorded in the control's ``control_of``.
+        source_name: the vector's file name, recorded there too.
+
+    Returns:
+        A vector of the same shape with, per layer, the same norm and as many non-zero entries (at random
+        positions, in a random Gaussian direction); its metadata says ``method: random`` and what it controls.
+    """
     import torch
 
     from steer_plugin.vectors.vector import SteeringVector

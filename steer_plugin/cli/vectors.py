@@ -1,33 +1,16 @@
-"""The `steer` command line. Only argparse at import time: `steer --help` must start instantly."""
+"""`steer record`, `analyze`, `build`, `list`, `export` and `import`: statistics and vector files."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from steer_plugin.cli import evaluate as cli_eval
-from steer_plugin.cli.args import add_model_args, record_request_from_args
+from steer_plugin.cli.args import add_data_args, add_model_args, record_request_from_args
 
 if TYPE_CHECKING:  # pragma: no cover
     from steer_plugin.vectors.vector import SteeringVector
-
-
-def _add_data_args(p: argparse.ArgumentParser, emotion_required: bool = True) -> None:
-    p.add_argument(
-        "--emotion",
-        required=emotion_required,
-        help="a GoEmotions label (anger, joy, ...), an Ekman group (ekman:anger) or 'all'",
-    )
-    p.add_argument("--baseline", default="neutral", help="baseline class (default: neutral)")
-    p.add_argument("--data", default=None, help="local GoEmotions folder (train.tsv ...); default: the hub dataset")
-    p.add_argument("--split", default="train", help="train, validation (= dev) or test")
-    p.add_argument("--selection", default="exclusive", choices=["exclusive", "any"])
-    p.add_argument("--max-per-class", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dedupe", action="store_true", help="drop identical texts within a class")
 
 
 def _add_record_args(p: argparse.ArgumentParser) -> None:
@@ -37,21 +20,10 @@ def _add_record_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="steer", description="Emotion steering vectors for causal LMs, evaluated with lm-evaluation-harness."
-    )
-    parser.add_argument("--version", action="store_true", help="print the version and exit")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    p = sub.add_parser("data", help="GoEmotions selection counts (and texts)")
-    _add_data_args(p)
-    p.add_argument("--out", default=None, help="write the selected texts as JSONL (text, class)")
-    p.set_defaults(func=cmd_data)
-
+def add_commands(sub: Any) -> None:
     p = sub.add_parser("record", help="record per-class hidden-state statistics with nnsight")
     add_model_args(p)
-    _add_data_args(p)
+    add_data_args(p)
     _add_record_args(p)
     p.add_argument("--out", required=True, help="stats file (.safetensors)")
     p.add_argument(
@@ -74,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("build", help="build a steering vector (records first unless --stats is given)")
     add_model_args(p)
-    _add_data_args(p, emotion_required=False)
+    add_data_args(p, emotion_required=False)
     _add_record_args(p)
     p.add_argument("--stats", default=None, help="reuse a stats file from `steer record`")
     p.add_argument(
@@ -115,91 +87,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--emotion", default=None)
     p.add_argument("--model", default=None, help="model the matrix was recorded on")
     p.set_defaults(func=cmd_import)
-
-    p = sub.add_parser("tasks-dir", help="print the folder of our lm-eval tasks (for --include_path)")
-    p.set_defaults(func=cmd_tasks_dir)
-    cli_eval.add_commands(sub)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.version:
-        from steer_plugin import __version__
-
-        print(__version__)
-        return 0
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
-    from steer_plugin.errors import SteerError
-
-    try:
-        return int(args.func(args) or 0)
-    except SteerError as e:
-        from steer_plugin.io.terminal import printable  # messages quote file contents: one line, no escapes
-
-        print(f"steer {args.command}: error: {printable(e)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-
-
-# --- commands ------------------------------------------------------------------------------------
-
-
-def _selection(args: argparse.Namespace):
-    from steer_plugin.data.goemotions import load_goemotions, select_texts
-
-    examples = load_goemotions(args.split, args.data)
-    return select_texts(
-        examples,
-        args.emotion,
-        args.baseline,
-        args.selection,
-        args.max_per_class,
-        args.seed,
-        args.dedupe,
-        split=args.split,
-        source="local" if args.data else "hub",
-    )
-
-
-def cmd_data(args: argparse.Namespace) -> int:
-    from steer_plugin.io.terminal import printable
-
-    if args.out:
-        from steer_plugin.io.outputs import check_output_file
-
-        check_output_file(args.out)
-    if args.emotion == "all":
-        from steer_plugin.data.goemotions import load_goemotions, select_all
-
-        texts, members = select_all(
-            load_goemotions(args.split, args.data), args.selection, args.max_per_class, args.seed, args.dedupe
-        )
-        counts: dict[str, int] = {}
-        for m in members:
-            for c in m:
-                counts[c] = counts.get(c, 0) + 1
-        rows = [{"text": t, "classes": list(m)} for t, m in zip(texts, members)]
-        print(f"split {args.split} ({args.selection}): {len(texts)} texts")
-    else:
-        sel = _selection(args)
-        counts = sel.counts()
-        rows = [{"text": t, "class": c} for c, ts in sel.classes.items() for t in ts]
-        print(f"split {args.split} ({args.selection}):")
-    width = max(len(c) for c in counts)
-    for c, n in counts.items():
-        print(f"  {printable(c):<{width}}  {n:>6}")  # class names come from the data folder's emotions.txt
-    if args.out:
-        from steer_plugin.io.atomic import write_text_atomic
-
-        write_text_atomic(args.out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-        print(f"wrote {len(rows)} texts to {args.out}")
-    return 0
 
 
 def cmd_record(args: argparse.Namespace) -> int:
@@ -411,14 +298,3 @@ def cmd_import(args: argparse.Namespace) -> int:
     vec.save(args.out)
     print(f"wrote {args.out}: {vec.n_layers} layers x {vec.hidden_size}")
     return 0
-
-
-def cmd_tasks_dir(args: argparse.Namespace) -> int:
-    from steer_plugin.harness.tasks import tasks_dir
-
-    print(tasks_dir())
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())

@@ -1,0 +1,167 @@
+"""`steer check`, `steer calibrate` and `steer generate`: a vector on a model, without the harness."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from steer_plugin.cli.args import add_fluency_texts_arg, add_model_args, floats, model_options
+
+DEFAULT_PROMPTS = ["Tell me about yourself.", "Write a short story about a boy and his dog."]
+
+
+def add_commands(sub: Any) -> None:
+    """check, generate, calibrate."""
+    p = sub.add_parser("check", help="verify that steering lands in the residual stream (per layer)")
+    add_model_args(p)
+    p.add_argument("--vector", required=True)
+    p.add_argument("--alpha", type=float, default=1.0)
+    p.add_argument("--layers", default=None, help="layers to check (default: all)")
+    p.add_argument("--prompt", action="append", default=None, help="probe prompt (repeatable)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("generate", help="baseline vs steered generations side by side")
+    add_model_args(p)
+    p.add_argument("prompts", nargs="*", help=f"prompts (default: {DEFAULT_PROMPTS})")
+    p.add_argument("--vector", required=True)
+    p.add_argument("--alphas", type=floats, default=[0.0, 1.0], help="e.g. 0,0.3,0.8 (0 = baseline)")
+    p.add_argument("--layers", default="all")
+    p.add_argument("--positions", default="response", choices=["response", "all"])
+    p.add_argument("--max-new-tokens", type=int, default=60)
+    p.add_argument("--do-sample", action="store_true")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    chat = p.add_mutually_exclusive_group()
+    chat.add_argument("--chat", dest="chat", action="store_true", default=None, help="use the chat template")
+    chat.add_argument("--no-chat", dest="chat", action="store_false")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--backend", default="hooks", choices=["hooks", "nnsight"])
+    p.add_argument("--json-out", default=None, help="write every setting and generation as JSON")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser(
+        "calibrate", help="the alpha of each KL budget (side effect on neutral texts), stored next to the vector"
+    )
+    add_model_args(p)
+    p.add_argument("--vector", required=True)
+    p.add_argument("--layers", default="all")
+    p.add_argument("--positions", default="all", choices=["all", "response"])
+    p.add_argument("--kl", default="0.03,0.1,0.3,1", help="KL budgets, nats per token (default: 0.03,0.1,0.3,1)")
+    add_fluency_texts_arg(p)
+    p.add_argument("--n-calibration", type=int, default=128, help="calibration texts (default 128)")
+    p.add_argument("--n-heldout", type=int, default=128, help="held-out texts (default 128)")
+    p.add_argument("--tolerance", type=float, default=0.05, help="relative KL tolerance (default 0.05)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0, help="seed of the text order")
+    p.add_argument("--force", action="store_true", help="calibrate again even if a matching calibration is stored")
+    p.add_argument("--no-save", action="store_true", help="do not write VECTOR.calibration.json")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON")
+    p.set_defaults(func=cmd_calibrate)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from steer_plugin.model.hooks import finite_alpha
+    from steer_plugin.model.layers import layer_ranges
+    from steer_plugin.steering.check import format_report, run_check
+    from steer_plugin.vectors.vector import SteeringVector
+
+    finite_alpha(args.alpha, "--alpha")
+    layer_ranges(args.layers)  # syntax, before the model loads
+    vec = SteeringVector.load(args.vector)
+    loaded = model_options(args).load()
+    report = run_check(
+        loaded.model,
+        loaded.tokenizer,
+        vec,
+        args.prompt or DEFAULT_PROMPTS,
+        args.alpha,
+        args.layers,
+        args.blocks,
+        args.model,
+    )
+    print(json.dumps(report.to_json(), indent=2) if args.json else format_report(report))
+    return 0 if report.ok else 1
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from steer_plugin.model.hooks import Steerer
+    from steer_plugin.steering.calibrate import (
+        calibrate_vector_file,
+        calibration_path,
+        format_calibration,
+        parse_budgets,
+    )
+    from steer_plugin.steering.side_effects import TextSource
+
+    budgets = parse_budgets(args.kl)
+    loaded = model_options(args).load()
+    calibration, reused = calibrate_vector_file(
+        loaded.model,
+        loaded.tokenizer,
+        args.vector,
+        budgets,
+        layers=args.layers,
+        positions=args.positions,
+        source=TextSource(args.fluency_texts, seed=args.seed),
+        n_calibration=args.n_calibration,
+        n_heldout=args.n_heldout,
+        model_name=args.model,
+        force=args.force,
+        save=not args.no_save,
+        tolerance=args.tolerance,
+        batch_size=args.batch_size,
+        steerer=Steerer(loaded.model, "hooks", args.blocks),
+        progress=lambda m: print(m, file=sys.stderr, flush=True),
+    )
+    if args.json:
+        print(json.dumps([asdict(r) for r in calibration.rows], indent=2))
+    else:
+        print(format_calibration(calibration, f"steer calibrate: {args.vector} on {args.model}"))
+    if reused:
+        print(f"(stored calibration from {calibration_path(args.vector)}; --force to redo)", file=sys.stderr)
+    elif not args.no_save:
+        print(f"wrote {calibration_path(args.vector)}", file=sys.stderr)
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from steer_plugin.io.atomic import write_text_atomic
+    from steer_plugin.model.hooks import Steerer
+    from steer_plugin.model.layers import layer_ranges
+    from steer_plugin.steering.generate import GenerationSettings, format_run, generate_side_by_side
+    from steer_plugin.vectors.vector import SteeringVector
+
+    if args.json_out:
+        from steer_plugin.io.outputs import check_output_file
+
+        check_output_file(args.json_out, "--json-out")
+    layer_ranges(args.layers)  # syntax, before the model loads
+    vec = SteeringVector.load(args.vector)
+    loaded = model_options(args).load()
+    settings = GenerationSettings(
+        max_new_tokens=args.max_new_tokens,
+        do_sample=args.do_sample,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+        chat=args.chat,
+        positions=args.positions,
+        layers=args.layers,
+        batch_size=args.batch_size,
+    )
+    steerer = Steerer(loaded.model, args.backend, args.blocks)
+    run = generate_side_by_side(
+        loaded.model, loaded.tokenizer, vec, args.prompts or DEFAULT_PROMPTS, args.alphas, settings, steerer
+    )
+    print(format_run(run))
+    if args.json_out:
+        doc = {"model": args.model, "vector": args.vector, "backend": args.backend, **run.to_json()}
+        write_text_atomic(args.json_out, json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+        print(f"wrote {args.json_out}", file=sys.stderr)
+    return 0

@@ -1,0 +1,282 @@
+"""`steer sweep`, `table`, `report` and `run`: argparse, then one library call, then print."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, get_args
+
+from steer_plugin.cli.args import add_fluency_texts_arg, add_model_args, batch_size, model_options
+from steer_plugin.study.run import DEFAULT_ALPHAS, Backend, ControlMatch, Evaluation, Method, RunResult, run, sweep
+
+
+def _alpha_specs(text: str) -> list[Any]:
+    from steer_plugin.errors import SteerError
+    from steer_plugin.steering.calibrate import parse_alpha_specs
+
+    try:
+        return parse_alpha_specs(text)
+    except SteerError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _add_eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tasks", default=None, help="comma-separated harness tasks")
+    p.add_argument("--limit", type=float, default=None, help="docs per task (quick look)")
+    p.add_argument("--batch-size", type=batch_size, default=8, help="int or 'auto'")
+    p.add_argument(
+        "--classifier", default=None, help="emotion classifier for steer_emotion_* tasks: hub id, local path or 'nade'"
+    )
+    p.add_argument("--include-path", default=None, help="extra folder of task YAMLs")
+    p.add_argument(
+        "--layers",
+        action="append",
+        default=None,
+        help="layers: all, middle (the middle third) or e.g. 10-19; repeatable for a sweep "
+        "(default: all; steer run: middle)",
+    )
+    p.add_argument("--positions", default="all", help="all, response or both: all,response")
+    p.add_argument("--backend", default="nnsight", choices=get_args(Backend))
+    p.add_argument(
+        "--log-samples",
+        action="store_true",
+        help="keep the full harness samples (documents, prompts, outputs); per-document scores are always kept",
+    )
+    p.add_argument(
+        "--controls",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also evaluate N norm-matched random-direction controls (seeds 0..N-1) at every steered configuration "
+        "(default %(default)s; 0 = none)",
+    )
+    p.add_argument(
+        "--control-match",
+        default="alpha",
+        choices=get_args(ControlMatch),
+        help="at a KL budget, run each control at its vector's alpha (same size; default) or calibrate the "
+        "control to the same KL budget (same side effects; one more calibration per control)",
+    )
+    p.add_argument("--apply-chat-template", action="store_true")
+    p.add_argument("--num-fewshot", type=int, default=None)
+    p.add_argument("--bootstrap-iters", type=int, default=1000)
+    p.add_argument(
+        "--no-prefix-reuse",
+        action="store_true",
+        help="score multiple-choice requests with HFLM's own loop (bit-identical to `hf` at alpha 0)",
+    )
+    p.add_argument(
+        "--no-config-batching",
+        action="store_true",
+        help="run one configuration at a time (default: greedy generation of all configurations in mixed batches)",
+    )
+    p.add_argument(
+        "--config-batch-rows",
+        type=int,
+        default=None,
+        metavar="N",
+        help="most rows in one mixed batch of several configurations (default 64, never below --batch-size)",
+    )
+    p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="discard the results already in --out (needed when they come from another sweep)",
+    )
+    add_fluency_texts_arg(p)
+    p.add_argument(
+        "--side-effect-texts",
+        type=int,
+        default=None,
+        metavar="N",
+        help="neutral texts for the kl/ppl columns (default 200; 100 with --limit)",
+    )
+    p.add_argument(
+        "--no-side-effects",
+        action="store_true",
+        help="skip the KL / perplexity columns (side effects on neutral texts) of every configuration",
+    )
+
+
+def add_commands(sub: Any) -> None:
+    """sweep, table, report, run."""
+    p = sub.add_parser("sweep", help="evaluate many alphas/vectors/layers with one model load")
+    add_model_args(p)
+    p.add_argument("--vector", action="append", required=True, help="vector file (repeatable)")
+    p.add_argument(
+        "--alphas",
+        type=_alpha_specs,
+        required=True,
+        help="e.g. -4,-2,-1,0,0.5,1,2,4; kl:0.1 = the alpha whose KL to the unsteered model is 0.1 (calibrated)",
+    )
+    p.add_argument("--out", required=True, help="output folder (resumable)")
+    _add_eval_args(p)
+    p.set_defaults(func=cmd_sweep, default_layers="all")
+
+    p = sub.add_parser("table", help="leaderboard table and plots from a folder of results JSON")
+    p.add_argument("dir")
+    p.add_argument("--out", default=None, help="output prefix (default: DIR/leaderboard)")
+    p.add_argument("--sort", default=None, help="sort by a column, e.g. truthfulqa_mc2/acc")
+    p.add_argument(
+        "--resamples",
+        type=int,
+        default=None,
+        help="paired bootstrap resamples for the intervals vs the baseline (default 2000, at least 1000)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the paired bootstrap (default 0)")
+    p.set_defaults(func=cmd_table)
+
+    p = sub.add_parser(
+        "report", help="what steering did: summary.md, leakage.csv/png, dose_response.png from a run/sweep folder"
+    )
+    p.add_argument("dir")
+    p.add_argument(
+        "--leakage-budget",
+        type=float,
+        default=None,
+        help="the KL budget (or alpha, without kl: alphas) of leakage.csv/png (default: the middle one)",
+    )
+    p.add_argument("--resamples", type=int, default=None, help="paired bootstrap resamples (default 2000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the paired bootstrap (default 0)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("run", help="the main job: build the vector if missing, sweep alphas, print the table")
+    add_model_args(p)
+    p.add_argument(
+        "--emotion",
+        required=True,
+        help="a label or Ekman group (anger, ekman:anger), several (anger,joy,sadness), "
+        "'all' (the 27 emotions) or 'ekman' (the 6 groups): one recording, one sweep",
+    )
+    p.add_argument("--baseline", default="neutral")
+    p.add_argument("--data", default=None, help="local GoEmotions folder (default: the hub dataset)")
+    p.add_argument("--split", default="train")
+    p.add_argument("--max-per-class", type=int, default=None)
+    p.add_argument("--method", default="top_k", choices=get_args(Method))
+    p.add_argument("--top-k", type=int, default=20)
+    p.add_argument("--vector", default=None, help="use this vector file instead of building one")
+    p.add_argument(
+        "--alphas",
+        type=_alpha_specs,
+        default=DEFAULT_ALPHAS,  # a string: argparse converts it only when used (keeps `--help` instant)
+        help=f"alphas and KL budgets (default: {DEFAULT_ALPHAS})",
+    )
+    p.add_argument(
+        "--truthfulqa-dir",
+        default=None,
+        help="local TruthfulQA JSONL folder: use the truthfulqa_local_* tasks (offline)",
+    )
+    p.add_argument("--out", default=None, help="output folder (default: runs/<model>-<emotion>)")
+    p.add_argument(
+        "--leakage-budget",
+        type=float,
+        default=None,
+        help="the KL budget (or alpha, without kl: alphas) of leakage.csv/png (default: the middle one)",
+    )
+    _add_eval_args(p)
+    # the library's defaults (chosen by measurement, see `run`'s docstring)
+    p.set_defaults(func=cmd_run, positions="response", controls=1, default_layers="middle")
+
+
+def evaluation_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """The options `steer sweep` and `steer run` share, as keyword arguments of `Evaluation` and `run`."""
+    return dict(
+        tasks=args.tasks,
+        limit=args.limit,
+        batch_size=args.batch_size,
+        classifier=args.classifier,
+        include_path=args.include_path,
+        layers=args.layers or args.default_layers,
+        positions=args.positions,
+        backend=args.backend,
+        log_samples=args.log_samples,
+        controls=args.controls,
+        control_match=args.control_match,
+        apply_chat_template=args.apply_chat_template,
+        num_fewshot=args.num_fewshot,
+        bootstrap_iters=args.bootstrap_iters,
+        prefix_reuse=not args.no_prefix_reuse,
+        config_batching=not args.no_config_batching,
+        config_batch_rows=args.config_batch_rows,
+        fresh=args.fresh,
+        fluency_texts=args.fluency_texts,
+        side_effect_texts=args.side_effect_texts,
+        side_effects=not args.no_side_effects,
+    )
+
+
+def run_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """`steer run`'s options as keyword arguments of `steer_plugin.run`."""
+    return dict(
+        emotion=args.emotion,
+        model=args.model,
+        dtype=args.dtype,
+        device=args.device,
+        device_map=args.device_map,
+        revision=args.revision,
+        trust_remote_code=args.trust_remote_code,
+        blocks=args.blocks,
+        baseline=args.baseline,
+        data=args.data,
+        split=args.split,
+        max_per_class=args.max_per_class,
+        method=args.method,
+        top_k=args.top_k,
+        vector=args.vector,
+        alphas=args.alphas,
+        truthfulqa_dir=args.truthfulqa_dir,
+        out=args.out,
+        leakage_budget=args.leakage_budget,
+        **evaluation_arguments(args),
+    )
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    evaluation = Evaluation(**evaluation_arguments(args))
+    return _show(sweep(args.vector, args.alphas, args.out, model=model_options(args), evaluation=evaluation))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    return _show(run(**run_arguments(args)))
+
+
+def _show(result: RunResult) -> int:
+    print(result.table)
+    if result.summary is not None:
+        print()
+        print(result.summary)
+    _wrote(result.files)
+    return 0
+
+
+def _wrote(files: list) -> None:
+    for f in files:
+        print(f"wrote {f}", file=sys.stderr)
+
+
+def _resamples(args: argparse.Namespace) -> int:
+    from steer_plugin.errors import SteerError
+    from steer_plugin.study.paired import DEFAULT_RESAMPLES
+
+    resamples = DEFAULT_RESAMPLES if args.resamples is None else args.resamples
+    if resamples < 1000:
+        raise SteerError(f"--resamples must be at least 1000 for a 95% interval, got {resamples}")
+    return resamples
+
+
+def cmd_table(args: argparse.Namespace) -> int:
+    from steer_plugin.study.table import write_table  # checks its output files before reading anything
+
+    text, files = write_table(args.dir, args.out, args.sort, resamples=_resamples(args), seed=args.seed)
+    print(text)
+    _wrote(files)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from steer_plugin.study.report import write_study
+
+    resamples = _resamples(args)
+    summary, files = write_study(args.dir, leakage_budget=args.leakage_budget, resamples=resamples, seed=args.seed)
+    print(summary)
+    _wrote(files)
+    return 0

@@ -1,0 +1,441 @@
+"""The main job as one call: ``run`` builds the vectors that are missing, sweeps their alphas (calibrated to
+KL budgets) over harness tasks and writes the leaderboard and a summary in sentences; ``sweep`` is its middle
+part, for vector files at hand. `steer run` and `steer sweep` are thin callers of these two.
+
+Only light modules load at import time, because the command line imports this one for its defaults
+(`steer --help` stays instant): torch, lm_eval and the statistics load inside the functions.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, get_args
+
+from steer_plugin.data.goemotions import target_slug
+from steer_plugin.errors import SteerError, check_choice
+from steer_plugin.harness.tasks import TRUTHFULQA_DIR_ENV
+from steer_plugin.io.outputs import check_output_dir, check_output_file
+from steer_plugin.model.loading import DEFAULT_MODEL, Dtype, ModelOptions, model_slug
+from steer_plugin.study.plan import Resolver, SweepOptions, SweepPlan
+from steer_plugin.study.results_files import check_table_outputs
+from steer_plugin.study.sweep import run_sweep
+from steer_plugin.study.sweep_folder import check_same_sweep, open_sweep_folder, sweep_settings
+
+if TYPE_CHECKING:  # pragma: no cover
+    from steer_plugin.steering.calibrate import AlphaSpec, KLBudget
+    from steer_plugin.steering.side_effects import TextSource
+    from steer_plugin.study.rows import Row
+    from steer_plugin.vectors.request import RecordRequest
+
+Position = Literal["all", "response"]
+Method = Literal["mean", "top_k"]
+Backend = Literal["nnsight", "hooks"]
+ControlMatch = Literal["alpha", "kl"]
+PathLike = str | os.PathLike
+# "0,kl:0.1", or a list of numbers, "kl:X" strings and KLBudgets
+Alphas = str | Sequence["float | str | KLBudget"]
+
+# steer run's grid: the baseline plus alphas calibrated to these KL budgets (nats per token on neutral
+# texts), so the grid means the same on every model; plain numbers still work ("0,0.2,0.5").
+DEFAULT_ALPHAS = "0,kl:0.03,kl:0.1,kl:0.3,kl:1"
+SIDE_EFFECT_TEXTS = 200
+QUICK_SIDE_EFFECT_TEXTS = 100  # with a limit (a quick look) the side effects take half the usual texts
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a run (or sweep) left in its folder."""
+
+    folder: Path  # the run folder: one subfolder of results per configuration, sweep.json, the reports
+    rows: list[Row]  # the leaderboard rows, with their paired Δ vs the unsteered baseline
+    table: str  # the leaderboard as printed
+    summary: str | None  # the summary sentences (summary.md); None without a baseline to compare with
+    files: list[Path]  # the reports written: leaderboard.md/.csv and plots, summary.md, leakage.csv/.png, ...
+    vectors: list[Path]  # the vectors swept (built first if they were missing)
+    results: list[Path]  # each configuration's results.json
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """How a sweep evaluates: the options `steer sweep` and `steer run` share (defaults: `steer sweep`'s).
+    A comma-separated string also works for ``tasks`` and ``positions``; ``layers`` is one layer spec
+    (``all``, ``middle``, ``10-19``) or several, each a sweep dimension."""
+
+    tasks: str | Sequence[str] = ()
+    limit: float | None = None
+    batch_size: int | Literal["auto"] = 8
+    classifier: str | None = None
+    include_path: str | None = None
+    layers: str | Sequence[str] = "all"
+    positions: Position | Sequence[Position] = "all"
+    backend: Backend = "nnsight"
+    log_samples: bool = False
+    controls: int = 0
+    control_match: ControlMatch = "alpha"
+    apply_chat_template: bool = False
+    num_fewshot: int | None = None
+    bootstrap_iters: int = 1000
+    prefix_reuse: bool = True
+    config_batching: bool = True
+    config_batch_rows: int | None = None
+    fresh: bool = False
+    fluency_texts: PathLike | None = None
+    side_effect_texts: int | None = None
+    side_effects: bool = True
+    truthfulqa_dir: PathLike | None = None  # the truthfulqa_local tasks' JSONL folder (else $STEER_TRUTHFULQA_DIR)
+
+    @property
+    def task_names(self) -> list[str]:
+        return _names(self.tasks)
+
+    @property
+    def layer_sets(self) -> list[str]:
+        return [self.layers] if isinstance(self.layers, str) else list(self.layers)
+
+    @property
+    def position_sets(self) -> list[str]:
+        return _names(self.positions)
+
+    def text_source(self) -> TextSource:
+        """The neutral texts of the side effects and of the KL calibrations."""
+        from steer_plugin.steering.side_effects import TextSource
+
+        return TextSource(str(self.fluency_texts) if self.fluency_texts else None)
+
+    def check(self, out: Path) -> None:
+        """Everything that can be checked without a model: layer specs, positions, output paths."""
+        from steer_plugin.model.hooks import check_positions
+        from steer_plugin.model.layers import layer_ranges
+
+        for spec in self.layer_sets:
+            layer_ranges(spec)
+        if self.config_batch_rows is not None and self.config_batch_rows < 1:
+            raise SteerError(f"--config-batch-rows must be a positive number of rows, got {self.config_batch_rows}")
+        for p in self.position_sets:
+            check_positions(p)
+        check_output_dir(out)
+        check_table_outputs(out / "leaderboard")
+
+    def sweep_options(self, model: ModelOptions, out: Path) -> SweepOptions:
+        model_args = {
+            **model.harness_args(),
+            "batch_size": self.batch_size,
+            "backend": self.backend,
+            "prefix_reuse": self.prefix_reuse,
+        }
+        return SweepOptions(
+            tasks=self.task_names,
+            out_dir=out,
+            limit=None if self.limit is None else float(self.limit),  # as `--limit` gives it: the same sweep.json
+            classifier=self.classifier,
+            include_path=self.include_path,
+            log_samples=self.log_samples,
+            apply_chat_template=self.apply_chat_template,
+            num_fewshot=self.num_fewshot,
+            bootstrap_iters=self.bootstrap_iters,
+            model_args=model_args,
+            fresh=self.fresh,
+            side_effects=self.text_source() if self.side_effects else None,
+            side_effect_texts=self.side_effect_texts or (QUICK_SIDE_EFFECT_TEXTS if self.limit else SIDE_EFFECT_TEXTS),
+            config_batching=self.config_batching,
+            config_batch_rows=self.config_batch_rows,
+        )
+
+    def task_metadata(self) -> dict[str, Any]:
+        """lm-eval task metadata beyond the classifier: the truthfulqa_local tasks' folder, passed to the
+        tasks instead of through the environment."""
+        return {"truthfulqa_dir": str(Path(self.truthfulqa_dir).resolve())} if self.truthfulqa_dir else {}
+
+
+def sweep(
+    vectors: Sequence[PathLike],
+    alphas: Alphas,
+    out: PathLike,
+    *,
+    model: ModelOptions,
+    evaluation: Evaluation,
+    progress: bool = True,
+) -> RunResult:
+    """Evaluate vector files at every alpha x layer set x positions (with their random controls) with one
+    model load, resuming a folder of the same sweep, and write the leaderboard.
+
+    Args:
+        vectors: the vector files.
+        alphas: alphas and KL budgets, e.g. ``"0,0.5,kl:0.1"`` or ``[0, 0.5, "kl:0.1"]``; a budget is the
+            alpha whose KL to the unsteered model on neutral texts is that many nats per token, calibrated
+            on the model first (and stored next to the vector).
+        out: the sweep folder.
+        model: the model and how to load it.
+        evaluation: tasks, layers, positions, controls, side effects, batching.
+        progress: print progress and calibrations to stderr.
+
+    Returns:
+        The folder, its leaderboard rows and table, the files written, the results files (no summary:
+        see ``run``).
+    """
+    from steer_plugin.harness.model import SteeredHFLM
+    from steer_plugin.study.table import write_leaderboard
+    from steer_plugin.vectors.controls import write_controls
+    from steer_plugin.vectors.vector import SteeringVector
+
+    if not evaluation.task_names:
+        raise SteerError("give --tasks, e.g. --tasks truthfulqa_mc1,truthfulqa_mc2,steer_emotion_anger")
+    grid = alpha_grid(alphas)
+    folder = Path(out)
+    evaluation.check(folder)
+    paths = [str(v) for v in vectors]
+    for v in paths:  # a missing or corrupt vector fails now, not after the model has loaded
+        SteeringVector.load(v)
+    options = evaluation.sweep_options(model, folder)
+    if not evaluation.fresh:  # before the controls are written into the folder
+        check_same_sweep(folder, sweep_settings(options))
+    controls = write_controls(paths, evaluation.controls, folder / "controls") if evaluation.controls else None
+    lm = SteeredHFLM(**options.model_args)
+    source = options.side_effects or evaluation.text_source()
+    plan = SweepPlan.grid(
+        paths, grid, evaluation.layer_sets, evaluation.position_sets, controls=controls,
+        resolve=_calibrated_alphas(model.name, lm, source, progress),  # kl:X alphas need the model
+        control_match=evaluation.control_match,
+    )  # fmt: skip
+    results = run_sweep(
+        lm, plan, options, progress, folder=open_sweep_folder(plan, options), task_metadata=evaluation.task_metadata()
+    )
+    board = write_leaderboard(folder)
+    return RunResult(folder, board.rows, board.text, None, board.files, [Path(v) for v in paths], results)
+
+
+def run(
+    *,
+    emotion: str,
+    model: str = DEFAULT_MODEL,
+    dtype: Dtype = "float32",
+    device: str | None = None,
+    device_map: str | None = None,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    blocks: str | None = None,
+    baseline: str = "neutral",
+    data: PathLike | None = None,
+    split: str = "train",
+    max_per_class: int | None = None,
+    method: Method | Sequence[Method] = "top_k",
+    top_k: int = 20,
+    vector: PathLike | None = None,
+    alphas: Alphas = DEFAULT_ALPHAS,
+    truthfulqa_dir: PathLike | None = None,
+    out: PathLike | None = None,
+    leakage_budget: float | None = None,
+    tasks: str | Sequence[str] | None = None,
+    limit: float | None = None,
+    batch_size: int | Literal["auto"] = 8,
+    classifier: str | None = None,
+    include_path: str | None = None,
+    layers: str | Sequence[str] = "middle",
+    positions: Position | Sequence[Position] = "response",
+    backend: Backend = "nnsight",
+    log_samples: bool = False,
+    controls: int = 1,
+    control_match: ControlMatch = "alpha",
+    apply_chat_template: bool = False,
+    num_fewshot: int | None = None,
+    bootstrap_iters: int = 1000,
+    prefix_reuse: bool = True,
+    config_batching: bool = True,
+    config_batch_rows: int | None = None,
+    fresh: bool = False,
+    fluency_texts: PathLike | None = None,
+    side_effect_texts: int | None = None,
+    side_effects: bool = True,
+    progress: bool = True,
+) -> RunResult:
+    """`steer run`: build the vector if it is missing, calibrate the alphas to KL budgets, sweep them (with a
+    norm-matched random control each) over TruthfulQA and the emotion's task, and write the leaderboard and a
+    summary in sentences. Finished configurations of an earlier run into the same folder are reused.
+
+    The defaults (top-k vectors on the middle third of the layers at the response positions) were chosen by
+    measurement: at equal KL they moved the target most (README, "Choosing the defaults").
+
+    Args:
+        emotion: a GoEmotions label or Ekman group (``anger``, ``ekman:anger``), several (``anger,joy``),
+            ``all`` (the 27 emotions) or ``ekman`` (the 6 groups): one recording, one sweep.
+        model: hub id or local folder; ``dtype``, ``device``, ``device_map`` (e.g. ``auto``), ``revision``,
+            ``trust_remote_code`` and ``blocks`` (module path of the decoder blocks) say how to load it.
+        baseline: the class the vector points away from.
+        data: a local GoEmotions folder (train.tsv, ...); None: the hub dataset. Also the neutral texts of
+            the side effects unless ``fluency_texts`` is given.
+        split: the split the vector is built from.
+        max_per_class: a seeded sample of at most this many texts per class.
+        method: ``top_k`` (the ``top_k`` largest differences per layer) or ``mean``; several methods build
+            one vector each (from one recording) and sweep them all.
+        top_k: neurons kept per layer by ``top_k`` vectors.
+        vector: use this vector file instead of ``vectors/<model>/<emotion>-<method>.safetensors`` (built
+            there if missing).
+        alphas: alphas and KL budgets, e.g. ``"0,kl:0.1"`` or ``[0, 0.5, "kl:0.1"]``.
+        truthfulqa_dir: a local TruthfulQA JSONL folder (default: $STEER_TRUTHFULQA_DIR): the default tasks
+            become the offline truthfulqa_local_mc1/mc2.
+        out: the run folder (default ``runs/<model>-<emotion>``).
+        leakage_budget: the KL budget (or alpha) of leakage.csv/.png (default: the middle one).
+        tasks: harness tasks (default: TruthfulQA MC1/MC2 and ``steer_emotion_<emotion>``).
+        limit: documents per task (a quick look).
+        batch_size: an int or ``auto``; recording uses it too when it is an int.
+        classifier: the emotion classifier of the steer_emotion tasks: hub id, local folder or ``nade``.
+        include_path: an extra folder of task YAMLs.
+        layers: a layer spec (``middle``, ``all``, ``10-19``) or several (each a sweep dimension).
+        positions: ``response`` (the last position of each forward), ``all``, or both.
+        backend: ``nnsight`` or ``hooks``.
+        log_samples: keep the full harness samples (per-document scores are always kept).
+        controls: norm-matched random-direction controls per steered configuration (0 = none).
+        control_match: at a KL budget, run a control at its vector's alpha (``alpha``) or calibrate it to
+            the same budget (``kl``).
+        apply_chat_template: format the harness prompts with the chat template.
+        num_fewshot: few-shot examples (default: each task's own).
+        bootstrap_iters: the harness's bootstrap for its standard errors.
+        prefix_reuse: score multiple-choice continuations against one KV cache of their shared context.
+        config_batching: generate for several configurations in mixed batches.
+        config_batch_rows: most rows of one mixed batch (default 64, never below ``batch_size``).
+        fresh: discard the results already in ``out`` (needed when they come from another sweep).
+        fluency_texts: neutral texts of the side effects and calibrations: a text file or a GoEmotions folder.
+        side_effect_texts: neutral texts for the KL/perplexity columns (default 200; 100 with ``limit``).
+        side_effects: measure those columns at all.
+        progress: print progress, calibrations and what was built to stderr.
+
+    Returns:
+        The run folder, its leaderboard rows and table, the summary sentences, the files written, the
+        vectors swept and each configuration's results file.
+    """
+    from steer_plugin.study.report import check_level, parse_targets, run_folder_name, write_study
+    from steer_plugin.vectors.request import RecordRequest
+    from steer_plugin.vectors.vector import default_vector_path
+
+    emotions = parse_targets(emotion)
+    grid = alpha_grid(alphas)
+    check_level(leakage_budget, grid)  # before minutes of recording and evaluation
+    methods = [method] if isinstance(method, str) else list(method)
+    if not methods:
+        raise SteerError("give at least one method (mean, top_k)")
+    for m in methods:
+        check_choice("method", m, get_args(Method))
+    if vector is not None and len(emotions) > 1:
+        raise SteerError("--vector names one vector; give one --emotion with it (or leave --vector out)")
+    if vector is not None and len(methods) > 1:
+        raise SteerError("--vector names one vector; give one method with it (or leave --vector out)")
+    wanted = {
+        (e, m): Path(vector) if vector is not None else default_vector_path(model, e, m, top_k)
+        for e in emotions
+        for m in methods
+    }
+    tq_dir = truthfulqa_dir or os.environ.get(TRUTHFULQA_DIR_ENV)
+    if not tasks:
+        tq = ["truthfulqa_local_mc1", "truthfulqa_local_mc2"] if tq_dir else ["truthfulqa_mc1", "truthfulqa_mc2"]
+        tasks = [*tq, *(f"steer_emotion_{target_slug(e)}" for e in emotions)]
+    default_out = Path("runs") / f"{model_slug(model)}-{run_folder_name(emotion, emotions)}"
+    folder = Path(out) if out is not None else default_out
+    loading = ModelOptions(
+        name=model, dtype=dtype, device=device, device_map=device_map, revision=revision,
+        trust_remote_code=trust_remote_code, blocks=blocks,
+    )  # fmt: skip
+    evaluation = Evaluation(
+        tasks=tasks, limit=limit, batch_size=batch_size, classifier=classifier, include_path=include_path,
+        layers=layers, positions=positions, backend=backend, log_samples=log_samples, controls=controls,
+        control_match=control_match, apply_chat_template=apply_chat_template, num_fewshot=num_fewshot,
+        bootstrap_iters=bootstrap_iters, prefix_reuse=prefix_reuse, config_batching=config_batching,
+        config_batch_rows=config_batch_rows, fresh=fresh, fluency_texts=fluency_texts or data,
+        side_effect_texts=side_effect_texts, side_effects=side_effects, truthfulqa_dir=tq_dir,
+    )  # fmt: skip
+    missing = {key: path for key, path in wanted.items() if not path.exists()}
+    if missing:
+        # before building (minutes): the vectors' paths, the run folder and that it holds this sweep
+        for path in missing.values():
+            check_output_file(path, "--vector" if vector is not None else "vector path")
+        evaluation.check(folder)
+        if not fresh:
+            check_same_sweep(folder, sweep_settings(evaluation.sweep_options(loading, folder)))
+        request = RecordRequest(  # the targets are set by what is missing
+            model=loading, emotion=emotion, baseline=baseline, split=split, data_dir=str(data) if data else None,
+            max_per_class=max_per_class, progress=progress,
+        )  # fmt: skip
+        if isinstance(batch_size, int):  # an 'auto' batch size is the harness's: recording then keeps its default
+            request = replace(request, batch_size=batch_size)
+        _build_missing(missing, request, top_k, progress)
+    result = sweep(list(wanted.values()), grid, folder, model=loading, evaluation=evaluation, progress=progress)
+    try:
+        summary, files = write_study(folder, leakage_budget=leakage_budget)
+    except SteerError as e:  # e.g. alphas without 0: the table stands, there is nothing to compare against
+        _say(progress, f"no summary: {e}")
+        return result
+    return replace(result, summary=summary, files=[*result.files, *files])
+
+
+def alpha_grid(alphas: Alphas) -> list[AlphaSpec]:
+    """``"0,kl:0.1"``, ``[0, 0.5, "kl:0.1"]`` or parsed specs -> ``[0.0, 0.5, KLBudget(0.1)]``."""
+    from steer_plugin.steering.calibrate import KLBudget, parse_alpha_specs
+
+    specs: list[AlphaSpec] = []
+    for a in [alphas] if isinstance(alphas, str) else alphas:
+        specs += [a] if isinstance(a, KLBudget) else parse_alpha_specs(str(a))
+    if not specs:
+        raise SteerError("give at least one alpha")
+    return specs
+
+
+def _names(value: str | Sequence[str] | None) -> list[str]:
+    """``"a,b"`` or ``["a", "b"]`` -> ``["a", "b"]``."""
+    parts = (value or "").split(",") if isinstance(value, str) or value is None else value
+    return [p.strip() for p in parts if p.strip()]
+
+
+def _build_missing(missing: dict[tuple[str, Method], Path], request: RecordRequest, top_k: int, progress: bool) -> None:
+    """Every missing (emotion, method) vector from one recording pass over their texts and the baseline's."""
+    from steer_plugin.vectors.build import build_vector
+    from steer_plugin.vectors.request import record_request
+
+    emotions = list(dict.fromkeys(e for e, _ in missing))
+    if len(emotions) == 1:
+        request = replace(request, emotion=emotions[0])
+    else:  # several targets against one baseline, each text recorded once
+        request = replace(request, emotion=",".join(emotions), targets=tuple(emotions))
+    names = ", ".join(str(p) for p in missing.values())
+    _say(progress, f"building {names} (no vector yet)" if len(missing) == 1 else f"building {names} from one recording")
+    stats = record_request(request)
+    for (emotion, method), path in missing.items():
+        vec = build_vector(stats, emotion, request.baseline, method=method, top_k=top_k if method == "top_k" else None)
+        vec.save(path)
+        _say(progress, f"wrote {path}")
+
+
+def _calibrated_alphas(model_name: str, lm: Any, source: TextSource, progress: bool) -> Resolver:
+    """kl:X alphas: calibrate each (vector, layers, positions) on the sweep's model, reusing stored calibrations."""
+    from steer_plugin.model.hooks import Steerer
+    from steer_plugin.steering.calibrate import calibrate_vector_file, calibration_path, format_calibration
+
+    def resolve(vector: str, layers: str, positions: str, budgets: list[float]) -> dict[float, float]:
+        batch = lm.batch_size if isinstance(lm.batch_size, int) else 16
+        calibration, reused = calibrate_vector_file(
+            lm.model,
+            lm.tokenizer,
+            vector,
+            budgets,
+            layers=layers,
+            positions=positions,
+            source=source,
+            model_name=model_name,
+            batch_size=max(int(batch), 1),
+            steerer=Steerer(lm.model, "hooks", lm.steerer.block_path),
+            progress=(lambda m: _say(True, f"calibrating {vector} (layers {layers}, {positions}):{m}"))
+            if progress
+            else None,
+        )
+        how = f"stored in {calibration_path(vector)}" if reused else f"calibrated, wrote {calibration_path(vector)}"
+        _say(progress, format_calibration(calibration, f"KL budgets of {vector} ({how}):"))
+        return {b: calibration.alpha_for(b) for b in budgets}
+
+    return resolve
+
+
+def _say(enabled: bool, message: str) -> None:
+    if enabled:
+        print(message, file=sys.stderr, flush=True)

@@ -1,0 +1,88 @@
+"""One call from a loaded model to a steering vector: select the GoEmotions texts, record, build.
+
+In the style of steering-vectors' ``train_steering_vector`` and repeng's ``ControlVector.train``; the steps
+are the ones `steer build` runs (``vectors.request`` selects and records, ``vectors.build`` builds).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Literal
+
+from steer_plugin.errors import SteerError
+from steer_plugin.model.layers import parse_layers
+from steer_plugin.model.loading import DTYPES, LoadedModel, ModelOptions
+from steer_plugin.vectors.build import build_vector
+from steer_plugin.vectors.request import RecordRequest, record_request
+from steer_plugin.vectors.vector import SteeringVector
+
+
+def train_vector(
+    model: Any,
+    tokenizer: Any,
+    emotion: str,
+    *,
+    data: str | os.PathLike | None = None,
+    split: str = "train",
+    method: Literal["mean", "top_k"] = "mean",
+    top_k: int | None = None,
+    max_per_class: int | None = None,
+    baseline: str = "neutral",
+    selection: Literal["exclusive", "any"] = "exclusive",
+    seed: int = 0,
+    dedupe: bool = False,
+    template: str = "raw",
+    batch_size: int = 8,
+    layers: str | None = None,
+    blocks: str | None = None,
+    progress: bool = True,
+) -> SteeringVector:
+    """The steering vector of ``emotion`` on a loaded model: ``mean(emotion) - mean(baseline)`` of the
+    last-token block outputs over the selected GoEmotions texts, per layer.
+
+    Args:
+        model: a transformers causal LM (any device and dtype).
+        tokenizer: its tokenizer.
+        emotion: a GoEmotions label (``anger``) or an Ekman group (``ekman:anger``).
+        data: a local GoEmotions folder (train.tsv, dev.tsv, test.tsv, emotions.txt); None: the hub dataset.
+        split: ``train``, ``validation`` (= ``dev``) or ``test``.
+        method: ``mean`` (the full difference) or ``top_k`` (its ``top_k`` largest entries per layer).
+        top_k: neurons kept per layer by ``method="top_k"``.
+        max_per_class: a seeded sample (``seed``) of at most this many texts per class.
+        baseline: the class the vector points away from.
+        selection: ``exclusive`` (a text's labels are exactly the class) or ``any`` (the class is among them).
+        seed: the seed of the ``max_per_class`` sample.
+        dedupe: drop identical texts within a class.
+        template: ``raw``, ``chat`` or a format string with ``{text}``: how a text is fed to the model.
+        batch_size: texts per forward pass while recording.
+        layers: keep only these layers (e.g. ``10-19``; the others are zero); None: all.
+        blocks: module path of the decoder blocks, if they are not found automatically.
+        progress: show a progress bar while recording.
+
+    Returns:
+        The vector, ``[n_layers, hidden]``, with the model, the data selection and the counts in its metadata.
+    """
+    if top_k is not None and method != "top_k":
+        raise SteerError(f"top_k only applies to method 'top_k' (got method {method!r})")
+    if emotion == "all":
+        raise SteerError("train_vector builds one emotion's vector; name it (e.g. 'anger'), not 'all'")
+    name = str(getattr(model.config, "_name_or_path", "") or type(model).__name__)
+    param = next(model.parameters(), None)
+    dtype = str(param.dtype).removeprefix("torch.") if param is not None else "auto"
+    request = RecordRequest(
+        model=ModelOptions(name, dtype=dtype if dtype in DTYPES else "auto", blocks=blocks),
+        emotion=emotion,
+        baseline=baseline,
+        split=split,
+        data_dir=str(data) if data is not None else None,
+        selection=selection,
+        max_per_class=max_per_class,
+        seed=seed,
+        dedupe=dedupe,
+        template=template,
+        batch_size=batch_size,
+        progress=progress,
+    )
+    stats = record_request(request, LoadedModel(model, tokenizer, name))
+    chosen = parse_layers(layers, stats.shape[0]) if layers else None
+    return build_vector(stats, emotion, baseline, method=method, top_k=top_k, layers=chosen)
