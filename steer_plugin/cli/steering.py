@@ -96,10 +96,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         calibration_path,
         format_calibration,
         parse_budgets,
+        stored_calibrations,
     )
     from steer_plugin.steering.side_effects import TextSource
 
     budgets = parse_budgets(args.kl)
+    stored_calibrations(args.vector)  # a tampered calibration file fails before the model loads
     loaded = model_options(args).load()
     calibration, reused = calibrate_vector_file(
         loaded.model,

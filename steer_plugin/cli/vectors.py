@@ -225,6 +225,7 @@ def _build_random(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     from steer_plugin.errors import SteerError
+    from steer_plugin.io.safetensors import OtherFormat
     from steer_plugin.io.terminal import printable
     from steer_plugin.io.text_table import format_table
     from steer_plugin.model.layers import format_layers
@@ -239,8 +240,11 @@ def cmd_list(args: argparse.Namespace) -> int:
     for f in files:
         try:
             v = SteeringVector.load(f)
-        except SteerError:
+        except OtherFormat:
             continue  # a stats file or another safetensors file
+        except SteerError as e:  # a vector file we cannot use: said, not dropped silently
+            print(f"steer list: skipped {printable(e)}", file=sys.stderr)
+            continue
         m = v.metadata
         method = f"{m.get('method', '?')}" + (f" k={m['top_k']}" if m.get("top_k") else "")
         cells = (f.relative_to(root), m.get("model", "?"), m.get("emotion", "?"), method)

@@ -21,6 +21,7 @@ import csv
 import difflib
 import os
 import random
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,8 +106,24 @@ def ekman_group(name: str) -> str | None:
     return canon[len(EKMAN_PREFIX) :] if canon.startswith(EKMAN_PREFIX) else None
 
 
+# what a class name may be: it becomes a file name (vectors/<model>/<class>-mean.safetensors, <class>.npy),
+# so never a path (``../x``), hidden, empty or with control characters
+_CLASS_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*(:[A-Za-z0-9][A-Za-z0-9_.+-]*)?")
+
+
+def class_name_problem(name: object) -> str | None:
+    """Why ``name`` cannot be a class name (None: it can): letters, digits, ``_.+-`` and at most one ``:``."""
+    if isinstance(name, str) and _CLASS_NAME.fullmatch(name):
+        return None
+    return f"{name!r} is not a class name (letters, digits and _.+- with at most one ':', like anger or ekman:anger)"
+
+
 def target_slug(name: str) -> str:
-    """A class name as task and file names spell it (no ``:``): ``ekman:anger`` → ``ekman_anger``."""
+    """A class name as task and file names spell it (no ``:``): ``ekman:anger`` → ``ekman_anger``.
+    A name that is not a class name (``../x``, from a file) is a SteerError, never a path."""
+    problem = class_name_problem(name)
+    if problem:
+        raise SteerError(problem)
     return name.replace(":", "_")
 
 

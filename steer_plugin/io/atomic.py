@@ -1,5 +1,10 @@
 """Write files atomically: a temp file beside the target, renamed into place only on success.
 
+A failed write (a full disk, an I/O error) is a ``WriteError``: one line naming the file, and no temp
+file left. ``write_files_atomic`` writes a set of outputs that belong together (a table and its plots)
+all or nothing: every file is staged first, then all are renamed; a failure while staging leaves the
+previous set untouched, a failed rename removes the files of this set already renamed.
+
 Temp files are named ``.NAME.<pid>-<host>.<random>.tmp``. A writer killed mid-write (kill -9, power
 loss) cannot remove its own, so every new write to the same target first removes the temp files of
 writers that are gone: same host and the pid no longer exists, or older than ``STALE_AFTER_S`` (a
@@ -10,19 +15,29 @@ A concurrent writer that is still running keeps its temp file.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import socket
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from steer_plugin.errors import SteerError
+from steer_plugin.io.outputs import check_output_file, check_replaceable
 from steer_plugin.io.terminal import printable
 
 STALE_AFTER_S = 24 * 3600
 _HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:24]
+
+
+class WriteError(SteerError, OSError):
+    """An output could not be written: a one-line error in the CLI, and still an OSError for callers."""
+
+
+def _cannot_write(target: Path, e: OSError) -> WriteError:
+    return WriteError(f"cannot write {printable(target)}: {e.strerror or e}")
 
 
 def _output_mode() -> int:
@@ -73,44 +88,109 @@ def remove_stale_temps(target: str | os.PathLike, now: float | None = None) -> l
 
 def new_temp_path(target: str | os.PathLike) -> Path:
     """A fresh, empty temp file beside ``target`` (its folder created), with the usual output permissions."""
-    from steer_plugin.io.outputs import check_output_file
-
     target = check_output_file(target)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(target)
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}-{_HOST}.", suffix=".tmp", dir=target.parent)
     except OSError as e:
-        raise SteerError(f"cannot write {printable(target)}: {e.strerror or e}") from None
+        raise _cannot_write(target, e) from None
     os.close(fd)
     os.chmod(tmp, _output_mode())  # mkstemp makes 0600; outputs get the usual permissions
     return Path(tmp)
 
 
+def reserve_space(tmp: Path, target: Path) -> None:
+    """Allocate every block of a (sparse, memory-mapped) temp file now: on a full disk its writes would
+    end the process with SIGBUS mid-way; this is a WriteError before the work."""
+    try:
+        fd = os.open(tmp, os.O_RDWR)
+        try:
+            os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        if e.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # a file system that cannot reserve: write as before
+            return
+        raise _cannot_write(target, e) from None
+
+
+def _missing_folders(path: Path) -> list[Path]:
+    """The folders above ``path`` that do not exist yet, deepest first (what writing it would create)."""
+    out = []
+    for folder in path.parents:
+        if os.path.lexists(folder):
+            break
+        out.append(folder)
+    return out
+
+
+def _remove_quietly(paths: list[Path]) -> None:
+    for p in paths:
+        with contextlib.suppress(OSError):
+            if p.is_dir() and not p.is_symlink():
+                p.rmdir()  # only if empty: a folder we created for this set
+            else:
+                p.unlink()
+
+
+def replace_all(staged: Mapping[Path, Path]) -> None:
+    """Rename each staged temp file (value) onto its target (key). If one rename fails, the targets
+    already renamed and the temps left are removed: never a part of the set beside the rest of an older one."""
+    done: list[Path] = []
+    for target, tmp in staged.items():
+        try:
+            check_replaceable(target)  # created since it was checked? never replace a link or a device
+            # some writers (safetensors' save_file) recreate the file as 0600: the output follows the umask
+            os.chmod(tmp, _output_mode())
+            os.replace(tmp, target)
+        except BaseException as e:
+            _remove_quietly([*done, *(t for t in staged.values() if t.exists())])
+            if isinstance(e, OSError) and not isinstance(e, SteerError):
+                raise _cannot_write(target, e) from None
+            raise
+        done.append(target)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path; on normal exit it replaces ``path``, on error it is removed."""
+    """Yield a temporary path; on normal exit it replaces ``path``, on error it is removed (an OSError
+    while writing it, such as a full disk, becomes a WriteError naming ``path``)."""
     target = Path(path)
     tmp = new_temp_path(target)
     try:
         yield tmp
-        # some writers (safetensors' save_file) recreate the file as 0600: the output follows the umask
-        try:
-            os.chmod(tmp, _output_mode())
-            os.replace(tmp, target)
-        except OSError as e:
-            raise SteerError(f"cannot write {printable(target)}: {e.strerror or e}") from None
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    except BaseException as e:
+        _remove_quietly([tmp])
+        if isinstance(e, OSError) and not isinstance(e, SteerError):
+            raise _cannot_write(target, e) from None
         raise
+    replace_all({target: tmp})
+
+
+def write_files_atomic(files: Mapping[Path, str | bytes]) -> list[Path]:
+    """Write every file (text as UTF-8) or none: all are staged as temp files before the first rename.
+    Returns the paths written. Folders created for them are removed again if the set cannot be written."""
+    targets = {Path(p): data for p, data in files.items()}
+    created = sorted({f for p in targets for f in _missing_folders(p)}, key=lambda f: len(f.parts), reverse=True)
+    staged: dict[Path, Path] = {}
+    try:
+        for target, data in targets.items():
+            staged[target] = new_temp_path(target)
+            try:
+                staged[target].write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+            except OSError as e:
+                raise _cannot_write(target, e) from None
+        replace_all(staged)
+    except BaseException:
+        _remove_quietly([*(t for t in staged.values() if t.exists()), *created])
+        raise
+    return list(targets)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+    write_files_atomic({Path(path): text})
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
+    write_files_atomic({Path(path): data})

@@ -1,12 +1,18 @@
 """Output paths are checked before any work: a one-line error, not a traceback after the model ran.
 
 Every command that writes calls ``check_output_file`` / ``check_output_dir`` on its outputs first;
-``atomic.atomic_path`` calls ``check_output_file`` again as the last line of defence.
+``atomic.atomic_path`` calls ``check_output_file`` again as the last line of defence, and
+``check_replaceable`` just before its rename.
+
+An output replaces what is at its path by a rename, so only a regular file may be there: a symbolic link
+(``/dev/stdout`` too) would be replaced by a file instead of written through, a device node or FIFO
+destroyed (as root: a system node). Those are refused, never written.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 from steer_plugin.errors import SteerError
@@ -35,13 +41,44 @@ def _check_folder_writable(folder: Path, target: Path, flag: str) -> None:
         raise SteerError(f"{flag} {name}: cannot write in {printable(base)} (read-only or permission denied)")
 
 
+_NODES = {
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFIFO: "a FIFO (named pipe)",
+    stat.S_IFSOCK: "a socket",
+}
+
+
+def check_replaceable(path: str | os.PathLike, flag: str = "--out") -> None:
+    """Nothing is at ``path``, or a regular file that an output may replace; else a one-line SteerError."""
+    p = Path(path)
+    try:
+        mode = os.lstat(p).st_mode
+    except FileNotFoundError:
+        return
+    except OSError:
+        return  # cannot look (a parent not searchable): the write itself reports it
+    name = printable(p)
+    if stat.S_ISLNK(mode):
+        if not p.exists():
+            raise SteerError(f"{flag} {name} is a broken symbolic link")
+        raise SteerError(
+            f"{flag} {name} is a symbolic link (to {printable(os.path.realpath(p))}); an output would replace the "
+            "link, not write through it: give a regular file's path"
+        )
+    if stat.S_ISDIR(mode):
+        raise SteerError(f"{flag} {name} is a folder; give a file path")
+    if not stat.S_ISREG(mode):
+        kind = _NODES.get(stat.S_IFMT(mode), "a special file")
+        raise SteerError(f"{flag} {name} is {kind}, not a regular file; an output would replace it: give a file path")
+
+
 def check_output_file(path: str | os.PathLike, flag: str = "--out") -> Path:
-    """``path`` will be written as a file: it must not be a folder and its folder must be writable."""
+    """``path`` will be written as a file: it must be new or a regular file, and its folder writable."""
     p = Path(path)
     if p.is_dir():
         raise SteerError(f"{flag} {printable(p)} is a folder; give a file path")
-    if os.path.lexists(p) and not p.exists():
-        raise SteerError(f"{flag} {printable(p)} is a broken symbolic link")
+    check_replaceable(p, flag)
     _check_folder_writable(p.parent if str(p.parent) else Path("."), p, flag)
     return p
 

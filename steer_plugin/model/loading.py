@@ -149,6 +149,9 @@ def model_fingerprint(model: Any, name: str | None = None) -> dict[str, str]:
 
 
 def model_slug(name: str) -> str:
-    """``meta-llama/Llama-3.2-3B-Instruct`` -> ``llama-3.2-3b-instruct`` (for vectors/<slug>/)."""
+    """``meta-llama/Llama-3.2-3B-Instruct`` -> ``llama-3.2-3b-instruct`` (for vectors/<slug>/): one path
+    component, never ``..``, ``.``, empty or hidden (a model id from a stats file must not leave ``vectors/``);
+    ``model`` when nothing usable is left."""
     base = name.rstrip("/").split("/")[-1]
-    return "".join(c if c.isalnum() or c in ".-_" else "-" for c in base).lower()
+    slug = "".join(c if c.isalnum() or c in ".-_" else "-" for c in base).lower().strip(".")
+    return slug or "model"

@@ -26,12 +26,14 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from steer_plugin.errors import SteerError
 from steer_plugin.io.formats import CALIBRATION_FORMAT
+from steer_plugin.io.outputs import check_output_file
+from steer_plugin.io.schema import Rule, fields_problem, is_finite, is_int, is_number, shown
 from steer_plugin.io.text_table import format_table
 from steer_plugin.steering.side_effects import FluencyProbe, SideEffects, TextSource, texts_sha256
 from steer_plugin.vectors.vector import SteeringVector
@@ -418,37 +420,120 @@ def calibration_path(vector_path: str | Path) -> Path:
     return p.with_name(p.stem + ".calibration.json")
 
 
-def _read_file(path: Path) -> dict[str, Any] | None:
+_NUMBER: Rule = (is_number, "is not a number")
+_POSITIVE: Rule = (lambda x: is_finite(x) and x > 0, "is not a positive finite number")
+_OPTIONAL_NUMBER: Rule = (lambda x: x is None or is_number(x), "is not a number or null")
+_TEXT: Rule = (lambda x: isinstance(x, str), "is not a text")
+# what each field of a stored calibration must be (measured values may be nan/inf: they are shown, not used)
+_ROW_RULES: dict[str, Rule] = {
+    "kl_budget": _POSITIVE,
+    "alpha": _POSITIVE,  # the search only returns alphas > 0
+    "kl_calibration": _NUMBER,
+    "kl_heldout": _NUMBER,
+    "ppl_calibration": _NUMBER,
+    "ppl_heldout": _NUMBER,
+    "relative_strength": _OPTIONAL_NUMBER,
+    "relative_strength_max": _OPTIONAL_NUMBER,
+    "converged": (lambda x: isinstance(x, bool), "is not true or false"),
+    "kl_calibration_stderr": _NUMBER,
+    "kl_heldout_stderr": _NUMBER,
+}
+_ENTRY_RULES: dict[str, Rule] = {
+    "key": (
+        lambda x: (
+            isinstance(x, dict) and all(v is None or isinstance(v, (str, bool)) or is_number(v) for v in x.values())
+        ),
+        "is not an object of texts and numbers",
+    ),
+    "rows": (lambda x: isinstance(x, list), "is not a list"),
+    "texts": _TEXT,
+    "tolerance": (lambda x: is_number(x) and 0 < x < 1, "is not a number between 0 and 1"),
+    "baseline_ppl_calibration": _NUMBER,
+    "baseline_ppl_heldout": _NUMBER,
+    "evaluations": (lambda x: is_int(x) and x >= 0, "is not a count"),
+    "seconds": _NUMBER,
+    "points": (
+        lambda x: (
+            isinstance(x, list) and all(isinstance(p, list) and len(p) == 2 and all(map(is_number, p)) for p in x)
+        ),
+        "is not a list of [alpha, KL] pairs",
+    ),
+    "created_at": _TEXT,
+}
+
+
+def _required(cls: type) -> list[str]:
+    return [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
+
+
+def calibration_file_problem(doc: Any) -> str | None:
+    """Why ``doc`` is not a calibration file this version can use, as ``field: why`` (None: it is one)."""
+    if not isinstance(doc, dict):
+        return "not a JSON object"
+    if doc.get("format") != CALIBRATION_FORMAT:
+        return f"format: {shown(doc.get('format'))}, not {CALIBRATION_FORMAT!r}"
+    version = doc.get("format_version")
+    if not (is_int(version) and 1 <= version <= CALIBRATION_VERSION):
+        return f"format_version: {shown(version)} is not a version this steer-plugin reads ({CALIBRATION_VERSION})"
+    entries = doc.get("calibrations")
+    if not isinstance(entries, list):
+        return f"calibrations: {shown(entries)} is not a list"
+    for i, entry in enumerate(entries):
+        where = f"calibrations[{i}]"
+        problem = fields_problem(entry, _ENTRY_RULES, where, required=_required(Calibration), only_known=True)
+        for j, row in enumerate([] if problem else entry["rows"]):
+            problem = problem or fields_problem(
+                row, _ROW_RULES, f"{where}.rows[{j}]", required=_required(CalibrationRow), only_known=True
+            )
+        if problem:
+            return problem
+    return None
+
+
+def _refused(path: Path, problem: str) -> SteerError:
+    return SteerError(f"{path}: {problem}; delete the file (or fix it) to calibrate again")
+
+
+def read_calibration_file(path: Path) -> dict[str, Any] | None:
+    """The validated contents of a calibration file (None: there is none); SteerError naming the field otherwise."""
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        log.warning("ignoring unreadable calibration file %s (%s)", path, e)
-        return None
-    if not isinstance(doc, dict) or doc.get("format") != CALIBRATION_FORMAT:
-        log.warning("ignoring %s: not a steer-plugin calibration file", path)
-        return None
+    except (OSError, UnicodeDecodeError) as e:
+        raise SteerError(f"{path}: cannot read the calibration file ({e})") from None
+    try:
+        doc = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise _refused(path, f"not valid JSON ({type(e).__name__}: {str(e)[:80]})") from None
+    problem = calibration_file_problem(doc)
+    if problem:
+        raise _refused(path, problem)
     return doc
 
 
 def stored_calibrations(vector_path: str | Path) -> list[Calibration]:
-    doc = _read_file(calibration_path(vector_path))
-    out = []
-    for entry in (doc or {}).get("calibrations", []):
-        try:
-            out.append(Calibration.from_json(entry))
-        except (TypeError, ValueError):
-            log.warning("ignoring a malformed entry in %s", calibration_path(vector_path))
-    return out
+    """The calibrations stored beside a vector, validated (a tampered file is an error, not a guess)."""
+    doc = read_calibration_file(calibration_path(vector_path))
+    return [Calibration.from_json(entry) for entry in (doc or {}).get("calibrations", [])]
+
+
+def _matching(stored: list[Calibration], key: dict[str, Any], budgets: list[float]) -> Calibration | None:
+    return next((c for c in stored if c.key == key and c.has_budgets(budgets)), None)
 
 
 def find_stored(vector_path: str | Path, key: dict[str, Any], budgets: Iterable[float]) -> Calibration | None:
-    budgets = list(budgets)
-    for c in stored_calibrations(vector_path):
-        if c.key == key and c.has_budgets(budgets):
-            return c
-    return None
+    return _matching(stored_calibrations(vector_path), key, list(budgets))
+
+
+def _check_stored_alphas(
+    stored: list[Calibration], c: Calibration, vector: SteeringVector, layers: list[int], path: Path
+) -> None:
+    """A stored alpha is used as is: alpha x vector must be finite (an alpha of 1e300 passes the schema)."""
+    i = stored.index(c)
+    for j, r in enumerate(c.rows):
+        if not bool((r.alpha * vector.matrix[layers]).isfinite().all()):
+            raise _refused(path, f"calibrations[{i}].rows[{j}].alpha: {r.alpha:g} x the vector is not finite")
 
 
 def store(vector_path: str | Path, calibration: Calibration) -> Path:
@@ -494,20 +579,23 @@ def calibrate_vector_file(
 
     budgets = sorted(set(float(b) for b in budgets))
     vector = SteeringVector.load(vector_path)
+    entries = stored_calibrations(vector_path)  # a tampered file fails now, before any forward pass (--force too)
     source = source or TextSource()
     texts = split_texts(source, n_calibration, n_heldout)
     steerer = kwargs.pop("steerer", None) or Steerer(model, "hooks", kwargs.pop("blocks", None))
     n_layers = len(steerer.blocks)
     sha = file_sha256(vector_path)
     probe_texts = scored_texts(tokenizer, texts)
-    key = calibration_key(
-        model, model_name, sha, format_layers(parse_layers(layers, n_layers), n_layers), positions, *probe_texts
-    )
+    chosen = parse_layers(layers, n_layers)
+    key = calibration_key(model, model_name, sha, format_layers(chosen, n_layers), positions, *probe_texts)
     if not force:
-        stored = find_stored(vector_path, key, budgets)
+        stored = _matching(entries, key, budgets)
         if stored is not None:
+            _check_stored_alphas(entries, stored, vector, chosen, calibration_path(vector_path))
             stored.rows = [r for r in stored.rows if any(math.isclose(r.kl_budget, b, rel_tol=1e-9) for b in budgets)]
             return stored, True
+    if save:  # before minutes of calibrating: the file beside the vector must be writable
+        check_output_file(calibration_path(vector_path), "calibration file")
     result = calibrate(
         model,
         tokenizer,
@@ -523,10 +611,7 @@ def calibrate_vector_file(
         **kwargs,
     )
     if save:
-        try:
-            store(vector_path, result)
-        except OSError as e:
-            log.warning("could not write %s (%s); the calibration is not stored", calibration_path(vector_path), e)
+        store(vector_path, result)  # a full disk is an error (WriteError), never a "wrote" that did not happen
     return result, False
 
 

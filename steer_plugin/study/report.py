@@ -16,7 +16,7 @@ from pathlib import Path
 
 from steer_plugin.data.goemotions import EKMAN, EKMAN_PREFIX, LABELS, canonical_target, target_slug
 from steer_plugin.errors import SteerError
-from steer_plugin.io.atomic import write_bytes_atomic, write_text_atomic
+from steer_plugin.io.atomic import write_files_atomic
 from steer_plugin.study.paired import DEFAULT_RESAMPLES, Paired
 from steer_plugin.study.rows import Row, SeriesKey, compare_rows, load_rows
 
@@ -349,14 +349,11 @@ def write_study(
         check_output_file(out / name, name)
     study = load_study(root, resamples, seed)
     text = summary_text(study)
-    files = [out / "summary.md"]
-    write_text_atomic(files[0], text)
+    outputs: dict[Path, str | bytes] = {out / "summary.md": text}
     table = leakage(study, leakage_budget)
     if table.cells:
         what = f"KL {table.level:g}" if any(a.budget is not None for a in study.arms) else f"alpha {table.level:g}"
-        write_text_atomic(out / "leakage.csv", leakage_csv(table))
-        write_bytes_atomic(out / "leakage.png", leakage_png(table, what))
-        files += [out / "leakage.csv", out / "leakage.png"]
-    write_bytes_atomic(out / "dose_response.png", dose_response_png(study))
-    files.append(out / "dose_response.png")
-    return text, files
+        outputs[out / "leakage.csv"] = leakage_csv(table)
+        outputs[out / "leakage.png"] = leakage_png(table, what)
+    outputs[out / "dose_response.png"] = dose_response_png(study)
+    return text, write_files_atomic(outputs)  # rendered first, written as one set

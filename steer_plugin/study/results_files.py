@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from steer_plugin.vectors.metadata import metadata_problem
+
 SWEEP_FILE = "sweep.json"  # a sweep's plan, written once
 SWEEP_FORMAT = "steer-plugin/sweep"
 SWEEP_VERSION = 1
@@ -36,6 +38,10 @@ def results_shape_problem(doc: Any) -> str | None:
         isinstance(v, dict) and isinstance(v.get("metadata") or {}, dict) for v in vectors
     ):
         return "'config.steering.vectors' is not a list of objects"
+    for i, v in enumerate(vectors):
+        problem = metadata_problem(v.get("metadata") or {})
+        if problem:
+            return f"'config.steering.vectors[{i}].metadata': {problem}"
     if not isinstance(alphas, list) or not all(_number(a) for a in alphas):
         return "'config.steering.alphas' is not a list of numbers"
     return None

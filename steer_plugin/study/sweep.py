@@ -96,7 +96,7 @@ def run_sweep(
     from lm_eval.evaluator import evaluate
     from lm_eval.utils import handle_non_serializable
 
-    from steer_plugin.io.atomic import write_text_atomic
+    from steer_plugin.io.atomic import write_files_atomic
     from steer_plugin.study.paired import compact_row
 
     state = folder or open_sweep_folder(plan, options)
@@ -161,16 +161,15 @@ def run_sweep(
         }
         results["date"] = time.time()
         out = options.out_dir / config.slug()
+        outputs: dict[Path, str] = {}  # one set: a full disk leaves no samples without their results
         if samples is not None:
             for task, rows in samples.items():
                 rows = rows if options.log_samples else [compact_row(r) for r in rows]
-                write_text_atomic(
-                    out / f"samples_{task}.jsonl",
-                    "".join(json.dumps(r, default=handle_non_serializable, ensure_ascii=False) + "\n" for r in rows),
+                outputs[out / f"samples_{task}.jsonl"] = "".join(
+                    json.dumps(r, default=handle_non_serializable, ensure_ascii=False) + "\n" for r in rows
                 )
-        write_text_atomic(
-            out / RESULTS_FILE, json.dumps(results, indent=2, default=handle_non_serializable, ensure_ascii=False)
-        )
+        outputs[out / RESULTS_FILE] = json.dumps(results, indent=2, default=handle_non_serializable, ensure_ascii=False)
+        write_files_atomic(outputs)
         files.append(out / RESULTS_FILE)
         if i == 0:
             # the first configuration also ran the batched work of the others (TruthfulQA tails, mixed generation):

@@ -227,29 +227,26 @@ def write_leaderboard(
 ) -> Leaderboard:
     """The rows of a folder of results, written as ``PREFIX.md``, ``PREFIX.csv`` and the plots.
     Rows with per-document samples get Δ vs the baseline (``resamples`` paired bootstrap draws, ``seed``)."""
-    from steer_plugin.io.atomic import atomic_path, write_text_atomic
+    from steer_plugin.io.atomic import write_files_atomic
 
     prefix = Path(prefix) if prefix else Path(folder) / "leaderboard"
     check_table_outputs(prefix)
     rows = load_rows(folder)
     compare_rows(rows, resamples, seed)
-    files = [prefix.with_suffix(".md"), prefix.with_suffix(".csv")]
-    write_text_atomic(files[0], to_markdown(rows, sort))
-    write_text_atomic(files[1], to_csv(rows, sort))
+    # rendered first, written as one set: a full disk never leaves a new table beside an old plot
+    outputs: dict[Path, str | bytes] = {
+        prefix.with_suffix(".md"): to_markdown(rows, sort),
+        prefix.with_suffix(".csv"): to_csv(rows, sort),
+    }
     metrics = sorted({m for r in rows for m in r.metrics})
     key = [m for m in metrics if m.endswith(("/acc", "/target_rate", "/target_prob"))]
     if key and any(not r.key.unsteered for r in rows):
-        path = Path(f"{prefix}_vs_alpha.png")
-        with atomic_path(path) as tmp:
-            tmp.write_bytes(plot_metric_vs_alpha(rows, key))
-        files.append(path)
+        outputs[Path(f"{prefix}_vs_alpha.png")] = plot_metric_vs_alpha(rows, key)
         x = next((m for m in metrics if m.endswith("/target_rate")), None)
         y = next((m for m in metrics if "mc2" in m and m.endswith("/acc")), None)
         if x and y:
-            path = Path(f"{prefix}_tradeoff.png")
-            with atomic_path(path) as tmp:
-                tmp.write_bytes(plot_tradeoff(rows, x, y))
-            files.append(path)
+            outputs[Path(f"{prefix}_tradeoff.png")] = plot_tradeoff(rows, x, y)
+    files = write_files_atomic(outputs)
     return Leaderboard(rows, to_console(rows, sort), files)
 
 

@@ -255,8 +255,8 @@ def analyze(
     ``target`` defaults to the stats metadata's ``target``; ``baseline`` to its ``baseline``, else
     ``"neutral"``. ``top_k`` neurons per layer go into the scatter plot; ``top_n_rows`` limits
     ranking.csv (the arrays in the result stay complete). Outputs are rendered in memory first, so
-    bad input raises before anything is written; if writing itself fails, files this call already
-    wrote are removed again.
+    bad input raises before anything is written, then written as one set: if writing fails (a full
+    disk), none of them is, and the previous set stays.
     """
     if top_k < 1:
         raise SteerError(f"top_k must be a positive integer, got {top_k}")
@@ -323,7 +323,7 @@ def layers_csv(result: AnalysisResult) -> str:
 
 
 def _write_outputs(result: AnalysisResult, out_dir: Path, top_k: int, top_n_rows: int | None) -> None:
-    from steer_plugin.io.atomic import atomic_path
+    from steer_plugin.io.atomic import write_files_atomic
     from steer_plugin.vectors import plots
 
     title = result.title()
@@ -339,25 +339,8 @@ def _write_outputs(result: AnalysisResult, out_dir: Path, top_k: int, top_n_rows
             title,
         ),
     }
-    created_dir = not out_dir.exists()
-    written: list[Path] = []
-    try:
-        for key, data in payloads.items():
-            path = out_dir / OUTPUT_FILES[key]
-            with atomic_path(path) as tmp:
-                tmp.write_bytes(data)
-            written.append(path)
-    except BaseException:
-        # All-or-nothing: a half-written set of outputs would mix this run with an older one.
-        for path in written:
-            path.unlink(missing_ok=True)
-        if created_dir:
-            try:
-                out_dir.rmdir()
-            except OSError:
-                pass
-        raise
-    result.files = written
+    # all-or-nothing: a half-written set of outputs would mix this run with an older one
+    result.files = write_files_atomic({out_dir / OUTPUT_FILES[key]: data for key, data in payloads.items()})
 
 
 # ----------------------------------------------------------------------------- console table

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from typing import Any
 
@@ -12,10 +13,13 @@ from steer_plugin.errors import SteerError
 from steer_plugin.vectors.vector import SteeringVector
 
 
-def _checked_alpha(vec: SteeringVector, layers: list[int], alpha: Any) -> float:
-    """An exported file must not steer by nan/inf: alpha and every exported alpha x row are finite."""
+def _checked_alpha(vec: SteeringVector, layers: list[int], alpha: Any, why_none: str) -> float:
+    """An exported file must not steer by nan/inf: alpha and every exported alpha x row are finite.
+    And it must steer something: no layers to export is an error (``why_none``), not an empty file."""
     from steer_plugin.model.hooks import check_delta, finite_alpha
 
+    if not layers:
+        raise SteerError(f"nothing to export: {why_none}")
     value = finite_alpha(alpha, "--alpha")
     for layer in layers:
         check_delta(value * vec.matrix[layer], layer, exact=value * vec.matrix[layer].double())
@@ -32,9 +36,9 @@ def export_lm_eval_steered(
     (the base model's attribute: ``model``, ``transformer``, ``gpt_neox``) is dropped:
     ``model.layers`` -> ``layers.N``, ``transformer.h`` -> ``h.N``.
     """
-    from steer_plugin.io.atomic import atomic_path
+    from steer_plugin.io.atomic import write_bytes_atomic
 
-    alpha = _checked_alpha(vec, vec.nonzero_layers(), alpha)
+    alpha = _checked_alpha(vec, vec.nonzero_layers(), alpha, "the vector is zero on every layer")
     prefix = block_path.split(".", 1)[1] if "." in block_path else block_path
     config: dict[str, dict[str, Any]] = {}
     for layer in vec.nonzero_layers():
@@ -45,8 +49,9 @@ def export_lm_eval_steered(
             "bias": None,
             "head_index": None,
         }
-    with atomic_path(path) as tmp:
-        torch.save(config, tmp)
+    buf = io.BytesIO()  # rendered first: torch.save on a full disk fails with an unhelpful RuntimeError
+    torch.save(config, buf)
+    write_bytes_atomic(path, buf.getvalue())
 
 
 def export_gguf_control_vector(
@@ -64,15 +69,17 @@ def export_gguf_control_vector(
     from steer_plugin.io.atomic import atomic_path
 
     layers = [l for l in vec.nonzero_layers() if l >= 1]
-    alpha = _checked_alpha(vec, layers, alpha)
+    alpha = _checked_alpha(vec, layers, alpha, "the vector is zero on every layer llama.cpp steers (1 and up)")
     with atomic_path(path) as tmp:
         writer = gguf.GGUFWriter(str(tmp), "controlvector")
-        writer.add_string("controlvector.model_hint", model_hint)
-        writer.add_uint32("controlvector.layer_count", len(layers))
-        for layer in layers:
-            writer.add_tensor(f"direction.{layer}", (vec.matrix[layer] * alpha).numpy())
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
+        try:
+            writer.add_string("controlvector.model_hint", model_hint)
+            writer.add_uint32("controlvector.layer_count", len(layers))
+            for layer in layers:
+                writer.add_tensor(f"direction.{layer}", (vec.matrix[layer] * alpha).numpy())
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_tensors_to_file()
+        finally:
+            writer.close()
     return layers

@@ -75,7 +75,7 @@ class _ActivationWriter:
     def __init__(self, out_dir: Path, items: Sequence[RecordItem], shape: tuple[int, int], dtype: str):
         import numpy as np
 
-        from steer_plugin.io.atomic import new_temp_path
+        from steer_plugin.io.atomic import new_temp_path, reserve_space
 
         if dtype not in ("float16", "float32"):
             raise SteerError(f"activation dtype must be float16 or float32, not {dtype!r}")
@@ -94,10 +94,17 @@ class _ActivationWriter:
         self.final = {c: out_dir / f"{target_slug(c)}.npy" for c in counts}
         # unique temp names (pid + host): concurrent writers never share one, leftovers of killed ones get cleaned
         self.tmp = {c: new_temp_path(p) for c, p in self.final.items()}
-        self.arrays = {
-            c: np.lib.format.open_memmap(self.tmp[c], mode="w+", dtype=dtype, shape=(n, *shape))
-            for c, n in counts.items()
-        }
+        try:
+            self.arrays = {
+                c: np.lib.format.open_memmap(self.tmp[c], mode="w+", dtype=dtype, shape=(n, *shape))
+                for c, n in counts.items()
+            }
+            for c, tmp in self.tmp.items():
+                reserve_space(tmp, self.final[c])
+        except BaseException:
+            self.arrays = {}
+            self.close(ok=False)
+            raise
 
     def write(self, index: int, state: Any) -> None:
         row = state.numpy()
@@ -109,11 +116,13 @@ class _ActivationWriter:
             arr.flush()
             del arr
         self.arrays.clear()
-        for c, tmp in self.tmp.items():
-            if ok:
-                os.replace(tmp, self.final[c])
-            else:
-                tmp.unlink(missing_ok=True)
+        if ok:  # the classes' files as one set, like every multi-file output
+            from steer_plugin.io.atomic import replace_all
+
+            replace_all({self.final[c]: tmp for c, tmp in self.tmp.items()})
+            return
+        for tmp in self.tmp.values():
+            tmp.unlink(missing_ok=True)
 
 
 def record_hidden_states(

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from steer_plugin.errors import SteerError
+from steer_plugin.io.schema import Rule, fields_problem
 
 STATS_FORMAT = "steer-plugin/stats"
 STATS_VERSION = 1
@@ -106,25 +107,70 @@ class HiddenStateStats:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> HiddenStateStats:
+        """Read and validate a stats file (every tensor, the class names, the metadata): a file that does
+        not hold what ``save`` writes is a one-line error naming the field, never a vector of NaNs."""
         from steer_plugin.io.safetensors import read_safetensors
 
-        tensors, meta = read_safetensors(path, expected_format=STATS_FORMAT, what="stats file")
-        classes: dict[str, ClassStats] = {}
-        names = sorted({k.rsplit("/", 1)[0] for k in tensors})
+        tensors, meta = read_safetensors(path, expected_format=STATS_FORMAT, what="stats file", version=STATS_VERSION)
         odd = [k for k, t in tensors.items() if not k.endswith("/count") and not t.is_floating_point()]
         if odd:  # means and M2 are float64 by construction; an int tensor is a wrong file, not a cast
             kind = str(tensors[odd[0]].dtype).removeprefix("torch.")
             raise SteerError(f"{path}: corrupt stats file (tensor {odd[0]!r} is {kind}, expected floats)")
         try:
-            for name in names:
-                classes[name] = ClassStats(
-                    int(tensors[f"{name}/count"][0]),
-                    tensors[f"{name}/mean"].to(torch.float64),
-                    tensors[f"{name}/m2"].to(torch.float64),
-                )
             metadata = json.loads(meta.get("metadata", "{}"))
-        except (KeyError, ValueError, IndexError) as e:
-            raise SteerError(f"{path}: corrupt stats file ({e})") from None
-        if not classes or not isinstance(metadata, dict):
-            raise SteerError(f"{path}: corrupt stats file (no classes or metadata not a JSON object)")
+        except ValueError as e:
+            raise SteerError(f"{path}: corrupt stats file (metadata: {e})") from None
+        problem = _tensors_problem(tensors) or _metadata_problem(metadata)
+        if problem:
+            raise SteerError(f"{path}: corrupt stats file ({problem})")
+        classes = {
+            name: ClassStats(
+                int(tensors[f"{name}/count"][0]), tensors[f"{name}/mean"].double(), tensors[f"{name}/m2"].double()
+            )
+            for name in sorted({k.rsplit("/", 1)[0] for k in tensors})
+        }
         return cls(classes, metadata)
+
+
+_PARTS = ("mean", "m2", "count")
+
+
+def _tensors_problem(tensors: dict[str, torch.Tensor]) -> str | None:
+    """Why the tensors are not ``<class>/mean``, ``/m2`` [L, H] and ``/count`` [1] of known classes."""
+    from steer_plugin.data.goemotions import class_name_problem
+
+    names = sorted({k.rsplit("/", 1)[0] for k in tensors})
+    if not names:
+        return "no classes"
+    shape: tuple[int, ...] | None = None
+    for name in names:
+        problem = class_name_problem(name)  # class names become file names (vectors/<model>/<class>-mean...)
+        if problem:
+            return f"class {problem}"
+        for key in (k for k in tensors if k.rsplit("/", 1)[0] == name and k.rsplit("/", 1)[-1] not in _PARTS):
+            return f"tensor {key!r}: not one of {name}/mean, {name}/m2, {name}/count"
+        missing = [f"{name}/{part}" for part in _PARTS if f"{name}/{part}" not in tensors]
+        if missing:
+            return f"tensor {missing[0]!r} is missing"
+        mean, m2, count = (tensors[f"{name}/{part}"] for part in _PARTS)
+        shape = shape or tuple(mean.shape)
+        for part, t in (("mean", mean), ("m2", m2)):
+            if t.ndim != 2 or 0 in t.shape or tuple(t.shape) != shape:
+                return f"tensor '{name}/{part}' has shape {tuple(t.shape)}, expected {shape} like the others"
+            if not torch.isfinite(t).all():
+                return f"tensor '{name}/{part}' has non-finite values"
+        if (m2 < 0).any():  # a sum of squared deviations
+            return f"tensor '{name}/m2' has negative values"
+        if count.is_floating_point() or count.dtype == torch.bool or count.shape != (1,) or int(count[0]) < 0:
+            return f"tensor '{name}/count' is not one integer >= 0"
+    return None
+
+
+# the model id and the class names become paths (vectors/<model>/<target>-mean.safetensors)
+_METADATA_RULES: dict[str, Rule] = {
+    k: (lambda v: v is None or isinstance(v, str), "is not a text") for k in ("model", "target", "baseline")
+}
+
+
+def _metadata_problem(metadata: object) -> str | None:
+    return fields_problem(metadata, _METADATA_RULES, "metadata")

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from steer_plugin.errors import SteerError
+from steer_plugin.vectors.metadata import metadata_problem
 
 VECTOR_FORMAT = "steer-plugin/vector"
 VECTOR_VERSION = 1
@@ -33,6 +34,10 @@ class SteeringVector:
             raise SteerError(f"a steering vector is a [n_layers, hidden] matrix, got shape {tuple(self.matrix.shape)}")
         if not self.matrix.is_floating_point():  # an int/bool matrix is not a direction; never cast it silently
             raise SteerError(f"a steering vector holds floats, got {str(self.matrix.dtype).removeprefix('torch.')}")
+        if 0 in self.matrix.shape:  # nothing to steer with: exports would be empty files
+            raise SteerError(
+                f"a steering vector needs at least one layer and one neuron, got shape {tuple(self.matrix.shape)}"
+            )
         self.matrix = self.matrix.detach().to("cpu", torch.float32).contiguous()
         if self.mask is not None:
             self.mask = self.mask.to("cpu", torch.bool).contiguous()
@@ -136,6 +141,9 @@ class SteeringVector:
 
         if not torch.isfinite(self.matrix).all():
             raise SteerError("refusing to save a steering vector with non-finite values")
+        problem = metadata_problem({**self.metadata, "n_layers": self.n_layers, "hidden_size": self.hidden_size})
+        if problem:  # a file we would refuse to read back
+            raise SteerError(f"refusing to save a steering vector with bad metadata ({problem})")
         meta = {
             "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             **self.metadata,
@@ -173,7 +181,9 @@ class SteeringVector:
             return cls.from_npy(p)
         from steer_plugin.io.safetensors import read_safetensors
 
-        tensors, header = read_safetensors(p, expected_format=VECTOR_FORMAT, what="steering vector")
+        tensors, header = read_safetensors(
+            p, expected_format=VECTOR_FORMAT, what="steering vector", version=VECTOR_VERSION
+        )
         if "vector" not in tensors:
             raise SteerError(f"{p}: corrupt steering vector (no 'vector' tensor)")
         try:
@@ -182,13 +192,19 @@ class SteeringVector:
             raise SteerError(f"{p}: corrupt steering vector metadata") from None
         if not isinstance(meta, dict):
             raise SteerError(f"{p}: corrupt steering vector metadata (not a JSON object)")
-        if not tensors["vector"].is_floating_point():
-            kind = str(tensors["vector"].dtype).removeprefix("torch.")
+        matrix = tensors["vector"]
+        if not matrix.is_floating_point():
+            kind = str(matrix.dtype).removeprefix("torch.")
             raise SteerError(f"{p}: not a steering vector (tensor 'vector' is {kind}; a steering vector holds floats)")
-        if tensors["vector"].ndim != 2:
-            raise SteerError(f"{p}: corrupt steering vector (shape {tuple(tensors['vector'].shape)}, not 2-D)")
+        if matrix.ndim != 2 or 0 in matrix.shape:
+            raise SteerError(
+                f"{p}: corrupt steering vector (shape {tuple(matrix.shape)}, not [n_layers >= 1, hidden >= 1])"
+            )
+        problem = metadata_problem(meta, (int(matrix.shape[0]), int(matrix.shape[1])))
+        if problem:
+            raise SteerError(f"{p}: corrupt steering vector metadata ({problem})")
         mask = tensors.get("mask")
-        vec = cls(tensors["vector"], meta, None if mask is None else mask.bool())
+        vec = cls(matrix, meta, None if mask is None else mask.bool())
         if mask is not None and mask.shape != vec.matrix.shape:
             raise SteerError(f"{p}: corrupt steering vector (mask shape {tuple(mask.shape)} != vector shape)")
         if not torch.isfinite(vec.matrix).all():
