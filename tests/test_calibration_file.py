@@ -38,7 +38,7 @@ def _argv(model_dir: str, vector: Path, texts: str) -> list[str]:
 @pytest.fixture(scope="module")
 def calibrated(model_dir, texts_file, tmp_path_factory) -> Path:
     """A vector and the calibration file `steer calibrate` stored beside it."""
-    from steer_plugin.cli.main import main
+    from steer_plugin.cli import main
 
     torch.manual_seed(4)
     vector = tmp_path_factory.mktemp("calibrated") / "v.safetensors"

@@ -2,7 +2,7 @@
 independent reference: the TSV read with the csv module, every text run alone through the HF model with
 a forward hook on each block (last token), per-class means in numpy, difference, top-k by |diff|.
 
-Everything runs in-process through ``steer_plugin.cli.main``; bad input must give exit code 2 and one
+Everything runs in-process through ``steer_plugin.cli:main``; bad input must give exit code 2 and one
 line on stderr (no traceback) and leave no output file.
 """
 
