@@ -68,6 +68,10 @@ def metric_list_yaml(neutral_is_goal: bool) -> str:
     add("target_prob", "true")
     # Steering aims away from neutral text, except in the neutral task itself.
     add("neutral_rate", "true" if neutral_is_goal else "false")
+    # what the output looks like (steer_plugin.data.text_quality): silence and loops are not emotion
+    add("no_words", "false")
+    add("repetition", "false")
+    add("distinct_2", "true")
     for label in PROFILE_LABELS:
         add(f"prob_{metric_label(label)}", "null")  # the emotion profile: descriptive, no direction
     return "\n".join(lines) + "\n"

@@ -27,6 +27,7 @@ except ImportError:  # a checkout without `pip install -e .`: the package sits t
 from lm_eval.api.filter import Filter
 
 from steer_plugin.data.goemotions import neutral_texts, resolve_target
+from steer_plugin.data.text_quality import quality_metrics
 from steer_plugin.errors import SteerError
 from steer_plugin.harness.classifier import (
     DEFAULT_BATCH_SIZE,
@@ -133,10 +134,11 @@ class EmotionScoreFilter(Filter):
 
 
 def process_results(doc: dict, results: list[Any]) -> dict[str, float]:
-    """target_rate, target_prob, neutral_rate (if the classifier has it) and prob_<label>."""
+    """target_rate, target_prob, neutral_rate (if the classifier has it), prob_<label>, and what the output
+    looks like: no_words, repetition, distinct_2 (steer_plugin.data.text_quality)."""
     record = results[0]
     if not isinstance(record, dict) or "scores" not in record:
         raise SteerError(
             "steer_emotion tasks need the EmotionScoreFilter in their filter_list; got an unscored response"
         )
-    return emotion_metrics(record)
+    return {**emotion_metrics(record), **quality_metrics(str(record.get("generation", "")))}

@@ -1,0 +1,59 @@
+"""Fluency of generations: continuation NLL under the unsteered model against a plain transformers
+computation, batched equal to one at a time, on tiny models of several architectures."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers_tiny import make_model
+
+from steer_plugin.errors import SteerError
+from steer_plugin.steering.generation_nll import GenerationNLL, continuation_nll
+
+PAIRS_TEXT = [
+    ("What is the capital of France?", " The capital of France is Paris."),
+    ("Tell me about yourself.", " I like reading books."),
+    ("Why?", " I don't understand. I don't understand. I don't understand."),
+]
+
+
+def _reference(model, ctx: list[int], cont: list[int]) -> float:
+    """One unpadded forward of context + continuation; NLL of the continuation's tokens, written here."""
+    ids = torch.tensor([ctx + cont])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), dim=-1)
+    return -sum(float(logp[len(ctx) - 1 + j, t]) for j, t in enumerate(cont))
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2"])
+def test_continuation_nll_equals_a_plain_forward_batched_or_not(arch):
+    model, tok = make_model(arch)
+    pairs = [(tok(c)["input_ids"], tok(g)["input_ids"]) for c, g in PAIRS_TEXT]
+    batched = continuation_nll(model, tok, pairs, batch_size=8)
+    single = [continuation_nll(model, tok, [p], batch_size=1)[0] for p in pairs]
+    for (ctx, cont), b, s in zip(pairs, batched, single):
+        ref = _reference(model, list(ctx), list(cont))
+        assert b.n_tokens == len(cont)
+        assert b.total == pytest.approx(ref, abs=1e-4)
+        assert s.total == pytest.approx(b.total, abs=1e-4)
+        assert b.per_token == pytest.approx(ref / len(cont), abs=1e-5)
+
+
+def test_empty_continuation_and_bad_input():
+    model, tok = make_model("llama")
+    ctx = tok("Hello there")["input_ids"]
+    (empty,) = continuation_nll(model, tok, [(ctx, [])])
+    assert empty == GenerationNLL(0.0, 0) and empty.per_token != empty.per_token  # NaN: nothing to score
+    with pytest.raises(SteerError, match="batch size"):
+        continuation_nll(model, tok, [(ctx, ctx)], batch_size=0)
+    with pytest.raises(SteerError, match="context"):
+        continuation_nll(model, tok, [([], ctx)])
+
+
+def test_window_keeps_the_continuation():
+    model, tok = make_model("llama")
+    ctx, cont = list(tok("What is the capital of France? " * 3)["input_ids"]), list(tok(" Paris.")["input_ids"])
+    window = len(cont) + 4
+    (got,) = continuation_nll(model, tok, [(ctx, cont)], max_length=window)
+    assert got.n_tokens == len(cont)
+    assert got.total == pytest.approx(_reference(model, ctx[-4:], cont), abs=1e-4)
