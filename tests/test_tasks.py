@@ -265,6 +265,13 @@ def test_filter_and_process_results_equal_independent_computation(goemo_dir):
             assert metrics["neutral_rate"] == float(top == "neutral")
             for label, p in ref.items():
                 assert metrics[f"prob_{label}"] == pytest.approx(p, abs=1e-5)
+            # what the output looks like, by hand: the texts are whole words joined by spaces
+            toks = text.lower().split()
+            trigrams = [tuple(toks[i : i + 3]) for i in range(len(toks) - 2)]
+            bigrams = [tuple(toks[i : i + 2]) for i in range(len(toks) - 1)]
+            assert metrics["no_words"] == float(not toks)
+            assert metrics["repetition"] == pytest.approx(1 - len(set(trigrams)) / len(trigrams) if trigrams else 0.0)
+            assert metrics["distinct_2"] == pytest.approx(len(set(bigrams)) / len(bigrams) if bigrams else 1.0)
 
 
 # ---------------------------------------------------------------- end to end with lm-eval
