@@ -85,6 +85,38 @@ def test_kl_and_ppl_equal_plain_torch_reference(arch, positions):
     assert got.baseline_ppl == pytest.approx(base_ppl, rel=1e-5)
 
 
+def prompted_reference(model, tokenizer, texts, instruction):
+    """Each text alone and after the instruction, unpadded, float64; KL and NLL at the text's scored tokens."""
+    kl_sum = nll_sum = 0.0
+    n_tok = 0
+    for text in texts:
+        ids = tokenizer(text)["input_ids"]
+        if len(ids) < 2:
+            continue
+        n, c, k = len(ids), len(ids) // 2, len(instruction)
+        with torch.no_grad():
+            p = torch.log_softmax(model(input_ids=torch.tensor([ids[:-1]])).logits[0].double(), -1)
+            q = torch.log_softmax(model(input_ids=torch.tensor([instruction + ids[:-1]])).logits[0].double(), -1)
+        for j in range(c, n):
+            kl_sum += float((p[j - 1].exp() * (p[j - 1] - q[k + j - 1])).sum())
+            nll_sum += -float(q[k + j - 1, ids[j]])
+            n_tok += 1
+    return kl_sum / n_tok, math.exp(nll_sum / n_tok), n_tok
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_prompted_side_effects_equal_plain_torch_reference(arch):
+    model, tok = make_model(arch, n_layers=3, hidden=32, seed=1)
+    instruction = tok("I am so angry right now.\n\n")["input_ids"]
+    probe = FluencyProbe(model, tok, list(TEXTS), batch_size=3)
+    got = probe.measure_prompted(instruction)
+    want_kl, want_ppl, n_tok = prompted_reference(model, tok, TEXTS, instruction)
+    assert got.total_tokens == n_tok and got.kl > 1e-5  # the instruction changes something
+    assert got.kl == pytest.approx(want_kl, rel=1e-4, abs=1e-7)
+    assert got.ppl == pytest.approx(want_ppl, rel=1e-5)
+    assert probe.measure_prompted([]).kl == 0  # no instruction: the unsteered model itself
+
+
 def test_no_cache_batch_size_and_backend_do_not_change_the_numbers():
     model, tok = make_model("qwen2", n_layers=2, hidden=32, seed=2)
     torch.manual_seed(7)

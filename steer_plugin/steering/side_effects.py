@@ -34,6 +34,7 @@ import hashlib
 import math
 import os
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -357,8 +358,32 @@ class FluencyProbe:
         kl = [0.0] * len(self.texts)
         nll = [0.0] * len(self.texts)
         for i, batch in enumerate(self._batches):
-            q = self._log_probs(batch, plan, positions, i)
-            p = self._baseline_log_probs(i, batch).to(q.device)
-            self._add(kl, None, batch, (p.exp() * (p - q)).sum(-1))
-            self._add(nll, None, batch, -q.gather(1, batch.targets[:, None].to(q.device))[:, 0])
+            self._compare(kl, nll, i, batch, self._log_probs(batch, plan, positions, i))
         return SideEffects(kl, nll, list(base.n_tokens), base.ppl)
+
+    def measure_prompted(self, instruction: Sequence[int]) -> SideEffects:
+        """The side effects of *asking* instead of steering: every text read after ``instruction`` (token ids,
+        e.g. "Answer with anger." and a blank line), unsteered, against the texts read alone, at the same scored
+        positions. This puts a prompting reference on the same KL scale as a steering vector."""
+        base = self.baseline()
+        if not instruction:
+            return base
+        assert self.steerer is not None
+        kl = [0.0] * len(self.texts)
+        nll = [0.0] * len(self.texts)
+        for i, batch in enumerate(self._batches):
+            rows = batch.input_ids.shape[0]
+            head = torch.tensor(list(instruction), dtype=torch.long, device=batch.input_ids.device)
+            ids = torch.cat([head.expand(rows, -1), batch.input_ids], dim=1)  # right padding stays at the end
+            mask = torch.cat([torch.ones_like(ids[:, : len(head)]), batch.attention_mask], dim=1)
+            with torch.no_grad():
+                out = self.steerer.forward(SteeringPlan(), None, input_ids=ids, attention_mask=mask)
+            logits = out.logits if hasattr(out, "logits") else out[0]
+            self._compare(kl, nll, i, batch, _pick(logits, batch.rows, batch.cols + len(head)))
+        return SideEffects(kl, nll, list(base.n_tokens), base.ppl)
+
+    def _compare(self, kl: list[float], nll: list[float], i: int, batch: _Batch, q: torch.Tensor) -> None:
+        """Add one batch's KL(unsteered || q) and NLL under q to the per-text sums."""
+        p = self._baseline_log_probs(i, batch).to(q.device)
+        self._add(kl, None, batch, (p.exp() * (p - q)).sum(-1))
+        self._add(nll, None, batch, -q.gather(1, batch.targets[:, None].to(q.device))[:, 0])
