@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from steer_plugin.data.goemotions import canonical_target
 from steer_plugin.errors import SteerError
 
 
@@ -80,3 +81,16 @@ def last_token_index(mask):
     """Index of the last real (mask == 1) token in each row, for either padding side."""
     width = mask.shape[1]
     return width - 1 - mask.flip(1).argmax(1)
+
+
+# The prompting reference of `steer run` (a positive control): *asking* for the emotion instead of steering.
+# Chat models get it as the system message; base models as a prefix before the prompt, a blank line between.
+EMOTION_INSTRUCTION = "You are feeling intense {emotion}. Let it show in every sentence of your answer."
+INSTRUCTION_DELIMITER = (
+    "\n\n"  # what the harness puts between a system instruction and the prompt without a chat template
+)
+
+
+def emotion_instruction(target: str) -> str:
+    """The instruction that asks for ``target`` (a GoEmotions label or ``ekman:<group>``: the group's name)."""
+    return EMOTION_INSTRUCTION.format(emotion=canonical_target(target).removeprefix("ekman:"))

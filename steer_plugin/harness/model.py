@@ -235,7 +235,7 @@ class SteeredHFLM(HFLM):
         """Check one configuration and place its deltas on the model."""
         if isinstance(steering, SteeringConfig):
             steering = _keywords(
-                None if steering.is_baseline else steering.vector, steering.alpha, steering.layers, steering.positions
+                steering.vector if steering.steers else None, steering.alpha, steering.layers, steering.positions
             )
         vector, alpha, layers = steering.get("vector"), steering.get("alpha", 1.0), steering.get("layers", "all")
         checked = check_positions(steering.get("positions", "all"))

@@ -27,3 +27,11 @@ def tasks_dir() -> Path:
         + " and ".join(str(c) for c in candidates)
         + " (reinstall steer-plugin, or run from a checkout that has lm_eval_tasks/)"
     )
+
+
+EMOTION_TASK_PREFIX = "steer_emotion_"  # our generation tasks: steer_emotion_<target>, steer_emotion_continue_<target>
+
+
+def is_emotion_task(name: str) -> bool:
+    """A leaf task of ours whose generations an emotion classifier scores (apply it to task names, not groups)."""
+    return name.startswith(EMOTION_TASK_PREFIX)

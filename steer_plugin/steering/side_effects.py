@@ -362,24 +362,27 @@ class FluencyProbe:
         return SideEffects(kl, nll, list(base.n_tokens), base.ppl)
 
     def measure_prompted(self, instruction: Sequence[int]) -> SideEffects:
-        """The side effects of *asking* instead of steering: every text read after ``instruction`` (token ids,
-        e.g. "Answer with anger." and a blank line), unsteered, against the texts read alone, at the same scored
-        positions. This puts a prompting reference on the same KL scale as a steering vector."""
+        """The side effects of *asking* instead of steering: every text read after ``instruction`` (token ids of
+        the instruction and a blank line, as the tokenizer encodes a text), unsteered, against the texts read alone,
+        at the same scored positions. This puts a prompting reference on the same KL scale as a steering vector."""
         base = self.baseline()
         if not instruction:
             return base
         assert self.steerer is not None
         kl = [0.0] * len(self.texts)
         nll = [0.0] * len(self.texts)
+        bos = getattr(self.tokenizer, "bos_token_id", None)
         for i, batch in enumerate(self._batches):
             rows = batch.input_ids.shape[0]
             head = torch.tensor(list(instruction), dtype=torch.long, device=batch.input_ids.device)
-            ids = torch.cat([head.expand(rows, -1), batch.input_ids], dim=1)  # right padding stays at the end
-            mask = torch.cat([torch.ones_like(ids[:, : len(head)]), batch.attention_mask], dim=1)
+            # a tokenizer that starts every text with BOS started the instruction with it too: one BOS, in front
+            skip = int(bos is not None and int(head[0]) == bos and bool((batch.input_ids[:, 0] == bos).all()))
+            ids = torch.cat([head.expand(rows, -1), batch.input_ids[:, skip:]], dim=1)  # right padding stays last
+            mask = torch.cat([torch.ones_like(ids[:, : len(head)]), batch.attention_mask[:, skip:]], dim=1)
             with torch.no_grad():
                 out = self.steerer.forward(SteeringPlan(), None, input_ids=ids, attention_mask=mask)
             logits = out.logits if hasattr(out, "logits") else out[0]
-            self._compare(kl, nll, i, batch, _pick(logits, batch.rows, batch.cols + len(head)))
+            self._compare(kl, nll, i, batch, _pick(logits, batch.rows, batch.cols + len(head) - skip))
         return SideEffects(kl, nll, list(base.n_tokens), base.ppl)
 
     def _compare(self, kl: list[float], nll: list[float], i: int, batch: _Batch, q: torch.Tensor) -> None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from steer_plugin.data.goemotions import canonical_target
 from steer_plugin.errors import SteerError
 from steer_plugin.model.positions import check_positions
 from steer_plugin.steering.config import UNSTEERED, SteeringConfig
@@ -33,6 +34,7 @@ class SweepPlan:
         controls: dict[str, list[str]] | None = None,
         resolve: Resolver | None = None,
         control_match: str = "alpha",
+        prompted: Sequence[str] = (),
     ) -> SweepPlan:
         """Every vector x layer set x positions x alpha, the unsteered baseline first.
 
@@ -48,6 +50,8 @@ class SweepPlan:
                 (vector, layers, positions) for the KL budgets; needed when there are budgets.
             control_match: a control at its vector's alpha (``"alpha"``), or, for a KL budget, at its own
                 alpha for that budget (``"kl"``: the same side effects instead of the same size).
+            prompted: emotions to *ask* for (the prompting reference): one unsteered configuration each, last,
+                whose emotion-task prompts carry ``data.prompts.emotion_instruction``.
 
         Returns:
             The plan, configurations in evaluation order.
@@ -83,6 +87,7 @@ class SweepPlan:
                                 configs.append(SteeringConfig(vec, alpha, layers, pos, a.kl, control_of))
                             else:
                                 configs.append(SteeringConfig(vec, float(a), layers, pos, control_of=control_of))
+        configs += [SteeringConfig(None, 0.0, prompted=canonical_target(t)) for t in dict.fromkeys(prompted)]
         return cls(configs)
 
 
@@ -98,7 +103,7 @@ class SweepOptions:
     include_path: str | None = None
     log_samples: bool = False  # full harness samples rows (documents, prompts, responses)
     per_doc: bool = True  # compact per-document scores (for paired intervals in `steer table`)
-    apply_chat_template: bool = False
+    apply_chat_template: bool | list[str] = False  # True: every task's prompts; a list: those tasks' (or groups')
     num_fewshot: int | None = None
     gen_kwargs: dict[str, Any] | None = None
     bootstrap_iters: int = 1000

@@ -10,12 +10,15 @@ an interrupted sweep resumes by skipping configurations whose results are there 
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
 from pathlib import Path
 from typing import Any
 
+from steer_plugin.data.prompts import INSTRUCTION_DELIMITER, emotion_instruction
 from steer_plugin.errors import SteerError
+from steer_plugin.harness.tasks import is_emotion_task
 from steer_plugin.steering.config import UNSTEERED, SteeringConfig
 from steer_plugin.study.plan import SIDE_EFFECTS, SweepOptions, SweepPlan
 from steer_plugin.study.results_files import RESULTS_FILE
@@ -64,7 +67,7 @@ def _seed_everything(seed: int) -> None:
 def model_args_string(base: dict[str, Any], config: SteeringConfig) -> str:
     """The ``--model_args`` that reproduce one configuration with the stock `lm_eval` CLI."""
     args = dict(base)
-    if not config.is_baseline:
+    if config.steers:
         args.update(
             vector=config.vector, alpha=config.alpha, layers=config.layers.replace(",", ";"), positions=config.positions
         )
@@ -106,7 +109,7 @@ def run_sweep(
     done_before = len(plan.configs) - len(todo)
     if done_before:
         _say(progress, f"resuming: {done_before}/{len(plan.configs)} configurations already done")
-    loaded = load_tasks(options, task_metadata) if todo else None
+    loaded = load_tasks(options, task_metadata) if todo else {}
     files: list[Path] = []
     started = time.monotonic()
     if todo and hasattr(lm, "plan_ahead"):  # prefix reuse: configurations that share a prefix cache score together
@@ -116,17 +119,26 @@ def run_sweep(
         lm.configure(config)
         _seed_everything(options.seed)
         t0 = time.monotonic()
-        results = evaluate(
-            lm=lm,
-            task_dict=loaded,
-            limit=options.limit,
-            bootstrap_iters=options.bootstrap_iters,
-            log_samples=options.log_samples or options.per_doc,
-            apply_chat_template=options.apply_chat_template,
-            fewshot_as_multiturn=False,
-            verbosity="WARNING",
-        )
+        parts = [
+            evaluate(
+                lm=lm,
+                task_dict=tasks,
+                limit=options.limit,
+                bootstrap_iters=options.bootstrap_iters,
+                log_samples=True,  # the generations are needed for their fluency
+                system_instruction=instruction,
+                apply_chat_template=chat,
+                fewshot_as_multiturn=False,
+                verbosity="WARNING",
+            )
+            for tasks, chat, instruction in formatting_groups(loaded, options, config)
+        ]
+        results = _merged(parts)
         samples = results.pop("samples", None)
+        if samples is not None:
+            add_generation_fluency(lm, results, samples)
+            if not (options.log_samples or options.per_doc):
+                samples = None
         seconds = time.monotonic() - t0
         side: dict[str, Any] = {} if config.kl_budget is None else {"kl_budget,none": config.kl_budget}
         side_info = None
@@ -134,7 +146,11 @@ def run_sweep(
             t1 = time.monotonic()
             if probe is None:
                 probe = side_effect_probe(lm, options)
-            measured = probe.measure(lm.plan, lm.positions)
+            measured = (
+                probe.measure_prompted(instruction_ids(lm, config.prompted))
+                if config.prompted
+                else probe.measure(lm.plan, lm.positions)
+            )
             side.update(measured.metrics())
             side_info = {
                 "texts": options.side_effects.describe(),
@@ -185,6 +201,97 @@ def run_sweep(
         lm.plan_ahead([])
     lm.configure(UNSTEERED)
     return [options.out_dir / c.slug() / RESULTS_FILE for c in plan.configs]
+
+
+def chat_tasks(loaded: dict[str, Any], spec: bool | list[str]) -> set[str]:
+    """The leaf tasks whose prompts go through the chat template: all (True), none (False), or those named
+    (a group names all of its tasks)."""
+    if spec is True or spec is False:
+        return set(loaded["tasks"]) if spec else set()
+    named = set(spec)
+    chosen = {n for n in loaded["tasks"] if n in named}
+    for name, group in loaded.get("groups", {}).items():
+        if name in named:
+            chosen |= {t.task_name for t in group.get_all_tasks()}
+    return chosen
+
+
+def _subset(loaded: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """The task dict of some of the loaded tasks, with the groups all of whose tasks are among them."""
+    keep = set(names)
+    groups = {
+        g: grp for g, grp in loaded.get("groups", {}).items() if {t.task_name for t in grp.get_all_tasks()} <= keep
+    }
+    return {
+        "tasks": {n: t for n, t in loaded["tasks"].items() if n in keep},
+        "groups": groups,
+        "group_map": {g: c for g, c in loaded.get("group_map", {}).items() if g in groups},
+    }
+
+
+def formatting_groups(
+    loaded: dict[str, Any], options: SweepOptions, config: SteeringConfig
+) -> list[tuple[dict[str, Any], bool, str | None]]:
+    """One configuration's tasks by how their prompts are formatted: (task dict, chat template, system instruction).
+
+    The harness formats all tasks of one evaluation alike, so tasks with and without the chat template
+    (``steer run``: the emotion tasks with it, TruthfulQA as the harness formats it) are evaluated apart. A
+    prompted configuration (the prompting reference) runs only the emotion tasks, its instruction as the system
+    message (or, without a chat template, before the prompt)."""
+    names = [n for n in loaded["tasks"] if config.prompted is None or is_emotion_task(n)]
+    if not names:
+        raise SteerError("the prompting reference needs an emotion task (steer_emotion_*) among the tasks")
+    chat = chat_tasks(loaded, options.apply_chat_template)
+    instruction = emotion_instruction(config.prompted) if config.prompted else None
+    out = []
+    for templated in (True, False):
+        part = [n for n in names if (n in chat) == templated]
+        if part:
+            out.append((_subset(loaded, part), templated, instruction))
+    return out
+
+
+def _merged(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One results dict from evaluations of disjoint task sets (their per-task tables side by side)."""
+    out = parts[0]
+    for extra in parts[1:]:
+        for key, value in extra.items():
+            if isinstance(value, dict) and isinstance(out.get(key), dict):
+                out[key] = {**out[key], **value}
+            else:
+                out.setdefault(key, value)
+    return out
+
+
+def instruction_ids(lm: Any, target: str) -> list[int]:
+    """The prompting reference's instruction as the side-effect probe prepends it to a neutral text."""
+    return list(lm.tokenizer(emotion_instruction(target) + INSTRUCTION_DELIMITER)["input_ids"])
+
+
+def add_generation_fluency(lm: Any, results: dict[str, Any], samples: dict[str, list[dict[str, Any]]]) -> None:
+    """``gen_nll`` of every emotion-task generation: its NLL per token under the unsteered model given its prompt
+    (an empty generation: the NLL of stopping at once, the end-of-text token), per document in ``samples`` and
+    as the task's mean in ``results`` (``gen_ppl`` = exp of that mean)."""
+    from steer_plugin.steering.generation_nll import continuation_nll
+
+    eos = getattr(lm.tokenizer, "eos_token_id", None)
+    batch = lm.batch_size if isinstance(lm.batch_size, int) else 16
+    for task, rows in samples.items():
+        if not is_emotion_task(task) or not rows:
+            continue
+        pairs = []
+        for row in rows:
+            context = str(row["arguments"][0][0])
+            text = str(row["resps"][0][0] if isinstance(row["resps"][0], list) else row["resps"][0])
+            cont = lm.tok_encode(text, add_special_tokens=False) if text else []
+            pairs.append((lm.tok_encode(context), cont or ([eos] if eos is not None else [])))
+        nlls = continuation_nll(lm.model, lm.tokenizer, pairs, batch_size=max(1, int(batch)), max_length=lm.max_length)
+        for row, nll in zip(rows, nlls):
+            row["gen_nll"] = nll.per_token
+            row["metrics"] = [*row.get("metrics", []), "gen_nll"]
+        mean = math.fsum(n.per_token for n in nlls) / len(nlls)
+        results["results"][task].update({"gen_nll,none": mean, "gen_ppl,none": math.exp(mean)})
+        results.setdefault("higher_is_better", {}).setdefault(task, {}).update(gen_nll=False, gen_ppl=False)
 
 
 def side_effect_probe(lm: Any, options: SweepOptions) -> Any:

@@ -196,7 +196,7 @@ def open_sweep_folder(plan: SweepPlan, options: SweepOptions) -> SweepFolder:
             notes.append(f"--fresh: discarded {n} earlier result(s) in {printable(root)}")
     existing = check_same_sweep(root, settings)
     records = {
-        c.slug(): config_record(c, None if c.vector is None or c.is_baseline else shas[c.vector]) for c in plan.configs
+        c.slug(): config_record(c, shas[c.vector] if c.steers and c.vector is not None else None) for c in plan.configs
     }
     folder = SweepFolder(root, settings, records, [], notes)
     for c in plan.configs:
