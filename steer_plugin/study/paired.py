@@ -29,7 +29,7 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -42,6 +42,7 @@ COMPACT_KEYS = ("doc_id", "doc_hash", "prompt_hash", "target_hash", "filter", "m
 _NOT_METRICS = frozenset(COMPACT_KEYS) | {"doc", "target", "arguments", "resps", "filtered_resps"}
 
 DocKey = tuple[Any, Any, Any]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -203,22 +204,32 @@ def read_scores(path: str | Path) -> dict[str, dict[DocKey, float]]:
     return scores
 
 
-def _matches(config: DocKey, baseline: DocKey) -> bool:
-    return all(a is None or b is None or a == b for a, b in zip(config[1:], baseline[1:]))
+def _matches(config: DocKey, baseline: DocKey, same_prompt: bool) -> bool:
+    keys = zip(config[1:], baseline[1:]) if same_prompt else zip(config[1:2], baseline[1:2])
+    return all(a is None or b is None or a == b for a, b in keys)
 
 
-def match_documents(config: dict[DocKey, float], baseline: dict[DocKey, float]) -> tuple[list[float], list[float]]:
-    """Values of the documents both arms scored, in the config's order (by doc_id, hashes agreeing)."""
-    by_id: dict[Any, list[tuple[DocKey, float]]] = {}
+def match_pairs(config: dict[DocKey, T], baseline: dict[DocKey, T], same_prompt: bool = True) -> list[tuple[T, T]]:
+    """(config, baseline) values of the documents both arms scored, in the config's order: by doc_id, with the
+    document's hash agreeing, and its prompt's unless ``same_prompt`` is False (the prompting reference asks
+    differently on purpose)."""
+    by_id: dict[Any, list[tuple[DocKey, T]]] = {}
     for key, value in baseline.items():
         by_id.setdefault(key[0], []).append((key, value))
-    c, b = [], []
+    out = []
     for key, value in config.items():
-        hit = next((v for k, v in by_id.get(key[0], []) if _matches(key, k)), None)
+        hit = next((v for k, v in by_id.get(key[0], []) if _matches(key, k, same_prompt)), None)
         if hit is not None:
-            c.append(value)
-            b.append(hit)
-    return c, b
+            out.append((value, hit))
+    return out
+
+
+def match_documents(
+    config: dict[DocKey, float], baseline: dict[DocKey, float], same_prompt: bool = True
+) -> tuple[list[float], list[float]]:
+    """``match_pairs`` as two lists of values."""
+    pairs = match_pairs(config, baseline, same_prompt)
+    return [c for c, _ in pairs], [b for _, b in pairs]
 
 
 def _is_mean_of(values: Iterable[float], reported: float | None) -> bool:

@@ -22,6 +22,7 @@ from steer_plugin.study.paired import (
     samples_files,
 )
 from steer_plugin.study.plan import SIDE_EFFECTS
+from steer_plugin.study.quality import DEGENERATE, FLUENT_TARGET, Quality, compare_quality, has_quality
 from steer_plugin.study.results_files import is_sweep_plan, results_shape_problem
 from steer_plugin.vectors.controls import is_control
 
@@ -60,10 +61,16 @@ class RowKey:
     method: str | None = None  # how that vector was built (``mean``, ``top_k``, ``random`` for a control)
     kl_budget: float | None = None  # the KL budget its alpha was calibrated for, if any
     control_of: str | None = None  # a random control: the label of the vector it controls
+    prompted: str | None = None  # the prompting reference: the emotion its prompts asked for (no vector)
 
     @property
     def unsteered(self) -> bool:
-        return self.vector is None
+        """The baseline: no vector and no instruction."""
+        return self.vector is None and self.prompted is None
+
+    @property
+    def steered(self) -> bool:
+        return self.vector is not None
 
     @property
     def series(self) -> SeriesKey:
@@ -81,7 +88,9 @@ class RowKey:
         layers and positions."""
         if column not in KEY_COLUMNS:
             raise KeyError(column)
-        if self.unsteered and column in ("vector", "layers", "positions"):
+        if self.prompted is not None and column == "vector":
+            return f"(asking for {self.prompted})"
+        if not self.steered and column in ("vector", "layers", "positions"):
             return UNSTEERED_CELL
         return getattr(self, column)
 
@@ -137,6 +146,10 @@ def _row_key(config: dict[str, Any], kl_budget: float | None) -> RowKey:
     model = printable(parsed.get("pretrained") or config.get("model", "?"))
     steering = config.get("steering") or {}
     alphas = steering.get("alphas") or []
+    prompting = config.get("prompting")
+    if isinstance(prompting, dict) and prompting.get("emotion"):
+        emotion = printable(prompting["emotion"])
+        return RowKey(model, emotion=emotion, prompted=emotion)
     if not steering.get("vectors") or not any(alphas):
         return RowKey(model)
     vectors = [_vector(v) for v in steering["vectors"]]
@@ -238,6 +251,7 @@ def compare_rows(rows: list[Row], resamples: int = DEFAULT_RESAMPLES, seed: int 
             continue
         candidates = [b for b in baselines if b is not row and b.key.model == row.key.model]
         candidates.sort(key=lambda b: (b.limit != row.limit, b.source))
+        same_prompt = row.key.prompted is None  # the prompting reference asks differently on purpose
         for task, path in row.samples.items():
             mine = scores(path)
             for metric, per_doc in mine.items():
@@ -250,7 +264,24 @@ def compare_rows(rows: list[Row], resamples: int = DEFAULT_RESAMPLES, seed: int 
                     theirs = scores(base.samples[task]).get(metric)
                     if not theirs or not _is_mean_of(theirs.values(), base.metrics.get(label)):
                         continue
-                    c, b = match_documents(per_doc, theirs)
+                    c, b = match_documents(per_doc, theirs, same_prompt)
                     if len(c) == len(per_doc) and len(c) >= 2:
                         row.paired[label] = stats.compare(c, b)
                         break
+            if has_quality(mine):
+                ref = next((b for b in candidates if task in b.samples and has_quality(scores(b.samples[task]))), None)
+                if ref is not None:
+                    _add_quality(row, ref, task, compare_quality(mine, scores(ref.samples[task]), stats, same_prompt))
+
+
+def _add_quality(row: Row, base: Row, task: str, q: Quality) -> None:
+    """The robust emotion metric and the degenerate rate as leaderboard columns (``study.quality``)."""
+    row.metrics[f"{task}/{DEGENERATE}"] = q.degenerate_rate
+    base.metrics[f"{task}/{DEGENERATE}"] = q.baseline_degenerate_rate
+    for target, value in ((row, q.fluent_target), (base, q.baseline_fluent_target)):
+        if value is not None:
+            target.metrics[f"{task}/{FLUENT_TARGET}"] = value
+    if q.degenerate is not None:
+        row.paired[f"{task}/{DEGENERATE}"] = q.degenerate
+    if q.target is not None:
+        row.paired[f"{task}/{FLUENT_TARGET}"] = q.target

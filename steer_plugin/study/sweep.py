@@ -112,10 +112,15 @@ def run_sweep(
     loaded = load_tasks(options, task_metadata) if todo else {}
     files: list[Path] = []
     started = time.monotonic()
-    if todo and hasattr(lm, "plan_ahead"):  # prefix reuse: configurations that share a prefix cache score together
-        lm.plan_ahead(todo, **_batching_args(lm, options))
+    planning = hasattr(lm, "plan_ahead")
+    steered = [c for c in todo if c.prompted is None]
+    if steered and planning:  # prefix reuse: configurations that share a prefix cache score together
+        lm.plan_ahead(steered, **_batching_args(lm, options))
     probe = None
     for i, config in enumerate(todo):
+        if config.prompted is not None and planning:
+            # the prompting reference runs last, on prompts no other configuration has: nothing to batch it with
+            lm.plan_ahead([])
         lm.configure(config)
         _seed_everything(options.seed)
         t0 = time.monotonic()
@@ -175,6 +180,12 @@ def run_sweep(
             "seconds": round(seconds, 2),
             "side_effects": side_info,
         }
+        if config.prompted is not None:  # the prompting reference: what it asked for, and how
+            results["config"]["prompting"] = {
+                "emotion": config.prompted,
+                "instruction": emotion_instruction(config.prompted),
+                "tasks": [n for n in loaded["tasks"] if is_emotion_task(n)],
+            }
         results["date"] = time.time()
         out = options.out_dir / config.slug()
         outputs: dict[Path, str] = {}  # one set: a full disk leaves no samples without their results
@@ -197,7 +208,7 @@ def run_sweep(
         _say(
             progress, f"[{done_before + i + 1}/{len(plan.configs)}] {config.slug()} ({time.monotonic() - t0:.1f}s{eta})"
         )
-    if hasattr(lm, "plan_ahead"):
+    if planning:
         lm.plan_ahead([])
     lm.configure(UNSTEERED)
     return [options.out_dir / c.slug() / RESULTS_FILE for c in plan.configs]

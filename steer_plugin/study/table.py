@@ -21,6 +21,10 @@ HEADLINE = (
     "acc_norm",
     "target_rate",
     "target_prob",
+    "target_prob_fluent",  # the robust emotion metric (study.quality)
+    "degenerate_rate",
+    "no_words",
+    "gen_ppl",
     "neutral_rate",
     "bleu_acc",
     "rouge1_acc",
@@ -141,7 +145,7 @@ def _series(rows: list[Row], metric: str) -> dict[str, list[tuple[float, float]]
     out: dict[str, list[tuple[float, float]]] = {}
     for r in sorted(rows, key=lambda r: _sort_key(r, None)):  # legend order: a vector, then its controls
         k = r.key
-        if k.unsteered or metric not in r.metrics or not isinstance(k.alpha, (int, float)):
+        if not k.steered or metric not in r.metrics or not isinstance(k.alpha, (int, float)):
             continue
         out.setdefault(_series_label(k), []).append((float(k.alpha), r.metrics[metric]))
     for pts in out.values():
@@ -160,7 +164,7 @@ def _styles(rows: list[Row]) -> dict[str, dict[str, Any]]:
     """Line style per series: a random control is dashed, in the colour of the vector it controls."""
     parents: dict[str, str] = {}
     for r in sorted(rows, key=lambda r: _sort_key(r, None)):
-        if not r.key.unsteered:
+        if r.key.steered:
             label = _series_label(r.key)
             parents[label] = r.key.controls.label if r.key.controls else label
     colours: dict[str, str] = {}
@@ -240,7 +244,7 @@ def write_leaderboard(
     }
     metrics = sorted({m for r in rows for m in r.metrics})
     key = [m for m in metrics if m.endswith(("/acc", "/target_rate", "/target_prob"))]
-    if key and any(not r.key.unsteered for r in rows):
+    if key and any(r.key.steered for r in rows):
         outputs[Path(f"{prefix}_vs_alpha.png")] = plot_metric_vs_alpha(rows, key)
         x = next((m for m in metrics if m.endswith("/target_rate")), None)
         y = next((m for m in metrics if "mc2" in m and m.endswith("/acc")), None)
