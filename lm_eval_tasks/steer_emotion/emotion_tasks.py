@@ -64,13 +64,15 @@ def load_neutral_texts(limit: int = CONTINUE_DOCS, folder: str | os.PathLike | N
     return [{"id": ex.id, "text": ex.text} for ex in neutral_texts("test", folder or None)[:limit]]
 
 
-def build_docs(target: str, source: str, classifier: str) -> list[dict[str, str]]:
+def build_docs(
+    target: str, source: str, classifier: str, goemotions_dir: str | os.PathLike | None = None
+) -> list[dict[str, str]]:
     """Docs of one task: {prompt_id, prompt, source, target, classifier}."""
     resolve_target(target)  # SteerError for an unknown target
     if source == SOURCE_PROMPTS:
         base = [(r["id"], r["prompt"]) for r in load_prompts()]
     elif source == SOURCE_CONTINUE:
-        base = [(r["id"], r["text"]) for r in load_neutral_texts()]
+        base = [(r["id"], r["text"]) for r in load_neutral_texts(folder=goemotions_dir)]
     else:
         raise SteerError(f"unknown steer_source {source!r}; accepted: {SOURCE_PROMPTS}, {SOURCE_CONTINUE}")
     return [
@@ -83,9 +85,11 @@ def emotion_docs(
     steer_target: str,
     steer_source: str = SOURCE_PROMPTS,
     classifier: str | None = None,
+    goemotions_dir: str | None = None,
     **_metadata: Any,
 ):
-    """``custom_dataset`` of the steer_emotion tasks: {"test": datasets.Dataset}.
+    """``custom_dataset`` of the steer_emotion tasks: {"test": datasets.Dataset}. ``goemotions_dir`` (task
+    metadata, else $STEER_GOEMOTIONS_DIR, else the hub): where the continuation tasks' neutral texts come from.
 
     Loads the classifier (cached per process) to fail before generation when it cannot score the
     target, e.g. ``neutral`` with nade.
@@ -94,7 +98,7 @@ def emotion_docs(
 
     name = resolve_classifier_name(classifier)
     get_classifier(name).target_labels(steer_target)
-    return {SPLIT: datasets.Dataset.from_list(build_docs(steer_target, steer_source, name))}
+    return {SPLIT: datasets.Dataset.from_list(build_docs(steer_target, steer_source, name, goemotions_dir))}
 
 
 class ScoreRecordDict(dict):

@@ -7,7 +7,17 @@ import sys
 from typing import Any, get_args
 
 from steer_plugin.cli.args import add_fluency_texts_arg, add_model_args, batch_size, model_options
-from steer_plugin.study.run import DEFAULT_ALPHAS, Backend, ControlMatch, Evaluation, Method, RunResult, run, sweep
+from steer_plugin.study.run import (
+    DEFAULT_ALPHAS,
+    Backend,
+    Chat,
+    ControlMatch,
+    Evaluation,
+    Method,
+    RunResult,
+    run,
+    sweep,
+)
 
 
 def _alpha_specs(text: str) -> list[Any]:
@@ -57,7 +67,18 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
         help="at a KL budget, run each control at its vector's alpha (same size; default) or calibrate the "
         "control to the same KL budget (same side effects; one more calibration per control)",
     )
-    p.add_argument("--apply-chat-template", action="store_true")
+    p.add_argument(
+        "--apply-chat-template",
+        action="store_true",
+        help="every task's prompts through the chat template (TruthfulQA too)",
+    )
+    p.add_argument(
+        "--chat",
+        default="auto",
+        choices=get_args(Chat),
+        help="the emotion tasks' prompts through the chat template: auto (where the tokenizer has one; the default), "
+        "on, off",
+    )
     p.add_argument("--num-fewshot", type=int, default=None)
     p.add_argument("--bootstrap-iters", type=int, default=1000)
     p.add_argument(
@@ -172,6 +193,11 @@ def add_commands(sub: Any) -> None:
         default=None,
         help="the KL budget (or alpha, without kl: alphas) of leakage.csv/png (default: the middle one)",
     )
+    p.add_argument(
+        "--no-prompt-control",
+        action="store_true",
+        help="skip the prompting reference (the emotion tasks' prompts asking for the emotion, unsteered)",
+    )
     _add_eval_args(p)
     # the library's defaults (chosen by measurement, see `run`'s docstring)
     p.set_defaults(func=cmd_run, positions="response", controls=1, default_layers="middle")
@@ -192,6 +218,7 @@ def evaluation_arguments(args: argparse.Namespace) -> dict[str, Any]:
         controls=args.controls,
         control_match=args.control_match,
         apply_chat_template=args.apply_chat_template,
+        chat=args.chat,
         num_fewshot=args.num_fewshot,
         bootstrap_iters=args.bootstrap_iters,
         prefix_reuse=not args.no_prefix_reuse,
@@ -226,6 +253,7 @@ def run_arguments(args: argparse.Namespace) -> dict[str, Any]:
         truthfulqa_dir=args.truthfulqa_dir,
         out=args.out,
         leakage_budget=args.leakage_budget,
+        prompt_control=not args.no_prompt_control,
         **evaluation_arguments(args),
     )
 

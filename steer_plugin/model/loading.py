@@ -109,6 +109,19 @@ class ModelOptions:
         model.eval()
         return LoadedModel(model, tok, self.name)
 
+    def has_chat_template(self) -> bool:
+        """Whether the model's tokenizer has a chat template (read from the tokenizer alone, no weights)."""
+        from transformers import AutoTokenizer
+
+        try:
+            tok = AutoTokenizer.from_pretrained(
+                self.name, revision=self.revision, trust_remote_code=self.trust_remote_code
+            )
+        except OSError as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise SteerError(f"cannot load the tokenizer of {self.name!r}: {first}") from None
+        return bool(getattr(tok, "chat_template", None))
+
     def harness_args(self) -> dict[str, Any]:
         """Keyword arguments of ``steered_hf`` (HFLM) that load this model the same way."""
         import torch

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from steer_plugin.data.goemotions import target_slug
 from steer_plugin.errors import SteerError, check_choice
-from steer_plugin.harness.tasks import TRUTHFULQA_DIR_ENV
+from steer_plugin.harness.tasks import EMOTION_TASK_PREFIX, TRUTHFULQA_DIR_ENV
 from steer_plugin.io.outputs import check_output_dir, check_output_file
 from steer_plugin.model.loading import DEFAULT_MODEL, Dtype, ModelOptions, model_slug
 from steer_plugin.study.plan import Resolver, SweepOptions, SweepPlan
@@ -35,6 +35,9 @@ Position = Literal["all", "response"]
 Method = Literal["mean", "top_k"]
 Backend = Literal["nnsight", "hooks"]
 ControlMatch = Literal["alpha", "kl"]
+Chat = Literal[
+    "auto", "on", "off"
+]  # the emotion tasks' prompts through the chat template: where there is one, always, never
 PathLike = str | os.PathLike
 # "0,kl:0.1", or a list of numbers, "kl:X" strings and KLBudgets
 Alphas = str | Sequence["float | str | KLBudget"]
@@ -76,7 +79,8 @@ class Evaluation:
     log_samples: bool = False
     controls: int = 0
     control_match: ControlMatch = "alpha"
-    apply_chat_template: bool = False
+    apply_chat_template: bool = False  # every task's prompts through the chat template (TruthfulQA too)
+    chat: Chat = "auto"  # the emotion tasks' prompts (steer_emotion*) through it
     num_fewshot: int | None = None
     bootstrap_iters: int = 1000
     prefix_reuse: bool = True
@@ -87,6 +91,7 @@ class Evaluation:
     side_effect_texts: int | None = None
     side_effects: bool = True
     truthfulqa_dir: PathLike | None = None  # the truthfulqa_local tasks' JSONL folder (else $STEER_TRUTHFULQA_DIR)
+    prompted: Sequence[str] = ()  # emotions to ask for: the prompting reference, one configuration each
 
     @property
     def task_names(self) -> list[str]:
@@ -120,6 +125,13 @@ class Evaluation:
         check_output_dir(out)
         check_table_outputs(out / "leaderboard")
 
+    def chat_tasks(self, model: ModelOptions) -> bool | list[str]:
+        """``SweepOptions.apply_chat_template``: every task, the emotion tasks (per ``chat``), or none."""
+        if self.apply_chat_template:
+            return True
+        emotion = [t for t in self.task_names if t.startswith(EMOTION_TASK_PREFIX.rstrip("_"))]
+        return emotion if emotion and uses_chat(self.chat, model) else False
+
     def sweep_options(self, model: ModelOptions, out: Path) -> SweepOptions:
         model_args = {
             **model.harness_args(),
@@ -134,7 +146,7 @@ class Evaluation:
             classifier=self.classifier,
             include_path=self.include_path,
             log_samples=self.log_samples,
-            apply_chat_template=self.apply_chat_template,
+            apply_chat_template=self.chat_tasks(model),
             num_fewshot=self.num_fewshot,
             bootstrap_iters=self.bootstrap_iters,
             model_args=model_args,
@@ -146,9 +158,24 @@ class Evaluation:
         )
 
     def task_metadata(self) -> dict[str, Any]:
-        """lm-eval task metadata beyond the classifier: the truthfulqa_local tasks' folder, passed to the
-        tasks instead of through the environment."""
-        return {"truthfulqa_dir": str(Path(self.truthfulqa_dir).resolve())} if self.truthfulqa_dir else {}
+        """lm-eval task metadata beyond the classifier: the truthfulqa_local tasks' folder and the GoEmotions
+        folder of the continuation tasks, passed to the tasks instead of through the environment."""
+        metadata = {"truthfulqa_dir": str(Path(self.truthfulqa_dir).resolve())} if self.truthfulqa_dir else {}
+        if self.fluency_texts and Path(self.fluency_texts).is_dir():  # a GoEmotions folder: the continuation texts
+            metadata["goemotions_dir"] = str(Path(self.fluency_texts).resolve())
+        return metadata
+
+
+def uses_chat(chat: Chat, model: ModelOptions) -> bool:
+    """``auto``: where the tokenizer has a chat template; ``on`` refuses a tokenizer without one."""
+    check_choice("chat", chat, get_args(Chat))
+    if chat == "off":
+        return False
+    if model.has_chat_template():
+        return True
+    if chat == "on":
+        raise SteerError(f"--chat on: the tokenizer of {model.name} has no chat template; use --chat auto or off")
+    return False
 
 
 def sweep(
@@ -199,7 +226,7 @@ def sweep(
     plan = SweepPlan.grid(
         paths, grid, evaluation.layer_sets, evaluation.position_sets, controls=controls,
         resolve=_calibrated_alphas(model.name, lm, source, progress),  # kl:X alphas need the model
-        control_match=evaluation.control_match,
+        control_match=evaluation.control_match, prompted=evaluation.prompted,
     )  # fmt: skip
     results = run_sweep(
         lm, plan, options, progress, folder=open_sweep_folder(plan, options), task_metadata=evaluation.task_metadata()
@@ -241,6 +268,8 @@ def run(
     controls: int = 1,
     control_match: ControlMatch = "alpha",
     apply_chat_template: bool = False,
+    chat: Chat = "auto",
+    prompt_control: bool = True,
     num_fewshot: int | None = None,
     bootstrap_iters: int = 1000,
     prefix_reuse: bool = True,
@@ -291,7 +320,12 @@ def run(
         controls: norm-matched random-direction controls per steered configuration (0 = none).
         control_match: at a KL budget, run a control at its vector's alpha (``alpha``) or calibrate it to
             the same budget (``kl``).
-        apply_chat_template: format the harness prompts with the chat template.
+        apply_chat_template: format every task's prompts with the chat template (TruthfulQA too).
+        chat: the emotion tasks' prompts through the chat template: ``auto`` where the tokenizer has one (a model
+            without one gets the continuation tasks, ``steer_emotion_continue_<emotion>``), ``on``, ``off``.
+        prompt_control: also evaluate *asking* for each emotion (the prompting reference, a positive control):
+            the emotion tasks' prompts with ``data.prompts.emotion_instruction`` as the system message (or a
+            prefix without a chat template), unsteered, with its own side effects.
         num_fewshot: few-shot examples (default: each task's own).
         bootstrap_iters: the harness's bootstrap for its standard errors.
         prefix_reuse: score multiple-choice continuations against one KV cache of their shared context.
@@ -329,19 +363,24 @@ def run(
         for m in methods
     }
     tq_dir = truthfulqa_dir or os.environ.get(TRUTHFULQA_DIR_ENV)
-    if not tasks:
-        tq = ["truthfulqa_local_mc1", "truthfulqa_local_mc2"] if tq_dir else ["truthfulqa_mc1", "truthfulqa_mc2"]
-        tasks = [*tq, *(f"steer_emotion_{target_slug(e)}" for e in emotions)]
-    default_out = Path("runs") / f"{model_slug(model)}-{run_folder_name(emotion, emotions)}"
-    folder = Path(out) if out is not None else default_out
     loading = ModelOptions(
         name=model, dtype=dtype, device=device, device_map=device_map, revision=revision,
         trust_remote_code=trust_remote_code, blocks=blocks,
     )  # fmt: skip
+    templated = uses_chat(chat, loading)
+    if not tasks:
+        tq = ["truthfulqa_local_mc1", "truthfulqa_local_mc2"] if tq_dir else ["truthfulqa_mc1", "truthfulqa_mc2"]
+        # a model without a chat template gets text to continue rather than a question it was never taught to answer
+        family = "steer_emotion_continue" if chat == "auto" and not templated else "steer_emotion"
+        tasks = [*tq, *(f"{family}_{target_slug(e)}" for e in emotions)]
+    asks = prompt_control and any(t.startswith(EMOTION_TASK_PREFIX) for t in _names(tasks))
+    default_out = Path("runs") / f"{model_slug(model)}-{run_folder_name(emotion, emotions)}"
+    folder = Path(out) if out is not None else default_out
     evaluation = Evaluation(
         tasks=tasks, limit=limit, batch_size=batch_size, classifier=classifier, include_path=include_path,
         layers=layers, positions=positions, backend=backend, log_samples=log_samples, controls=controls,
-        control_match=control_match, apply_chat_template=apply_chat_template, num_fewshot=num_fewshot,
+        control_match=control_match, apply_chat_template=apply_chat_template, chat=chat,
+        prompted=emotions if asks else (), num_fewshot=num_fewshot,
         bootstrap_iters=bootstrap_iters, prefix_reuse=prefix_reuse, config_batching=config_batching,
         config_batch_rows=config_batch_rows, fresh=fresh, fluency_texts=fluency_texts or data,
         side_effect_texts=side_effect_texts, side_effects=side_effects, truthfulqa_dir=tq_dir,
