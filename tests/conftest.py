@@ -30,6 +30,14 @@ def tiny_llama_dir(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def tiny_chat_llama_dir(tmp_path_factory) -> str:
+    """The tiny Llama with a chat template (an instruction-style model: steer run formats its emotion prompts)."""
+    from helpers_tiny import save_model
+
+    return save_model(tmp_path_factory.mktemp("tiny_chat_llama"), "llama", chat=True)
+
+
+@pytest.fixture(scope="session")
 def shared_or_none() -> Path | None:
     return shared_dir()
 

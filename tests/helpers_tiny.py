@@ -19,6 +19,12 @@ CORPUS = [
 
 ARCHS = ("llama", "gpt2", "gpt_neox", "opt", "qwen2")
 
+# a minimal chat template with a system role, for tiny instruction-style models
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
 
 def make_tokenizer(vocab_size: int = 300):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -116,8 +122,10 @@ def make_model(arch: str = "llama", n_layers: int = 3, hidden: int = 32, seed: i
     return model, tok
 
 
-def save_model(path: Path, arch: str = "llama", **kw) -> str:
+def save_model(path: Path, arch: str = "llama", chat: bool = False, **kw) -> str:
     model, tok = make_model(arch, **kw)
+    if chat:
+        tok.chat_template = CHAT_TEMPLATE
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return str(path)

@@ -14,7 +14,7 @@ from steer_plugin.vectors.vector import default_vector_path
 FIXTURE = Path(__file__).parent / "fixtures" / "goemotions"
 
 
-def test_run_builds_sweeps_and_tables(tmp_path, tiny_llama_dir, monkeypatch, capsys, shared_or_none):
+def test_run_builds_sweeps_and_tables(tmp_path, tiny_chat_llama_dir, monkeypatch, capsys, shared_or_none):
     from test_classifier import build_goemotions_classifier
 
     clf = build_goemotions_classifier(tmp_path / "clf")
@@ -22,7 +22,7 @@ def test_run_builds_sweeps_and_tables(tmp_path, tiny_llama_dir, monkeypatch, cap
     args = [
         "run",
         "--model",
-        tiny_llama_dir,
+        tiny_chat_llama_dir,
         "--emotion",
         "anger",
         "--data",
@@ -52,17 +52,26 @@ def test_run_builds_sweeps_and_tables(tmp_path, tiny_llama_dir, monkeypatch, cap
     assert "target_rate" in out
     board = (tmp_path / "run" / "leaderboard.md").read_text()
     table = board.split("\n\n")[0].splitlines()
-    assert len(table) == 5  # header, separator, baseline, alpha 2, its random control (--controls 1 by default)
-    assert "| anger (top_k-4) [random control 0] | 2.0 |" in table[4]
-    assert "steer_emotion_anger/target_prob Δ" in table[0]  # per-document scores kept: deltas vs the baseline
+    # header, separator, baseline, the prompting reference, alpha 2, its random control (--controls 1 by default)
+    assert len(table) == 6
+    assert "| (asking for anger) | 0.0 |" in table[3]
+    assert "| anger (top_k-4) [random control 0] | 2.0 |" in table[5]
+    # per-document scores kept: Δ columns, the robust emotion metric and the degenerate rate among them
+    task = "steer_emotion_anger"
+    assert f"{task}/target_prob Δ" in table[0]
+    assert f"{task}/target_prob_fluent Δ" in table[0] and f"{task}/degenerate_rate Δ" in table[0]
     assert "| side_effects/kl | side_effects/ppl |" in board  # side effects on the fixture's neutral test text
     results = sorted((tmp_path / "run").glob("*/results.json"))
-    assert len(results) == 3
+    assert len(results) == 4
+    prompted = json.loads((tmp_path / "run" / "prompted_anger" / "results.json").read_text())
+    assert prompted["config"]["prompting"]["emotion"] == "anger"
+    assert list(prompted["results"]) == [task, "side_effects"]  # asking is measured on the emotion task only
+    assert prompted["results"]["side_effects"]["kl,none"] > 0  # its own side effects, on the same neutral texts
     assert (tmp_path / "run" / "controls" / "anger-top_k-4-random-0.safetensors").exists()
     steered = [json.loads(p.read_text()) for p in results if "baseline" not in str(p) and "random" not in str(p)][0]
     assert steered["config"]["steering"]["positions"] == "response"
     assert steered["config"]["steering"]["layers"] == "1"  # the default, middle: the middle third of 3 blocks
-    assert "steer_emotion_anger" in steered["results"]
+    assert task in steered["results"] and "gen_nll,none" in steered["results"][task]
     if shared_or_none:
         assert "truthfulqa_local_mc2" in steered["results"]
         assert (tmp_path / "run" / "leaderboard_tradeoff.png").exists()
@@ -111,7 +120,8 @@ def test_the_library_call_writes_the_folder_steer_run_writes(tmp_path, tiny_llam
         return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
 
     assert files(library / "run") == files(command / "run")
-    assert len([f for f in files(library / "run") if f.endswith("results.json")]) == 3  # the baseline, alpha 2, control
+    # the baseline, the prompting reference, alpha 2, its control
+    assert len([f for f in files(library / "run") if f.endswith("results.json")]) == 4
     for name in files(library / "run"):
         a, b = library / "run" / name, command / "run" / name
         if name.endswith(".json"):

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers_tiny import load_script
+from helpers_tiny import CHAT_TEMPLATE, load_script
 from test_classifier import ForwardCounter, build_goemotions_classifier, reference_probs
 
 from steer_plugin.data.goemotions import EKMAN, LABELS, target_slug, valid_targets
@@ -23,11 +23,6 @@ from steer_plugin.harness import classifier as C
 REPO = Path(__file__).resolve().parents[1]
 TASKS_DIR = REPO / "lm_eval_tasks"
 EMOTION_DIR = TASKS_DIR / "steer_emotion"
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
-)
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -168,12 +168,22 @@ def samples_files(results_file: str | Path, tasks: Iterable[str]) -> dict[str, P
     return found
 
 
+EXAMPLE_CHARS = 1000  # of a generation (and its prompt) kept in compact rows, for the report's examples
+
+
 def compact_row(row: dict[str, Any]) -> dict[str, Any]:
-    """A samples row without the document, prompts and responses: its keys and metric values."""
+    """A samples row without the document, prompts and responses: its keys and metric values; for an emotion
+    task's row (its filtered response is a score record) also the prompt and the generation, cut to
+    ``EXAMPLE_CHARS``, so a report can show what the numbers describe."""
     out = {k: row[k] for k in COMPACT_KEYS if k in row}
     for name in row.get("metrics") or []:
         if name in row:
             out[name] = row[name]
+    record = (row.get("filtered_resps") or [None])[0]
+    if isinstance(record, dict) and "generation" in record:
+        doc = row.get("doc")
+        out["prompt"] = str(doc.get("prompt", "") if isinstance(doc, dict) else "")[:EXAMPLE_CHARS]
+        out["generation"] = str(record["generation"])[:EXAMPLE_CHARS]
     return out
 
 

@@ -21,7 +21,8 @@ from steer_plugin.data.text_quality import DegenerateRule
 from steer_plugin.study.paired import DocKey, Paired, PairedBootstrap, match_pairs
 
 DEGENERATE = "degenerate_rate"
-FLUENT_TARGET = "target_prob_fluent"
+FLUENT_SUFFIX = "_fluent"  # a probability compared on outputs non-degenerate in both arms
+FLUENT_TARGET = "target_prob" + FLUENT_SUFFIX
 NEEDED = ("no_words", "repetition", "target_prob")  # per-document metrics an emotion task must have
 FLUENCY = "gen_nll"  # optional: measured by `steer sweep`, not by a plain lm_eval run
 
@@ -37,7 +38,12 @@ class Quality:
     fluent_target: float | None  # mean target probability over the row's own non-degenerate outputs
     baseline_fluent_target: float | None
     degenerate: Paired | None  # flags vs the baseline's, per matched document
-    target: Paired | None  # target probability on documents non-degenerate in both arms
+    fluent: dict[str, Paired]  # every probability (target_prob, prob_<label>) on documents non-degenerate in both
+
+    @property
+    def target(self) -> Paired | None:
+        """The target probability on documents whose outputs are non-degenerate in both arms."""
+        return self.fluent.get("target_prob")
 
 
 def has_quality(scores: Scores) -> bool:
@@ -79,18 +85,23 @@ def compare_quality(mine: Scores, baseline: Scores, stats: PairedBootstrap, same
         return _mean([v for doc, v in scores["target_prob"].items() if not flagged.get(doc, 1.0)])
 
     pairs = match_pairs(
-        {d: (f, mine["target_prob"].get(d)) for d, f in my_flags.items()},
-        {d: (f, baseline["target_prob"].get(d)) for d, f in base_flags.items()},
-        same_prompt,
+        {d: (f, d) for d, f in my_flags.items()}, {d: (f, d) for d, f in base_flags.items()}, same_prompt
     )
     degenerate = stats.compare([c[0] for c, _ in pairs], [b[0] for _, b in pairs]) if len(pairs) >= 2 else None
-    both = [(c[1], b[1]) for c, b in pairs if not c[0] and not b[0] and c[1] is not None and b[1] is not None]
-    target = stats.compare([c for c, _ in both], [b for _, b in both]) if len(both) >= 2 else None
+    both = [(c[1], b[1]) for c, b in pairs if not c[0] and not b[0]]  # (my doc, its baseline doc), fluent in both
+    fluent = {}
+    for metric in (m for m in mine if m == "target_prob" or m.startswith("prob_")):
+        if metric not in baseline:
+            continue
+        values = [(mine[metric].get(c), baseline[metric].get(b)) for c, b in both]
+        kept = [(x, y) for x, y in values if x is not None and y is not None]
+        if len(kept) >= 2:
+            fluent[metric] = stats.compare([x for x, _ in kept], [y for _, y in kept])
     return Quality(
         degenerate_rate=_mean(list(my_flags.values())) or 0.0,
         baseline_degenerate_rate=_mean(list(base_flags.values())) or 0.0,
         fluent_target=fluent_mean(mine, my_flags),
         baseline_fluent_target=fluent_mean(baseline, base_flags),
         degenerate=degenerate,
-        target=target,
+        fluent=fluent,
     )

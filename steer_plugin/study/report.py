@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from steer_plugin.data.goemotions import EKMAN, EKMAN_PREFIX, LABELS, canonical_target, target_slug
 from steer_plugin.errors import SteerError
 from steer_plugin.io.atomic import write_files_atomic
+from steer_plugin.io.terminal import printable
 from steer_plugin.study.paired import DEFAULT_RESAMPLES, Paired
+from steer_plugin.study.quality import DEGENERATE, FLUENT_SUFFIX, FLUENT_TARGET
 from steer_plugin.study.rows import Row, SeriesKey, compare_rows, load_rows
 
 SIDE = "side_effects"
@@ -74,6 +78,7 @@ class Study:
     baseline: Row
     arms: list[Arm]  # emotion vectors, in row order
     controls: dict[SeriesKey, list[Arm]] = field(default_factory=dict)  # a vector's series -> its controls
+    prompted: dict[str, Row] = field(default_factory=dict)  # emotion -> the prompting reference (asking for it)
 
     @property
     def emotions(self) -> list[str]:
@@ -92,7 +97,7 @@ class Study:
 def _arm(row: Row) -> Arm | None:
     """The row as one emotion's arm; None for the baseline, several vectors, or several alphas."""
     key = row.key
-    if key.unsteered or key.emotion is None:
+    if not key.steered or key.emotion is None:
         return None
     try:
         alpha = float(key.alpha)
@@ -140,6 +145,8 @@ def load_study(folder: str | Path, resamples: int = DEFAULT_RESAMPLES, seed: int
     for r in rows:
         if (series := r.key.controls) is not None and (control := _arm(r)) is not None:
             study.controls.setdefault(series, []).append(control)
+        if r.key.prompted is not None:
+            study.prompted.setdefault(r.key.prompted, r)
     return study
 
 
@@ -163,41 +170,125 @@ def _task_name(task: str) -> str:
     return task
 
 
-def target_metric(emotion: str) -> str:
-    return f"steer_emotion_{target_slug(emotion)}/target_prob"
+def emotion_task(row: Row, emotion: str) -> str:
+    """The emotion's own task in a row: ``steer_emotion_<e>``, or the continuation task of a base model."""
+    slug = target_slug(emotion)
+    for task in (f"steer_emotion_{slug}", f"steer_emotion_continue_{slug}"):
+        if any(m.startswith(task + "/") for m in row.metrics):
+            return task
+    return f"steer_emotion_{slug}"
+
+
+def target_metric(row: Row, emotion: str) -> str:
+    """The headline: the target probability on outputs non-degenerate in both arms (``study.quality``); the raw
+    target probability only where the outputs' quality was not measured (a plain lm_eval run of old tasks)."""
+    task = emotion_task(row, emotion)
+    fluent = f"{task}/{FLUENT_TARGET}"
+    return fluent if fluent in row.paired or fluent in row.metrics else f"{task}/target_prob"
+
+
+# Where more than this share of a configuration's outputs are degenerate, no emotion gain is claimed for it.
+MOSTLY_DEGENERATE = 0.5
+
+
+def _quality(row: Row, task: str) -> tuple[int, int, int] | None:
+    """(degenerate, without words, documents) of a row's outputs on a task, where measured."""
+    paired = row.paired.get(f"{task}/{DEGENERATE}")
+    rate = row.metrics.get(f"{task}/{DEGENERATE}")
+    if paired is None or rate is None:
+        return None
+    n = paired.n
+    return round(rate * n), round(row.metrics.get(f"{task}/no_words", 0.0) * n), n
+
+
+def _emotion_part(study: Study, row: Row, emotion: str, name: str) -> str | None:
+    """What happened to the emotion in one row's outputs, in words: the robust Δ, or why there is none."""
+    task = emotion_task(row, emotion)
+    metric = target_metric(row, emotion)
+    counts = _quality(row, task)
+    if counts is not None:
+        bad, silent, n = counts
+        base = _quality_of_baseline(study, task)
+        baseline = f" (baseline {base})" if base is not None else ""
+        degenerate = f"degenerate outputs {bad} of {n}{baseline}"
+        if bad > MOSTLY_DEGENERATE * n:
+            what = f"stops answering in {silent} of {n} prompts" if silent > bad / 2 else f"degenerates in {bad} of {n}"
+            return f"{name} {what} ({degenerate}): no emotion gain claimed"
+        p = row.paired.get(metric)
+        if p is None:
+            return f"{name}: too few outputs fluent in both arms to compare ({degenerate})"
+        return f"{name} {describe(p)} on the {p.n} prompts fluent in both arms; {degenerate}"
+    p = row.paired.get(metric)
+    return None if p is None else f"{name} {describe(p)} (output quality not measured: silence counts as emotion)"
+
+
+def _quality_of_baseline(study: Study, task: str) -> int | None:
+    rate = study.baseline.metrics.get(f"{task}/{DEGENERATE}")
+    for arm in study.arms:
+        paired = arm.row.paired.get(f"{task}/{DEGENERATE}")
+        if rate is not None and paired is not None:
+            return round(rate * paired.n)
+    return None
+
+
+def _fluency(study: Study, row: Row, task: str) -> str | None:
+    before, after = study.baseline.metrics.get(f"{task}/gen_ppl"), row.metrics.get(f"{task}/gen_ppl")
+    if before is None or after is None:
+        return None
+    return f"output perplexity under the unsteered model {before:.1f} \N{RIGHTWARDS ARROW} {after:.1f}"
 
 
 def sentence(study: Study, arm: Arm) -> str:
-    """ "Toward anger at KL 0.10 (alpha 0.17): anger probability +0.19 [...]; random control ...; ..."."""
+    """ "Toward anger at KL 0.10 (alpha 0.17): anger probability +0.02 [...] on the 50 prompts fluent in both arms;
+    degenerate outputs 3 of 60 (baseline 2); random control ...; asking for anger ...; ..."."""
     where = f"at KL {arm.budget:.2f} (alpha {arm.alpha:.3g})" if arm.budget is not None else f"at alpha {arm.alpha:g}"
     if arm.budget is None and arm.kl is not None:
         where += f" (KL {arm.kl:.3g})"
-    parts = []
-    metric = target_metric(arm.emotion)
-    if metric in arm.row.paired:
-        parts.append(f"{arm.emotion} probability {describe(arm.row.paired[metric])}")
+    task = emotion_task(arm.row, arm.emotion)
+    parts = [part for part in [_emotion_part(study, arm.row, arm.emotion, f"{arm.emotion} probability")] if part]
     controls = study.controls_of(arm)
     for i, control in enumerate(controls):
-        if metric in control.row.paired:
-            name = "random control" if len(controls) == 1 else f"random control {i}"
-            if not math.isclose(control.alpha, arm.alpha):  # calibrated to the same KL: say how hard it pushed
-                name += f" (same KL, alpha {control.alpha:.3g})"
-            parts.append(f"{name} {describe(control.row.paired[metric])}")
+        name = "random control" if len(controls) == 1 else f"random control {i}"
+        if not math.isclose(control.alpha, arm.alpha):  # calibrated to the same KL: say how hard it pushed
+            name += f" (same KL, alpha {control.alpha:.3g})"
+        if (part := _emotion_part(study, control.row, arm.emotion, name)) is not None:
+            parts.append(part)
     for label, p in arm.row.paired.items():
-        task, metric_name = label.split("/", 1)
-        if metric_name == "acc" and not task.startswith("steer_emotion_"):
-            parts.append(f"{_task_name(task)} {describe(p)}")
+        task_name, metric_name = label.split("/", 1)
+        if metric_name == "acc" and not task_name.startswith("steer_emotion_"):
+            parts.append(f"{_task_name(task_name)} {describe(p)}")
+    if (fluency := _fluency(study, arm.row, task)) is not None:
+        parts.append(fluency)
     before, after = study.baseline.metrics.get(f"{SIDE}/ppl"), arm.row.metrics.get(f"{SIDE}/ppl")
     if before is not None and after is not None:
-        parts.append(f"perplexity {before:.1f} \N{RIGHTWARDS ARROW} {after:.1f}")
+        parts.append(f"perplexity on neutral texts {before:.1f} \N{RIGHTWARDS ARROW} {after:.1f}")
     toward = arm.emotion if arm.series == arm.emotion else f"{arm.emotion} ({arm.series})"
     return f"Toward {toward} {where}: " + ("; ".join(parts) or "no paired scores") + "."
 
 
+def prompting_sentence(study: Study, emotion: str, row: Row) -> str:
+    """The prompting reference (asking for the emotion, unsteered) in the same words as a steered configuration."""
+    kl = row.metrics.get(f"{SIDE}/kl")
+    where = f" (KL {kl:.3g})" if kl is not None else ""
+    parts = [part for part in [_emotion_part(study, row, emotion, f"{emotion} probability")] if part]
+    if (fluency := _fluency(study, row, emotion_task(row, emotion))) is not None:
+        parts.append(fluency)
+    return f"Asking for {emotion} instead{where}: " + ("; ".join(parts) or "no paired scores") + "."
+
+
 def summary_text(study: Study) -> str:
-    lines = ["What steering did (Δ vs the unsteered baseline, 95% paired bootstrap interval; n.s. = includes 0):", ""]
+    lines = [
+        "What steering did (Δ vs the unsteered baseline, 95% paired bootstrap interval; n.s. = includes 0). The "
+        "emotion is compared only on prompts whose outputs are fluent text in both arms; degenerate = no words, "
+        "repetition or unlikely text past the baseline's own limits.",
+        "",
+    ]
     for series in study.emotions:
-        lines += [sentence(study, a) for a in sorted(study.arms, key=lambda a: a.level) if a.series == series]
+        arms = sorted((a for a in study.arms if a.series == series), key=lambda a: a.level)
+        lines += [sentence(study, a) for a in arms]
+        emotion = arms[0].emotion
+        if emotion in study.prompted:
+            lines.append(prompting_sentence(study, emotion, study.prompted[emotion]))
     return "\n".join(lines) + "\n"
 
 
@@ -243,8 +334,11 @@ def leakage(study: Study, level: float | None = None) -> Leakage:
     for arm in study.arms:
         if not math.isclose(arm.level, chosen, rel_tol=1e-6) or arm.series in emotions:
             continue
-        prefix = f"steer_emotion_{target_slug(arm.emotion)}/prob_"
-        found = {k[len(prefix) :]: p for k, p in arm.row.paired.items() if k.startswith(prefix)}
+        prefix = f"{emotion_task(arm.row, arm.emotion)}/prob_"
+        mine = {k[len(prefix) :]: p for k, p in arm.row.paired.items() if k.startswith(prefix)}
+        # on outputs fluent in both arms where the quality was measured: silence must not look like leakage
+        fluent = {k.removesuffix(FLUENT_SUFFIX): p for k, p in mine.items() if k.endswith(FLUENT_SUFFIX)}
+        found = fluent or mine
         if found:
             emotions.append(arm.series)
             for label, p in found.items():
@@ -292,16 +386,20 @@ def leakage_png(table: Leakage, what: str) -> bytes:
 
 
 def dose_response_png(study: Study) -> bytes:
-    """Target probability vs measured KL (alpha without side effects): each vector, its control dashed."""
+    """Above: the headline emotion metric vs measured KL (alpha without side effects), each vector with 95% paired
+    intervals, its control dashed, the prompting reference as a star. Below: the share of degenerate outputs."""
     from steer_plugin.io.figures import new_figure, png_bytes
 
     use_kl = all(a.kl is not None for a in study.arms)
-    fig = new_figure(8, 5)
-    ax = fig.add_subplot()
+    fig = new_figure(8, 7)
+    ax, ax_bad = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [2, 1]})
     colours = [f"C{i % 10}" for i in range(len(study.emotions))]
+    fluent = False
     for colour, emotion in zip(colours, study.emotions):
         arms = sorted((a for a in study.arms if a.series == emotion), key=lambda a: a.alpha)
-        metric = target_metric(arms[0].emotion)
+        metric = target_metric(arms[0].row, arms[0].emotion)
+        fluent = fluent or metric.endswith(FLUENT_TARGET)
+        degenerate = f"{emotion_task(arms[0].row, arms[0].emotion)}/{DEGENERATE}"
         base = study.baseline.metrics.get(metric)
         series: list[tuple[str, list[Arm]]] = [(emotion, arms)]
         n_controls = max((len(study.controls_of(a)) for a in arms), default=0)
@@ -310,24 +408,103 @@ def dose_response_png(study: Study) -> bytes:
             series.append((f"{emotion}: random control" + (f" {i}" if n_controls > 1 else ""), picked))
         for k, (name, points) in enumerate(series):
             xs, ys, lo, hi = ([0.0], [base], [0.0], [0.0]) if base is not None else ([], [], [], [])
+            bad_x, bad_y = [0.0], [study.baseline.metrics.get(degenerate)]
             for a in points:
+                x = (a.kl or 0.0) if use_kl else a.alpha
+                bad_x.append(x)
+                bad_y.append(a.row.metrics.get(degenerate))
                 p, y = a.row.paired.get(metric), a.row.metrics.get(metric)
                 if p is None or y is None:
                     continue
-                xs.append((a.kl or 0.0) if use_kl else a.alpha)
+                xs.append(x)
                 ys.append(y)
                 lo.append(p.delta - p.ci_low)
                 hi.append(p.ci_high - p.delta)
+            control = k > 0  # the emotion vector first, then its controls (dashed)
+            style = {"color": colour, "ls": "--" if control else "-", "marker": "x" if control else "o"}
             if len(xs) > 1:
-                control = k > 0  # the emotion vector first, then its controls (dashed)
-                ax.errorbar(xs, ys, yerr=[lo, hi], color=colour, capsize=3, label=name,
-                            ls="--" if control else "-", marker="x" if control else "o")  # fmt: skip
-    ax.set_xlabel("KL to the unsteered model (nats/token, neutral texts)" if use_kl else "alpha")
-    ax.set_ylabel("target probability (own steer_emotion task)")
+                ax.errorbar(xs, ys, yerr=[lo, hi], capsize=3, label=name, **style)
+            shown = [(x, y) for x, y in zip(bad_x, bad_y) if y is not None]
+            if len(shown) > 1:
+                ax_bad.plot([x for x, _ in shown], [y for _, y in shown], **style)
+        prompted = study.prompted.get(arms[0].emotion)
+        if prompted is not None:
+            kl = prompted.metrics.get(f"{SIDE}/kl", 0.0) if use_kl else 0.0
+            if (y := prompted.metrics.get(metric)) is not None:
+                ax.plot([kl], [y], marker="*", ms=12, color=colour, ls="none", label=f"asking for {arms[0].emotion}")
+            if (bad := prompted.metrics.get(degenerate)) is not None:
+                ax_bad.plot([kl], [bad], marker="*", ms=12, color=colour, ls="none")
+    ax_bad.set_xlabel("KL to the unsteered model (nats/token, neutral texts)" if use_kl else "alpha")
+    what = "outputs fluent in both arms" if fluent else "all outputs"
+    ax.set_ylabel(f"target probability\n({what})")
     ax.set_title("Dose-response: target probability with 95% paired intervals; baseline at 0")
+    ax_bad.set_ylabel("degenerate outputs")
+    ax_bad.set_ylim(-0.05, 1.05)
+    for a in (ax, ax_bad):
+        a.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
     return png_bytes(fig)
+
+
+# --- example generations ---------------------------------------------------------------------------------
+
+EXAMPLES = 3  # prompts shown per emotion
+EXAMPLE_SHOWN = 300  # characters of a generation shown
+
+
+def _generations(row: Row, task: str) -> dict[int, tuple[str, str]]:
+    """doc_id -> (prompt, generation) from a row's per-document samples (kept by `steer sweep`)."""
+    path = row.samples.get(task)
+    out: dict[int, tuple[str, str]] = {}
+    if path is None or not path.is_file():
+        return out
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            doc = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(doc, dict) and isinstance(doc.get("doc_id"), int) and "generation" in doc:
+            out[doc["doc_id"]] = (str(doc.get("prompt", "")), str(doc["generation"]))
+    return out
+
+
+def _shown(text: str | None) -> str:
+    if text is None:
+        return "(not run)"
+    if not text.strip():
+        return "(empty)"
+    cut = text if len(text) <= EXAMPLE_SHOWN else text[:EXAMPLE_SHOWN] + "…"
+    return "«" + printable(cut).replace("`", "'") + "»"
+
+
+def examples_text(study: Study, seed: int = 0) -> str:
+    """A seeded few prompts per emotion with the baseline's output beside each configuration's, so a reader sees
+    what the numbers describe (control characters escaped; empty outputs said so)."""
+    lines: list[str] = []
+    for series in study.emotions:
+        arms = sorted((a for a in study.arms if a.series == series), key=lambda a: a.level)
+        emotion = arms[0].emotion
+        task = emotion_task(arms[0].row, emotion)
+        base = _generations(study.baseline, task)
+        if not base:
+            continue
+        lines += ["", f"### {printable(series)}: example generations ({task})", ""]
+        columns = [(a.row, f"KL {a.budget:g}" if a.budget is not None else f"alpha {a.alpha:g}") for a in arms]
+        if emotion in study.prompted:
+            columns.append((study.prompted[emotion], f"asking for {emotion}"))
+        steered = [(name, _generations(row, task)) for row, name in columns]
+        for doc in sorted(random.Random(seed).sample(sorted(base), min(EXAMPLES, len(base)))):
+            prompt, generation = base[doc]
+            lines += [f"Prompt {doc}: {_shown(prompt)}", "", f"- baseline: {_shown(generation)}"]
+            for name, gens in steered:
+                lines.append(f"- {name}: {_shown(gens[doc][1] if doc in gens else None)}")
+            lines.append("")
+    if not lines:
+        return ""
+    return "\n## What the outputs look like\n\nA seeded choice of prompts, the unsteered output first." + "\n".join(
+        lines
+    )
 
 
 # --- files ----------------------------------------------------------------------------------------------
@@ -349,7 +526,7 @@ def write_study(
         check_output_file(out / name, name)
     study = load_study(root, resamples, seed)
     text = summary_text(study)
-    outputs: dict[Path, str | bytes] = {out / "summary.md": text}
+    outputs: dict[Path, str | bytes] = {out / "summary.md": text + examples_text(study, seed)}
     table = leakage(study, leakage_budget)
     if table.cells:
         what = f"KL {table.level:g}" if any(a.budget is not None for a in study.arms) else f"alpha {table.level:g}"

@@ -22,7 +22,7 @@ from steer_plugin.study.paired import (
     samples_files,
 )
 from steer_plugin.study.plan import SIDE_EFFECTS
-from steer_plugin.study.quality import DEGENERATE, FLUENT_TARGET, Quality, compare_quality, has_quality
+from steer_plugin.study.quality import DEGENERATE, FLUENT_SUFFIX, FLUENT_TARGET, Quality, compare_quality, has_quality
 from steer_plugin.study.results_files import is_sweep_plan, results_shape_problem
 from steer_plugin.vectors.controls import is_control
 
@@ -283,5 +283,5 @@ def _add_quality(row: Row, base: Row, task: str, q: Quality) -> None:
             target.metrics[f"{task}/{FLUENT_TARGET}"] = value
     if q.degenerate is not None:
         row.paired[f"{task}/{DEGENERATE}"] = q.degenerate
-    if q.target is not None:
-        row.paired[f"{task}/{FLUENT_TARGET}"] = q.target
+    for metric, paired in q.fluent.items():  # prob_<label>_fluent: for the leakage table, not a column
+        row.paired[f"{task}/{metric}{FLUENT_SUFFIX}"] = paired
