@@ -76,8 +76,12 @@ def test_run_builds_sweeps_and_tables(tmp_path, tiny_chat_llama_dir, monkeypatch
         assert "truthfulqa_local_mc2" in steered["results"]
         assert (tmp_path / "run" / "leaderboard_tradeoff.png").exists()
     summary = (tmp_path / "run" / "summary.md").read_text()  # what steering did, also printed
-    assert "Toward anger at alpha 2 (KL " in summary and "anger probability " in summary
-    assert "random control " in summary and summary.strip() in out
+    sentences, examples = summary.split("\n## What the outputs look like\n")
+    assert "Toward anger at alpha 2 (KL " in sentences and "anger probability " in sentences
+    assert "prompts fluent in both arms" in sentences or "no emotion gain claimed" in sentences
+    assert "random control " in sentences and "Asking for anger instead (KL " in sentences
+    assert sentences.strip() in out  # printed too; the examples are in summary.md only
+    assert examples.count("- baseline: ") == 3 and "- alpha 2: " in examples and "- asking for anger: " in examples
     assert (tmp_path / "run" / "dose_response.png").exists() and (tmp_path / "run" / "leakage.csv").exists()
     # a second run reuses the vector and every finished configuration
     mtime = vector.stat().st_mtime_ns
@@ -92,12 +96,12 @@ def _normalized(doc):
     return [_normalized(v) for v in doc] if isinstance(doc, list) else doc
 
 
-def test_the_library_call_writes_the_folder_steer_run_writes(tmp_path, tiny_llama_dir, monkeypatch, shared_or_none):
+def test_the_library_call_writes_the_folder_steer_run_writes(tmp_path, tiny_chat_llama_dir, monkeypatch, shared_or_none):
     """`steer_plugin.run(...)` with `steer run`'s options as keywords: the same files with the same contents
     (apart from timestamps and durations), built from the same defaults, and no environment variable written."""
     from test_classifier import build_goemotions_classifier
 
-    options = {"model": tiny_llama_dir, "emotion": "anger", "data": str(FIXTURE), "top_k": 4, "alphas": "0,2",
+    options = {"model": tiny_chat_llama_dir, "emotion": "anger", "data": str(FIXTURE), "top_k": 4, "alphas": "0,2",
                "classifier": build_goemotions_classifier(tmp_path / "clf"), "limit": 3, "batch_size": 4, "out": "run"}  # fmt: skip
     if shared_or_none:
         options["truthfulqa_dir"] = str(shared_or_none / "data" / "truthfulqa")  # to the tasks as metadata
@@ -128,8 +132,8 @@ def test_the_library_call_writes_the_folder_steer_run_writes(tmp_path, tiny_llam
             assert _normalized(json.loads(a.read_text())) == _normalized(json.loads(b.read_text())), name
         else:
             assert a.read_bytes() == b.read_bytes(), name
-    assert result.folder == Path("run") and result.vectors == [default_vector_path(tiny_llama_dir, "anger", "top_k", 4)]
-    assert result.summary == (library / "run" / "summary.md").read_text()
+    assert result.folder == Path("run") and result.vectors == [default_vector_path(tiny_chat_llama_dir, "anger", "top_k", 4)]
+    assert (library / "run" / "summary.md").read_text().startswith(result.summary)  # then example generations
     top = [Path("run") / f for f in files(library / "run") if "/" not in f and f != "sweep.json"]
     assert sorted(result.files) == sorted(top)  # the reports
     assert sorted(r.source for r in result.rows) == sorted(str(p.relative_to("run")) for p in result.results)

@@ -112,9 +112,11 @@ def test_summary_numbers_are_the_paired_statistics(run_folder):
         target.delta,
         mine["steer_emotion_anger"]["target_prob"].mean() - base["steer_emotion_anger"]["target_prob"].mean(),
     )
+    # these samples carry no output-quality metrics (a plain lm_eval run of older tasks): the raw probability, flagged
+    raw = " (output quality not measured: silence counts as emotion)"
     expected = (
-        f"Toward anger at KL 0.30 (alpha 0.5): anger probability {_fmt(target)}; random control {_fmt(ctrl)}; "
-        f"TruthfulQA MC2 {_fmt(mc2)}; perplexity 10.0 \N{RIGHTWARDS ARROW} 10.5."
+        f"Toward anger at KL 0.30 (alpha 0.5): anger probability {_fmt(target)}{raw}; random control {_fmt(ctrl)}{raw}; "
+        f"TruthfulQA MC2 {_fmt(mc2)}; perplexity on neutral texts 10.0 \N{RIGHTWARDS ARROW} 10.5."
     )
     assert text == expected
     assert "(n.s.)" in text or target.significant  # the hint follows the interval
@@ -170,7 +172,7 @@ def test_controls_calibrated_to_the_same_kl_pair_by_budget(tmp_path):
             scores[control]["steer_emotion_anger"]["target_prob"],
             scores["baseline"]["steer_emotion_anger"]["target_prob"],
         )
-        assert f"; random control (same KL, alpha {paired.alpha:.3g}) {describe(want)};" in text
+        assert f"; random control (same KL, alpha {paired.alpha:.3g}) {describe(want)} (output quality" in text
 
 
 def test_two_vectors_of_one_emotion_are_two_series(tmp_path):
