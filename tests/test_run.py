@@ -96,7 +96,9 @@ def _normalized(doc):
     return [_normalized(v) for v in doc] if isinstance(doc, list) else doc
 
 
-def test_the_library_call_writes_the_folder_steer_run_writes(tmp_path, tiny_chat_llama_dir, monkeypatch, shared_or_none):
+def test_the_library_call_writes_the_folder_steer_run_writes(
+    tmp_path, tiny_chat_llama_dir, monkeypatch, shared_or_none
+):
     """`steer_plugin.run(...)` with `steer run`'s options as keywords: the same files with the same contents
     (apart from timestamps and durations), built from the same defaults, and no environment variable written."""
     from test_classifier import build_goemotions_classifier
@@ -132,7 +134,9 @@ def test_the_library_call_writes_the_folder_steer_run_writes(tmp_path, tiny_chat
             assert _normalized(json.loads(a.read_text())) == _normalized(json.loads(b.read_text())), name
         else:
             assert a.read_bytes() == b.read_bytes(), name
-    assert result.folder == Path("run") and result.vectors == [default_vector_path(tiny_chat_llama_dir, "anger", "top_k", 4)]
+    assert result.folder == Path("run") and result.vectors == [
+        default_vector_path(tiny_chat_llama_dir, "anger", "top_k", 4)
+    ]
     assert (library / "run" / "summary.md").read_text().startswith(result.summary)  # then example generations
     top = [Path("run") / f for f in files(library / "run") if "/" not in f and f != "sweep.json"]
     assert sorted(result.files) == sorted(top)  # the reports

@@ -228,7 +228,7 @@ def test_report_command(run_folder, capsys):
 # --- the multi-emotion steer run ---------------------------------------------------------------------
 
 
-def test_run_several_emotions_records_once(tmp_path, tiny_llama_dir, monkeypatch, capsys, shared_or_none):
+def test_run_several_emotions_records_once(tmp_path, tiny_chat_llama_dir, monkeypatch, capsys, shared_or_none):
     from test_classifier import build_goemotions_classifier
 
     import steer_plugin.vectors.record as record
@@ -243,7 +243,7 @@ def test_run_several_emotions_records_once(tmp_path, tiny_llama_dir, monkeypatch
     monkeypatch.setattr(record, "record_hidden_states", counting)
     clf = build_goemotions_classifier(tmp_path / "clf")
     monkeypatch.chdir(tmp_path)
-    args = ["run", "--model", tiny_llama_dir, "--emotion", "anger,disgust", "--data", str(FIXTURE), "--top-k", "4",
+    args = ["run", "--model", tiny_chat_llama_dir, "--emotion", "anger,disgust", "--data", str(FIXTURE), "--top-k", "4",
             "--alphas", "0,1,2", "--classifier", clf, "--limit", "2", "--batch-size", "4", "--side-effect-texts", "4",
             "--out", str(tmp_path / "run")]  # fmt: skip
     if shared_or_none:  # the default tasks: TruthfulQA MC1/MC2 (local copy) + each emotion's task
@@ -258,8 +258,9 @@ def test_run_several_emotions_records_once(tmp_path, tiny_llama_dir, monkeypatch
     for name in ("summary.md", "leakage.csv", "leakage.png", "dose_response.png", "leaderboard.md"):
         assert (run / name).is_file(), name
     out = capsys.readouterr().out
-    summary = (run / "summary.md").read_text()
+    summary = (run / "summary.md").read_text().split("\n## What the outputs look like\n")[0]
     assert summary.strip() in out
+    assert sum(line.startswith("Asking for ") for line in summary.splitlines()) == 2  # one prompting reference each
     assert sum(line.startswith("Toward anger at alpha") for line in summary.splitlines()) == 2
     assert sum(line.startswith("Toward disgust at alpha") for line in summary.splitlines()) == 2
     rows = list(csv.DictReader(open(run / "leakage.csv")))

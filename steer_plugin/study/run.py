@@ -178,6 +178,13 @@ def uses_chat(chat: Chat, model: ModelOptions) -> bool:
     return False
 
 
+def emotion_task_family(chat: Chat, model: ModelOptions) -> str:
+    """``steer_emotion`` (prompts to answer), or ``steer_emotion_continue`` (text to continue) for a model
+    without a chat template under ``chat="auto"``: a base model was never taught to answer a bare question."""
+    templated = uses_chat(chat, model)  # first: ``on`` without a template is an error
+    return "steer_emotion_continue" if chat == "auto" and not templated else "steer_emotion"
+
+
 def sweep(
     vectors: Sequence[PathLike],
     alphas: Alphas,
@@ -367,12 +374,9 @@ def run(
         name=model, dtype=dtype, device=device, device_map=device_map, revision=revision,
         trust_remote_code=trust_remote_code, blocks=blocks,
     )  # fmt: skip
-    templated = uses_chat(chat, loading)
     if not tasks:
         tq = ["truthfulqa_local_mc1", "truthfulqa_local_mc2"] if tq_dir else ["truthfulqa_mc1", "truthfulqa_mc2"]
-        # a model without a chat template gets text to continue rather than a question it was never taught to answer
-        family = "steer_emotion_continue" if chat == "auto" and not templated else "steer_emotion"
-        tasks = [*tq, *(f"{family}_{target_slug(e)}" for e in emotions)]
+        tasks = [*tq, *(f"{emotion_task_family(chat, loading)}_{target_slug(e)}" for e in emotions)]
     asks = prompt_control and any(t.startswith(EMOTION_TASK_PREFIX) for t in _names(tasks))
     default_out = Path("runs") / f"{model_slug(model)}-{run_folder_name(emotion, emotions)}"
     folder = Path(out) if out is not None else default_out
