@@ -24,31 +24,42 @@ import steer_plugin
 from steer_plugin.cli import build_parser
 from steer_plugin.cli.study import run_arguments
 from steer_plugin.io.text_table import format_table
-from steer_plugin.study.report import describe, load_study, target_metric
+from steer_plugin.study.quality import DEGENERATE
+from steer_plugin.study.report import describe, emotion_task, load_study, target_metric
 
 
 def comparison(folder: Path, emotion: str) -> str:
     study = load_study(folder)
-    metric = target_metric(emotion)
-    header = ["setting", "KL budget", "alpha", "KL (held-out texts)", "perplexity", "Δ target prob [95% CI]"]
+    header = ["setting", "KL budget", "alpha", "KL (neutral texts)", "perplexity", "Δ target prob, fluent outputs [95% CI]",
+              "prompts compared", "degenerate outputs"]  # fmt: skip
+
+    def cells(row, series: str, level: str, alpha: str) -> list[str]:
+        metric = target_metric(row, emotion)
+        task = emotion_task(row, emotion)
+        p = row.paired.get(metric)
+        bad, kl, ppl = (
+            row.metrics.get(f"{task}/{DEGENERATE}"),
+            row.metrics.get("side_effects/kl"),
+            row.metrics.get("side_effects/ppl"),
+        )
+        return [
+            series, level, alpha, "-" if kl is None else f"{kl:.3f}", "-" if ppl is None else f"{ppl:.1f}",
+            "-" if p is None else describe(p), "-" if p is None else str(p.n), "-" if bad is None else f"{bad:.0%}",
+        ]  # fmt: skip
+
     rows = []
     for series in study.emotions:
         for arm in sorted((a for a in study.arms if a.series == series), key=lambda a: a.level):
-            p = arm.row.paired.get(metric)
-            delta = "-" if p is None else describe(p)
-            ppl = arm.row.metrics.get("side_effects/ppl")
-            rows.append(
-                [
-                    series,
-                    f"{arm.level:g}",
-                    f"{arm.alpha:.4g}",
-                    "-" if arm.kl is None else f"{arm.kl:.3f}",
-                    "-" if ppl is None else f"{ppl:.1f}",
-                    delta,
-                ]
-            )
-    base = study.baseline.metrics.get(metric)
-    title = f"{emotion}: baseline target probability {base:.3f}" if base is not None else emotion
+            rows.append(cells(arm.row, series, f"{arm.level:g}", f"{arm.alpha:.4g}"))
+    if emotion in study.prompted:  # the prompting reference: asking for the emotion instead
+        rows.append(cells(study.prompted[emotion], f"(asking for {emotion})", "-", "-"))
+    base_row = study.baseline
+    base = base_row.metrics.get(target_metric(base_row, emotion))
+    bad = base_row.metrics.get(f"{emotion_task(base_row, emotion)}/{DEGENERATE}")
+    title = emotion
+    if base is not None:
+        title += f": baseline target probability on its fluent outputs {base:.3f}"
+        title += "" if bad is None else f", degenerate outputs {bad:.0%}"
     return f"{title}\n\n" + format_table(header, rows, markdown=True)
 
 

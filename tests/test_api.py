@@ -62,7 +62,9 @@ def test_readme_example_runs(tmp_path, monkeypatch, capsys):
     assert result.folder == Path("runs/anger") and (tmp_path / "runs/anger/summary.md").is_file()
     assert result.summary.startswith("What steering did") and "Toward anger at KL 0.10" in result.summary
     assert result.summary.strip() in out
-    assert sorted(r.key["vector"] == "-" for r in result.rows) == [False, True]  # the baseline and kl:0.1
+    # the baseline, the prompting reference (asking for anger) and kl:0.1
+    kinds = sorted((r.key.unsteered, r.key.prompted or "") for r in result.rows)
+    assert kinds == [(False, ""), (False, "anger"), (True, "")]
     assert all(f.is_file() for f in result.files) and Path("runs/anger/leaderboard.md") in result.files
 
 

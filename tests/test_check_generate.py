@@ -129,3 +129,12 @@ def test_generate_sampling_is_reproducible(tiny_llama_dir, vec_file, tmp_path):
         )
         runs.append(json.loads(out.read_text())["generations"])
     assert runs[0] == runs[1]
+
+
+def test_generate_chat_on_needs_a_chat_template(tiny_llama_dir, vec_file, capsys):
+    """``--chat on`` on a tokenizer without a template: one line, exit 2 (``auto`` would use the bare prompt)."""
+    rc = main(
+        ["generate", "--model", tiny_llama_dir, "--vector", vec_file, "--chat", "on", "--max-new-tokens", "2", "Hi"]
+    )
+    err = capsys.readouterr().err
+    assert rc == 2 and "no chat template" in err and "Traceback" not in err

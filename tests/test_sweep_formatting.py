@@ -65,6 +65,10 @@ def test_the_chat_template_for_the_emotion_tasks_alone(swept):
         assert row["arguments"][0][0] == tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
     for row in _samples(options, baseline, "tiny_mc"):
         assert "<|user|>" not in row["arguments"][0][0]  # the harness's own formatting
+    reproduce = json.loads((options.out_dir / "baseline" / "results.json").read_text())["config"]["reproduce"]
+    assert len(reproduce) == 2  # two harness runs: the emotion task with the chat template, the other without
+    assert "--apply_chat_template" in reproduce[0] and TASK in reproduce[0]
+    assert "--apply_chat_template" not in reproduce[1] and "tiny_mc" in reproduce[1]
     settings = json.loads((options.out_dir / "sweep.json").read_text())["settings"]
     assert settings["apply_chat_template"] == [TASK] == sweep_settings(options)["apply_chat_template"]
 
@@ -76,6 +80,8 @@ def test_the_prompting_reference_asks_in_the_system_message(swept):
     results = json.loads((options.out_dir / "prompted_anger" / "results.json").read_text())
     assert set(results["results"]) == {TASK, "side_effects"}  # the emotion tasks only
     assert results["config"]["prompting"]["instruction"] == emotion_instruction("anger")
+    (command,) = results["config"]["reproduce"]
+    assert "--system_instruction" in command and "--apply_chat_template" in command
     assert results["config"]["steering"]["vectors"] == []  # unsteered
     assert results["results"]["side_effects"]["kl,none"] > 0
     for row in _samples(options, prompted, TASK):

@@ -36,8 +36,16 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     chat = p.add_mutually_exclusive_group()
-    chat.add_argument("--chat", dest="chat", action="store_true", default=None, help="use the chat template")
-    chat.add_argument("--no-chat", dest="chat", action="store_false")
+    chat.add_argument(
+        "--chat",
+        nargs="?",
+        const="on",
+        default="auto",
+        choices=("auto", "on", "off"),
+        help="the prompts through the chat template: auto (where the tokenizer has one; the default), on, off "
+        "(a bare --chat means on)",
+    )
+    chat.add_argument("--no-chat", dest="chat", action="store_const", const="off", help="the same as --chat off")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--backend", default="hooks", choices=["hooks", "nnsight"])
     p.add_argument("--json-out", default=None, help="write every setting and generation as JSON")
@@ -152,7 +160,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         temperature=args.temperature,
         top_p=args.top_p,
         seed=args.seed,
-        chat=args.chat,
+        chat={"auto": None, "on": True, "off": False}[args.chat],
         positions=args.positions,
         layers=args.layers,
         batch_size=args.batch_size,

@@ -75,7 +75,10 @@ def generate_side_by_side(
     if not prompts:
         raise SteerError("give at least one prompt")
     steerer = steerer or Steerer(model, "hooks")
-    chat = settings.chat if settings.chat is not None else bool(getattr(tokenizer, "chat_template", None))
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    if settings.chat and not has_template:
+        raise SteerError("--chat on: the tokenizer has no chat template; use --chat auto or off")
+    chat = settings.chat if settings.chat is not None else has_template
     encoded = [render_prompt(tokenizer, p, chat) for p in prompts]
     pad = pad_id(tokenizer)
     device = model.get_input_embeddings().weight.device

@@ -124,6 +124,7 @@ def run_sweep(
         lm.configure(config)
         _seed_everything(options.seed)
         t0 = time.monotonic()
+        groups = formatting_groups(loaded, options, config)
         parts = [
             evaluate(
                 lm=lm,
@@ -136,7 +137,7 @@ def run_sweep(
                 fewshot_as_multiturn=False,
                 verbosity="WARNING",
             )
-            for tasks, chat, instruction in formatting_groups(loaded, options, config)
+            for tasks, chat, instruction in groups
         ]
         results = _merged(parts)
         samples = results.pop("samples", None)
@@ -179,6 +180,7 @@ def run_sweep(
             "sweep_settings": state.settings,
             "seconds": round(seconds, 2),
             "side_effects": side_info,
+            "reproduce": reproduce_commands(options, config, groups),
         }
         if config.prompted is not None:  # the prompting reference: what it asked for, and how
             results["config"]["prompting"] = {
@@ -260,6 +262,30 @@ def formatting_groups(
         if part:
             out.append((_subset(loaded, part), templated, instruction))
     return out
+
+
+def reproduce_commands(
+    options: SweepOptions, config: SteeringConfig, groups: list[tuple[dict[str, Any], bool, str | None]]
+) -> list[str]:
+    """The stock ``lm_eval`` command lines that evaluate this configuration as the sweep did: one per formatting
+    group (tasks with and without the chat template are separate harness runs)."""
+    import shlex
+
+    metadata = json.dumps({"classifier": options.classifier}) if options.classifier else None
+    lines = []
+    for tasks, chat, instruction in groups:
+        words = ["lm_eval", "--model", "steered_hf", "--model_args", model_args_string(options.model_args, config)]
+        words += ["--tasks", ",".join(tasks["tasks"])]
+        if options.limit is not None:
+            words += ["--limit", f"{options.limit:g}"]
+        if chat:
+            words.append("--apply_chat_template")
+        if instruction:
+            words += ["--system_instruction", instruction]
+        if metadata:
+            words += ["--metadata", metadata]
+        lines.append(shlex.join(words))
+    return lines
 
 
 def _merged(parts: list[dict[str, Any]]) -> dict[str, Any]:
