@@ -141,10 +141,12 @@ def run_sweep(
         ]
         results = _merged(parts)
         samples = results.pop("samples", None)
+        t_fluency = time.monotonic()
         if samples is not None:
             add_generation_fluency(lm, results, samples)
             if not (options.log_samples or options.per_doc):
                 samples = None
+        fluency_seconds = time.monotonic() - t_fluency
         seconds = time.monotonic() - t0
         side: dict[str, Any] = {} if config.kl_budget is None else {"kl_budget,none": config.kl_budget}
         side_info = None
@@ -179,6 +181,7 @@ def run_sweep(
             "sweep": state.records[config.slug()],
             "sweep_settings": state.settings,
             "seconds": round(seconds, 2),
+            "generation_fluency_seconds": round(fluency_seconds, 2),  # of ``seconds``: gen_nll of the outputs
             "side_effects": side_info,
             "reproduce": reproduce_commands(options, config, groups),
         }
