@@ -131,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     times: dict[str, list[float]] = {k: [] for k in runs}
     tokens: dict[str, dict[str, int]] = {}
     answers: dict[str, list] = {}
+    reuse_info: dict[str, Any] = {}  # per steered run: config.prefix_reuse (blocked_by, sliding window fallbacks)
     loads: list[str] = []
     names = list(runs)
     for rep in range(args.repeats):
@@ -149,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
             times[name].append(time.perf_counter() - t0)
             answers[name] = per_request(out["samples"][TASK])
             tokens[name] = lm.token_counts.as_dict() if config else {"plain": sum(hf_tokens)}
+            if config:
+                reuse_info[name] = lm.get_model_info()["prefix_reuse"]
             print(
                 f"[{rep + 1}/{args.repeats}] {name:15s} {times[name][-1]:7.1f}s  load {loads[-1]}  "
                 f"acc={out['results'][TASK]['acc,none']:.4f}  tokens={tokens[name]}",
@@ -193,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         # each run against the hf run of the same repeat (neighbours in time, so under similar load)
         "paired_speedups_vs_hf": {k: [h / t for h, t in zip(times["hf"], v)] for k, v in times.items()},
         "tokens": tokens,
+        "prefix_reuse": reuse_info,
         "load_1m_5m_at_starts": loads,
         "agreement_with_hf": compare(answers["reuse_alpha0"], answers["hf"]),
         "agreement_with_plain_steered": plain,
@@ -260,6 +264,8 @@ def markdown(r: dict[str, Any]) -> str:
             f"({tok['prefix']:,} prefix + {tok['tail']:,} tail) | {s['speedup']:.2f}x | - | "
             f"{s['hf_runs_tokens'] / tok['total']:.2f}x |"
         )
+    for k, info in r.get("prefix_reuse", {}).items():
+        lines.append(f"\n`{k}` config.prefix_reuse: `{json.dumps(info)}`")
     return "\n".join(lines)
 
 

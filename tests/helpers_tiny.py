@@ -18,6 +18,7 @@ CORPUS = [
 ]
 
 ARCHS = ("llama", "gpt2", "gpt_neox", "opt", "qwen2")
+SLIDING_ARCHS = ("gemma3",)  # sliding-window attention: make_config(..., sliding_window=...); not in ARCHS
 
 # a minimal chat template with a system role, for tiny instruction-style models
 CHAT_TEMPLATE = (
@@ -45,9 +46,27 @@ def make_tokenizer(vocab_size: int = 300):
     )
 
 
-def make_config(arch: str, vocab_size: int, n_layers: int = 3, hidden: int = 32):
-    from transformers import GPT2Config, GPTNeoXConfig, LlamaConfig, OPTConfig, Qwen2Config
+def make_config(arch: str, vocab_size: int, n_layers: int = 3, hidden: int = 32, sliding_window: int = 512):
+    """``sliding_window``: gemma3's local window (its layers 1, 2, 4, 5, ... slide; every third attends to all)."""
+    from transformers import Gemma3TextConfig, GPT2Config, GPTNeoXConfig, LlamaConfig, OPTConfig, Qwen2Config
 
+    if arch == "gemma3":
+        return Gemma3TextConfig(
+            vocab_size=vocab_size,
+            hidden_size=hidden,
+            intermediate_size=2 * hidden,
+            num_hidden_layers=n_layers,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=hidden // 4,
+            query_pre_attn_scalar=hidden // 4,
+            max_position_embeddings=2048,
+            sliding_window=sliding_window,
+            layer_types=["full_attention" if i % 3 == 2 else "sliding_attention" for i in range(n_layers)],
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=3,
+        )
     if arch == "llama":
         return LlamaConfig(
             vocab_size=vocab_size,
@@ -110,16 +129,30 @@ def make_config(arch: str, vocab_size: int, n_layers: int = 3, hidden: int = 32)
     raise ValueError(arch)
 
 
-def make_model(arch: str = "llama", n_layers: int = 3, hidden: int = 32, seed: int = 0, tokenizer=None):
+def make_model(arch: str = "llama", n_layers: int = 3, hidden: int = 32, seed: int = 0, tokenizer=None, **config):
     import torch
     from transformers import AutoModelForCausalLM
 
     tok = tokenizer or make_tokenizer()
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(make_config(arch, len(tok), n_layers, hidden))
+    model = AutoModelForCausalLM.from_config(make_config(arch, len(tok), n_layers, hidden, **config))
     # scale the weights up a little so hidden states differ clearly between texts
     model.eval()
     return model, tok
+
+
+def sharpen_attention(model, factor: float = 6.0) -> None:
+    """Attention sharper than the 0.02-std init, so that a wrong position, mask or cache row shows: the
+    query/key projections scaled by ``factor`` (gemma3 normalises queries and keys after them: its q/k norms'
+    scales, ``1 + weight``, are scaled instead)."""
+    import torch
+
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith(("q_proj.weight", "k_proj.weight", "c_attn.weight")):
+                param.mul_(factor)
+            elif model.config.model_type == "gemma3_text" and name.endswith(("q_norm.weight", "k_norm.weight")):
+                param.copy_(factor * (1 + param) - 1)
 
 
 def save_model(path: Path, arch: str = "llama", chat: bool = False, **kw) -> str:
@@ -140,6 +173,7 @@ _BLOCKS_BY_MODEL_TYPE = {
     "gpt2": ("transformer", "h"),
     "gpt_neox": ("gpt_neox", "layers"),
     "opt": ("model", "decoder", "layers"),
+    "gemma3_text": ("model", "layers"),
 }
 
 

@@ -43,21 +43,21 @@ def _quiet(one_torch_thread):
     logging.disable(logging.NOTSET)
 
 
-def _model(arch: str, seed: int = 0):
+def _model(arch: str, seed: int = 0, **config_args):
     """A tiny random model whose greedy generations vary with the prompt and the steering (larger init)."""
     from transformers import AutoModelForCausalLM
 
     tok = make_tokenizer()
-    config = make_config(arch, len(tok))
+    config = make_config(arch, len(tok), **config_args)
     config.initializer_range = 0.2
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(config).eval(), tok
 
 
-def _lm(arch: str, backend: str, batch_size: int = 2):
+def _lm(arch: str, backend: str, batch_size: int = 2, **config_args):
     from steer_plugin.harness.model import SteeredHFLM
 
-    model, tok = _model(arch)
+    model, tok = _model(arch, **config_args)
     return SteeredHFLM(pretrained=model, tokenizer=tok, batch_size=batch_size, device="cpu", backend=backend)
 
 
@@ -145,7 +145,9 @@ def test_row_plan_rows_equal_each_plan_alone(backend):
 
 
 # -- generation --------------------------------------------------------------------------------------
-@pytest.mark.parametrize(("arch", "backend"), [("llama", "hooks"), ("gpt2", "nnsight"), ("qwen2", "nnsight")])
+@pytest.mark.parametrize(
+    ("arch", "backend"), [("llama", "hooks"), ("gpt2", "nnsight"), ("qwen2", "nnsight"), ("gemma3", "nnsight")]
+)
 def test_mixed_generation_equals_each_configuration_alone(arch, backend, monkeypatch):
     lm = _lm(arch, backend)
     configs = _configs(_vectors())
@@ -173,6 +175,32 @@ def test_mixed_generation_equals_each_configuration_alone(arch, backend, monkeyp
     assert prefixes and len(prefixes) == len(mixes)  # positions=response shared its unsteered prompt prefix
     # and the configurations differ, so a row given to the wrong configuration would show
     assert len({json.dumps(t) for t in alone_text}) >= 5
+    assert lm.longer_than_window["generate_until"] == 0
+
+
+def test_generation_longer_than_the_sliding_window_prefills_the_whole_prompt(monkeypatch):
+    """gemma3 with an 8-token window: prompt + 10 new tokens do not fit, so the prompt prefix is not shared
+    (and the prompts are counted); the mixed batches still equal each configuration alone."""
+    lm = _lm("gemma3", "hooks", sliding_window=8)
+    assert lm.reuse_active and lm.reuse_window == 8
+    configs = _configs(_vectors())
+    requests = _generation_requests()
+    alone = _each(lm, configs, lambda: lm.generate_until(requests, disable_tqdm=True), planned=False)
+    monkeypatch.setattr(config_batching, "_prefix_cache", lambda *a: pytest.fail("longer than the window"))
+    counted = []
+    inner = lm.generate_until
+
+    def generate_and_count(*args, **kwargs):
+        out = inner(*args, **kwargs)
+        counted.append(lm.longer_than_window["generate_until"])
+        return out
+
+    monkeypatch.setattr(lm, "generate_until", generate_and_count)
+    mixed = _each(lm, configs, lambda: lm.generate_until(requests, disable_tqdm=True), planned=True)
+    assert mixed == alone
+    assert len({json.dumps(t) for t in alone}) >= 5
+    # the first configuration generated every prompt for all configurations (none here twice: other settings)
+    assert counted[0] == len(requests) and counted[1:] == [0] * (len(configs) - 1)
 
 
 def test_mixed_generation_honours_the_row_budget_and_no_prefix_reuse(monkeypatch):
@@ -235,7 +263,9 @@ def test_an_overflowing_configuration_fails_alone_and_leaves_the_others(tmp_path
 
 
 # -- loglikelihood -----------------------------------------------------------------------------------
-@pytest.mark.parametrize(("arch", "backend"), [("llama", "nnsight"), ("gpt2", "hooks"), ("opt", "nnsight")])
+@pytest.mark.parametrize(
+    ("arch", "backend"), [("llama", "nnsight"), ("gpt2", "hooks"), ("opt", "nnsight"), ("gemma3", "hooks")]
+)
 def test_mixed_loglikelihood_equals_each_configuration_alone(arch, backend):
     lm = _lm(arch, backend)
     v = _vectors()

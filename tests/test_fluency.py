@@ -58,7 +58,7 @@ def reference(model, tokenizer, texts, delta_by_layer, positions):
     return kl_sum / n_tok, math.exp(nll_sum / n_tok), n_tok
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "gemma3"])
 @pytest.mark.parametrize("positions", ["all", "response"])
 def test_kl_and_ppl_equal_plain_torch_reference(arch, positions):
     model, tok = make_model(arch, n_layers=3, hidden=32, seed=1)
@@ -115,6 +115,26 @@ def test_prompted_side_effects_equal_plain_torch_reference(arch):
     assert got.kl == pytest.approx(want_kl, rel=1e-4, abs=1e-7)
     assert got.ppl == pytest.approx(want_ppl, rel=1e-5)
     assert probe.measure_prompted([]).kl == 0  # no instruction: the unsteered model itself
+
+
+def test_a_batch_with_a_text_longer_than_the_sliding_window_runs_whole():
+    """gemma3 with an 8-token window: the batch of the four long texts (25-34 tokens) runs whole and is
+    counted, the batch of three short ones (the model reads 5-8 tokens) reuses its prefix; the numbers are
+    the plain reference's."""
+    model, tok = make_model("gemma3", n_layers=3, hidden=32, seed=1, sliding_window=8)
+    texts = [*CORPUS[:4], "I am so angry", "Hi there.", "Go away!"]
+    torch.manual_seed(5)
+    vec = SteeringVector(torch.randn(3, 32))
+    steerer = Steerer(model, "hooks")
+    plan = make_plan([vec], [1.5], model, steerer.block_path, [0, 2])
+    probe = FluencyProbe(model, tok, texts, steerer=steerer, batch_size=4)
+    got = probe.measure(plan, "response")
+    assert probe.window == 8 and probe.longer_than_window == 4
+    assert [p is not None for p in probe._prefixes.values()] == [False, True]
+    want_kl, want_ppl, n_tok = reference(model, tok, texts, {l: 1.5 * vec.matrix[l] for l in (0, 2)}, "response")
+    assert got.total_tokens == n_tok and got.kl > 1e-3
+    assert got.kl == pytest.approx(want_kl, rel=1e-4, abs=1e-7)
+    assert got.ppl == pytest.approx(want_ppl, rel=1e-5)
 
 
 def test_no_cache_batch_size_and_backend_do_not_change_the_numbers():

@@ -1,18 +1,26 @@
 """KVPrefix against a plain transformers forward of each full sequence alone (no padding, no cache): the
 logits of continuations from a batch of left-padded prefixes of different lengths, of gathered and of
-repeated rows equal the full forward's at the continuation positions (atol 1e-4), on tiny llama, gpt2 and
-qwen2 models with sharpened attention (so a wrong position, mask or cache row shows)."""
+repeated rows equal the full forward's at the continuation positions (atol 1e-4), on tiny llama, gpt2,
+qwen2 and gemma3 (sliding-window and full-attention layers, a 512-token window) models with sharpened
+attention (so a wrong position, mask or cache row shows); and on gemma3 with an 8-token window, shorter
+than some sequences: what fits the window equals the full forward, a prefix that does not is refused."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from helpers_tiny import make_model
+from helpers_tiny import make_model, sharpen_attention
 
 from steer_plugin.data.prompts import pad_batch
-from steer_plugin.steering.kv_prefix import KVPrefix, ReuseUnsupported, accepts_logits_to_keep
+from steer_plugin.steering.kv_prefix import (
+    KVPrefix,
+    ReuseUnsupported,
+    accepts_logits_to_keep,
+    reuse_blocker,
+    reuse_window,
+)
 
-ARCHS = ("llama", "gpt2", "qwen2")
+ARCHS = ("llama", "gpt2", "qwen2", "gemma3")
 PREFIXES = [[5, 6, 7, 8, 9, 40], [10, 11], [12, 13, 14, 41]]  # left-padded to 6
 ATOL = 1e-4
 
@@ -20,10 +28,7 @@ ATOL = 1e-4
 @pytest.fixture(scope="module", params=ARCHS)
 def model(request):
     model, _ = make_model(request.param, n_layers=3, hidden=32, seed=3)
-    with torch.no_grad():  # sharper attention than the 0.02-std init
-        for name, param in model.named_parameters():
-            if name.endswith(("q_proj.weight", "k_proj.weight", "c_attn.weight")):
-                param.mul_(6)
+    sharpen_attention(model)
     return model
 
 
@@ -124,3 +129,42 @@ def test_a_cache_of_the_wrong_length_is_refused(model):
     for forward in (drops_first_token, ignores_cache):
         with torch.no_grad(), pytest.raises(ReuseUnsupported, match="positions in the KV cache, not 6"):
             KVPrefix.run_tokens(forward, model.config, PREFIXES, torch.device("cpu"), logits_to_keep=False)
+
+
+# -- a window shorter than some sequences ----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def window8():
+    model, _ = make_model("gemma3", n_layers=3, hidden=32, seed=3, sliding_window=8)
+    sharpen_attention(model)
+    return model
+
+
+def test_each_layer_keeps_its_kind_and_window(model):
+    from transformers import DynamicCache
+
+    sliding = model.config.model_type == "gemma3_text"
+    assert reuse_blocker(model) is None and reuse_window(model) == (512 if sliding else None)
+    prefix = _prefix(model)
+    assert prefix.windows == ((512, 512, None) if sliding else (None, None, None))  # gemma3: layer 2 sees all
+    own = [type(layer) for layer in DynamicCache(config=model.config).layers]
+    assert [type(layer) for layer in prefix.fresh_cache().layers] == own
+    assert [type(layer) for layer in prefix.rows(torch.tensor([1, 0])).fresh_cache().layers] == own
+
+
+def test_sequences_that_fit_the_window_continue_as_the_full_forward(window8):
+    assert reuse_blocker(window8) is None and reuse_window(window8) == 8
+    tails = [[20, 21], [23, 24, 25, 26], [27, 28, 29]]  # prefix + tail: 8, 6 and 7 tokens
+    prefix = _prefix(window8)
+    _assert_as_full_forward(window8, _continue(window8, prefix, tails), PREFIXES, tails)
+    _assert_as_full_forward(window8, _continue(window8, prefix.repeated(2), tails * 2), PREFIXES * 2, tails * 2)
+    # the window is real: a 12-token sequence scores otherwise than with the 512-token window (same weights)
+    wide, _ = make_model("gemma3", n_layers=3, hidden=32, seed=3, sliding_window=512)
+    wide.load_state_dict(window8.state_dict())
+    tokens = list(range(20, 32))
+    assert (_full(window8, tokens)[-1] - _full(wide, tokens)[-1]).abs().max() > 100 * ATOL
+    assert torch.equal(_full(window8, tokens[:8]), _full(wide, tokens[:8]))
+
+
+def test_a_prefix_wider_than_the_window_is_refused(window8):
+    with torch.no_grad(), pytest.raises(ReuseUnsupported, match="kept 7 of 9 prefix positions"):
+        KVPrefix.run_tokens(window8, window8.config, [list(range(5, 14))], torch.device("cpu"), logits_to_keep=True)

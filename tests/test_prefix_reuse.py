@@ -1,7 +1,8 @@
 """Prefix reuse (steered_hf's default) against the plain path (HFLM's own loop, ``prefix_reuse=False``):
 per-request loglikelihoods within 1e-4 and identical is-greedy flags, float32 CPU, tiny real models of
-two architectures, TruthfulQA MC1/MC2 through the local tasks and token-level requests with multi-token
-continuations and contexts of varying length."""
+three architectures (gemma3 with sliding-window layers, a 1024-token window), TruthfulQA MC1/MC2 through
+the local tasks and token-level requests with multi-token continuations and contexts of varying length;
+and models with an 8-token window, shorter than most requests, which take the plain path."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import random
 
 import pytest
 import torch
-from helpers_tiny import make_config, make_tokenizer
+from helpers_tiny import make_config, make_tokenizer, sharpen_attention
 from lm_eval.api.instance import Instance
 
 from steer_plugin.errors import SteerError
@@ -27,7 +28,7 @@ from steer_plugin.model.hooks import SteeringPlan
 from steer_plugin.steering.kv_prefix import ReuseUnsupported, reuse_blocker
 from steer_plugin.vectors.vector import SteeringVector
 
-ARCHS = ("llama", "gpt2")
+ARCHS = ("llama", "gpt2", "gemma3")
 CONFIGS = [("all", 0.0), ("all", 0.8), ("response", 0.8)]
 MC_ROWS = [  # TruthfulQA rows (HF schema) for when STEER_SHARED is not set
     {"question": "What happens if you eat watermelon seeds?",
@@ -54,19 +55,16 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def _save_tiny(path, arch: str) -> str:
+def _save_tiny(path, arch: str, **config_args) -> str:
     """A tiny random model with a 2048-token window (the TruthfulQA prompt is ~400 tiny-tokenizer tokens)."""
     from transformers import AutoModelForCausalLM
 
     tok = make_tokenizer()
-    config = make_config(arch, len(tok))
+    config = make_config(arch, len(tok), **config_args)
     setattr(config, "n_positions" if arch == "gpt2" else "max_position_embeddings", 2048)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config).eval()
-    with torch.no_grad():  # sharper attention than the 0.02-std init: a wrong position or mask must show
-        for name, param in model.named_parameters():
-            if name.endswith(("q_proj.weight", "k_proj.weight", "c_attn.weight")):
-                param.mul_(6)
+    sharpen_attention(model)  # a wrong position or mask must show
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return str(path)
@@ -74,7 +72,9 @@ def _save_tiny(path, arch: str) -> str:
 
 @pytest.fixture(scope="module", params=ARCHS)
 def lm(request, tmp_path_factory):
-    folder = _save_tiny(tmp_path_factory.mktemp(f"tiny_{request.param}"), request.param)
+    # gemma3: a window of 1024 tokens takes in the tiny tokenizer's TruthfulQA requests (~400-900 tokens)
+    window = {"sliding_window": 1024} if request.param == "gemma3" else {}
+    folder = _save_tiny(tmp_path_factory.mktemp(f"tiny_{request.param}"), request.param, **window)
     model = SteeredHFLM(pretrained=folder, dtype="float32", device="cpu", batch_size=4, backend="hooks")
     n_layers, hidden = len(model.steerer.blocks), model.model.config.hidden_size
     torch.manual_seed(1)
@@ -164,6 +164,7 @@ def test_truthfulqa_mc1_mc2_reuse_equals_plain(lm, truthfulqa_requests, position
     for bs in (1, 4):
         _assert_close(_run(lm, truthfulqa_requests, reuse=True, batch_size=bs), plain)
     assert lm.token_counts.prefix > before  # the reuse path really ran
+    assert lm.token_counts.plain == 0  # for every request (none longer than a sliding window)
     if alpha:  # and steering really changes the answers the comparison covers
         lm.configure(lm.vec_path, 0.0)
         assert max(abs(a[0] - b[0]) for a, b in zip(plain, _run(lm, truthfulqa_requests, reuse=False))) > 1e-2
@@ -302,7 +303,11 @@ def test_run_sweep_shares_prefix_and_matches_plain(lm, tmp_path, monkeypatch):
     assert n_prefix == sum(g.prefix_len for g in groups)
 
 
-def test_models_whose_cache_cannot_be_expanded_use_the_plain_path(tmp_path):
+def _save_window8(path, arch: str) -> str:
+    """A tiny model whose sliding window (8 tokens) is shorter than most test requests: qwen2 with every
+    layer sliding (Mistral-style), or gemma3 with sliding and full-attention layers."""
+    if arch == "gemma3":
+        return _save_tiny(path, arch, sliding_window=8)
     from transformers import AutoModelForCausalLM, Qwen2Config
 
     tok = make_tokenizer()
@@ -320,10 +325,54 @@ def test_models_whose_cache_cannot_be_expanded_use_the_plain_path(tmp_path):
         eos_token_id=2,
     )
     torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "gemma3"])
+def test_requests_longer_than_the_sliding_window_use_the_plain_path(tmp_path, arch):
+    lm = SteeredHFLM(pretrained=_save_window8(tmp_path, arch), dtype="float32", device="cpu", batch_size=4)
+    assert lm.reuse_blocker is None and lm.reuse_active and lm.reuse_window == 8
+    lm.token_counts = TokenCounts()
+    reqs = [(None, list(range(4, 30)), [40, 41, 42]), (None, list(range(4, 30)), [43])]
+    assert _run(lm, reqs, reuse=True) == _run(lm, reqs, reuse=False)
+    assert lm.token_counts.prefix == 0
+    assert lm.get_model_info()["prefix_reuse"] == {
+        "enabled": True,
+        "blocked_by": None,
+        "sliding_window": 8,
+        "longer_than_window": {"loglikelihood": 2, "generate_until": 0},
+    }
+    # those that fit (context + continuation[:-1] at most 8 tokens) are reused, next to the plain ones
+    fit = [(None, [5, 6, 7, 8, 9], [10, 11, 12, 13]), (None, [5, 6, 7, 8, 9], [14]), (None, [20, 21], [22, 23])]
+    lm.configure(None, 0.0)  # counts are per configuration
+    mixed = reqs + fit
+    _assert_close(_run(lm, mixed, reuse=True), _run(lm, mixed, reuse=False))
+    assert lm.token_counts.prefix == 4 + 1 and lm.longer_than_window["loglikelihood"] == 2
+
+
+def test_models_whose_cache_cannot_be_expanded_use_the_plain_path(tmp_path):
+    from transformers import AutoModelForCausalLM, Lfm2Config
+
+    tok = make_tokenizer()
+    config = Lfm2Config(  # a short-convolution layer: recurrent state, no keys/values to expand
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        layer_types=["conv", "full_attention"],
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=3,
+    )
+    torch.manual_seed(0)
     AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
     lm = SteeredHFLM(pretrained=str(tmp_path), dtype="float32", device="cpu", batch_size=4)
-    assert "sliding" in (lm.reuse_blocker or "").lower()
+    assert "conv (LinearAttentionLayer)" in (lm.reuse_blocker or "")
     assert not lm.reuse_active and lm.get_model_info()["prefix_reuse"]["blocked_by"] == lm.reuse_blocker
     lm.token_counts = TokenCounts()
     reqs = [(None, list(range(4, 30)), [40, 41, 42]), (None, list(range(4, 30)), [43])]
@@ -364,14 +413,16 @@ def test_batch_size_auto_and_the_model_argument(lm):
         _assert_close(lm._loglikelihood_tokens(reqs, disable_tqdm=True), ref)
     finally:
         lm.batch_size_per_gpu = 4
-    assert lm.get_model_info()["prefix_reuse"] == {"enabled": True, "blocked_by": None}
+    window = {"sliding_window": 1024, "longer_than_window": {"loglikelihood": 0, "generate_until": 0}}
+    expected = {"enabled": True, "blocked_by": None, **(window if lm.reuse_window else {})}
+    assert lm.get_model_info()["prefix_reuse"] == expected
     with pytest.raises(SteerError, match="prefix_reuse must be true or false"):
         SteeredHFLM(pretrained="unused", prefix_reuse="maybe")
 
 
 def test_reuse_blocker_on_supported_architectures():
     from helpers_tiny import ARCHS as ALL
-    from helpers_tiny import make_model
+    from helpers_tiny import SLIDING_ARCHS, make_model
 
-    for arch in ALL:
+    for arch in (*ALL, *SLIDING_ARCHS):
         assert reuse_blocker(make_model(arch)[0]) is None, arch

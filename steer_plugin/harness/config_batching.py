@@ -11,7 +11,8 @@ Here each batch row carries its own configuration (``RowPlan``: row ``i`` gets i
   from memory. Per configuration, rows stop when that configuration's batch would stop alone (its stop
   sequences, EOS, ``max_length``), and its tokens are cut there: the harness then decodes and post-processes
   exactly the tokens the one-at-a-time path returns. With ``positions=response`` the prompt is unsteered except
-  its last token, so ``prompt[:-1]`` runs once and its KV cache is shared by every configuration's rows.
+  its last token, so ``prompt[:-1]`` runs once and its KV cache is shared by every configuration's rows
+  (on a model with sliding-window layers, when prompt + new tokens fit the shortest window).
   Only greedy decoding batches (sampled tokens would depend on the batch's random draws).
 * **Loglikelihood, ``positions=all``** (``score_groups_mixed``): prefix reuse's prefixes and tails of
   several configurations in one forward. (``positions=response`` already shares one unsteered prefix
@@ -40,7 +41,7 @@ from steer_plugin.harness.prefix_reuse import (
     batches,
 )
 from steer_plugin.model.hooks import RowPlan, Steerer, SteeringPlan
-from steer_plugin.steering.kv_prefix import KVPrefix, ReuseUnsupported, accepts_logits_to_keep
+from steer_plugin.steering.kv_prefix import KVPrefix, ReuseUnsupported, accepts_logits_to_keep, fits_window
 
 log = logging.getLogger(__name__)
 DEFAULT_ROWS = 64
@@ -159,6 +160,8 @@ class MixedGeneration:
     pad_token_id: int | None
     share_prefix: bool  # positions=response: run prompt[:-1] once (needs an expandable KV cache)
     rows: int = DEFAULT_ROWS
+    window: int | None = None  # the model's shortest sliding window: longer generations do not share the prefix
+    longer_than_window: int = 0  # prompts generated so far without it for that reason
 
 
 def _eos_tensor(model: Any, kwargs: dict[str, Any]) -> torch.Tensor | None:
@@ -212,11 +215,14 @@ def generate_mixed(
         per_batch = -(-len(members) // -(-len(members) // most))  # as even as the budget allows: 11 -> 6 + 5
         shared = None
         if positions == "response" and gen.share_prefix and width > 1:
-            try:
-                with torch.no_grad():
-                    shared = _prefix_cache(model, context, mask)
-            except ReuseUnsupported as e:  # never generate from a broken cache: prefill the whole prompt
-                log.warning("prompt prefix not shared (%s)", e)
+            if not fits_window(max_length, gen.window):  # prompt + new tokens may outgrow it: prefill the prompt
+                gen.longer_than_window += n
+            else:
+                try:
+                    with torch.no_grad():
+                        shared = _prefix_cache(model, context, mask)
+                except ReuseUnsupported as e:  # never generate from a broken cache: prefill the whole prompt
+                    log.warning("prompt prefix not shared (%s)", e)
         for start in range(0, len(members), per_batch):
             part = members[start : start + per_batch]
             g = len(part)

@@ -45,6 +45,7 @@ from steer_plugin.harness.prefix_reuse import (
     group_by_context,
     plain_token_count,
     score_groups,
+    split_by_window,
 )
 from steer_plugin.io.terminal import printable
 from steer_plugin.model.hooks import (
@@ -59,7 +60,7 @@ from steer_plugin.model.hooks import (
 from steer_plugin.model.layers import format_layers, layer_ranges, parse_layers
 from steer_plugin.model.positions import Positions, check_positions
 from steer_plugin.steering.config import SteeringConfig
-from steer_plugin.steering.kv_prefix import ReuseUnsupported, accepts_logits_to_keep, reuse_blocker
+from steer_plugin.steering.kv_prefix import ReuseUnsupported, accepts_logits_to_keep, reuse_blocker, reuse_window
 from steer_plugin.vectors.vector import SteeringVector, file_sha256
 
 log = logging.getLogger(__name__)
@@ -172,6 +173,8 @@ class SteeredHFLM(HFLM):
         self.reuse_blocker: str | None = reuse_blocker(self.model) if self.backend == "causal" else "seq2seq model"
         if self.prefix_reuse and self.reuse_blocker:
             log.info("prefix reuse off for this model: %s", self.reuse_blocker)
+        # sliding-window layers: sequences longer than the window take the plain path (counted per configuration)
+        self.reuse_window: int | None = None if self.reuse_blocker else reuse_window(self.model)
         self._planned: list[TailConfig] = []  # configurations coming next (steer sweep), see plan_ahead
         self._ahead: dict[Hashable, dict[tuple, Answer]] = {}  # their answers, computed early
         self._batcher: ConfigBatcher | None = None  # several configurations per batch (steer sweep), see plan_ahead
@@ -206,6 +209,7 @@ class SteeredHFLM(HFLM):
             positions: ``all`` or ``response``.
             steer_backend: ``nnsight`` or ``hooks``; None keeps the current one.
         """
+        self.longer_than_window = {"loglikelihood": 0, "generate_until": 0}  # this configuration's, see get_model_info
         if steer_backend is not None or not hasattr(self, "steerer"):
             self.steerer = Steerer(self.model, steer_backend or "nnsight", self._blocks)
         steering = vector if isinstance(vector, SteeringConfig) else _keywords(vector, alpha, layers, positions)
@@ -291,6 +295,8 @@ class SteeredHFLM(HFLM):
         info = super().get_model_info()
         info["steering"] = self.steering_config
         info["prefix_reuse"] = {"enabled": self.prefix_reuse, "blocked_by": self.reuse_blocker}
+        if self.reuse_window is not None:  # requests / prompts that took the plain path for the window's sake
+            info["prefix_reuse"].update(sliding_window=self.reuse_window, longer_than_window=self.longer_than_window)
         return info
 
     @property
@@ -371,8 +377,11 @@ class SteeredHFLM(HFLM):
             for i, (_, ctx, cont) in enumerate(requests):
                 answers[i] = ahead.get((tuple(ctx), tuple(cont)))
         todo = [(i, ctx, cont) for i, (_, ctx, cont) in enumerate(requests) if answers[i] is None]
+        todo, longer = split_by_window(todo, self.reuse_window)
+        self.longer_than_window["loglikelihood"] += len(longer)
         groups, plain = group_by_context(todo, self.max_length)
-        if plain:  # too long for the window (the harness left-truncates) or rejected by the harness
+        plain += longer
+        if plain:  # too long for the window (the harness left-truncates), for a sliding window, or rejected
             for i, a in zip(plain, self._loglikelihood_plain([requests[i] for i in plain], disable_tqdm)):
                 answers[i] = a
         if groups:
@@ -537,6 +546,7 @@ class SteeredHFLM(HFLM):
             self.tokenizer.pad_token_id,
             share_prefix=self.reuse_active,
             rows=self._batcher.rows,
+            window=self.reuse_window,
         )
         log.info("generating a batch for %d configurations at once", 1 + len(riders))
         with torch.autocast(
@@ -545,6 +555,7 @@ class SteeredHFLM(HFLM):
             enabled=self.mixed_precision_dtype is not None,
         ):
             out = generate_mixed(gen, [mine, *riders], context, max_length, stop, kwargs)
+        self.longer_than_window["generate_until"] += gen.longer_than_window
         for rider, tokens in zip(riders, out[1:]):
             if tokens is not None:  # non-finite: that configuration runs alone later and fails there
                 self._batcher.ready[(rider.key, key)] = tokens

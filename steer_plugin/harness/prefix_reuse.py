@@ -15,7 +15,9 @@ positions are exactly the tail's, so the prefix cache is the unsteered one for e
 ``score_groups`` runs several configurations' tails against one prefix (``steer sweep``).
 
 Requests whose context + continuation exceed the model's window (the harness left-truncates them) and
-continuations the harness rejects (empty) are left to the plain path (``group_by_context``).
+continuations the harness rejects (empty) are left to the plain path (``group_by_context``); so are, on a
+model with sliding-window layers, those longer than the shortest window (``split_by_window``): a window
+changes nothing for a sequence that fits it, so reuse is exact on the others.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import torch.nn.functional as F
 
 from steer_plugin.data.prompts import pad_batch
 from steer_plugin.model.hooks import RowPlan, SteeringPlan
-from steer_plugin.steering.kv_prefix import KVPrefix, ReuseUnsupported
+from steer_plugin.steering.kv_prefix import KVPrefix, ReuseUnsupported, fits_window
 
 Answer = tuple[float, bool]  # (log-probability of the continuation, is it the greedy continuation)
 Request = tuple[int, Sequence[int], Sequence[int]]  # (index in the caller's list, context, continuation)
@@ -153,6 +155,20 @@ def group_by_context(requests: Sequence[Request], max_length: int) -> tuple[list
     ]
     groups.sort(key=lambda g: (-len(g.context), g.context))
     return groups, plain
+
+
+def split_by_window(requests: Sequence[Request], window: int | None) -> tuple[list[Request], list[int]]:
+    """The requests whose sequence (``context + continuation[:-1]``, what the model reads) fits a sliding
+    window of ``window`` tokens, and the indices of those that do not (the plain path's)."""
+    fit: list[Request] = []
+    longer: list[int] = []
+    for request in requests:
+        index, ctx, cont = request
+        if fits_window(len(ctx) + len(cont) - 1, window):
+            fit.append(request)
+        else:
+            longer.append(index)
+    return fit, longer
 
 
 def batches(groups: Sequence[ContextGroup], batch_size: int) -> Iterator[list[ContextGroup]]:

@@ -5,6 +5,11 @@ all run a prefix once, left-padded, and continue from its cache (``KVPrefix``); 
 that knows how a transformers cache is built, checked, gathered or repeated and handed to a new forward.
 The callers bring their own forward (steering plan, no_grad, autocast) and decide what a refusal
 (``ReuseUnsupported``) means for them: the plain path, or the whole prompt prefilled.
+
+Sliding-window layers (Gemma 2/3, Mistral-style models): a window changes nothing for a sequence that
+fits inside it, so reuse is exact there. The callers send sequences longer than ``reuse_window`` to the
+plain path (``fits_window``); a prefix cache keeps each layer's kind (``KVPrefix.windows``), so a
+continuation's cache is the one the model builds itself.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ class ReuseUnsupported(RuntimeError):
 
 Forward = Callable[..., Any]  # forward(**model_inputs) -> model output; the caller's steering and no_grad
 Layers = list[tuple[torch.Tensor, torch.Tensor]]  # per layer (keys, values), each [rows, heads, width, dim]
+Windows = tuple[int | None, ...]  # per layer: its sliding window, None for full attention
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,7 @@ class KVPrefix:
     layers: Layers  # empty when the prefix is zero tokens wide (nothing was run)
     mask: torch.Tensor  # [rows, width] bool, False on left padding
     lengths: torch.Tensor  # [rows] long, real prefix tokens per row (the first position of the continuation)
+    windows: Windows  # one per layer (empty with the layers)
 
     @classmethod
     def run(
@@ -55,7 +62,7 @@ class KVPrefix:
         rows, width = ids.shape
         lengths = mask.sum(-1)
         if width == 0:
-            return cls([], mask, lengths)
+            return cls([], mask, lengths, ())
         cache = DynamicCache(config=config)
         extra = {"logits_to_keep": 1} if logits_to_keep else {}
         forward(
@@ -68,7 +75,8 @@ class KVPrefix:
         )
         if cache.get_seq_length() != width:
             raise ReuseUnsupported(f"the model left {cache.get_seq_length()} positions in the KV cache, not {width}")
-        return cls(_checked_layers(cache, mask, rows, width), mask, lengths)
+        layers, windows = _checked_layers(cache, mask, rows, width)
+        return cls(layers, mask, lengths, windows)
 
     @classmethod
     def run_tokens(
@@ -91,6 +99,7 @@ class KVPrefix:
             [(k.index_select(0, index.to(k.device)), v.index_select(0, index.to(v.device))) for k, v in self.layers],
             self.mask.index_select(0, index.to(self.mask.device)),
             self.lengths.index_select(0, index.to(self.lengths.device)),
+            self.windows,
         )
 
     def repeated(self, times: int) -> KVPrefix:
@@ -99,15 +108,21 @@ class KVPrefix:
             [(k.repeat(times, 1, 1, 1), v.repeat(times, 1, 1, 1)) for k, v in self.layers],
             self.mask.repeat(times, 1),
             self.lengths.repeat(times),
+            self.windows,
         )
 
     def fresh_cache(self) -> Any:
-        """A new ``DynamicCache`` over the stored tensors (None for a zero-width prefix). One per forward:
-        a forward appends its own keys/values to the cache object it is given (by concatenation, so the
-        stored tensors are untouched), and a second forward through that object would attend to the first's."""
+        """A new ``DynamicCache`` over the stored tensors (None for a zero-width prefix), each layer of the
+        kind the model filled (a sliding-window layer gets its window: transformers' (keys, values, window)
+        layer data). One per forward: a forward appends its own keys/values to the cache object it is given
+        (by concatenation, so the stored tensors are untouched), and a second forward through that object
+        would attend to the first's."""
         from transformers import DynamicCache
 
-        return DynamicCache(ddp_cache_data=list(self.layers)) if self.layers else None
+        if not self.layers:
+            return None
+        data = [(k, v) if w is None else (k, v, torch.tensor(w)) for (k, v), w in zip(self.layers, self.windows)]
+        return DynamicCache(ddp_cache_data=data)
 
     def tail_inputs(self, tail_mask: torch.Tensor) -> dict[str, Any]:
         """The model inputs but ``input_ids`` for continuations ``[rows, tail]`` after this prefix (right-padded,
@@ -125,31 +140,40 @@ class KVPrefix:
         return inputs
 
 
-def _checked_layers(cache: Any, mask: torch.Tensor, rows: int, width: int) -> Layers:
-    """The keys/values of a freshly filled KV cache, checked to be [rows, heads, width, dim] per layer (else
-    ReuseUnsupported), zeroed at padded positions: those are masked for every query, but NaN * 0 (a padded
-    position that attended to nothing) would still poison the sums."""
+def _checked_layers(cache: Any, mask: torch.Tensor, rows: int, width: int) -> tuple[Layers, Windows]:
+    """The keys/values of a freshly filled KV cache and each layer's sliding window, checked to be
+    [rows, heads, width, dim] per layer (else ReuseUnsupported: a sliding-window layer keeps only its
+    window's last positions), zeroed at padded positions: those are masked for every query, but NaN * 0
+    (a padded position that attended to nothing) would still poison the sums."""
+    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+
     layers: list[Any] = list(cache.layers)  # a cache of other layer kinds (linear attention) is refused here
+    windows: list[int | None] = []
     for layer in layers:
         keys = getattr(layer, "keys", None)
-        if not isinstance(keys, torch.Tensor):
-            raise ReuseUnsupported(f"a KV cache layer of type {type(layer).__name__} holds no key tensor")
-        if keys.dim() != 4 or keys.shape[0] != rows or keys.shape[-2] != width:
+        if type(layer) not in (DynamicLayer, DynamicSlidingWindowLayer) or not isinstance(keys, torch.Tensor):
+            raise ReuseUnsupported(f"a KV cache layer of type {type(layer).__name__} holds no plain key tensor")
+        if keys.dim() != 4 or keys.shape[0] != rows:
             raise ReuseUnsupported(f"unexpected KV cache shape {tuple(keys.shape)}")
+        window = layer.sliding_window if isinstance(layer, DynamicSlidingWindowLayer) else None
+        if keys.shape[-2] != width:
+            within = f" (a sliding window of {window})" if window is not None else ""
+            raise ReuseUnsupported(f"a KV cache layer kept {keys.shape[-2]} of {width} prefix positions{within}")
+        windows.append(window)
     if bool(mask.all()):
-        return [(l.keys, l.values) for l in layers]
+        return [(l.keys, l.values) for l in layers], tuple(windows)
     out = []
     for layer in layers:
         keep = mask[:, None, :, None].to(layer.keys.device)
         out.append((torch.where(keep, layer.keys, 0), torch.where(keep, layer.values, 0)))
-    return out
+    return out, tuple(windows)
 
 
 # -- which models ------------------------------------------------------------------------------------
 def reuse_blocker(model: Any) -> str | None:
-    """Why prefix reuse cannot be exact for this model, or None when it can."""
-    from transformers import DynamicCache
-    from transformers.cache_utils import DynamicLayer
+    """Why prefix reuse cannot be exact for this model, or None when it can (full attention, and sliding
+    windows: those for sequences that fit, see ``reuse_window``)."""
+    from transformers.cache_utils import get_layer_types_and_kwargs
 
     config = getattr(model, "config", None)
     if config is None or getattr(config, "is_encoder_decoder", False):
@@ -159,13 +183,43 @@ def reuse_blocker(model: Any) -> str | None:
         if name not in params:
             return f"its forward takes no `{name}` argument"
     try:
-        layers = DynamicCache(config=config).layers
+        layers = _cache_layers(config)
+        kinds, _ = get_layer_types_and_kwargs(config.get_text_config(decoder=True))
     except Exception as e:
         return f"its KV cache cannot be built ({type(e).__name__}: {e})"
-    odd = sorted({type(l).__name__ for l in layers if type(l) is not DynamicLayer})
+    odd = sorted(
+        {f"{kind} ({type(layer).__name__})" for layer, kind in zip(layers, kinds) if not _reusable(layer, kind)}
+    )
     if odd:
-        return f"its KV cache has {', '.join(odd)} layers (sliding-window/recurrent state cannot be expanded)"
+        return f"its KV cache has {', '.join(odd)} layers (only full and sliding-window attention can be reused)"
     return None
+
+
+def reuse_window(model: Any) -> int | None:
+    """The shortest sliding window of the model's KV cache (None: every layer attends to the whole
+    sequence). A sequence of at most that many tokens is one the window changes nothing for: on those,
+    prefix reuse is exact (``fits_window``). For a model ``reuse_blocker`` lets through."""
+    windows = [layer.sliding_window for layer in _cache_layers(model.config) if getattr(layer, "is_sliding", False)]
+    return min(windows, default=None)
+
+
+def fits_window(n_tokens: int, window: int | None) -> bool:
+    """Whether a sequence of ``n_tokens`` (what the model reads: prefix + continuation) fits ``window``."""
+    return window is None or n_tokens <= window
+
+
+def _reusable(layer: Any, kind: str) -> bool:
+    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+
+    # chunked attention gets a sliding-window layer too, but its chunks start at multiples of the cache
+    # index, which left padding shifts; a true window sees the same tokens at any offset
+    return type(layer) is DynamicLayer or (type(layer) is DynamicSlidingWindowLayer and kind == "sliding_attention")
+
+
+def _cache_layers(config: Any) -> list[Any]:
+    from transformers import DynamicCache
+
+    return list(DynamicCache(config=config).layers)
 
 
 def accepts_logits_to_keep(model: Any) -> bool:

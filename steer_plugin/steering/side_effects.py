@@ -24,7 +24,8 @@ configuration costs one steered forward per batch and the KL is exact. If they w
 ``cache_bytes`` the probe recomputes them batch by batch instead (exact, twice the forwards).
 With ``positions=response`` the context minus its last token is never steered: its KV cache is
 computed once too and steered passes run only the rest (about half the tokens; models whose cache
-cannot be reused, see ``kv_prefix.reuse_blocker``, run the whole text). The LM head runs only at
+cannot be reused, see ``kv_prefix.reuse_blocker``, run the whole text, and so does a batch holding a text
+longer than the model's sliding window). The LM head runs only at
 scored positions where the model takes ``logits_to_keep``.
 """
 
@@ -45,7 +46,14 @@ from steer_plugin.data.prompts import pad_batch, pad_id
 from steer_plugin.errors import SteerError
 from steer_plugin.model.hooks import Steerer, SteeringPlan
 from steer_plugin.model.positions import check_positions
-from steer_plugin.steering.kv_prefix import KVPrefix, ReuseUnsupported, accepts_logits_to_keep, reuse_blocker
+from steer_plugin.steering.kv_prefix import (
+    KVPrefix,
+    ReuseUnsupported,
+    accepts_logits_to_keep,
+    fits_window,
+    reuse_blocker,
+    reuse_window,
+)
 
 MIN_WORDS = 3  # GoEmotions neutral texts shorter than this say too little to continue
 MAX_TOKENS = 128  # longer texts (file lines) are cut to their first MAX_TOKENS tokens
@@ -226,6 +234,8 @@ class FluencyProbe:
     _prefixes: dict[int, _Prefix | None] = field(default_factory=dict, init=False, repr=False)
     _reuse_blocked: str | None = field(default=None, init=False, repr=False)
     _keep_logits: bool = field(default=False, init=False, repr=False)
+    window: int | None = field(default=None, init=False)  # the model's shortest sliding window, if any
+    longer_than_window: int = field(default=0, init=False)  # texts run whole for a text of their batch over it
 
     def __post_init__(self) -> None:
         if self.steerer is None:
@@ -271,6 +281,7 @@ class FluencyProbe:
             )
         self._keep_logits = accepts_logits_to_keep(self.model)
         self._reuse_blocked = reuse_blocker(self.model)
+        self.window = None if self._reuse_blocked else reuse_window(self.model)
 
     @property
     def n_tokens(self) -> int:
@@ -299,11 +310,15 @@ class FluencyProbe:
 
     def _prefix(self, i: int, batch: _Batch) -> _Prefix | None:
         """The batch's unsteered prefix cache (built on first use); None where it cannot be used: the
-        model's cache cannot be reused, or a row has no prefix (a 2- or 3-token text)."""
+        model's cache cannot be reused, a row has no prefix (a 2- or 3-token text), or a row is longer
+        than the sliding window."""
         if i in self._prefixes:
             return self._prefixes[i]
         self._prefixes[i] = None
         if self._reuse_blocked or min(batch.prefix_lengths) == 0:
+            return None
+        if not fits_window(int(batch.attention_mask.sum(1).max()), self.window):
+            self.longer_than_window += len(batch.prefix_lengths)
             return None
         device = batch.input_ids.device
         texts = [batch.input_ids[r, :n].tolist() for r, n in enumerate(batch.attention_mask.sum(1).tolist())]

@@ -166,6 +166,8 @@ def run_sweep(
                 "n_tokens": measured.total_tokens,
                 "seconds": round(time.monotonic() - t1, 2),
             }
+            if probe.window is not None:  # texts whose unsteered prefix was not reused, for the model's window
+                side_info["longer_than_window"] = probe.longer_than_window
             if samples is not None:
                 samples[SIDE_EFFECTS] = measured.samples(probe.texts)
         if side:
