@@ -67,6 +67,12 @@ def test_run_builds_sweeps_and_tables(tmp_path, tiny_chat_llama_dir, monkeypatch
     assert prompted["config"]["prompting"]["emotion"] == "anger"
     assert list(prompted["results"]) == [task, "side_effects"]  # asking is measured on the emotion task only
     assert prompted["results"]["side_effects"]["kl,none"] > 0  # its own side effects, on the same neutral texts
+    from steer_plugin.study.rows import compare_rows, load_rows
+
+    rows = load_rows(tmp_path / "run")
+    compare_rows(rows, resamples=1000)
+    (asking,) = [r for r in rows if r.key.prompted == "anger"]
+    assert f"{task}/target_prob" in asking.paired and f"{task}/{'degenerate_rate'}" in asking.paired  # vs the baseline
     assert (tmp_path / "run" / "controls" / "anger-top_k-4-random-0.safetensors").exists()
     steered = [json.loads(p.read_text()) for p in results if "baseline" not in str(p) and "random" not in str(p)][0]
     assert steered["config"]["steering"]["positions"] == "response"
