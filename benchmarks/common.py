@@ -488,6 +488,7 @@ SECTION_ORDER = (
     "profile",
     "config-batching",
     "config-batching-1b",
+    "quality",
 )
 
 

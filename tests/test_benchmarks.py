@@ -216,3 +216,31 @@ def test_bench_config_batching_tiny(md, tmp_path):
     assert data["6"]["identical"] == [18, 18]  # 3 prompts x 6 configurations, the same text both ways
     section = _section(md, "config-batching")
     assert "## 7. Config batching" in section and "| 6 |" in section
+
+
+def test_bench_quality_tiny(md, tmp_path):
+    """The quality metrics' cost against a (synthetic) run folder of one configuration written with --log-samples."""
+    from helpers_tiny import save_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import benchmarks.quality
+    from steer_plugin.steering.generation_nll import continuation_nll
+
+    model_dir = save_model(tmp_path / "model", "llama", chat=True)
+    tok, model = AutoTokenizer.from_pretrained(model_dir), AutoModelForCausalLM.from_pretrained(model_dir)
+    config = tmp_path / "run" / "baseline"
+    config.mkdir(parents=True)
+    prompts, outputs = ["Tell me about yourself.", "Describe a kitchen."], ["I like books.", ""]
+    nlls = continuation_nll(
+        model, tok, [(tok(p)["input_ids"], tok(o)["input_ids"] or [tok.eos_token_id]) for p, o in zip(prompts, outputs)]
+    )
+    rows = [{"doc_id": i, "arguments": [[p, {}]], "resps": [[o]], "gen_nll": n.per_token}
+            for i, (p, o, n) in enumerate(zip(prompts, outputs, nlls))]  # fmt: skip
+    (config / "samples_steer_emotion_anger.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (config / "results.json").write_text(json.dumps({"config": {"seconds": 100.0, "side_effects": {"seconds": 20.0}}}))
+    args = ["--model", model_dir, "--run", str(tmp_path / "run"), "--md", str(md), "--json", str(tmp_path / "q.json")]
+    assert benchmarks.quality.main(args) == 0
+    data = json.loads((tmp_path / "q.json").read_text())
+    assert data["outputs"] == 2 and data["run_s"] == 120.0 and data["max_abs_diff_gen_nll"] < 1e-5
+    assert data["share"] == (data["fluency_s"] + data["text_s"]) / 120.0
+    assert "quality metrics ≤ 15% of a run" in _section(md, "quality")
