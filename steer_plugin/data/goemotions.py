@@ -27,10 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from steer_plugin.errors import SteerError, check_choice
+from steer_plugin.errors import SteerError, check_choice, first_line
 
 HUB_DATASET = "google-research-datasets/go_emotions"
 HUB_CONFIG = "simplified"
+# a local GoEmotions release folder for the neutral texts (side effects, the continuation tasks) instead of the hub
+GOEMOTIONS_DIR_ENV = "STEER_GOEMOTIONS_DIR"
 
 # Index order of emotions.txt (27 = neutral); embedded so the hub path needs no folder.
 LABELS: tuple[str, ...] = (
@@ -164,6 +166,12 @@ def load_goemotions(split: str = "train", data_dir: str | os.PathLike | None = N
     return _read_tsv(folder / SPLIT_FILES[split])
 
 
+def neutral_texts_location(given: str | os.PathLike | None = None) -> str | None:
+    """Where the neutral texts come from: ``given`` if set, else $STEER_GOEMOTIONS_DIR, else None (the hub)."""
+    location = given or os.environ.get(GOEMOTIONS_DIR_ENV)
+    return str(location) if location else None
+
+
 def neutral_texts(split: str = "test", data_dir: str | os.PathLike | None = None) -> list[Example]:
     """The split's texts whose only label is neutral, in dataset order (prompts free of emotion)."""
     return [ex for ex in load_goemotions(split, data_dir) if ex.labels == ("neutral",)]
@@ -196,7 +204,7 @@ def _load_hub(split: str) -> list[Example]:
         ds = datasets.load_dataset(HUB_DATASET, HUB_CONFIG, split=split)
     except Exception as exc:  # network, auth, cache... all mean "could not get the hub data"
         raise SteerError(
-            f"cannot load {HUB_DATASET} ({HUB_CONFIG}, {split}) from the hub: {_one_line(exc)}; "
+            f"cannot load {HUB_DATASET} ({HUB_CONFIG}, {split}) from the hub: {first_line(exc, with_type=True)[:300]}; "
             f"or pass a local folder with {', '.join(SPLIT_FILES.values())}, {EMOTIONS_FILE}"
         ) from None
     names = _hub_label_names(ds)
@@ -230,7 +238,7 @@ def _read_label_names(folder: Path) -> tuple[str, ...]:
     except FileNotFoundError:
         raise SteerError(f"missing {EMOTIONS_FILE} in GoEmotions folder {folder}") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise SteerError(f"cannot read {path}: {_one_line(exc)}") from None
+        raise SteerError(f"cannot read {path}: {first_line(exc, with_type=True)[:300]}") from None
     names = tuple(line.strip() for line in text.splitlines() if line.strip())
     if names != LABELS:
         raise SteerError(
@@ -257,7 +265,7 @@ def _read_tsv(path: Path) -> list[Example]:
     except FileNotFoundError:
         raise SteerError(f"missing {path.name} in GoEmotions folder {path.parent}") from None
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise SteerError(f"cannot read {path}: {_one_line(exc)}") from None
+        raise SteerError(f"cannot read {path}: {first_line(exc, with_type=True)[:300]}") from None
     if not out:
         raise SteerError(f"{path} has no rows")
     return out
@@ -273,11 +281,6 @@ def _parse_ids(field_: str, path: Path, line: int) -> tuple[str, ...]:
             )
         labels.append(LABELS[int(part)])
     return tuple(labels)
-
-
-def _one_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:300]
 
 
 # --------------------------------------------------------------------------- selection

@@ -104,6 +104,15 @@ def finite_alpha(alpha: Any, name: str = "alpha") -> float:
     return value
 
 
+def alphas_per_vector(alphas: Sequence[float], n_vectors: int) -> list[float]:
+    """One alpha per vector: a single alpha serves every vector, any other count is an error."""
+    if len(alphas) == 1 and n_vectors > 1:
+        return list(alphas) * n_vectors
+    if len(alphas) != n_vectors:
+        raise SteerError(f"got {n_vectors} vectors but {len(alphas)} alphas; give one alpha or one per vector")
+    return list(alphas)
+
+
 def check_delta(
     delta: torch.Tensor, layer: int, dtype: torch.dtype = torch.float32, exact: torch.Tensor | None = None
 ) -> None:
@@ -131,10 +140,7 @@ def make_plan(
     blocks = resolve_module(model, block_path)
     n_layers = len(blocks)
     hidden = int(model.config.get_text_config().hidden_size)
-    if len(alphas) == 1 and len(vectors) > 1:
-        alphas = list(alphas) * len(vectors)
-    if len(alphas) != len(vectors):
-        raise SteerError(f"got {len(vectors)} vectors but {len(alphas)} alphas; give one alpha or one per vector")
+    alphas = alphas_per_vector(alphas, len(vectors))
     for v in vectors:
         name = v.metadata.get("source_path", "vector")
         if (v.n_layers, v.hidden_size) != (n_layers, hidden):

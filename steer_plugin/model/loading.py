@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
-from steer_plugin.errors import SteerError, check_choice
+from steer_plugin.errors import SteerError, check_choice, first_line
 
 # Where the decoder blocks live, per architecture family (first match wins).
 BLOCK_PATHS: tuple[str, ...] = (
@@ -102,8 +102,7 @@ class ModelOptions:
             )
             model = AutoModelForCausalLM.from_pretrained(self.name, **kwargs)
         except OSError as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise SteerError(f"cannot load model {self.name!r}: {first}") from None
+            raise SteerError(f"cannot load model {self.name!r}: {first_line(e)}") from None
         if self.device and not self.device_map:
             model.to(self.device)  # type: ignore[arg-type]  # a device string; transformers types it narrowly
         model.eval()
@@ -118,8 +117,7 @@ class ModelOptions:
                 self.name, revision=self.revision, trust_remote_code=self.trust_remote_code
             )
         except OSError as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise SteerError(f"cannot load the tokenizer of {self.name!r}: {first}") from None
+            raise SteerError(f"cannot load the tokenizer of {self.name!r}: {first_line(e)}") from None
         return bool(getattr(tok, "chat_template", None))
 
     def harness_args(self) -> dict[str, Any]:
