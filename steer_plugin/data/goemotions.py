@@ -25,7 +25,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast, get_args
 
 from steer_plugin.errors import SteerError, check_choice, first_line
 
@@ -56,7 +56,9 @@ EKMAN: dict[str, tuple[str, ...]] = {
 }  # fmt: skip
 
 EKMAN_PREFIX = "ekman:"
-SELECTIONS = ("exclusive", "any")
+# a text is in a class when its labels are exactly the class's (``exclusive``) or include one of them (``any``)
+SelectionRule = Literal["exclusive", "any"]
+SELECTIONS: tuple[SelectionRule, ...] = get_args(SelectionRule)
 # canonical split -> local file; "dev" is the upstream file name of the hub's "validation" split.
 SPLIT_FILES = {"train": "train.tsv", "validation": "dev.tsv", "test": "test.tsv"}
 _SPLIT_ALIASES = {"train": "train", "validation": "validation", "dev": "validation", "test": "test"}
@@ -129,17 +131,17 @@ def target_slug(name: str) -> str:
     return name.replace(":", "_")
 
 
-def _check_selection(selection: str) -> str:
-    return check_choice("selection", selection, SELECTIONS)
+def _check_selection(selection: str) -> SelectionRule:
+    return cast(SelectionRule, check_choice("selection", selection, SELECTIONS))
 
 
-def _in_class(labels: frozenset[str], members: frozenset[str], selection: str) -> bool:
+def _in_class(labels: frozenset[str], members: frozenset[str], selection: SelectionRule) -> bool:
     if selection == "exclusive":
         return bool(labels) and labels <= members
     return not labels.isdisjoint(members)
 
 
-def matches(labels: tuple[str, ...], target: str, selection: str = "exclusive") -> bool:
+def matches(labels: tuple[str, ...], target: str, selection: SelectionRule = "exclusive") -> bool:
     """Whether a text with ``labels`` belongs to class ``target`` under the selection rule."""
     _check_selection(selection)
     return _in_class(frozenset(labels), frozenset(resolve_target(target)), selection)
@@ -294,7 +296,7 @@ class Selection:
     target: str
     baseline: str
     split: str
-    selection: str
+    selection: SelectionRule
     max_per_class: int | None
     seed: int
     dedupe: bool
@@ -324,7 +326,7 @@ def _class_rows(
     labelsets: Sequence[frozenset[str]],
     name: str,
     members: frozenset[str],
-    selection: str,
+    selection: SelectionRule,
     max_per_class: int | None,
     seed: int,
     dedupe: bool,
@@ -353,7 +355,7 @@ def select_texts(
     examples: Sequence[Example],
     target: str,
     baseline: str = "neutral",
-    selection: str = "exclusive",
+    selection: SelectionRule = "exclusive",
     max_per_class: int | None = None,
     seed: int = 0,
     dedupe: bool = False,
@@ -398,7 +400,7 @@ def select_texts(
 
 def select_all(
     examples: Sequence[Example],
-    selection: str = "exclusive",
+    selection: SelectionRule = "exclusive",
     max_per_class: int | None = None,
     seed: int = 0,
     dedupe: bool = False,

@@ -47,8 +47,8 @@ from steer_plugin.harness.prefix_reuse import (
     score_groups,
 )
 from steer_plugin.io.terminal import printable
+from steer_plugin.model.backends import BACKENDS
 from steer_plugin.model.hooks import (
-    BACKENDS,
     NON_FINITE,
     Steerer,
     SteeringPlan,

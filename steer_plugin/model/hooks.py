@@ -23,11 +23,12 @@ from typing import Any, Protocol
 
 import torch
 
-from steer_plugin.errors import SteerError, check_choice
+from steer_plugin.errors import SteerError
 from steer_plugin.io.terminal import printable
+from steer_plugin.model.backends import check_backend
 from steer_plugin.model.layers import parse_layers
 from steer_plugin.model.loading import find_block_path, resolve_module
-from steer_plugin.model.positions import check_positions
+from steer_plugin.model.positions import Positions, check_positions
 
 
 class Steerable(Protocol):
@@ -48,7 +49,6 @@ NON_FINITE = (
     "the steered model's scores became non-finite (nan/inf): alpha x vector is too large for this model; "
     "use a smaller alpha"
 )
-BACKENDS = ("nnsight", "hooks")
 Where = str | torch.Tensor | None
 
 
@@ -205,7 +205,7 @@ def steer(
     alphas: Sequence[float],
     *,
     layers: str | Sequence[int] | None = "all",
-    positions: str = "all",
+    positions: Positions = "all",
     blocks: str | None = None,
 ) -> Iterator[None]:
     """Inside the ``with`` block, ``sum_i alpha_i * v_i`` is added to the chosen blocks' outputs (forward
@@ -221,9 +221,8 @@ class Steerer:
     """Applies a plan to a model's decoder blocks through one backend."""
 
     def __init__(self, model: Any, backend: str = "nnsight", blocks: str | None = None) -> None:
-        check_choice("backend", backend, BACKENDS)
         self.model = model
-        self.backend = backend
+        self.backend = check_backend(backend)
         self.block_path = find_block_path(model, blocks)
         self.blocks = resolve_module(model, self.block_path)
         self._nnsight: Any = None

@@ -7,8 +7,9 @@ from typing import Any
 import torch
 
 from steer_plugin.errors import SteerError, check_choice
+from steer_plugin.vectors.metadata import METHODS, Method
 from steer_plugin.vectors.stats import ClassStats, HiddenStateStats
-from steer_plugin.vectors.vector import METHODS, SteeringVector
+from steer_plugin.vectors.vector import SteeringVector
 
 RMS_SOURCE = "last-token block outputs of the target and baseline texts, pooled"
 
@@ -26,7 +27,7 @@ def build_vector(
     target: str | None = None,
     baseline: str | None = None,
     *,
-    method: str = "mean",
+    method: Method = "mean",
     top_k: int | None = None,
     layers: list[int] | None = None,
     scale: float | None = None,

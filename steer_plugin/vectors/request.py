@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from steer_plugin.data.goemotions import Selection
+from steer_plugin.data.goemotions import Selection, SelectionRule
 from steer_plugin.errors import SteerError
 from steer_plugin.model.loading import LoadedModel, ModelOptions
 from steer_plugin.vectors.stats import HiddenStateStats
@@ -17,7 +17,7 @@ class RecordRequest:
     baseline: str = "neutral"
     split: str = "train"
     data_dir: str | None = None
-    selection: str = "exclusive"
+    selection: SelectionRule = "exclusive"
     max_per_class: int | None = None
     seed: int = 0
     dedupe: bool = False

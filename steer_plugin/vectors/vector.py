@@ -14,11 +14,11 @@ from typing import Any
 import torch
 
 from steer_plugin.errors import SteerError
+from steer_plugin.model.positions import Positions
 from steer_plugin.vectors.metadata import metadata_problem
 
 VECTOR_FORMAT = "steer-plugin/vector"
 VECTOR_VERSION = 1
-METHODS = ("mean", "top_k")
 
 
 @dataclass
@@ -81,7 +81,7 @@ class SteeringVector:
         model: torch.nn.Module,
         alpha: float = 1.0,
         layers: str | list[int] | None = "all",
-        positions: str = "all",
+        positions: Positions = "all",
         *,
         blocks: str | None = None,
     ) -> AbstractContextManager[None]:
