@@ -20,6 +20,7 @@ from steer_plugin.errors import SteerError, check_choice
 from steer_plugin.harness.tasks import EMOTION_TASK_PREFIX, TRUTHFULQA_DIR_ENV
 from steer_plugin.io.outputs import check_output_dir, check_output_file
 from steer_plugin.model.backends import Backend
+from steer_plugin.model.layers import layer_ranges
 from steer_plugin.model.loading import DEFAULT_MODEL, Dtype, ModelOptions, model_slug
 from steer_plugin.model.positions import Positions, check_positions
 from steer_plugin.study.plan import Resolver, SweepOptions, SweepPlan
@@ -113,8 +114,6 @@ class Evaluation:
 
     def check(self, out: Path) -> None:
         """Everything that can be checked without a model: layer specs, positions, output paths."""
-        from steer_plugin.model.layers import layer_ranges
-
         for spec in self.layer_sets:
             layer_ranges(spec)
         if self.config_batch_rows is not None and self.config_batch_rows < 1:

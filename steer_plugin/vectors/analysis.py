@@ -42,8 +42,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from steer_plugin.errors import SteerError
+from steer_plugin.io.atomic import write_files_atomic
 from steer_plugin.io.terminal import printable
 from steer_plugin.io.text_table import format_table, number_cell
+from steer_plugin.vectors import plots
 
 if TYPE_CHECKING:  # pragma: no cover
     from steer_plugin.vectors.stats import HiddenStateStats
@@ -323,9 +325,6 @@ def layers_csv(result: AnalysisResult) -> str:
 
 
 def _write_outputs(result: AnalysisResult, out_dir: Path, top_k: int, top_n_rows: int | None) -> None:
-    from steer_plugin.io.atomic import write_files_atomic
-    from steer_plugin.vectors import plots
-
     title = result.title()
     payloads: dict[str, bytes] = {
         "ranking": ranking_csv(result, top_n_rows).encode(),

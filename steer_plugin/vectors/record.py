@@ -17,6 +17,7 @@ from typing import Any
 from steer_plugin.data.goemotions import Selection, target_slug
 from steer_plugin.data.prompts import PromptTemplate, encode, last_token_index, pad_batch, pad_id
 from steer_plugin.errors import SteerError
+from steer_plugin.io.atomic import new_temp_path, replace_all, reserve_space
 from steer_plugin.model.loading import find_block_path, resolve_module
 from steer_plugin.vectors.stats import ClassStats, HiddenStateStats
 
@@ -75,8 +76,6 @@ class _ActivationWriter:
     def __init__(self, out_dir: Path, items: Sequence[RecordItem], shape: tuple[int, int], dtype: str):
         import numpy as np
 
-        from steer_plugin.io.atomic import new_temp_path, reserve_space
-
         if dtype not in ("float16", "float32"):
             raise SteerError(f"activation dtype must be float16 or float32, not {dtype!r}")
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -117,8 +116,6 @@ class _ActivationWriter:
             del arr
         self.arrays.clear()
         if ok:  # the classes' files as one set, like every multi-file output
-            from steer_plugin.io.atomic import replace_all
-
             replace_all({self.final[c]: tmp for c, tmp in self.tmp.items()})
             return
         for tmp in self.tmp.values():

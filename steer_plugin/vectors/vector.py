@@ -13,7 +13,13 @@ from typing import Any
 
 import torch
 
+from steer_plugin import __version__
+from steer_plugin.data.goemotions import target_slug
 from steer_plugin.errors import SteerError
+from steer_plugin.io.npy import read_float_matrix
+from steer_plugin.io.safetensors import read_safetensors, write_safetensors
+from steer_plugin.model.hooks import steer
+from steer_plugin.model.loading import model_slug
 from steer_plugin.model.positions import Positions
 from steer_plugin.vectors.metadata import metadata_problem
 
@@ -91,8 +97,6 @@ class SteeringVector:
         ``positions="all"`` steers every position of every forward pass; ``"response"`` only the last
         position of each forward, which in ``model.generate`` (left padding for batches) is the last
         prompt token and then every generated token."""
-        from steer_plugin.model.hooks import steer
-
         return steer(model, [self], [alpha], layers=layers, positions=positions, blocks=blocks)
 
     # --- arithmetic: mixes keep an honest record of what they are made of ---------------------
@@ -137,8 +141,6 @@ class SteeringVector:
     # --- file format -------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
         """Write atomically (temp file + rename): a reader never sees a half-written file."""
-        from steer_plugin.io.safetensors import write_safetensors
-
         if not torch.isfinite(self.matrix).all():
             raise SteerError("refusing to save a steering vector with non-finite values")
         problem = metadata_problem({**self.metadata, "n_layers": self.n_layers, "hidden_size": self.hidden_size})
@@ -151,7 +153,6 @@ class SteeringVector:
             "n_layers": self.n_layers,
             "hidden_size": self.hidden_size,
         }
-        from steer_plugin import __version__
 
         meta.setdefault("package_version", __version__)
         header = {k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}
@@ -167,8 +168,6 @@ class SteeringVector:
 
         Matrices taken from transformers' ``hidden_states`` have an extra first row (the embeddings);
         ``drop_embedding_row`` removes it so row ``l`` is block ``l``'s output again."""
-        from steer_plugin.io.npy import read_float_matrix
-
         matrix = read_float_matrix(path, drop_first_row=drop_embedding_row)
         meta = {"source_file": Path(path).name, "method": "imported", "imported_from": "reference-npy"}
         return cls(torch.from_numpy(matrix), meta)
@@ -179,7 +178,6 @@ class SteeringVector:
         p = Path(path)
         if p.suffix == ".npy":
             return cls.from_npy(p)
-        from steer_plugin.io.safetensors import read_safetensors
 
         tensors, header = read_safetensors(
             p, expected_format=VECTOR_FORMAT, what="steering vector", version=VECTOR_VERSION
@@ -227,9 +225,6 @@ def _mix_metadata(a: SteeringVector, b: SteeringVector, terms: list[dict[str, An
 
 def default_vector_path(model: str, emotion: str, method: str, top_k: int | None = None) -> Path:
     """Where built vectors live: ``vectors/<model-slug>/<emotion>-<method>[-k].safetensors``."""
-    from steer_plugin.data.goemotions import target_slug
-    from steer_plugin.model.loading import model_slug
-
     name = f"{target_slug(emotion)}-{method}" + (f"-{top_k}" if method == "top_k" else "")
     return Path("vectors") / model_slug(model) / f"{name}.safetensors"
 
