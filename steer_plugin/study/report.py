@@ -16,6 +16,8 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from steer_plugin.data.goemotions import EKMAN, EKMAN_PREFIX, LABELS, canonical_target, target_slug
 from steer_plugin.errors import SteerError
 from steer_plugin.io.atomic import write_files_atomic
@@ -359,8 +361,6 @@ def leakage_csv(table: Leakage) -> str:
 
 
 def leakage_png(table: Leakage, what: str) -> bytes:
-    import numpy as np
-
     grid = np.array([[table.cells[(e, lab)].delta if (e, lab) in table.cells else np.nan for lab in table.labels]
                      for e in table.emotions])  # fmt: skip
     lim = float(np.nanmax(np.abs(grid))) if np.isfinite(grid).any() else 0.0

@@ -14,6 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+
 from steer_plugin.data.goemotions import Selection, target_slug
 from steer_plugin.data.prompts import PromptTemplate, encode, last_token_index, pad_batch, pad_id
 from steer_plugin.errors import SteerError
@@ -53,8 +56,6 @@ class LastTokenRecorder:
         self.input_device = model.get_input_embeddings().weight.device
 
     def __call__(self, ids: Any, mask: Any, positions: Any) -> Any:
-        import torch
-
         last = last_token_index(mask).to(self.input_device)
         rows = torch.arange(ids.shape[0], device=self.input_device)
         kwargs = {"input_ids": ids.to(self.input_device), "attention_mask": mask.to(self.input_device)}
@@ -74,8 +75,6 @@ class _ActivationWriter:
     """Per-class memory-mapped ``.npy`` files [N_class, L, H], rows in selection order."""
 
     def __init__(self, out_dir: Path, items: Sequence[RecordItem], shape: tuple[int, int], dtype: str):
-        import numpy as np
-
         if dtype not in ("float16", "float32"):
             raise SteerError(f"activation dtype must be float16 or float32, not {dtype!r}")
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -142,8 +141,6 @@ def record_hidden_states(
     if it belongs to several classes. Under torch.distributed each rank records a shard and the
     statistics are merged across ranks.
     """
-    import torch
-
     if isinstance(items, Selection):
         items = items.classes
     if isinstance(items, Mapping):  # {class name: texts}
@@ -225,7 +222,6 @@ def init_distributed_if_launched() -> bool:
     record the whole selection alone. gloo on CPU, nccl (one GPU per local rank) on CUDA. Returns
     whether this process is part of a multi-process group.
     """
-    import torch
     import torch.distributed as dist
 
     if not dist.is_available():
@@ -252,7 +248,6 @@ def _dist_rank_world() -> tuple[int, int]:
 
 def _merge_across_ranks(local: HiddenStateStats, names: list[str], shape: tuple[int, int]) -> HiddenStateStats:
     """Gather every rank's (count, mean, M2) and merge them in rank order: identical on all ranks."""
-    import torch
     import torch.distributed as dist
 
     world = dist.get_world_size()
