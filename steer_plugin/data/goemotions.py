@@ -159,7 +159,16 @@ def canonical_split(split: str) -> str:
 
 
 def load_goemotions(split: str = "train", data_dir: str | os.PathLike | None = None) -> list[Example]:
-    """Examples of one split, from the local folder ``data_dir`` or (if None) the hub dataset."""
+    """The GoEmotions examples of one split.
+
+    Args:
+        split: ``train``, ``validation`` (also ``dev``) or ``test``.
+        data_dir: a local release folder (``train.tsv``, ``dev.tsv``, ``test.tsv``, ``emotions.txt``);
+            None: the hub dataset.
+
+    Returns:
+        The split's examples (id, text, labels) in dataset order, the same from either source.
+    """
     split = canonical_split(split)
     if data_dir is None:
         return _load_hub(split)
@@ -362,7 +371,21 @@ def select_texts(
     split: str = "train",
     source: str = "local",
 ) -> Selection:
-    """Texts of ``target`` and ``baseline`` under the selection rule; SteerError if either is empty."""
+    """The texts of ``target`` and ``baseline``: the two classes a steering vector is the difference of.
+
+    Args:
+        examples: GoEmotions examples (``load_goemotions``).
+        target: a label (``anger``) or an Ekman group (``ekman:anger``).
+        baseline: the class the vector points away from.
+        selection: ``exclusive`` (a text's labels all lie in the class) or ``any`` (one of them does).
+        max_per_class: a seeded sample of at most this many texts per class (dataset order kept); None: all.
+        seed: the seed of that sample.
+        dedupe: drop identical texts within a class.
+        split, source: recorded in the result (and the vector's metadata), not used to select.
+
+    Returns:
+        The texts per class in dataset order, with what was asked; a SteerError if a class has no texts.
+    """
     _check_selection(selection)
     _check_sampling(max_per_class, seed)
     split = canonical_split(split)

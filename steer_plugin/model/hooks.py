@@ -209,7 +209,20 @@ def steer(
     blocks: str | None = None,
 ) -> Iterator[None]:
     """Inside the ``with`` block, ``sum_i alpha_i * v_i`` is added to the chosen blocks' outputs (forward
-    hooks, removed on exit); ``positions="response"`` steers the last position of each forward."""
+    hooks, removed on exit, also after an error).
+
+    Args:
+        model: a transformers causal LM.
+        vectors: steering vectors (``SteeringVector``), each ``[n_layers, hidden]`` of this model.
+        alphas: one per vector, or one for all.
+        layers: ``all``, ``middle``, 0-based ``0,3,5-9``, or indices.
+        positions: ``all`` (every position of every forward) or ``response`` (the last position of each
+            forward: in ``generate``, the last prompt token and then every generated token).
+        blocks: module path of the decoder blocks, if they are not found automatically.
+
+    Returns:
+        A context manager; nothing is steered outside it.
+    """
     check_positions(positions)
     steerer = Steerer(model, "hooks", blocks)
     plan = make_plan(vectors, alphas, model, steerer.block_path, layers)

@@ -32,7 +32,21 @@ def build_vector(
     layers: list[int] | None = None,
     scale: float | None = None,
 ) -> SteeringVector:
-    """``mean(target) - mean(baseline)`` per layer; ``top_k`` keeps the k largest |diff| per layer."""
+    """The steering vector ``mean(target) - mean(baseline)`` per layer, from recorded statistics.
+
+    Args:
+        stats: the recorded statistics (``record_hidden_states``, or ``HiddenStateStats.load``).
+        target: the emotion class; None: the one the statistics were recorded for.
+        baseline: the class it points away from; None: the recorded baseline (else ``neutral``).
+        method: ``mean`` (the whole difference) or ``top_k`` (its ``top_k`` largest ``|entries|`` per layer).
+        top_k: neurons kept per layer by ``method="top_k"``.
+        layers: keep only these layers (0-based; the others are zero); None: all.
+        scale: multiply the difference by this (recorded in the metadata).
+
+    Returns:
+        The vector, ``[n_layers, hidden]``, with the statistics' provenance, the counts and the residual
+        stream's RMS per layer in its metadata.
+    """
     target = target or stats.metadata.get("target")
     baseline = baseline or stats.metadata.get("baseline") or "neutral"
     if not target or target == "all":

@@ -140,6 +140,23 @@ def record_hidden_states(
     Texts are sorted by token length before batching (little padding); every text is run once even
     if it belongs to several classes. Under torch.distributed each rank records a shard and the
     statistics are merged across ranks.
+
+    Args:
+        model: a transformers causal LM (any device and dtype).
+        tokenizer: its tokenizer.
+        items: the texts: a ``Selection`` (``select_texts``), texts per class name, or ``RecordItem``s
+            (a text with every class it counts for).
+        batch_size: texts per forward pass.
+        template: ``raw``, ``chat`` or a format string with ``{text}`` (see ``PromptTemplate``).
+        padding_side: ``left`` or ``right``; None: the tokenizer's.
+        blocks: module path of the decoder blocks, if they are not found automatically.
+        progress: show a progress bar.
+        save_activations: a folder for the raw per-class activations too (``<class>.npy``, one process only).
+        activation_dtype: ``float16`` or ``float32``, of those files.
+        metadata: extra metadata for the result (the recording adds the model, template and padding).
+
+    Returns:
+        Count, mean and sum of squared deviations per class and layer (``[n_layers, hidden]`` each).
     """
     if isinstance(items, Selection):
         items = items.classes
