@@ -12,3 +12,20 @@ def check_choice(what: str, value: str, accepted: Sequence[str]) -> str:
     if value not in accepted:
         raise SteerError(f"unknown {what} {value!r}; use one of {', '.join(accepted)}")
     return value
+
+
+def first_line(err: BaseException, *, with_type: bool = False) -> str:
+    """The first line of ``err``'s message, for a one-line error (a library's message may run to a traceback).
+
+    Args:
+        err: the exception caught.
+        with_type: prefix its type's name (``OSError: ...``).
+
+    Returns:
+        The first non-blank line; without one, the type's name (or ``Type: `` with ``with_type``).
+    """
+    lines = str(err).strip().splitlines()
+    line = lines[0].strip() if lines else ""
+    if with_type:
+        return f"{type(err).__name__}: {line}"
+    return line or type(err).__name__

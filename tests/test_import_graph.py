@@ -109,3 +109,17 @@ def test_the_command_line_parser_imports_no_torch():
     code = "import sys; from steer_plugin.cli import build_parser; build_parser(); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_reading_results_imports_no_torch():
+    """`steer table` / `steer report` read results files without torch; the classifier module loads it only
+    when a model scores (the emotion tasks import it while lm-eval builds them)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import steer_plugin.study.table, steer_plugin.study.report, steer_plugin.harness.classifier; "
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

@@ -231,16 +231,16 @@ def test_report_command(run_folder, capsys):
 def test_run_several_emotions_records_once(tmp_path, tiny_chat_llama_dir, monkeypatch, capsys, shared_or_none):
     from test_classifier import build_goemotions_classifier
 
-    import steer_plugin.vectors.record as record
+    import steer_plugin.vectors.request as request  # where `steer run`'s recording looks the recorder up
 
     calls = []
-    real = record.record_hidden_states
+    real = request.record_hidden_states
 
     def counting(model, tok, items, **kw):
         calls.append(sorted({c for it in items for c in it.classes}))
         return real(model, tok, items, **kw)
 
-    monkeypatch.setattr(record, "record_hidden_states", counting)
+    monkeypatch.setattr(request, "record_hidden_states", counting)
     clf = build_goemotions_classifier(tmp_path / "clf")
     monkeypatch.chdir(tmp_path)
     args = ["run", "--model", tiny_chat_llama_dir, "--emotion", "anger,disgust", "--data", str(FIXTURE), "--top-k", "4",

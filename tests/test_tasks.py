@@ -16,7 +16,7 @@ import pytest
 from helpers_tiny import CHAT_TEMPLATE, load_script
 from test_classifier import ForwardCounter, build_goemotions_classifier, reference_probs
 
-from steer_plugin.data.goemotions import EKMAN, LABELS, target_slug, valid_targets
+from steer_plugin.data.goemotions import EKMAN, GOEMOTIONS_DIR_ENV, LABELS, target_slug, valid_targets
 from steer_plugin.errors import SteerError
 from steer_plugin.harness import classifier as C
 
@@ -175,7 +175,7 @@ def test_continuation_docs_from_local_goemotions_folder(goemotions_dir, goemo_di
         {"id": "c1", "text": "Plain neutral text about the bus schedule."},
         {"id": "c2", "text": 'Three words, no subtlety. "Dude. Stop." '},
     ]
-    monkeypatch.setenv(mod.GOEMOTIONS_DIR_ENV, str(goemotions_dir))
+    monkeypatch.setenv(GOEMOTIONS_DIR_ENV, str(goemotions_dir))
     task = task_manager(classifier=goemo_dir).load(["steer_emotion_continue_fear"])["tasks"][
         "steer_emotion_continue_fear"
     ]

@@ -26,7 +26,7 @@ except ImportError:  # a checkout without `pip install -e .`: the package sits t
 
 from lm_eval.api.filter import Filter
 
-from steer_plugin.data.goemotions import neutral_texts, resolve_target
+from steer_plugin.data.goemotions import neutral_texts, neutral_texts_location, resolve_target
 from steer_plugin.data.text_quality import quality_metrics
 from steer_plugin.errors import SteerError
 from steer_plugin.harness.classifier import (
@@ -38,7 +38,6 @@ from steer_plugin.harness.classifier import (
 
 HERE = Path(__file__).resolve().parent
 PROMPTS_FILE = HERE / "neutral_prompts.jsonl"
-GOEMOTIONS_DIR_ENV = "STEER_GOEMOTIONS_DIR"
 CONTINUE_DOCS = 200  # fixed subset: the first 200 neutral-only GoEmotions test texts
 SOURCE_PROMPTS = "prompts"
 SOURCE_CONTINUE = "goemotions_neutral"
@@ -60,8 +59,7 @@ def load_neutral_texts(limit: int = CONTINUE_DOCS, folder: str | os.PathLike | N
 
     Read from ``folder`` (or $STEER_GOEMOTIONS_DIR, a GoEmotions release folder), else from the hub.
     """
-    folder = folder if folder is not None else os.environ.get(GOEMOTIONS_DIR_ENV)
-    return [{"id": ex.id, "text": ex.text} for ex in neutral_texts("test", folder or None)[:limit]]
+    return [{"id": ex.id, "text": ex.text} for ex in neutral_texts("test", neutral_texts_location(folder))[:limit]]
 
 
 def build_docs(

@@ -25,12 +25,14 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast, get_args
 
-from steer_plugin.errors import SteerError, check_choice
+from steer_plugin.errors import SteerError, check_choice, first_line
 
 HUB_DATASET = "google-research-datasets/go_emotions"
 HUB_CONFIG = "simplified"
+# a local GoEmotions release folder for the neutral texts (side effects, the continuation tasks) instead of the hub
+GOEMOTIONS_DIR_ENV = "STEER_GOEMOTIONS_DIR"
 
 # Index order of emotions.txt (27 = neutral); embedded so the hub path needs no folder.
 LABELS: tuple[str, ...] = (
@@ -54,7 +56,9 @@ EKMAN: dict[str, tuple[str, ...]] = {
 }  # fmt: skip
 
 EKMAN_PREFIX = "ekman:"
-SELECTIONS = ("exclusive", "any")
+# a text is in a class when its labels are exactly the class's (``exclusive``) or include one of them (``any``)
+SelectionRule = Literal["exclusive", "any"]
+SELECTIONS: tuple[SelectionRule, ...] = get_args(SelectionRule)
 # canonical split -> local file; "dev" is the upstream file name of the hub's "validation" split.
 SPLIT_FILES = {"train": "train.tsv", "validation": "dev.tsv", "test": "test.tsv"}
 _SPLIT_ALIASES = {"train": "train", "validation": "validation", "dev": "validation", "test": "test"}
@@ -127,17 +131,17 @@ def target_slug(name: str) -> str:
     return name.replace(":", "_")
 
 
-def _check_selection(selection: str) -> str:
-    return check_choice("selection", selection, SELECTIONS)
+def _check_selection(selection: str) -> SelectionRule:
+    return cast(SelectionRule, check_choice("selection", selection, SELECTIONS))
 
 
-def _in_class(labels: frozenset[str], members: frozenset[str], selection: str) -> bool:
+def _in_class(labels: frozenset[str], members: frozenset[str], selection: SelectionRule) -> bool:
     if selection == "exclusive":
         return bool(labels) and labels <= members
     return not labels.isdisjoint(members)
 
 
-def matches(labels: tuple[str, ...], target: str, selection: str = "exclusive") -> bool:
+def matches(labels: tuple[str, ...], target: str, selection: SelectionRule = "exclusive") -> bool:
     """Whether a text with ``labels`` belongs to class ``target`` under the selection rule."""
     _check_selection(selection)
     return _in_class(frozenset(labels), frozenset(resolve_target(target)), selection)
@@ -155,13 +159,28 @@ def canonical_split(split: str) -> str:
 
 
 def load_goemotions(split: str = "train", data_dir: str | os.PathLike | None = None) -> list[Example]:
-    """Examples of one split, from the local folder ``data_dir`` or (if None) the hub dataset."""
+    """The GoEmotions examples of one split.
+
+    Args:
+        split: ``train``, ``validation`` (also ``dev``) or ``test``.
+        data_dir: a local release folder (``train.tsv``, ``dev.tsv``, ``test.tsv``, ``emotions.txt``);
+            None: the hub dataset.
+
+    Returns:
+        The split's examples (id, text, labels) in dataset order, the same from either source.
+    """
     split = canonical_split(split)
     if data_dir is None:
         return _load_hub(split)
     folder = _check_folder(data_dir)
     _read_label_names(folder)  # the TSV indices are only meaningful with the expected names
     return _read_tsv(folder / SPLIT_FILES[split])
+
+
+def neutral_texts_location(given: str | os.PathLike | None = None) -> str | None:
+    """Where the neutral texts come from: ``given`` if set, else $STEER_GOEMOTIONS_DIR, else None (the hub)."""
+    location = given or os.environ.get(GOEMOTIONS_DIR_ENV)
+    return str(location) if location else None
 
 
 def neutral_texts(split: str = "test", data_dir: str | os.PathLike | None = None) -> list[Example]:
@@ -196,7 +215,7 @@ def _load_hub(split: str) -> list[Example]:
         ds = datasets.load_dataset(HUB_DATASET, HUB_CONFIG, split=split)
     except Exception as exc:  # network, auth, cache... all mean "could not get the hub data"
         raise SteerError(
-            f"cannot load {HUB_DATASET} ({HUB_CONFIG}, {split}) from the hub: {_one_line(exc)}; "
+            f"cannot load {HUB_DATASET} ({HUB_CONFIG}, {split}) from the hub: {first_line(exc, with_type=True)[:300]}; "
             f"or pass a local folder with {', '.join(SPLIT_FILES.values())}, {EMOTIONS_FILE}"
         ) from None
     names = _hub_label_names(ds)
@@ -230,7 +249,7 @@ def _read_label_names(folder: Path) -> tuple[str, ...]:
     except FileNotFoundError:
         raise SteerError(f"missing {EMOTIONS_FILE} in GoEmotions folder {folder}") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise SteerError(f"cannot read {path}: {_one_line(exc)}") from None
+        raise SteerError(f"cannot read {path}: {first_line(exc, with_type=True)[:300]}") from None
     names = tuple(line.strip() for line in text.splitlines() if line.strip())
     if names != LABELS:
         raise SteerError(
@@ -257,7 +276,7 @@ def _read_tsv(path: Path) -> list[Example]:
     except FileNotFoundError:
         raise SteerError(f"missing {path.name} in GoEmotions folder {path.parent}") from None
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise SteerError(f"cannot read {path}: {_one_line(exc)}") from None
+        raise SteerError(f"cannot read {path}: {first_line(exc, with_type=True)[:300]}") from None
     if not out:
         raise SteerError(f"{path} has no rows")
     return out
@@ -275,11 +294,6 @@ def _parse_ids(field_: str, path: Path, line: int) -> tuple[str, ...]:
     return tuple(labels)
 
 
-def _one_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:300]
-
-
 # --------------------------------------------------------------------------- selection
 
 
@@ -291,7 +305,7 @@ class Selection:
     target: str
     baseline: str
     split: str
-    selection: str
+    selection: SelectionRule
     max_per_class: int | None
     seed: int
     dedupe: bool
@@ -321,7 +335,7 @@ def _class_rows(
     labelsets: Sequence[frozenset[str]],
     name: str,
     members: frozenset[str],
-    selection: str,
+    selection: SelectionRule,
     max_per_class: int | None,
     seed: int,
     dedupe: bool,
@@ -350,14 +364,28 @@ def select_texts(
     examples: Sequence[Example],
     target: str,
     baseline: str = "neutral",
-    selection: str = "exclusive",
+    selection: SelectionRule = "exclusive",
     max_per_class: int | None = None,
     seed: int = 0,
     dedupe: bool = False,
     split: str = "train",
     source: str = "local",
 ) -> Selection:
-    """Texts of ``target`` and ``baseline`` under the selection rule; SteerError if either is empty."""
+    """The texts of ``target`` and ``baseline``: the two classes a steering vector is the difference of.
+
+    Args:
+        examples: GoEmotions examples (``load_goemotions``).
+        target: a label (``anger``) or an Ekman group (``ekman:anger``).
+        baseline: the class the vector points away from.
+        selection: ``exclusive`` (a text's labels all lie in the class) or ``any`` (one of them does).
+        max_per_class: a seeded sample of at most this many texts per class (dataset order kept); None: all.
+        seed: the seed of that sample.
+        dedupe: drop identical texts within a class.
+        split, source: recorded in the result (and the vector's metadata), not used to select.
+
+    Returns:
+        The texts per class in dataset order, with what was asked; a SteerError if a class has no texts.
+    """
     _check_selection(selection)
     _check_sampling(max_per_class, seed)
     split = canonical_split(split)
@@ -395,7 +423,7 @@ def select_texts(
 
 def select_all(
     examples: Sequence[Example],
-    selection: str = "exclusive",
+    selection: SelectionRule = "exclusive",
     max_per_class: int | None = None,
     seed: int = 0,
     dedupe: bool = False,

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from steer_plugin.data.goemotions import EKMAN, LABELS, ekman_group, resolve_target
-from steer_plugin.errors import SteerError
+from steer_plugin.errors import SteerError, first_line
 
 DEFAULT_CLASSIFIER = "SamLowe/roberta-base-go_emotions"
 CLASSIFIER_ENV = "STEER_CLASSIFIER"
@@ -86,12 +86,17 @@ def metric_label(label: str) -> str:
     return re.sub(r"[^a-z0-9_]+", "_", label.strip().lower()).strip("_") or "label"
 
 
-def resolve_classifier_name(name: str | None = None) -> str:
-    """The classifier to use: ``name`` if given, else $STEER_CLASSIFIER, else the SamLowe model."""
+def chosen_classifier(name: str | None = None) -> str | None:
+    """The classifier asked for: ``name`` if given, else $STEER_CLASSIFIER; None when neither is (the default)."""
     for candidate in (name, os.environ.get(CLASSIFIER_ENV)):
         if candidate is not None and str(candidate).strip():
             return str(candidate).strip()
-    return DEFAULT_CLASSIFIER
+    return None
+
+
+def resolve_classifier_name(name: str | None = None) -> str:
+    """The classifier to use: ``name`` if given, else $STEER_CLASSIFIER, else the SamLowe model."""
+    return chosen_classifier(name) or DEFAULT_CLASSIFIER
 
 
 @dataclass(frozen=True)
@@ -331,9 +336,8 @@ def _load(name: str, device: str) -> EmotionClassifier:
         tokenizer = AutoTokenizer.from_pretrained(source)
         model = AutoModelForSequenceClassification.from_pretrained(source)
     except (OSError, ValueError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise SteerError(
-            f"cannot load emotion classifier {name!r} ({first_line}); accepted: a local folder "
+            f"cannot load emotion classifier {name!r} ({first_line(err)}); accepted: a local folder "
             "saved with save_pretrained, a Hugging Face hub id, or 'nade'"
         ) from err
     model.eval().to(device)

@@ -48,12 +48,13 @@ from steer_plugin.harness.prefix_reuse import (
     split_by_window,
 )
 from steer_plugin.io.terminal import printable
+from steer_plugin.model.backends import BACKENDS
 from steer_plugin.model.hooks import (
-    BACKENDS,
     NON_FINITE,
     Steerer,
     SteeringPlan,
     Where,
+    alphas_per_vector,
     finite_alpha,
     make_plan,
 )
@@ -164,8 +165,8 @@ class SteeredHFLM(HFLM):
         alphas = _parse_alphas(alpha)
         layer_ranges(None if layers is None else str(layers))  # syntax; the range needs the model
         vectors = [self._load_vector(p) for p in _split(vector)]
-        if vectors and len(alphas) not in (1, len(vectors)):
-            raise SteerError(f"got {len(vectors)} vectors but {len(alphas)} alphas; give one alpha or one per vector")
+        if vectors:
+            alphas_per_vector(alphas, len(vectors))
         super().__init__(pretrained=pretrained, **kwargs)
         self._blocks = blocks
         self._rolling = False
@@ -244,9 +245,7 @@ class SteeredHFLM(HFLM):
         vector, alpha, layers = steering.get("vector"), steering.get("alpha", 1.0), steering.get("layers", "all")
         checked = check_positions(steering.get("positions", "all"))
         vectors = [self._load_vector(v) for v in (vector if isinstance(vector, (list, tuple)) else _split(vector))]
-        alphas = _parse_alphas(alpha)
-        if len(alphas) == 1 and len(vectors) > 1:
-            alphas = alphas * len(vectors)
+        alphas = alphas_per_vector(_parse_alphas(alpha), len(vectors)) if vectors else _parse_alphas(alpha)
         chosen = parse_layers(None if layers is None else str(layers), len(self.steerer.blocks))
         plan = make_plan(vectors, alphas, self.model, self.steerer.block_path, chosen) if vectors else SteeringPlan()
         return ResolvedSteering(vectors, alphas, chosen, checked, plan)

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from steer_plugin.data.prompts import pad_batch
 from steer_plugin.model.hooks import RowPlan, SteeringPlan
+from steer_plugin.model.positions import Positions
 from steer_plugin.steering.kv_prefix import KVPrefix, ReuseUnsupported, fits_window
 
 Answer = tuple[float, bool]  # (log-probability of the continuation, is it the greedy continuation)
@@ -74,7 +75,7 @@ def plain_token_count(
 
 
 # -- configurations ----------------------------------------------------------------------------------
-def config_key(plan: SteeringPlan, positions: str) -> Hashable:
+def config_key(plan: SteeringPlan, positions: Positions) -> Hashable:
     """Identity of a steering configuration by what it computes (the deltas, not the file names)."""
     if not plan.active:
         return UNSTEERED
@@ -91,10 +92,10 @@ class TailConfig:
 
     key: Hashable
     plan: SteeringPlan
-    positions: str
+    positions: Positions
 
     @classmethod
-    def of(cls, plan: SteeringPlan, positions: str) -> TailConfig:
+    def of(cls, plan: SteeringPlan, positions: Positions) -> TailConfig:
         return cls(config_key(plan, positions), plan, positions)
 
     @property

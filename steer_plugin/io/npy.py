@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from steer_plugin.errors import SteerError
+from steer_plugin.errors import SteerError, first_line
 
 
 def read_npy_header(path: str | os.PathLike) -> tuple[tuple[int, ...], bool, Any, int]:
@@ -37,8 +37,7 @@ def read_npy_header(path: str | os.PathLike) -> tuple[tuple[int, ...], bool, Any
                 raise ValueError(f"unsupported .npy format version {version[0]}.{version[1]}")
             offset = f.tell()
     except Exception as e:  # numpy raises ValueError, EOFError, tokenize errors ... for bad headers
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise SteerError(f"{p}: not a readable .npy matrix (bad header: {first[:200]})") from None
+        raise SteerError(f"{p}: not a readable .npy matrix (bad header: {first_line(e)[:200]})") from None
     if any(n < 0 for n in shape):
         raise SteerError(f"{p}: not a readable .npy matrix (negative shape {shape} in the header)")
     if dtype.hasobject:

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from steer_plugin.errors import SteerError
+from steer_plugin.io.atomic import atomic_path
 
 
 class OtherFormat(SteerError):
@@ -19,8 +20,6 @@ def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
     """Tensors plus string metadata (``format``, ``format_version``, ``metadata`` JSON ...), all or nothing."""
     from safetensors import SafetensorError
     from safetensors.torch import save_file
-
-    from steer_plugin.io.atomic import atomic_path
 
     with atomic_path(path) as tmp:
         try:

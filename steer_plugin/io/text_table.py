@@ -2,7 +2,21 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Sequence
+
+MISSING = "-"  # the cell of a number that was not measured
+
+
+def number_cell(x: float | None, spec: str = ".4g") -> str:
+    """A number as a table cell: ``format(x, spec)``, an integer (a layer, a count) as it is, ``-`` when
+    it is missing (None or NaN; numpy numbers included)."""
+    if x is None or (isinstance(x, numbers.Real) and math.isnan(x)):
+        return MISSING
+    if isinstance(x, numbers.Integral):
+        return str(int(x))
+    return format(x, spec)
 
 
 def format_table(

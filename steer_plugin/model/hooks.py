@@ -23,11 +23,12 @@ from typing import Any, Protocol
 
 import torch
 
-from steer_plugin.errors import SteerError, check_choice
+from steer_plugin.errors import SteerError
 from steer_plugin.io.terminal import printable
+from steer_plugin.model.backends import check_backend
 from steer_plugin.model.layers import parse_layers
 from steer_plugin.model.loading import find_block_path, resolve_module
-from steer_plugin.model.positions import check_positions
+from steer_plugin.model.positions import Positions, check_positions
 
 
 class Steerable(Protocol):
@@ -48,7 +49,6 @@ NON_FINITE = (
     "the steered model's scores became non-finite (nan/inf): alpha x vector is too large for this model; "
     "use a smaller alpha"
 )
-BACKENDS = ("nnsight", "hooks")
 Where = str | torch.Tensor | None
 
 
@@ -104,6 +104,15 @@ def finite_alpha(alpha: Any, name: str = "alpha") -> float:
     return value
 
 
+def alphas_per_vector(alphas: Sequence[float], n_vectors: int) -> list[float]:
+    """One alpha per vector: a single alpha serves every vector, any other count is an error."""
+    if len(alphas) == 1 and n_vectors > 1:
+        return list(alphas) * n_vectors
+    if len(alphas) != n_vectors:
+        raise SteerError(f"got {n_vectors} vectors but {len(alphas)} alphas; give one alpha or one per vector")
+    return list(alphas)
+
+
 def check_delta(
     delta: torch.Tensor, layer: int, dtype: torch.dtype = torch.float32, exact: torch.Tensor | None = None
 ) -> None:
@@ -131,10 +140,7 @@ def make_plan(
     blocks = resolve_module(model, block_path)
     n_layers = len(blocks)
     hidden = int(model.config.get_text_config().hidden_size)
-    if len(alphas) == 1 and len(vectors) > 1:
-        alphas = list(alphas) * len(vectors)
-    if len(alphas) != len(vectors):
-        raise SteerError(f"got {len(vectors)} vectors but {len(alphas)} alphas; give one alpha or one per vector")
+    alphas = alphas_per_vector(alphas, len(vectors))
     for v in vectors:
         name = v.metadata.get("source_path", "vector")
         if (v.n_layers, v.hidden_size) != (n_layers, hidden):
@@ -199,11 +205,24 @@ def steer(
     alphas: Sequence[float],
     *,
     layers: str | Sequence[int] | None = "all",
-    positions: str = "all",
+    positions: Positions = "all",
     blocks: str | None = None,
 ) -> Iterator[None]:
     """Inside the ``with`` block, ``sum_i alpha_i * v_i`` is added to the chosen blocks' outputs (forward
-    hooks, removed on exit); ``positions="response"`` steers the last position of each forward."""
+    hooks, removed on exit, also after an error).
+
+    Args:
+        model: a transformers causal LM.
+        vectors: steering vectors (``SteeringVector``), each ``[n_layers, hidden]`` of this model.
+        alphas: one per vector, or one for all.
+        layers: ``all``, ``middle``, 0-based ``0,3,5-9``, or indices.
+        positions: ``all`` (every position of every forward) or ``response`` (the last position of each
+            forward: in ``generate``, the last prompt token and then every generated token).
+        blocks: module path of the decoder blocks, if they are not found automatically.
+
+    Returns:
+        A context manager; nothing is steered outside it.
+    """
     check_positions(positions)
     steerer = Steerer(model, "hooks", blocks)
     plan = make_plan(vectors, alphas, model, steerer.block_path, layers)
@@ -215,9 +234,8 @@ class Steerer:
     """Applies a plan to a model's decoder blocks through one backend."""
 
     def __init__(self, model: Any, backend: str = "nnsight", blocks: str | None = None) -> None:
-        check_choice("backend", backend, BACKENDS)
         self.model = model
-        self.backend = backend
+        self.backend = check_backend(backend)
         self.block_path = find_block_path(model, blocks)
         self.blocks = resolve_module(model, self.block_path)
         self._nnsight: Any = None

@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
-from steer_plugin.errors import SteerError, check_choice
+from steer_plugin.errors import SteerError, check_choice, first_line
 
 # Where the decoder blocks live, per architecture family (first match wins).
 BLOCK_PATHS: tuple[str, ...] = (
@@ -74,21 +74,37 @@ class LoadedModel:
 @dataclass(frozen=True)
 class ModelOptions:
     """How to load a model. The one description that feeds loading for recording and checks, the
-    ``steered_hf`` model of sweeps, and the ``--model_args`` that reproduce a sweep with ``lm_eval``."""
+    ``steered_hf`` model of sweeps, and the ``--model_args`` that reproduce a sweep with ``lm_eval``.
 
-    name: str  # hub id or local folder
+    Args:
+        name: a hub id or a local folder.
+        dtype: ``auto``, ``float32``, ``float16`` or ``bfloat16``.
+        device: ``cpu``, ``cuda``, ``cuda:1``, ``mps`` ...; None: where it loads (CPU), or CUDA for
+            evaluation when available.
+        device_map: e.g. ``auto``: spread a big model over devices.
+        revision: the hub revision (branch, tag or commit).
+        trust_remote_code: run the model repository's own code.
+        blocks: module path of the decoder blocks, if they are not found automatically.
+    """
+
+    name: str
     dtype: str = "float32"
-    device: str | None = None  # None: where it loads (CPU), or CUDA for evaluation when available
-    device_map: str | None = None  # e.g. "auto": spread a big model over devices
+    device: str | None = None
+    device_map: str | None = None
     revision: str | None = None
     trust_remote_code: bool = False
-    blocks: str | None = None  # module path of the decoder blocks, if not found automatically
+    blocks: str | None = None
 
     def __post_init__(self) -> None:
         torch_dtype(self.dtype)  # SteerError for an unknown dtype, before any loading
 
     def load(self) -> LoadedModel:
-        """Load a causal LM + tokenizer by hub id or local path, in eval mode."""
+        """Load the causal LM and its tokenizer.
+
+        Returns:
+            The model (in eval mode, on ``device`` unless ``device_map`` placed it), its tokenizer and name;
+            a SteerError naming the model when it cannot be loaded.
+        """
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         kwargs: dict[str, Any] = {"dtype": torch_dtype(self.dtype), "trust_remote_code": self.trust_remote_code}
@@ -102,8 +118,7 @@ class ModelOptions:
             )
             model = AutoModelForCausalLM.from_pretrained(self.name, **kwargs)
         except OSError as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise SteerError(f"cannot load model {self.name!r}: {first}") from None
+            raise SteerError(f"cannot load model {self.name!r}: {first_line(e)}") from None
         if self.device and not self.device_map:
             model.to(self.device)  # type: ignore[arg-type]  # a device string; transformers types it narrowly
         model.eval()
@@ -118,8 +133,7 @@ class ModelOptions:
                 self.name, revision=self.revision, trust_remote_code=self.trust_remote_code
             )
         except OSError as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise SteerError(f"cannot load the tokenizer of {self.name!r}: {first}") from None
+            raise SteerError(f"cannot load the tokenizer of {self.name!r}: {first_line(e)}") from None
         return bool(getattr(tok, "chat_template", None))
 
     def harness_args(self) -> dict[str, Any]:

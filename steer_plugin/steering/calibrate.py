@@ -34,7 +34,7 @@ from steer_plugin.errors import SteerError
 from steer_plugin.io.formats import CALIBRATION_FORMAT
 from steer_plugin.io.outputs import check_output_file
 from steer_plugin.io.schema import Rule, fields_problem, is_finite, is_int, is_number, shown
-from steer_plugin.io.text_table import format_table
+from steer_plugin.io.text_table import format_table, number_cell
 from steer_plugin.steering.side_effects import FluencyProbe, SideEffects, TextSource, texts_sha256
 from steer_plugin.vectors.vector import SteeringVector
 
@@ -627,18 +627,15 @@ def scored_texts(tokenizer: Any, texts: tuple[list[str], list[str]]) -> tuple[li
 
 
 def format_calibration(c: Calibration, title: str = "") -> str:
-    def f(x: float | None, spec: str = ".4g") -> str:
-        return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
-
     head = ("kl budget", "alpha", "kl calibration", "kl held-out ± se", "ppl held-out", "rel. strength (median / max)")
     rows = [
         (
-            f(r.kl_budget, "g"),
-            f(r.alpha, ".5g"),
-            f(r.kl_calibration) + ("" if r.converged else " (!)"),
-            f"{f(r.kl_heldout)} ± {f(r.kl_heldout_stderr, '.2g')}",
-            f(r.ppl_heldout, ".3f"),
-            f"{f(r.relative_strength, '.3f')} / {f(r.relative_strength_max, '.3f')}",
+            number_cell(r.kl_budget, "g"),
+            number_cell(r.alpha, ".5g"),
+            number_cell(r.kl_calibration) + ("" if r.converged else " (!)"),
+            f"{number_cell(r.kl_heldout)} ± {number_cell(r.kl_heldout_stderr, '.2g')}",
+            number_cell(r.ppl_heldout, ".3f"),
+            f"{number_cell(r.relative_strength, '.3f')} / {number_cell(r.relative_strength_max, '.3f')}",
         )
         for r in c.rows
     ]
@@ -650,8 +647,8 @@ def format_calibration(c: Calibration, title: str = "") -> str:
     )
     lines.append(format_table(head, rows, right=[True] * len(head)))
     lines.append(
-        f"unsteered perplexity {f(c.baseline_ppl_calibration, '.3f')} (calibration) / "
-        f"{f(c.baseline_ppl_heldout, '.3f')} (held-out); {c.evaluations} evaluations, {c.seconds:.1f} s"
+        f"unsteered perplexity {number_cell(c.baseline_ppl_calibration, '.3f')} (calibration) / "
+        f"{number_cell(c.baseline_ppl_heldout, '.3f')} (held-out); {c.evaluations} evaluations, {c.seconds:.1f} s"
     )
     if any(not r.converged for r in c.rows):
         lines.append(f"(!) not within {c.tolerance:.0%} of the budget: KL does not grow smoothly with alpha there")

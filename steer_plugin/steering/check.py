@@ -8,7 +8,6 @@ unsteered logits bit for bit, that both backends agree, and that no hooks are le
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -16,7 +15,7 @@ import torch
 
 from steer_plugin.data.prompts import pad_batch, pad_id
 from steer_plugin.io.terminal import printable
-from steer_plugin.io.text_table import format_table
+from steer_plugin.io.text_table import format_table, number_cell
 from steer_plugin.model.hooks import Steerer, make_plan
 from steer_plugin.model.layers import parse_layers
 from steer_plugin.model.loading import resolve_module
@@ -150,14 +149,11 @@ def run_check(
 
 
 def format_report(report: CheckReport) -> str:
-    def f(x: float | None, spec: str) -> str:
-        return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
-
     header = ("layer", "|row|", "cos(change, alpha*row)", "|change|/|alpha*row|", "KL next token", "ok",
               "rel. strength")  # fmt: skip
     rows = [
-        (l.layer, f(l.row_norm, ".3f"), f(l.cosine, ".6f"), f(l.norm_ratio, ".6f"), f"{l.kl_next_token:.3e}",
-         "yes" if l.ok else "NO", f(l.relative_strength, ".4g"))
+        (l.layer, number_cell(l.row_norm, ".3f"), number_cell(l.cosine, ".6f"), number_cell(l.norm_ratio, ".6f"),
+         f"{l.kl_next_token:.3e}", "yes" if l.ok else "NO", number_cell(l.relative_strength, ".4g"))
         for l in report.layers
     ]  # fmt: skip
     lines = [

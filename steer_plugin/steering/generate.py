@@ -12,7 +12,7 @@ from steer_plugin.data.prompts import pad_batch, pad_id
 from steer_plugin.errors import SteerError
 from steer_plugin.io.terminal import printable
 from steer_plugin.model.hooks import Steerer, SteeringPlan, make_plan
-from steer_plugin.model.positions import check_positions
+from steer_plugin.model.positions import Positions, check_positions
 from steer_plugin.vectors.vector import SteeringVector
 
 
@@ -24,7 +24,7 @@ class GenerationSettings:
     top_p: float = 1.0
     seed: int = 0
     chat: bool | None = None  # None: use the chat template when the tokenizer has one
-    positions: str = "response"
+    positions: Positions = "response"
     layers: str = "all"
     batch_size: int = 8
 

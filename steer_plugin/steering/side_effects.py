@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -42,6 +41,7 @@ from typing import Any
 
 import torch
 
+from steer_plugin.data.goemotions import HUB_CONFIG, HUB_DATASET, neutral_texts, neutral_texts_location
 from steer_plugin.data.prompts import pad_batch, pad_id
 from steer_plugin.errors import SteerError
 from steer_plugin.model.hooks import Steerer, SteeringPlan
@@ -59,7 +59,6 @@ MIN_WORDS = 3  # GoEmotions neutral texts shorter than this say too little to co
 MAX_TOKENS = 128  # longer texts (file lines) are cut to their first MAX_TOKENS tokens
 DEFAULT_N_TEXTS = 200
 DEFAULT_CACHE_BYTES = 1 << 30
-GOEMOTIONS_DIR_ENV = "STEER_GOEMOTIONS_DIR"  # the harness tasks' convention for a local GoEmotions folder
 
 
 # --------------------------------------------------------------------------- texts
@@ -74,13 +73,11 @@ class TextSource:
     seed: int = 0
 
     def resolved(self) -> str | None:
-        return self.path if self.path else os.environ.get(GOEMOTIONS_DIR_ENV) or None
+        return neutral_texts_location(self.path)
 
     def describe(self) -> str:
         where = self.resolved()
         if where is None:
-            from steer_plugin.data.goemotions import HUB_CONFIG, HUB_DATASET
-
             return f"hub:{HUB_DATASET}/{HUB_CONFIG} test neutral (seed {self.seed})"
         kind = "file" if Path(where).is_file() else "goemotions test neutral"
         return f"{kind}:{where} (seed {self.seed})"
@@ -108,8 +105,6 @@ def _file_texts(path: Path) -> list[str]:
 
 
 def _goemotions_neutral(folder: str | None) -> list[str]:
-    from steer_plugin.data.goemotions import neutral_texts
-
     if folder is not None and not Path(folder).expanduser().is_dir():
         raise SteerError(f"fluency texts {folder!r}: not a text file or a GoEmotions folder")
     return [ex.text for ex in neutral_texts("test", folder) if len(ex.text.split()) >= MIN_WORDS]

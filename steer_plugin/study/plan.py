@@ -56,7 +56,7 @@ class SweepPlan:
         Returns:
             The plan, configurations in evaluation order.
         """
-        from steer_plugin.steering.calibrate import KLBudget
+        from steer_plugin.steering.calibrate import KLBudget  # torch: the plan is built before any model loads
 
         if control_match not in CONTROL_MATCHES:
             raise SteerError(f"control match must be one of {', '.join(CONTROL_MATCHES)}, got {control_match!r}")

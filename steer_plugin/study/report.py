@@ -16,9 +16,13 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from steer_plugin.data.goemotions import EKMAN, EKMAN_PREFIX, LABELS, canonical_target, target_slug
 from steer_plugin.errors import SteerError
 from steer_plugin.io.atomic import write_files_atomic
+from steer_plugin.io.figures import new_figure, png_bytes
+from steer_plugin.io.outputs import check_output_file
 from steer_plugin.io.terminal import printable
 from steer_plugin.study.paired import DEFAULT_RESAMPLES, Paired
 from steer_plugin.study.quality import DEGENERATE, FLUENT_SUFFIX, FLUENT_TARGET
@@ -357,10 +361,6 @@ def leakage_csv(table: Leakage) -> str:
 
 
 def leakage_png(table: Leakage, what: str) -> bytes:
-    import numpy as np
-
-    from steer_plugin.io.figures import new_figure, png_bytes
-
     grid = np.array([[table.cells[(e, lab)].delta if (e, lab) in table.cells else np.nan for lab in table.labels]
                      for e in table.emotions])  # fmt: skip
     lim = float(np.nanmax(np.abs(grid))) if np.isfinite(grid).any() else 0.0
@@ -388,8 +388,6 @@ def leakage_png(table: Leakage, what: str) -> bytes:
 def dose_response_png(study: Study) -> bytes:
     """Above: the headline emotion metric vs measured KL (alpha without side effects), each vector with 95% paired
     intervals, its control dashed, the prompting reference as a star. Below: the share of degenerate outputs."""
-    from steer_plugin.io.figures import new_figure, png_bytes
-
     use_kl = all(a.kl is not None for a in study.arms)
     fig = new_figure(8, 7)
     ax, ax_bad = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [2, 1]})
@@ -518,8 +516,6 @@ def write_study(
     seed: int = 0,
 ) -> tuple[str, list[Path]]:
     """summary.md, leakage.csv/png and dose_response.png beside the leaderboard; returns the summary."""
-    from steer_plugin.io.outputs import check_output_file
-
     root = Path(folder)
     out = Path(out_dir) if out_dir is not None else root
     for name in OUTPUTS:  # before the statistics: a path that cannot be written fails now

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from steer_plugin.io.outputs import check_output_file
 from steer_plugin.vectors.metadata import metadata_problem
 
 SWEEP_FILE = "sweep.json"  # a sweep's plan, written once
@@ -64,7 +65,5 @@ def table_outputs(prefix: str | Path) -> list[Path]:
 
 def check_table_outputs(prefix: str | Path) -> None:
     """Before any work (a sweep runs for hours before its table): the table's files must be writable."""
-    from steer_plugin.io.outputs import check_output_file
-
     for path in table_outputs(prefix):
         check_output_file(path)

@@ -19,11 +19,15 @@ from steer_plugin.data.goemotions import target_slug
 from steer_plugin.errors import SteerError, check_choice
 from steer_plugin.harness.tasks import EMOTION_TASK_PREFIX, TRUTHFULQA_DIR_ENV
 from steer_plugin.io.outputs import check_output_dir, check_output_file
+from steer_plugin.model.backends import Backend
+from steer_plugin.model.layers import layer_ranges
 from steer_plugin.model.loading import DEFAULT_MODEL, Dtype, ModelOptions, model_slug
+from steer_plugin.model.positions import Positions, check_positions
 from steer_plugin.study.plan import Resolver, SweepOptions, SweepPlan
 from steer_plugin.study.results_files import check_table_outputs
 from steer_plugin.study.sweep import run_sweep
 from steer_plugin.study.sweep_folder import check_same_sweep, open_sweep_folder, sweep_settings
+from steer_plugin.vectors.metadata import METHODS, Method
 
 if TYPE_CHECKING:  # pragma: no cover
     from steer_plugin.steering.calibrate import AlphaSpec, KLBudget
@@ -31,9 +35,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from steer_plugin.study.rows import Row
     from steer_plugin.vectors.request import RecordRequest
 
-Position = Literal["all", "response"]
-Method = Literal["mean", "top_k"]
-Backend = Literal["nnsight", "hooks"]
 ControlMatch = Literal["alpha", "kl"]
 Chat = Literal[
     "auto", "on", "off"
@@ -74,7 +75,7 @@ class Evaluation:
     classifier: str | None = None
     include_path: str | None = None
     layers: str | Sequence[str] = "all"
-    positions: Position | Sequence[Position] = "all"
+    positions: Positions | Sequence[Positions] = "all"
     backend: Backend = "nnsight"
     log_samples: bool = False
     controls: int = 0
@@ -113,9 +114,6 @@ class Evaluation:
 
     def check(self, out: Path) -> None:
         """Everything that can be checked without a model: layer specs, positions, output paths."""
-        from steer_plugin.model.hooks import check_positions
-        from steer_plugin.model.layers import layer_ranges
-
         for spec in self.layer_sets:
             layer_ranges(spec)
         if self.config_batch_rows is not None and self.config_batch_rows < 1:
@@ -269,7 +267,7 @@ def run(
     classifier: str | None = None,
     include_path: str | None = None,
     layers: str | Sequence[str] = "middle",
-    positions: Position | Sequence[Position] = "response",
+    positions: Positions | Sequence[Positions] = "response",
     backend: Backend = "nnsight",
     log_samples: bool = False,
     controls: int = 1,
@@ -359,7 +357,7 @@ def run(
     if not methods:
         raise SteerError("give at least one method (mean, top_k)")
     for m in methods:
-        check_choice("method", m, get_args(Method))
+        check_choice("method", m, METHODS)
     if vector is not None and len(emotions) > 1:
         raise SteerError("--vector names one vector; give one --emotion with it (or leave --vector out)")
     if vector is not None and len(methods) > 1:

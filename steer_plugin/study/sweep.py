@@ -5,6 +5,9 @@ The model and the tasks are built once; each configuration only swaps the steeri
 the harness's results JSON (with the steering config in ``config.steering``) into its own folder, so
 an interrupted sweep resumes by skipping configurations whose results are there and verifiably its own
 (``sweep_folder``: ``sweep.json`` holds the plan).
+
+Light at import time (`steer --help` imports it through ``study.run``): torch, numpy and the harness load
+inside the functions that run a sweep.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from typing import Any
 
 from steer_plugin.data.prompts import INSTRUCTION_DELIMITER, emotion_instruction
 from steer_plugin.errors import SteerError
-from steer_plugin.harness.tasks import is_emotion_task
+from steer_plugin.harness.tasks import is_emotion_task, tasks_dir
+from steer_plugin.io.atomic import write_files_atomic
 from steer_plugin.steering.config import UNSTEERED, SteeringConfig
 from steer_plugin.study.plan import SIDE_EFFECTS, SweepOptions, SweepPlan
 from steer_plugin.study.results_files import RESULTS_FILE
@@ -31,8 +35,6 @@ def load_tasks(options: SweepOptions, metadata: dict[str, Any] | None = None) ->
     ``metadata``: more task metadata (lm-eval's ``--metadata``), e.g. ``truthfulqa_dir`` of the
     truthfulqa_local tasks."""
     from lm_eval.tasks import TaskManager
-
-    from steer_plugin.harness.tasks import tasks_dir
 
     includes = [str(tasks_dir())] + ([options.include_path] if options.include_path else [])
     metadata = {**({"classifier": options.classifier} if options.classifier else {}), **(metadata or {})}
@@ -99,7 +101,6 @@ def run_sweep(
     from lm_eval.evaluator import evaluate
     from lm_eval.utils import handle_non_serializable
 
-    from steer_plugin.io.atomic import write_files_atomic
     from steer_plugin.study.paired import compact_row
 
     state = folder or open_sweep_folder(plan, options)

@@ -13,12 +13,12 @@ results file of the same sweep is rerun, and said so.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from steer_plugin.errors import SteerError
+from steer_plugin.harness.classifier import chosen_classifier
 from steer_plugin.io.terminal import printable
 from steer_plugin.study.results_files import (
     RESULTS_FILE,
@@ -51,7 +51,7 @@ def sweep_settings(options: SweepOptions) -> dict[str, Any]:
         num_fewshot=options.num_fewshot,
         apply_chat_template=options.apply_chat_template,
         gen_kwargs=options.gen_kwargs,
-        classifier=options.classifier or os.environ.get("STEER_CLASSIFIER"),
+        classifier=chosen_classifier(options.classifier),
         include_path=options.include_path,
         bootstrap_iters=options.bootstrap_iters,
         seed=options.seed,

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from steer_plugin.io.atomic import write_files_atomic
 from steer_plugin.io.figures import new_figure, png_bytes
 from steer_plugin.io.text_table import format_table
 from steer_plugin.study.paired import DEFAULT_RESAMPLES
@@ -231,8 +232,6 @@ def write_leaderboard(
 ) -> Leaderboard:
     """The rows of a folder of results, written as ``PREFIX.md``, ``PREFIX.csv`` and the plots.
     Rows with per-document samples get Δ vs the baseline (``resamples`` paired bootstrap draws, ``seed``)."""
-    from steer_plugin.io.atomic import write_files_atomic
-
     prefix = Path(prefix) if prefix else Path(folder) / "leaderboard"
     check_table_outputs(prefix)
     rows = load_rows(folder)

@@ -42,8 +42,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from steer_plugin.errors import SteerError
+from steer_plugin.io.atomic import write_files_atomic
 from steer_plugin.io.terminal import printable
-from steer_plugin.io.text_table import format_table
+from steer_plugin.io.text_table import format_table, number_cell
+from steer_plugin.vectors import plots
 
 if TYPE_CHECKING:  # pragma: no cover
     from steer_plugin.vectors.stats import HiddenStateStats
@@ -323,9 +325,6 @@ def layers_csv(result: AnalysisResult) -> str:
 
 
 def _write_outputs(result: AnalysisResult, out_dir: Path, top_k: int, top_n_rows: int | None) -> None:
-    from steer_plugin.io.atomic import write_files_atomic
-    from steer_plugin.vectors import plots
-
     title = result.title()
     payloads: dict[str, bytes] = {
         "ranking": ranking_csv(result, top_n_rows).encode(),
@@ -346,14 +345,6 @@ def _write_outputs(result: AnalysisResult, out_dir: Path, top_k: int, top_n_rows
 # ----------------------------------------------------------------------------- console table
 
 
-def _fmt(x: float | int) -> str:
-    if isinstance(x, (int, np.integer)):
-        return str(int(x))
-    if np.isnan(x):
-        return "-"
-    return f"{x:.4g}"
-
-
 def format_layer_table(result: AnalysisResult, max_rows: int | None = None) -> str:
     """Per-layer summary as an aligned plain-text table.
 
@@ -370,7 +361,7 @@ def format_layer_table(result: AnalysisResult, max_rows: int | None = None) -> s
     best = result.best_layer
     table = format_table(
         headers,
-        [[_fmt(v) for v in s.row()] for s in shown],
+        [[number_cell(v) for v in s.row()] for s in shown],
         right=[True] * len(headers),
         markers=["*" if s.layer == best else " " for s in shown],
     )

@@ -7,8 +7,9 @@ from typing import Any
 import torch
 
 from steer_plugin.errors import SteerError, check_choice
+from steer_plugin.vectors.metadata import METHODS, Method
 from steer_plugin.vectors.stats import ClassStats, HiddenStateStats
-from steer_plugin.vectors.vector import METHODS, SteeringVector
+from steer_plugin.vectors.vector import SteeringVector
 
 RMS_SOURCE = "last-token block outputs of the target and baseline texts, pooled"
 
@@ -26,12 +27,26 @@ def build_vector(
     target: str | None = None,
     baseline: str | None = None,
     *,
-    method: str = "mean",
+    method: Method = "mean",
     top_k: int | None = None,
     layers: list[int] | None = None,
     scale: float | None = None,
 ) -> SteeringVector:
-    """``mean(target) - mean(baseline)`` per layer; ``top_k`` keeps the k largest |diff| per layer."""
+    """The steering vector ``mean(target) - mean(baseline)`` per layer, from recorded statistics.
+
+    Args:
+        stats: the recorded statistics (``record_hidden_states``, or ``HiddenStateStats.load``).
+        target: the emotion class; None: the one the statistics were recorded for.
+        baseline: the class it points away from; None: the recorded baseline (else ``neutral``).
+        method: ``mean`` (the whole difference) or ``top_k`` (its ``top_k`` largest ``|entries|`` per layer).
+        top_k: neurons kept per layer by ``method="top_k"``.
+        layers: keep only these layers (0-based; the others are zero); None: all.
+        scale: multiply the difference by this (recorded in the metadata).
+
+    Returns:
+        The vector, ``[n_layers, hidden]``, with the statistics' provenance, the counts and the residual
+        stream's RMS per layer in its metadata.
+    """
     target = target or stats.metadata.get("target")
     baseline = baseline or stats.metadata.get("baseline") or "neutral"
     if not target or target == "all":

@@ -10,14 +10,14 @@ from typing import Any
 import torch
 
 from steer_plugin.errors import SteerError
+from steer_plugin.io.atomic import atomic_path, write_bytes_atomic
+from steer_plugin.model.hooks import check_delta, finite_alpha
 from steer_plugin.vectors.vector import SteeringVector
 
 
 def _checked_alpha(vec: SteeringVector, layers: list[int], alpha: Any, why_none: str) -> float:
     """An exported file must not steer by nan/inf: alpha and every exported alpha x row are finite.
     And it must steer something: no layers to export is an error (``why_none``), not an empty file."""
-    from steer_plugin.model.hooks import check_delta, finite_alpha
-
     if not layers:
         raise SteerError(f"nothing to export: {why_none}")
     value = finite_alpha(alpha, "--alpha")
@@ -36,8 +36,6 @@ def export_lm_eval_steered(
     (the base model's attribute: ``model``, ``transformer``, ``gpt_neox``) is dropped:
     ``model.layers`` -> ``layers.N``, ``transformer.h`` -> ``h.N``.
     """
-    from steer_plugin.io.atomic import write_bytes_atomic
-
     alpha = _checked_alpha(vec, vec.nonzero_layers(), alpha, "the vector is zero on every layer")
     prefix = block_path.split(".", 1)[1] if "." in block_path else block_path
     config: dict[str, dict[str, Any]] = {}
@@ -66,7 +64,6 @@ def export_gguf_control_vector(
         import gguf
     except ImportError:
         raise SteerError("GGUF export needs the 'gguf' package: pip install 'steer-plugin[gguf]'") from None
-    from steer_plugin.io.atomic import atomic_path
 
     layers = [l for l in vec.nonzero_layers() if l >= 1]
     alpha = _checked_alpha(vec, layers, alpha, "the vector is zero on every layer llama.cpp steers (1 and up)")

@@ -8,9 +8,13 @@ No torch here: `steer table` reads results without it.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, get_args
 
 from steer_plugin.io.schema import Rule, fields_problem, is_finite, is_int, shown
+
+# how a vector is built from the recorded statistics: the whole mean difference, or its top_k entries per layer
+Method = Literal["mean", "top_k"]
+METHODS: tuple[Method, ...] = get_args(Method)
 
 _TEXT_FIELDS = (
     "model", "model_revision", "config_hash", "architecture", "block_path", "emotion", "baseline", "method",

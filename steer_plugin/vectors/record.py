@@ -14,9 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+
 from steer_plugin.data.goemotions import Selection, target_slug
 from steer_plugin.data.prompts import PromptTemplate, encode, last_token_index, pad_batch, pad_id
 from steer_plugin.errors import SteerError
+from steer_plugin.io.atomic import new_temp_path, replace_all, reserve_space
 from steer_plugin.model.loading import find_block_path, resolve_module
 from steer_plugin.vectors.stats import ClassStats, HiddenStateStats
 
@@ -52,8 +56,6 @@ class LastTokenRecorder:
         self.input_device = model.get_input_embeddings().weight.device
 
     def __call__(self, ids: Any, mask: Any, positions: Any) -> Any:
-        import torch
-
         last = last_token_index(mask).to(self.input_device)
         rows = torch.arange(ids.shape[0], device=self.input_device)
         kwargs = {"input_ids": ids.to(self.input_device), "attention_mask": mask.to(self.input_device)}
@@ -73,10 +75,6 @@ class _ActivationWriter:
     """Per-class memory-mapped ``.npy`` files [N_class, L, H], rows in selection order."""
 
     def __init__(self, out_dir: Path, items: Sequence[RecordItem], shape: tuple[int, int], dtype: str):
-        import numpy as np
-
-        from steer_plugin.io.atomic import new_temp_path, reserve_space
-
         if dtype not in ("float16", "float32"):
             raise SteerError(f"activation dtype must be float16 or float32, not {dtype!r}")
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -117,8 +115,6 @@ class _ActivationWriter:
             del arr
         self.arrays.clear()
         if ok:  # the classes' files as one set, like every multi-file output
-            from steer_plugin.io.atomic import replace_all
-
             replace_all({self.final[c]: tmp for c, tmp in self.tmp.items()})
             return
         for tmp in self.tmp.values():
@@ -144,9 +140,24 @@ def record_hidden_states(
     Texts are sorted by token length before batching (little padding); every text is run once even
     if it belongs to several classes. Under torch.distributed each rank records a shard and the
     statistics are merged across ranks.
-    """
-    import torch
 
+    Args:
+        model: a transformers causal LM (any device and dtype).
+        tokenizer: its tokenizer.
+        items: the texts: a ``Selection`` (``select_texts``), texts per class name, or ``RecordItem``s
+            (a text with every class it counts for).
+        batch_size: texts per forward pass.
+        template: ``raw``, ``chat`` or a format string with ``{text}`` (see ``PromptTemplate``).
+        padding_side: ``left`` or ``right``; None: the tokenizer's.
+        blocks: module path of the decoder blocks, if they are not found automatically.
+        progress: show a progress bar.
+        save_activations: a folder for the raw per-class activations too (``<class>.npy``, one process only).
+        activation_dtype: ``float16`` or ``float32``, of those files.
+        metadata: extra metadata for the result (the recording adds the model, template and padding).
+
+    Returns:
+        Count, mean and sum of squared deviations per class and layer (``[n_layers, hidden]`` each).
+    """
     if isinstance(items, Selection):
         items = items.classes
     if isinstance(items, Mapping):  # {class name: texts}
@@ -228,7 +239,6 @@ def init_distributed_if_launched() -> bool:
     record the whole selection alone. gloo on CPU, nccl (one GPU per local rank) on CUDA. Returns
     whether this process is part of a multi-process group.
     """
-    import torch
     import torch.distributed as dist
 
     if not dist.is_available():
@@ -255,7 +265,6 @@ def _dist_rank_world() -> tuple[int, int]:
 
 def _merge_across_ranks(local: HiddenStateStats, names: list[str], shape: tuple[int, int]) -> HiddenStateStats:
     """Gather every rank's (count, mean, M2) and merge them in rank order: identical on all ranks."""
-    import torch
     import torch.distributed as dist
 
     world = dist.get_world_size()

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from steer_plugin.data.goemotions import Selection
+from steer_plugin import __version__
+from steer_plugin.data.goemotions import Selection, SelectionRule, load_goemotions, select_all, select_texts
 from steer_plugin.errors import SteerError
 from steer_plugin.model.loading import LoadedModel, ModelOptions
+from steer_plugin.vectors.record import (
+    RecordItem,
+    init_distributed_if_launched,
+    items_from_classes,
+    record_hidden_states,
+)
 from steer_plugin.vectors.stats import HiddenStateStats
 
 
@@ -17,7 +24,7 @@ class RecordRequest:
     baseline: str = "neutral"
     split: str = "train"
     data_dir: str | None = None
-    selection: str = "exclusive"
+    selection: SelectionRule = "exclusive"
     max_per_class: int | None = None
     seed: int = 0
     dedupe: bool = False
@@ -33,15 +40,6 @@ class RecordRequest:
 
 def record_request(req: RecordRequest, loaded: LoadedModel | None = None) -> HiddenStateStats:
     """Select texts, load the model (unless given) and record per-class statistics."""
-    from steer_plugin import __version__
-    from steer_plugin.data.goemotions import load_goemotions, select_all
-    from steer_plugin.vectors.record import (
-        RecordItem,
-        init_distributed_if_launched,
-        items_from_classes,
-        record_hidden_states,
-    )
-
     options = req.model
     if init_distributed_if_launched() and options.device in (None, "cuda") and not options.device_map:
         import os
@@ -93,8 +91,6 @@ def record_request(req: RecordRequest, loaded: LoadedModel | None = None) -> Hid
 
 def _select(examples: list, target: str, req: RecordRequest, source: str) -> Selection:
     """``target`` and the baseline under the request's selection rule and sampling."""
-    from steer_plugin.data.goemotions import select_texts
-
     return select_texts(
         examples, target, req.baseline, req.selection, req.max_per_class, req.seed, req.dedupe,
         split=req.split, source=source,
@@ -104,8 +100,6 @@ def _select(examples: list, target: str, req: RecordRequest, source: str) -> Sel
 def _items_of_targets(examples: list, req: RecordRequest, source: str) -> list:
     """Each target's and the baseline's texts, every text run once with all the classes it counts for
     (listed once per row it was selected for, as ``select_all`` does)."""
-    from steer_plugin.vectors.record import RecordItem
-
     classes: dict[str, list[str]] = {}
     for target in req.targets:
         sel = _select(examples, target, req, source)

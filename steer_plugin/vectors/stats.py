@@ -13,7 +13,9 @@ from typing import Any
 
 import torch
 
+from steer_plugin.data.goemotions import class_name_problem
 from steer_plugin.errors import SteerError
+from steer_plugin.io.safetensors import read_safetensors, write_safetensors
 from steer_plugin.io.schema import Rule, fields_problem
 
 STATS_FORMAT = "steer-plugin/stats"
@@ -65,7 +67,12 @@ class ClassStats:
 
 @dataclass
 class HiddenStateStats:
-    """Statistics of several classes (e.g. ``anger`` and ``neutral``) recorded from one model."""
+    """Statistics of several classes (e.g. ``anger`` and ``neutral``) recorded from one model.
+
+    Args:
+        classes: per class name, the count, mean and sum of squared deviations (``[n_layers, hidden]``).
+        metadata: the recording's model, data selection and template, saved with it.
+    """
 
     classes: dict[str, ClassStats]
     metadata: dict[str, Any] = field(default_factory=dict)
@@ -91,8 +98,12 @@ class HiddenStateStats:
                 self.classes[name] = ClassStats(cs.count, cs.mean.clone(), cs.m2.clone())
 
     def save(self, path: str | os.PathLike) -> None:
-        from steer_plugin.io.safetensors import write_safetensors
+        """Write the statistics file atomically.
 
+        Args:
+            path: the ``.safetensors`` file: ``<class>/mean``, ``<class>/m2``, ``<class>/count`` per class,
+                the metadata as JSON in the header.
+        """
         tensors: dict[str, torch.Tensor] = {}
         for name, cs in self.classes.items():
             tensors[f"{name}/mean"] = cs.mean.contiguous()
@@ -108,9 +119,14 @@ class HiddenStateStats:
     @classmethod
     def load(cls, path: str | os.PathLike) -> HiddenStateStats:
         """Read and validate a stats file (every tensor, the class names, the metadata): a file that does
-        not hold what ``save`` writes is a one-line error naming the field, never a vector of NaNs."""
-        from steer_plugin.io.safetensors import read_safetensors
+        not hold what ``save`` writes is a one-line error naming the field, never a vector of NaNs.
 
+        Args:
+            path: a file written by ``save`` (`steer record`).
+
+        Returns:
+            The statistics per class (float64) and the recording's metadata.
+        """
         tensors, meta = read_safetensors(path, expected_format=STATS_FORMAT, what="stats file", version=STATS_VERSION)
         odd = [k for k, t in tensors.items() if not k.endswith("/count") and not t.is_floating_point()]
         if odd:  # means and M2 are float64 by construction; an int tensor is a wrong file, not a cast
@@ -137,8 +153,6 @@ _PARTS = ("mean", "m2", "count")
 
 def _tensors_problem(tensors: dict[str, torch.Tensor]) -> str | None:
     """Why the tensors are not ``<class>/mean``, ``/m2`` [L, H] and ``/count`` [1] of known classes."""
-    from steer_plugin.data.goemotions import class_name_problem
-
     names = sorted({k.rsplit("/", 1)[0] for k in tensors})
     if not names:
         return "no classes"

@@ -7,12 +7,14 @@ are the ones `steer build` runs (``vectors.request`` selects and records, ``vect
 from __future__ import annotations
 
 import os
-from typing import Any, Literal
+from typing import Any
 
+from steer_plugin.data.goemotions import SelectionRule
 from steer_plugin.errors import SteerError
 from steer_plugin.model.layers import parse_layers
 from steer_plugin.model.loading import DTYPES, LoadedModel, ModelOptions
 from steer_plugin.vectors.build import build_vector
+from steer_plugin.vectors.metadata import Method
 from steer_plugin.vectors.request import RecordRequest, record_request
 from steer_plugin.vectors.vector import SteeringVector
 
@@ -24,11 +26,11 @@ def train_vector(
     *,
     data: str | os.PathLike | None = None,
     split: str = "train",
-    method: Literal["mean", "top_k"] = "mean",
+    method: Method = "mean",
     top_k: int | None = None,
     max_per_class: int | None = None,
     baseline: str = "neutral",
-    selection: Literal["exclusive", "any"] = "exclusive",
+    selection: SelectionRule = "exclusive",
     seed: int = 0,
     dedupe: bool = False,
     template: str = "raw",

@@ -13,21 +13,33 @@ from typing import Any
 
 import torch
 
+from steer_plugin import __version__
+from steer_plugin.data.goemotions import target_slug
 from steer_plugin.errors import SteerError
+from steer_plugin.io.npy import read_float_matrix
+from steer_plugin.io.safetensors import read_safetensors, write_safetensors
+from steer_plugin.model.hooks import steer
+from steer_plugin.model.loading import model_slug
+from steer_plugin.model.positions import Positions
 from steer_plugin.vectors.metadata import metadata_problem
 
 VECTOR_FORMAT = "steer-plugin/vector"
 VECTOR_VERSION = 1
-METHODS = ("mean", "top_k")
 
 
 @dataclass
 class SteeringVector:
-    """One row per decoder block: row ``l`` is added to the output of block ``l``."""
+    """One row per decoder block: row ``l`` is added to the output of block ``l``.
+
+    Args:
+        matrix: float ``[n_layers, hidden]``.
+        metadata: where it came from (model, emotion, method, counts, residual RMS ...), saved with it.
+        mask: bool ``[n_layers, hidden]``: the kept neurons of a top_k vector; None: all.
+    """
 
     matrix: torch.Tensor
     metadata: dict[str, Any] = field(default_factory=dict)
-    mask: torch.Tensor | None = None  # bool [L, H]: the kept neurons of a top_k vector
+    mask: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.matrix.ndim != 2:
@@ -81,18 +93,25 @@ class SteeringVector:
         model: torch.nn.Module,
         alpha: float = 1.0,
         layers: str | list[int] | None = "all",
-        positions: str = "all",
+        positions: Positions = "all",
         *,
         blocks: str | None = None,
     ) -> AbstractContextManager[None]:
         """Steer ``model`` inside a ``with`` block: ``alpha x`` row ``l`` is added to the output of
         decoder block ``l`` for the chosen layers; the hooks are removed on exit, also after an error.
 
-        ``positions="all"`` steers every position of every forward pass; ``"response"`` only the last
-        position of each forward, which in ``model.generate`` (left padding for batches) is the last
-        prompt token and then every generated token."""
-        from steer_plugin.model.hooks import steer
+        Args:
+            model: the transformers causal LM the vector was built for.
+            alpha: the steering strength (0: unsteered, negative: away from the emotion).
+            layers: ``all``, ``middle``, 0-based ``0,3,5-9``, or indices.
+            positions: ``all`` steers every position of every forward pass; ``response`` only the last
+                position of each forward, which in ``model.generate`` (left padding for batches) is the
+                last prompt token and then every generated token.
+            blocks: module path of the decoder blocks, if they are not found automatically.
 
+        Returns:
+            A context manager; nothing is steered outside it.
+        """
         return steer(model, [self], [alpha], layers=layers, positions=positions, blocks=blocks)
 
     # --- arithmetic: mixes keep an honest record of what they are made of ---------------------
@@ -136,9 +155,12 @@ class SteeringVector:
 
     # --- file format -------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
-        """Write atomically (temp file + rename): a reader never sees a half-written file."""
-        from steer_plugin.io.safetensors import write_safetensors
+        """Write atomically (temp file + rename): a reader never sees a half-written file.
 
+        Args:
+            path: the ``.safetensors`` file (tensor ``vector``, and ``mask`` for a top_k vector; the
+                metadata in the header). Non-finite values or metadata that ``load`` would refuse are errors.
+        """
         if not torch.isfinite(self.matrix).all():
             raise SteerError("refusing to save a steering vector with non-finite values")
         problem = metadata_problem({**self.metadata, "n_layers": self.n_layers, "hidden_size": self.hidden_size})
@@ -151,8 +173,6 @@ class SteeringVector:
             "n_layers": self.n_layers,
             "hidden_size": self.hidden_size,
         }
-        from steer_plugin import __version__
-
         meta.setdefault("package_version", __version__)
         header = {k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}
         header.update(format=VECTOR_FORMAT, format_version=str(VECTOR_VERSION), metadata=json.dumps(meta))
@@ -166,20 +186,32 @@ class SteeringVector:
         """A diff matrix ``[n_layers, hidden]`` as the original research scripts saved it (never unpickles).
 
         Matrices taken from transformers' ``hidden_states`` have an extra first row (the embeddings);
-        ``drop_embedding_row`` removes it so row ``l`` is block ``l``'s output again."""
-        from steer_plugin.io.npy import read_float_matrix
+        ``drop_embedding_row`` removes it so row ``l`` is block ``l``'s output again.
 
+        Args:
+            path: the ``.npy`` file (a float matrix; object arrays are refused).
+            drop_embedding_row: drop its first row.
+
+        Returns:
+            The vector, with the file's name as its source in the metadata.
+        """
         matrix = read_float_matrix(path, drop_first_row=drop_embedding_row)
         meta = {"source_file": Path(path).name, "method": "imported", "imported_from": "reference-npy"}
         return cls(torch.from_numpy(matrix), meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> SteeringVector:
-        """Our ``.safetensors`` files and ``.npy`` diff matrices of the original research scripts; never unpickles."""
+        """Read a vector file, validated (tensors, shape, metadata); never unpickles.
+
+        Args:
+            path: our ``.safetensors`` file, or a ``.npy`` diff matrix of the original research scripts.
+
+        Returns:
+            The vector with its metadata; a one-line SteerError for a file that is not one.
+        """
         p = Path(path)
         if p.suffix == ".npy":
             return cls.from_npy(p)
-        from steer_plugin.io.safetensors import read_safetensors
 
         tensors, header = read_safetensors(
             p, expected_format=VECTOR_FORMAT, what="steering vector", version=VECTOR_VERSION
@@ -227,9 +259,6 @@ def _mix_metadata(a: SteeringVector, b: SteeringVector, terms: list[dict[str, An
 
 def default_vector_path(model: str, emotion: str, method: str, top_k: int | None = None) -> Path:
     """Where built vectors live: ``vectors/<model-slug>/<emotion>-<method>[-k].safetensors``."""
-    from steer_plugin.data.goemotions import target_slug
-    from steer_plugin.model.loading import model_slug
-
     name = f"{target_slug(emotion)}-{method}" + (f"-{top_k}" if method == "top_k" else "")
     return Path("vectors") / model_slug(model) / f"{name}.safetensors"
 
