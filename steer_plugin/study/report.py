@@ -213,14 +213,18 @@ def _emotion_part(study: Study, row: Row, emotion: str, name: str) -> str | None
     if counts is not None:
         bad, silent, n = counts
         base = _quality_of_baseline(study, task)
-        baseline = f" (baseline {base})" if base is not None else ""
-        degenerate = f"degenerate outputs {bad} of {n}{baseline}"
+        versus = f" (baseline {base})" if base is not None else ""
         if bad > MOSTLY_DEGENERATE * n:
-            what = f"stops answering in {silent} of {n} prompts" if silent > bad / 2 else f"degenerates in {bad} of {n}"
-            return f"{name} {what} ({degenerate}): no emotion gain claimed"
+            what = (
+                f"stops answering in {silent} of {n} prompts"
+                if silent > bad / 2
+                else f"degenerates in {bad} of {n} prompts"
+            )
+            return f"{name}: the model {what}{versus}, no emotion gain claimed"
+        degenerate = f"degenerate outputs {bad} of {n}{versus}"
         p = row.paired.get(metric)
         if p is None:
-            return f"{name}: too few outputs fluent in both arms to compare ({degenerate})"
+            return f"{name}: too few outputs fluent in both arms to compare; {degenerate}"
         return f"{name} {describe(p)} on the {p.n} prompts fluent in both arms; {degenerate}"
     p = row.paired.get(metric)
     return None if p is None else f"{name} {describe(p)} (output quality not measured: silence counts as emotion)"
