@@ -12,3 +12,10 @@ def check_choice(what: str, value: str, accepted: Sequence[str]) -> str:
     if value not in accepted:
         raise SteerError(f"unknown {what} {value!r}; use one of {', '.join(accepted)}")
     return value
+
+
+def check_count(what: str, value: object, minimum: int = 1) -> int:
+    """``value`` if it is an integer ``>= minimum`` (a bool is not), else a SteerError naming ``what``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise SteerError(f"{what} must be an integer >= {minimum}, got {value!r}")
+    return value

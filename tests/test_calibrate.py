@@ -12,6 +12,7 @@ from helpers_tiny import CORPUS, make_model
 from test_fluency import reference
 
 from steer_plugin.errors import SteerError
+from steer_plugin.steering import alphas as A
 from steer_plugin.steering import calibrate as C
 from steer_plugin.steering.side_effects import TextSource
 from steer_plugin.vectors.stats import ClassStats
@@ -38,12 +39,12 @@ def texts_file(tmp_path_factory):
 
 
 def test_alpha_specs_and_budgets():
-    assert C.parse_alpha_specs("0, 0.5;kl:0.1,-1") == [0.0, 0.5, C.KLBudget(0.1), -1.0]
-    assert str(C.KLBudget(0.1)) == "kl:0.1"
-    assert C.parse_budgets("1,0.03,kl:0.1,0.03") == [0.03, 0.1, 1.0]
+    assert A.parse_alpha_specs("0, 0.5;kl:0.1,-1") == [0.0, 0.5, A.KLBudget(0.1), -1.0]
+    assert str(A.KLBudget(0.1)) == "kl:0.1"
+    assert A.parse_budgets("1,0.03,kl:0.1,0.03") == [0.03, 0.1, 1.0]
     for bad in ("kl:-1", "kl:0", "abc", "kl:x", "nan", ""):
         with pytest.raises(SteerError):
-            C.parse_alpha_specs(bad)
+            A.parse_alpha_specs(bad)
 
 
 @pytest.mark.parametrize(("scale", "power"), [(1.0, 2.0), (300.0, 2.0), (0.002, 1.5), (5.0, 3.0)])

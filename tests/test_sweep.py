@@ -202,7 +202,7 @@ def test_grid_puts_controls_beside_their_vector():
 
 def test_grid_calibrates_controls_to_the_same_kl_when_asked():
     from steer_plugin.errors import SteerError
-    from steer_plugin.steering.calibrate import parse_alpha_specs
+    from steer_plugin.steering.alphas import parse_alpha_specs
 
     controls = {"a.safetensors": ["c/a-random-0.safetensors"]}
     own = {"a.safetensors": {0.1: 0.5, 1.0: 2.0}, "c/a-random-0.safetensors": {0.1: 1.5, 1.0: 4.25}}
@@ -281,7 +281,8 @@ def test_sweep_measures_side_effects_and_resolves_kl_alphas(lm, task_dir, vector
     from test_fluency import reference
 
     from steer_plugin.errors import SteerError
-    from steer_plugin.steering.calibrate import KLBudget, calibrate_vector_file, parse_alpha_specs
+    from steer_plugin.steering.alphas import KLBudget, parse_alpha_specs
+    from steer_plugin.steering.calibrate import calibrate_vector_file
     from steer_plugin.steering.side_effects import TextSource
     from steer_plugin.study.rows import load_rows
     from steer_plugin.study.table import to_console, to_csv

@@ -42,7 +42,7 @@ from typing import Any
 import torch
 
 from steer_plugin.data.prompts import pad_batch, pad_id
-from steer_plugin.errors import SteerError
+from steer_plugin.errors import SteerError, check_count
 from steer_plugin.model.hooks import Steerer, SteeringPlan
 from steer_plugin.model.positions import check_positions
 from steer_plugin.steering.kv_prefix import KVPrefix, ReuseUnsupported, accepts_logits_to_keep, reuse_blocker
@@ -64,6 +64,9 @@ class TextSource:
 
     path: str | None = None
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_count("--seed", self.seed, 0)
 
     def resolved(self) -> str | None:
         return self.path if self.path else os.environ.get(GOEMOTIONS_DIR_ENV) or None
