@@ -3,6 +3,8 @@ model, and plain forward-hook references of the same math."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -340,4 +342,25 @@ def test_steering_model_args_are_checked_before_the_model_loads(vector_file, arg
         assert not isinstance(e.value, SteerError), e.value
         return
     with pytest.raises(SteerError, match=needle.replace("(", r"\(")):
+        get_model("steered_hf")(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        ("vector=;;", "vector=;; names no vector file"),
+        ("vector=,alpha=2", "vector= names no vector file"),
+        ("vector=VECTOR,alpha=;", "alpha=; names no number"),
+        ("alpha=2", "alpha= without vector= steers nothing"),
+        ("vector=VECTOR,blocks=model.²", "--blocks 'model.²' is not a module path"),
+    ],
+)
+def test_steering_that_would_silently_not_happen_is_refused_before_the_model_loads(vector_file, args, needle):
+    """`vector=;;` (or `vector=` with an alpha) ran unsteered and `alpha=;` became 1.0, while the results file said
+    steered_hf: each is an error naming the argument, before the (nonexistent) model loads."""
+    from lm_eval.api.registry import get_model
+    from lm_eval.utils import simple_parse_args_string
+
+    kwargs = simple_parse_args_string(f"pretrained=/nonexistent/model,{args.replace('VECTOR', vector_file)}")
+    with pytest.raises(SteerError, match=re.escape(needle)):
         get_model("steered_hf")(**kwargs)

@@ -172,3 +172,95 @@ def test_cli_sweep_into_another_models_folder_is_refused_before_loading(
     assert "--fresh: discarded 2 earlier result(s)" in err
     for f in out.glob("*/results.json"):
         assert json.loads(f.read_text())["config"]["limit"] == 2.0
+
+
+# --- what determines a result: the weights under --model, the samples files beside results.json ----------------
+
+
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _stamps(files: list[Path]) -> list[int]:
+    return [f.stat().st_mtime_ns for f in files]
+
+
+def test_weights_changed_under_the_same_model_path_are_another_sweep(
+    lm, task_dir, vector_file, tiny_llama_dir, tmp_path
+):
+    from helpers_tiny import save_model
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_llama_dir, model_dir)
+    out = tmp_path / "sweep"
+    plan = SweepPlan.grid([vector_file], [1.0], ["all"], ["all"])
+    files = run_sweep(lm, plan, _options(out, task_dir, str(model_dir)), progress=False)
+    assert _json(out / SWEEP_FILE)["settings"]["weights"]  # a fingerprint of the weights files is recorded
+    save_model(model_dir, "llama", seed=1)  # other weights of the same architecture saved over them (a fine-tune)
+    assert (model_dir / "model.safetensors").read_bytes() != (Path(tiny_llama_dir) / "model.safetensors").read_bytes()
+    stamps = _stamps(files)
+    with pytest.raises(SteerError, match="holds another sweep") as e:
+        run_sweep(lm, plan, _options(out, task_dir, str(model_dir)), progress=False)
+    assert "weights" in str(e.value) and "the model's weights files changed" in str(e.value)
+    assert _stamps(files) == stamps  # nothing was rerun or overwritten
+    shutil.copy2(Path(tiny_llama_dir) / "model.safetensors", model_dir / "model.safetensors")  # the same bytes again
+    run_sweep(lm, plan, _options(out, task_dir, str(model_dir)), progress=False)
+    assert _stamps(files) == stamps  # resumed: all done
+
+
+def test_results_whose_samples_went_missing_or_changed_are_rerun(
+    lm, finished, task_dir, tiny_llama_dir, tmp_path, capsys
+):
+    from steer_plugin.study.rows import compare_rows
+
+    out, plan, files = _copy(finished, tmp_path)
+    (files[1].parent / "samples_rel_mc.jsonl").unlink()
+    truncated = files[2].parent / "samples_rel_mc.jsonl"
+    truncated.write_text("".join(truncated.read_text().splitlines(keepends=True)[:-1]))  # at a line boundary
+    load_rows(out)
+    err = capsys.readouterr().err
+    assert f"{files[1]}: samples_rel_mc.jsonl is missing: its Δ columns may be missing" in err  # the table says so
+    stamps = _stamps(files)
+    run_sweep(lm, plan, _options(out, task_dir, tiny_llama_dir), progress=True)
+    err = capsys.readouterr().err
+    assert f"rerunning {plan.configs[1].slug()}: incomplete results (samples_rel_mc.jsonl is missing)" in err
+    assert f"rerunning {plan.configs[2].slug()}: incomplete results (samples_rel_mc.jsonl changed since" in err
+    assert [a == b for a, b in zip(_stamps(files), stamps)] == [True, False, False]
+    # the Δ columns are back: each steered row against the baseline on all 4 documents, as the results files say
+    rows = load_rows(out)
+    compare_rows(rows)
+    acc = {r.key.alpha: r.metrics["rel_mc/acc"] for r in rows}
+    for r in rows:
+        if r.key.steered:
+            assert r.paired["rel_mc/acc"].n == 4
+            assert r.paired["rel_mc/acc"].delta == pytest.approx(_json(out / r.source)["results"]["rel_mc"]["acc,none"]
+                                                                 - acc[0.0])  # fmt: skip
+
+
+def test_a_folder_of_an_earlier_version_resumes_and_records_the_weights(
+    lm, finished, task_dir, tiny_llama_dir, tmp_path, capsys
+):
+    out, plan, files = _copy(finished, tmp_path)
+    weights = _json(out / SWEEP_FILE)["settings"]["weights"]
+    # as the version before weights fingerprints and samples records wrote the folder
+    doc = _json(out / SWEEP_FILE)
+    del doc["settings"]["weights"]
+    (out / SWEEP_FILE).write_text(json.dumps(doc))
+    for f in files:
+        doc = _json(f)
+        del doc["config"]["sweep_settings"]["weights"], doc["config"]["samples_sha256"]
+        f.write_text(json.dumps(doc))
+    stamps = _stamps(files)
+    run_sweep(lm, plan, _options(out, task_dir, tiny_llama_dir), progress=True)
+    assert "resuming: 3/3 configurations already done" in capsys.readouterr().err
+    assert _stamps(files) == stamps
+    assert _json(out / SWEEP_FILE)["settings"]["weights"] == weights  # recorded now, checked from now on
+    # without a record of its samples files, a results file still needs every task's samples, whole
+    samples = files[2].parent / "samples_rel_mc.jsonl"
+    samples.write_text("".join(samples.read_text().splitlines(keepends=True)[:3]))
+    run_sweep(lm, plan, _options(out, task_dir, tiny_llama_dir), progress=True)
+    err = capsys.readouterr().err
+    assert (
+        f"rerunning {plan.configs[2].slug()}: incomplete results (samples_rel_mc.jsonl has 3 of its 4 documents)" in err
+    )
+    assert [a == b for a, b in zip(_stamps(files), stamps)] == [True, True, False]

@@ -124,7 +124,7 @@ def _parse_alphas(alpha: Any) -> list[float]:
 def _vector_names(vector: Any) -> list[Any]:
     """The vectors of ``vector=`` (files joined by ``;``, or objects); a text naming none is an error, never
     an unsteered run (``vector=`` or ``vector=;;`` with an alpha would look steered in a results file)."""
-    names = vector if isinstance(vector, (list, tuple)) else _split(vector)
+    names = list(vector) if isinstance(vector, (list, tuple)) else _split(vector)
     if isinstance(vector, str) and not names:
         raise SteerError(f"vector={printable(vector)} names no vector file; give vector=FILE (or leave it out)")
     return names
