@@ -29,3 +29,10 @@ def first_line(err: BaseException, *, with_type: bool = False) -> str:
     if with_type:
         return f"{type(err).__name__}: {line}"
     return line or type(err).__name__
+
+
+def check_count(what: str, value: object, minimum: int = 1) -> int:
+    """``value`` if it is an integer ``>= minimum`` (a bool is not), else a SteerError naming ``what``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise SteerError(f"{what} must be an integer >= {minimum}, got {value!r}")
+    return value

@@ -1,7 +1,10 @@
+import json
 import os
 from pathlib import Path
 
 import pytest
+from helpers_cli import ESC
+from helpers_tiny import save_tiny_stats
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -52,3 +55,51 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# --- the tiny sweep and files that the reliability tests of several modules share ---------------------------
+
+DOCS = [
+    {"q": "What is the capital of France?", "choices": [" Paris.", " London."], "gold": 0},
+    {"q": "He was furious and", "choices": [" slammed the door.", " smiled."], "gold": 0},
+    {"q": "The weather", "choices": [" is fine today.", " bread"], "gold": 0},
+    {"q": "Tell me about yourself.", "choices": [" I like books.", " Go away!"], "gold": 1},
+]
+
+
+@pytest.fixture(scope="module")
+def task_dir(tmp_path_factory) -> str:
+    """A folder with ``rel_mc``: the 4 questions of DOCS as a multiple-choice task (modules may define their own)."""
+    d = tmp_path_factory.mktemp("tasks")
+    (d / "docs.jsonl").write_text("".join(json.dumps(x) + "\n" for x in DOCS))
+    (d / "rel_mc.yaml").write_text(
+        "task: rel_mc\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
+        f"    test: {d / 'docs.jsonl'}\ntest_split: test\noutput_type: multiple_choice\n"
+        "doc_to_text: q\ndoc_to_choice: choices\ndoc_to_target: gold\nmetric_list:\n  - metric: acc\n"
+        "metadata:\n  version: 1.0\n"
+    )
+    return str(d)
+
+
+@pytest.fixture(scope="module")
+def vector_file(tmp_path_factory, tiny_llama_dir) -> str:
+    import torch
+
+    from steer_plugin.vectors.vector import SteeringVector
+
+    torch.manual_seed(3)
+    path = tmp_path_factory.mktemp("v") / "anger-mean.safetensors"
+    SteeringVector(torch.randn(3, 32), {"model": tiny_llama_dir, "emotion": "anger", "method": "mean"}).save(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def lm(tiny_llama_dir, one_torch_thread):
+    from steer_plugin.harness.model import SteeredHFLM
+
+    return SteeredHFLM(pretrained=tiny_llama_dir, dtype="float32", device="cpu", batch_size=4)
+
+
+@pytest.fixture()
+def stats_file_for_build(tmp_path) -> Path:
+    return save_tiny_stats(tmp_path / "stats.safetensors", model=f"tiny{ESC}[31mred")

@@ -19,3 +19,11 @@ def assert_one_line_error(code, err, *needles):
     assert len(lines) == 1 and "Traceback" not in err, err
     for n in needles:
         assert n in lines[0], lines[0]
+
+
+ESC, NUL, CSI = "\x1b", "\x00", "\x9b"
+
+
+def no_controls(text: str) -> None:
+    for ch in (ESC, NUL, CSI, "\r", "\u202e"):
+        assert ch not in text, repr(text)

@@ -155,8 +155,14 @@ def sharpen_attention(model, factor: float = 6.0) -> None:
                 param.copy_(factor * (1 + param) - 1)
 
 
-def save_model(path: Path, arch: str = "llama", chat: bool = False, **kw) -> str:
+def save_model(path: Path, arch: str = "llama", chat: bool = False, head_scale: float = 1.0, **kw) -> str:
+    """``head_scale``: the LM head times this (30: next-token distributions far from uniform, so steering can
+    move the KL to a few nats instead of saturating near 0.01, and a KL budget such as kl:0.1 is reachable)."""
+    import torch
+
     model, tok = make_model(arch, **kw)
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(head_scale)
     if chat:
         tok.chat_template = CHAT_TEMPLATE
     model.save_pretrained(path)

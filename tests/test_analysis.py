@@ -8,6 +8,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers_cli import no_controls as _no_controls
+from helpers_cli import run_cli
 from scipy import stats as sps
 
 from steer_plugin.errors import SteerError
@@ -234,3 +236,10 @@ def test_stats_file_round_trip_and_ekman_names(raw, tmp_path):
     res = analyze(HiddenStateStats.load(tmp_path / "s.safetensors"), out_dir=tmp_path / "o", top_k=100)
     assert (res.target, res.baseline) == ("ekman:anger", "ekman:neutral")
     assert (tmp_path / "o" / "topk_scatter.png").read_bytes().startswith(PNG_MAGIC)  # top_k > H is clamped
+
+
+def test_analyze_escapes_control_characters(stats_file_for_build, tmp_path, capsys):
+    code, out, _ = run_cli(["analyze", stats_file_for_build, "--emotion", "anger", "--out", tmp_path / "a"], capsys)
+    assert code == 0
+    _no_controls(out)
+    assert "tiny\\x1b[31mred" in out

@@ -30,7 +30,8 @@ def readme_example() -> str:
 def test_readme_example_runs(tmp_path, monkeypatch, capsys):
     from test_classifier import build_goemotions_classifier
 
-    model_dir = save_model(tmp_path / "model", "llama", n_layers=18)  # the example steers layers 8-16
+    # the example steers layers 8-16 at kl:0.1, which a plain random model never reaches
+    model_dir = save_model(tmp_path / "model", "llama", n_layers=18, head_scale=30)
     data = tmp_path / "goemotions"
     shutil.copytree(FIXTURE, data)
     with open(data / "train.tsv", "a", encoding="utf-8") as f:  # the fixture has no joy-only text

@@ -16,17 +16,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import test_reliability
 import torch
 from helpers_cli import assert_one_line_error, run_cli
 from helpers_disk import NO_SPACE, full_disk
 from helpers_tiny import save_tiny_stats
+from test_sweep_folder import _options
 
 from steer_plugin.errors import SteerError
 from steer_plugin.vectors.vector import SteeringVector
 
 FIXTURE = Path(__file__).parent / "fixtures" / "goemotions"
-lm, task_dir = test_reliability.lm, test_reliability.task_dir  # fixtures: a tiny Llama, a 4-question task
+# fixtures from conftest: lm (a tiny Llama), task_dir (a 4-question task)
 
 
 @pytest.fixture()
@@ -215,7 +215,7 @@ def test_full_disk_in_a_sweep_is_one_error_and_no_half_configuration(
     out = tmp_path / "sweep"
     full_disk(monkeypatch, "results.json")
     with pytest.raises(SteerError, match=f"results.json: {NO_SPACE}"):
-        run_sweep(lm, plan, test_reliability._options(out, task_dir, tiny_llama_dir), progress=False)
+        run_sweep(lm, plan, _options(out, task_dir, tiny_llama_dir), progress=False)
     configs = [d for d in out.iterdir() if d.is_dir()]
     assert all(not any(d.iterdir()) or (d / "results.json").is_file() for d in configs), _tree(out)
     assert not [p for p in out.rglob("*.tmp")]

@@ -12,6 +12,7 @@ from helpers_tiny import CORPUS, make_model
 from test_fluency import reference
 
 from steer_plugin.errors import SteerError
+from steer_plugin.steering import alphas as A
 from steer_plugin.steering import calibrate as C
 from steer_plugin.steering.side_effects import TextSource
 from steer_plugin.vectors.stats import ClassStats
@@ -38,12 +39,12 @@ def texts_file(tmp_path_factory):
 
 
 def test_alpha_specs_and_budgets():
-    assert C.parse_alpha_specs("0, 0.5;kl:0.1,-1") == [0.0, 0.5, C.KLBudget(0.1), -1.0]
-    assert str(C.KLBudget(0.1)) == "kl:0.1"
-    assert C.parse_budgets("1,0.03,kl:0.1,0.03") == [0.03, 0.1, 1.0]
+    assert A.parse_alpha_specs("0, 0.5;kl:0.1,-1") == [0.0, 0.5, A.KLBudget(0.1), -1.0]
+    assert str(A.KLBudget(0.1)) == "kl:0.1"
+    assert A.parse_budgets("1,0.03,kl:0.1,0.03") == [0.03, 0.1, 1.0]
     for bad in ("kl:-1", "kl:0", "abc", "kl:x", "nan", ""):
         with pytest.raises(SteerError):
-            C.parse_alpha_specs(bad)
+            A.parse_alpha_specs(bad)
 
 
 @pytest.mark.parametrize(("scale", "power"), [(1.0, 2.0), (300.0, 2.0), (0.002, 1.5), (5.0, 3.0)])
@@ -227,3 +228,93 @@ def test_calibrate_command_errors(tmp_path, tiny_llama_dir, texts_file, capsys):
     assert "zero on layers 0-1" in capsys.readouterr().err
     assert main([*base, "--kl", "0.1,-2"]) == 2
     assert "bad alpha" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- what a stored calibration is keyed on
+
+
+def _saved_sharp_model(path, seed: int):
+    """``sharp_model`` (other weights per seed), saved and loaded from ``path`` as a model the user names."""
+    from steer_plugin.model.loading import ModelOptions
+
+    model, tok = make_model("llama", n_layers=3, hidden=32, seed=seed)
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(30)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return ModelOptions(str(path)).load()
+
+
+@pytest.fixture(scope="module")
+def two_models(tmp_path_factory):
+    """Two models with the same folder name, config and dtype, other weights: ``.../a/model`` and ``.../b/model``."""
+    root = tmp_path_factory.mktemp("same_name")
+    return _saved_sharp_model(root / "a" / "model", 3), _saved_sharp_model(root / "b" / "model", 5)
+
+
+def _kl_at(loaded, texts, vec, alpha) -> float:
+    """The independent reference: one text at a time, a forward hook adding alpha x the vector on every layer."""
+    return reference(loaded.model, loaded.tokenizer, texts, {l: alpha * vec.matrix[l] for l in range(3)}, "all")[0]
+
+
+def test_a_stored_calibration_is_not_reused_for_other_weights_of_the_same_name(tmp_path, texts_file, two_models):
+    a, b = two_models
+    torch.manual_seed(4)
+    path = tmp_path / "anger-mean.safetensors"
+    SteeringVector(torch.randn(3, 32) * 0.01).save(path)
+    vec = SteeringVector.load(path)
+    source = TextSource(texts_file)
+    kw = dict(source=source, n_calibration=10, n_heldout=10, layers="all", positions="all")
+    on_a, reused = C.calibrate_vector_file(a.model, a.tokenizer, path, [0.1], model_name=a.name, **kw)
+    assert not reused
+    on_b, reused = C.calibrate_vector_file(b.model, b.tokenizer, path, [0.1], model_name=b.name, **kw)
+    assert not reused  # the same name, config and dtype, but not the same weights
+    cal_texts = C.split_texts(source, 10, 10)[0]
+    assert abs(_kl_at(b, cal_texts, vec, on_b.rows[0].alpha) / 0.1 - 1) <= 0.05 + 1e-4  # b's own alpha fits b
+    assert abs(_kl_at(b, cal_texts, vec, on_a.rows[0].alpha) / 0.1 - 1) > 0.05  # a's would not have
+    keys = [e["key"] for e in json.loads(C.calibration_path(path).read_text())["calibrations"]]
+    assert (
+        len(keys) == 2 and keys[0]["model"] == keys[1]["model"] == "model" and keys[0]["weights"] != keys[1]["weights"]
+    )
+    _, reused = C.calibrate_vector_file(b.model, b.tokenizer, path, [0.1], model_name=b.name, **kw)
+    assert reused  # b's own entry: used as stored
+
+
+def test_a_calibration_without_a_weights_fingerprint_is_verified_on_reuse(
+    tmp_path, texts_file, two_models, monkeypatch
+):
+    """As the shipped calibrations (made on an offline copy of the hub model): one KL evaluation per budget at the
+    stored alpha; within the entry's tolerance it is reused, else the vector is calibrated again - and said so."""
+    a, b = two_models
+    torch.manual_seed(4)
+    path = tmp_path / "anger-mean.safetensors"
+    SteeringVector(torch.randn(3, 32) * 0.01).save(path)
+    vec = SteeringVector.load(path)
+    source = TextSource(texts_file)
+    kw = dict(source=source, n_calibration=10, n_heldout=10, layers="all", positions="all")
+    made, _ = C.calibrate_vector_file(a.model, a.tokenizer, path, [0.1, 0.3], model_name=a.name, **kw)
+    doc = json.loads(C.calibration_path(path).read_text())
+    del doc["calibrations"][0]["key"]["weights"]  # as a calibration made before the fingerprint was recorded
+    C.calibration_path(path).write_text(json.dumps(doc))
+    said: list[str] = []
+
+    def no_calibration(*args, **kwargs):
+        raise AssertionError("should have reused the verified calibration")
+
+    monkeypatch.setattr(C, "calibrate", no_calibration)
+    again, reused = C.calibrate_vector_file(a.model, a.tokenizer, path, [0.1, 0.3], model_name=a.name,
+                                            progress=said.append, **kw)  # fmt: skip
+    monkeypatch.undo()
+    assert reused and [r.alpha for r in again.rows] == [r.alpha for r in made.rows]
+    assert len(said) == 1 and "verified the stored calibration on this model" in said[0], said
+    cal_texts = C.split_texts(source, 10, 10)[0]
+    for r in made.rows:  # what the verification measured: the reference's KL at the stored alpha
+        assert (
+            f"KL {_kl_at(a, cal_texts, vec, r.alpha):.4g} at alpha {r.alpha:.5g} for budget {r.kl_budget:.4g}"
+            in said[0]
+        )
+    said.clear()
+    on_b, reused = C.calibrate_vector_file(b.model, b.tokenizer, path, [0.1, 0.3], model_name=b.name,
+                                           progress=said.append, **kw)  # fmt: skip
+    assert not reused and "does not hold on this model" in said[0] and "calibrating again" in said[0], said
+    assert abs(_kl_at(b, cal_texts, vec, on_b.rows[0].alpha) / 0.1 - 1) <= 0.05 + 1e-4

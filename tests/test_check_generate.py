@@ -6,8 +6,11 @@ import json
 
 import pytest
 import torch
+from helpers_cli import ESC, assert_one_line_error, run_cli
+from helpers_cli import no_controls as _no_controls
 
 from steer_plugin.cli import main
+from steer_plugin.vectors.stats import ClassStats, HiddenStateStats
 from steer_plugin.vectors.vector import SteeringVector
 
 
@@ -138,3 +141,33 @@ def test_generate_chat_on_needs_a_chat_template(tiny_llama_dir, vec_file, capsys
     )
     err = capsys.readouterr().err
     assert rc == 2 and "no chat template" in err and "Traceback" not in err
+
+
+def test_check_report_and_errors_escape_control_characters(tmp_path, capsys):
+    from steer_plugin.steering.check import CheckReport, format_report
+
+    _no_controls(format_report(CheckReport(f"m{ESC}[2J", 1.0)))
+    # an error message quoting a file name (or its contents) stays one line without escapes
+    name = tmp_path / f"v{ESC}[31m\nx.safetensors"
+    name.write_bytes(b"junk")
+    code, _, err = run_cli(["export", name, "--format", "gguf", "--out", tmp_path / "o.gguf"], capsys)
+    assert_one_line_error(code, err, "steer export: error:", "v\\x1b[31m\\nx.safetensors")
+    _no_controls(err)
+    stats = tmp_path / "s.safetensors"
+    classes = {f"c{ESC}[2J": ClassStats(3, torch.zeros(3, 32, dtype=torch.float64), torch.ones(3, 32))}
+    HiddenStateStats(classes, {}).save(stats)
+    code, _, err = run_cli(
+        ["build", "--stats", stats, "--emotion", "anger", "--out", tmp_path / "v.safetensors"], capsys
+    )
+    assert_one_line_error(code, err, "c\\x1b[2J")
+    _no_controls(err)
+
+
+def test_generate_output_escapes_control_characters():
+    from steer_plugin.steering.generate import Generation, GenerationRun, GenerationSettings, format_run
+
+    run = GenerationRun(GenerationSettings(), [0.0])
+    run.generations.append(Generation(f"p{ESC}[2J", 0.0, f"line one\nline{ESC}[31m two", 3))
+    text = format_run(run)
+    _no_controls(text)
+    assert "line one\nline\\x1b[31m two" in text  # newlines of the generation are kept

@@ -123,3 +123,17 @@ def test_reading_results_imports_no_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_reading_kl_alphas_imports_no_torch():
+    """`--alphas kl:0.1` is parsed while the arguments are read, before `main`'s work starts: light, like `--help`."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from steer_plugin.cli import build_parser; "
+        "a = build_parser().parse_args(['sweep', '--vector', 'v', '--alphas', '0,kl:0.1', '--out', 'o']); "
+        "print(len(a.alphas), 'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "2 False"

@@ -107,3 +107,29 @@ def test_anger_vector_makes_answers_angrier(smollm2, shared, tmp_path):
     assert mean_diff / (sd / len(diffs) ** 0.5) >= 3  # paired over the same prompts
     assert sum(map(_english_ratio, texts)) / len(texts) >= 0.75  # still English text, not symbol soup
     assert sum(map(_english_ratio, base_texts)) / len(base_texts) >= 0.9
+
+
+def test_the_shipped_calibrations_are_verified_on_the_offline_copy(smollm2, shared):
+    """The shipped calibrations were made on an offline copy of the hub model and have no weights fingerprint: they
+    are verified on reuse (one KL evaluation at the stored alpha), and on the same weights they hold."""
+    from steer_plugin.model.loading import ModelOptions
+    from steer_plugin.steering.calibrate import calibrate_vector_file, calibration_path, stored_calibrations
+    from steer_plugin.steering.side_effects import TextSource
+
+    vector = Path(__file__).resolve().parents[1] / "vectors" / "smollm2-135m-instruct" / "anger-top_k-20.safetensors"
+    before = calibration_path(vector).read_bytes()
+    shipped = next(
+        r for c in stored_calibrations(vector) for r in c.rows if r.kl_budget == 0.1 and c.key["layers"] == "10-19"
+    )
+    loaded = ModelOptions(smollm2).load()
+    said: list[str] = []
+    calibration, reused = calibrate_vector_file(
+        loaded.model, loaded.tokenizer, vector, [0.1], layers="10-19", positions="response",
+        source=TextSource(str(shared / "data" / "goemotions")), model_name="HuggingFaceTB/SmolLM2-135M-Instruct",
+        save=False, progress=said.append,
+    )  # fmt: skip
+    assert reused and calibration.rows[0].alpha == shipped.alpha
+    assert len(said) == 1 and "verified the stored calibration on this model" in said[0], said
+    measured = float(re.search(r"KL (\S+) at alpha", said[0]).group(1))
+    assert measured == pytest.approx(shipped.kl_calibration, rel=1e-3)  # what the file recorded, on these weights
+    assert calibration_path(vector).read_bytes() == before  # verifying writes nothing

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers_cli import assert_one_line_error, run_cli
 from helpers_tiny import decoder_blocks, save_model
 
 from steer_plugin.cli import main
@@ -220,3 +221,15 @@ def test_gguf_cli_notes_row_zero(tmp_path, capsys):
     assert code == 0 and "row 0 was not exported" in err and "[1, 2]" in stdout
     tensors, _ = _read_gguf(tmp_path / "cv.gguf")
     np.testing.assert_allclose(tensors["direction.2"], 3 * _matrix()[2], rtol=1e-6)
+
+
+@pytest.mark.parametrize("fmt", ["lm-eval-steered", "gguf"])
+@pytest.mark.parametrize("alpha", ["nan", "inf", "-inf", "1e39"])
+def test_export_refuses_non_finite_alpha(tmp_path, capsys, fmt, alpha):
+    vec = tmp_path / "v.safetensors"
+    SteeringVector(torch.ones(3, 32)).save(vec)
+    out = tmp_path / f"out.{fmt}"
+    code, _, err = run_cli(["export", vec, "--format", fmt, "--out", out, f"--alpha={alpha}"], capsys)
+    assert_one_line_error(code, err, "steer export: error:")
+    assert ("--alpha must be a finite number" in err) or ("not finite in float32" in err), err
+    assert not out.exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from helpers_cli import assert_one_line_error, run_cli
 
 from steer_plugin.errors import SteerError
 from steer_plugin.model.layers import format_layers, parse_layers
@@ -58,3 +59,13 @@ def test_format_roundtrip(layers, text):
     assert format_layers(layers, 4 if text == "all" else 8) == text
     if layers:
         assert parse_layers(text, 4 if text == "all" else 8) == layers
+
+
+def test_huge_layer_ranges_are_not_expanded(stats_file_for_build, tmp_path, capsys):
+    out = tmp_path / "v.safetensors"
+    code, _, err = run_cli(
+        ["build", "--stats", stats_file_for_build, "--layers", "0-99999999999", "--out", out], capsys
+    )
+    assert_one_line_error(code, err, "out of range: this model has layers 0-2")
+    code, _, err = run_cli(["build", "--stats", stats_file_for_build, "--layers", "all", "--out", out], capsys)
+    assert code == 0, err

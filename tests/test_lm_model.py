@@ -3,10 +3,16 @@ model, and plain forward-hook references of the same math."""
 
 from __future__ import annotations
 
+import re
+
+import numpy as np
 import pytest
 import torch
+from helpers_tiny import decoder_blocks
 from lm_eval.api.instance import Instance
+from test_npy import _bad_npys
 
+from steer_plugin.errors import SteerError
 from steer_plugin.harness.model import SteeredHFLM
 from steer_plugin.vectors.interop import export_lm_eval_steered
 from steer_plugin.vectors.vector import SteeringVector
@@ -233,3 +239,128 @@ def test_no_hooks_left_after_calls_and_exceptions(steered, vec_path):
         assert _hooks_left(steered.model) == before
     steered.configure(None, 0.0)
     assert not steered.plan.active
+
+
+def test_malformed_npy_fails_steered_hf_before_the_model_loads(tmp_path):
+    from steer_plugin.harness.model import SteeredHFLM
+
+    for path in _bad_npys(tmp_path).values():
+        with pytest.raises(SteerError, match=str(path.name)):
+            SteeredHFLM(pretrained="/nonexistent/model", vector=str(path))
+
+
+def _block_output_hooks(model, delta: torch.Tensor) -> list:
+    """Independent reference: add ``delta`` to every decoder block's output with plain hooks."""
+
+    def hook(module, args, out):
+        return (out[0] + delta, *out[1:]) if isinstance(out, tuple) else out + delta
+
+    return [block.register_forward_hook(hook) for block in decoder_blocks(model)]
+
+
+def test_alpha_times_vector_overflow_is_refused(lm, tmp_path):
+    from steer_plugin.model.hooks import make_plan
+
+    big = tmp_path / "big.safetensors"
+    SteeringVector(torch.full((3, 32), 3e38)).save(big)  # finite in float32 ...
+    with pytest.raises(SteerError, match="alpha x vector at layer 0 is not finite in float32"):
+        lm.configure(str(big), 2.0)  # ... 2 x 3e38 is not
+    lm.configure(None, 0.0)
+    # in a float16 model, 1e5 is already out of range
+    from helpers_tiny import make_model
+
+    model, _ = make_model("llama")
+    model = model.half()
+    v = SteeringVector(torch.full((3, 32), 1e5))
+    with pytest.raises(SteerError, match="not finite in float16"):
+        make_plan([v], [1.0], model, "model.layers")
+    assert make_plan([v], [0.5], model.float(), "model.layers").active  # fine in float32
+
+
+def test_non_finite_steered_scores_fail_the_evaluation(lm, tmp_path, tiny_llama_dir):
+    """A finite delta (3e38 x 1) that overflows inside the model: scores are nan, never reported."""
+    from lm_eval.api.instance import Instance
+    from transformers import AutoModelForCausalLM
+
+    ref = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32).eval()
+    handles = _block_output_hooks(ref, torch.full((32,), 3e38))
+    try:
+        with torch.no_grad():
+            logits = ref(input_ids=torch.tensor([[1, 5, 7, 9]])).logits
+    finally:
+        for h in handles:
+            h.remove()
+    assert not torch.isfinite(logits).all()  # the reference: this delta breaks the forward pass
+
+    big = tmp_path / "big.safetensors"
+    SteeringVector(torch.full((3, 32), 3e38)).save(big)
+    ll = [Instance("loglikelihood", None, ("The weather", c), i) for i, c in enumerate([" is fine", " bread"])]
+    gen = [Instance("generate_until", None, ("Tell me", {"until": ["\n"], "max_gen_toks": 4}), 0)]
+    try:
+        for positions in ("all", "response"):
+            for reuse in (True, False):
+                lm.prefix_reuse = reuse
+                lm.configure(str(big), 1.0, positions=positions)
+                with pytest.raises(SteerError, match="scores became non-finite"):
+                    lm.loglikelihood(ll, disable_tqdm=True)
+            with pytest.raises(SteerError, match="scores became non-finite"):
+                lm.generate_until(gen, disable_tqdm=True)
+        lm.configure(str(big), 1.0, steer_backend="hooks")
+        for call, requests in ((lm.generate_until, gen), (lm.loglikelihood, ll)):
+            with pytest.raises(SteerError, match="scores became non-finite"):
+                call(requests, disable_tqdm=True)
+    finally:
+        lm.prefix_reuse = True
+        lm.configure(None, 0.0, steer_backend="nnsight")
+    assert all(np.isfinite(x) for x, _ in lm.loglikelihood(ll, disable_tqdm=True))  # unsteered: fine
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        ({"alpha": "abc"}, "alpha must be a number, got 'abc'"),
+        ({"alpha": "nan"}, "alpha must be a finite number"),
+        ({"alpha": "1;x"}, "alpha must be a number, got 'x'"),
+        ({"layers": "two"}, "bad layer spec 'two'"),
+        ({"layers": "0-99999999999999"}, None),  # syntax fine; the range needs the model (and is not expanded)
+        ({"positions": "prompt"}, "unknown positions"),
+        ({"backend": "magic"}, "unknown backend"),
+        ({"prefix_reuse": "maybe"}, "prefix_reuse must be true or false"),
+        ({"alpha": "1;2;3"}, "1 vectors but 3 alphas"),
+    ],
+)
+def test_steering_model_args_are_checked_before_the_model_loads(vector_file, args, needle):
+    """The model does not exist: every bad steering argument must be found first, naming the argument."""
+    from lm_eval.api.registry import get_model
+    from lm_eval.utils import simple_parse_args_string
+
+    text = f"pretrained=/nonexistent/model,vector={vector_file}," + ",".join(f"{k}={v}" for k, v in args.items())
+    kwargs = simple_parse_args_string(text)
+    if needle is None:
+        with pytest.raises(Exception) as e:  # got as far as loading the model
+            get_model("steered_hf")(**kwargs)
+        assert not isinstance(e.value, SteerError), e.value
+        return
+    with pytest.raises(SteerError, match=needle.replace("(", r"\(")):
+        get_model("steered_hf")(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        ("vector=;;", "vector=;; names no vector file"),
+        ("vector=,alpha=2", "vector= names no vector file"),
+        ("vector=VECTOR,alpha=;", "alpha=; names no number"),
+        ("alpha=2", "alpha= without vector= steers nothing"),
+        ("vector=VECTOR,blocks=model.²", "--blocks 'model.²' is not a module path"),
+    ],
+)
+def test_steering_that_would_silently_not_happen_is_refused_before_the_model_loads(vector_file, args, needle):
+    """`vector=;;` (or `vector=` with an alpha) ran unsteered and `alpha=;` became 1.0, while the results file said
+    steered_hf: each is an error naming the argument, before the (nonexistent) model loads."""
+    from lm_eval.api.registry import get_model
+    from lm_eval.utils import simple_parse_args_string
+
+    kwargs = simple_parse_args_string(f"pretrained=/nonexistent/model,{args.replace('VECTOR', vector_file)}")
+    with pytest.raises(SteerError, match=re.escape(needle)):
+        get_model("steered_hf")(**kwargs)

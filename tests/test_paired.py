@@ -261,3 +261,17 @@ def test_read_scores_keeps_numeric_metrics_per_filter(tmp_path):
     old = tmp_path / "samples_old.jsonl"  # older harness rows have no "metrics" list
     old.write_text(json.dumps({"doc_id": 3, "doc": {"q": 1}, "target": 0, "filter": "none", "acc": 0}) + "\n")
     assert read_scores(old) == {"acc": {(3, None, None): 0.0}}
+
+
+def test_lines_that_are_not_a_documents_scores_are_said_not_skipped_silently(tmp_path, capsys):
+    f = tmp_path / "samples_t.jsonl"
+    good = [{"doc_id": i, "filter": "none", "metrics": ["acc"], "acc": float(i % 2)} for i in range(4)]
+    lines = [json.dumps(good[0]), "garbage", json.dumps(good[1]), json.dumps([1, 2]), json.dumps(good[2])]
+    f.write_text("\n".join(lines) + "\n" + json.dumps(good[3])[:12])  # and a truncated last line
+    got = read_scores(f)
+    assert got == {"acc": {(r["doc_id"], None, None): r["acc"] for r in good[:3]}}  # the readable rows still count
+    err = capsys.readouterr().err
+    assert f"{f}: skipped 3 line(s) that are not a document's scores (line 2, 4, 6)" in err, err
+    f.write_text("\n".join(json.dumps(r) for r in good) + "\n")
+    read_scores(f)
+    assert capsys.readouterr().err == ""  # a whole file: nothing to say

@@ -10,7 +10,7 @@ import json
 import pytest
 
 from steer_plugin.errors import SteerError
-from steer_plugin.steering.calibrate import KLBudget
+from steer_plugin.steering.alphas import KLBudget
 from steer_plugin.steering.config import SteeringConfig
 from steer_plugin.study.plan import SweepConfig, SweepPlan
 from steer_plugin.study.sweep_folder import config_record

@@ -202,7 +202,7 @@ def test_grid_puts_controls_beside_their_vector():
 
 def test_grid_calibrates_controls_to_the_same_kl_when_asked():
     from steer_plugin.errors import SteerError
-    from steer_plugin.steering.calibrate import parse_alpha_specs
+    from steer_plugin.steering.alphas import parse_alpha_specs
 
     controls = {"a.safetensors": ["c/a-random-0.safetensors"]}
     own = {"a.safetensors": {0.1: 0.5, 1.0: 2.0}, "c/a-random-0.safetensors": {0.1: 1.5, 1.0: 4.25}}
@@ -281,7 +281,8 @@ def test_sweep_measures_side_effects_and_resolves_kl_alphas(lm, task_dir, vector
     from test_fluency import reference
 
     from steer_plugin.errors import SteerError
-    from steer_plugin.steering.calibrate import KLBudget, calibrate_vector_file, parse_alpha_specs
+    from steer_plugin.steering.alphas import KLBudget, parse_alpha_specs
+    from steer_plugin.steering.calibrate import calibrate_vector_file
     from steer_plugin.steering.side_effects import TextSource
     from steer_plugin.study.rows import load_rows
     from steer_plugin.study.table import to_console, to_csv
@@ -387,3 +388,33 @@ def test_sweep_command_with_controls_at_the_same_kl(task_dir, vector_file, tiny_
     for d in (mine, ctrl):  # both near the budget on all the texts (calibrated on half of them)
         side = d["results"]["side_effects"]
         assert side["kl_budget,none"] == 0.002 and abs(side["kl,none"] / 0.002 - 1) < 0.5
+
+
+def test_a_kl_budget_that_is_not_reached_is_said_and_not_labelled_as_reached(
+    task_dir, vector_file, tiny_llama_dir, tmp_path, capsys
+):
+    """The tiny model's KL saturates far below 1e6: no row may carry that budget (its real KL is far smaller)."""
+    from steer_plugin.cli import main
+    from steer_plugin.steering.calibrate import calibration_path
+    from steer_plugin.study.rows import load_rows
+
+    texts = tmp_path / "neutral.txt"
+    texts.write_text("".join(f"{d['q']}{d['choices'][-1]} ({i})\n" for i, d in enumerate(DOCS * 3)), encoding="utf-8")
+    out = tmp_path / "out"
+    args = ["sweep", "--model", tiny_llama_dir, "--vector", vector_file, "--alphas", "0,kl:0.002,kl:1e6"]
+    args += ["--tasks", "tiny_mc", "--include-path", task_dir, "--out", str(out), "--fluency-texts", str(texts)]
+    args += ["--batch-size", "2", "--positions", "response", "--backend", "hooks"]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    # what the calibration file says was reached at best (read as JSON): far below the budget
+    entry = next(
+        e
+        for e in json.loads(calibration_path(vector_file).read_text())["calibrations"]
+        if e["key"]["positions"] == "response" and any(r["kl_budget"] == 1e6 for r in e["rows"])
+    )
+    closest = next(r for r in entry["rows"] if r["kl_budget"] == 1e6)
+    assert not closest["converged"] and closest["kl_calibration"] < 1
+    assert f"kl:1e+06 not reached for {vector_file}" in err and "not evaluated" in err
+    assert f"the closest KL is {closest['kl_calibration']:.4g}" in err
+    assert sorted(r.key.kl_budget for r in load_rows(out) if r.key.kl_budget is not None) == [0.002]
+    assert not list(out.glob("*kl1e+06*"))

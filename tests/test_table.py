@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from helpers_cli import ESC, NUL, run_cli
+from helpers_cli import no_controls as _no_controls
+from test_rows import _good
 
 from steer_plugin.errors import SteerError
 from steer_plugin.study.rows import load_rows
@@ -146,3 +149,17 @@ def test_row_keys_are_typed_and_a_control_knows_its_vector(folder):
     assert vector.kl_budget is None and vector.controls is None
     assert (control.emotion, control.method, control.kl_budget) == ("anger", "random", 0.1)
     assert control.control_of == "anger (top_k-20)" and control.controls == vector.series
+
+
+def test_table_escapes_control_characters(tmp_path, capsys):
+    doc = _good(f"evil{ESC}]0;title{NUL}\nmodel")
+    doc["results"] = {f"task{ESC}[1m": {"acc,none": 0.5}}
+    (tmp_path / "r.json").write_text(json.dumps(doc))
+    (tmp_path / f"bad{ESC}[2J.json").write_text("{")
+    code, out, err = run_cli(["table", tmp_path], capsys)
+    assert code == 0
+    _no_controls(out)
+    _no_controls(err)
+    assert "evil\\x1b]0;title\\x00\\nmodel" in out and "task\\x1b[1m/acc" in out
+    _no_controls((tmp_path / "leaderboard.md").read_text())
+    assert (tmp_path / "leaderboard.md").read_text().count("\n") == 3

@@ -183,3 +183,33 @@ def test_corrupt_files_are_one_line_steer_errors(tmp_path):
         assert "\n" not in msg and str(path.name) in msg, (name, msg)
     msg = str(pytest.raises(SteerError, SteeringVector.load, tmp_path / "stats.safetensors").value)
     assert "not a steer-plugin steering vector" in msg and "steer-plugin/stats" in msg
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool, torch.uint8])
+def test_non_float_vectors_are_refused_not_cast(tmp_path, dtype):
+    from safetensors.torch import save_file
+
+    good = tmp_path / "good.safetensors"
+    SteeringVector(torch.ones(3, 32), {"emotion": "anger"}).save(good)
+    from safetensors import safe_open
+
+    with safe_open(str(good), framework="pt") as f:
+        header = f.metadata()
+    bad = tmp_path / "ints.safetensors"
+    save_file({"vector": torch.ones(3, 32).to(dtype)}, str(bad), metadata=header)
+    with pytest.raises(SteerError, match=f"{str(dtype).removeprefix('torch.')}; a steering vector holds floats"):
+        SteeringVector.load(bad)
+    with pytest.raises(SteerError, match="holds floats"):
+        SteeringVector(torch.ones(3, 32).to(dtype))
+    stats = tmp_path / "stats.safetensors"
+    g = torch.Generator().manual_seed(0)
+    classes = {c: ClassStats(4, torch.randn(3, 32, generator=g, dtype=torch.float64), torch.ones(3, 32)) for c in "ab"}
+    HiddenStateStats(classes, {"target": "a", "baseline": "b"}).save(stats)
+    tensors, meta = {}, {}
+    with safe_open(str(stats), framework="pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    tensors["a/mean"] = tensors["a/mean"].to(dtype)
+    save_file(tensors, str(stats), metadata=meta)
+    with pytest.raises(SteerError, match="corrupt stats file .*expected floats"):
+        HiddenStateStats.load(stats)

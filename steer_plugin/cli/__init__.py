@@ -26,20 +26,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.version:
-        from steer_plugin import __version__
+    command = "steer"
+    try:  # parsing too: a Ctrl-C while the arguments are read is "interrupted", not a traceback
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        command = f"steer {args.command}" if getattr(args, "command", None) else command
+        if args.version:
+            from steer_plugin import __version__
 
-        print(__version__)
-        return 0
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
-    try:
+            print(__version__)
+            return 0
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 2
         return int(args.func(args) or 0)
     except SteerError as e:  # messages quote file contents: one line, no escapes
-        print(f"steer {args.command}: error: {printable(e)}", file=sys.stderr)
+        print(f"{command}: error: {printable(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

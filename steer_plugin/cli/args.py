@@ -90,6 +90,8 @@ def floats(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
     if not all(math.isfinite(v) for v in values):
         raise argparse.ArgumentTypeError(f"expected finite numbers, got {text!r}")
+    if not values:  # `--alphas ''` would generate nothing and succeed
+        raise argparse.ArgumentTypeError(f"expected at least one number, got {text!r}")
     return values
 
 

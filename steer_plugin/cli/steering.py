@@ -72,6 +72,7 @@ def add_commands(sub: Any) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from steer_plugin.data.prompts import check_prompts
     from steer_plugin.model.hooks import finite_alpha
     from steer_plugin.model.layers import layer_ranges
     from steer_plugin.steering.check import format_report, run_check
@@ -79,13 +80,14 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     finite_alpha(args.alpha, "--alpha")
     layer_ranges(args.layers)  # syntax, before the model loads
+    prompts = check_prompts(args.prompt or DEFAULT_PROMPTS)
     vec = SteeringVector.load(args.vector)
     loaded = model_options(args).load()
     report = run_check(
         loaded.model,
         loaded.tokenizer,
         vec,
-        args.prompt or DEFAULT_PROMPTS,
+        prompts,
         args.alpha,
         args.layers,
         args.blocks,
@@ -99,17 +101,28 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     from steer_plugin.model.hooks import Steerer
+    from steer_plugin.model.layers import layer_ranges
+    from steer_plugin.steering.alphas import parse_budgets
     from steer_plugin.steering.calibrate import (
         calibrate_vector_file,
         calibration_path,
+        check_settings,
         format_calibration,
-        parse_budgets,
+        split_texts,
         stored_calibrations,
     )
     from steer_plugin.steering.side_effects import TextSource
+    from steer_plugin.vectors.vector import SteeringVector
 
-    budgets = parse_budgets(args.kl)
+    # everything the arguments and files say, before the model loads
+    budgets = check_settings(
+        parse_budgets(args.kl), args.positions, args.tolerance, args.n_calibration, args.n_heldout, args.batch_size
+    )
+    layer_ranges(args.layers)
+    SteeringVector.load(args.vector)
     stored_calibrations(args.vector)  # a tampered calibration file fails before the model loads
+    source = TextSource(args.fluency_texts, seed=args.seed)
+    split_texts(source, args.n_calibration, args.n_heldout)  # a missing, unreadable or empty --fluency-texts
     loaded = model_options(args).load()
     calibration, reused = calibrate_vector_file(
         loaded.model,
@@ -118,7 +131,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         budgets,
         layers=args.layers,
         positions=args.positions,
-        source=TextSource(args.fluency_texts, seed=args.seed),
+        source=source,
         n_calibration=args.n_calibration,
         n_heldout=args.n_heldout,
         model_name=args.model,
@@ -141,9 +154,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    from steer_plugin.data.prompts import check_prompts
+    from steer_plugin.errors import SteerError
     from steer_plugin.io.atomic import write_text_atomic
     from steer_plugin.model.hooks import Steerer
-    from steer_plugin.model.layers import layer_ranges
     from steer_plugin.steering.generate import GenerationSettings, format_run, generate_side_by_side
     from steer_plugin.vectors.vector import SteeringVector
 
@@ -151,10 +165,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         from steer_plugin.io.outputs import check_output_file
 
         check_output_file(args.json_out, "--json-out")
-    layer_ranges(args.layers)  # syntax, before the model loads
-    vec = SteeringVector.load(args.vector)
-    loaded = model_options(args).load()
-    settings = GenerationSettings(
+    settings = GenerationSettings(  # checks every setting, before the model loads
         max_new_tokens=args.max_new_tokens,
         do_sample=args.do_sample,
         temperature=args.temperature,
@@ -165,10 +176,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
         layers=args.layers,
         batch_size=args.batch_size,
     )
+    prompts = check_prompts(args.prompts or DEFAULT_PROMPTS)
+    vec = SteeringVector.load(args.vector)
+    options = model_options(args)
+    if settings.chat and not options.has_chat_template():  # the tokenizer alone tells, not the weights
+        raise SteerError(f"--chat on: the tokenizer of {args.model} has no chat template; use --chat auto or off")
+    loaded = options.load()
     steerer = Steerer(loaded.model, args.backend, args.blocks)
-    run = generate_side_by_side(
-        loaded.model, loaded.tokenizer, vec, args.prompts or DEFAULT_PROMPTS, args.alphas, settings, steerer
-    )
+    run = generate_side_by_side(loaded.model, loaded.tokenizer, vec, prompts, args.alphas, settings, steerer)
     print(format_run(run))
     if args.json_out:
         doc = {"model": args.model, "vector": args.vector, "backend": args.backend, **run.to_json()}

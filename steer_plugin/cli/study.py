@@ -22,7 +22,7 @@ from steer_plugin.study.run import (
 
 def _alpha_specs(text: str) -> list[Any]:
     from steer_plugin.errors import SteerError
-    from steer_plugin.steering.calibrate import parse_alpha_specs
+    from steer_plugin.steering.alphas import parse_alpha_specs
 
     try:
         return parse_alpha_specs(text)
@@ -283,11 +283,12 @@ def _wrote(files: list) -> None:
 
 def _resamples(args: argparse.Namespace) -> int:
     from steer_plugin.errors import SteerError
-    from steer_plugin.study.paired import DEFAULT_RESAMPLES
+    from steer_plugin.study.paired import DEFAULT_RESAMPLES, check_resampling
 
     resamples = DEFAULT_RESAMPLES if args.resamples is None else args.resamples
     if resamples < 1000:
         raise SteerError(f"--resamples must be at least 1000 for a 95% interval, got {resamples}")
+    check_resampling(resamples, args.seed)  # before any file is read
     return resamples
 
 

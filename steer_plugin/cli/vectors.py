@@ -129,7 +129,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 def cmd_build(args: argparse.Namespace) -> int:
     from steer_plugin.errors import SteerError
     from steer_plugin.model.layers import layer_ranges, parse_layers
-    from steer_plugin.vectors.build import build_vector
+    from steer_plugin.vectors.build import build_vector, check_top_k
     from steer_plugin.vectors.stats import HiddenStateStats
     from steer_plugin.vectors.vector import default_vector_path
 
@@ -139,19 +139,26 @@ def cmd_build(args: argparse.Namespace) -> int:
         return _build_random(args)
     if args.top_k is not None and args.method != "top_k":
         raise SteerError("--top-k only applies to --method top_k")
+    if args.method == "top_k":
+        check_top_k(args.top_k)
     if args.scale is not None:
         from steer_plugin.model.hooks import finite_alpha
 
         finite_alpha(args.scale, "--scale")
-    _check_build_outputs(args)
-    if args.stats:
-        stats = HiddenStateStats.load(args.stats)
-    else:
+    request = None
+    if not args.stats:
         if not args.emotion:
             raise SteerError("give --emotion (and --model/--data) to record, or --stats FILE to reuse statistics")
+        request = record_request_from_args(args, args.emotion)  # names checked (and `Anger` is `anger`) first
+        args.emotion, args.baseline = request.emotion, request.baseline
+        _check_model_fits(args, request.model.dimensions())  # layers and --top-k, from the config alone
+    _check_build_outputs(args)
+    if request is None:
+        stats = HiddenStateStats.load(args.stats)
+    else:
         from steer_plugin.vectors.request import record_request
 
-        stats = record_request(record_request_from_args(args, args.emotion))
+        stats = record_request(request)
         if args.save_stats and _is_main_rank():
             stats.save(args.save_stats)
     if not _is_main_rank():
@@ -174,6 +181,20 @@ def cmd_build(args: argparse.Namespace) -> int:
     )
     print("per-layer norm: " + " ".join(f"{n:.3g}" for n in norms))
     return 0
+
+
+def _check_model_fits(args: argparse.Namespace, dimensions: tuple[int, int] | None) -> None:
+    """--layers and --top-k against the model's (blocks, hidden size) before recording, where its config tells."""
+    from steer_plugin.model.layers import parse_layers
+    from steer_plugin.vectors.build import check_top_k
+
+    if dimensions is None:
+        return  # checked against the recorded statistics instead
+    n_layers, hidden = dimensions
+    if args.layers:
+        parse_layers(args.layers, n_layers)
+    if args.method == "top_k":
+        check_top_k(args.top_k, hidden)
 
 
 def _check_build_outputs(args: argparse.Namespace) -> None:

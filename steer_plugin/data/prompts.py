@@ -10,6 +10,16 @@ from steer_plugin.data.goemotions import canonical_target
 from steer_plugin.errors import SteerError
 
 
+def check_prompts(prompts: Sequence[str]) -> list[str]:
+    """Prompts to generate from or probe with: at least one, none empty (an empty one has no token to read)."""
+    if not prompts:
+        raise SteerError("give at least one prompt")
+    empty = next((i for i, p in enumerate(prompts) if not str(p).strip()), None)
+    if empty is not None:
+        raise SteerError(f"prompt {empty + 1} is empty: give a text for the model to continue")
+    return list(prompts)
+
+
 @dataclass(frozen=True)
 class PromptTemplate:
     """``raw`` (the text as is), ``chat`` (a user turn in the model's chat template, ending with the

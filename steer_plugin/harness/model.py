@@ -59,6 +59,7 @@ from steer_plugin.model.hooks import (
     make_plan,
 )
 from steer_plugin.model.layers import format_layers, layer_ranges, parse_layers
+from steer_plugin.model.loading import check_block_path, model_fingerprint
 from steer_plugin.model.positions import Positions, check_positions
 from steer_plugin.steering.config import SteeringConfig
 from steer_plugin.steering.kv_prefix import ReuseUnsupported, accepts_logits_to_keep, reuse_blocker, reuse_window
@@ -116,7 +117,19 @@ def _parse_alphas(alpha: Any) -> list[float]:
     """``alpha`` (one number, or one per vector joined by ``;``) as finite floats, or an error naming it."""
     if isinstance(alpha, (int, float)) and not isinstance(alpha, bool):
         return [finite_alpha(alpha)]
-    return [finite_alpha(a) for a in _split(alpha)] or [1.0]
+    alphas = [finite_alpha(a) for a in _split(alpha)]
+    if not alphas:  # `alpha=;` is a mistake, not the default 1.0
+        raise SteerError(f"alpha={printable(alpha)} names no number; give e.g. alpha=1 or alpha=1;-0.5")
+    return alphas
+
+
+def _vector_names(vector: Any) -> list[Any]:
+    """The vectors of ``vector=`` (files joined by ``;``, or objects); a text naming none is an error, never
+    an unsteered run (``vector=`` or ``vector=;;`` with an alpha would look steered in a results file)."""
+    names = list(vector) if isinstance(vector, (list, tuple)) else _split(vector)
+    if isinstance(vector, str) and not names:
+        raise SteerError(f"vector={printable(vector)} names no vector file; give vector=FILE (or leave it out)")
+    return names
 
 
 def _repair_layer_args(layers: Any, kwargs: dict[str, Any]) -> Any:
@@ -149,7 +162,7 @@ class SteeredHFLM(HFLM):
         self,
         pretrained: str | PreTrainedModel | None = None,
         vector: VectorArg = None,
-        alpha: AlphaArg = 1.0,
+        alpha: AlphaArg | None = None,  # None: 1.0 with a vector
         layers: LayersArg = "all",
         positions: str = "all",
         backend: str = "nnsight",
@@ -162,9 +175,12 @@ class SteeredHFLM(HFLM):
         check_positions(positions)
         check_choice("backend", backend, BACKENDS)  # ours (nnsight|hooks); HFLM's own (causal|seq2seq) is not settable
         # every steering argument is checked before the model loads (minutes for a big one)
-        alphas = _parse_alphas(alpha)
+        alphas = _parse_alphas(1.0 if alpha is None else alpha)
         layer_ranges(None if layers is None else str(layers))  # syntax; the range needs the model
-        vectors = [self._load_vector(p) for p in _split(vector)]
+        check_block_path(blocks)
+        vectors = [self._load_vector(p) for p in _vector_names(vector)]
+        if alpha is not None and not vectors:
+            raise SteerError("alpha= without vector= steers nothing; give vector=FILE (or leave alpha out)")
         if vectors:
             alphas_per_vector(alphas, len(vectors))
         super().__init__(pretrained=pretrained, **kwargs)
@@ -179,7 +195,7 @@ class SteeredHFLM(HFLM):
         self._planned: list[TailConfig] = []  # configurations coming next (steer sweep), see plan_ahead
         self._ahead: dict[Hashable, dict[tuple, Answer]] = {}  # their answers, computed early
         self._batcher: ConfigBatcher | None = None  # several configurations per batch (steer sweep), see plan_ahead
-        self.configure(vectors, alpha, layers, positions, backend)
+        self.configure(vectors, alphas, layers, positions, backend)
 
     # -- configuration (also used by sweeps: no model reload) ----------------------------------------
     @staticmethod
@@ -244,7 +260,7 @@ class SteeredHFLM(HFLM):
             )
         vector, alpha, layers = steering.get("vector"), steering.get("alpha", 1.0), steering.get("layers", "all")
         checked = check_positions(steering.get("positions", "all"))
-        vectors = [self._load_vector(v) for v in (vector if isinstance(vector, (list, tuple)) else _split(vector))]
+        vectors = [self._load_vector(v) for v in _vector_names(vector)]
         alphas = alphas_per_vector(_parse_alphas(alpha), len(vectors)) if vectors else _parse_alphas(alpha)
         chosen = parse_layers(None if layers is None else str(layers), len(self.steerer.blocks))
         plan = make_plan(vectors, alphas, self.model, self.steerer.block_path, chosen) if vectors else SteeringPlan()
@@ -275,8 +291,6 @@ class SteeredHFLM(HFLM):
             self._batcher = ConfigBatcher(list(self._planned), max(rows or DEFAULT_ROWS, fixed))
 
     def _warn_other_model(self, vectors: list[SteeringVector]) -> None:
-        from steer_plugin.model.loading import model_fingerprint
-
         here = model_fingerprint(self.model, str(getattr(self, "pretrained", "")))
         for v in vectors:
             built_on = v.metadata.get("model")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, get_args
 
 from steer_plugin.errors import SteerError, check_choice, first_line
@@ -24,10 +25,17 @@ DTYPES: tuple[str, ...] = get_args(Dtype)
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"  # small and ungated: runs on a laptop CPU
 
 
+def check_block_path(path: str | None) -> str | None:
+    """A module path (``model.layers``, ``blocks.0``): dotted attribute names and indices, checked before loading."""
+    if path is not None and not all(part.isidentifier() or part.isdecimal() for part in str(path).split(".")):
+        raise SteerError(f"--blocks {path!r} is not a module path: use attribute names and indices like model.layers")
+    return path
+
+
 def resolve_module(root: Any, path: str) -> Any:
     obj = root
     for part in path.split("."):
-        obj = obj[int(part)] if part.isdigit() else getattr(obj, part)
+        obj = obj[int(part)] if part.isdecimal() else getattr(obj, part)
     return obj
 
 
@@ -97,6 +105,7 @@ class ModelOptions:
 
     def __post_init__(self) -> None:
         torch_dtype(self.dtype)  # SteerError for an unknown dtype, before any loading
+        check_block_path(self.blocks)
 
     def load(self) -> LoadedModel:
         """Load the causal LM and its tokenizer.
@@ -123,6 +132,26 @@ class ModelOptions:
             model.to(self.device)  # type: ignore[arg-type]  # a device string; transformers types it narrowly
         model.eval()
         return LoadedModel(model, tok, self.name)
+
+    def weights_fingerprint(self) -> str | None:
+        """``weights_fingerprint`` of the files this model loads from (None: not on this machine yet)."""
+        return weights_fingerprint(self.name, self.revision)
+
+    def dimensions(self) -> tuple[int, int] | None:
+        """(decoder blocks, hidden size) from the model's config alone (no weights), to check layer specs and
+        ``--top-k`` before any model work; None where the config does not say (or ``blocks`` names other ones)."""
+        if self.blocks:
+            return None
+        from transformers import AutoConfig
+
+        try:
+            config = AutoConfig.from_pretrained(
+                self.name, revision=self.revision, trust_remote_code=self.trust_remote_code
+            ).get_text_config()
+        except (OSError, ValueError):
+            return None  # loading says why, as before
+        n_layers, hidden = getattr(config, "num_hidden_layers", None), getattr(config, "hidden_size", None)
+        return (n_layers, hidden) if isinstance(n_layers, int) and isinstance(hidden, int) else None
 
     def has_chat_template(self) -> bool:
         """Whether the model's tokenizer has a chat template (read from the tokenizer alone, no weights)."""
@@ -173,6 +202,54 @@ def model_fingerprint(model: Any, name: str | None = None) -> dict[str, str]:
         "config_hash": config_hash(cfg),
         "architecture": type(model).__name__,
     }
+
+
+_MIB = 1 << 20
+_SAMPLES = 16  # 64 KiB pieces spread over each weights file, besides its first and last MiB
+
+
+def weights_files(name: str, revision: str | None = None) -> list[Path]:
+    """The weights files of a local model folder, or of a hub model's cached snapshot ([] when neither is here:
+    not downloaded yet, or a model built in memory)."""
+    folder = Path(name).expanduser() if name else None
+    if folder is None or not folder.is_dir():
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(name, "config.json", revision=revision)
+        except Exception:  # not a hub id (an absent path, an in-memory model's ""): nothing to fingerprint
+            return []
+        if not isinstance(cached, str):
+            return []
+        folder = Path(cached).parent
+    return sorted(
+        f
+        for f in folder.iterdir()
+        if f.is_file() and (f.suffix == ".safetensors" or (f.suffix == ".bin" and f.name != "training_args.bin"))
+    )
+
+
+def weights_fingerprint(name: str, revision: str | None = None) -> str | None:
+    """A cheap fingerprint of a model's weights without loading them: per weights file its name, size, first
+    and last MiB and ``_SAMPLES`` pieces between (an edited or other model of the same name and config differs;
+    a copy of the same files, such as the hub snapshot and an offline copy, does not). None: no files to read."""
+    files = weights_files(name, revision)
+    if not files:
+        return None
+    h = hashlib.sha256()
+    try:
+        for f in files:
+            size = f.stat().st_size
+            h.update(f"{f.name}\0{size}\0".encode())
+            offsets = [0, *(size * i // (_SAMPLES + 1) for i in range(1, _SAMPLES + 1)), max(size - _MIB, 0)]
+            lengths = [_MIB, *([_MIB // 16] * _SAMPLES), _MIB]
+            with open(f, "rb") as fh:
+                for offset, length in zip(offsets, lengths):
+                    fh.seek(offset)
+                    h.update(fh.read(length))
+    except OSError:
+        return None
+    return h.hexdigest()[:16]
 
 
 def model_slug(name: str) -> str:

@@ -13,8 +13,13 @@ Each row also gives the relative strength ``||alpha v_l|| / RMS||h_l||`` (median
 steered layers) when the vector's metadata holds the residual RMS recorded at build time.
 
 Calibrations are stored next to the vector (``<name>.calibration.json``), one entry per
-(model, dtype, layers, positions, texts) so several coexist; ``steer sweep --alphas kl:0.1`` reuses a
-matching entry and calibrates (and stores) otherwise.
+(model, weights, dtype, layers, positions, texts) so several coexist; ``steer sweep --alphas kl:0.1`` reuses a
+matching entry and calibrates (and stores) otherwise. The key's ``weights`` is ``model.loading.weights_fingerprint``
+of the files the model came from: another model with the same folder name and config is not a match. An entry
+without one (made before it was recorded, or on a model not loaded from files: the shipped calibrations, made on an
+offline copy of the hub model, are such) is meant to travel, so it is verified instead: one KL evaluation per
+budget at its stored alpha on this model's calibration texts; within its tolerance it is reused, else the vector
+is calibrated again (the progress output says which).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from steer_plugin.errors import SteerError
+from steer_plugin.errors import SteerError, check_count
 from steer_plugin.io.formats import CALIBRATION_FORMAT
 from steer_plugin.io.outputs import check_output_file
 from steer_plugin.io.schema import Rule, fields_problem, is_finite, is_int, is_number, shown
@@ -52,56 +57,6 @@ MAX_ALPHA_RANGE = 1e6  # never search beyond start x/÷ this
 CALIBRATION_VERSION = 1
 # first alpha when the vector knows its residual RMS: a step of this fraction of the residual norm
 START_RELATIVE_STRENGTH = 0.02
-
-
-# --------------------------------------------------------------------------- alpha specs
-
-
-@dataclass(frozen=True)
-class KLBudget:
-    """An alpha given as a side-effect budget: ``kl:0.1`` = the alpha whose KL is 0.1 nats/token."""
-
-    kl: float
-
-    def __str__(self) -> str:
-        return f"kl:{self.kl:g}"
-
-
-AlphaSpec = float | KLBudget
-
-
-def parse_alpha_specs(text: str) -> list[AlphaSpec]:
-    """``0,0.5,kl:0.1`` -> [0.0, 0.5, KLBudget(0.1)] (``;`` also separates)."""
-    out: list[AlphaSpec] = []
-    for part in str(text).replace(";", ",").split(","):
-        part = part.strip()
-        if not part:
-            continue
-        try:
-            if part.lower().startswith("kl:"):
-                kl = float(part[3:])
-                if not (kl > 0 and math.isfinite(kl)):
-                    raise ValueError
-                out.append(KLBudget(kl))
-            else:
-                a = float(part)
-                if not math.isfinite(a):
-                    raise ValueError
-                out.append(a)
-        except ValueError:
-            raise SteerError(
-                f"bad alpha {part!r} in {text!r}: use numbers and KL budgets like 0,0.5,kl:0.1 (budget > 0)"
-            ) from None
-    if not out:
-        raise SteerError(f"no alphas in {text!r}")
-    return out
-
-
-def parse_budgets(text: str) -> list[float]:
-    """``0.03,0.1,0.3,1`` (``kl:`` prefixes allowed) -> sorted unique budgets."""
-    parts = [p.strip() for p in str(text).replace(";", ",").split(",") if p.strip()]
-    specs = parse_alpha_specs(",".join(p if p.lower().startswith("kl:") else f"kl:{p}" for p in parts))
-    return sorted({s.kl for s in specs if isinstance(s, KLBudget)})
 
 
 # --------------------------------------------------------------------------- the search
@@ -241,6 +196,29 @@ class Calibration:
         return cls(**data)
 
 
+def check_settings(
+    budgets: Iterable[float],
+    positions: str = "all",
+    tolerance: float = DEFAULT_TOLERANCE,
+    n_calibration: int = DEFAULT_N_CALIBRATION,
+    n_heldout: int = DEFAULT_N_HELDOUT,
+    batch_size: int = 16,
+) -> list[float]:
+    """The budgets, sorted and unique, once every setting is checked: callers check before loading the model."""
+    from steer_plugin.model.positions import check_positions
+
+    budgets = sorted(set(float(b) for b in budgets))
+    if not budgets or any(not (b > 0 and math.isfinite(b)) for b in budgets):
+        raise SteerError(f"KL budgets must be positive numbers, got {budgets}")
+    check_positions(positions)
+    if not 0 < tolerance < 1:
+        raise SteerError(f"tolerance must be between 0 and 1, got {tolerance}")
+    check_count("--n-calibration", n_calibration)
+    check_count("--n-heldout", n_heldout)
+    check_count("--batch-size", batch_size)
+    return budgets
+
+
 def split_texts(source: TextSource, n_calibration: int, n_heldout: int) -> tuple[list[str], list[str]]:
     """The first ``n_calibration`` texts of the source's seeded order calibrate, the next ``n_heldout``
     are held out; a source with fewer texts is split in half."""
@@ -264,11 +242,13 @@ def calibration_key(
     calibration_texts: list[str],
     heldout_texts: list[str],
 ) -> dict[str, Any]:
-    from steer_plugin.model.loading import config_hash
+    from steer_plugin.model.loading import config_hash, weights_fingerprint
 
     param = next(model.parameters(), None)
+    source = str(getattr(model, "name_or_path", "") or model_name)  # where the weights were read from
     return {
         "model": Path(str(model_name)).name,
+        "weights": weights_fingerprint(source, getattr(model.config, "_commit_hash", None)),
         "config_hash": config_hash(model.config),
         "dtype": str(param.dtype).removeprefix("torch.") if param is not None else "?",
         "vector_sha256": vector_sha256,
@@ -335,14 +315,8 @@ def calibrate(
     """
     from steer_plugin.model.hooks import Steerer, make_plan
     from steer_plugin.model.layers import format_layers, parse_layers
-    from steer_plugin.model.positions import check_positions
 
-    budgets = sorted(set(float(b) for b in budgets))
-    if not budgets or any(not (b > 0 and math.isfinite(b)) for b in budgets):
-        raise SteerError(f"KL budgets must be positive numbers, got {budgets}")
-    check_positions(positions)
-    if not 0 < tolerance < 1:
-        raise SteerError(f"tolerance must be between 0 and 1, got {tolerance}")
+    budgets = check_settings(budgets, positions, tolerance, n_calibration, n_heldout, batch_size)
     t0 = time.monotonic()
     steerer = steerer or Steerer(model, "hooks", blocks)
     chosen = parse_layers(layers, len(steerer.blocks))
@@ -518,12 +492,40 @@ def stored_calibrations(vector_path: str | Path) -> list[Calibration]:
     return [Calibration.from_json(entry) for entry in (doc or {}).get("calibrations", [])]
 
 
-def _matching(stored: list[Calibration], key: dict[str, Any], budgets: list[float]) -> Calibration | None:
-    return next((c for c in stored if c.key == key and c.has_budgets(budgets)), None)
+def _matching(stored: list[Calibration], key: dict[str, Any], budgets: list[float]) -> tuple[Calibration | None, bool]:
+    """The stored entry for ``key`` with these budgets, and whether it must be verified on this model first: an
+    entry of the same weights is used as it is; one whose weights are unknown (to it or to us) is verified; one
+    of other weights is another model's."""
+
+    def rest(k: dict[str, Any]) -> dict[str, Any]:
+        return {name: value for name, value in k.items() if name != "weights"}
+
+    candidates = [c for c in stored if rest(c.key) == rest(key) and c.has_budgets(budgets)]
+    weights = key.get("weights")
+    same = next((c for c in candidates if weights is not None and c.key.get("weights") == weights), None)
+    if same is not None:
+        return same, False
+    unknown = next((c for c in candidates if weights is None or c.key.get("weights") is None), None)
+    return unknown, unknown is not None
 
 
 def find_stored(vector_path: str | Path, key: dict[str, Any], budgets: Iterable[float]) -> Calibration | None:
-    return _matching(stored_calibrations(vector_path), key, list(budgets))
+    """The stored entry ``calibrate_vector_file`` would reuse for ``key`` (one without a weights fingerprint is
+    verified there first)."""
+    return _matching(stored_calibrations(vector_path), key, list(budgets))[0]
+
+
+def _verified(c: Calibration, kl_of: Callable[[float], float]) -> tuple[bool, str]:
+    """Whether ``c`` holds on this model: per row, the KL at its stored alpha (one evaluation) within ``c``'s
+    tolerance of its budget (of the KL it recorded, for a budget it never reached); and the numbers, in words."""
+    ok, said = True, []
+    for r in c.rows:
+        kl, target = kl_of(r.alpha), r.kl_budget if r.converged else r.kl_calibration
+        ok = ok and kl > 0 and abs(kl / target - 1) <= c.tolerance
+        said.append(f"KL {kl:.4g} at alpha {r.alpha:.5g} for {'budget' if r.converged else 'stored KL'} {target:.4g}")
+        if not ok:
+            break  # one miss is enough: the vector is calibrated again
+    return ok, f"{', '.join(said)}; tolerance {c.tolerance:.0%}"
 
 
 def _check_stored_alphas(
@@ -573,11 +575,15 @@ def calibrate_vector_file(
     **kwargs: Any,
 ) -> tuple[Calibration, bool]:
     """Calibrate a vector file, reusing a stored matching calibration; returns (calibration, reused)."""
-    from steer_plugin.model.hooks import Steerer
+    from steer_plugin.model.hooks import Steerer, make_plan
     from steer_plugin.model.layers import format_layers, parse_layers
     from steer_plugin.vectors.vector import file_sha256
 
-    budgets = sorted(set(float(b) for b in budgets))
+    budgets = check_settings(
+        budgets, positions, kwargs.get("tolerance", DEFAULT_TOLERANCE), n_calibration, n_heldout,
+        kwargs.get("batch_size", 16),
+    )  # fmt: skip
+    progress: Callable[[str], None] = kwargs.get("progress") or (lambda _: None)
     vector = SteeringVector.load(vector_path)
     entries = stored_calibrations(vector_path)  # a tampered file fails now, before any forward pass (--force too)
     source = source or TextSource()
@@ -589,11 +595,22 @@ def calibrate_vector_file(
     chosen = parse_layers(layers, n_layers)
     key = calibration_key(model, model_name, sha, format_layers(chosen, n_layers), positions, *probe_texts)
     if not force:
-        stored = _matching(entries, key, budgets)
+        stored, verify = _matching(entries, key, budgets)
         if stored is not None:
             _check_stored_alphas(entries, stored, vector, chosen, calibration_path(vector_path))
             stored.rows = [r for r in stored.rows if any(math.isclose(r.kl_budget, b, rel_tol=1e-9) for b in budgets)]
-            return stored, True
+            if not verify:
+                return stored, True
+            probe = FluencyProbe(model, tokenizer, texts[0], steerer=steerer, batch_size=kwargs.get("batch_size", 16))
+            holds, said = _verified(
+                stored,
+                lambda a: probe.measure(make_plan([vector], [a], model, steerer.block_path, chosen), positions).kl,
+            )
+            if holds:
+                progress(f"  verified the stored calibration on this model (no weights fingerprint to match): {said}")
+                return stored, True
+            progress(f"  the stored calibration does not hold on this model (no weights fingerprint to match): {said}; "
+                     "calibrating again")  # fmt: skip
     if save:  # before minutes of calibrating: the file beside the vector must be writable
         check_output_file(calibration_path(vector_path), "calibration file")
     result = calibrate(

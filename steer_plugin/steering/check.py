@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from steer_plugin.data.prompts import pad_batch, pad_id
+from steer_plugin.data.prompts import check_prompts, pad_batch, pad_id
 from steer_plugin.io.terminal import printable
 from steer_plugin.io.text_table import format_table, number_cell
 from steer_plugin.model.hooks import Steerer, make_plan
@@ -96,6 +96,7 @@ def run_check(
     def n_hooks() -> int:
         return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
 
+    check_prompts(prompts)
     hooks_before = n_hooks()
     hooks_steerer = Steerer(model, "hooks", blocks)
     nn_steerer = Steerer(model, "nnsight", blocks)

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 
-from steer_plugin.data.prompts import pad_batch, pad_id
-from steer_plugin.errors import SteerError
+from steer_plugin.data.prompts import check_prompts, pad_batch, pad_id
+from steer_plugin.errors import SteerError, check_count
 from steer_plugin.io.terminal import printable
 from steer_plugin.model.hooks import Steerer, SteeringPlan, make_plan
+from steer_plugin.model.layers import layer_ranges
 from steer_plugin.model.positions import Positions, check_positions
 from steer_plugin.vectors.vector import SteeringVector
 
@@ -27,6 +29,20 @@ class GenerationSettings:
     positions: Positions = "response"
     layers: str = "all"
     batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        """Every setting checked when it is made (before the model loads), never by ``generate`` mid-way."""
+        check_count("--max-new-tokens", self.max_new_tokens)
+        check_count("--batch-size", self.batch_size)
+        check_count("--seed", self.seed, 0)
+        if not 0 < self.top_p <= 1:
+            raise SteerError(f"--top-p must be in (0, 1], got {self.top_p:g}")
+        if self.do_sample and not (0 < self.temperature < math.inf):
+            raise SteerError(
+                f"--do-sample needs a --temperature > 0, got {self.temperature:g} (0 is greedy: drop --do-sample)"
+            )
+        check_positions(self.positions)
+        layer_ranges(self.layers)
 
 
 @dataclass
@@ -71,9 +87,7 @@ def generate_side_by_side(
     steerer: Steerer | None = None,
 ) -> GenerationRun:
     """Generate every prompt at every alpha (alpha 0 = the unsteered model), batched per alpha."""
-    check_positions(settings.positions)
-    if not prompts:
-        raise SteerError("give at least one prompt")
+    check_prompts(prompts)
     steerer = steerer or Steerer(model, "hooks")
     has_template = bool(getattr(tokenizer, "chat_template", None))
     if settings.chat and not has_template:

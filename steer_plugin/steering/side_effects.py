@@ -43,7 +43,7 @@ import torch
 
 from steer_plugin.data.goemotions import HUB_CONFIG, HUB_DATASET, neutral_texts, neutral_texts_location
 from steer_plugin.data.prompts import pad_batch, pad_id
-from steer_plugin.errors import SteerError
+from steer_plugin.errors import SteerError, check_count
 from steer_plugin.model.hooks import Steerer, SteeringPlan
 from steer_plugin.model.positions import check_positions
 from steer_plugin.steering.kv_prefix import (
@@ -71,6 +71,9 @@ class TextSource:
 
     path: str | None = None
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_count("--seed", self.seed, 0)
 
     def resolved(self) -> str | None:
         return neutral_texts_location(self.path)

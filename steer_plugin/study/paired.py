@@ -26,12 +26,16 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
+
+from steer_plugin.errors import SteerError, check_count
+from steer_plugin.io.terminal import printable
 
 DEFAULT_RESAMPLES = 2000
 LEVEL = 0.95
@@ -69,6 +73,21 @@ class Paired:
 
 _CHUNK = 1 << 22  # random draws held in memory at once
 _CACHE_LIMIT = 1 << 23  # draws kept between comparisons (64 MiB as float64)
+# per resample a comparison holds its mean difference, its sign-flipped sum and their copies while the quantile
+# and the p-value are taken: about 32 bytes; --resamples is bounded so that this stays within 2 GiB
+_BYTES_PER_RESAMPLE = 32
+MAX_RESAMPLES = (2 << 30) // _BYTES_PER_RESAMPLE
+
+
+def check_resampling(resamples: int, seed: int) -> None:
+    """A number of resamples that fits in memory (``MAX_RESAMPLES``) and a seed numpy takes (an integer >= 0)."""
+    check_count("--resamples", resamples)
+    if resamples > MAX_RESAMPLES:
+        raise SteerError(
+            f"--resamples {resamples} would hold about {resamples * _BYTES_PER_RESAMPLE / 2**30:.3g} GiB of resampled "
+            f"statistics in memory; at most {MAX_RESAMPLES} (2 GiB)"
+        )
+    check_count("--seed", seed, 0)
 
 
 def _count_chunks(n: int, resamples: int, seed: int) -> Iterator[np.ndarray]:
@@ -111,8 +130,7 @@ class PairedBootstrap:
     documents, so they are drawn once and reused by every metric and configuration."""
 
     def __init__(self, resamples: int = DEFAULT_RESAMPLES, seed: int = 0, level: float = LEVEL) -> None:
-        if resamples < 1:
-            raise ValueError("resamples must be >= 1")
+        check_resampling(resamples, seed)
         self.resamples, self.seed, self.level = resamples, seed, level
         self._cache: dict[tuple[str, int], np.ndarray] = {}
 
@@ -191,15 +209,18 @@ def read_scores(path: str | Path) -> dict[str, dict[DocKey, float]]:
     """``{metric label: {doc key: value}}`` of the numeric per-document metrics in a samples file;
     labels are ``metric`` or ``metric[filter]`` as in the leaderboard (filter ``none`` is left out)."""
     scores: dict[str, dict[DocKey, float]] = {}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
+    unreadable: list[int] = []  # line numbers: said on stderr, never skipped silently (their Δ would vanish)
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a truncated last line: the documents before it still count
+            except (json.JSONDecodeError, RecursionError):
+                unreadable.append(number)  # e.g. a truncated last line: the documents before it still count
+                continue
             if not isinstance(row, dict) or "doc_id" not in row:
+                unreadable.append(number)
                 continue
             key = (row["doc_id"], row.get("doc_hash"), row.get("prompt_hash"))
             filt = row.get("filter", "none")
@@ -211,6 +232,13 @@ def read_scores(path: str | Path) -> dict[str, dict[DocKey, float]]:
                 if isinstance(value, (int, float)):  # bool is an int
                     label = name + ("" if filt == "none" else f"[{filt}]")
                     scores.setdefault(label, {})[key] = float(value)
+    if unreadable:
+        shown = ", ".join(map(str, unreadable[:5])) + (", ..." if len(unreadable) > 5 else "")
+        print(
+            f"steer table: {printable(path)}: skipped {len(unreadable)} line(s) that are not a document's scores "
+            f"(line {shown}); their documents are left out of the paired comparisons",
+            file=sys.stderr,
+        )
     return scores
 
 

@@ -40,14 +40,15 @@ class SweepPlan:
 
         Args:
             vectors: vector files.
-            alphas: numbers, or KL budgets (``calibrate.KLBudget``); 0 is the baseline.
+            alphas: numbers, or KL budgets (``alphas.KLBudget``); 0 is the baseline.
             layer_sets: layer specs (``all``, ``middle``, ``0,3,5-9``).
             positions: ``all`` / ``response``.
             baseline: plan the unsteered baseline even without a 0 among ``alphas``.
             controls: a vector's random control files, each evaluated right after it at every level of that
                 vector (their configurations carry ``control_of``).
             resolve: ``resolve(vector, layers, positions, budgets) -> {budget: alpha}``, the alphas of one
-                (vector, layers, positions) for the KL budgets; needed when there are budgets.
+                (vector, layers, positions) for the KL budgets it reached (a budget left out is not planned:
+                no row carries a budget its KL did not reach); needed when there are budgets.
             control_match: a control at its vector's alpha (``"alpha"``), or, for a KL budget, at its own
                 alpha for that budget (``"kl"``: the same side effects instead of the same size).
             prompted: emotions to *ask* for (the prompting reference): one unsteered configuration each, last,
@@ -56,7 +57,7 @@ class SweepPlan:
         Returns:
             The plan, configurations in evaluation order.
         """
-        from steer_plugin.steering.calibrate import KLBudget  # torch: the plan is built before any model loads
+        from steer_plugin.steering.alphas import KLBudget
 
         if control_match not in CONTROL_MATCHES:
             raise SteerError(f"control match must be one of {', '.join(CONTROL_MATCHES)}, got {control_match!r}")
@@ -73,17 +74,21 @@ class SweepPlan:
         for v in vectors:
             for layers in layer_sets:
                 for pos in map(check_positions, positions):
-                    found = {}
+                    found: dict[str, dict[float, float] | None] = {}  # None: at its vector's alphas
                     for vec in [v, *(controls or {}).get(v, [])]:
                         own = vec == v or control_match == "kl"
-                        found[vec] = resolve(vec, layers, pos, budgets) if own and budgets and resolve else {}
+                        found[vec] = resolve(vec, layers, pos, budgets) if own and budgets and resolve else None
                     for a in alphas:
                         if a == 0 and not isinstance(a, KLBudget):
                             continue
-                        for vec in found:
+                        for vec, own_alphas in found.items():
                             control_of = None if vec == v else v
-                            if isinstance(a, KLBudget):  # 4 significant digits: readable tables, KL unchanged
-                                alpha = float(f"{(found[vec] or found[v])[a.kl]:.4g}")
+                            if isinstance(a, KLBudget):
+                                level = (found[v] if own_alphas is None else own_alphas) or {}
+                                if a.kl not in level or a.kl not in (found[v] or {}):
+                                    continue  # a budget not reached (the resolver said so) has no row to label
+                                # 4 significant digits: readable tables, KL unchanged
+                                alpha = float(f"{level[a.kl]:.4g}")
                                 configs.append(SteeringConfig(vec, alpha, layers, pos, a.kl, control_of))
                             else:
                                 configs.append(SteeringConfig(vec, float(a), layers, pos, control_of=control_of))

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
 from steer_plugin.io.outputs import check_output_file
+from steer_plugin.io.terminal import printable
 from steer_plugin.vectors.metadata import metadata_problem
 
 SWEEP_FILE = "sweep.json"  # a sweep's plan, written once
 SWEEP_FORMAT = "steer-plugin/sweep"
 SWEEP_VERSION = 1
 RESULTS_FILE = "results.json"  # one per configuration: the harness's results JSON
+# in a sweep's results ``config``: each samples file written beside it (its per-document scores) -> its sha256
+SAMPLES_RECORD = "samples_sha256"
+
+
+def text_sha256(text: str) -> str:
+    """The sha256 of a file's text as it is written (UTF-8)."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _number(x: Any) -> bool:
@@ -45,6 +54,31 @@ def results_shape_problem(doc: Any) -> str | None:
             return f"'config.steering.vectors[{i}].metadata': {problem}"
     if not isinstance(alphas, list) or not all(_number(a) for a in alphas):
         return "'config.steering.alphas' is not a list of numbers"
+    return None
+
+
+def samples_problem(results_file: Path, config: dict[str, Any]) -> str | None:
+    """Why the samples files a results file records (``SAMPLES_RECORD``) are not as they were written: missing,
+    or changed since (truncated, edited); None when they are, or when it records none (the Δ columns come
+    from these files: without them a row loses its Δ)."""
+    recorded = config.get(SAMPLES_RECORD)
+    if recorded is None:
+        return None
+    if not isinstance(recorded, dict):
+        return f"'config.{SAMPLES_RECORD}' is not an object"
+    for name, sha in recorded.items():
+        shown = printable(name)  # a name from a file
+        if Path(str(name)).name != name or not str(name).startswith("samples_"):
+            return f"'config.{SAMPLES_RECORD}' names {shown!r}, not a samples file beside it"
+        path = results_file.parent / name
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return f"{shown} is missing"
+        except OSError as e:
+            return f"{shown} is unreadable ({type(e).__name__})"
+        if hashlib.sha256(data).hexdigest() != sha:
+            return f"{shown} changed since it was written"
     return None
 
 

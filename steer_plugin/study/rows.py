@@ -4,6 +4,7 @@ their paired comparisons against the baseline row."""
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from steer_plugin.study.paired import (
 )
 from steer_plugin.study.plan import SIDE_EFFECTS
 from steer_plugin.study.quality import DEGENERATE, FLUENT_SUFFIX, FLUENT_TARGET, Quality, compare_quality, has_quality
-from steer_plugin.study.results_files import is_sweep_plan, results_shape_problem
+from steer_plugin.study.results_files import is_sweep_plan, results_shape_problem, samples_problem
 from steer_plugin.vectors.controls import is_control
 
 KEY_COLUMNS = ("model", "vector", "alpha", "layers", "positions")  # the leaderboard's columns of a row's key
@@ -144,7 +145,7 @@ def _row_key(config: dict[str, Any], kl_budget: float | None) -> RowKey:
     args = config.get("model_args") or ""
     parsed = dict(kv.split("=", 1) for kv in args.split(",") if "=" in kv) if isinstance(args, str) else dict(args)
     model = printable(parsed.get("pretrained") or config.get("model", "?"))
-    steering = config.get("steering") or {}
+    steering = config.get("steering") or _steering_of_model_args(parsed)
     alphas = steering.get("alphas") or []
     prompting = config.get("prompting")
     if isinstance(prompting, dict) and prompting.get("emotion"):
@@ -166,10 +167,27 @@ def _row_key(config: dict[str, Any], kl_budget: float | None) -> RowKey:
     return key if one is None else replace(key, emotion=one.emotion, method=one.method, control_of=one.control_of)
 
 
+def _steering_of_model_args(args: dict[str, Any]) -> dict[str, Any]:
+    """What ``steered_hf``'s ``--model_args`` say it steered, for a results file that has no ``config.steering``
+    (it would otherwise be a second unsteered row): the vector files (labelled by name), alphas (1 when not
+    given), layers and positions."""
+    vectors = [p.strip() for p in str(args.get("vector") or "").split(";") if p.strip()]
+    if not vectors:
+        return {}
+    try:
+        alphas = [float(a) for a in str(args.get("alpha", 1.0)).split(";") if a.strip()] or [1.0]
+    except ValueError:
+        return {}  # not a run steered_hf would have started
+    return {
+        "vectors": [{"path": v} for v in vectors],
+        "alphas": alphas * len(vectors) if len(alphas) == 1 else alphas,
+        "layers": str(args.get("layers", "all")),
+        "positions": str(args.get("positions", "all")),
+    }
+
+
 def _skip(path: Path, reason: str) -> None:
     """Files the table leaves out are named on stderr: a row must never vanish silently."""
-    import sys
-
     print(f"steer table: skipped {printable(path)}: {reason}", file=sys.stderr)
 
 
@@ -206,6 +224,9 @@ def load_rows(folder: str | Path) -> list[Row]:
             skipped += 1
             continue
         config = doc["config"]
+        missing = samples_problem(path, config)
+        if missing:  # the row stays, but its Δ columns cannot be computed: said, not dropped silently
+            print(f"steer table: {printable(path)}: {missing}: its Δ columns may be missing", file=sys.stderr)
         # every string shown later comes from the file: control characters escaped once, as it is read
         metrics: dict[str, float] = {}
         stderr: dict[str, float] = {}

@@ -8,6 +8,7 @@ Only light modules load at import time, because the command line imports this on
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -16,21 +17,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from steer_plugin.data.goemotions import target_slug
-from steer_plugin.errors import SteerError, check_choice
+from steer_plugin.errors import SteerError, check_choice, check_count
 from steer_plugin.harness.tasks import EMOTION_TASK_PREFIX, TRUTHFULQA_DIR_ENV
 from steer_plugin.io.outputs import check_output_dir, check_output_file
+from steer_plugin.io.schema import is_number
 from steer_plugin.model.backends import Backend
-from steer_plugin.model.layers import layer_ranges
+from steer_plugin.model.layers import layer_ranges, parse_layers
 from steer_plugin.model.loading import DEFAULT_MODEL, Dtype, ModelOptions, model_slug
 from steer_plugin.model.positions import Positions, check_positions
 from steer_plugin.study.plan import Resolver, SweepOptions, SweepPlan
 from steer_plugin.study.results_files import check_table_outputs
-from steer_plugin.study.sweep import run_sweep
+from steer_plugin.study.sweep import run_sweep, task_manager
 from steer_plugin.study.sweep_folder import check_same_sweep, open_sweep_folder, sweep_settings
 from steer_plugin.vectors.metadata import METHODS, Method
 
 if TYPE_CHECKING:  # pragma: no cover
-    from steer_plugin.steering.calibrate import AlphaSpec, KLBudget
+    from steer_plugin.steering.alphas import AlphaSpec, KLBudget
     from steer_plugin.steering.side_effects import TextSource
     from steer_plugin.study.rows import Row
     from steer_plugin.vectors.request import RecordRequest
@@ -112,16 +114,49 @@ class Evaluation:
 
         return TextSource(str(self.fluency_texts) if self.fluency_texts else None)
 
-    def check(self, out: Path) -> None:
-        """Everything that can be checked without a model: layer specs, positions, output paths."""
+    def check(self, out: Path, model: ModelOptions | None = None) -> None:
+        """What the arguments alone say, before any model (or data) loads: the numbers, layer specs (against the
+        model's depth where its config tells), positions, output paths."""
+        if self.limit is not None and not (is_number(self.limit) and 0 < self.limit < math.inf):
+            raise SteerError(
+                f"--limit must be a positive number (of documents, or a fraction below 1), got {self.limit}"
+            )
+        if self.batch_size != "auto":
+            check_count("--batch-size", self.batch_size)
+        for flag, value, least in (("--side-effect-texts", self.side_effect_texts, 1),
+                                   ("--num-fewshot", self.num_fewshot, 0)):  # fmt: skip
+            if value is not None:
+                check_count(flag, value, least)
+        check_count("--controls", self.controls, 0)
+        check_count("--bootstrap-iters", self.bootstrap_iters, 0)
+        if not self.layer_sets or not self.position_sets:
+            raise SteerError(f"--layers {self.layers!r} / --positions {self.positions!r}: give at least one of each")
+        dimensions = model.dimensions() if model is not None else None
         for spec in self.layer_sets:
+            if not str(spec).strip():  # `--layers ' '`: a mistake, not a silent "all" (nor a folder name with a space)
+                raise SteerError(f"--layers {spec!r} names no layers; use all, middle or e.g. 10-19")
             layer_ranges(spec)
+            if dimensions is not None:
+                parse_layers(spec, dimensions[0])
         if self.config_batch_rows is not None and self.config_batch_rows < 1:
             raise SteerError(f"--config-batch-rows must be a positive number of rows, got {self.config_batch_rows}")
         for p in self.position_sets:
             check_positions(p)
+        if model is not None:  # a chat template asked for, that the tokenizer lacks: from the tokenizer alone
+            if self.apply_chat_template and not model.has_chat_template():
+                raise SteerError(f"--apply-chat-template: the tokenizer of {model.name} has no chat template")
+            if self.chat == "on":
+                uses_chat(self.chat, model)  # with or without emotion tasks
         check_output_dir(out)
         check_table_outputs(out / "leaderboard")
+
+    def check_texts(self, alphas: Sequence[AlphaSpec]) -> None:
+        """The neutral texts, where the side effects or KL budgets need them: a missing, unreadable or empty
+        ``--fluency-texts`` fails before the model loads, not after the baseline's evaluation."""
+        from steer_plugin.steering.alphas import KLBudget
+
+        if self.side_effects or any(isinstance(a, KLBudget) for a in alphas):
+            self.text_source().load()
 
     def chat_tasks(self, model: ModelOptions) -> bool | list[str]:
         """``SweepOptions.apply_chat_template``: every task, the emotion tasks (per ``chat``), or none."""
@@ -218,13 +253,15 @@ def sweep(
         raise SteerError("give --tasks, e.g. --tasks truthfulqa_mc1,truthfulqa_mc2,steer_emotion_anger")
     grid = alpha_grid(alphas)
     folder = Path(out)
-    evaluation.check(folder)
+    evaluation.check(folder, model)
     paths = [str(v) for v in vectors]
     for v in paths:  # a missing or corrupt vector fails now, not after the model has loaded
         SteeringVector.load(v)
+    evaluation.check_texts(grid)
     options = evaluation.sweep_options(model, folder)
     if not evaluation.fresh:  # before the controls are written into the folder
         check_same_sweep(folder, sweep_settings(options))
+    tasks = task_manager(options, evaluation.task_metadata())  # an unknown task fails before the model loads
     controls = write_controls(paths, evaluation.controls, folder / "controls") if evaluation.controls else None
     lm = SteeredHFLM(**options.model_args)
     source = options.side_effects or evaluation.text_source()
@@ -233,9 +270,7 @@ def sweep(
         resolve=_calibrated_alphas(model.name, lm, source, progress),  # kl:X alphas need the model
         control_match=evaluation.control_match, prompted=evaluation.prompted,
     )  # fmt: skip
-    results = run_sweep(
-        lm, plan, options, progress, folder=open_sweep_folder(plan, options), task_metadata=evaluation.task_metadata()
-    )
+    results = run_sweep(lm, plan, options, progress, folder=open_sweep_folder(plan, options), tasks=tasks)
     board = write_leaderboard(folder)
     return RunResult(folder, board.rows, board.text, None, board.files, [Path(v) for v in paths], results)
 
@@ -347,6 +382,7 @@ def run(
         vectors swept and each configuration's results file.
     """
     from steer_plugin.study.report import check_level, parse_targets, run_folder_name, write_study
+    from steer_plugin.vectors.build import check_top_k
     from steer_plugin.vectors.request import RecordRequest
     from steer_plugin.vectors.vector import default_vector_path
 
@@ -392,11 +428,15 @@ def run(
         # before building (minutes): the vectors' paths, the run folder and that it holds this sweep
         for path in missing.values():
             check_output_file(path, "--vector" if vector is not None else "vector path")
-        evaluation.check(folder)
+        evaluation.check(folder, loading)
+        evaluation.check_texts(grid)
+        if any(m == "top_k" for _, m in missing):  # before recording: K against the hidden size in the config
+            dimensions = loading.dimensions()
+            check_top_k(top_k, dimensions[1] if dimensions else None)
         if not fresh:
             check_same_sweep(folder, sweep_settings(evaluation.sweep_options(loading, folder)))
         request = RecordRequest(  # the targets are set by what is missing
-            model=loading, emotion=emotion, baseline=baseline, split=split, data_dir=str(data) if data else None,
+            model=loading, emotion=emotions[0], baseline=baseline, split=split, data_dir=str(data) if data else None,
             max_per_class=max_per_class, progress=progress,
         )  # fmt: skip
         if isinstance(batch_size, int):  # an 'auto' batch size is the harness's: recording then keeps its default
@@ -413,7 +453,7 @@ def run(
 
 def alpha_grid(alphas: Alphas) -> list[AlphaSpec]:
     """``"0,kl:0.1"``, ``[0, 0.5, "kl:0.1"]`` or parsed specs -> ``[0.0, 0.5, KLBudget(0.1)]``."""
-    from steer_plugin.steering.calibrate import KLBudget, parse_alpha_specs
+    from steer_plugin.steering.alphas import KLBudget, parse_alpha_specs
 
     specs: list[AlphaSpec] = []
     for a in [alphas] if isinstance(alphas, str) else alphas:
@@ -472,7 +512,12 @@ def _calibrated_alphas(model_name: str, lm: Any, source: TextSource, progress: b
         )
         how = f"stored in {calibration_path(vector)}" if reused else f"calibrated, wrote {calibration_path(vector)}"
         _say(progress, format_calibration(calibration, f"KL budgets of {vector} ({how}):"))
-        return {b: calibration.alpha_for(b) for b in budgets}
+        rows = {b: next(r for r in calibration.rows if math.isclose(r.kl_budget, b, rel_tol=1e-9)) for b in budgets}
+        for b, r in rows.items():
+            if not r.converged:  # its row would carry a budget whose KL it never had
+                _say(progress, f"kl:{b:g} not reached for {vector} (layers {layers}, {positions}): the closest KL "
+                               f"is {r.kl_calibration:.4g} at alpha {r.alpha:.5g}; not evaluated")  # fmt: skip
+        return {b: r.alpha for b, r in rows.items() if r.converged}
 
     return resolve
 

@@ -25,12 +25,13 @@ from steer_plugin.harness.tasks import is_emotion_task, tasks_dir
 from steer_plugin.io.atomic import write_files_atomic
 from steer_plugin.steering.config import UNSTEERED, SteeringConfig
 from steer_plugin.study.plan import SIDE_EFFECTS, SweepOptions, SweepPlan
-from steer_plugin.study.results_files import RESULTS_FILE
+from steer_plugin.study.results_files import RESULTS_FILE, SAMPLES_RECORD, text_sha256
 from steer_plugin.study.sweep_folder import SweepFolder, open_sweep_folder
 
 
-def load_tasks(options: SweepOptions, metadata: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Build the harness tasks once (honouring the classifier metadata and our task folder).
+def task_manager(options: SweepOptions, metadata: dict[str, Any] | None = None) -> Any:
+    """The harness's task index for these tasks (honouring the classifier metadata and our task folder); an
+    unknown task is an error here, before any model loads.
 
     ``metadata``: more task metadata (lm-eval's ``--metadata``), e.g. ``truthfulqa_dir`` of the
     truthfulqa_local tasks."""
@@ -45,6 +46,12 @@ def load_tasks(options: SweepOptions, metadata: dict[str, Any] | None = None) ->
     unknown = [t for t in options.tasks if t not in manager.all_tasks]
     if unknown:
         raise SteerError(f"unknown task(s) {', '.join(unknown)}; see `lm_eval ls tasks` or `steer tasks-dir`")
+    return manager
+
+
+def load_tasks(options: SweepOptions, metadata: dict[str, Any] | None = None, manager: Any = None) -> dict[str, Any]:
+    """Build the harness tasks once, from ``manager`` (``task_manager(options, metadata)`` when None)."""
+    manager = manager or task_manager(options, metadata)
     loaded = manager.load(options.tasks)
     for task in loaded["tasks"].values():
         if options.gen_kwargs and task.get_config("output_type") == "generate_until":
@@ -83,6 +90,7 @@ def run_sweep(
     progress: bool = True,
     folder: SweepFolder | None = None,
     task_metadata: dict[str, Any] | None = None,
+    tasks: Any = None,
 ) -> list[Path]:
     """Evaluate every configuration (skipping finished ones).
 
@@ -94,6 +102,7 @@ def run_sweep(
         folder: from ``open_sweep_folder(plan, options)`` when the caller checked the output folder
             before loading the model (``steer_plugin.run`` does); opened here otherwise.
         task_metadata: see ``load_tasks``.
+        tasks: the ``task_manager`` the caller already built (and checked the task names with).
 
     Returns:
         The results file of every configuration of the plan, in plan order.
@@ -110,7 +119,7 @@ def run_sweep(
     done_before = len(plan.configs) - len(todo)
     if done_before:
         _say(progress, f"resuming: {done_before}/{len(plan.configs)} configurations already done")
-    loaded = load_tasks(options, task_metadata) if todo else {}
+    loaded = load_tasks(options, task_metadata, tasks) if todo else {}
     files: list[Path] = []
     started = time.monotonic()
     planning = hasattr(lm, "plan_ahead")
@@ -203,6 +212,8 @@ def run_sweep(
                 outputs[out / f"samples_{task}.jsonl"] = "".join(
                     json.dumps(r, default=handle_non_serializable, ensure_ascii=False) + "\n" for r in rows
                 )
+        # what the Δ columns read: a resume reruns this configuration if one of them goes missing or changes
+        results["config"][SAMPLES_RECORD] = {path.name: text_sha256(text) for path, text in outputs.items()}
         outputs[out / RESULTS_FILE] = json.dumps(results, indent=2, default=handle_non_serializable, ensure_ascii=False)
         write_files_atomic(outputs)
         files.append(out / RESULTS_FILE)

@@ -2,12 +2,17 @@
 
 A sweep resumes by skipping finished configurations, and a wrong skip is a silently wrong table. So a
 configuration counts as done only if its ``results.json`` parses, has the harness shape and records
-the same sweep settings (model and its load options, tasks, limit, few-shot/chat/generation settings,
-classifier, seed, package version) and the same configuration (vector path and sha256, alpha, layers,
-positions). ``sweep.json``, written before the first evaluation, holds the settings and every
+the same sweep settings (model, a fingerprint of its weights files and its load options, tasks, limit,
+few-shot/chat/generation settings, classifier, seed, package version) and the same configuration (vector path
+and sha256, alpha, layers, positions), and its samples files (the per-document scores the Δ columns come from)
+are there as they were written. ``sweep.json``, written before the first evaluation, holds the settings and every
 configuration planned into the folder. Into a folder of another sweep nothing runs: a one-line error
-says what differs (``--out`` elsewhere, or ``--fresh`` to discard its results). A corrupt or stale
-results file of the same sweep is rerun, and said so.
+says what differs (``--out`` elsewhere, or ``--fresh`` to discard its results); weights changed under the same
+``--model`` path are another sweep too. A corrupt or stale results file of the same sweep is rerun, and said so.
+
+Folders of earlier versions resume: a sweep.json or results file without a weights fingerprint is taken to be of
+these weights (the fingerprint is recorded in sweep.json now, and checked from then on), and a results file that
+does not record its samples files counts as done if every task's samples file is there, whole.
 """
 
 from __future__ import annotations
@@ -20,12 +25,15 @@ from typing import TYPE_CHECKING, Any
 from steer_plugin.errors import SteerError
 from steer_plugin.harness.classifier import chosen_classifier
 from steer_plugin.io.terminal import printable
+from steer_plugin.model.loading import weights_fingerprint
 from steer_plugin.study.results_files import (
     RESULTS_FILE,
+    SAMPLES_RECORD,
     SWEEP_FILE,
     SWEEP_FORMAT,
     SWEEP_VERSION,
     results_shape_problem,
+    samples_problem,
     table_outputs,
 )
 
@@ -35,6 +43,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 # results don't depend on these (batching is exact); everything else in model_args does
 _NOT_SETTINGS = ("batch_size",)
+WEIGHTS = "weights"  # the settings' fingerprint of the model's weights files (model.loading.weights_fingerprint)
 
 
 def sweep_settings(options: SweepOptions) -> dict[str, Any]:
@@ -46,6 +55,8 @@ def sweep_settings(options: SweepOptions) -> dict[str, Any]:
         if k not in _NOT_SETTINGS and v is not None:
             settings["model" if k == "pretrained" else k] = v
     settings.update(
+        # the weights under the --model path (None until a hub model is downloaded: open_sweep_folder runs after)
+        weights=weights_fingerprint(str(options.model_args.get("pretrained", "")), options.model_args.get("revision")),
         tasks=list(options.tasks),
         limit=options.limit,
         num_fewshot=options.num_fewshot,
@@ -79,6 +90,14 @@ class SweepFolder:
 
     def results_path(self, config: SteeringConfig) -> Path:
         return self.root / config.slug() / RESULTS_FILE
+
+
+def _comparable(old: dict[str, Any], new: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The two settings as they are compared: the weights fingerprints only where both know one (a sweep.json
+    or results file of an earlier version has none; a hub model not yet downloaded has none yet)."""
+    if old.get(WEIGHTS) is not None and new.get(WEIGHTS) is not None:
+        return old, new
+    return ({k: v for k, v in old.items() if k != WEIGHTS}, {k: v for k, v in new.items() if k != WEIGHTS})
 
 
 def _short(value: Any) -> str:
@@ -142,14 +161,18 @@ def check_same_sweep(root: Path, settings: dict[str, Any]) -> dict[str, Any] | N
     ):
         why = error or "not a steer sweep plan"
         raise SteerError(f"{printable(plan_file)} is unreadable ({why}); {_how_to_proceed(root)}")
-    if doc["settings"] != settings:
-        what = _differences(doc["settings"], settings)
+    old, new = _comparable(doc["settings"], settings)
+    if old != new:
+        what = _differences(old, new)
+        if old.get(WEIGHTS) != new.get(WEIGHTS):
+            what += " (the model's weights files changed)"
         raise SteerError(f"{printable(root)} holds another sweep ({what}); {_how_to_proceed(root)}")
     return doc
 
 
-def _rerun_reason(path: Path, record: dict[str, Any], settings: dict[str, Any]) -> str | None:
-    """None if ``path`` holds this configuration's finished results; else why it runs again."""
+def _rerun_reason(path: Path, record: dict[str, Any], settings: dict[str, Any], samples: bool) -> str | None:
+    """None if ``path`` holds this configuration's finished results (with its samples files, if the sweep writes
+    them: ``samples``); else why it runs again."""
     doc, error = _read_json(path)
     if error:
         return f"corrupt {RESULTS_FILE} ({error})"
@@ -159,13 +182,36 @@ def _rerun_reason(path: Path, record: dict[str, Any], settings: dict[str, Any]) 
     config = doc["config"]
     if not isinstance(config.get("sweep_settings"), dict):
         return f"stale {RESULTS_FILE} (no record of its sweep settings)"
-    if config["sweep_settings"] != settings:
-        return f"stale {RESULTS_FILE} ({_differences(config['sweep_settings'], settings)})"
+    old, new = _comparable(config["sweep_settings"], settings)
+    if old != new:
+        return f"stale {RESULTS_FILE} ({_differences(old, new)})"
     had = config.get("sweep") if isinstance(config.get("sweep"), dict) else {}
     if had.get("vector_sha256") != record["vector_sha256"]:
         return f"stale {RESULTS_FILE} (the vector file changed since)"
     if any(had.get(k) != record[k] for k in ("vector", "alpha", "layers", "positions")):
         return f"stale {RESULTS_FILE} (another configuration)"
+    problem = samples_problem(path, config) if SAMPLES_RECORD in config else _unrecorded_samples_problem(path, doc)
+    if samples and problem:
+        return f"incomplete results ({problem})"
+    return None
+
+
+def _unrecorded_samples_problem(path: Path, doc: dict[str, Any]) -> str | None:
+    """A results file of an earlier version (no ``SAMPLES_RECORD``): every task's samples file must be there,
+    each line readable, with at least one row per document."""
+    counts = doc.get("n-samples")
+    for task, n in (counts if isinstance(counts, dict) else {}).items():
+        name = f"samples_{task}.jsonl"
+        try:
+            lines = [line for line in (path.parent / name).read_text(encoding="utf-8").splitlines() if line.strip()]
+            rows = [json.loads(line) for line in lines]
+        except FileNotFoundError:
+            return f"{printable(name)} is missing"
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+            return f"{printable(name)} is unreadable ({type(e).__name__})"
+        effective = n.get("effective") if isinstance(n, dict) else None
+        if isinstance(effective, int) and len(rows) < effective:
+            return f"{printable(name)} has {len(rows)} of its {effective} documents"
     return None
 
 
@@ -204,7 +250,7 @@ def open_sweep_folder(plan: SweepPlan, options: SweepOptions) -> SweepFolder:
         if not path.exists():
             folder.todo.append(c)
             continue
-        reason = _rerun_reason(path, records[c.slug()], settings)
+        reason = _rerun_reason(path, records[c.slug()], settings, options.log_samples or options.per_doc)
         if reason:
             folder.todo.append(c)
             notes.append(f"rerunning {printable(c.slug())}: {reason}")

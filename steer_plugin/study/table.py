@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from steer_plugin.errors import SteerError
 from steer_plugin.io.atomic import write_files_atomic
 from steer_plugin.io.figures import new_figure, png_bytes
 from steer_plugin.io.text_table import format_table
@@ -236,6 +237,9 @@ def write_leaderboard(
     check_table_outputs(prefix)
     rows = load_rows(folder)
     compare_rows(rows, resamples, seed)
+    if sort is not None and not any(sort in r.metrics for r in rows):  # else every row would sort as "missing"
+        shown = columns(rows, True) or columns(rows, False)
+        raise SteerError(f"--sort {sort!r} is not a column of these results; columns are like {', '.join(shown[:8])}")
     # rendered first, written as one set: a full disk never leaves a new table beside an old plot
     outputs: dict[Path, str | bytes] = {
         prefix.with_suffix(".md"): to_markdown(rows, sort),

@@ -22,6 +22,15 @@ def residual_rms(*classes: ClassStats) -> list[float]:
     return [float(f"{x:.6g}") for x in (total / n).sqrt().tolist()]
 
 
+def check_top_k(top_k: int | None, hidden: int | None = None) -> int:
+    """The ``top_k`` of a top-k vector: at least 1, at most the hidden size (where it is known)."""
+    if not top_k or top_k < 1:
+        raise SteerError("method top_k needs --top-k K with K >= 1")
+    if hidden is not None and top_k > hidden:
+        raise SteerError(f"--top-k {top_k} is larger than the hidden size {hidden}")
+    return top_k
+
+
 def build_vector(
     stats: HiddenStateStats,
     target: str | None = None,
@@ -59,11 +68,7 @@ def build_vector(
     diff = (tgt.mean - base.mean).to(torch.float32)
     mask = None
     if method == "top_k":
-        if not top_k or top_k < 1:
-            raise SteerError("method top_k needs --top-k K with K >= 1")
-        if top_k > diff.shape[1]:
-            raise SteerError(f"--top-k {top_k} is larger than the hidden size {diff.shape[1]}")
-        idx = diff.abs().topk(top_k, dim=1).indices
+        idx = diff.abs().topk(check_top_k(top_k, diff.shape[1]), dim=1).indices
         mask = torch.zeros_like(diff, dtype=torch.bool).scatter_(1, idx, True)
         diff = diff * mask
     if scale is not None:

@@ -5,8 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from steer_plugin import __version__
-from steer_plugin.data.goemotions import Selection, SelectionRule, load_goemotions, select_all, select_texts
-from steer_plugin.errors import SteerError
+from steer_plugin.data.goemotions import (
+    Selection,
+    SelectionRule,
+    canonical_target,
+    load_goemotions,
+    select_all,
+    select_texts,
+)
+from steer_plugin.data.prompts import PromptTemplate
+from steer_plugin.errors import SteerError, check_count
 from steer_plugin.model.loading import LoadedModel, ModelOptions
 from steer_plugin.vectors.record import (
     RecordItem,
@@ -37,6 +45,13 @@ class RecordRequest:
     # several targets against one baseline, recorded in one pass (`steer run --emotion anger,joy`)
     targets: tuple[str, ...] = ()
 
+    def __post_init__(self) -> None:
+        """Checked when made, before any text is read or the model loads."""
+        check_count("--batch-size", self.batch_size)
+        if not self.targets and self.emotion != "all":
+            self.emotion = canonical_target(self.emotion)  # `Anger` records (and names its class) `anger`
+        self.baseline = canonical_target(self.baseline)
+
 
 def record_request(req: RecordRequest, loaded: LoadedModel | None = None) -> HiddenStateStats:
     """Select texts, load the model (unless given) and record per-class statistics."""
@@ -48,6 +63,8 @@ def record_request(req: RecordRequest, loaded: LoadedModel | None = None) -> Hid
 
         if torch.cuda.is_available():  # one GPU per rank; each rank records a shard of the texts
             options = replace(options, device=f"cuda:{os.environ.get('LOCAL_RANK', '0')}")
+    if loaded is None and PromptTemplate(req.template).spec == "chat" and not options.has_chat_template():
+        raise SteerError("template 'chat' needs a tokenizer with a chat template; use 'raw'")  # before the weights
     examples = load_goemotions(req.split, req.data_dir)
     source = "local" if req.data_dir else "hub"
     if req.targets:

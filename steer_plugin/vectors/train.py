@@ -87,4 +87,4 @@ def train_vector(
     )
     stats = record_request(request, LoadedModel(model, tokenizer, name))
     chosen = parse_layers(layers, stats.shape[0]) if layers else None
-    return build_vector(stats, emotion, baseline, method=method, top_k=top_k, layers=chosen)
+    return build_vector(stats, request.emotion, request.baseline, method=method, top_k=top_k, layers=chosen)
