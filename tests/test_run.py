@@ -85,7 +85,7 @@ def test_run_builds_sweeps_and_tables(tmp_path, tiny_chat_llama_dir, monkeypatch
     sentences, examples = summary.split("\n## What the outputs look like\n")
     assert "Toward anger at alpha 2 (KL " in sentences and "anger probability " in sentences
     assert "prompts fluent in both arms" in sentences or "no emotion gain claimed" in sentences
-    assert "random control " in sentences and "Asking for anger instead (KL " in sentences
+    assert "random control" in sentences and "Asking for anger instead (KL " in sentences
     assert sentences.strip() in out  # printed too; the examples are in summary.md only
     assert examples.count("- baseline: ") == 3 and "- alpha 2: " in examples and "- asking for anger: " in examples
     assert (tmp_path / "run" / "dose_response.png").exists() and (tmp_path / "run" / "leakage.csv").exists()
