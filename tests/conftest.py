@@ -1,4 +1,3 @@
-import json
 import os
 from pathlib import Path
 
@@ -70,15 +69,9 @@ DOCS = [
 @pytest.fixture(scope="module")
 def task_dir(tmp_path_factory) -> str:
     """A folder with ``rel_mc``: the 4 questions of DOCS as a multiple-choice task (modules may define their own)."""
-    d = tmp_path_factory.mktemp("tasks")
-    (d / "docs.jsonl").write_text("".join(json.dumps(x) + "\n" for x in DOCS))
-    (d / "rel_mc.yaml").write_text(
-        "task: rel_mc\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
-        f"    test: {d / 'docs.jsonl'}\ntest_split: test\noutput_type: multiple_choice\n"
-        "doc_to_text: q\ndoc_to_choice: choices\ndoc_to_target: gold\nmetric_list:\n  - metric: acc\n"
-        "metadata:\n  version: 1.0\n"
-    )
-    return str(d)
+    from helpers_tiny import write_mc_task
+
+    return write_mc_task(tmp_path_factory.mktemp("tasks"), "rel_mc", DOCS)
 
 
 @pytest.fixture(scope="module")

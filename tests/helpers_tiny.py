@@ -255,3 +255,18 @@ def load_script(name: str):
         sys.modules[name] = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(sys.modules[name])
     return sys.modules[name]
+
+
+def write_mc_task(folder: Path, name: str, docs: list[dict], metrics: tuple[str, ...] = ("acc",)) -> str:
+    """A harness multiple-choice task ``name`` over ``docs`` ({q, choices, gold}) in ``folder``; returns the folder."""
+    import json
+
+    (folder / "docs.jsonl").write_text("".join(json.dumps(x) + "\n" for x in docs))
+    metric_list = "".join(f"  - metric: {m}\n" for m in metrics)
+    (folder / f"{name}.yaml").write_text(
+        f"task: {name}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
+        f"    test: {folder / 'docs.jsonl'}\ntest_split: test\noutput_type: multiple_choice\n"
+        f"doc_to_text: q\ndoc_to_choice: choices\ndoc_to_target: gold\nmetric_list:\n{metric_list}"
+        "metadata:\n  version: 1.0\n"
+    )
+    return str(folder)

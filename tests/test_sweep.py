@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers_tiny import write_mc_task
 
 from steer_plugin.study.plan import SweepConfig, SweepOptions, SweepPlan
 from steer_plugin.study.results_files import RESULTS_FILE
@@ -23,23 +24,7 @@ DOCS = [
 
 @pytest.fixture(scope="module")
 def task_dir(tmp_path_factory) -> str:
-    d = tmp_path_factory.mktemp("tasks")
-    (d / "docs.jsonl").write_text("".join(json.dumps(x) + "\n" for x in DOCS))
-    (d / "tiny_mc.yaml").write_text(
-        "task: tiny_mc\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
-        f"    test: {d / 'docs.jsonl'}\ntest_split: test\noutput_type: multiple_choice\n"
-        "doc_to_text: q\ndoc_to_choice: choices\ndoc_to_target: gold\n"
-        "metric_list:\n  - metric: acc\n  - metric: acc_norm\nmetadata:\n  version: 1.0\n"
-    )
-    return str(d)
-
-
-@pytest.fixture(scope="module")
-def vector_file(tmp_path_factory, tiny_llama_dir) -> str:
-    torch.manual_seed(3)
-    path = tmp_path_factory.mktemp("v") / "anger-mean.safetensors"
-    SteeringVector(torch.randn(3, 32), {"model": tiny_llama_dir, "emotion": "anger", "method": "mean"}).save(path)
-    return str(path)
+    return write_mc_task(tmp_path_factory.mktemp("tasks"), "tiny_mc", DOCS, ("acc", "acc_norm"))
 
 
 @pytest.fixture(scope="module")
