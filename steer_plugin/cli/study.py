@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import asdict
 from typing import Any, get_args
 
 from steer_plugin.cli.args import add_fluency_texts_arg, add_model_args, batch_size, model_options
@@ -233,15 +234,10 @@ def evaluation_arguments(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_arguments(args: argparse.Namespace) -> dict[str, Any]:
     """`steer run`'s options as keyword arguments of `steer_plugin.run`."""
+    loading = {("model" if k == "name" else k): v for k, v in asdict(model_options(args)).items()}
     return dict(
         emotion=args.emotion,
-        model=args.model,
-        dtype=args.dtype,
-        device=args.device,
-        device_map=args.device_map,
-        revision=args.revision,
-        trust_remote_code=args.trust_remote_code,
-        blocks=args.blocks,
+        **loading,
         baseline=args.baseline,
         data=args.data,
         split=args.split,
