@@ -60,23 +60,28 @@ def measure(model_dir: str, run: Path, batch_size: int) -> dict[str, Any]:
     for _, results, samples in configs:
         config = results.get("config") or {}
         run_s += float(config.get("seconds") or 0.0) + float((config.get("side_effects") or {}).get("seconds") or 0.0)
-        for rows in samples.values():
-            texts = [str(r["resps"][0][0]) for r in rows]
-            t0 = time.perf_counter()
-            for text in texts:
-                quality_metrics(text)
-            text_s += time.perf_counter() - t0
-            pairs = [
-                (tok(str(r["arguments"][0][0]))["input_ids"], tok(t, add_special_tokens=False)["input_ids"] or [tok.eos_token_id])
-                for r, t in zip(rows, texts)
-            ]  # fmt: skip
-            t0 = time.perf_counter()
-            nlls = continuation_nll(model, tok, pairs, batch_size=batch_size, max_length=tok.model_max_length)
-            fluency_s += time.perf_counter() - t0
-            n_outputs += len(rows)
-            for r, nll in zip(rows, nlls):
-                if "gen_nll" in r and math.isfinite(nll.per_token):
-                    worst = max(worst, abs(nll.per_token - float(r["gen_nll"])))
+        rows = [r for task_rows in samples.values() for r in task_rows]
+        texts = [str(r["resps"][0][0]) for r in rows]
+        t0 = time.perf_counter()
+        for text in texts:  # each task scores its own outputs' text measures
+            quality_metrics(text)
+        text_s += time.perf_counter() - t0
+        # as the sweep does: the emotion tasks share prompts and generations, each distinct pair is scored once
+        distinct = list(dict.fromkeys((str(r["arguments"][0][0]), t) for r, t in zip(rows, texts)))
+        pairs = [
+            (tok(c)["input_ids"], tok(t, add_special_tokens=False)["input_ids"] or [tok.eos_token_id])
+            for c, t in distinct
+        ]
+        t0 = time.perf_counter()
+        nlls = dict(
+            zip(distinct, continuation_nll(model, tok, pairs, batch_size=batch_size, max_length=tok.model_max_length))
+        )
+        fluency_s += time.perf_counter() - t0
+        n_outputs += len(rows)
+        for r, t in zip(rows, texts):
+            nll = nlls[(str(r["arguments"][0][0]), t)].per_token
+            if "gen_nll" in r and math.isfinite(nll):
+                worst = max(worst, abs(nll - float(r["gen_nll"])))
     return {
         "configurations": len(configs),
         "outputs": n_outputs,

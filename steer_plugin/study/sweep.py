@@ -322,28 +322,36 @@ def instruction_ids(lm: Any, target: str) -> list[int]:
     return list(lm.tokenizer(emotion_instruction(target) + INSTRUCTION_DELIMITER)["input_ids"])
 
 
+def _generation(row: dict[str, Any]) -> str:
+    """A samples row's (first) generation."""
+    resp = row["resps"][0]
+    return str(resp[0] if isinstance(resp, list) else resp)
+
+
 def add_generation_fluency(lm: Any, results: dict[str, Any], samples: dict[str, list[dict[str, Any]]]) -> None:
     """``gen_nll`` of every emotion-task generation: its NLL per token under the unsteered model given its prompt
     (an empty generation: the NLL of stopping at once, the end-of-text token), per document in ``samples`` and
-    as the task's mean in ``results`` (``gen_ppl`` = exp of that mean)."""
+    as the task's mean in ``results`` (``gen_ppl`` = exp of that mean). The emotion tasks share their prompts and
+    generations: each distinct (prompt, generation) is scored once."""
     from steer_plugin.steering.generation_nll import continuation_nll
 
     eos = getattr(lm.tokenizer, "eos_token_id", None)
     batch = lm.batch_size if isinstance(lm.batch_size, int) else 16
-    for task, rows in samples.items():
-        if not is_emotion_task(task) or not rows:
-            continue
-        pairs = []
-        for row in rows:
-            context = str(row["arguments"][0][0])
-            text = str(row["resps"][0][0] if isinstance(row["resps"][0], list) else row["resps"][0])
-            cont = lm.tok_encode(text, add_special_tokens=False) if text else []
-            pairs.append((lm.tok_encode(context), cont or ([eos] if eos is not None else [])))
-        nlls = continuation_nll(lm.model, lm.tokenizer, pairs, batch_size=max(1, int(batch)), max_length=lm.max_length)
+    tasks = {task: rows for task, rows in samples.items() if is_emotion_task(task) and rows}
+    texts = {id(row): (str(row["arguments"][0][0]), _generation(row)) for rows in tasks.values() for row in rows}
+    distinct = list(dict.fromkeys(texts.values()))
+    pairs = []
+    for context, text in distinct:
+        cont = lm.tok_encode(text, add_special_tokens=False) if text else []
+        pairs.append((lm.tok_encode(context), cont or ([eos] if eos is not None else [])))
+    scored = continuation_nll(lm.model, lm.tokenizer, pairs, batch_size=max(1, int(batch)), max_length=lm.max_length)
+    nll_of = dict(zip(distinct, scored))
+    for task, rows in tasks.items():
+        nlls = [nll_of[texts[id(row)]].per_token for row in rows]
         for row, nll in zip(rows, nlls):
-            row["gen_nll"] = nll.per_token
+            row["gen_nll"] = nll
             row["metrics"] = [*row.get("metrics", []), "gen_nll"]
-        mean = math.fsum(n.per_token for n in nlls) / len(nlls)
+        mean = math.fsum(nlls) / len(nlls)
         results["results"][task].update({"gen_nll,none": mean, "gen_ppl,none": math.exp(mean)})
         results.setdefault("higher_is_better", {}).setdefault(task, {}).update(gen_nll=False, gen_ppl=False)
 
