@@ -298,3 +298,13 @@ def test_identical_greedy_generations_run_once(tiny_llama_dir, tmp_path):
     assert out[0] == out[2]
     reference = [HFLM.generate_until(lm, [r], disable_tqdm=True)[0] for r in requests[:3]]
     assert out[:3] == reference
+
+
+def test_example_generations_from_compact_and_full_rows():
+    """summary.md's examples read the compact rows a sweep keeps and the full rows of --log-samples alike."""
+    from steer_plugin.study.report import _example
+
+    assert _example({"doc_id": 0, "prompt": "Hi?", "generation": "Hello."}) == ("Hi?", "Hello.")
+    full = {"doc_id": 0, "doc": {"prompt": "Hi?"}, "resps": [["Hello."]], "filtered_resps": [{"generation": "Hello."}]}
+    assert _example(full) == ("Hi?", "Hello.")
+    assert _example({"doc_id": 0, "acc": 1.0}) is None  # a task without generations

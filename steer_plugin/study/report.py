@@ -466,9 +466,20 @@ def _generations(row: Row, task: str) -> dict[int, tuple[str, str]]:
             doc = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if isinstance(doc, dict) and isinstance(doc.get("doc_id"), int) and "generation" in doc:
-            out[doc["doc_id"]] = (str(doc.get("prompt", "")), str(doc["generation"]))
+        if isinstance(doc, dict) and isinstance(doc.get("doc_id"), int) and (example := _example(doc)) is not None:
+            out[doc["doc_id"]] = example
     return out
+
+
+def _example(row: dict) -> tuple[str, str] | None:
+    """(prompt, generation) of a compact row (``paired.compact_row``) or of a full harness row (``--log-samples``)."""
+    if "generation" in row:
+        return str(row.get("prompt", "")), str(row["generation"])
+    record = (row.get("filtered_resps") or [None])[0]
+    doc = row.get("doc")
+    if isinstance(record, dict) and "generation" in record:
+        return str(doc.get("prompt", "") if isinstance(doc, dict) else ""), str(record["generation"])
+    return None
 
 
 def _shown(text: str | None) -> str:
