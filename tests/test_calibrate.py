@@ -257,14 +257,23 @@ def _kl_at(loaded, texts, vec, alpha) -> float:
     return reference(loaded.model, loaded.tokenizer, texts, {l: alpha * vec.matrix[l] for l in range(3)}, "all")[0]
 
 
-def test_a_stored_calibration_is_not_reused_for_other_weights_of_the_same_name(tmp_path, texts_file, two_models):
-    a, b = two_models
+def _small_vector(tmp_path, texts_file):
+    """A small random vector file (KL 0.1-0.3 reachable on the tiny models) and the calibration arguments."""
     torch.manual_seed(4)
     path = tmp_path / "anger-mean.safetensors"
     SteeringVector(torch.randn(3, 32) * 0.01).save(path)
-    vec = SteeringVector.load(path)
     source = TextSource(texts_file)
-    kw = dict(source=source, n_calibration=10, n_heldout=10, layers="all", positions="all")
+    return (
+        path,
+        SteeringVector.load(path),
+        source,
+        dict(source=source, n_calibration=10, n_heldout=10, layers="all", positions="all"),
+    )
+
+
+def test_a_stored_calibration_is_not_reused_for_other_weights_of_the_same_name(tmp_path, texts_file, two_models):
+    a, b = two_models
+    path, vec, source, kw = _small_vector(tmp_path, texts_file)
     on_a, reused = C.calibrate_vector_file(a.model, a.tokenizer, path, [0.1], model_name=a.name, **kw)
     assert not reused
     on_b, reused = C.calibrate_vector_file(b.model, b.tokenizer, path, [0.1], model_name=b.name, **kw)
@@ -286,12 +295,7 @@ def test_a_calibration_without_a_weights_fingerprint_is_verified_on_reuse(
     """As the shipped calibrations (made on an offline copy of the hub model): one KL evaluation per budget at the
     stored alpha; within the entry's tolerance it is reused, else the vector is calibrated again - and said so."""
     a, b = two_models
-    torch.manual_seed(4)
-    path = tmp_path / "anger-mean.safetensors"
-    SteeringVector(torch.randn(3, 32) * 0.01).save(path)
-    vec = SteeringVector.load(path)
-    source = TextSource(texts_file)
-    kw = dict(source=source, n_calibration=10, n_heldout=10, layers="all", positions="all")
+    path, vec, source, kw = _small_vector(tmp_path, texts_file)
     made, _ = C.calibrate_vector_file(a.model, a.tokenizer, path, [0.1, 0.3], model_name=a.name, **kw)
     doc = json.loads(C.calibration_path(path).read_text())
     del doc["calibrations"][0]["key"]["weights"]  # as a calibration made before the fingerprint was recorded
