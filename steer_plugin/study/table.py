@@ -26,7 +26,8 @@ HEADLINE = (
     "target_prob_fluent",  # the robust emotion metric (study.quality)
     "degenerate_rate",
     "no_words",
-    "gen_ppl",
+    "repetition",
+    "gen_ppl",  # its paired interval is on gen_nll (per document), in the CSV
     "neutral_rate",
     "bleu_acc",
     "rouge1_acc",
