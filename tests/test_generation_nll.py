@@ -57,3 +57,23 @@ def test_window_keeps_the_continuation():
     (got,) = continuation_nll(model, tok, [(ctx, cont)], max_length=window)
     assert got.n_tokens == len(cont)
     assert got.total == pytest.approx(_reference(model, ctx[-4:], cont), abs=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_a_small_logits_budget_splits_batches_without_changing_the_numbers(arch):
+    """Few logits per forward (a 262k vocabulary's case): the batches shrink, down to one sequence each; the
+    numbers stay the plain forward's. And the LM head runs only from the first continuation token on."""
+    model, tok = make_model(arch)
+    pairs = [(tok(c)["input_ids"], tok(g)["input_ids"]) for c, g in PAIRS_TEXT]
+    vocab = model.get_output_embeddings().weight.shape[0]
+    kept: list[int] = []
+    handle = model.register_forward_pre_hook(
+        lambda m, a, kw: kept.append(kw.get("logits_to_keep", 0)), with_kwargs=True
+    )
+    tight = continuation_nll(model, tok, pairs, batch_size=8, logits_bytes=4 * vocab)  # one position's worth
+    handle.remove()
+    assert len(kept) == len(pairs)  # one sequence per forward
+    for (ctx, cont), got in zip(pairs, tight):
+        assert got.total == pytest.approx(_reference(model, list(ctx), list(cont)), abs=1e-4)
+    # each forward kept its continuation's positions and the one before it (which predicts the first token)
+    assert sorted(kept) == sorted(len(c) + 1 for _, c in pairs)

@@ -94,6 +94,42 @@ def test_the_prompting_reference_asks_in_the_system_message(swept):
         )
 
 
+def test_the_prompting_reference_generates_in_large_batches_and_its_command_says_so(swept, task_dir):  # noqa: F811
+    """Nothing shares its batches, so it runs in batches as large as a mixed batch: the results and the command
+    to reproduce it give that batch size, and the stock harness at that batch size writes the same outputs."""
+    import shlex
+
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    from steer_plugin.harness.config_batching import DEFAULT_ROWS
+
+    lm, plan, options = swept
+    results = json.loads((options.out_dir / "prompted_anger" / "results.json").read_text())
+    assert results["config"]["batch_size"] == DEFAULT_ROWS and lm.batch_size == 2  # the harness's size restored
+    (command,) = results["config"]["reproduce"]
+    words = shlex.split(command)
+    args = dict(kv.split("=", 1) for kv in words[words.index("--model_args") + 1].split(","))
+    assert args["batch_size"] == str(DEFAULT_ROWS)
+    baseline = json.loads((options.out_dir / "baseline" / "results.json").read_text())["config"]
+    assert "batch_size" not in baseline["model_args"] and baseline["batch_size"] == 2  # the others: unchanged
+    rerun = lm_eval.simple_evaluate(
+        model="steered_hf",
+        model_args={**args, "dtype": "float32", "device": "cpu"},
+        tasks=[TASK],
+        task_manager=TaskManager(include_path=task_dir, metadata={"classifier": options.classifier}),
+        limit=options.limit,
+        gen_kwargs="max_gen_toks=8",
+        apply_chat_template=True,
+        system_instruction=words[words.index("--system_instruction") + 1],
+        log_samples=True,
+        verbosity="WARNING",
+    )
+    ours = {r["doc_id"]: r["resps"] for r in _samples(options, plan.configs[-1], TASK)}
+    theirs = {r["doc_id"]: r["resps"] for r in rerun["samples"][TASK]}
+    assert ours == theirs and len(ours) == 3
+
+
 def test_generation_fluency_equals_a_plain_forward(swept):
     lm, plan, options = swept
     model, tok = lm.model, lm.tokenizer

@@ -16,6 +16,8 @@ import json
 import math
 import random
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,8 @@ from steer_plugin.steering.config import UNSTEERED, SteeringConfig
 from steer_plugin.study.plan import SIDE_EFFECTS, SweepOptions, SweepPlan
 from steer_plugin.study.results_files import RESULTS_FILE, SAMPLES_RECORD, text_sha256
 from steer_plugin.study.sweep_folder import SweepFolder, open_sweep_folder
+
+GENERATION_NLL_ROWS = 32  # sequences per forward of the outputs' fluency (gen_nll)
 
 
 def task_manager(options: SweepOptions, metadata: dict[str, Any] | None = None) -> Any:
@@ -135,20 +139,22 @@ def run_sweep(
         _seed_everything(options.seed)
         t0 = time.monotonic()
         groups = formatting_groups(loaded, options, config)
-        parts = [
-            evaluate(
-                lm=lm,
-                task_dict=tasks,
-                limit=options.limit,
-                bootstrap_iters=options.bootstrap_iters,
-                log_samples=True,  # the generations are needed for their fluency
-                system_instruction=instruction,
-                apply_chat_template=chat,
-                fewshot_as_multiturn=False,
-                verbosity="WARNING",
-            )
-            for tasks, chat, instruction in groups
-        ]
+        alone = _alone_batch_size(lm, options) if config.prompted is not None else None
+        with _batch_size(lm, alone):
+            parts = [
+                evaluate(
+                    lm=lm,
+                    task_dict=tasks,
+                    limit=options.limit,
+                    bootstrap_iters=options.bootstrap_iters,
+                    log_samples=True,  # the generations are needed for their fluency
+                    system_instruction=instruction,
+                    apply_chat_template=chat,
+                    fewshot_as_multiturn=False,
+                    verbosity="WARNING",
+                )
+                for tasks, chat, instruction in groups
+            ]
         results = _merged(parts)
         samples = results.pop("samples", None)
         t_fluency = time.monotonic()
@@ -186,7 +192,7 @@ def run_sweep(
             "model": "steered_hf",
             "model_args": model_args_string(options.model_args, config),
             **lm.get_model_info(),
-            "batch_size": lm.batch_size,
+            "batch_size": alone or lm.batch_size,
             "limit": options.limit,
             "tasks": options.tasks,
             "classifier": options.classifier,
@@ -195,7 +201,7 @@ def run_sweep(
             "seconds": round(seconds, 2),
             "generation_fluency_seconds": round(fluency_seconds, 2),  # of ``seconds``: gen_nll of the outputs
             "side_effects": side_info,
-            "reproduce": reproduce_commands(options, config, groups),
+            "reproduce": reproduce_commands(options, config, groups, alone),
         }
         if config.prompted is not None:  # the prompting reference: what it asked for, and how
             results["config"]["prompting"] = {
@@ -282,16 +288,21 @@ def formatting_groups(
 
 
 def reproduce_commands(
-    options: SweepOptions, config: SteeringConfig, groups: list[tuple[dict[str, Any], bool, str | None]]
+    options: SweepOptions,
+    config: SteeringConfig,
+    groups: list[tuple[dict[str, Any], bool, str | None]],
+    batch_size: int | None = None,
 ) -> list[str]:
     """The stock ``lm_eval`` command lines that evaluate this configuration as the sweep did: one per formatting
-    group (tasks with and without the chat template are separate harness runs)."""
+    group (tasks with and without the chat template are separate harness runs); ``batch_size``: the one it ran
+    with where that was not the sweep's."""
     import shlex
 
     metadata = json.dumps({"classifier": options.classifier}) if options.classifier else None
     lines = []
     for tasks, chat, instruction in groups:
-        words = ["lm_eval", "--model", "steered_hf", "--model_args", model_args_string(options.model_args, config)]
+        base = {**options.model_args, **({"batch_size": batch_size} if batch_size else {})}
+        words = ["lm_eval", "--model", "steered_hf", "--model_args", model_args_string(base, config)]
         words += ["--tasks", ",".join(tasks["tasks"])]
         if options.limit is not None:
             words += ["--limit", f"{options.limit:g}"]
@@ -317,6 +328,32 @@ def _merged(parts: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _alone_batch_size(lm: Any, options: SweepOptions) -> int | None:
+    """The prompting reference shares its batches with no configuration (its prompts are its own), so with config
+    batching on it generates in batches as large as a mixed batch instead: decoding a small model costs nearly
+    the same for 8 rows as for 50 (SmolLM2 on 2 CPU cores: 47 s at 8 rows, 22 s at 25, 50 prompts). Its results
+    and the command that reproduces it say that batch size. None: the harness's batch size."""
+    if not options.config_batching or not hasattr(lm, "batch_size_per_gpu") or not str(lm.batch_size).isdigit():
+        return None
+    from steer_plugin.harness.config_batching import DEFAULT_ROWS
+
+    return max(options.config_batch_rows or DEFAULT_ROWS, int(lm.batch_size))
+
+
+@contextmanager
+def _batch_size(lm: Any, size: int | None) -> Iterator[None]:
+    """The harness's batch size set to ``size`` (None: as it is) while the block runs."""
+    if size is None:
+        yield
+        return
+    before = lm.batch_size_per_gpu
+    lm.batch_size_per_gpu = size
+    try:
+        yield
+    finally:
+        lm.batch_size_per_gpu = before
+
+
 def instruction_ids(lm: Any, target: str) -> list[int]:
     """The prompting reference's instruction as the side-effect probe prepends it to a neutral text."""
     return list(lm.tokenizer(emotion_instruction(target) + INSTRUCTION_DELIMITER)["input_ids"])
@@ -336,7 +373,6 @@ def add_generation_fluency(lm: Any, results: dict[str, Any], samples: dict[str, 
     from steer_plugin.steering.generation_nll import continuation_nll
 
     eos = getattr(lm.tokenizer, "eos_token_id", None)
-    batch = lm.batch_size if isinstance(lm.batch_size, int) else 16
     tasks = {task: rows for task, rows in samples.items() if is_emotion_task(task) and rows}
     texts = {id(row): (str(row["arguments"][0][0]), _generation(row)) for rows in tasks.values() for row in rows}
     distinct = list(dict.fromkeys(texts.values()))
@@ -344,7 +380,8 @@ def add_generation_fluency(lm: Any, results: dict[str, Any], samples: dict[str, 
     for context, text in distinct:
         cont = lm.tok_encode(text, add_special_tokens=False) if text else []
         pairs.append((lm.tok_encode(context), cont or ([eos] if eos is not None else [])))
-    scored = continuation_nll(lm.model, lm.tokenizer, pairs, batch_size=max(1, int(batch)), max_length=lm.max_length)
+    # one unhooked forward per batch, compute-bound: more rows than the harness's batch (the logits stay bounded)
+    scored = continuation_nll(lm.model, lm.tokenizer, pairs, batch_size=GENERATION_NLL_ROWS, max_length=lm.max_length)
     nll_of = dict(zip(distinct, scored))
     for task, rows in tasks.items():
         nlls = [nll_of[texts[id(row)]].per_token for row in rows]
