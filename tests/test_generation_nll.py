@@ -77,3 +77,43 @@ def test_a_small_logits_budget_splits_batches_without_changing_the_numbers(arch)
         assert got.total == pytest.approx(_reference(model, list(ctx), list(cont)), abs=1e-4)
     # each forward kept its continuation's positions and the one before it (which predicts the first token)
     assert sorted(kept) == sorted(len(c) + 1 for _, c in pairs)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2", "gemma3"])
+def test_cached_prompts_give_the_plain_numbers_and_run_once(arch):
+    """With a PromptCache each context's [:-1] runs once across calls; the NLLs stay the plain forward's."""
+    from steer_plugin.steering.generation_nll import PromptCache
+
+    model, tok = make_model(arch)
+    pairs = [(tok(c)["input_ids"], tok(g)["input_ids"]) for c, g in PAIRS_TEXT]
+    other = [(ctx, tok(" a different answer, longer than before")["input_ids"]) for ctx, _ in pairs]
+    cache = PromptCache(model)
+    assert cache.blocked is None
+    first = continuation_nll(model, tok, pairs, batch_size=2, prompts=cache)
+    blocks = len(cache.blocks)
+    second = continuation_nll(model, tok, other, batch_size=8, prompts=cache)  # the same prompts, other outputs
+    assert len(cache.blocks) == blocks > 0 and cache.plain == 0  # nothing new to cache
+    assert len(cache.where) == len({tuple(c) for c, _ in pairs})
+    for (ctx, cont), got in [*zip(pairs, first), *zip(other, second)]:
+        assert got.n_tokens == len(cont)
+        assert got.total == pytest.approx(_reference(model, list(ctx), list(cont)), abs=1e-4)
+
+
+def test_prompt_cache_falls_back_where_it_cannot_be_exact():
+    """A window shorter than the sequence, a context cut by max_length and a full budget: the plain way."""
+    from steer_plugin.steering.generation_nll import PromptCache
+
+    model, tok = make_model("gemma3", sliding_window=6)
+    ctx, cont = list(tok("What is the capital of France?")["input_ids"]), list(tok(" Paris, of course.")["input_ids"])
+    assert len(ctx) + len(cont) > 6
+    cache = PromptCache(model)
+    (got,) = continuation_nll(model, tok, [(ctx, cont)], prompts=cache)
+    assert cache.window == 6 and cache.plain == 1 and not cache.blocks
+    assert got.total == pytest.approx(_reference(model, ctx, cont), abs=1e-4)
+    llama, tok = make_model("llama")
+    full = PromptCache(llama, max_bytes=1)
+    (got,) = continuation_nll(llama, tok, [(ctx, cont)], prompts=full)
+    assert full.plain == 1 and not full.blocks and got.total == pytest.approx(_reference(llama, ctx, cont), abs=1e-4)
+    cut = PromptCache(llama)
+    (got,) = continuation_nll(llama, tok, [(ctx, cont)], prompts=cut, max_length=len(cont) + 4)
+    assert not cut.blocks and got.total == pytest.approx(_reference(llama, ctx[-4:], cont), abs=1e-4)

@@ -131,6 +131,7 @@ def run_sweep(
     if steered and planning:  # prefix reuse: configurations that share a prefix cache score together
         lm.plan_ahead(steered, **_batching_args(lm, options))
     probe = None
+    prompt_cache = None  # the emotion tasks' prompts, run once for every configuration's gen_nll
     for i, config in enumerate(todo):
         if config.prompted is not None and planning:
             # the prompting reference runs last, on prompts no other configuration has: nothing to batch it with
@@ -159,7 +160,9 @@ def run_sweep(
         samples = results.pop("samples", None)
         t_fluency = time.monotonic()
         if samples is not None:
-            add_generation_fluency(lm, results, samples)
+            if prompt_cache is None:
+                prompt_cache = _prompt_cache(lm)
+            add_generation_fluency(lm, results, samples, prompt_cache)
             if not (options.log_samples or options.per_doc):
                 samples = None
         fluency_seconds = time.monotonic() - t_fluency
@@ -365,11 +368,20 @@ def _generation(row: dict[str, Any]) -> str:
     return str(resp[0] if isinstance(resp, list) else resp)
 
 
-def add_generation_fluency(lm: Any, results: dict[str, Any], samples: dict[str, list[dict[str, Any]]]) -> None:
+def _prompt_cache(lm: Any) -> Any:
+    from steer_plugin.steering.generation_nll import PromptCache
+
+    return PromptCache(lm.model)
+
+
+def add_generation_fluency(
+    lm: Any, results: dict[str, Any], samples: dict[str, list[dict[str, Any]]], prompts: Any = None
+) -> None:
     """``gen_nll`` of every emotion-task generation: its NLL per token under the unsteered model given its prompt
     (an empty generation: the NLL of stopping at once, the end-of-text token), per document in ``samples`` and
     as the task's mean in ``results`` (``gen_ppl`` = exp of that mean). The emotion tasks share their prompts and
-    generations: each distinct (prompt, generation) is scored once."""
+    generations: each distinct (prompt, generation) is scored once. ``prompts``: a ``PromptCache`` kept across
+    configurations (their prompts are the same)."""
     from steer_plugin.steering.generation_nll import continuation_nll
 
     eos = getattr(lm.tokenizer, "eos_token_id", None)
@@ -381,7 +393,9 @@ def add_generation_fluency(lm: Any, results: dict[str, Any], samples: dict[str, 
         cont = lm.tok_encode(text, add_special_tokens=False) if text else []
         pairs.append((lm.tok_encode(context), cont or ([eos] if eos is not None else [])))
     # one unhooked forward per batch, compute-bound: more rows than the harness's batch (the logits stay bounded)
-    scored = continuation_nll(lm.model, lm.tokenizer, pairs, batch_size=GENERATION_NLL_ROWS, max_length=lm.max_length)
+    scored = continuation_nll(
+        lm.model, lm.tokenizer, pairs, batch_size=GENERATION_NLL_ROWS, max_length=lm.max_length, prompts=prompts
+    )
     nll_of = dict(zip(distinct, scored))
     for task, rows in tasks.items():
         nlls = [nll_of[texts[id(row)]].per_token for row in rows]
