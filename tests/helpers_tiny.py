@@ -270,3 +270,29 @@ def write_mc_task(folder: Path, name: str, docs: list[dict], metrics: tuple[str,
         "metadata:\n  version: 1.0\n"
     )
     return str(folder)
+
+
+def hook_block_states(model, ids):
+    """[T, L, H] float64: every position's block outputs for one sequence of token ``ids`` run alone (no
+    padding), with a plain forward hook on every block."""
+    import numpy as np
+    import torch
+
+    blocks = decoder_blocks(model)
+    got = {}
+
+    def make_hook(k):
+        def hook(module, args, output):
+            h = output[0] if isinstance(output, tuple) else output
+            got[k] = h[0].detach().to(torch.float64).clone()
+
+        return hook
+
+    handles = [b.register_forward_hook(make_hook(k)) for k, b in enumerate(blocks)]
+    try:
+        with torch.no_grad():
+            model(input_ids=torch.tensor([list(ids)]))
+    finally:
+        for h in handles:
+            h.remove()
+    return np.stack([got[k].numpy() for k in range(len(blocks))], axis=1)

@@ -19,7 +19,7 @@ from helpers_tiny import ARCHS, CORPUS, hook_last_token_states, make_model, make
 
 from steer_plugin.data.prompts import PromptTemplate, encode, pad_batch
 from steer_plugin.errors import SteerError
-from steer_plugin.vectors.record import LastTokenRecorder, RecordItem, record_hidden_states
+from steer_plugin.vectors.record import RecordItem, StateRecorder, record_hidden_states
 from steer_plugin.vectors.stats import ClassStats, HiddenStateStats
 
 TOL = 1e-5
@@ -79,7 +79,7 @@ def test_recording_equals_forward_hooks(arch, models, tok, tmp_path):
 def test_layers_vs_output_hidden_states(arch, models, tok):
     """hidden_states[l+1] == block l output for l < L-1; the last entry is final_norm(last block)."""
     model = models[arch]
-    recorder = LastTokenRecorder(model)
+    recorder = StateRecorder(model)
     ids, mask, pos = pad_batch(encode(tok, CORPUS, PromptTemplate("raw")), 0, "left")
     recorded = recorder(ids, mask, pos).numpy()  # [N, L, H]
     for i, text in enumerate(CORPUS):

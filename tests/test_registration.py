@@ -205,7 +205,11 @@ def test_wheel_ships_autoload_and_tasks(wheel):
 
     assert pth.strip() == "import _steer_plugin_autoload; _steer_plugin_autoload.install()"
     assert top_level_copy == (REPO / "steer_plugin" / "_autoload.py").read_bytes()
-    assert {"steer_plugin/_autoload.py", "steer_plugin/harness/tasks.py"} <= names
+    assert {
+        "steer_plugin/_autoload.py",
+        "steer_plugin/harness/tasks.py",
+        "steer_plugin/data/generation_prompts.txt",
+    } <= names
     tasks = REPO / "lm_eval_tasks"
     expected_tasks = {
         "steer_plugin/lm_eval_tasks/" + p.relative_to(tasks).as_posix()

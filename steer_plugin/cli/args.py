@@ -40,7 +40,7 @@ def record_request_from_args(args: argparse.Namespace, emotion: str) -> RecordRe
 
     given = vars(args)
     optional = ("selection", "max_per_class", "seed", "dedupe", "template", "batch_size", "padding_side",
-                "save_activations", "activation_dtype")  # fmt: skip
+                "save_activations", "activation_dtype", "source", "pool", "max_new_tokens")  # fmt: skip
     return RecordRequest(
         model=model_options(args),
         emotion=emotion,

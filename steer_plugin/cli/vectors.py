@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from steer_plugin.cli.args import add_data_args, add_model_args, record_request_from_args
 
 if TYPE_CHECKING:  # pragma: no cover
+    from steer_plugin.vectors.request import RecordRequest
     from steer_plugin.vectors.vector import SteeringVector
 
 
@@ -18,6 +19,12 @@ def _add_record_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--padding-side", choices=["left", "right"], default=None)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--pool",
+        default=None,
+        help="a text's state: last (its last real token; the default for GoEmotions) or mean (the mean over its "
+        "tokens after a leading BOS; over the response tokens with --source generated, its default)",
+    )
 
 
 def add_commands(sub: Any) -> None:
@@ -63,6 +70,16 @@ def add_commands(sub: Any) -> None:
         "--out", default=None, help="vector file (default: vectors/<model>/<emotion>-<method>[-k].safetensors)"
     )
     p.add_argument("--save-stats", default=None, help="also keep the recorded stats file")
+    p.add_argument(
+        "--source",
+        default=None,
+        help="goemotions (default: labelled texts) or generated (the model's own answers to neutral prompts, "
+        "asked for the emotion vs asked to stay neutral; --max-per-class N: N prompts; the answers are kept "
+        "beside the vector as <vector>.texts.jsonl)",
+    )
+    p.add_argument(
+        "--max-new-tokens", type=int, default=None, help="length of each generated answer (--source generated; 48)"
+    )
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("list", help="show the vectors under a folder")
@@ -130,6 +147,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     from steer_plugin.errors import SteerError
     from steer_plugin.model.layers import layer_ranges, parse_layers
     from steer_plugin.vectors.build import build_vector, check_top_k
+    from steer_plugin.vectors.generated import texts_jsonl, texts_path
     from steer_plugin.vectors.stats import HiddenStateStats
     from steer_plugin.vectors.vector import default_vector_path
 
@@ -145,6 +163,10 @@ def cmd_build(args: argparse.Namespace) -> int:
         from steer_plugin.model.hooks import finite_alpha
 
         finite_alpha(args.scale, "--scale")
+    if args.stats and (args.source or args.pool or args.max_new_tokens is not None):
+        raise SteerError("--source, --pool and --max-new-tokens describe a recording; a --stats file has its own")
+    if args.max_new_tokens is not None and args.source != "generated":
+        raise SteerError("--max-new-tokens only applies to --source generated")
     request = None
     if not args.stats:
         if not args.emotion:
@@ -152,13 +174,14 @@ def cmd_build(args: argparse.Namespace) -> int:
         request = record_request_from_args(args, args.emotion)  # names checked (and `Anger` is `anger`) first
         args.emotion, args.baseline = request.emotion, request.baseline
         _check_model_fits(args, request.model.dimensions())  # layers and --top-k, from the config alone
-    _check_build_outputs(args)
+    _check_build_outputs(args, request)
+    texts: list = []
     if request is None:
         stats = HiddenStateStats.load(args.stats)
     else:
-        from steer_plugin.vectors.request import record_request
+        from steer_plugin.vectors.request import record_with_texts
 
-        stats = record_request(request)
+        stats, texts = record_with_texts(request)
         if args.save_stats and _is_main_rank():
             stats.save(args.save_stats)
     if not _is_main_rank():
@@ -168,17 +191,24 @@ def cmd_build(args: argparse.Namespace) -> int:
     vec = build_vector(
         stats, emotion, args.baseline, method=args.method, top_k=args.top_k, layers=layers, scale=args.scale
     )
+    variant = _variant(stats.metadata)
     out = (
         Path(args.out)
         if args.out
-        else default_vector_path(stats.metadata.get("model", "model"), vec.metadata["emotion"], args.method, args.top_k)
+        else default_vector_path(
+            stats.metadata.get("model", "model"), vec.metadata["emotion"], args.method, args.top_k, variant
+        )
     )
-    vec.save(out)
+    beside = {texts_path(out): texts_jsonl(texts)} if texts else None
+    vec.save(out, beside)
     norms = vec.layer_norms()
     print(
         f"wrote {out}: {vec.n_layers} layers x {vec.hidden_size}, {args.method}"
         f"{f' k={args.top_k}' if args.method == 'top_k' else ''}, counts {vec.metadata['counts']}"
     )
+    if beside:
+        dropped = vec.metadata["generation"]["dropped_prompts"]
+        print(f"wrote {texts_path(out)}: {len(texts)} answers ({dropped} prompts dropped: no words in an answer)")
     print("per-layer norm: " + " ".join(f"{n:.3g}" for n in norms))
     return 0
 
@@ -197,15 +227,28 @@ def _check_model_fits(args: argparse.Namespace, dimensions: tuple[int, int] | No
         check_top_k(args.top_k, hidden)
 
 
-def _check_build_outputs(args: argparse.Namespace) -> None:
-    """Before recording: the vector (given or default path) and --save-stats must be writable files."""
+def _variant(meta: dict[str, Any]) -> str | None:
+    """The default file name's variant of a recording (its source and pooling, from the statistics' metadata)."""
+    from steer_plugin.vectors.metadata import pool_of, vector_variant
+
+    return vector_variant("generated" if meta.get("source") == "generated" else "goemotions", pool_of(meta))
+
+
+def _check_build_outputs(args: argparse.Namespace, request: RecordRequest | None = None) -> None:
+    """Before recording: the vector (given or default path), its texts file and --save-stats must be writable."""
     from steer_plugin.io.outputs import check_output_file
+    from steer_plugin.vectors.generated import texts_path
     from steer_plugin.vectors.vector import default_vector_path
 
-    if args.out:
-        check_output_file(args.out)
-    elif args.emotion and not args.stats:  # with --stats the default path depends on the file's metadata
-        check_output_file(default_vector_path(args.model, args.emotion, args.method, args.top_k), "--out (default)")
+    out = args.out
+    if out:
+        check_output_file(out)
+    elif args.emotion and request is not None:  # with --stats the default path depends on the file's metadata
+        variant = _variant({"source": request.source, "pool": request.pooling})
+        out = default_vector_path(args.model, args.emotion, args.method, args.top_k, variant)
+        check_output_file(out, "--out (default)")
+    if out and request is not None and request.source == "generated":
+        check_output_file(texts_path(out), "the texts file beside --out")
     if args.save_stats:
         check_output_file(args.save_stats, "--save-stats")
 

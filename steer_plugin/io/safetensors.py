@@ -4,23 +4,33 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
 from steer_plugin.errors import SteerError
-from steer_plugin.io.atomic import atomic_path
+from steer_plugin.io.atomic import atomic_path, write_files_atomic
 
 
 class OtherFormat(SteerError):
     """A readable safetensors file of another format (a stats file where a vector was expected, model weights)."""
 
 
-def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], header: dict[str, str]) -> None:
-    """Tensors plus string metadata (``format``, ``format_version``, ``metadata`` JSON ...), all or nothing."""
+def write_safetensors(
+    path: str | os.PathLike,
+    tensors: dict[str, torch.Tensor],
+    header: dict[str, str],
+    beside: Mapping[Path, str | bytes] | None = None,
+) -> None:
+    """Tensors plus string metadata (``format``, ``format_version``, ``metadata`` JSON ...), all or nothing;
+    with ``beside``, those files too, as one set (``write_files_atomic``; the file is serialised in memory)."""
     from safetensors import SafetensorError
-    from safetensors.torch import save_file
+    from safetensors.torch import save, save_file
 
+    if beside:
+        write_files_atomic({Path(path): save(tensors, metadata=header), **beside})
+        return
     with atomic_path(path) as tmp:
         try:
             save_file(tensors, str(tmp), metadata=header)

@@ -7,11 +7,12 @@ from typing import Any
 import torch
 
 from steer_plugin.errors import SteerError, check_choice
-from steer_plugin.vectors.metadata import METHODS, Method
+from steer_plugin.vectors.metadata import METHODS, Method, pool_of
 from steer_plugin.vectors.stats import ClassStats, HiddenStateStats
 from steer_plugin.vectors.vector import SteeringVector
 
 RMS_SOURCE = "last-token block outputs of the target and baseline texts, pooled"
+RMS_SOURCE_MEAN = "mean-pooled block outputs of the target and baseline texts, pooled"
 
 
 def residual_rms(*classes: ClassStats) -> list[float]:
@@ -89,9 +90,11 @@ def build_vector(
             "seed",
             "dedupe",
             "block_path",
+            "generation",
         )
         if k in stats.metadata
     }
+    pool = pool_of(stats.metadata)
     meta.update(
         emotion=target,
         baseline=baseline,
@@ -99,7 +102,8 @@ def build_vector(
         top_k=top_k if method == "top_k" else None,
         counts={target: tgt.count, baseline: base.count},
         residual_rms=residual_rms(tgt, base),
-        residual_rms_source=RMS_SOURCE,
+        residual_rms_source=RMS_SOURCE if pool == "last" else RMS_SOURCE_MEAN,
+        pool=pool,
     )
     if scale is not None:
         meta["scale"] = scale

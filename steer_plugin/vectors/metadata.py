@@ -16,6 +16,30 @@ from steer_plugin.io.schema import Rule, fields_problem, is_finite, is_int, show
 Method = Literal["mean", "top_k"]
 METHODS: tuple[Method, ...] = get_args(Method)
 
+# how a text's hidden states become one row (``vectors.record``): its last real token, or the mean over its tokens
+Pool = Literal["last", "mean"]
+POOLS: tuple[Pool, ...] = get_args(Pool)
+
+# where the texts of the two classes come from: GoEmotions, or the model's own responses (``vectors.generated``)
+Source = Literal["goemotions", "generated"]
+SOURCES: tuple[Source, ...] = get_args(Source)
+DEFAULT_POOL: dict[str, Pool] = {"goemotions": "last", "generated": "mean"}
+
+
+def pool_of(meta: dict[str, Any]) -> Pool:
+    """The pooling a stats file or vector was recorded with; files from before pooling was an option: ``last``."""
+    return meta.get("pool") or "last"
+
+
+def vector_variant(source: str, pool: str) -> str | None:
+    """What a vector's default file name adds after ``<emotion>-<method>``: the source where it is not
+    GoEmotions, the pooling where it is not the source's default (None: neither, the name as before)."""
+    parts = [source] if source != "goemotions" else []
+    if pool != DEFAULT_POOL.get(source, "last"):
+        parts.append(f"pool-{pool}")
+    return "-".join(parts) or None
+
+
 _TEXT_FIELDS = (
     "model", "model_revision", "config_hash", "architecture", "block_path", "emotion", "baseline", "method",
     "dtype", "split", "selection", "template", "source", "created_at", "package_version", "residual_rms_source",
@@ -36,6 +60,8 @@ _RULES: dict[str, Rule] = {
     ),
     "control_of": (lambda v: isinstance(v, dict), "is not an object"),  # what a random control copies
     "recipe": (lambda v: isinstance(v, list), "is not a list"),  # the terms of a combination of vectors
+    "pool": (lambda v: v is None or v in POOLS, f"is not one of {', '.join(POOLS)}"),
+    "generation": (lambda v: isinstance(v, dict), "is not an object"),  # how a generated source's texts were made
 }
 _SCALAR: Rule = (lambda v: v is None or isinstance(v, (str, bool)) or is_finite(v), "is not a text or a number")
 _SOURCE_RULES: dict[str, Rule] = {"top_k": _POSITIVE_INT}

@@ -1,8 +1,14 @@
-"""Recording last-token hidden states at the output of every decoder block, with nnsight.
+"""Recording pooled hidden states at the output of every decoder block, with nnsight.
 
 Layer ``l`` (0-based) is the output of decoder block ``l`` itself - the residual stream that steering
 adds to. (transformers' ``hidden_states[l + 1]`` equals it except for the last block, where it has the
 final norm applied.)
+
+A text's state is pooled over its tokens one of two ways (``Pool``): ``last``, the last real token (the
+position right before a continuation), or ``mean``, the mean over its real tokens from ``RecordItem.start``
+on. By default ``mean`` starts at the first token *after a leading BOS*: the BOS carries no text, and its
+block outputs are the same large "attention sink" for every text, so it would only dilute the mean.
+Padding never counts.
 """
 
 from __future__ import annotations
@@ -19,16 +25,26 @@ import torch
 
 from steer_plugin.data.goemotions import Selection, target_slug
 from steer_plugin.data.prompts import PromptTemplate, encode, last_token_index, pad_batch, pad_id
-from steer_plugin.errors import SteerError
+from steer_plugin.errors import SteerError, check_choice
 from steer_plugin.io.atomic import new_temp_path, replace_all, reserve_space
 from steer_plugin.model.loading import find_block_path, resolve_module
+from steer_plugin.vectors.metadata import POOLS, Pool
 from steer_plugin.vectors.stats import ClassStats, HiddenStateStats
 
 
 @dataclass
 class RecordItem:
+    """A text and every class it counts for.
+
+    ``ids``: the text already encoded (the template is not applied), e.g. a prompt and a response to it;
+    ``start``: the token offset where ``mean`` pooling begins (e.g. the response's first token); None: the
+    first token after a leading BOS.
+    """
+
     text: str
     classes: tuple[str, ...]
+    start: int | None = None
+    ids: tuple[int, ...] | None = None
 
 
 def items_from_classes(classes: Mapping[str, Sequence[str]]) -> list[RecordItem]:
@@ -40,12 +56,30 @@ def _block_output(out: Any) -> Any:
     return out[0] if isinstance(out, tuple) else out
 
 
-class LastTokenRecorder:
-    """Runs batches through an nnsight trace and returns [B, L, H] last-real-token states."""
+def pool_start(item: RecordItem, ids: Sequence[int], bos: int | None) -> int:
+    """Where ``mean`` pooling of ``item`` (encoded as ``ids``) begins: its ``start``, else after a leading BOS."""
+    start = item.start if item.start is not None else int(bos is not None and ids[0] == bos)
+    if not 0 <= start < len(ids):
+        raise SteerError(f"text {item.text[:40]!r} has no token to pool from offset {start} ({len(ids)} tokens)")
+    return start
 
-    def __init__(self, model: Any, blocks: str | None = None) -> None:
+
+def pool_weights(mask: Any, starts: Any) -> Any:
+    """[B, T] float32 weights of ``mean`` pooling: 1/n on each row's real tokens at offset >= its start
+    (offsets count real tokens only, so either padding side gives the same span)."""
+    offset = mask.cumsum(1) - 1
+    keep = (mask > 0) & (offset >= starts[:, None])
+    return keep.to(torch.float32) / keep.sum(1, keepdim=True).to(torch.float32)
+
+
+class StateRecorder:
+    """Runs batches through an nnsight trace and returns [B, L, H] pooled states (``last`` or ``mean``)."""
+
+    def __init__(self, model: Any, blocks: str | None = None, pool: Pool = "last") -> None:
         from nnsight import NNsight
 
+        check_choice("pool", pool, POOLS)
+        self.pool = pool
         self.model = model
         self.block_path = find_block_path(model, blocks)
         self.n_layers = len(resolve_module(model, self.block_path))
@@ -55,9 +89,13 @@ class LastTokenRecorder:
         self.takes_positions = "position_ids" in inspect.signature(model.forward).parameters
         self.input_device = model.get_input_embeddings().weight.device
 
-    def __call__(self, ids: Any, mask: Any, positions: Any) -> Any:
+    def __call__(self, ids: Any, mask: Any, positions: Any, starts: Any = None) -> Any:
+        """``starts``: [B] offsets where ``mean`` pooling begins (None: 0); unused by ``last``."""
         last = last_token_index(mask).to(self.input_device)
         rows = torch.arange(ids.shape[0], device=self.input_device)
+        if self.pool == "mean":
+            starts = torch.zeros(ids.shape[0], dtype=torch.long) if starts is None else starts
+            weights = pool_weights(mask, starts).to(self.input_device)
         kwargs = {"input_ids": ids.to(self.input_device), "attention_mask": mask.to(self.input_device)}
         if self.takes_positions:
             kwargs["position_ids"] = positions.to(self.input_device)
@@ -66,7 +104,11 @@ class LastTokenRecorder:
             states: Any = list().save()  # type: ignore[attr-defined]  # nnsight patches .save() onto it
             for layer in range(n_layers):
                 h = _block_output(blocks[layer].output)
-                states.append(h[rows.to(h.device), last.to(h.device)].to("cpu", torch.float32))
+                if self.pool == "mean":  # in float32, whatever the model's dtype
+                    pooled = torch.einsum("bt,bth->bh", weights.to(h.device), h.to(torch.float32))
+                else:
+                    pooled = h[rows.to(h.device), last.to(h.device)]
+                states.append(pooled.to("cpu", torch.float32))
             tracer.stop()  # the logits are not needed: skip the LM head
         return torch.stack(states, dim=1)
 
@@ -134,8 +176,9 @@ def record_hidden_states(
     save_activations: str | os.PathLike | None = None,
     activation_dtype: str = "float16",
     metadata: dict[str, Any] | None = None,
+    pool: Pool = "last",
 ) -> HiddenStateStats:
-    """Per-class streaming statistics of the last-token state at every block output.
+    """Per-class streaming statistics of the pooled state (last token or mean) at every block output.
 
     Texts are sorted by token length before batching (little padding); every text is run once even
     if it belongs to several classes. Under torch.distributed each rank records a shard and the
@@ -153,7 +196,9 @@ def record_hidden_states(
         progress: show a progress bar.
         save_activations: a folder for the raw per-class activations too (``<class>.npy``, one process only).
         activation_dtype: ``float16`` or ``float32``, of those files.
-        metadata: extra metadata for the result (the recording adds the model, template and padding).
+        metadata: extra metadata for the result (the recording adds the model, template, padding and pooling).
+        pool: ``last`` (the last real token) or ``mean`` (the mean over the real tokens from each item's
+            ``start``, by default after a leading BOS; see the module's docstring).
 
     Returns:
         Count, mean and sum of squared deviations per class and layer (``[n_layers, hidden]`` each).
@@ -168,11 +213,13 @@ def record_hidden_states(
         raise SteerError("nothing to record: the selection is empty")
     template = template if isinstance(template, PromptTemplate) else PromptTemplate(template)
     side = padding_side or getattr(tokenizer, "padding_side", "right") or "right"
-    recorder = LastTokenRecorder(model, blocks)
+    recorder = StateRecorder(model, blocks, pool)
     shape = (recorder.n_layers, recorder.hidden)
 
     rank, world = _dist_rank_world()
-    encoded = encode(tokenizer, [it.text for it in items], template)
+    encoded = [list(it.ids) if it.ids is not None else encode(tokenizer, [it.text], template)[0] for it in items]
+    bos = getattr(tokenizer, "bos_token_id", None)
+    starts = [pool_start(it, ids, bos) for it, ids in zip(items, encoded)] if pool == "mean" else None
     order = sorted(range(len(items)), key=lambda i: (-len(encoded[i]), i))[rank::world]
     class_names = list(dict.fromkeys(c for it in items for c in it.classes))
     stats = {c: ClassStats.empty(*shape) for c in class_names}
@@ -191,7 +238,8 @@ def record_hidden_states(
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             ids, mask, pos = pad_batch([encoded[i] for i in idx], pad, side)
-            states = recorder(ids, mask, pos)  # [B, L, H] float32 on CPU
+            batch_starts = torch.tensor([starts[i] for i in idx]) if starts is not None else None
+            states = recorder(ids, mask, pos, batch_starts)  # [B, L, H] float32 on CPU
             by_class: dict[str, list[int]] = {}
             for row, i in enumerate(idx):
                 for c in items[i].classes:
@@ -217,6 +265,7 @@ def record_hidden_states(
             "block_path": recorder.block_path,
             "template": template.spec,
             "padding_side": side,
+            "pool": pool,
             "counts": result.counts(),
             "world_size": world,
         }

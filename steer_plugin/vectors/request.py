@@ -1,4 +1,5 @@
-"""GoEmotions selection -> model -> recorded statistics: the steps `steer record` and `steer build` share."""
+"""GoEmotions selection (or generated answers) -> model -> recorded statistics: the steps `steer record` and
+`steer build` share."""
 
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ from steer_plugin.data.goemotions import (
     select_texts,
 )
 from steer_plugin.data.prompts import PromptTemplate
-from steer_plugin.errors import SteerError, check_count
+from steer_plugin.errors import SteerError, check_choice, check_count
 from steer_plugin.model.loading import LoadedModel, ModelOptions
+from steer_plugin.vectors.generated import DEFAULT_MAX_NEW_TOKENS, GeneratedText, record_generated
+from steer_plugin.vectors.metadata import DEFAULT_POOL, POOLS, SOURCES, Pool
 from steer_plugin.vectors.record import (
     RecordItem,
     init_distributed_if_launched,
@@ -44,19 +47,50 @@ class RecordRequest:
     progress: bool = True
     # several targets against one baseline, recorded in one pass (`steer run --emotion anger,joy`)
     targets: tuple[str, ...] = ()
+    source: str = "goemotions"  # or "generated": the model's answers (vectors.generated; max_per_class = prompts)
+    pool: str | None = None  # None: the source's default (last for GoEmotions, mean over the response if generated)
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS  # of each generated answer
 
     def __post_init__(self) -> None:
         """Checked when made, before any text is read or the model loads."""
         check_count("--batch-size", self.batch_size)
+        check_choice("--source", self.source, SOURCES)
+        if self.pool is not None:
+            check_choice("--pool", self.pool, POOLS)
         if not self.targets and self.emotion != "all":
             self.emotion = canonical_target(self.emotion)  # `Anger` records (and names its class) `anger`
         self.baseline = canonical_target(self.baseline)
+        if self.source == "generated":
+            check_count("--max-new-tokens", self.max_new_tokens)
+            if self.targets or self.emotion == "all":
+                raise SteerError("--source generated records one emotion at a time; name it (e.g. anger)")
+            if self.baseline != "neutral":
+                raise SteerError("--source generated contrasts with neutral answers: drop --baseline")
+            if self.template != "raw":
+                raise SteerError(
+                    "--template formats GoEmotions texts; --source generated uses the chat template where there is one"
+                )
+
+    @property
+    def pooling(self) -> Pool:
+        return self.pool or DEFAULT_POOL[self.source]  # type: ignore[return-value]  # checked in __post_init__
 
 
 def record_request(req: RecordRequest, loaded: LoadedModel | None = None) -> HiddenStateStats:
     """Select texts, load the model (unless given) and record per-class statistics."""
+    return record_with_texts(req, loaded)[0]
+
+
+def record_with_texts(
+    req: RecordRequest, loaded: LoadedModel | None = None
+) -> tuple[HiddenStateStats, list[GeneratedText]]:
+    """``record_request``, and the texts to keep beside the vector: the answers of the generated source
+    (none for GoEmotions, a public data set)."""
     options = req.model
-    if init_distributed_if_launched() and options.device in (None, "cuda") and not options.device_map:
+    launched = init_distributed_if_launched()
+    if launched and req.source == "generated":
+        raise SteerError("--source generated runs in one process (every rank would generate its own answers)")
+    if launched and options.device in (None, "cuda") and not options.device_map:
         import os
 
         import torch
@@ -65,6 +99,8 @@ def record_request(req: RecordRequest, loaded: LoadedModel | None = None) -> Hid
             options = replace(options, device=f"cuda:{os.environ.get('LOCAL_RANK', '0')}")
     if loaded is None and PromptTemplate(req.template).spec == "chat" and not options.has_chat_template():
         raise SteerError("template 'chat' needs a tokenizer with a chat template; use 'raw'")  # before the weights
+    if req.source == "generated":
+        return _record_generated(req, loaded or options.load())
     examples = load_goemotions(req.split, req.data_dir)
     source = "local" if req.data_dir else "hub"
     if req.targets:
@@ -79,19 +115,13 @@ def record_request(req: RecordRequest, loaded: LoadedModel | None = None) -> Hid
         items = items_from_classes(sel.classes)
     loaded = loaded or options.load()
     meta = {
-        **loaded.fingerprint,
-        "target": req.emotion,
-        "baseline": req.baseline,
+        **_metadata(req, loaded),
         "split": req.split,
         "selection": req.selection,
         "source": source,
-        "max_per_class": req.max_per_class,
-        "seed": req.seed,
         "dedupe": req.dedupe,
-        "dtype": options.dtype,
-        "package_version": __version__,
     }
-    return record_hidden_states(
+    stats = record_hidden_states(
         loaded.model,
         loaded.tokenizer,
         items,
@@ -103,6 +133,41 @@ def record_request(req: RecordRequest, loaded: LoadedModel | None = None) -> Hid
         save_activations=req.save_activations,
         activation_dtype=req.activation_dtype,
         metadata=meta,
+        pool=req.pooling,
+    )
+    return stats, []
+
+
+def _metadata(req: RecordRequest, loaded: LoadedModel) -> dict:
+    """What every recording's statistics say about the model and the request, whatever the source."""
+    return {
+        **loaded.fingerprint,
+        "target": req.emotion,
+        "baseline": req.baseline,
+        "max_per_class": req.max_per_class,
+        "seed": req.seed,
+        "dtype": req.model.dtype,
+        "package_version": __version__,
+    }
+
+
+def _record_generated(req: RecordRequest, loaded: LoadedModel) -> tuple[HiddenStateStats, list[GeneratedText]]:
+    return record_generated(
+        loaded.model,
+        loaded.tokenizer,
+        req.emotion,
+        baseline=req.baseline,
+        max_prompts=req.max_per_class,
+        seed=req.seed,
+        max_new_tokens=req.max_new_tokens,
+        pool=req.pooling,
+        batch_size=req.batch_size,
+        padding_side=req.padding_side,
+        blocks=req.model.blocks,
+        progress=req.progress,
+        save_activations=req.save_activations,
+        activation_dtype=req.activation_dtype,
+        metadata=_metadata(req, loaded),
     )
 
 

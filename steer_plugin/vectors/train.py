@@ -14,7 +14,7 @@ from steer_plugin.errors import SteerError
 from steer_plugin.model.layers import parse_layers
 from steer_plugin.model.loading import DTYPES, LoadedModel, ModelOptions
 from steer_plugin.vectors.build import build_vector
-from steer_plugin.vectors.metadata import Method
+from steer_plugin.vectors.metadata import Method, Pool
 from steer_plugin.vectors.request import RecordRequest, record_request
 from steer_plugin.vectors.vector import SteeringVector
 
@@ -38,9 +38,11 @@ def train_vector(
     layers: str | None = None,
     blocks: str | None = None,
     progress: bool = True,
+    pool: Pool = "last",
 ) -> SteeringVector:
     """The steering vector of ``emotion`` on a loaded model: ``mean(emotion) - mean(baseline)`` of the
-    last-token block outputs over the selected GoEmotions texts, per layer.
+    block outputs (at the last token, or averaged over the tokens: ``pool``) over the selected GoEmotions
+    texts, per layer.
 
     Args:
         model: a transformers causal LM (any device and dtype).
@@ -60,6 +62,8 @@ def train_vector(
         layers: keep only these layers (e.g. ``10-19``; the others are zero); None: all.
         blocks: module path of the decoder blocks, if they are not found automatically.
         progress: show a progress bar while recording.
+        pool: ``last`` (each text's last real token) or ``mean`` (the mean over its tokens after a leading
+            BOS); recorded as the vector's ``pool``.
 
     Returns:
         The vector, ``[n_layers, hidden]``, with the model, the data selection and the counts in its metadata.
@@ -84,6 +88,7 @@ def train_vector(
         template=template,
         batch_size=batch_size,
         progress=progress,
+        pool=pool,
     )
     stats = record_request(request, LoadedModel(model, tokenizer, name))
     chosen = parse_layers(layers, stats.shape[0]) if layers else None

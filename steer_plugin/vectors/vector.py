@@ -6,6 +6,7 @@ import datetime as _dt
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -154,12 +155,13 @@ class SteeringVector:
         return self * (1.0 / divisor)
 
     # --- file format -------------------------------------------------------------------------
-    def save(self, path: str | os.PathLike) -> None:
+    def save(self, path: str | os.PathLike, beside: Mapping[Path, str | bytes] | None = None) -> None:
         """Write atomically (temp file + rename): a reader never sees a half-written file.
 
         Args:
             path: the ``.safetensors`` file (tensor ``vector``, and ``mask`` for a top_k vector; the
                 metadata in the header). Non-finite values or metadata that ``load`` would refuse are errors.
+            beside: files that belong to the vector (a generated source's texts), written with it, all or none.
         """
         if not torch.isfinite(self.matrix).all():
             raise SteerError("refusing to save a steering vector with non-finite values")
@@ -179,7 +181,7 @@ class SteeringVector:
         tensors = {"vector": self.matrix}
         if self.mask is not None:
             tensors["mask"] = self.mask.to(torch.uint8)
-        write_safetensors(path, tensors, header)
+        write_safetensors(path, tensors, header, beside)
 
     @classmethod
     def from_npy(cls, path: str | os.PathLike, *, drop_embedding_row: bool = False) -> SteeringVector:
@@ -257,9 +259,13 @@ def _mix_metadata(a: SteeringVector, b: SteeringVector, terms: list[dict[str, An
     return {**shared, "emotion": name, "method": "combination", "recipe": terms}
 
 
-def default_vector_path(model: str, emotion: str, method: str, top_k: int | None = None) -> Path:
-    """Where built vectors live: ``vectors/<model-slug>/<emotion>-<method>[-k].safetensors``."""
+def default_vector_path(
+    model: str, emotion: str, method: str, top_k: int | None = None, variant: str | None = None
+) -> Path:
+    """Where built vectors live: ``vectors/<model-slug>/<emotion>-<method>[-k][-variant].safetensors``
+    (``variant``: ``metadata.vector_variant``, e.g. ``generated``)."""
     name = f"{target_slug(emotion)}-{method}" + (f"-{top_k}" if method == "top_k" else "")
+    name += f"-{variant}" if variant else ""
     return Path("vectors") / model_slug(model) / f"{name}.safetensors"
 
 
