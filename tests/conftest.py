@@ -24,6 +24,12 @@ def shared() -> Path:
     return s
 
 
+@pytest.fixture(autouse=True)
+def own_steer_cache(tmp_path_factory, monkeypatch):
+    """Every test its own user cache (remembered calibration verifications): no test sees another's."""
+    monkeypatch.setenv("STEER_CACHE_DIR", str(tmp_path_factory.mktemp("steer-cache")))
+
+
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory) -> str:
     from helpers_tiny import save_model

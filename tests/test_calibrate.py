@@ -322,3 +322,33 @@ def test_a_calibration_without_a_weights_fingerprint_is_verified_on_reuse(
                                            progress=said.append, **kw)  # fmt: skip
     assert not reused and "does not hold on this model" in said[0] and "calibrating again" in said[0], said
     assert abs(_kl_at(b, cal_texts, vec, on_b.rows[0].alpha) / 0.1 - 1) <= 0.05 + 1e-4
+
+
+def test_a_verification_that_held_is_remembered_for_these_weights(tmp_path, texts_file, two_models, monkeypatch):
+    """The same evaluations on the same weights give the same KLs: a second reuse evaluates nothing; other
+    weights verify again; a cache that cannot be written only costs the evaluations."""
+    a, b = two_models
+    path, _, _, kw = _small_vector(tmp_path, texts_file)
+    C.calibrate_vector_file(b.model, b.tokenizer, path, [0.1], model_name=b.name, **kw)  # b's own calibration
+    doc = json.loads(C.calibration_path(path).read_text())
+    del doc["calibrations"][0]["key"]["weights"]  # one that travels: verified on reuse
+    C.calibration_path(path).write_text(json.dumps(doc))
+    said: list[str] = []
+    evaluations: list[int] = []
+    measure = C.FluencyProbe.measure
+    monkeypatch.setattr(
+        C.FluencyProbe, "measure", lambda self, *a_, **k: evaluations.append(1) or measure(self, *a_, **k)
+    )
+    for _ in range(2):
+        _, reused = C.calibrate_vector_file(b.model, b.tokenizer, path, [0.1], model_name=b.name,
+                                            progress=said.append, **kw)  # fmt: skip
+        assert reused
+    assert len(evaluations) == 1 and "verified the stored calibration" in said[0]
+    assert "verified on these weights before" in said[1] and C.verified_file().is_file()
+    monkeypatch.setenv("STEER_CACHE_DIR", str(tmp_path / "not-writable"))
+    (tmp_path / "not-writable").write_text("a file, not a folder")
+    for _ in range(2):  # nothing remembered: both evaluate
+        _, reused = C.calibrate_vector_file(b.model, b.tokenizer, path, [0.1], model_name=b.name,
+                                            progress=said.append, **kw)  # fmt: skip
+        assert reused
+    assert len(evaluations) == 3

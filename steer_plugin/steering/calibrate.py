@@ -19,15 +19,19 @@ of the files the model came from: another model with the same folder name and co
 without one (made before it was recorded, or on a model not loaded from files: the shipped calibrations, made on an
 offline copy of the hub model, are such) is meant to travel, so it is verified instead: one KL evaluation per
 budget at its stored alpha on this model's calibration texts; within its tolerance it is reused, else the vector
-is calibrated again (the progress output says which).
+is calibrated again (the progress output says which). A verification that held is remembered per weights
+fingerprint in the user's cache (``$STEER_CACHE_DIR``, else ``$XDG_CACHE_HOME/steer-plugin``, else
+``~/.cache/steer-plugin``): the same evaluations on the same weights give the same KLs, so later runs skip them.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import logging
 import math
+import os
 import statistics
 import time
 from collections.abc import Callable, Iterable
@@ -528,6 +532,42 @@ def _verified(c: Calibration, kl_of: Callable[[float], float]) -> tuple[bool, st
     return ok, f"{', '.join(said)}; tolerance {c.tolerance:.0%}"
 
 
+def verified_file() -> Path:
+    """Where verifications that held are remembered (see the module's docstring)."""
+    if os.environ.get("STEER_CACHE_DIR"):
+        return Path(os.environ["STEER_CACHE_DIR"]) / "verified-calibrations.json"
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "steer-plugin" / "verified-calibrations.json"
+
+
+def _verification_id(key: dict[str, Any], c: Calibration) -> str | None:
+    """This verification's identity: this model's key (weights included) and the stored entry's content; None
+    without a weights fingerprint (nothing to tell these weights from others by)."""
+    if not key.get("weights"):
+        return None
+    blob = json.dumps({"key": key, "calibration": c.to_json()}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _remembered() -> dict[str, Any]:
+    try:
+        doc = json.loads(verified_file().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}  # none yet, unreadable or damaged: verify again (it is only a shortcut)
+    return doc if isinstance(doc, dict) else {}
+
+
+def _remember(memo: str, said: str) -> None:
+    from steer_plugin.io.atomic import write_text_atomic
+
+    doc = {**_remembered(), memo: {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(), "result": said}}
+    try:
+        verified_file().parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(verified_file(), json.dumps(doc, indent=1) + "\n")
+    except (OSError, SteerError) as e:  # a read-only home: verify again next time
+        log.debug("could not remember the verification: %s", e)
+
+
 def _check_stored_alphas(
     stored: list[Calibration], c: Calibration, vector: SteeringVector, layers: list[int], path: Path
 ) -> None:
@@ -601,6 +641,10 @@ def calibrate_vector_file(
             stored.rows = [r for r in stored.rows if any(math.isclose(r.kl_budget, b, rel_tol=1e-9) for b in budgets)]
             if not verify:
                 return stored, True
+            memo = _verification_id(key, stored)
+            if memo is not None and memo in _remembered():
+                progress("  reused the stored calibration, verified on these weights before (no KL evaluated)")
+                return stored, True
             probe = FluencyProbe(model, tokenizer, texts[0], steerer=steerer, batch_size=kwargs.get("batch_size", 16))
             holds, said = _verified(
                 stored,
@@ -608,6 +652,8 @@ def calibrate_vector_file(
             )
             if holds:
                 progress(f"  verified the stored calibration on this model (no weights fingerprint to match): {said}")
+                if memo is not None:
+                    _remember(memo, said)
                 return stored, True
             progress(f"  the stored calibration does not hold on this model (no weights fingerprint to match): {said}; "
                      "calibrating again")  # fmt: skip
