@@ -71,6 +71,12 @@ def test_the_chat_template_for_the_emotion_tasks_alone(swept):
     assert "--apply_chat_template" not in reproduce[1] and "tiny_mc" in reproduce[1]
     settings = json.loads((options.out_dir / "sweep.json").read_text())["settings"]
     assert settings["apply_chat_template"] == [TASK] == sweep_settings(options)["apply_chat_template"]
+    config = json.loads((options.out_dir / "baseline" / "results.json").read_text())["config"]
+    spent = config["request_seconds"]  # where the configuration's time went, per request type
+    assert spent["generate_until"] > 0 and spent["loglikelihood"] > 0
+    assert sum(spent.values()) + config["generation_fluency_seconds"] <= config["seconds"]
+    prompted = json.loads((options.out_dir / "prompted_anger" / "results.json").read_text())["config"]
+    assert prompted["request_seconds"]["loglikelihood"] == 0  # the emotion task alone
 
 
 def test_the_prompting_reference_asks_in_the_system_message(swept):

@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import re
+import time
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -227,6 +228,8 @@ class SteeredHFLM(HFLM):
             steer_backend: ``nnsight`` or ``hooks``; None keeps the current one.
         """
         self.longer_than_window = {"loglikelihood": 0, "generate_until": 0}  # this configuration's, see get_model_info
+        # seconds spent per request type since loading (a sweep records each configuration's share)
+        self.seconds = {"loglikelihood": 0.0, "generate_until": 0.0}
         if steer_backend is not None or not hasattr(self, "steerer"):
             self.steerer = Steerer(self.model, steer_backend or "nnsight", self._blocks)
         steering = vector if isinstance(vector, SteeringConfig) else _keywords(vector, alpha, layers, positions)
@@ -335,6 +338,15 @@ class SteeredHFLM(HFLM):
 
     def _loglikelihood_tokens(
         self, requests: list[TokenRequest], disable_tqdm: bool = False, override_bs: int | None = None
+    ) -> list[Answer]:
+        started = time.monotonic()
+        try:
+            return self._loglikelihood_answers(requests, disable_tqdm, override_bs)
+        finally:
+            self.seconds["loglikelihood"] += time.monotonic() - started
+
+    def _loglikelihood_answers(
+        self, requests: list[TokenRequest], disable_tqdm: bool, override_bs: int | None
     ) -> list[Answer]:
         if self.reuse_active and not self._rolling and override_bs is None:
             try:
@@ -492,6 +504,13 @@ class SteeredHFLM(HFLM):
         """Identical greedy requests are generated once: the steer_emotion_* tasks share their prompts and
         settings, so a sweep over several emotions generates each prompt once per configuration, not once
         per emotion task. Sampled requests are all generated."""
+        started = time.monotonic()
+        try:
+            return self._generate_distinct(requests, disable_tqdm)
+        finally:
+            self.seconds["generate_until"] += time.monotonic() - started
+
+    def _generate_distinct(self, requests: list[Instance], disable_tqdm: bool) -> list[str]:
         first: dict[tuple[str, str], int] = {}
         unique: list[Instance] = []
         slot: list[int] = []

@@ -140,6 +140,7 @@ def run_sweep(
         _seed_everything(options.seed)
         t0 = time.monotonic()
         groups = formatting_groups(loaded, options, config)
+        spent = dict(getattr(lm, "seconds", {}))  # per request type, before this configuration
         alone = _alone_batch_size(lm, options) if config.prompted is not None else None
         with _batch_size(lm, alone):
             parts = [
@@ -203,6 +204,9 @@ def run_sweep(
             "sweep_settings": state.settings,
             "seconds": round(seconds, 2),
             "generation_fluency_seconds": round(fluency_seconds, 2),  # of ``seconds``: gen_nll of the outputs
+            # of ``seconds``: the model's time per request type (the first configuration's includes the batched
+            # work of those after it: TruthfulQA tails, mixed generation)
+            "request_seconds": {k: round(v - spent.get(k, 0.0), 2) for k, v in getattr(lm, "seconds", {}).items()},
             "side_effects": side_info,
             "reproduce": reproduce_commands(options, config, groups, alone),
         }
