@@ -489,6 +489,7 @@ SECTION_ORDER = (
     "config-batching",
     "config-batching-1b",
     "quality",
+    "run-end-to-end",
 )
 
 

@@ -244,3 +244,21 @@ def test_bench_quality_tiny(md, tmp_path):
     assert data["outputs"] == 2 and data["run_s"] == 120.0 and data["max_abs_diff_gen_nll"] < 1e-5
     assert data["share"] == (data["fluency_s"] + data["text_s"]) / 120.0
     assert "quality metrics ≤ 15% of a run" in _section(md, "quality")
+
+
+def test_bench_run_phases_add_up_to_the_wall_time(tmp_path):
+    """The end-to-end benchmark's phase table, from a (synthetic) run folder of two configurations."""
+    import benchmarks.run
+
+    for name, config in {
+        "baseline": {"seconds": 100.0, "generation_fluency_seconds": 5.0, "side_effects": {"seconds": 3.0},
+                     "request_seconds": {"loglikelihood": 50.0, "generate_until": 40.0}},
+        "prompted_anger": {"seconds": 20.0, "generation_fluency_seconds": 2.0, "side_effects": {"seconds": 1.0},
+                           "request_seconds": {"loglikelihood": 0.0, "generate_until": 15.0}},
+    }.items():  # fmt: skip
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps({"config": config}))
+    got = dict(benchmarks.run.phases(tmp_path, wall=150.0))
+    assert list(got.values()) == [50.0, 55.0, 7.0, 4.0, 120.0 - 50.0 - 55.0 - 7.0, 150.0 - 124.0]
+    assert sum(got.values()) == 150.0
+    assert "verified" in benchmarks.run.calibration_note("  verified the stored calibration on this model (...)")
