@@ -136,6 +136,12 @@ def side_effect_options(n_texts: int, folder: Path) -> Any:
     return SweepOptions(tasks=[], out_dir=folder, side_effects=source, side_effect_texts=n_texts)
 
 
+def side_texts(options: Any) -> str:
+    """Which neutral texts, without the machine's paths."""
+    where = Path(options.side_effects.path)
+    return "GoEmotions test neutral texts, the shared data folder" if where.is_dir() else "generated texts"
+
+
 def run_configs(
     lm: Any, rec: Recorder, configs: list[dict[str, Any]], reqs: list[Any], batching: bool, side: Any = None
 ) -> list:
@@ -321,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     if side is not None:
         lines.append(
             f"- side effects as `steer sweep` measures them after each configuration: KL and perplexity on "
-            f"{args.side_effects} neutral texts ({side.side_effects.describe()}), the unsteered pass once per run; "
+            f"{args.side_effects} neutral texts ({side_texts(side)}), the unsteered pass once per run; "
             "one at a time: `FluencyProbe.measure` per configuration; batched: one `measure_many` of all K "
             "(texts x configurations per forward, at most 64 rows, the unsteered prefix shared)"
         )

@@ -165,16 +165,16 @@ def run_sweep(
             t1 = time.monotonic()
             if probe is None:
                 probe = side_effect_probe(lm, options)
-            together = None
+            together, adjust = None, 0.0  # batched: each configuration counts an equal share of the call's time
             if config.prompted:
                 measured = probe.measure_prompted(instruction_ids(lm, config.prompted))
             elif planning and options.config_batching:
                 if config.slug() not in ahead:
                     t2 = time.monotonic()
                     ahead = measure_ahead(lm, probe, [c for c in todo[i:] if c.prompted is None])
-                    t1 += time.monotonic() - t2  # that time is shared out below, this configuration's share included
+                    adjust -= time.monotonic() - t2
                 measured, share, together = ahead.pop(config.slug())
-                t1 -= share
+                adjust += share
             else:
                 measured = probe.measure(lm.plan, lm.positions)
             side.update(measured.metrics())
@@ -182,7 +182,7 @@ def run_sweep(
                 "texts": options.side_effects.describe(),
                 "n_texts": len(probe.texts),
                 "n_tokens": measured.total_tokens,
-                "seconds": round(time.monotonic() - t1, 2),
+                "seconds": round(time.monotonic() - t1 + adjust, 2),
             }
             if together is not None:  # measured in one call with others: `seconds` is an equal share of its time
                 side_info["measured_together"] = together
