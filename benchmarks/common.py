@@ -488,6 +488,8 @@ SECTION_ORDER = (
     "profile",
     "config-batching",
     "config-batching-1b",
+    "config-batching-side-effects",
+    "config-batching-side-effects-1b",
     "quality",
     "run-end-to-end",
 )

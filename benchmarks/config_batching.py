@@ -16,7 +16,12 @@ Identity: each configuration's generations of both variants are compared; for a 
 logit gap at the first differing token (the configuration's own steered forward on the common prefix: the
 two candidate tokens' logits) shows whether it is a near-tie.
 
+With ``--side-effects N`` each configuration's side effects (KL and perplexity on N neutral texts) are measured
+too, as ``steer sweep`` does after each configuration's evaluation: one at a time per configuration, batched all K
+in one ``FluencyProbe.measure_many`` at the first (section 7d).
+
     python -m benchmarks.config_batching   # real SmolLM2-135M-Instruct ($STEER_SMOLLM2)
+    python -m benchmarks.config_batching --ks 6 --side-effects 100   # with side effects
     python -m benchmarks.config_batching --model 1b --ks 2,6 --max-gen-toks 20   # random 1.2B Llama
 """
 
@@ -116,16 +121,53 @@ class Recorder:
         lm._model_generate = recording
 
 
-def run_configs(lm: Any, rec: Recorder, configs: list[dict[str, Any]], reqs: list[Any], batching: bool) -> list:
-    """Per configuration: (texts, recorded token tensors)."""
+def side_effect_options(n_texts: int, folder: Path) -> Any:
+    """What ``steer sweep`` measures side effects with: GoEmotions' neutral test texts from the shared folder, else
+    generated texts (a file in ``folder``)."""
+    from steer_plugin.steering.side_effects import TextSource
+    from steer_plugin.study.plan import SweepOptions
+
+    goemotions = bc.shared_dir() / "data" / "goemotions" if bc.shared_dir() else None
+    if goemotions is not None and (goemotions / "test.tsv").exists():
+        source = TextSource(str(goemotions))
+    else:
+        (folder / "neutral.txt").write_text("\n".join(bc.generated_texts(n_texts)) + "\n", encoding="utf-8")
+        source = TextSource(str(folder / "neutral.txt"))
+    return SweepOptions(tasks=[], out_dir=folder, side_effects=source, side_effect_texts=n_texts)
+
+
+def side_texts(options: Any) -> str:
+    """Which neutral texts, without the machine's paths."""
+    where = Path(options.side_effects.path)
+    return "GoEmotions test neutral texts, the shared data folder" if where.is_dir() else "generated texts"
+
+
+def run_configs(
+    lm: Any, rec: Recorder, configs: list[dict[str, Any]], reqs: list[Any], batching: bool, side: Any = None
+) -> list:
+    """Per configuration: (texts, recorded token tensors, side effects or None, seconds of side effects).
+
+    ``side``: the sweep options of side effects, measured as ``steer sweep`` does after each configuration's
+    generation (a fresh probe per run: the unsteered pass and prefix caches are part of the cost); batched, all
+    configurations' at the first one."""
+    from steer_plugin.study.sweep import side_effect_probe
+
     lm.plan_ahead(configs, config_batching=batching)
     out = []
+    probe, ahead = None, []
     try:
-        for c in configs:
+        for i, c in enumerate(configs):
             lm.configure(c["vector"], c["alpha"], "all", c["positions"])
             rec.calls = []
             texts = lm.generate_until(reqs, disable_tqdm=True)
-            out.append((texts, list(rec.calls)))
+            measured, t0 = None, time.perf_counter()
+            if side is not None:
+                probe = probe or side_effect_probe(lm, side)
+                if batching and i == 0:
+                    resolved = [lm.resolve(x) for x in configs]
+                    ahead = probe.measure_many([r.plan for r in resolved], [r.positions for r in resolved])
+                measured = ahead[i] if batching else probe.measure(lm.plan, lm.positions)
+            out.append((texts, list(rec.calls), measured, time.perf_counter() - t0))
     finally:
         lm.plan_ahead([])
         lm.configure(None, 0.0)
@@ -163,7 +205,7 @@ def first_difference_gap(lm: Any, config: dict[str, Any], width: int, mask: Any,
 def compare(lm: Any, configs: list[dict[str, Any]], one: list, batched: list) -> tuple[int, int, list[dict]]:
     same = total = 0
     gaps = []
-    for ci, ((texts_a, calls_a), (texts_b, calls_b)) in enumerate(zip(one, batched)):
+    for ci, ((texts_a, calls_a, *_), (texts_b, calls_b, *_)) in enumerate(zip(one, batched)):
         total += len(texts_a)
         same += sum(a == b for a, b in zip(texts_a, texts_b))
         for (width, mask, ta), (_, _, tb) in zip(calls_a, calls_b):
@@ -174,6 +216,19 @@ def compare(lm: Any, configs: list[dict[str, Any]], one: list, batched: list) ->
                     gap = first_difference_gap(lm, configs[ci], width, m, ta[row, :n], tb[row, :n])
                     gaps.append({"config": ci, "row": row, **gap})
     return same, total, gaps
+
+
+def side_effect_gap(one: list, batched: list) -> float | None:
+    """The largest difference of a text's KL or NLL per token between both variants (None: not measured)."""
+    pairs = [(a, b) for (*_, a, _), (*_, b, _) in zip(one, batched) if a is not None]
+    if not pairs:
+        return None
+    return max(
+        abs(x - y) / n
+        for a, b in pairs
+        for sums_a, sums_b in ((a.kl_sums, b.kl_sums), (a.nll_sums, b.nll_sums))
+        for x, y, n in zip(sums_a, sums_b, a.n_tokens)
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -188,11 +243,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vector", default=None, help="steering vector file (default: a random vector)")
     p.add_argument("--vector-norm", type=float, default=8.0, help="row norm of the random vector (default 8)")
     p.add_argument("--repeats", type=int, default=1)
+    p.add_argument(
+        "--side-effects", type=int, default=0, metavar="N",
+        help="also measure each configuration's side effects on N neutral texts, as steer sweep does (default 0: off)",
+    )  # fmt: skip
     bc.add_common_args(p)
     args = p.parse_args(argv)
     raw_argv = list(sys.argv[1:] if argv is None else argv)
     bc.setup(args.threads)
     import logging
+    import tempfile
 
     logging.disable(logging.WARNING)
     ks = [int(k) for k in args.ks.split(",") if k.strip()]
@@ -204,46 +264,58 @@ def main(argv: list[str] | None = None) -> int:
     prompts = neutral_prompts(args.prompts)
     reqs = requests(prompts, args.max_gen_toks)
     rec = Recorder(lm)
-    run_configs(lm, rec, all_configs[:2], requests(prompts[:2], 2), True)  # warm-up: imports, first calls
+    scratch = tempfile.TemporaryDirectory()
+    side = side_effect_options(args.side_effects, Path(scratch.name)) if args.side_effects else None
+    warm_side = side_effect_options(2, Path(scratch.name)) if side else None
+    run_configs(lm, rec, all_configs[:2], requests(prompts[:2], 2), True, warm_side)  # warm-up: imports, first calls
 
     load_before = bc.loadavg()
     rows, raw = [], {}
     for k in ks:
         configs = all_configs[:k]
         seconds: dict[str, list[float]] = {"one at a time": [], "batched": []}
+        side_seconds: dict[str, list[float]] = {"one at a time": [], "batched": []}
         results: dict[str, list] = {}
         for r in range(args.repeats):
             order = [("one at a time", False), ("batched", True)]
             for name, batching in order if r % 2 == 0 else order[::-1]:
                 t0 = time.perf_counter()
-                results[name] = run_configs(lm, rec, configs, reqs, batching)
+                results[name] = run_configs(lm, rec, configs, reqs, batching, side)
                 seconds[name].append(time.perf_counter() - t0)
+                side_seconds[name].append(sum(x[3] for x in results[name]))
                 bc.say(
-                    f"  K={k} round {r + 1}/{args.repeats} {name}: {seconds[name][-1]:.1f}s (load {bc.loadavg()[0]})"
+                    f"  K={k} round {r + 1}/{args.repeats} {name}: {seconds[name][-1]:.1f}s "
+                    f"(side effects {side_seconds[name][-1]:.1f}s, load {bc.loadavg()[0]})"
                 )
         same, total, gaps = compare(lm, configs, results["one at a time"], results["batched"])
+        side_gap = side_effect_gap(results["one at a time"], results["batched"])
         med = {n: statistics.median(s) for n, s in seconds.items()}
+        side_med = {n: statistics.median(s) for n, s in side_seconds.items()}
         ratio = med["one at a time"] / med["batched"]
         worst = max((abs(g["logit_gap"]) for g in gaps), default=None)
-        rows.append(
-            [
-                k,
-                f"{med['one at a time']:.1f}",
-                f"{med['batched']:.1f}",
-                f"**{ratio:.2f}x**",
-                f"{same}/{total}",
-                "-" if worst is None else f"{worst:.2g}",
-            ]
-        )
+        row = [k, f"{med['one at a time']:.1f}", f"{med['batched']:.1f}", f"**{ratio:.2f}x**"]
+        if side is not None:
+            row += [f"{side_med['one at a time']:.1f}", f"{side_med['batched']:.1f}"]
+        row += [f"{same}/{total}", "-" if worst is None else f"{worst:.2g}"]
+        if side is not None:
+            row.append(f"{side_gap:.1g}")
+        rows.append(row)
         raw[k] = {"seconds": seconds, "identical": [same, total], "differences": gaps, "ratio": ratio}
+        if side is not None:
+            raw[k].update(side_effect_seconds=side_seconds, side_effect_max_difference=side_gap)
     load_after = bc.loadavg()
+    scratch.cleanup()
 
     info = bc.machine_info()
     ratio6 = raw[6]["ratio"] if 6 in raw else None
+    if side is not None:
+        title = "## 7d. Config batching with side effects: a sweep's generation and KL/perplexity on neutral texts"
+    else:
+        title = ("## 7b. " if args.model == "1b" else "## 7. ") + (
+            "Config batching: a sweep's generation, all configurations in mixed batches"
+        )
     lines = [
-        ("## 7b. " if args.model == "1b" else "## 7. ")
-        + "Config batching: a sweep's generation, all configurations in mixed batches"
-        + (" (random 1.2B Llama)" if args.model == "1b" else ""),
+        title + (" (random 1.2B Llama)" if args.model == "1b" else ""),
         "",
         *bc.header_lines(info, bc.command_line("config_batching", raw_argv), (load_before, load_after)),
         f"- model: {described}",
@@ -251,6 +323,15 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.max_gen_toks} new tokens (stop at EOS), batch size {args.batch_size}, positions={args.positions}, "
         f"backend {args.backend}, through `SteeredHFLM.generate_until` (the classifier that scores the texts "
         "afterwards is the same work either way and is left out)",
+    ]
+    if side is not None:
+        lines.append(
+            f"- side effects as `steer sweep` measures them after each configuration: KL and perplexity on "
+            f"{args.side_effects} neutral texts ({side_texts(side)}), the unsteered pass once per run; "
+            "one at a time: `FluencyProbe.measure` per configuration; batched: one `measure_many` of all K "
+            "(texts x configurations per forward, at most 64 rows, the unsteered prefix shared)"
+        )
+    lines += [
         f"- configurations in sweep order: the baseline, then per alpha ({', '.join(f'{a:g}' for a in DEFAULT_ALPHAS)}) "
         f"{what}; K = the first K",
         "- one at a time = `steer sweep --no-config-batching`; batched = the default (each batch of prompts "
@@ -259,18 +340,22 @@ def main(argv: list[str] | None = None) -> int:
         "- identical: generations (text as the harness returns it) equal between both variants; "
         "max logit gap: for generations that differ, |logit(token alone) - logit(token batched)| at the first "
         "differing token, the configuration's own steered forward on the common prefix",
-        "",
-        *bc.md_table(
-            ["K", "one at a time (s)", "batched (s)", "speed-up", "identical generations", "max logit gap"], rows
-        ),
-        "",
     ]
+    header = ["K", "one at a time (s)", "batched (s)", "speed-up"]
+    if side is not None:
+        lines.append("- side effects (s): of the times before them; max diff: the largest |difference| of a text's KL "
+                     "or NLL per token between both variants")  # fmt: skip
+        header += ["side effects, one at a time (s)", "side effects, batched (s)"]
+    header += ["identical generations", "max logit gap"] + (["side effects max diff"] if side is not None else [])
+    lines += ["", *bc.md_table(header, rows), ""]
+    target = 2.4 if side is not None else 2.5
     if ratio6 is not None:
         lines += bc.md_table(
             ["target", "measured", "result"],
-            [["K = 6 batched >= 2.5x faster than one at a time", f"{ratio6:.2f}x", bc.verdict(ratio6 >= 2.5)]],
+            [[f"K = 6 batched >= {target}x faster than one at a time", f"{ratio6:.2f}x", bc.verdict(ratio6 >= target)]],
         )
-    bc.print_and_write(args, "config-batching-1b" if args.model == "1b" else "config-batching", "\n".join(lines))
+    key = "config-batching-side-effects" if side is not None else "config-batching"
+    bc.print_and_write(args, key + ("-1b" if args.model == "1b" else ""), "\n".join(lines))
     bc.dump_json(args.json, raw)
     return 0
 

@@ -217,6 +217,14 @@ def test_bench_config_batching_tiny(md, tmp_path):
     section = _section(md, "config-batching")
     assert "## 7. Config batching" in section and "| 6 |" in section
 
+    argv = ["--model", model_dir, "--prompts", "2", "--ks", "6", "--max-gen-toks", "2", "--batch-size", "2",
+            "--side-effects", "5", "--md", str(md), "--json", str(tmp_path / "cbs.json")]  # fmt: skip
+    assert benchmarks.config_batching.main(argv) == 0
+    data = json.loads((tmp_path / "cbs.json").read_text())
+    assert data["6"]["side_effect_max_difference"] < 1e-5  # each configuration's side effects, both ways
+    assert _section(md, "config-batching") == section  # the generation-only section is left alone
+    assert "## 7d. Config batching with side effects" in _section(md, "config-batching-side-effects")
+
 
 def test_bench_quality_tiny(md, tmp_path):
     """The quality metrics' cost against a (synthetic) run folder of one configuration written with --log-samples."""

@@ -40,11 +40,10 @@ from steer_plugin.harness.prefix_reuse import (
     TailConfig,
     batches,
 )
-from steer_plugin.model.hooks import RowPlan, Steerer, SteeringPlan
+from steer_plugin.model.hooks import DEFAULT_ROWS, RowPlan, Steerer, SteeringPlan
 from steer_plugin.steering.kv_prefix import KVPrefix, ReuseUnsupported, accepts_logits_to_keep, fits_window
 
 log = logging.getLogger(__name__)
-DEFAULT_ROWS = 64
 
 
 # -- which configurations, and their answers -----------------------------------------------------------

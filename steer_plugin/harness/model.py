@@ -30,7 +30,6 @@ from transformers import PreTrainedModel
 
 from steer_plugin.errors import SteerError, check_choice
 from steer_plugin.harness.config_batching import (
-    DEFAULT_ROWS,
     ConfigBatcher,
     MixedGeneration,
     batch_key,
@@ -51,6 +50,7 @@ from steer_plugin.harness.prefix_reuse import (
 from steer_plugin.io.terminal import printable
 from steer_plugin.model.backends import BACKENDS
 from steer_plugin.model.hooks import (
+    DEFAULT_ROWS,
     NON_FINITE,
     Steerer,
     SteeringPlan,
@@ -233,7 +233,7 @@ class SteeredHFLM(HFLM):
         if steer_backend is not None or not hasattr(self, "steerer"):
             self.steerer = Steerer(self.model, steer_backend or "nnsight", self._blocks)
         steering = vector if isinstance(vector, SteeringConfig) else _keywords(vector, alpha, layers, positions)
-        resolved = self._resolve(steering)
+        resolved = self.resolve(steering)
         n_layers = len(self.steerer.blocks)
         self.plan: SteeringPlan = resolved.plan
         self.positions: Positions = resolved.positions
@@ -255,8 +255,9 @@ class SteeredHFLM(HFLM):
             "steered_layers": sorted(self.plan.deltas),
         }
 
-    def _resolve(self, steering: Steering) -> ResolvedSteering:
-        """Check one configuration and place its deltas on the model."""
+    def resolve(self, steering: Steering) -> ResolvedSteering:
+        """Check one configuration and place its deltas on the model (its plan and positions, without switching to
+        it: a sweep measures the side effects of the configurations to come with them)."""
         if isinstance(steering, SteeringConfig):
             steering = _keywords(
                 steering.vector if steering.steers else None, steering.alpha, steering.layers, steering.positions
@@ -287,7 +288,7 @@ class SteeredHFLM(HFLM):
         """
         self._planned, self._ahead, self._batcher = [], {}, None
         for c in configs:
-            resolved = self._resolve(c)
+            resolved = self.resolve(c)
             self._planned.append(TailConfig.of(resolved.plan, resolved.positions))
         if config_batching and len(self._planned) > 1:
             fixed = int(self.batch_size) if str(self.batch_size).isdigit() else 1

@@ -50,6 +50,7 @@ NON_FINITE = (
     "use a smaller alpha"
 )
 Where = str | torch.Tensor | None
+DEFAULT_ROWS = 64  # most rows of one mixed batch (several configurations' RowPlan rows): --config-batch-rows
 
 
 @dataclass

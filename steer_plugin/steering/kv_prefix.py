@@ -104,6 +104,8 @@ class KVPrefix:
 
     def repeated(self, times: int) -> KVPrefix:
         """The rows ``times`` over, one block after another: row ``j * rows + i`` is row ``i``."""
+        if times == 1:  # the tensors are never changed: no copy needed
+            return self
         return KVPrefix(
             [(k.repeat(times, 1, 1, 1), v.repeat(times, 1, 1, 1)) for k, v in self.layers],
             self.mask.repeat(times, 1),

@@ -27,6 +27,10 @@ computed once too and steered passes run only the rest (about half the tokens; m
 cannot be reused, see ``kv_prefix.reuse_blocker``, run the whole text, and so does a batch holding a text
 longer than the model's sliding window). The LM head runs only at
 scored positions where the model takes ``logits_to_keep``.
+
+A sweep measures all its configurations at once (``measure_many``): each batch of texts runs under several
+configurations side by side (``RowPlan``: each row its configuration's delta, as config batching generates),
+up to ``config_rows`` rows per forward, and the KL is reduced per configuration as soon as its rows are out.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from __future__ import annotations
 import hashlib
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,8 +48,8 @@ import torch
 from steer_plugin.data.goemotions import HUB_CONFIG, HUB_DATASET, neutral_texts, neutral_texts_location
 from steer_plugin.data.prompts import pad_batch, pad_id
 from steer_plugin.errors import SteerError, check_count
-from steer_plugin.model.hooks import Steerer, SteeringPlan
-from steer_plugin.model.positions import check_positions
+from steer_plugin.model.hooks import DEFAULT_ROWS, RowPlan, Steerer, SteeringPlan
+from steer_plugin.model.positions import POSITIONS, check_positions
 from steer_plugin.steering.kv_prefix import (
     KVPrefix,
     ReuseUnsupported,
@@ -226,6 +230,7 @@ class FluencyProbe:
     max_tokens: int = MAX_TOKENS
     cache_bytes: int = DEFAULT_CACHE_BYTES
     blocks: str | None = None
+    config_rows: int = DEFAULT_ROWS  # measure_many: most rows (texts x configurations) in one forward
     _batches: list[_Batch] = field(default_factory=list, init=False, repr=False)
     _cache: list[torch.Tensor] | None = field(default=None, init=False, repr=False)
     _baseline: SideEffects | None = field(default=None, init=False, repr=False)
@@ -285,26 +290,37 @@ class FluencyProbe:
     def n_tokens(self) -> int:
         return sum(int(b.targets.numel()) for b in self._batches)
 
-    def _log_probs(self, batch: _Batch, plan: SteeringPlan, positions: str, i: int | None = None) -> torch.Tensor:
-        """float32 log-probs [T, V] at the scored positions of one batch (``i``: its index, for the prefix
-        cache of positions=response)."""
+    def _log_probs(
+        self, batch: _Batch, plans: Sequence[SteeringPlan], positions: str, i: int | None = None
+    ) -> Iterator[torch.Tensor]:
+        """Per plan, float32 log-probs [T, V] at the scored positions of one batch, all plans in one forward
+        (configuration ``j`` owns rows ``j*B .. (j+1)*B-1``, ``RowPlan``; ``i``: the batch's index, for the prefix
+        cache of positions=response). Yielded one plan at a time: only the forward's logits and one plan's
+        float32 log-probs are held at once (a 262k vocabulary makes those large)."""
         assert self.steerer is not None
+        n, g = batch.input_ids.shape[0], len(plans)
+        plan = RowPlan.stack(plans, repeat=n)  # an inactive plan has no deltas: a plain forward
         prefix = self._prefix(i, batch) if positions == "response" and plan.active and i is not None else None
         with torch.no_grad():
             if prefix is not None:
-                tail = prefix.kv.tail_inputs(prefix.tail_mask)
-                out = self.steerer.forward(plan, prefix.tail_mask.bool(), input_ids=prefix.tail_ids, **tail)
-                logits = out.logits if hasattr(out, "logits") else out[0]
-                return _pick(logits, batch.rows, prefix.tail_cols)
-            where = None if positions == "all" else batch.response
-            inputs: dict[str, Any] = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
-            cols = batch.cols
-            if self._keep_logits:  # the LM head only where something is scored
-                keep, cols = torch.unique(batch.cols, return_inverse=True)
-                inputs["logits_to_keep"] = keep
-            out = self.steerer.forward(plan, where, **inputs)
-            logits = out.logits if hasattr(out, "logits") else out[0]
-            return _pick(logits, batch.rows, cols)
+                tail_mask = prefix.tail_mask.repeat(g, 1)
+                tail = prefix.kv.repeated(g).tail_inputs(tail_mask)
+                out = self.steerer.forward(plan, tail_mask.bool(), input_ids=prefix.tail_ids.repeat(g, 1), **tail)
+                cols = prefix.tail_cols
+            else:
+                where = None if positions == "all" else batch.response.repeat(g, 1)
+                inputs: dict[str, Any] = {
+                    "input_ids": batch.input_ids.repeat(g, 1),
+                    "attention_mask": batch.attention_mask.repeat(g, 1),
+                }
+                cols = batch.cols
+                if self._keep_logits:  # the LM head only where something is scored
+                    keep, cols = torch.unique(batch.cols, return_inverse=True)
+                    inputs["logits_to_keep"] = keep
+                out = self.steerer.forward(plan, where, **inputs)
+        logits = out.logits if hasattr(out, "logits") else out[0]
+        for j in range(g):
+            yield _pick(logits, batch.rows + j * n, cols)
 
     def _prefix(self, i: int, batch: _Batch) -> _Prefix | None:
         """The batch's unsteered prefix cache (built on first use); None where it cannot be used: the
@@ -335,7 +351,7 @@ class FluencyProbe:
     def _baseline_log_probs(self, i: int, batch: _Batch) -> torch.Tensor:
         if self._cache is not None:
             return self._cache[i]
-        return self._log_probs(batch, SteeringPlan(), "all")
+        return next(self._log_probs(batch, [SteeringPlan()], "all"))
 
     def baseline(self) -> SideEffects:
         """The unsteered model on these texts (KL 0); fills the cache on the first call."""
@@ -345,7 +361,7 @@ class FluencyProbe:
             counts = [0] * len(self.texts)
             cache: list[torch.Tensor] = []
             for batch in self._batches:
-                lp = self._log_probs(batch, SteeringPlan(), "all")
+                lp = next(self._log_probs(batch, [SteeringPlan()], "all"))
                 vocab = lp.shape[-1]
                 if self.n_tokens * vocab * 4 <= self.cache_bytes:
                     cache.append(lp.cpu())
@@ -364,15 +380,36 @@ class FluencyProbe:
 
     def measure(self, plan: SteeringPlan, positions: str = "all") -> SideEffects:
         """KL to the unsteered model and steered perplexity under ``plan`` at ``positions``."""
-        check_positions(positions)
+        return self.measure_many([plan], [positions])[0]
+
+    def measure_many(self, plans: Sequence[SteeringPlan], positions: Sequence[str]) -> list[SideEffects]:
+        """``measure`` of configuration ``k`` = ``plans[k]`` at ``positions[k]``, for all of them at once: every batch
+        of texts runs under several configurations per forward (at most ``config_rows`` rows, never fewer than one
+        configuration's batch), each row steered by its own configuration's delta, so the batch's unsteered
+        log-probs and (positions=response) its unsteered prefix cache serve all of them. The numbers are each
+        configuration's alone (a row computes what it computes in a batch of its own)."""
+        if len(plans) != len(positions):
+            raise SteerError(f"{len(plans)} steering plans but {len(positions)} positions")
+        for where in positions:
+            check_positions(where)
         base = self.baseline()
-        if not plan.active:
-            return base
-        kl = [0.0] * len(self.texts)
-        nll = [0.0] * len(self.texts)
+        kl = [[0.0] * len(self.texts) for _ in plans]
+        nll = [[0.0] * len(self.texts) for _ in plans]
+        # one group per `where` (the prefix cache and the steered positions differ); unsteered ones are the baseline
+        groups = {where: [k for k, p in enumerate(plans) if p.active and positions[k] == where] for where in POSITIONS}
         for i, batch in enumerate(self._batches):
-            self._compare(kl, nll, i, batch, self._log_probs(batch, plan, positions, i))
-        return SideEffects(kl, nll, list(base.n_tokens), base.ppl)
+            per_forward = max(1, self.config_rows // batch.input_ids.shape[0])
+            p: torch.Tensor | None = None  # the batch's unsteered log-probs, for every configuration
+            for where, members in groups.items():
+                for start in range(0, len(members), per_forward):
+                    part = members[start : start + per_forward]
+                    for k, q in zip(part, self._log_probs(batch, [plans[k] for k in part], where, i)):
+                        p = self._baseline_log_probs(i, batch).to(q.device) if p is None else p
+                        self._compare(kl[k], nll[k], batch, p, q)
+        return [
+            SideEffects(kl[k], nll[k], list(base.n_tokens), base.ppl) if plan.active else base
+            for k, plan in enumerate(plans)
+        ]
 
     def measure_prompted(self, instruction: Sequence[int]) -> SideEffects:
         """The side effects of *asking* instead of steering: every text read after ``instruction`` (token ids of
@@ -395,11 +432,11 @@ class FluencyProbe:
             with torch.no_grad():
                 out = self.steerer.forward(SteeringPlan(), None, input_ids=ids, attention_mask=mask)
             logits = out.logits if hasattr(out, "logits") else out[0]
-            self._compare(kl, nll, i, batch, _pick(logits, batch.rows, batch.cols + len(head) - skip))
+            q = _pick(logits, batch.rows, batch.cols + len(head) - skip)
+            self._compare(kl, nll, batch, self._baseline_log_probs(i, batch).to(q.device), q)
         return SideEffects(kl, nll, list(base.n_tokens), base.ppl)
 
-    def _compare(self, kl: list[float], nll: list[float], i: int, batch: _Batch, q: torch.Tensor) -> None:
-        """Add one batch's KL(unsteered || q) and NLL under q to the per-text sums."""
-        p = self._baseline_log_probs(i, batch).to(q.device)
+    def _compare(self, kl: list[float], nll: list[float], batch: _Batch, p: torch.Tensor, q: torch.Tensor) -> None:
+        """Add one batch's KL(p || q) (p: the unsteered log-probs) and NLL under q to the per-text sums."""
         self._add(kl, None, batch, (p.exp() * (p - q)).sum(-1))
         self._add(nll, None, batch, -q.gather(1, batch.targets[:, None].to(q.device))[:, 0])

@@ -119,4 +119,4 @@ class SweepOptions:
     side_effects: Any = None  # steer_plugin.steering.side_effects.TextSource
     side_effect_texts: int = 200
     config_batching: bool = True  # several configurations per batch (config_batching.py); results are the same
-    config_batch_rows: int | None = None  # most rows in one mixed batch (None: config_batching.DEFAULT_ROWS)
+    config_batch_rows: int | None = None  # most rows in one mixed batch (None: hooks.DEFAULT_ROWS)

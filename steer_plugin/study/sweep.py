@@ -132,6 +132,7 @@ def run_sweep(
         lm.plan_ahead(steered, **_batching_args(lm, options))
     probe = None
     prompt_cache = None  # the emotion tasks' prompts, run once for every configuration's gen_nll
+    ahead: dict[str, tuple[Any, float, int]] = {}  # config batching: side effects measured early, see measure_ahead
     for i, config in enumerate(todo):
         if config.prompted is not None and planning:
             # the prompting reference runs last, on prompts no other configuration has: nothing to batch it with
@@ -174,18 +175,27 @@ def run_sweep(
             t1 = time.monotonic()
             if probe is None:
                 probe = side_effect_probe(lm, options)
-            measured = (
-                probe.measure_prompted(instruction_ids(lm, config.prompted))
-                if config.prompted
-                else probe.measure(lm.plan, lm.positions)
-            )
+            together, adjust = None, 0.0  # batched: each configuration counts an equal share of the call's time
+            if config.prompted:
+                measured = probe.measure_prompted(instruction_ids(lm, config.prompted))
+            elif planning and options.config_batching:
+                if config.slug() not in ahead:
+                    t2 = time.monotonic()
+                    ahead = measure_ahead(lm, probe, [c for c in todo[i:] if c.prompted is None])
+                    adjust -= time.monotonic() - t2
+                measured, share, together = ahead.pop(config.slug())
+                adjust += share
+            else:
+                measured = probe.measure(lm.plan, lm.positions)
             side.update(measured.metrics())
             side_info = {
                 "texts": options.side_effects.describe(),
                 "n_texts": len(probe.texts),
                 "n_tokens": measured.total_tokens,
-                "seconds": round(time.monotonic() - t1, 2),
+                "seconds": round(time.monotonic() - t1 + adjust, 2),
             }
+            if together is not None:  # measured in one call with others: `seconds` is an equal share of its time
+                side_info["measured_together"] = together
             if probe.window is not None:  # texts whose unsteered prefix was not reused, for the model's window
                 side_info["longer_than_window"] = probe.longer_than_window
             if samples is not None:
@@ -413,15 +423,30 @@ def add_generation_fluency(
 
 def side_effect_probe(lm: Any, options: SweepOptions) -> Any:
     """The sweep's fluency probe on the lm's model: texts tokenized and the unsteered pass done once."""
-    from steer_plugin.model.hooks import Steerer
+    from steer_plugin.model.hooks import DEFAULT_ROWS, Steerer
     from steer_plugin.steering.side_effects import FluencyProbe
 
     texts = options.side_effects.load(options.side_effect_texts)
     batch = lm.batch_size if isinstance(lm.batch_size, int) else 16
     steerer = Steerer(lm.model, "hooks", lm.steerer.block_path)  # same blocks as lm.plan, no tracing overhead
-    probe = FluencyProbe(lm.model, lm.tokenizer, texts, steerer=steerer, batch_size=max(int(batch), 1))
+    rows = options.config_batch_rows or DEFAULT_ROWS  # as many rows per forward as a mixed generation batch
+    probe = FluencyProbe(
+        lm.model, lm.tokenizer, texts, steerer=steerer, batch_size=max(int(batch), 1), config_rows=rows
+    )
     probe.baseline()
     return probe
+
+
+def measure_ahead(lm: Any, probe: Any, configs: list[SteeringConfig]) -> dict[str, tuple[Any, float, int]]:
+    """The side effects of ``configs`` in one ``measure_many`` call (config batching: each batch of neutral texts
+    runs under several configurations per forward), per slug: (side effects, an equal share of the call's
+    seconds, how many configurations it measured). The shares add up to the time spent, as the per-configuration
+    times of the one-at-a-time path do."""
+    t0 = time.monotonic()
+    resolved = [lm.resolve(c) for c in configs]
+    measured = probe.measure_many([r.plan for r in resolved], [r.positions for r in resolved])
+    share = (time.monotonic() - t0) / max(1, len(configs))
+    return {c.slug(): (m, share, len(configs)) for c, m in zip(configs, measured)}
 
 
 def _batching_args(lm: Any, options: SweepOptions) -> dict[str, Any]:
