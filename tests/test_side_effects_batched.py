@@ -75,6 +75,18 @@ def test_measure_many_equals_each_configuration_alone(arch, config, texts):
             _same(got, want)
         assert max(seen) <= max(rows, 3) and (rows < 6 or max(seen) > 3)  # budget kept; configurations mixed
         assert probe.longer_than_window == alone_probe.longer_than_window
+    # a logits budget of the smallest batch's worth (a 262k vocabulary's case): one configuration per forward
+    vocab = model.get_output_embeddings().weight.shape[0]
+    least = min(b.input_ids.numel() for b in alone_probe._batches)
+    tight = FluencyProbe(model, tok, list(texts), steerer=steerer, batch_size=3, logits_bytes=4 * vocab * least)
+    seen, handle = _rows_per_forward(model)
+    try:
+        many = tight.measure_many(plans, positions)
+    finally:
+        handle.remove()
+    assert max(seen) <= 3
+    for got, want in zip(many, alone):
+        _same(got, want)
     if config:  # an 8-token window: the batches of long texts ran whole, the others reused their prefix
         assert probe.window == 8 and probe.longer_than_window == 3
     used = [p is not None for p in probe._prefixes.values()]

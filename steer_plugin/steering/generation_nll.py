@@ -144,7 +144,7 @@ def continuation_nll(
             todo.append(item)
             if prompts is not None:
                 prompts.plain += 1
-    vocab = _vocab(model)
+    vocab = vocab_size(model)
     if prompts is not None and tails:
         prompts.add([c for _, c in tails], batch_size)
         todo += [item for item, c in tails if c not in prompts.where]
@@ -155,7 +155,8 @@ def continuation_nll(
     return [o if o is not None else GenerationNLL(0.0, 0) for o in out]
 
 
-def _vocab(model: Any) -> int:
+def vocab_size(model: Any) -> int:
+    """Rows of the model's LM head: the width of its logits."""
     head = model.get_output_embeddings()
     return int(head.weight.shape[0]) if head is not None else int(model.config.get_text_config().vocab_size)
 

@@ -50,6 +50,7 @@ from steer_plugin.data.prompts import pad_batch, pad_id
 from steer_plugin.errors import SteerError, check_count
 from steer_plugin.model.hooks import DEFAULT_ROWS, RowPlan, Steerer, SteeringPlan
 from steer_plugin.model.positions import POSITIONS, check_positions
+from steer_plugin.steering.generation_nll import LOGITS_BYTES, vocab_size
 from steer_plugin.steering.kv_prefix import (
     KVPrefix,
     ReuseUnsupported,
@@ -231,6 +232,7 @@ class FluencyProbe:
     cache_bytes: int = DEFAULT_CACHE_BYTES
     blocks: str | None = None
     config_rows: int = DEFAULT_ROWS  # measure_many: most rows (texts x configurations) in one forward
+    logits_bytes: int = LOGITS_BYTES  # measure_many: a forward's float32 logits, at most (one configuration always)
     _batches: list[_Batch] = field(default_factory=list, init=False, repr=False)
     _cache: list[torch.Tensor] | None = field(default=None, init=False, repr=False)
     _baseline: SideEffects | None = field(default=None, init=False, repr=False)
@@ -285,6 +287,10 @@ class FluencyProbe:
         self._keep_logits = accepts_logits_to_keep(self.model)
         self._reuse_blocked = reuse_blocker(self.model)
         self.window = None if self._reuse_blocked else reuse_window(self.model)
+
+    @property
+    def _vocab(self) -> int:
+        return vocab_size(self.model)
 
     @property
     def n_tokens(self) -> int:
@@ -398,7 +404,10 @@ class FluencyProbe:
         # one group per `where` (the prefix cache and the steered positions differ); unsteered ones are the baseline
         groups = {where: [k for k, p in enumerate(plans) if p.active and positions[k] == where] for where in POSITIONS}
         for i, batch in enumerate(self._batches):
-            per_forward = max(1, self.config_rows // batch.input_ids.shape[0])
+            rows, width = batch.input_ids.shape
+            # the forward's logits [rows x width x vocab] float32 stay within the budget: a 262k vocabulary counts
+            fit = self.logits_bytes // (4 * rows * width * self._vocab)
+            per_forward = max(1, min(self.config_rows // rows, fit))
             p: torch.Tensor | None = None  # the batch's unsteered log-probs, for every configuration
             for where, members in groups.items():
                 for start in range(0, len(members), per_forward):
