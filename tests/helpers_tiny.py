@@ -296,3 +296,71 @@ def hook_block_states(model, ids):
         for h in handles:
             h.remove()
     return np.stack([got[k].numpy() for k in range(len(blocks))], axis=1)
+
+
+# llama.cpp's names of a Llama's tensors (convert_hf_to_gguf.py), per decoder block and outside the blocks
+_GGUF_BLOCK_TENSORS = {
+    "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
+}  # fmt: skip
+_GGUF_TENSORS = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+                 "lm_head.weight": "output.weight"}  # fmt: skip
+
+
+def write_gguf(model, tokenizer, path: Path) -> Path:
+    """The tiny Llama ``model`` (from ``make_model``) as a float32 GGUF file the way llama.cpp's converter writes
+    one, written here with the ``gguf`` package alone: its metadata, its byte-level BPE tokenizer (tokens, merges)
+    and its tensors, q/k rows permuted to llama.cpp's interleaved RoPE pairs (transformers' loader undoes it)."""
+    import json
+
+    import gguf
+    import numpy as np
+
+    cfg = model.config
+
+    def permute(w, n_head):
+        return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_name("tiny-llama")
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_head_count(cfg.num_attention_heads)
+    w.add_head_count_kv(cfg.num_key_value_heads)
+    w.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
+    w.add_rope_dimension_count(cfg.hidden_size // cfg.num_attention_heads)
+    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    w.add_vocab_size(cfg.vocab_size)
+    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    bpe = json.loads(tokenizer.backend_tokenizer.to_str())["model"]
+    tokens = [t for t, _ in sorted(bpe["vocab"].items(), key=lambda kv: kv[1])]
+    special = set(tokenizer.all_special_tokens)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_types([gguf.TokenType.CONTROL if t in special else gguf.TokenType.NORMAL for t in tokens])
+    w.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in bpe["merges"]])
+    w.add_bos_token_id(tokenizer.bos_token_id)
+    w.add_eos_token_id(tokenizer.eos_token_id)
+    w.add_pad_token_id(tokenizer.pad_token_id)
+    w.add_unk_token_id(tokenizer.unk_token_id)
+    w.add_add_bos_token(False)
+    for name, param in model.state_dict().items():
+        t = param.detach().float().numpy()
+        if name in _GGUF_TENSORS:
+            w.add_tensor(_GGUF_TENSORS[name], t)
+            continue
+        _, _, block, *module, _ = name.split(".")
+        module = ".".join(module)
+        if module in ("self_attn.q_proj", "self_attn.k_proj"):
+            heads = cfg.num_attention_heads if module == "self_attn.q_proj" else cfg.num_key_value_heads
+            t = np.ascontiguousarray(permute(t, heads))
+        w.add_tensor(f"blk.{block}.{_GGUF_BLOCK_TENSORS[module]}.weight", t)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path

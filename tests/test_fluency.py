@@ -243,3 +243,19 @@ def test_steer_fluency_task_scores_the_same_texts_with_rolling_loglikelihood(tmp
         ll += float(lp[torch.arange(len(ids)), torch.tensor(ids)].sum())
         words += len(d["text"].split())
     assert got == pytest.approx(math.exp(-ll / words), rel=1e-4)
+
+
+def test_a_cache_budget_below_all_batches_caches_the_first_ones_and_recomputes_the_rest():
+    """A large vocabulary (Gemma-3: 1 MiB a token) fills the budget part way: the batches that fit are cached,
+    the others recomputed, and the numbers are those of the whole cache."""
+    model, tok = make_model("qwen2", n_layers=2, hidden=32, seed=2)
+    torch.manual_seed(7)
+    plan = make_plan([SteeringVector(torch.randn(2, 32))], [2.0], model, "model.layers")
+    full = FluencyProbe(model, tok, list(TEXTS), batch_size=2)
+    want = full.measure(plan, "response")
+    first = full._cache[0].numel() * 4
+    part = FluencyProbe(model, tok, list(TEXTS), batch_size=2, cache_bytes=first + full._cache[1].numel() * 4 - 1)
+    got = part.measure(plan, "response")
+    assert len(full._cache) > 2 and len(part._cache) == 1 and part.cached_bytes == first < full.cached_bytes
+    assert got.kl == pytest.approx(want.kl, rel=1e-6) and got.ppl == pytest.approx(want.ppl, rel=1e-6)
+    assert got.kl > 1e-3

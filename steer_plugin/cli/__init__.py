@@ -8,6 +8,7 @@ import argparse
 import sys
 
 from steer_plugin.cli import data, steering, study, tasks, vectors
+from steer_plugin.cli.args import join_gguf_file
 from steer_plugin.errors import SteerError
 from steer_plugin.io.terminal import printable
 
@@ -39,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         if not getattr(args, "func", None):
             parser.print_help()
             return 2
+        join_gguf_file(args)
         return int(args.func(args) or 0)
     except SteerError as e:  # messages quote file contents: one line, no escapes
         print(f"{command}: error: {printable(e)}", file=sys.stderr)

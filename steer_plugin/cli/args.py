@@ -5,20 +5,32 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from steer_plugin.model.loading import DEFAULT_MODEL, DTYPES, ModelOptions
+from steer_plugin.model.loading import DEFAULT_MODEL, DTYPES, ModelOptions, with_gguf_file
 
 if TYPE_CHECKING:  # pragma: no cover
     from steer_plugin.vectors.request import RecordRequest
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"hub id or local folder (default: {DEFAULT_MODEL})")
+    p.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"hub id, local folder or GGUF file (dir/model.gguf, loaded dequantized; default: {DEFAULT_MODEL})",
+    )
+    p.add_argument("--gguf-file", default=None, metavar="NAME", help="a GGUF file in the --model folder or hub repo")
     p.add_argument("--dtype", default="float32", choices=DTYPES)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps ... (default: where it loads)")
     p.add_argument("--device-map", default=None, help="e.g. 'auto' to spread a big model over devices")
     p.add_argument("--revision", default=None)
     p.add_argument("--trust-remote-code", action="store_true")
     p.add_argument("--blocks", default=None, help="module path of the decoder blocks if not found automatically")
+
+
+def join_gguf_file(args: argparse.Namespace) -> None:
+    """``--model DIR --gguf-file NAME`` as the one model name ``DIR/NAME`` every command uses from here on."""
+    if getattr(args, "gguf_file", None):
+        args.model = with_gguf_file(args.model, args.gguf_file)
+        args.gguf_file = None
 
 
 def model_options(args: argparse.Namespace) -> ModelOptions:

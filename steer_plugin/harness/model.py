@@ -5,7 +5,8 @@ Everything HFLM accepts still works; on top: ``vector`` (file, or several joined
 ``--model_args`` commas separate arguments, so use ``;`` there), ``positions`` (``all``|``response``),
 ``backend`` (``nnsight``|``hooks``), ``blocks`` (module path of the decoder blocks, if needed) and
 ``prefix_reuse`` (``true``|``false``, default true: score all continuations of a shared context against
-one KV cache of it, see ``prefix_reuse.py``; ``false`` is HFLM's own loop, bit for bit).
+one KV cache of it, see ``prefix_reuse.py``; ``false`` is HFLM's own loop, bit for bit). ``pretrained`` may
+be a GGUF file (``dir/m.gguf``), the same as HFLM's ``pretrained=dir,gguf_file=m.gguf`` (loaded dequantized).
 """
 
 from __future__ import annotations
@@ -60,7 +61,14 @@ from steer_plugin.model.hooks import (
     make_plan,
 )
 from steer_plugin.model.layers import format_layers, layer_ranges, parse_layers
-from steer_plugin.model.loading import check_block_path, model_fingerprint
+from steer_plugin.model.loading import (
+    check_block_path,
+    is_gguf,
+    model_fingerprint,
+    named_after_file,
+    split_gguf,
+    with_gguf_file,
+)
 from steer_plugin.model.positions import Positions, check_positions
 from steer_plugin.steering.config import SteeringConfig
 from steer_plugin.steering.kv_prefix import ReuseUnsupported, accepts_logits_to_keep, reuse_blocker, reuse_window
@@ -184,7 +192,14 @@ class SteeredHFLM(HFLM):
             raise SteerError("alpha= without vector= steers nothing; give vector=FILE (or leave alpha out)")
         if vectors:
             alphas_per_vector(alphas, len(vectors))
+        gguf_name = None
+        if isinstance(pretrained, str) and (is_gguf(pretrained) or kwargs.get("gguf_file")):
+            gguf_name = with_gguf_file(pretrained, kwargs.pop("gguf_file", None))
+            pretrained, kwargs["gguf_file"] = split_gguf(gguf_name)  # a missing or broken file: one line, now
         super().__init__(pretrained=pretrained, **kwargs)
+        if gguf_name:
+            named_after_file(self.model, gguf_name)
+        self.gguf_file: str | None = kwargs.get("gguf_file")
         self._blocks = blocks
         self._rolling = False
         self.token_counts: TokenCounts | None = None  # set one to count the tokens fed (benchmarks)
@@ -295,7 +310,8 @@ class SteeredHFLM(HFLM):
             self._batcher = ConfigBatcher(list(self._planned), max(rows or DEFAULT_ROWS, fixed))
 
     def _warn_other_model(self, vectors: list[SteeringVector]) -> None:
-        here = model_fingerprint(self.model, str(getattr(self, "pretrained", "")))
+        pretrained = getattr(self, "pretrained", "")
+        here = model_fingerprint(self.model, self.model.name_or_path if self.gguf_file else str(pretrained))
         for v in vectors:
             built_on = v.metadata.get("model")
             if built_on and Path(str(built_on)).name != Path(here["model"]).name:

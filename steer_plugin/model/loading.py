@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -23,6 +25,43 @@ BLOCK_PATHS: tuple[str, ...] = (
 Dtype = Literal["auto", "float32", "float16", "bfloat16"]
 DTYPES: tuple[str, ...] = get_args(Dtype)
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"  # small and ungated: runs on a laptop CPU
+GGUF_SUFFIX = ".gguf"
+_GGUF_MAGIC = b"GGUF"
+
+
+def is_gguf(name: str) -> bool:
+    """Whether a model name is a GGUF file (``dir/m.gguf``, or ``org/repo/m.gguf`` on the hub)."""
+    return str(name).lower().endswith(GGUF_SUFFIX)
+
+
+def with_gguf_file(name: str, gguf_file: str | None) -> str:
+    """``DIR`` (a folder or hub repository) and ``--gguf-file NAME`` as the one model name ``DIR/NAME``."""
+    if not gguf_file:
+        return name
+    if not is_gguf(gguf_file) or "/" in gguf_file:
+        raise SteerError(f"--gguf-file {gguf_file!r} is not a file name ending in .gguf (e.g. model-q4_k_m.gguf)")
+    if is_gguf(name):
+        raise SteerError(f"{name!r} is a GGUF file already; leave --gguf-file out")
+    return f"{name.rstrip('/')}/{gguf_file}"
+
+
+def split_gguf(name: str) -> tuple[str, str | None]:
+    """``from_pretrained``'s folder (or hub repository) and ``gguf_file=`` for a model name: ``dir/m.gguf`` ->
+    (``dir``, ``m.gguf``); any other name -> (name, None). A local GGUF (an absolute or ``./`` path, or one in an
+    existing folder) must exist and be one: a one-line error otherwise; ``org/repo/m.gguf`` is the hub's."""
+    if not is_gguf(name):
+        return name, None
+    path = Path(name).expanduser()
+    local = path.is_absolute() or name.startswith((".", "~")) or path.parent.is_dir() or "/" not in name
+    if local:
+        try:
+            with open(path, "rb") as f:
+                magic = f.read(len(_GGUF_MAGIC))
+        except OSError as e:
+            raise SteerError(f"cannot read the GGUF file {name}: {e.strerror or first_line(e)}") from None
+        if magic != _GGUF_MAGIC:
+            raise SteerError(f"{name} is not a GGUF file (it does not start with the GGUF magic bytes)")
+    return str(path.parent), path.name
 
 
 def check_block_path(path: str | None) -> str | None:
@@ -85,7 +124,8 @@ class ModelOptions:
     ``steered_hf`` model of sweeps, and the ``--model_args`` that reproduce a sweep with ``lm_eval``.
 
     Args:
-        name: a hub id or a local folder.
+        name: a hub id, a local folder, or a GGUF file (``dir/m.gguf``, loaded dequantized by transformers'
+            GGUF loader with the tokenizer it holds; ``org/repo/m.gguf`` for one on the hub).
         dtype: ``auto``, ``float32``, ``float16`` or ``bfloat16``.
         device: ``cpu``, ``cuda``, ``cuda:1``, ``mps`` ...; None: where it loads (CPU), or CUDA for
             evaluation when available.
@@ -106,6 +146,7 @@ class ModelOptions:
     def __post_init__(self) -> None:
         torch_dtype(self.dtype)  # SteerError for an unknown dtype, before any loading
         check_block_path(self.blocks)
+        split_gguf(self.name)  # a missing or broken local GGUF file, too
 
     def load(self) -> LoadedModel:
         """Load the causal LM and its tokenizer.
@@ -116,22 +157,31 @@ class ModelOptions:
         """
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        kwargs: dict[str, Any] = {"dtype": torch_dtype(self.dtype), "trust_remote_code": self.trust_remote_code}
-        if self.revision:
-            kwargs["revision"] = self.revision
+        kwargs: dict[str, Any] = {"dtype": torch_dtype(self.dtype)}
         if self.device_map:
             kwargs["device_map"] = self.device_map
+        folder, gguf_file = split_gguf(self.name)
         try:
-            tok = AutoTokenizer.from_pretrained(
-                self.name, revision=self.revision, trust_remote_code=self.trust_remote_code
-            )
-            model = AutoModelForCausalLM.from_pretrained(self.name, **kwargs)
-        except OSError as e:
+            tok = AutoTokenizer.from_pretrained(folder, **self._source_kwargs())  # its own: callers set padding
+            model = AutoModelForCausalLM.from_pretrained(folder, **self._source_kwargs(), **kwargs)
+        except _load_errors(gguf_file) as e:
             raise SteerError(f"cannot load model {self.name!r}: {first_line(e)}") from None
+        if gguf_file:
+            named_after_file(model, self.name)
         if self.device and not self.device_map:
             model.to(self.device)  # type: ignore[arg-type]  # a device string; transformers types it narrowly
         model.eval()
         return LoadedModel(model, tok, self.name)
+
+    def _source_kwargs(self) -> dict[str, Any]:
+        """``from_pretrained``'s keywords naming where the model is (its revision, remote code, GGUF file)."""
+        gguf_file = split_gguf(self.name)[1]
+        kwargs: dict[str, Any] = {"trust_remote_code": self.trust_remote_code}
+        if self.revision:
+            kwargs["revision"] = self.revision
+        if gguf_file:
+            kwargs["gguf_file"] = gguf_file
+        return kwargs
 
     def weights_fingerprint(self) -> str | None:
         """``weights_fingerprint`` of the files this model loads from (None: not on this machine yet)."""
@@ -142,26 +192,18 @@ class ModelOptions:
         ``--top-k`` before any model work; None where the config does not say (or ``blocks`` names other ones)."""
         if self.blocks:
             return None
-        from transformers import AutoConfig
-
         try:
-            config = AutoConfig.from_pretrained(
-                self.name, revision=self.revision, trust_remote_code=self.trust_remote_code
-            ).get_text_config()
-        except (OSError, ValueError):
+            config = _from_pretrained("AutoConfig", split_gguf(self.name)[0], **self._source_kwargs()).get_text_config()
+        except (OSError, ValueError, ImportError):
             return None  # loading says why, as before
         n_layers, hidden = getattr(config, "num_hidden_layers", None), getattr(config, "hidden_size", None)
         return (n_layers, hidden) if isinstance(n_layers, int) and isinstance(hidden, int) else None
 
     def has_chat_template(self) -> bool:
         """Whether the model's tokenizer has a chat template (read from the tokenizer alone, no weights)."""
-        from transformers import AutoTokenizer
-
         try:
-            tok = AutoTokenizer.from_pretrained(
-                self.name, revision=self.revision, trust_remote_code=self.trust_remote_code
-            )
-        except OSError as e:
+            tok = _from_pretrained("AutoTokenizer", split_gguf(self.name)[0], **self._source_kwargs())
+        except _load_errors(split_gguf(self.name)[1]) as e:
             raise SteerError(f"cannot load the tokenizer of {self.name!r}: {first_line(e)}") from None
         return bool(getattr(tok, "chat_template", None))
 
@@ -169,8 +211,10 @@ class ModelOptions:
         """Keyword arguments of ``steered_hf`` (HFLM) that load this model the same way."""
         import torch
 
+        folder, gguf_file = split_gguf(self.name)
         args: dict[str, Any] = {
-            "pretrained": self.name,
+            "pretrained": folder,
+            **({"gguf_file": gguf_file} if gguf_file else {}),  # HFLM's own argument: `--model hf` takes it too
             "dtype": self.dtype,
             "device": self.device or ("cuda" if torch.cuda.is_available() else "cpu"),
         }
@@ -183,6 +227,42 @@ class ModelOptions:
         if self.blocks:
             args["blocks"] = self.blocks
         return args
+
+
+def _from_pretrained(auto_class: str, folder: str, **kwargs: Any) -> Any:
+    """``transformers.<auto_class>.from_pretrained`` for a look at a config or tokenizer (shared: never modify
+    it); a local GGUF file is read once per process and version of the file: parsing its metadata takes seconds
+    (10 s for Gemma-3's 262k-token vocabulary) and a ``steer run`` looks several times before loading weights."""
+    gguf_file = kwargs.get("gguf_file")
+    path = Path(folder, gguf_file) if gguf_file else None
+    if path is None or not path.is_file():
+        return _transformers_from_pretrained(auto_class, folder, kwargs)
+    stat = path.stat()
+    return _gguf_from_pretrained(auto_class, folder, tuple(sorted(kwargs.items())), (stat.st_size, stat.st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=4)
+def _gguf_from_pretrained(auto_class: str, folder: str, kwargs: tuple[tuple[str, Any], ...], _stamp: Any) -> Any:
+    return _transformers_from_pretrained(auto_class, folder, dict(kwargs))
+
+
+def _transformers_from_pretrained(auto_class: str, folder: str, kwargs: dict[str, Any]) -> Any:
+    import transformers
+
+    return getattr(transformers, auto_class).from_pretrained(folder, **kwargs)
+
+
+def _load_errors(gguf_file: str | None) -> tuple[type[Exception], ...]:
+    """What says a model cannot be loaded (a one-line SteerError): a missing folder or file; for a GGUF also
+    what transformers' GGUF loader raises for a file it cannot read (an unsupported architecture, a broken
+    file, a cut one, no ``gguf`` package); anything else stays a traceback."""
+    return (OSError, ValueError, ImportError, KeyError, struct.error) if gguf_file else (OSError,)
+
+
+def named_after_file(model: Any, name: str) -> None:
+    """Name a model loaded from a GGUF after the file (transformers names it after its folder), so that its
+    weights fingerprint, vector metadata and warnings are about the file."""
+    model.config.name_or_path = model.name_or_path = name
 
 
 def config_hash(config: Any) -> str:
@@ -209,17 +289,18 @@ _SAMPLES = 16  # 64 KiB pieces spread over each weights file, besides its first 
 
 
 def weights_files(name: str, revision: str | None = None) -> list[Path]:
-    """The weights files of a local model folder, or of a hub model's cached snapshot ([] when neither is here:
-    not downloaded yet, or a model built in memory)."""
+    """The weights files of a local model folder, or of a hub model's cached snapshot, or a GGUF file itself
+    ([] when none is here: not downloaded yet, or a model built in memory)."""
+    if name and is_gguf(name):
+        path = Path(name).expanduser()
+        if not path.is_file():
+            repo, _, filename = name.rpartition("/")
+            path = Path(str(_hub_cached(repo, filename, revision) or ""))
+        return [path] if path.is_file() else []
     folder = Path(name).expanduser() if name else None
     if folder is None or not folder.is_dir():
-        try:
-            from huggingface_hub import try_to_load_from_cache
-
-            cached = try_to_load_from_cache(name, "config.json", revision=revision)
-        except Exception:  # not a hub id (an absent path, an in-memory model's ""): nothing to fingerprint
-            return []
-        if not isinstance(cached, str):
+        cached = _hub_cached(name, "config.json", revision)
+        if cached is None:
             return []
         folder = Path(cached).parent
     return sorted(
@@ -227,6 +308,17 @@ def weights_files(name: str, revision: str | None = None) -> list[Path]:
         for f in folder.iterdir()
         if f.is_file() and (f.suffix == ".safetensors" or (f.suffix == ".bin" and f.name != "training_args.bin"))
     )
+
+
+def _hub_cached(repo: str, filename: str, revision: str | None) -> str | None:
+    """A file of a hub model's cached snapshot; None where it is not cached (or ``repo`` is no hub id)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(repo, filename, revision=revision)
+    except Exception:  # not a hub id (an absent path, an in-memory model's ""): nothing to fingerprint
+        return None
+    return cached if isinstance(cached, str) else None
 
 
 def weights_fingerprint(name: str, revision: str | None = None) -> str | None:
@@ -257,5 +349,6 @@ def model_slug(name: str) -> str:
     component, never ``..``, ``.``, empty or hidden (a model id from a stats file must not leave ``vectors/``);
     ``model`` when nothing usable is left."""
     base = name.rstrip("/").split("/")[-1]
+    base = base[: -len(GGUF_SUFFIX)] if is_gguf(base) else base  # `gemma-3-270m-q4_k_m`, not a folder `.gguf`
     slug = "".join(c if c.isalnum() or c in ".-_" else "-" for c in base).lower().strip(".")
     return slug or "model"

@@ -44,7 +44,7 @@ from steer_plugin.io.formats import CALIBRATION_FORMAT
 from steer_plugin.io.outputs import check_output_file
 from steer_plugin.io.schema import Rule, fields_problem, is_finite, is_int, is_number, shown
 from steer_plugin.io.text_table import format_table, number_cell
-from steer_plugin.steering.side_effects import FluencyProbe, SideEffects, TextSource, texts_sha256
+from steer_plugin.steering.side_effects import DEFAULT_CACHE_BYTES, FluencyProbe, SideEffects, TextSource, texts_sha256
 from steer_plugin.vectors.vector import SteeringVector
 
 log = logging.getLogger(__name__)
@@ -331,7 +331,9 @@ def calibrate(
     source = source or TextSource()
     cal_texts, held_texts = texts or split_texts(source, n_calibration, n_heldout)
     cal = FluencyProbe(model, tokenizer, cal_texts, steerer=steerer, batch_size=batch_size)
-    held = FluencyProbe(model, tokenizer, held_texts, steerer=steerer, batch_size=batch_size)
+    cal.baseline()  # its cache first (measured at every step of the search), the held-out texts' in what is left
+    room = DEFAULT_CACHE_BYTES - cal.cached_bytes
+    held = FluencyProbe(model, tokenizer, held_texts, steerer=steerer, batch_size=batch_size, cache_bytes=room)
     measured: dict[float, SideEffects] = {}
 
     def plan(alpha: float):

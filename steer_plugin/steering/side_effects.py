@@ -20,8 +20,9 @@ continuation - what ``steered_hf`` steers when it scores ``loglikelihood(context
 
 The unsteered distributions are computed once per probe and kept on the CPU, float32, for the
 continuation positions only (~200 texts x ~8 tokens x vocab; 300 MB for a 49k vocabulary), so every
-configuration costs one steered forward per batch and the KL is exact. If they would exceed
-``cache_bytes`` the probe recomputes them batch by batch instead (exact, twice the forwards).
+configuration costs one steered forward per batch and the KL is exact. Batches beyond ``cache_bytes``
+(1 GiB: a 262k vocabulary takes 1 MiB a token, Gemma-3's 200 texts about 1.6 GiB) are recomputed when
+compared instead (exact, twice the forwards for those batches only).
 With ``positions=response`` the context minus its last token is never steered: its KV cache is
 computed once too and steered passes run only the rest (about half the tokens; models whose cache
 cannot be reused, see ``kv_prefix.reuse_blocker``, run the whole text, and so does a batch holding a text
@@ -355,24 +356,31 @@ class FluencyProbe:
         return self._prefixes[i]
 
     def _baseline_log_probs(self, i: int, batch: _Batch) -> torch.Tensor:
-        if self._cache is not None:
+        if self._cache is not None and i < len(self._cache):
             return self._cache[i]
         return next(self._log_probs(batch, [SteeringPlan()], "all"))
+
+    @property
+    def cached_bytes(self) -> int:
+        """What the cached unsteered log-probs take (0 before ``baseline``)."""
+        return self._bytes(self._cache or [])
+
+    @staticmethod
+    def _bytes(tensors: list[torch.Tensor]) -> int:
+        return sum(t.numel() * t.element_size() for t in tensors)
 
     def baseline(self) -> SideEffects:
         """The unsteered model on these texts (KL 0); fills the cache on the first call."""
         if self._baseline is None:
-            vocab = None
             nll = [0.0] * len(self.texts)
             counts = [0] * len(self.texts)
-            cache: list[torch.Tensor] = []
-            for batch in self._batches:
+            cache: list[torch.Tensor] = []  # the first batches, as many as fit in cache_bytes
+            for i, batch in enumerate(self._batches):
                 lp = next(self._log_probs(batch, [SteeringPlan()], "all"))
-                vocab = lp.shape[-1]
-                if self.n_tokens * vocab * 4 <= self.cache_bytes:
+                if len(cache) == i and self._bytes(cache) + lp.numel() * lp.element_size() <= self.cache_bytes:
                     cache.append(lp.cpu())
                 self._add(nll, counts, batch, -lp.gather(1, batch.targets[:, None].to(lp.device))[:, 0])
-            self._cache = cache if len(cache) == len(self._batches) else None
+            self._cache = cache or None
             self._baseline = SideEffects([0.0] * len(self.texts), nll, counts)
             self._baseline.baseline_ppl = self._baseline.ppl
         return self._baseline

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from steer_plugin.errors import SteerError
 from steer_plugin.harness.classifier import chosen_classifier
 from steer_plugin.io.terminal import printable
-from steer_plugin.model.loading import weights_fingerprint
+from steer_plugin.model.loading import weights_fingerprint, with_gguf_file
 from steer_plugin.study.results_files import (
     RESULTS_FILE,
     SAMPLES_RECORD,
@@ -54,9 +54,10 @@ def sweep_settings(options: SweepOptions) -> dict[str, Any]:
     for k, v in options.model_args.items():
         if k not in _NOT_SETTINGS and v is not None:
             settings["model" if k == "pretrained" else k] = v
+    model = with_gguf_file(str(options.model_args.get("pretrained", "")), options.model_args.get("gguf_file"))
     settings.update(
         # the weights under the --model path (None until a hub model is downloaded: open_sweep_folder runs after)
-        weights=weights_fingerprint(str(options.model_args.get("pretrained", "")), options.model_args.get("revision")),
+        weights=weights_fingerprint(model, options.model_args.get("revision")),
         tasks=list(options.tasks),
         limit=options.limit,
         num_fewshot=options.num_fewshot,
