@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -52,10 +53,35 @@ def add_commands(sub: Any) -> None:
     p.add_argument(
         "--method",
         default="mean",
-        choices=["mean", "top_k", "random"],
-        help="random: a random-direction control with --like V's shape, per-layer norms and sparsity (--seed)",
+        choices=["mean", "top_k", "pca", "probe", "random"],
+        help="mean difference, its top_k entries per layer, pca (first principal component of paired "
+        "differences, seeded by --seed) or probe (logistic-regression direction), the last two at the mean "
+        "difference's norm; random: a random-direction control with --like V's shape, per-layer norms and "
+        "sparsity (--seed)",
     )
     p.add_argument("--top-k", type=int, default=None)
+    p.add_argument(
+        "--centre",
+        default="none",
+        metavar="none|emotions",
+        help="compare the emotion with the baseline class (none) or with the mean of the 27 emotions' means "
+        "(emotions: records them all, or needs --stats recorded with --emotion all)",
+    )
+    p.add_argument(
+        "--neutral-pcs",
+        type=int,
+        default=0,
+        metavar="K",
+        help="project the top K principal components of the baseline texts' states out of the vector "
+        "(default 0: none; 3 is a usual choice)",
+    )
+    p.add_argument(
+        "--activations",
+        default=None,
+        metavar="DIR",
+        help="with --stats: the per-text states of that recording (`steer record --save-activations DIR`), "
+        "for --method pca/probe and --neutral-pcs",
+    )
     p.add_argument("--like", default=None, metavar="VECTOR", help="the vector a --method random control copies")
     p.add_argument("--layers", default=None, help="keep only these layers, e.g. 10-20 (0-based)")
     p.add_argument("--scale", type=float, default=None, help="bake a scale into the file (normally use alpha)")
@@ -129,18 +155,15 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 def cmd_build(args: argparse.Namespace) -> int:
     from steer_plugin.errors import SteerError
     from steer_plugin.model.layers import layer_ranges, parse_layers
-    from steer_plugin.vectors.build import build_vector, check_top_k
+    from steer_plugin.vectors.activations import Activations
+    from steer_plugin.vectors.build import build_vector, needs_activations
     from steer_plugin.vectors.stats import HiddenStateStats
-    from steer_plugin.vectors.vector import default_vector_path
 
     if args.layers:
         layer_ranges(args.layers)  # syntax check before any recording; range checked below
     if args.method == "random" or args.like:
         return _build_random(args)
-    if args.top_k is not None and args.method != "top_k":
-        raise SteerError("--top-k only applies to --method top_k")
-    if args.method == "top_k":
-        check_top_k(args.top_k)
+    _check_recipe(args)
     if args.scale is not None:
         from steer_plugin.model.hooks import finite_alpha
 
@@ -153,34 +176,77 @@ def cmd_build(args: argparse.Namespace) -> int:
         args.emotion, args.baseline = request.emotion, request.baseline
         _check_model_fits(args, request.model.dimensions())  # layers and --top-k, from the config alone
     _check_build_outputs(args)
-    if request is None:
-        stats = HiddenStateStats.load(args.stats)
-    else:
-        from steer_plugin.vectors.request import record_request
+    per_text = needs_activations(args.method, args.neutral_pcs)
+    with contextlib.ExitStack() as stack:
+        if request is None:
+            stats = HiddenStateStats.load(args.stats)
+            activations = Activations(args.activations, stats) if args.activations else None
+        else:
+            from steer_plugin.vectors.request import recorded, with_all_emotions
 
-        stats = record_request(request)
-        if args.save_stats and _is_main_rank():
-            stats.save(args.save_stats)
-    if not _is_main_rank():
-        return 0
-    emotion = args.emotion or stats.metadata.get("target")
-    layers = parse_layers(args.layers, stats.shape[0]) if args.layers else None
-    vec = build_vector(
-        stats, emotion, args.baseline, method=args.method, top_k=args.top_k, layers=layers, scale=args.scale
-    )
-    out = (
-        Path(args.out)
-        if args.out
-        else default_vector_path(stats.metadata.get("model", "model"), vec.metadata["emotion"], args.method, args.top_k)
-    )
+            if args.centre == "emotions":
+                request = with_all_emotions(request)
+            stats, activations = stack.enter_context(recorded(request, per_text=per_text))
+            if args.save_stats and _is_main_rank():
+                stats.save(args.save_stats)
+        if not _is_main_rank():
+            return 0
+        emotion = args.emotion or stats.metadata.get("target")
+        layers = parse_layers(args.layers, stats.shape[0]) if args.layers else None
+        vec = build_vector(
+            stats, emotion, args.baseline, method=args.method, top_k=args.top_k, layers=layers, scale=args.scale,
+            centre=args.centre, neutral_pcs=args.neutral_pcs, activations=activations, seed=args.seed,
+        )  # fmt: skip
+    model = stats.metadata.get("model", "model")
+    out = Path(args.out) if args.out else _default_path(args, model, vec.metadata["emotion"])
     vec.save(out)
     norms = vec.layer_norms()
-    print(
-        f"wrote {out}: {vec.n_layers} layers x {vec.hidden_size}, {args.method}"
-        f"{f' k={args.top_k}' if args.method == 'top_k' else ''}, counts {vec.metadata['counts']}"
+    recipe = "".join(
+        [
+            f" k={args.top_k}" if args.method == "top_k" else "",
+            f", centre {args.centre}" if args.centre != "none" else "",
+            f", {args.neutral_pcs} neutral PCs projected out" if args.neutral_pcs else "",
+        ]
     )
+    print(f"wrote {out}: {vec.n_layers} layers x {vec.hidden_size}, {args.method}{recipe}, counts {_counts(vec)}")
     print("per-layer norm: " + " ".join(f"{n:.3g}" for n in norms))
     return 0
+
+
+def _counts(vec: SteeringVector) -> str:
+    counts = vec.metadata["counts"]
+    if len(counts) <= 4:
+        return str(counts)
+    return f"{vec.metadata['emotion']}={counts[vec.metadata['emotion']]}, {len(counts) - 1} other classes"
+
+
+def _default_path(args: argparse.Namespace, model: str, emotion: str) -> Path:
+    from steer_plugin.vectors.vector import default_vector_path
+
+    return default_vector_path(model, emotion, args.method, args.top_k, args.centre, args.neutral_pcs)
+
+
+def _check_recipe(args: argparse.Namespace) -> None:
+    """--method's companions (--top-k, --centre, --neutral-pcs, --activations), before any recording."""
+    from steer_plugin.errors import SteerError, check_choice
+    from steer_plugin.vectors.build import check_top_k, needs_activations
+    from steer_plugin.vectors.directions import check_neutral_pcs
+    from steer_plugin.vectors.metadata import CENTRES
+
+    if args.top_k is not None and args.method != "top_k":
+        raise SteerError("--top-k only applies to --method top_k")
+    if args.method == "top_k":
+        check_top_k(args.top_k)
+    check_choice("--centre", args.centre, CENTRES)
+    check_neutral_pcs(args.neutral_pcs)
+    if args.activations and not args.stats:
+        raise SteerError("--activations goes with --stats (the recording it belongs to); without --stats build records")
+    if args.stats and not args.activations and needs_activations(args.method, args.neutral_pcs):
+        what = f"--method {args.method}" if args.method in ("pca", "probe") else f"--neutral-pcs {args.neutral_pcs}"
+        raise SteerError(
+            f"{what} needs per-text states: give --activations DIR (from `steer record --save-activations DIR`) "
+            "with --stats, or leave --stats out to record"
+        )
 
 
 def _check_model_fits(args: argparse.Namespace, dimensions: tuple[int, int] | None) -> None:
@@ -200,12 +266,11 @@ def _check_model_fits(args: argparse.Namespace, dimensions: tuple[int, int] | No
 def _check_build_outputs(args: argparse.Namespace) -> None:
     """Before recording: the vector (given or default path) and --save-stats must be writable files."""
     from steer_plugin.io.outputs import check_output_file
-    from steer_plugin.vectors.vector import default_vector_path
 
     if args.out:
         check_output_file(args.out)
     elif args.emotion and not args.stats:  # with --stats the default path depends on the file's metadata
-        check_output_file(default_vector_path(args.model, args.emotion, args.method, args.top_k), "--out (default)")
+        check_output_file(_default_path(args, args.model, args.emotion), "--out (default)")
     if args.save_stats:
         check_output_file(args.save_stats, "--save-stats")
 
@@ -222,7 +287,14 @@ def _build_random(args: argparse.Namespace) -> int:
         raise SteerError("--method random needs --like VECTOR: the vector whose shape and per-layer norms it copies")
     given = [
         flag
-        for flag, value in (("--stats", args.stats), ("--emotion", args.emotion), ("--top-k", args.top_k))
+        for flag, value in (
+            ("--stats", args.stats),
+            ("--emotion", args.emotion),
+            ("--top-k", args.top_k),
+            ("--activations", args.activations),
+            ("--centre", None if args.centre == "none" else args.centre),
+            ("--neutral-pcs", args.neutral_pcs or None),
+        )
         if value is not None
     ]
     if args.save_stats:

@@ -12,14 +12,18 @@ from typing import Any, Literal, get_args
 
 from steer_plugin.io.schema import Rule, fields_problem, is_finite, is_int, shown
 
-# how a vector is built from the recorded statistics: the whole mean difference, or its top_k entries per layer
-Method = Literal["mean", "top_k"]
+# how a vector is built from a recording: the whole mean difference, its top_k entries per layer, the first
+# principal component of paired differences (pca) or a logistic-regression direction (probe) of per-text states
+Method = Literal["mean", "top_k", "pca", "probe"]
 METHODS: tuple[Method, ...] = get_args(Method)
+# what the target is compared with: the baseline class (none) or the mean of the 27 emotions' class means
+Centre = Literal["none", "emotions"]
+CENTRES: tuple[Centre, ...] = get_args(Centre)
 
 _TEXT_FIELDS = (
     "model", "model_revision", "config_hash", "architecture", "block_path", "emotion", "baseline", "method",
     "dtype", "split", "selection", "template", "source", "created_at", "package_version", "residual_rms_source",
-    "source_file", "imported_from", "source_path", "source_sha256",
+    "source_file", "imported_from", "source_path", "source_sha256", "text_source", "pooling",
 )  # fmt: skip
 _TEXT: Rule = (lambda v: v is None or isinstance(v, str), "is not a text")
 _POSITIVE_INT: Rule = (lambda v: v is None or (is_int(v) and v >= 1), "is not a positive integer")
@@ -28,6 +32,9 @@ _RULES: dict[str, Rule] = {
     "top_k": _POSITIVE_INT,
     "max_per_class": _POSITIVE_INT,
     "seed": (lambda v: v is None or is_int(v), "is not an integer"),
+    "pair_seed": (lambda v: v is None or is_int(v), "is not an integer"),
+    "centre": (lambda v: v is None or v in CENTRES, f"is not one of {', '.join(CENTRES)}"),
+    "neutral_pcs": (lambda v: v is None or (is_int(v) and v >= 0), "is not an integer >= 0"),
     "dedupe": (lambda v: v is None or isinstance(v, bool), "is not true or false"),
     "scale": (lambda v: v is None or is_finite(v), "is not a finite number"),
     "counts": (

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 from steer_plugin import __version__
@@ -16,6 +19,8 @@ from steer_plugin.data.goemotions import (
 from steer_plugin.data.prompts import PromptTemplate
 from steer_plugin.errors import SteerError, check_count
 from steer_plugin.model.loading import LoadedModel, ModelOptions
+from steer_plugin.vectors.activations import Activations
+from steer_plugin.vectors.build import EMOTIONS
 from steer_plugin.vectors.record import (
     RecordItem,
     init_distributed_if_launched,
@@ -104,6 +109,36 @@ def record_request(req: RecordRequest, loaded: LoadedModel | None = None) -> Hid
         activation_dtype=req.activation_dtype,
         metadata=meta,
     )
+
+
+def with_all_emotions(req: RecordRequest) -> RecordRequest:
+    """The request that records the 27 emotions too (``centre="emotions"`` averages their class means); the
+    statistics still name ``req.emotion`` their target."""
+    if req.emotion == "all" and not req.targets:
+        return req
+    targets = req.targets or (req.emotion,)
+    return replace(req, targets=tuple(dict.fromkeys([*targets, *EMOTIONS])))
+
+
+@contextmanager
+def recorded(
+    req: RecordRequest, loaded: LoadedModel | None = None, *, per_text: bool = False
+) -> Iterator[tuple[HiddenStateStats, Activations | None]]:
+    """Record (``record_request``); with ``per_text`` keep the per-text states for the block's duration.
+
+    They go to ``req.save_activations`` (kept) or else to a temporary folder under ``$TMPDIR`` (float32,
+    removed afterwards): texts x layers x hidden x 4 bytes, e.g. 190 MB for 2,700 texts of a 30-layer,
+    576-wide model; read memory-mapped, a layer at a time.
+    """
+    if not per_text:
+        yield record_request(req, loaded), None
+    elif req.save_activations:
+        stats = record_request(req, loaded)
+        yield stats, Activations(req.save_activations, stats)
+    else:
+        with tempfile.TemporaryDirectory(prefix="steer-activations-") as folder:
+            stats = record_request(replace(req, save_activations=folder, activation_dtype="float32"), loaded)
+            yield stats, Activations(folder, stats)
 
 
 def _select(examples: list, target: str, req: RecordRequest, source: str) -> Selection:

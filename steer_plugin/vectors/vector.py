@@ -257,9 +257,13 @@ def _mix_metadata(a: SteeringVector, b: SteeringVector, terms: list[dict[str, An
     return {**shared, "emotion": name, "method": "combination", "recipe": terms}
 
 
-def default_vector_path(model: str, emotion: str, method: str, top_k: int | None = None) -> Path:
-    """Where built vectors live: ``vectors/<model-slug>/<emotion>-<method>[-k].safetensors``."""
+def default_vector_path(
+    model: str, emotion: str, method: str, top_k: int | None = None, centre: str = "none", neutral_pcs: int = 0
+) -> Path:
+    """Where built vectors live: ``vectors/<model-slug>/<emotion>-<method>[-k][-emotions][-npcK].safetensors``
+    (``-emotions``: centred on the emotions' mean; ``-npcK``: K neutral principal components projected out)."""
     name = f"{target_slug(emotion)}-{method}" + (f"-{top_k}" if method == "top_k" else "")
+    name += ("" if centre == "none" else f"-{centre}") + (f"-npc{neutral_pcs}" if neutral_pcs else "")
     return Path("vectors") / model_slug(model) / f"{name}.safetensors"
 
 
