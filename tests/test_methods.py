@@ -245,3 +245,28 @@ def test_bad_recipes_are_one_line_errors(tiny_llama_dir, recording, tmp_path, ca
         run_cli(["build", "--stats", stats, "--emotion", "anger", "--method", "pcaa", "--out", out], capsys)
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and "argument --method: invalid choice: 'pcaa'" in err and not out.exists()
+
+
+def test_run_builds_its_missing_vectors_with_the_recipe(tiny_llama_dir, data, recording, tmp_path):
+    """`steer run --method pca,probe --centre emotions --neutral-pcs 2`: one recording, each vector as `build` makes."""
+    from steer_plugin.model.loading import ModelOptions
+    from steer_plugin.study.run import Recipe, _build_missing
+    from steer_plugin.vectors.request import RecordRequest
+    from steer_plugin.vectors.vector import default_vector_path
+
+    paths = {(e, m): tmp_path / default_vector_path("tiny", e, m, None, "emotions", 2) for e in ("anger",) for m in ("pca", "probe")}  # fmt: skip
+    assert paths["anger", "pca"].name == "anger-pca-emotions-npc2.safetensors"
+    request = RecordRequest(model=ModelOptions(tiny_llama_dir), emotion="anger", data_dir=str(data), progress=False)
+    _build_missing(paths, request, Recipe(20, "emotions", 2), progress=False)
+    for (_, method), path in paths.items():
+        want = _from_recording(
+            recording,
+            tmp_path / f"{method}.safetensors",
+            "--method",
+            method,
+            "--centre",
+            "emotions",
+            "--neutral-pcs",
+            "2",
+        )
+        np.testing.assert_allclose(SteeringVector.load(path).matrix.numpy(), want.matrix.numpy(), atol=1e-5, rtol=0)
