@@ -254,7 +254,9 @@ def test_run_builds_its_missing_vectors_with_the_recipe(tiny_llama_dir, data, re
     from steer_plugin.vectors.request import RecordRequest
     from steer_plugin.vectors.vector import default_vector_path
 
-    paths = {(e, m): tmp_path / default_vector_path("tiny", e, m, None, "emotions", 2) for e in ("anger",) for m in ("pca", "probe")}  # fmt: skip
+    paths = {
+        ("anger", m): tmp_path / default_vector_path("tiny", "anger", m, None, "emotions", 2) for m in ("pca", "probe")
+    }
     assert paths["anger", "pca"].name == "anger-pca-emotions-npc2.safetensors"
     request = RecordRequest(model=ModelOptions(tiny_llama_dir), emotion="anger", data_dir=str(data), progress=False)
     _build_missing(paths, request, Recipe(20, "emotions", 2), progress=False)
