@@ -272,3 +272,19 @@ def test_run_builds_its_missing_vectors_with_the_recipe(tiny_llama_dir, data, re
             "2",
         )
         np.testing.assert_allclose(SteeringVector.load(path).matrix.numpy(), want.matrix.numpy(), atol=1e-5, rtol=0)
+
+
+def test_labels_and_controls_name_the_recipe():
+    """Leaderboard labels tell recipes apart, and a control's label is its vector's (old recipes unchanged)."""
+    from steer_plugin.study.rows import _describe
+    from steer_plugin.vectors.controls import random_like
+
+    centred = {"emotion": "anger", "method": "pca", "centre": "emotions", "neutral_pcs": 3}
+    plain = {"emotion": "anger", "method": "top_k", "top_k": 20, "centre": "none", "neutral_pcs": 0}
+    for meta, label in [(centred, "anger (pca-emotions-npc3)"), (plain, "anger (top_k-20)")]:
+        assert _describe(meta, "x")[0] == label
+        control = random_like(SteeringVector(torch.ones(3, 4), meta), 0)
+        assert _describe(control.metadata["control_of"], "x")[0] == label
+    assert not {"centre", "neutral_pcs"} & set(
+        random_like(SteeringVector(torch.ones(3, 4), plain), 0).metadata["control_of"]
+    )

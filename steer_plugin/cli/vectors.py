@@ -340,6 +340,8 @@ def cmd_list(args: argparse.Namespace) -> int:
             continue
         m = v.metadata
         method = f"{m.get('method', '?')}" + (f" k={m['top_k']}" if m.get("top_k") else "")
+        method += f" centre={m['centre']}" if m.get("centre") not in (None, "none") else ""
+        method += f" npc={m['neutral_pcs']}" if m.get("neutral_pcs") else ""
         cells = (f.relative_to(root), m.get("model", "?"), m.get("emotion", "?"), method)
         # file names and metadata come from elsewhere: escape control characters (ESC, NUL, newlines)
         rows.append(

@@ -81,6 +81,9 @@ def random_like(
                 "baseline": source.get("baseline"),
                 "method": source.get("method"),
                 "top_k": source.get("top_k"),
+                # the recipe beyond the method, where it is not the default: the control's label is its vector's
+                "centre": None if source.get("centre") in (None, "none") else source.get("centre"),
+                "neutral_pcs": source.get("neutral_pcs") or None,
                 "sha256": source_sha256,
                 "file": source_name,
             }.items()

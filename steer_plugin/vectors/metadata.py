@@ -88,3 +88,18 @@ def metadata_problem(meta: Any, shape: tuple[int, int] | None = None) -> str | N
         for i, t in enumerate(meta.get("recipe", []))
     )
     return problem or next((p for p in terms if p), None)
+
+
+def recipe_name(meta: dict[str, Any]) -> str | None:
+    """How a vector was built, as leaderboard labels spell it: ``mean``, ``top_k-20``, ``pca-emotions-npc3``
+    (``-emotions``: centred on the emotions' mean; ``-npcK``: K neutral components projected out); None: no method."""
+    if not meta.get("method"):
+        return None
+    parts = [str(meta["method"])]
+    if meta.get("top_k"):
+        parts.append(str(meta["top_k"]))
+    if meta.get("centre") not in (None, "none"):
+        parts.append(str(meta["centre"]))
+    if meta.get("neutral_pcs"):
+        parts.append(f"npc{meta['neutral_pcs']}")
+    return "-".join(parts)
