@@ -135,7 +135,7 @@ def continuation_nll(
             raise SteerError("a continuation needs a context of at least one token (the prompt)")
         seq = [*ctx, *cont]
         cut = max_length is not None and len(seq) > max_length
-        if cut:
+        if cut and max_length is not None:  # (mypy does not narrow through `cut`)
             seq = seq[len(seq) - max_length :]
         item = (i, seq, min(len(cont), len(seq) - 1))
         if prompts is not None and prompts.usable(ctx, len(seq) - 1, cut):
