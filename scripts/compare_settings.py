@@ -24,8 +24,8 @@ import steer_plugin
 from steer_plugin.cli import build_parser
 from steer_plugin.cli.study import run_arguments
 from steer_plugin.io.text_table import format_table
-from steer_plugin.study.quality import DEGENERATE
-from steer_plugin.study.report import describe, emotion_task, load_study, target_metric
+from steer_plugin.study.arm_numbers import ArmNumbers, cell
+from steer_plugin.study.report import describe, load_study
 
 
 def comparison(folder: Path, emotion: str) -> str:
@@ -34,17 +34,11 @@ def comparison(folder: Path, emotion: str) -> str:
               "prompts compared", "degenerate outputs"]  # fmt: skip
 
     def cells(row, series: str, level: str, alpha: str) -> list[str]:
-        metric = target_metric(row, emotion)
-        task = emotion_task(row, emotion)
-        p = row.paired.get(metric)
-        bad, kl, ppl = (
-            row.metrics.get(f"{task}/{DEGENERATE}"),
-            row.metrics.get("side_effects/kl"),
-            row.metrics.get("side_effects/ppl"),
-        )
+        n = ArmNumbers.of(row, emotion)
+        p = n.delta
         return [
-            series, level, alpha, "-" if kl is None else f"{kl:.3f}", "-" if ppl is None else f"{ppl:.1f}",
-            "-" if p is None else describe(p), "-" if p is None else str(p.n), "-" if bad is None else f"{bad:.0%}",
+            series, level, alpha, cell(n.kl), cell(n.ppl, ".1f"),
+            "-" if p is None else describe(p), "-" if p is None else str(p.n), cell(n.degenerate, ".0%"),
         ]  # fmt: skip
 
     rows = []
@@ -53,9 +47,8 @@ def comparison(folder: Path, emotion: str) -> str:
             rows.append(cells(arm.row, series, f"{arm.level:g}", f"{arm.alpha:.4g}"))
     if emotion in study.prompted:  # the prompting reference: asking for the emotion instead
         rows.append(cells(study.prompted[emotion], f"(asking for {emotion})", "-", "-"))
-    base_row = study.baseline
-    base = base_row.metrics.get(target_metric(base_row, emotion))
-    bad = base_row.metrics.get(f"{emotion_task(base_row, emotion)}/{DEGENERATE}")
+    baseline = ArmNumbers.of(study.baseline, emotion)
+    base, bad = baseline.target, baseline.degenerate
     title = emotion
     if base is not None:
         title += f": baseline target probability on its fluent outputs {base:.3f}"

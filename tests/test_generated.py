@@ -126,7 +126,7 @@ def test_steer_build_generated_end_to_end(chat, tiny_chat_llama_dir, tiny_llama_
 
     vec = SteeringVector.load(out)
     m = vec.metadata
-    assert (m["source"], m["pool"], m["emotion"], m["baseline"], m["method"]) == (
+    assert (m["text_source"], m["pool"], m["emotion"], m["baseline"], m["method"]) == (
         "generated", "mean", "anger", "neutral", "mean"
     )  # fmt: skip
     assert m["counts"] == {"anger": len(used), "neutral": len(used)}
@@ -169,6 +169,45 @@ def test_batched_generation_equals_one_prompt_at_a_time(tiny_chat_llama_dir):
     assert got == [_greedy_alone(model, tok, c, 8) for c in contexts]
 
 
+def test_pca_and_neutral_pcs_on_the_generated_source(tiny_chat_llama_dir, tmp_path, monkeypatch):
+    """`--source generated --method pca --neutral-pcs 1`: the first component of the paired response-state
+    differences (rows in the texts file's order, the documented pairing), the top neutral component projected
+    out, at the mean difference's norm; the default name spells the whole recipe."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    monkeypatch.chdir(tmp_path)
+    argv = ["build", "--model", tiny_chat_llama_dir, "--emotion", "anger", "--source", "generated", "--method", "pca",
+            "--neutral-pcs", "1", "--seed", "3", "--max-per-class", "6", "--max-new-tokens", "8", "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    (out,) = (tmp_path / "vectors").rglob("*.safetensors")
+    assert out.name == "anger-pca-npc1-generated.safetensors" and out.with_suffix(".texts.jsonl").is_file()
+    rows = [json.loads(line) for line in out.with_suffix(".texts.jsonl").read_text(encoding="utf-8").splitlines()]
+    model = AutoModelForCausalLM.from_pretrained(tiny_chat_llama_dir)
+    tok = AutoTokenizer.from_pretrained(tiny_chat_llama_dir)
+    states: dict[str, list[np.ndarray]] = {"anger": [], "neutral": []}
+    for r in (r for r in rows if r["used"]):
+        context = _context(tok, r["prompt"], None, True)
+        response = tok(r["response"], add_special_tokens=False)["input_ids"]
+        states[r["arm"]].append(hook_block_states(model, context + response)[len(context) :].mean(0))
+    anger, neutral = np.stack(states["anger"]), np.stack(states["neutral"])
+    rng = np.random.default_rng(3)
+    t, b = rng.permutation(len(anger)), rng.permutation(len(neutral))
+    diffs = anger[t] - neutral[b]  # the arms have one answer per used prompt each
+    got = SteeringVector.load(out)
+    for layer in range(got.n_layers):
+        u = np.linalg.svd(diffs[:, layer], full_matrices=False)[2][0]
+        mean_diff = anger[:, layer].mean(0) - neutral[:, layer].mean(0)
+        u = u if u @ mean_diff > 0 else -u
+        u *= np.linalg.norm(mean_diff) / np.linalg.norm(u)
+        pc = np.linalg.svd(neutral[:, layer] - neutral[:, layer].mean(0), full_matrices=False)[2][0]
+        want = u - (u @ pc) * pc
+        np.testing.assert_allclose(got.matrix[layer].numpy(), want, atol=1e-4, rtol=0)
+    m = got.metadata
+    assert (m["text_source"], m["pool"], m["method"], m["neutral_pcs"], m["pair_seed"]) == (
+        "generated", "mean", "pca", 1, 3
+    )  # fmt: skip
+
+
 # ---------------------------------------------------------------- bad input
 
 
@@ -182,6 +221,7 @@ def test_batched_generation_equals_one_prompt_at_a_time(tiny_chat_llama_dir):
         (["--source", "generated", "--max-new-tokens", "0"], "--max-new-tokens must be an integer >= 1"),
         (["--source", "generated", "--baseline", "joy"], "contrasts with neutral answers"),
         (["--source", "generated", "--template", "chat"], "--template formats GoEmotions texts"),
+        (["--source", "generated", "--centre", "emotions"], "--centre emotions averages the 27 emotions' GoEmotions"),
     ],
 )
 def test_bad_source_and_pool_are_one_line_errors(extra, message, tiny_llama_dir, tmp_path, capsys):

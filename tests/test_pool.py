@@ -140,3 +140,36 @@ def test_train_vector_with_mean_pooling(bos_tok):
     np.testing.assert_allclose(v.matrix.numpy(), pooled["anger"].mean(0) - pooled["neutral"].mean(0), atol=TOL, rtol=0)
     assert v.metadata["pool"] == "mean" and v.metadata["counts"] == {"anger": 4, "neutral": 4}
     assert train_vector(model, bos_tok, "anger", data=FIXTURE, progress=False).metadata["pool"] == "last"
+
+
+def _first_pc_of_pairs(target: np.ndarray, baseline: np.ndarray, seed: int) -> np.ndarray:
+    """[L, H] first right-singular vector per layer of the documented pairing's differences (both classes
+    shuffled with ``seed``, paired by index, truncated), uncentred."""
+    rng = np.random.default_rng(seed)
+    t, b = rng.permutation(len(target)), rng.permutation(len(baseline))
+    n = min(len(t), len(b))
+    diffs = target[t[:n]] - baseline[b[:n]]
+    return np.stack([np.linalg.svd(diffs[:, layer], full_matrices=False)[2][0] for layer in range(diffs.shape[1])])
+
+
+def test_pca_on_mean_pooled_states(bos_tok):
+    """``train_vector(pool="mean", method="pca")``: the first component of paired mean-pooled differences,
+    toward the emotion at the mean difference's norm; the recipe's label names the pooling."""
+    from steer_plugin.vectors.metadata import recipe_name
+
+    model, _ = make_model("llama", tokenizer=bos_tok)
+    rows = read_goemotions_rows(FIXTURE / "train.tsv")
+    pooled = {
+        c: np.stack([hook_block_states(model, bos_tok(t)["input_ids"])[1:].mean(0) for t, ls in rows if ls == {c}])
+        for c in ("anger", "neutral")
+    }
+    v = train_vector(model, bos_tok, "anger", data=FIXTURE, pool="mean", method="pca", seed=3, progress=False)
+    mean_diff = pooled["anger"].mean(0) - pooled["neutral"].mean(0)
+    want = _first_pc_of_pairs(pooled["anger"], pooled["neutral"], 3)
+    got = v.matrix.numpy().astype(np.float64)
+    for layer in range(got.shape[0]):
+        cos = got[layer] @ want[layer] / (np.linalg.norm(got[layer]) * np.linalg.norm(want[layer]))
+        assert abs(cos) > 0.999 and got[layer] @ mean_diff[layer] > 0, layer
+        np.testing.assert_allclose(np.linalg.norm(got[layer]), np.linalg.norm(mean_diff[layer]), rtol=1e-5)
+    assert (v.metadata["pool"], v.metadata["text_source"], v.metadata["pair_seed"]) == ("mean", "goemotions", 3)
+    assert recipe_name(v.metadata) == "pca-pool-mean"

@@ -175,6 +175,19 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--max-per-class", type=int, default=None)
     p.add_argument("--method", default="top_k", choices=get_args(Method))
     p.add_argument("--top-k", type=int, default=20)
+    p.add_argument(
+        "--centre",
+        default="none",
+        metavar="none|emotions",
+        help="build vectors against the baseline (none) or the mean of the 27 emotions' means (emotions)",
+    )
+    p.add_argument(
+        "--neutral-pcs",
+        type=int,
+        default=0,
+        metavar="K",
+        help="project the top K principal components of the baseline texts out of built vectors (default 0)",
+    )
     p.add_argument("--vector", default=None, help="use this vector file instead of building one")
     p.add_argument(
         "--alphas",
@@ -244,6 +257,8 @@ def run_arguments(args: argparse.Namespace) -> dict[str, Any]:
         max_per_class=args.max_per_class,
         method=args.method,
         top_k=args.top_k,
+        centre=args.centre,
+        neutral_pcs=args.neutral_pcs,
         vector=args.vector,
         alphas=args.alphas,
         truthfulqa_dir=args.truthfulqa_dir,

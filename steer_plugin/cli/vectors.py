@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -59,15 +60,43 @@ def add_commands(sub: Any) -> None:
     p.add_argument(
         "--method",
         default="mean",
-        choices=["mean", "top_k", "random"],
-        help="random: a random-direction control with --like V's shape, per-layer norms and sparsity (--seed)",
+        choices=["mean", "top_k", "pca", "probe", "random"],
+        help="mean difference, its top_k entries per layer, pca (first principal component of paired "
+        "differences, seeded by --seed) or probe (logistic-regression direction), the last two at the mean "
+        "difference's norm; random: a random-direction control with --like V's shape, per-layer norms and "
+        "sparsity (--seed)",
     )
     p.add_argument("--top-k", type=int, default=None)
+    p.add_argument(
+        "--centre",
+        default="none",
+        metavar="none|emotions",
+        help="compare the emotion with the baseline class (none) or with the mean of the 27 emotions' means "
+        "(emotions: records them all, or needs --stats recorded with --emotion all)",
+    )
+    p.add_argument(
+        "--neutral-pcs",
+        type=int,
+        default=0,
+        metavar="K",
+        help="project the top K principal components of the baseline texts' states out of the vector "
+        "(default 0: none; 3 is a usual choice)",
+    )
+    p.add_argument(
+        "--activations",
+        default=None,
+        metavar="DIR",
+        help="with --stats: the per-text states of that recording (`steer record --save-activations DIR`), "
+        "for --method pca/probe and --neutral-pcs",
+    )
     p.add_argument("--like", default=None, metavar="VECTOR", help="the vector a --method random control copies")
     p.add_argument("--layers", default=None, help="keep only these layers, e.g. 10-20 (0-based)")
     p.add_argument("--scale", type=float, default=None, help="bake a scale into the file (normally use alpha)")
     p.add_argument(
-        "--out", default=None, help="vector file (default: vectors/<model>/<emotion>-<method>[-k].safetensors)"
+        "--out",
+        default=None,
+        help="vector file (default: vectors/<model>/<emotion>-<method>[-k][-emotions][-npcK][-generated][-pool-P]"
+        ".safetensors)",
     )
     p.add_argument("--save-stats", default=None, help="also keep the recorded stats file")
     p.add_argument(
@@ -146,19 +175,16 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 def cmd_build(args: argparse.Namespace) -> int:
     from steer_plugin.errors import SteerError
     from steer_plugin.model.layers import layer_ranges, parse_layers
-    from steer_plugin.vectors.build import build_vector, check_top_k
+    from steer_plugin.vectors.activations import Activations
+    from steer_plugin.vectors.build import build_vector, needs_activations
     from steer_plugin.vectors.generated import texts_jsonl, texts_path
     from steer_plugin.vectors.stats import HiddenStateStats
-    from steer_plugin.vectors.vector import default_vector_path
 
     if args.layers:
         layer_ranges(args.layers)  # syntax check before any recording; range checked below
     if args.method == "random" or args.like:
         return _build_random(args)
-    if args.top_k is not None and args.method != "top_k":
-        raise SteerError("--top-k only applies to --method top_k")
-    if args.method == "top_k":
-        check_top_k(args.top_k)
+    _check_recipe(args)
     if args.scale is not None:
         from steer_plugin.model.hooks import finite_alpha
 
@@ -175,42 +201,89 @@ def cmd_build(args: argparse.Namespace) -> int:
         args.emotion, args.baseline = request.emotion, request.baseline
         _check_model_fits(args, request.model.dimensions())  # layers and --top-k, from the config alone
     _check_build_outputs(args, request)
-    texts: list = []
-    if request is None:
-        stats = HiddenStateStats.load(args.stats)
-    else:
-        from steer_plugin.vectors.request import record_with_texts
+    per_text = needs_activations(args.method, args.neutral_pcs)
+    texts: tuple = ()
+    with contextlib.ExitStack() as stack:
+        if request is None:
+            stats = HiddenStateStats.load(args.stats)
+            activations = Activations(args.activations, stats) if args.activations else None
+        else:
+            from steer_plugin.vectors.request import recorded, with_all_emotions
 
-        stats, texts = record_with_texts(request)
-        if args.save_stats and _is_main_rank():
-            stats.save(args.save_stats)
-    if not _is_main_rank():
-        return 0
-    emotion = args.emotion or stats.metadata.get("target")
-    layers = parse_layers(args.layers, stats.shape[0]) if args.layers else None
-    vec = build_vector(
-        stats, emotion, args.baseline, method=args.method, top_k=args.top_k, layers=layers, scale=args.scale
-    )
-    variant = _variant(stats.metadata)
-    out = (
-        Path(args.out)
-        if args.out
-        else default_vector_path(
-            stats.metadata.get("model", "model"), vec.metadata["emotion"], args.method, args.top_k, variant
-        )
-    )
-    beside = {texts_path(out): texts_jsonl(texts)} if texts else None
+            if args.centre == "emotions":
+                request = with_all_emotions(request)
+            rec = stack.enter_context(recorded(request, per_text=per_text))
+            stats, activations, texts = rec.stats, rec.activations, rec.texts
+            if args.save_stats and _is_main_rank():
+                stats.save(args.save_stats)
+        if not _is_main_rank():
+            return 0
+        emotion = args.emotion or stats.metadata.get("target")
+        layers = parse_layers(args.layers, stats.shape[0]) if args.layers else None
+        vec = build_vector(
+            stats, emotion, args.baseline, method=args.method, top_k=args.top_k, layers=layers, scale=args.scale,
+            centre=args.centre, neutral_pcs=args.neutral_pcs, activations=activations, seed=args.seed,
+        )  # fmt: skip
+    model = stats.metadata.get("model", "model")
+    out = Path(args.out) if args.out else _default_path(args, model, vec.metadata["emotion"], stats.metadata)
+    beside = {texts_path(out): texts_jsonl(list(texts))} if texts else None
     vec.save(out, beside)
     norms = vec.layer_norms()
-    print(
-        f"wrote {out}: {vec.n_layers} layers x {vec.hidden_size}, {args.method}"
-        f"{f' k={args.top_k}' if args.method == 'top_k' else ''}, counts {vec.metadata['counts']}"
+    recipe = "".join(
+        [
+            f" k={args.top_k}" if args.method == "top_k" else "",
+            f", centre {args.centre}" if args.centre != "none" else "",
+            f", {args.neutral_pcs} neutral PCs projected out" if args.neutral_pcs else "",
+        ]
     )
+    print(f"wrote {out}: {vec.n_layers} layers x {vec.hidden_size}, {args.method}{recipe}, counts {_counts(vec)}")
     if beside:
         dropped = vec.metadata["generation"]["dropped_prompts"]
         print(f"wrote {texts_path(out)}: {len(texts)} answers ({dropped} prompts dropped: no words in an answer)")
     print("per-layer norm: " + " ".join(f"{n:.3g}" for n in norms))
     return 0
+
+
+def _counts(vec: SteeringVector) -> str:
+    counts = vec.metadata["counts"]
+    if len(counts) <= 4:
+        return str(counts)
+    return f"{vec.metadata['emotion']}={counts[vec.metadata['emotion']]}, {len(counts) - 1} other classes"
+
+
+def _default_path(args: argparse.Namespace, model: str, emotion: str, recording: dict[str, Any]) -> Path:
+    """The default vector path of the recipe: the flags' method/centre/PCs, the recording's text source and
+    pooling (``recording``: its statistics' metadata, or what the request will write)."""
+    from steer_plugin.vectors.metadata import pool_of, text_source_of
+    from steer_plugin.vectors.vector import default_vector_path
+
+    return default_vector_path(
+        model, emotion, args.method, args.top_k, args.centre, args.neutral_pcs,
+        text_source_of(recording), pool_of(recording),
+    )  # fmt: skip
+
+
+def _check_recipe(args: argparse.Namespace) -> None:
+    """--method's companions (--top-k, --centre, --neutral-pcs, --activations), before any recording."""
+    from steer_plugin.errors import SteerError, check_choice
+    from steer_plugin.vectors.build import check_top_k, needs_activations
+    from steer_plugin.vectors.directions import check_neutral_pcs
+    from steer_plugin.vectors.metadata import CENTRES
+
+    if args.top_k is not None and args.method != "top_k":
+        raise SteerError("--top-k only applies to --method top_k")
+    if args.method == "top_k":
+        check_top_k(args.top_k)
+    check_choice("--centre", args.centre, CENTRES)
+    check_neutral_pcs(args.neutral_pcs)
+    if args.activations and not args.stats:
+        raise SteerError("--activations goes with --stats (the recording it belongs to); without --stats build records")
+    if args.stats and not args.activations and needs_activations(args.method, args.neutral_pcs):
+        what = f"--method {args.method}" if args.method in ("pca", "probe") else f"--neutral-pcs {args.neutral_pcs}"
+        raise SteerError(
+            f"{what} needs per-text states: give --activations DIR (from `steer record --save-activations DIR`) "
+            "with --stats, or leave --stats out to record"
+        )
 
 
 def _check_model_fits(args: argparse.Namespace, dimensions: tuple[int, int] | None) -> None:
@@ -227,25 +300,17 @@ def _check_model_fits(args: argparse.Namespace, dimensions: tuple[int, int] | No
         check_top_k(args.top_k, hidden)
 
 
-def _variant(meta: dict[str, Any]) -> str | None:
-    """The default file name's variant of a recording (its source and pooling, from the statistics' metadata)."""
-    from steer_plugin.vectors.metadata import pool_of, vector_variant
-
-    return vector_variant("generated" if meta.get("source") == "generated" else "goemotions", pool_of(meta))
-
-
 def _check_build_outputs(args: argparse.Namespace, request: RecordRequest | None = None) -> None:
     """Before recording: the vector (given or default path), its texts file and --save-stats must be writable."""
     from steer_plugin.io.outputs import check_output_file
     from steer_plugin.vectors.generated import texts_path
-    from steer_plugin.vectors.vector import default_vector_path
 
     out = args.out
     if out:
         check_output_file(out)
     elif args.emotion and request is not None:  # with --stats the default path depends on the file's metadata
-        variant = _variant({"source": request.source, "pool": request.pooling})
-        out = default_vector_path(args.model, args.emotion, args.method, args.top_k, variant)
+        recording = {"text_source": request.source, "pool": request.resolved_pool}
+        out = _default_path(args, args.model, args.emotion, recording)
         check_output_file(out, "--out (default)")
     if out and request is not None and request.source == "generated":
         check_output_file(texts_path(out), "the texts file beside --out")
@@ -265,7 +330,14 @@ def _build_random(args: argparse.Namespace) -> int:
         raise SteerError("--method random needs --like VECTOR: the vector whose shape and per-layer norms it copies")
     given = [
         flag
-        for flag, value in (("--stats", args.stats), ("--emotion", args.emotion), ("--top-k", args.top_k))
+        for flag, value in (
+            ("--stats", args.stats),
+            ("--emotion", args.emotion),
+            ("--top-k", args.top_k),
+            ("--activations", args.activations),
+            ("--centre", None if args.centre == "none" else args.centre),
+            ("--neutral-pcs", args.neutral_pcs or None),
+        )
         if value is not None
     ]
     if args.save_stats:
@@ -311,6 +383,8 @@ def cmd_list(args: argparse.Namespace) -> int:
             continue
         m = v.metadata
         method = f"{m.get('method', '?')}" + (f" k={m['top_k']}" if m.get("top_k") else "")
+        method += f" centre={m['centre']}" if m.get("centre") not in (None, "none") else ""
+        method += f" npc={m['neutral_pcs']}" if m.get("neutral_pcs") else ""
         cells = (f.relative_to(root), m.get("model", "?"), m.get("emotion", "?"), method)
         # file names and metadata come from elsewhere: escape control characters (ESC, NUL, newlines)
         rows.append(

@@ -29,7 +29,8 @@ from steer_plugin.study.plan import Resolver, SweepOptions, SweepPlan
 from steer_plugin.study.results_files import check_table_outputs
 from steer_plugin.study.sweep import run_sweep, task_manager
 from steer_plugin.study.sweep_folder import check_same_sweep, open_sweep_folder, sweep_settings
-from steer_plugin.vectors.metadata import METHODS, Method
+from steer_plugin.vectors.directions import check_neutral_pcs
+from steer_plugin.vectors.metadata import CENTRES, METHODS, Centre, Method
 
 if TYPE_CHECKING:  # pragma: no cover
     from steer_plugin.steering.alphas import AlphaSpec, KLBudget
@@ -291,6 +292,8 @@ def run(
     max_per_class: int | None = None,
     method: Method | Sequence[Method] = "top_k",
     top_k: int = 20,
+    centre: Centre = "none",
+    neutral_pcs: int = 0,
     vector: PathLike | None = None,
     alphas: Alphas = DEFAULT_ALPHAS,
     truthfulqa_dir: PathLike | None = None,
@@ -338,9 +341,13 @@ def run(
             the side effects unless ``fluency_texts`` is given.
         split: the split the vector is built from.
         max_per_class: a seeded sample of at most this many texts per class.
-        method: ``top_k`` (the ``top_k`` largest differences per layer) or ``mean``; several methods build
-            one vector each (from one recording) and sweep them all.
+        method: ``top_k`` (the ``top_k`` largest differences per layer), ``mean``, ``pca`` or ``probe``
+            (see ``build_vector``); several methods build one vector each (from one recording) and sweep them all.
         top_k: neurons kept per layer by ``top_k`` vectors.
+        centre: ``none`` (vectors against ``baseline``) or ``emotions`` (against the mean of the 27 emotions'
+            class means; the recording then covers them all).
+        neutral_pcs: project the top K principal components of the baseline texts' states out of the
+            vectors (0: none).
         vector: use this vector file instead of ``vectors/<model>/<emotion>-<method>.safetensors`` (built
             there if missing).
         alphas: alphas and KL budgets, e.g. ``"0,kl:0.1"`` or ``[0, 0.5, "kl:0.1"]``.
@@ -391,15 +398,17 @@ def run(
     check_level(leakage_budget, grid)  # before minutes of recording and evaluation
     methods = [method] if isinstance(method, str) else list(method)
     if not methods:
-        raise SteerError("give at least one method (mean, top_k)")
+        raise SteerError(f"give at least one method ({', '.join(METHODS)})")
     for m in methods:
         check_choice("method", m, METHODS)
+    check_choice("centre", centre, CENTRES)
+    check_neutral_pcs(neutral_pcs)
     if vector is not None and len(emotions) > 1:
         raise SteerError("--vector names one vector; give one --emotion with it (or leave --vector out)")
     if vector is not None and len(methods) > 1:
         raise SteerError("--vector names one vector; give one method with it (or leave --vector out)")
     wanted = {
-        (e, m): Path(vector) if vector is not None else default_vector_path(model, e, m, top_k)
+        (e, m): Path(vector) if vector is not None else default_vector_path(model, e, m, top_k, centre, neutral_pcs)
         for e in emotions
         for m in methods
     }
@@ -441,7 +450,7 @@ def run(
         )  # fmt: skip
         if isinstance(batch_size, int):  # an 'auto' batch size is the harness's: recording then keeps its default
             request = replace(request, batch_size=batch_size)
-        _build_missing(missing, request, top_k, progress)
+        _build_missing(missing, request, Recipe(top_k, centre, neutral_pcs), progress)
     result = sweep(list(wanted.values()), grid, folder, model=loading, evaluation=evaluation, progress=progress)
     try:
         summary, files = write_study(folder, leakage_budget=leakage_budget)
@@ -469,10 +478,22 @@ def _names(value: str | Sequence[str] | None) -> list[str]:
     return [p.strip() for p in parts if p.strip()]
 
 
-def _build_missing(missing: dict[tuple[str, Method], Path], request: RecordRequest, top_k: int, progress: bool) -> None:
-    """Every missing (emotion, method) vector from one recording pass over their texts and the baseline's."""
-    from steer_plugin.vectors.build import build_vector
-    from steer_plugin.vectors.request import record_request
+@dataclass(frozen=True)
+class Recipe:
+    """What the methods of `run`'s vectors share: top-k size, centring, neutral components projected out."""
+
+    top_k: int
+    centre: Centre = "none"
+    neutral_pcs: int = 0
+
+
+def _build_missing(
+    missing: dict[tuple[str, Method], Path], request: RecordRequest, recipe: Recipe, progress: bool
+) -> None:
+    """Every missing (emotion, method) vector from one recording pass over their texts and the baseline's
+    (and every emotion's, for ``centre="emotions"``)."""
+    from steer_plugin.vectors.build import build_vector, needs_activations
+    from steer_plugin.vectors.request import recorded, with_all_emotions
 
     emotions = list(dict.fromkeys(e for e, _ in missing))
     if len(emotions) == 1:
@@ -481,11 +502,18 @@ def _build_missing(missing: dict[tuple[str, Method], Path], request: RecordReque
         request = replace(request, emotion=",".join(emotions), targets=tuple(emotions))
     names = ", ".join(str(p) for p in missing.values())
     _say(progress, f"building {names} (no vector yet)" if len(missing) == 1 else f"building {names} from one recording")
-    stats = record_request(request)
-    for (emotion, method), path in missing.items():
-        vec = build_vector(stats, emotion, request.baseline, method=method, top_k=top_k if method == "top_k" else None)
-        vec.save(path)
-        _say(progress, f"wrote {path}")
+    if recipe.centre == "emotions":
+        request = with_all_emotions(request)
+    per_text = any(needs_activations(m, recipe.neutral_pcs) for _, m in missing)
+    with recorded(request, per_text=per_text) as rec:
+        for (emotion, method), path in missing.items():
+            vec = build_vector(
+                rec.stats, emotion, request.baseline, method=method,
+                top_k=recipe.top_k if method == "top_k" else None, centre=recipe.centre,
+                neutral_pcs=recipe.neutral_pcs, activations=rec.activations, seed=request.seed,
+            )  # fmt: skip
+            vec.save(path)
+            _say(progress, f"wrote {path}")
 
 
 def _calibrated_alphas(model_name: str, lm: Any, source: TextSource, progress: bool) -> Resolver:

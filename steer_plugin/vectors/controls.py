@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from steer_plugin.errors import SteerError
+from steer_plugin.vectors.metadata import DEFAULT_POOL, text_source_of
 
 if TYPE_CHECKING:  # pragma: no cover
     from steer_plugin.vectors.vector import SteeringVector
@@ -74,6 +75,7 @@ def random_like(
     if source.get("method") == RANDOM_METHOD:  # a control of a control is a control of the original
         control_of = dict(source.get("control_of") or {})
     else:
+        text_source = text_source_of(source)
         control_of = {
             k: v
             for k, v in {
@@ -81,6 +83,11 @@ def random_like(
                 "baseline": source.get("baseline"),
                 "method": source.get("method"),
                 "top_k": source.get("top_k"),
+                # the recipe beyond the method, where it is not the default: the control's label is its vector's
+                "centre": None if source.get("centre") in (None, "none") else source.get("centre"),
+                "neutral_pcs": source.get("neutral_pcs") or None,
+                "text_source": None if text_source == "goemotions" else text_source,
+                "pool": None if source.get("pool") in (None, DEFAULT_POOL[text_source]) else source.get("pool"),
                 "sha256": source_sha256,
                 "file": source_name,
             }.items()

@@ -143,7 +143,7 @@ def record_generated(
         metadata: extra metadata for the statistics.
 
     Returns:
-        The statistics (metadata ``source=generated``, ``generation``: prompts, hash, drops, instructions) and
+        The statistics (metadata ``text_source=generated``, ``generation``: prompts, hash, drops, instructions) and
         every answer, used or dropped, in prompt order, the emotion arm's first.
     """
     check_count("--max-new-tokens", max_new_tokens)
@@ -204,7 +204,7 @@ def record_generated(
         progress=progress,
         save_activations=save_activations,
         activation_dtype=activation_dtype,
-        metadata={**(metadata or {}), "source": "generated", "generation": generation},
+        metadata={**(metadata or {}), "text_source": "generated", "generation": generation},
         pool=pool,
     )
     return stats, texts

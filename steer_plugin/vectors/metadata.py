@@ -12,9 +12,13 @@ from typing import Any, Literal, get_args
 
 from steer_plugin.io.schema import Rule, fields_problem, is_finite, is_int, shown
 
-# how a vector is built from the recorded statistics: the whole mean difference, or its top_k entries per layer
-Method = Literal["mean", "top_k"]
+# how a vector is built from a recording: the whole mean difference, its top_k entries per layer, the first
+# principal component of paired differences (pca) or a logistic-regression direction (probe) of per-text states
+Method = Literal["mean", "top_k", "pca", "probe"]
 METHODS: tuple[Method, ...] = get_args(Method)
+# what the target is compared with: the baseline class (none) or the mean of the 27 emotions' class means
+Centre = Literal["none", "emotions"]
+CENTRES: tuple[Centre, ...] = get_args(Centre)
 
 # how a text's hidden states become one row (``vectors.record``): its last real token, or the mean over its tokens
 Pool = Literal["last", "mean"]
@@ -31,13 +35,41 @@ def pool_of(meta: dict[str, Any]) -> Pool:
     return meta.get("pool") or "last"
 
 
-def vector_variant(source: str, pool: str) -> str | None:
-    """What a vector's default file name adds after ``<emotion>-<method>``: the source where it is not
-    GoEmotions, the pooling where it is not the source's default (None: neither, the name as before)."""
-    parts = [source] if source != "goemotions" else []
-    if pool != DEFAULT_POOL.get(source, "last"):
+def text_source_of(meta: dict[str, Any]) -> Source:
+    """Where a recording's texts came from; files from before the generated source: ``goemotions``.
+    (Not the ``source`` field: for GoEmotions that says where the data set was read, ``local`` or ``hub``.)"""
+    return meta.get("text_source") or "goemotions"
+
+
+def vector_variant(text_source: str, pool: str) -> str | None:
+    """What a vector's name adds after its method: the text source where it is not GoEmotions, the pooling
+    where it is not the source's default (None: neither, the name as before)."""
+    parts = [text_source] if text_source != "goemotions" else []
+    if pool != DEFAULT_POOL.get(text_source, "last"):
         parts.append(f"pool-{pool}")
     return "-".join(parts) or None
+
+
+def recipe_label(
+    method: str,
+    top_k: int | None = None,
+    centre: str | None = "none",
+    neutral_pcs: int | None = 0,
+    text_source: str = "goemotions",
+    pool: str | None = None,
+) -> str:
+    """The one spelling of a recipe, in default file names and leaderboard labels:
+    ``<method>[-k][-emotions][-npcK][-generated][-pool-P]`` (``pool`` None: the source's default).
+    The shipped default recipe is ``top_k-20``, the name it always had."""
+    parts = [method]
+    if method == "top_k" and top_k:
+        parts.append(str(top_k))
+    if centre not in (None, "none"):
+        parts.append(str(centre))
+    if neutral_pcs:
+        parts.append(f"npc{neutral_pcs}")
+    variant = vector_variant(text_source, pool or DEFAULT_POOL.get(text_source, "last"))
+    return "-".join(parts + ([variant] if variant else []))
 
 
 _TEXT_FIELDS = (
@@ -52,6 +84,9 @@ _RULES: dict[str, Rule] = {
     "top_k": _POSITIVE_INT,
     "max_per_class": _POSITIVE_INT,
     "seed": (lambda v: v is None or is_int(v), "is not an integer"),
+    "pair_seed": (lambda v: v is None or is_int(v), "is not an integer"),
+    "centre": (lambda v: v is None or v in CENTRES, f"is not one of {', '.join(CENTRES)}"),
+    "neutral_pcs": (lambda v: v is None or (is_int(v) and v >= 0), "is not an integer >= 0"),
     "dedupe": (lambda v: v is None or isinstance(v, bool), "is not true or false"),
     "scale": (lambda v: v is None or is_finite(v), "is not a finite number"),
     "counts": (
@@ -61,6 +96,7 @@ _RULES: dict[str, Rule] = {
     "control_of": (lambda v: isinstance(v, dict), "is not an object"),  # what a random control copies
     "recipe": (lambda v: isinstance(v, list), "is not a list"),  # the terms of a combination of vectors
     "pool": (lambda v: v is None or v in POOLS, f"is not one of {', '.join(POOLS)}"),
+    "text_source": (lambda v: v is None or v in SOURCES, f"is not one of {', '.join(SOURCES)}"),
     "generation": (lambda v: isinstance(v, dict), "is not an object"),  # how a generated source's texts were made
 }
 _SCALAR: Rule = (lambda v: v is None or isinstance(v, (str, bool)) or is_finite(v), "is not a text or a number")
@@ -107,3 +143,15 @@ def metadata_problem(meta: Any, shape: tuple[int, int] | None = None) -> str | N
         for i, t in enumerate(meta.get("recipe", []))
     )
     return problem or next((p for p in terms if p), None)
+
+
+def recipe_name(meta: dict[str, Any]) -> str | None:
+    """How a vector was built, as leaderboard labels spell it (``recipe_label``): ``mean``, ``top_k-20``,
+    ``pca-emotions-npc3``, ``mean-generated``; None: no method. A control's ``control_of`` leaves out
+    what is default (a missing ``pool``: the text source's default)."""
+    if not meta.get("method"):
+        return None
+    return recipe_label(
+        str(meta["method"]), meta.get("top_k"), meta.get("centre"), meta.get("neutral_pcs"),
+        text_source_of(meta), meta.get("pool"),
+    )  # fmt: skip

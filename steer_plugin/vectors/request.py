@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 from steer_plugin import __version__
@@ -17,6 +20,8 @@ from steer_plugin.data.goemotions import (
 from steer_plugin.data.prompts import PromptTemplate
 from steer_plugin.errors import SteerError, check_choice, check_count
 from steer_plugin.model.loading import LoadedModel, ModelOptions
+from steer_plugin.vectors.activations import Activations
+from steer_plugin.vectors.build import EMOTIONS
 from steer_plugin.vectors.generated import DEFAULT_MAX_NEW_TOKENS, GeneratedText, record_generated
 from steer_plugin.vectors.metadata import DEFAULT_POOL, POOLS, SOURCES, Pool
 from steer_plugin.vectors.record import (
@@ -72,7 +77,7 @@ class RecordRequest:
                 )
 
     @property
-    def pooling(self) -> Pool:
+    def resolved_pool(self) -> Pool:
         return self.pool or DEFAULT_POOL[self.source]  # type: ignore[return-value]  # checked in __post_init__
 
 
@@ -133,7 +138,7 @@ def record_with_texts(
         save_activations=req.save_activations,
         activation_dtype=req.activation_dtype,
         metadata=meta,
-        pool=req.pooling,
+        pool=req.resolved_pool,
     )
     return stats, []
 
@@ -160,7 +165,7 @@ def _record_generated(req: RecordRequest, loaded: LoadedModel) -> tuple[HiddenSt
         max_prompts=req.max_per_class,
         seed=req.seed,
         max_new_tokens=req.max_new_tokens,
-        pool=req.pooling,
+        pool=req.resolved_pool,
         batch_size=req.batch_size,
         padding_side=req.padding_side,
         blocks=req.model.blocks,
@@ -169,6 +174,50 @@ def _record_generated(req: RecordRequest, loaded: LoadedModel) -> tuple[HiddenSt
         activation_dtype=req.activation_dtype,
         metadata=_metadata(req, loaded),
     )
+
+
+def with_all_emotions(req: RecordRequest) -> RecordRequest:
+    """The request that records the 27 emotions too (``centre="emotions"`` averages their class means); the
+    statistics still name ``req.emotion`` their target."""
+    if req.source != "goemotions":
+        raise SteerError(
+            f"--centre emotions averages the 27 emotions' GoEmotions texts; --source {req.source} records one "
+            "emotion against neutral answers (use --centre none)"
+        )
+    if req.emotion == "all" and not req.targets:
+        return req
+    targets = req.targets or (req.emotion,)
+    return replace(req, targets=tuple(dict.fromkeys([*targets, *EMOTIONS])))
+
+
+@dataclass(frozen=True)
+class Recording:
+    """What ``recorded`` yields: the statistics, the per-text states (when asked for) and the texts to keep
+    beside the vector (the generated source's answers; none for GoEmotions)."""
+
+    stats: HiddenStateStats
+    activations: Activations | None = None
+    texts: tuple[GeneratedText, ...] = ()
+
+
+@contextmanager
+def recorded(req: RecordRequest, loaded: LoadedModel | None = None, *, per_text: bool = False) -> Iterator[Recording]:
+    """Record (``record_with_texts``); with ``per_text`` keep the per-text states for the block's duration.
+
+    They go to ``req.save_activations`` (kept) or else to a temporary folder under ``$TMPDIR`` (float32,
+    removed afterwards): texts x layers x hidden x 4 bytes, e.g. 190 MB for 2,700 texts of a 30-layer,
+    576-wide model; read memory-mapped, a layer at a time. Either pooling and either text source.
+    """
+    if not per_text:
+        stats, texts = record_with_texts(req, loaded)
+        yield Recording(stats, None, tuple(texts))
+    elif req.save_activations:
+        stats, texts = record_with_texts(req, loaded)
+        yield Recording(stats, Activations(req.save_activations, stats), tuple(texts))
+    else:
+        with tempfile.TemporaryDirectory(prefix="steer-activations-") as folder:
+            stats, texts = record_with_texts(replace(req, save_activations=folder, activation_dtype="float32"), loaded)
+            yield Recording(stats, Activations(folder, stats), tuple(texts))
 
 
 def _select(examples: list, target: str, req: RecordRequest, source: str) -> Selection:

@@ -10,12 +10,13 @@ import os
 from typing import Any
 
 from steer_plugin.data.goemotions import SelectionRule
-from steer_plugin.errors import SteerError
+from steer_plugin.errors import SteerError, check_choice
 from steer_plugin.model.layers import parse_layers
 from steer_plugin.model.loading import DTYPES, LoadedModel, ModelOptions
-from steer_plugin.vectors.build import build_vector
-from steer_plugin.vectors.metadata import Method, Pool
-from steer_plugin.vectors.request import RecordRequest, record_request
+from steer_plugin.vectors.build import build_vector, needs_activations
+from steer_plugin.vectors.directions import check_neutral_pcs
+from steer_plugin.vectors.metadata import CENTRES, Centre, Method, Pool
+from steer_plugin.vectors.request import RecordRequest, recorded, with_all_emotions
 from steer_plugin.vectors.vector import SteeringVector
 
 
@@ -28,6 +29,8 @@ def train_vector(
     split: str = "train",
     method: Method = "mean",
     top_k: int | None = None,
+    centre: Centre = "none",
+    neutral_pcs: int = 0,
     max_per_class: int | None = None,
     baseline: str = "neutral",
     selection: SelectionRule = "exclusive",
@@ -50,12 +53,16 @@ def train_vector(
         emotion: a GoEmotions label (``anger``) or an Ekman group (``ekman:anger``).
         data: a local GoEmotions folder (train.tsv, dev.tsv, test.tsv, emotions.txt); None: the hub dataset.
         split: ``train``, ``validation`` (= ``dev``) or ``test``.
-        method: ``mean`` (the full difference) or ``top_k`` (its ``top_k`` largest entries per layer).
+        method: ``mean`` (the full difference), ``top_k`` (its ``top_k`` largest entries per layer), ``pca``
+            or ``probe`` (per-text directions at the mean difference's norm; see ``build_vector``).
         top_k: neurons kept per layer by ``method="top_k"``.
+        centre: ``none`` (against ``baseline``) or ``emotions`` (against the mean of the 27 emotions' class
+            means; records them all).
+        neutral_pcs: project the top K principal components of the baseline texts' states out (0: none).
         max_per_class: a seeded sample (``seed``) of at most this many texts per class.
         baseline: the class the vector points away from.
         selection: ``exclusive`` (a text's labels are exactly the class) or ``any`` (the class is among them).
-        seed: the seed of the ``max_per_class`` sample.
+        seed: the seed of the ``max_per_class`` sample and of the ``pca`` pairing.
         dedupe: drop identical texts within a class.
         template: ``raw``, ``chat`` or a format string with ``{text}``: how a text is fed to the model.
         batch_size: texts per forward pass while recording.
@@ -90,6 +97,14 @@ def train_vector(
         progress=progress,
         pool=pool,
     )
-    stats = record_request(request, LoadedModel(model, tokenizer, name))
-    chosen = parse_layers(layers, stats.shape[0]) if layers else None
-    return build_vector(stats, request.emotion, request.baseline, method=method, top_k=top_k, layers=chosen)
+    check_choice("centre", centre, CENTRES)
+    check_neutral_pcs(neutral_pcs)
+    if centre == "emotions":
+        request = with_all_emotions(request)
+    per_text = needs_activations(method, neutral_pcs)
+    with recorded(request, LoadedModel(model, tokenizer, name), per_text=per_text) as rec:
+        chosen = parse_layers(layers, rec.stats.shape[0]) if layers else None
+        return build_vector(
+            rec.stats, request.emotion, request.baseline, method=method, top_k=top_k, layers=chosen, centre=centre,
+            neutral_pcs=neutral_pcs, activations=rec.activations, seed=seed,
+        )  # fmt: skip

@@ -22,7 +22,7 @@ from steer_plugin.io.safetensors import read_safetensors, write_safetensors
 from steer_plugin.model.hooks import steer
 from steer_plugin.model.loading import model_slug
 from steer_plugin.model.positions import Positions
-from steer_plugin.vectors.metadata import metadata_problem
+from steer_plugin.vectors.metadata import metadata_problem, recipe_label
 
 VECTOR_FORMAT = "steer-plugin/vector"
 VECTOR_VERSION = 1
@@ -248,7 +248,7 @@ class SteeringVector:
 
 # describe the model a vector belongs to; kept in a mix only where all parts agree
 _SHARED_KEYS = ("model", "model_revision", "config_hash", "architecture", "block_path", "baseline", "split",
-                "selection", "source", "template", "dtype")  # fmt: skip
+                "selection", "source", "text_source", "pool", "template", "dtype")  # fmt: skip
 
 
 def _mix_metadata(a: SteeringVector, b: SteeringVector, terms: list[dict[str, Any]]) -> dict[str, Any]:
@@ -260,12 +260,19 @@ def _mix_metadata(a: SteeringVector, b: SteeringVector, terms: list[dict[str, An
 
 
 def default_vector_path(
-    model: str, emotion: str, method: str, top_k: int | None = None, variant: str | None = None
+    model: str,
+    emotion: str,
+    method: str,
+    top_k: int | None = None,
+    centre: str = "none",
+    neutral_pcs: int = 0,
+    text_source: str = "goemotions",
+    pool: str | None = None,
 ) -> Path:
-    """Where built vectors live: ``vectors/<model-slug>/<emotion>-<method>[-k][-variant].safetensors``
-    (``variant``: ``metadata.vector_variant``, e.g. ``generated``)."""
-    name = f"{target_slug(emotion)}-{method}" + (f"-{top_k}" if method == "top_k" else "")
-    name += f"-{variant}" if variant else ""
+    """Where built vectors live: ``vectors/<model-slug>/<emotion>-<recipe>.safetensors``, the recipe spelt
+    by ``metadata.recipe_label`` (``anger-top_k-20``, ``anger-pca-emotions-npc3``, ``anger-mean-generated``,
+    ``anger-mean-pool-mean``; ``pool`` None: the text source's default)."""
+    name = f"{target_slug(emotion)}-{recipe_label(method, top_k, centre, neutral_pcs, text_source, pool)}"
     return Path("vectors") / model_slug(model) / f"{name}.safetensors"
 
 
