@@ -364,3 +364,26 @@ def write_gguf(model, tokenizer, path: Path) -> Path:
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+def truthfulqa_instances(folder, limit: int) -> list:
+    """The harness's loglikelihood instances of our truthfulqa_local_mc1/mc2 tasks on a TruthfulQA JSONL folder,
+    ``limit`` questions each."""
+    import pytest
+    from lm_eval.tasks import TaskManager
+
+    from steer_plugin.harness.tasks import tasks_dir
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("STEER_TRUTHFULQA_DIR", str(folder))
+    try:
+        tasks = TaskManager(include_path=str(tasks_dir()), include_defaults=False).load(
+            ["truthfulqa_local_mc1", "truthfulqa_local_mc2"]
+        )["tasks"]
+        instances = []
+        for task in tasks.values():
+            task.build_all_requests(limit=limit, rank=0, world_size=1)
+            instances += task.instances
+    finally:
+        mp.undo()
+    return instances

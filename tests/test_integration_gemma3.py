@@ -89,22 +89,9 @@ def test_calibration_reaches_its_kl_budget(lm, vector, goemotions):
 
 @pytest.fixture(scope="module")
 def truthfulqa_requests(shared, lm):
-    from lm_eval.tasks import TaskManager
+    from helpers_tiny import truthfulqa_instances
 
-    from steer_plugin.harness.tasks import tasks_dir
-
-    mp = pytest.MonkeyPatch()
-    mp.setenv("STEER_TRUTHFULQA_DIR", str(shared / "data" / "truthfulqa"))
-    try:
-        tasks = TaskManager(include_path=str(tasks_dir()), include_defaults=False).load(
-            ["truthfulqa_local_mc1", "truthfulqa_local_mc2"]
-        )["tasks"]
-        instances = []
-        for task in tasks.values():
-            task.build_all_requests(limit=1, rank=0, world_size=1)
-            instances += task.instances
-    finally:
-        mp.undo()
+    instances = truthfulqa_instances(shared / "data" / "truthfulqa", limit=1)
     return instances
 
 

@@ -11,7 +11,7 @@ import random
 
 import pytest
 import torch
-from helpers_tiny import make_config, make_tokenizer, sharpen_attention
+from helpers_tiny import make_config, make_tokenizer, sharpen_attention, truthfulqa_instances
 from lm_eval.api.instance import Instance
 
 from steer_plugin.errors import SteerError
@@ -90,10 +90,6 @@ def truthfulqa_requests(tmp_path_factory):
     import os
     from pathlib import Path
 
-    from lm_eval.tasks import TaskManager
-
-    from steer_plugin.harness.tasks import tasks_dir
-
     pytest.importorskip("sacrebleu", reason="lm-eval's truthfulqa utils.py imports sacrebleu and rouge_score")
     pytest.importorskip("rouge_score", reason="lm-eval's truthfulqa utils.py imports sacrebleu and rouge_score")
     shared = os.environ.get("STEER_SHARED")
@@ -102,18 +98,7 @@ def truthfulqa_requests(tmp_path_factory):
     else:
         folder = tmp_path_factory.mktemp("tq")
         (folder / "truthfulqa_mc.validation.jsonl").write_text("".join(json.dumps(r) + "\n" for r in MC_ROWS))
-    mp = pytest.MonkeyPatch()
-    mp.setenv("STEER_TRUTHFULQA_DIR", str(folder))
-    try:
-        tasks = TaskManager(include_path=str(tasks_dir()), include_defaults=False).load(
-            ["truthfulqa_local_mc1", "truthfulqa_local_mc2"]
-        )["tasks"]
-        instances = []
-        for task in tasks.values():
-            task.build_all_requests(limit=3, rank=0, world_size=1)
-            instances += task.instances
-    finally:
-        mp.undo()
+    instances = truthfulqa_instances(folder, limit=3)
     assert len(instances) >= 15 and all(i.request_type == "loglikelihood" for i in instances)
     return instances
 
