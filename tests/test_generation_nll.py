@@ -114,6 +114,11 @@ def test_prompt_cache_falls_back_where_it_cannot_be_exact():
     full = PromptCache(llama, max_bytes=1)
     (got,) = continuation_nll(llama, tok, [(ctx, cont)], prompts=full)
     assert full.plain == 1 and not full.blocks and got.total == pytest.approx(_reference(llama, ctx, cont), abs=1e-4)
+    forwards: list[int] = []
+    handle = llama.register_forward_pre_hook(lambda m, a, kw: forwards.append(1), with_kwargs=True)
+    continuation_nll(llama, tok, [(ctx + ctx[:2], cont)], prompts=full)  # a new prompt, the budget still full
+    handle.remove()
+    assert full.full and len(forwards) == 1 and full.plain == 2  # scored whole; no cache forward to throw away
     cut = PromptCache(llama)
     (got,) = continuation_nll(llama, tok, [(ctx, cont)], prompts=cut, max_length=len(cont) + 4)
     assert not cut.blocks and got.total == pytest.approx(_reference(llama, ctx[-4:], cont), abs=1e-4)

@@ -66,6 +66,7 @@ class PromptCache:
     window: int | None = None
     used_bytes: int = 0
     plain: int = 0
+    full: bool = False  # a block did not fit: later prompts are not run for the cache (they would not fit either)
 
     def __post_init__(self) -> None:
         self.blocked = reuse_blocker(self.model)
@@ -79,6 +80,8 @@ class PromptCache:
 
     def add(self, contexts: list[tuple[int, ...]], batch_size: int) -> None:
         """Cache the contexts not cached yet, ``batch_size`` per forward, while the budget lasts."""
+        if self.full:
+            return
         device = self.model.get_input_embeddings().weight.device
         new = sorted({c for c in contexts if c not in self.where}, key=len, reverse=True)
         keep = accepts_logits_to_keep(self.model)
@@ -93,7 +96,8 @@ class PromptCache:
                 return
             size = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in block.layers)
             if self.used_bytes + size > self.max_bytes:
-                return  # the rest is scored the plain way
+                self.full = True  # the rest is scored the plain way
+                return
             self.used_bytes += size
             for row, c in enumerate(chunk):
                 self.where[c] = (len(self.blocks), row)
