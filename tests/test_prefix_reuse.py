@@ -20,6 +20,7 @@ from steer_plugin.harness.prefix_reuse import (
     Scorer,
     TailConfig,
     TokenCounts,
+    batches,
     group_by_context,
     plain_token_count,
     score_groups,
@@ -411,3 +412,45 @@ def test_reuse_blocker_on_supported_architectures():
 
     for arch in (*ALL, *SLIDING_ARCHS):
         assert reuse_blocker(make_model(arch)[0]) is None, arch
+
+
+@pytest.mark.parametrize("backend", ["hooks", "nnsight"])
+def test_configurations_sharing_a_prefix_share_the_blocks_below_their_first_steered_layer(lm, backend):
+    """A sweep's configurations score each chunk of tails one after another on the same inputs: the blocks
+    below a configuration's first steered layer are unsteered, so they run once per chunk (recorded by the
+    first configuration, replayed for the others) and every answer equals the configuration scored alone."""
+    reqs = _token_requests(lm)[:-1]
+    configs = [  # first steered layers 1, 2, none, 0 (3 blocks): replays of 1, 2 or all 3 blocks, or none
+        {"vector": lm.vec_path, "alpha": 0.7, "layers": "1-2", "positions": "response"},
+        {"vector": lm.vec_path, "alpha": -0.9, "layers": "2", "positions": "response"},
+        {"vector": None, "alpha": 0.0, "positions": "response"},
+        {"vector": lm.vec_path, "alpha": 0.5, "layers": "all", "positions": "response"},
+    ]
+    lm.configure(None, steer_backend=backend)
+    alone = []
+    for c in configs:
+        lm.configure(**c)
+        alone.append(_run(lm, reqs, reuse=True))
+    mlp = lm.steerer.blocks[0].mlp if hasattr(lm.steerer.blocks[0], "mlp") else lm.steerer.blocks[0]
+    calls = []
+    handle = mlp.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        lm.plan_ahead(configs, config_batching=False)
+        shared = []
+        for c in configs:
+            lm.configure(**c)
+            shared.append(_run(lm, reqs, reuse=True))
+    finally:
+        handle.remove()
+        lm.plan_ahead([])
+        lm.configure(None, steer_backend="hooks")
+    for got, ref in zip(shared, alone):
+        assert [g[1] for g in got] == [r[1] for r in ref]
+        assert max(abs(g[0] - r[0]) for g, r in zip(got, ref)) < 1e-5
+    # block 0 runs in the prefix forwards, in the first configuration's tail forwards and in the last
+    # one's (steered from block 0): 2 tail forwards per chunk of 4 configurations
+    groups, _ = group_by_context([(i, c, x) for i, (_, c, x) in enumerate(reqs)], lm.max_length)
+    tails = sum(len(g.tails) for g in groups)
+    prefix_batches = len(list(batches([g for g in groups if g.prefix_len > 0], 4)))
+    chunks = sum(-(-sum(len(g.tails) for g in b) // 4) for b in batches(groups, 4))
+    assert tails > 4 and len(calls) == prefix_batches + 2 * chunks

@@ -440,6 +440,7 @@ class SteeredHFLM(HFLM):
                 self.softmax_dtype,
                 accepts_logits_to_keep(self.model),
                 self.token_counts,
+                self.steerer.sharing_lower_blocks,
             )
             mixed = self._mixed_riders(mine)
             n = sum(g.n_requests for g in groups)

@@ -22,8 +22,10 @@ changes nothing for a sequence that fits it, so reuse is exact on the others.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Callable, Hashable, Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -215,6 +217,9 @@ class Scorer:
     softmax_dtype: torch.dtype | None = None
     logits_to_keep: bool = True
     counts: TokenCounts | None = None  # counting is for benchmarks
+    # forwards on one chunk's inputs share the blocks below each plan's first steered layer
+    # (``Steerer.sharing_lower_blocks``); None: every configuration runs every block
+    sharing_lower_blocks: Callable[[], contextlib.AbstractContextManager[Any]] | None = None
 
     def run_prefix(self, batch: Sequence[ContextGroup], config: TailConfig) -> KVPrefix:
         """The KV cache of the batch's ``context[:-1]``, steered only where the configuration steers it."""
@@ -241,8 +246,9 @@ class Scorer:
         answers: list[dict[int, Answer]] = [{} for _ in configs]
         for start in range(0, len(rows), self.batch_size):
             chunk = _Chunk.of(prefix, rows[start : start + self.batch_size], self.device)
-            for config, out in zip(configs, answers):
-                out.update(self._score_chunk(chunk, config))
+            with self.sharing_lower_blocks() if self.sharing_lower_blocks and len(configs) > 1 else nullcontext():
+                for config, out in zip(configs, answers):
+                    out.update(self._score_chunk(chunk, config))
         return answers
 
     def _score_chunk(self, chunk: _Chunk, config: TailConfig) -> dict[int, Answer]:

@@ -240,6 +240,48 @@ class Steerer:
         self.block_path = find_block_path(model, blocks)
         self.blocks = resolve_module(model, self.block_path)
         self._nnsight: Any = None
+        self._lower: _LowerBlocks | None = None
+
+    # -- blocks below the first steered layer ------------------------------------------------------
+    @contextlib.contextmanager
+    def sharing_lower_blocks(self) -> Iterator[None]:
+        """Within the block, every forward gets the same inputs (the caller's promise: one chunk of tails
+        scored under several configurations), so the blocks below a plan's first steered layer compute the
+        same outputs in each: those blocks are unsteered. The first forward records their outputs; later
+        ones replay them instead of running the blocks (a third of the model for ``--layers middle``)."""
+        self._lower = _LowerBlocks()
+        try:
+            yield
+        finally:
+            self._lower = None
+
+    @contextlib.contextmanager
+    def _lower_blocks(self, plan: AnyPlan, inputs: dict[str, Any]) -> Iterator[None]:
+        lower = self._lower
+        first = min(plan.deltas, default=len(self.blocks)) if plan.active else len(self.blocks)
+        if lower is None or first == 0:
+            yield
+            return
+        lower.check(inputs)
+        done = max((l for l in lower.outputs if l < first), default=-1)
+        patched = [(b, b.__dict__.get("forward")) for b in self.blocks[: done + 1]]
+        for block, _ in patched:
+            block.forward = lower.replay(done)
+        handles = [
+            self.blocks[l].register_forward_hook(lower.record(l))
+            for l in range(done + 1, first)
+            if l not in lower.outputs
+        ]
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+            for block, own in patched:
+                if own is None:
+                    del block.forward
+                else:
+                    block.forward = own
 
     # -- hooks -------------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -286,15 +328,16 @@ class Steerer:
 
     def forward(self, plan: AnyPlan, where: Where = None, **inputs: Any) -> Any:
         """One steered forward pass; returns the model's output."""
-        if not plan.active:
-            return self.model(**inputs)
-        if self.backend == "hooks":
-            with self.hooks(plan, where):
+        with self._lower_blocks(plan, inputs):
+            if not plan.active:
                 return self.model(**inputs)
-        with self.traced.trace(**inputs):
-            self._intervene(self.traced, plan, where)
-            result = self.traced.output.save()
-        return result
+            if self.backend == "hooks":
+                with self.hooks(plan, where):
+                    return self.model(**inputs)
+            with self.traced.trace(**inputs):
+                self._intervene(self.traced, plan, where)
+                result = self.traced.output.save()
+            return result
 
     def generate(self, plan: AnyPlan, where: Where = None, check_finite: bool = True, **kwargs: Any) -> torch.Tensor:
         """``model.generate(**kwargs)`` with the plan applied in every forward of the decode loop
@@ -319,6 +362,36 @@ class Steerer:
                 for _ in tracer.all():
                     self._intervene(traced, plan, where)
         return result[0]
+
+
+@dataclass
+class _LowerBlocks:
+    """Block outputs recorded in one forward of ``sharing_lower_blocks`` and replayed in the next ones."""
+
+    outputs: dict[int, Any] = field(default_factory=dict)
+    inputs: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def check(self, inputs: dict[str, Any]) -> None:
+        """The promise kept: the same token ids, positions and mask as the recorded forward (cheap to
+        compare, and a replay on other inputs would be silently wrong)."""
+        now = {k: v for k, v in inputs.items() if k in _SAME_INPUTS and isinstance(v, torch.Tensor)}
+        if not self.inputs:
+            self.inputs = now
+        elif now.keys() != self.inputs.keys() or any(not torch.equal(v, self.inputs[k]) for k, v in now.items()):
+            raise RuntimeError("sharing_lower_blocks: a forward with other inputs than the first one")
+
+    def record(self, layer: int) -> Any:
+        def hook(module: Any, args: Any, out: Any) -> None:
+            self.outputs[layer] = out
+
+        return hook
+
+    def replay(self, layer: int) -> Any:
+        out = self.outputs[layer]
+        return lambda *args, **kwargs: out
+
+
+_SAME_INPUTS = ("input_ids", "position_ids", "attention_mask", "inputs_embeds")
 
 
 def _with_finite_check(processors: Any) -> Any:
