@@ -15,7 +15,7 @@ from helpers_tiny import make_config, make_tokenizer, sharpen_attention
 
 from steer_plugin.harness.config_batching import score_groups_mixed
 from steer_plugin.harness.prefix_reuse import Scorer, TailConfig, TokenCounts, group_by_context, score_groups
-from steer_plugin.model.hooks import SteeringPlan, Steerer, make_plan
+from steer_plugin.model.hooks import Steerer, SteeringPlan, make_plan
 from steer_plugin.steering.kv_prefix import tree_mask_blocker
 from steer_plugin.vectors.vector import SteeringVector
 
