@@ -202,9 +202,10 @@ def test_token_counts_and_grouping(lm):
 
     lm.token_counts = TokenCounts()
     reuse = _run(lm, reqs, reuse=True)
-    assert (lm.token_counts.plain, lm.token_counts.prefix, lm.token_counts.tail) == (0, 3 + 2, 2 + 1 + 2 + 3)
-    # batches: contexts (5,6,7,8) + (5,6,7): prefix [2 x 3], tails [3 rows x 2]; then (20,): no prefix, tail [1 x 3]
-    assert lm.token_counts.slots == 2 * 3 + 3 * 2 + 1 * 3
+    # tails [8, 9] and [8] of context (5,6,7,8) share their node 8 (one tree-packed row per group)
+    assert (lm.token_counts.plain, lm.token_counts.prefix, lm.token_counts.tail) == (0, 3 + 2, 2 + 2 + 3)
+    # batches: contexts (5,6,7,8) + (5,6,7): prefix [2 x 3], tails [2 rows x 2]; then (20,): no prefix, tail [1 x 3]
+    assert lm.token_counts.slots == 2 * 3 + 2 * 2 + 1 * 3
     lm.logits_cache = False  # see test_harness_logits_cache_corner_case
     try:
         _assert_close(reuse, _run(lm, reqs, reuse=False))

@@ -71,7 +71,13 @@ from steer_plugin.model.loading import (
 )
 from steer_plugin.model.positions import Positions, check_positions
 from steer_plugin.steering.config import SteeringConfig
-from steer_plugin.steering.kv_prefix import ReuseUnsupported, accepts_logits_to_keep, reuse_blocker, reuse_window
+from steer_plugin.steering.kv_prefix import (
+    ReuseUnsupported,
+    accepts_logits_to_keep,
+    reuse_blocker,
+    reuse_window,
+    tree_mask_blocker,
+)
 from steer_plugin.vectors.vector import SteeringVector, file_sha256
 
 log = logging.getLogger(__name__)
@@ -208,6 +214,10 @@ class SteeredHFLM(HFLM):
             log.info("prefix reuse off for this model: %s", self.reuse_blocker)
         # sliding-window layers: sequences longer than the window take the plain path (counted per configuration)
         self.reuse_window: int | None = None if self.reuse_blocker else reuse_window(self.model)
+        # a group's tails share their beginnings in one row under a 4D mask, or take a row each without one
+        self.tree_blocker: str | None = None if self.reuse_blocker else tree_mask_blocker(self.model)
+        if self.prefix_reuse and self.tree_blocker:
+            log.info("prefix reuse scores one row per continuation for this model: %s", self.tree_blocker)
         self._planned: list[TailConfig] = []  # configurations coming next (steer sweep), see plan_ahead
         self._ahead: dict[Hashable, dict[tuple, Answer]] = {}  # their answers, computed early
         self._batcher: ConfigBatcher | None = None  # several configurations per batch (steer sweep), see plan_ahead
@@ -440,7 +450,8 @@ class SteeredHFLM(HFLM):
                 self.softmax_dtype,
                 accepts_logits_to_keep(self.model),
                 self.token_counts,
-                self.steerer.sharing_lower_blocks,
+                mask_dtype=None if self.tree_blocker else self.model.dtype,
+                sharing_lower_blocks=self.steerer.sharing_lower_blocks,
             )
             mixed = self._mixed_riders(mine)
             n = sum(g.n_requests for g in groups)

@@ -5,12 +5,16 @@ multiple-choice question with a 200-token prompt and 8 short choices runs the pr
 *group* is all requests with the same encoded context. Per group:
 
 * the **prefix** ``context[:-1]`` runs once and leaves its KV cache;
-* one **tail** row per continuation, ``[context[-1]] + continuation[:-1]``, runs on that cache (expanded
-  over the rows). The logits for ``continuation[0]`` come from the last context token's position, which
-  is why that token rides with the tail and not with the prefix.
+* its **tails** ``[context[-1]] + continuation[:-1]`` run on that cache as a trie packed into one row
+  (a few when it is long): choices that start alike ("The ...", and every tail's ``context[-1]``) run their
+  shared beginning once. Each node sits at the position it has in its own sequence and attends to the
+  prefix, its ancestors and itself (a prepared 4D mask); node ``j`` of a request's path predicts
+  ``continuation[j]``: the logits for ``continuation[0]`` come from the last context token's position,
+  which is why that token rides with the tail and not with the prefix. A model that takes no 4D mask
+  (``tree_mask_blocker``) gets one causal row per tail instead.
 
-Several groups share one forward: prefixes are left-padded (attention mask + explicit position ids), tails
-right-padded and each tail row gets its own group's cache row. With ``positions=response`` the steered
+Several groups share one forward: prefixes are left-padded (attention mask + explicit position ids), tail
+rows right-padded and each gets its own group's cache row. With ``positions=response`` the steered
 positions are exactly the tail's, so the prefix cache is the unsteered one for every alpha and vector:
 ``score_groups`` runs several configurations' tails against one prefix (``steer sweep``).
 
@@ -35,6 +39,7 @@ import torch.nn.functional as F
 from steer_plugin.data.prompts import pad_batch
 from steer_plugin.model.hooks import RowPlan, SteeringPlan
 from steer_plugin.model.positions import Positions
+from steer_plugin.steering.generation_nll import LOGITS_BYTES
 from steer_plugin.steering.kv_prefix import KVPrefix, ReuseUnsupported, fits_window
 
 Answer = tuple[float, bool]  # (log-probability of the continuation, is it the greedy continuation)
@@ -191,21 +196,96 @@ Forward = Callable[..., Any]  # forward(plan, where, **model_inputs) -> model ou
 
 
 @dataclass
-class _Chunk:
-    """One forward's tail rows: right-padded tokens and their group's rows of the prefix cache."""
+class _Row:
+    """One row of a tail forward: some of a group's tails, their shared beginnings once (a trie in DFS
+    order), or a single tail (``_chain``). Every node is a tail token; node ``j`` sits at prefix length +
+    ``depth[j]`` and sees its group's prefix, its ancestors and itself."""
 
-    rows: Sequence[tuple[int, Tail]]
+    group: int  # index of the row's group in the batch
+    tokens: list[int] = field(default_factory=list)
+    parents: list[int] = field(default_factory=list)  # each node's parent in the row, -1 for context[-1]
+    depth: list[int] = field(default_factory=list)
+    paths: list[tuple[int, list[int], list[int]]] = field(default_factory=list)  # (request, continuation, nodes)
+
+
+def _chain(group: int, tail: Tail) -> _Row:
+    n = len(tail.tokens)
+    return _Row(group, list(tail.tokens), list(range(-1, n - 1)), list(range(n)),
+                [(i, c, list(range(n))) for i, c in tail.members])  # fmt: skip
+
+
+def _new_nodes(child: dict[tuple[int, int], int], tokens: Sequence[int]) -> int:
+    """How many nodes a tail adds to a trie: those after its longest beginning already there."""
+    parent = -1
+    for k, tok in enumerate(tokens):
+        node = child.get((parent, tok))
+        if node is None:
+            return len(tokens) - k
+        parent = node
+    return 0
+
+
+def _tries(group: int, tails: Sequence[Tail], width: int) -> list[_Row]:
+    """The tails as tries in rows of at most ``width`` nodes: a new row when the next tail would not fit
+    (a tail longer than ``width`` gets a row of its own). Sorted tails are inserted in DFS order."""
+    rows: list[_Row] = []
+    row = _Row(group)
+    child: dict[tuple[int, int], int] = {}  # (parent node, token) -> node
+    for tail in sorted(tails, key=lambda t: t.tokens):
+        if row.tokens and len(row.tokens) + _new_nodes(child, tail.tokens) > width:
+            rows.append(row)
+            row, child = _Row(group), {}
+        nodes, parent = [], -1
+        for tok in tail.tokens:
+            node = child.get((parent, tok))
+            if node is None:
+                node = child[parent, tok] = len(row.tokens)
+                row.tokens.append(tok)
+                row.parents.append(parent)
+                row.depth.append(0 if parent < 0 else row.depth[parent] + 1)
+            nodes.append(node)
+            parent = node
+        row.paths += [(i, c, nodes) for i, c in tail.members]
+    rows.append(row)
+    return rows
+
+
+@dataclass
+class _Chunk:
+    """One forward's tail rows: right-padded tokens, what each node sees, and their groups' prefix rows."""
+
+    rows: Sequence[_Row]
     ids: torch.Tensor
     real: torch.Tensor  # [rows, width] bool, False on right padding
     group: torch.Tensor  # [rows] index of each row's group in the batch
     prefix: KVPrefix  # each row's group's prefix, gathered once for every configuration
+    depth: torch.Tensor  # [rows, width] long
+    visible: torch.Tensor | None  # [rows, width, width] bool: ancestors and self (None: chains, a causal mask)
 
     @classmethod
-    def of(cls, prefix: KVPrefix, rows: Sequence[tuple[int, Tail]], device: torch.device) -> _Chunk:
-        ids, real, _ = pad_batch([t.tokens for _, t in rows], 0, "right")
-        ids, real = ids.to(device), real.to(device, torch.bool)
-        group = torch.tensor([gi for gi, _ in rows], device=device)
-        return cls(rows, ids, real, group, prefix.rows(group))
+    def of(cls, prefix: KVPrefix, rows: Sequence[_Row], device: torch.device, tree: bool) -> _Chunk:
+        ids, real, _ = pad_batch([r.tokens for r in rows], 0, "right")
+        depth, _, _ = pad_batch([r.depth for r in rows], 0, "right")
+        visible = None
+        if tree:  # node j sees itself and its parent's ancestors (DFS order: the parent's come first)
+            seen: list[tuple[int, int, int]] = []
+            for r, row in enumerate(rows):
+                ancestors: list[list[int]] = []
+                for j, parent in enumerate(row.parents):
+                    ancestors.append([*(ancestors[parent] if parent >= 0 else []), j])
+                    seen += [(r, j, a) for a in ancestors[j]]
+            width = ids.shape[1]
+            visible = torch.eye(width, dtype=torch.bool).repeat(len(rows), 1, 1)  # padding sees itself
+            r_, j_, a_ = torch.tensor(seen).unbind(1)
+            visible[r_, j_, a_] = True
+            visible = visible.to(device)
+        group = torch.tensor([r.group for r in rows], device=device)
+        return cls(rows, ids.to(device), real.to(device, torch.bool), group, prefix.rows(group), depth, visible)
+
+    def inputs(self, mask_dtype: torch.dtype) -> dict[str, Any]:
+        if self.visible is None:
+            return {"input_ids": self.ids, **self.prefix.tail_inputs(self.real)}
+        return {"input_ids": self.ids, **self.prefix.tree_inputs(self.depth, self.visible, mask_dtype)}
 
 
 @dataclass
@@ -217,6 +297,10 @@ class Scorer:
     softmax_dtype: torch.dtype | None = None
     logits_to_keep: bool = True
     counts: TokenCounts | None = None  # counting is for benchmarks
+    # a group's tails share their beginnings in tree-packed rows, under a 4D mask of this dtype (the model's);
+    # None: one row per tail under a 2D mask, for a model that takes no 4D mask (``tree_mask_blocker``)
+    mask_dtype: torch.dtype | None = torch.float32
+    logits_bytes: int = LOGITS_BYTES  # a forward's float32 logits, at most (one row is always allowed)
     # forwards on one chunk's inputs share the blocks below each plan's first steered layer
     # (``Steerer.sharing_lower_blocks``); None: every configuration runs every block
     sharing_lower_blocks: Callable[[], contextlib.AbstractContextManager[Any]] | None = None
@@ -239,13 +323,22 @@ class Scorer:
     def score(
         self, prefix: KVPrefix, batch: Sequence[ContextGroup], configs: Sequence[TailConfig]
     ) -> list[dict[int, Answer]]:
-        """Answers for every request of the batch under each of ``configs``, tails in forwards of
-        ``batch_size`` rows; a chunk's rows of the prefix cache are gathered once for all configurations."""
-        rows = [(gi, t) for gi, g in enumerate(batch) for t in g.tails]
-        rows.sort(key=lambda r: -len(r[1].tokens))  # less right padding per chunk
+        """Answers for every request of the batch under each of ``configs``, tails in forwards of at most
+        ``batch_size`` rows and ``logits_bytes`` of logits; a chunk's rows of the prefix cache are gathered
+        once for all configurations."""
+        positions = max(1, self.logits_bytes // (4 * self.model_config.get_text_config().vocab_size))
+        tree = self.mask_dtype is not None
+        if tree:
+            rows = [r for gi, g in enumerate(batch) for r in _tries(gi, g.tails, positions)]
+        else:
+            rows = [_chain(gi, t) for gi, g in enumerate(batch) for t in g.tails]
+        rows.sort(key=lambda r: -len(r.tokens))  # less right padding per chunk
         answers: list[dict[int, Answer]] = [{} for _ in configs]
-        for start in range(0, len(rows), self.batch_size):
-            chunk = _Chunk.of(prefix, rows[start : start + self.batch_size], self.device)
+        start = 0
+        while start < len(rows):
+            n = max(1, min(self.batch_size, positions // len(rows[start].tokens)))
+            chunk = _Chunk.of(prefix, rows[start : start + n], self.device, tree)
+            start += n
             with self.sharing_lower_blocks() if self.sharing_lower_blocks and len(configs) > 1 else nullcontext():
                 for config, out in zip(configs, answers):
                     out.update(self._score_chunk(chunk, config))
@@ -253,7 +346,7 @@ class Scorer:
 
     def _score_chunk(self, chunk: _Chunk, config: TailConfig) -> dict[int, Answer]:
         ids, real, group = chunk.ids, chunk.real, chunk.group
-        inputs = {"input_ids": ids, **chunk.prefix.tail_inputs(real)}
+        inputs = chunk.inputs(self.mask_dtype or torch.float32)
         if config.plan.active:
             where = real if config.positions == "response" else None
             # a RowPlan (configurations mixed, config_batching) has one row per prefix row: pick the tails'
@@ -268,16 +361,17 @@ class Scorer:
         if logits.shape[:2] != ids.shape:
             raise ReuseUnsupported(f"the model returned logits {tuple(logits.shape[:2])} for inputs {tuple(ids.shape)}")
         logp = F.log_softmax(logits, dim=-1, dtype=self.softmax_dtype)
-        answers: dict[int, Answer] = {}
-        for r, (_, tail) in enumerate(chunk.rows):
-            lp = logp[r, : len(tail.tokens)]
-            greedy = lp.argmax(dim=-1)
-            for index, cont in tail.members:
-                cont_t = torch.tensor(cont, dtype=torch.long, device=lp.device)
-                # same reduction as HFLM: gather over [1, n], then sum
-                picked = torch.gather(lp.unsqueeze(0), 2, cont_t[None, :, None]).squeeze(-1)
-                answers[index] = (float(picked.sum()), bool((greedy == cont_t).all()))
-        return answers
+        greedy = logp.argmax(dim=-1)
+        # every request's path of nodes at once: node j's logits predict continuation[j]
+        members = [(r, index, cont, nodes) for r, row in enumerate(chunk.rows) for index, cont, nodes in row.paths]
+        at = torch.tensor([[r, n, t] for r, _, cont, nodes in members for n, t in zip(nodes, cont)], device=logp.device)
+        picked = logp[at[:, 0], at[:, 1], at[:, 2]]
+        hit = greedy[at[:, 0], at[:, 1]] == at[:, 2]
+        lengths = [len(cont) for _, _, cont, _ in members]
+        # same reduction as HFLM: the gathered log-probs of a continuation, summed
+        sums = torch.stack([p.sum() for p in picked.split(lengths)]).tolist()
+        alls = torch.stack([h.all() for h in hit.split(lengths)]).tolist()
+        return {index: (float(s), bool(a)) for (_, index, _, _), s, a in zip(members, sums, alls)}
 
 
 def score_groups(

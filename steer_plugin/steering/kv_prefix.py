@@ -141,6 +141,26 @@ class KVPrefix:
         inputs["use_cache"] = cache is not None
         return inputs
 
+    def tree_inputs(self, depth: torch.Tensor, visible: torch.Tensor, dtype: torch.dtype) -> dict[str, Any]:
+        """The model inputs but ``input_ids`` for rows of tree-packed continuations ``[rows, width]`` after this
+        prefix: node ``j`` of row ``i`` sits at position ``lengths[i] + depth[i, j]`` and sees row ``i``'s real
+        prefix and the nodes ``visible[i, j]`` (``[rows, width, width]`` bool: its ancestors and itself). The
+        attention mask is a prepared 4D additive one (``dtype``'s min where hidden), which transformers'
+        mask builders pass through as is and eager attention adds, a bool mask it would add as 0/1."""
+        device = self.mask.device
+        rows, width = depth.shape
+        seen = torch.cat([self.mask[:, None, :].expand(rows, width, -1), visible.to(device)], dim=2)
+        mask = torch.zeros(seen.shape, dtype=dtype, device=device).masked_fill_(~seen, torch.finfo(dtype).min)
+        inputs: dict[str, Any] = {
+            "position_ids": self.lengths[:, None] + depth.to(device),
+            "attention_mask": mask[:, None],
+        }
+        cache = self.fresh_cache()
+        if cache is not None:
+            inputs["cache"] = cache
+        inputs["use_cache"] = cache is not None
+        return inputs
+
 
 def _checked_layers(cache: Any, mask: torch.Tensor, rows: int, width: int) -> tuple[Layers, Windows]:
     """The keys/values of a freshly filled KV cache and each layer's sliding window, checked to be
@@ -194,6 +214,21 @@ def reuse_blocker(model: Any) -> str | None:
     )
     if odd:
         return f"its KV cache has {', '.join(odd)} layers (only full and sliding-window attention can be reused)"
+    return None
+
+
+def tree_mask_blocker(model: Any) -> str | None:
+    """Why this model cannot take a prepared 4D attention mask for tree-packed continuations
+    (``KVPrefix.tree_inputs``), or None when it can: sdpa or eager attention, masks built by transformers'
+    ``masking_utils`` (which pass a 4D mask through as is). For a model ``reuse_blocker`` lets through."""
+    import sys
+
+    attention = getattr(model.config, "_attn_implementation", None)
+    if attention not in ("sdpa", "eager"):
+        return f"its attention implementation ({attention}) takes no 4D mask"
+    module = sys.modules.get(type(model).__module__)
+    if not hasattr(module, "create_causal_mask"):
+        return f"its modeling code ({type(model).__module__}) does not build masks with transformers.masking_utils"
     return None
 
 
