@@ -440,6 +440,8 @@ class SteeredHFLM(HFLM):
                 self.softmax_dtype,
                 accepts_logits_to_keep(self.model),
                 self.token_counts,
+                share_start=True,  # the steerer adds a plan's deltas at every row alike (RowPlans are refused)
+                window=self.reuse_window,
             )
             mixed = self._mixed_riders(mine)
             n = sum(g.n_requests for g in groups)
