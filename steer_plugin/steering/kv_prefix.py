@@ -81,13 +81,15 @@ class KVPrefix:
         if ids.shape[1] == 0:
             return after if after is not None else cls([], mask, mask.sum(-1), ())
         cache = after.fresh_cache() if after is not None else None
+        if cache is None:  # nothing before, or a zero-width prefix
+            cache = DynamicCache(config=config)
         offset = after.lengths[:, None] if after is not None else 0
         extra = {"logits_to_keep": 1} if logits_to_keep else {}
         forward(
             input_ids=ids,
             attention_mask=full.long(),
             position_ids=offset + (mask.long().cumsum(-1) - 1).clamp(min=0),
-            cache=cache if cache is not None else (cache := DynamicCache(config=config)),
+            cache=cache,
             use_cache=True,
             **extra,
         )
