@@ -18,6 +18,7 @@ from steer_plugin.steering.kv_prefix import (
     accepts_logits_to_keep,
     reuse_blocker,
     reuse_window,
+    shared_start,
 )
 
 ARCHS = ("llama", "gpt2", "qwen2", "gemma3")
@@ -168,3 +169,57 @@ def test_sequences_that_fit_the_window_continue_as_the_full_forward(window8):
 def test_a_prefix_wider_than_the_window_is_refused(window8):
     with torch.no_grad(), pytest.raises(ReuseUnsupported, match="kept 7 of 9 prefix positions"):
         KVPrefix.run_tokens(window8, window8.config, [list(range(5, 14))], torch.device("cpu"), logits_to_keep=True)
+
+
+# -- a start shared by every row, run once ---------------------------------------------------------------
+START = [50, 51, 52, 53, 54, 55, 56, 57, 58, 59]
+SHARING = [START + [5, 6, 7, 8], START + [10], START]  # the last one is the start itself: an empty rest
+
+
+def test_shared_start_is_the_common_start_worth_running_once():
+    assert shared_start(SHARING) == len(START)
+    assert shared_start([START + [1], START + [2, 3]]) == len(START)
+    assert shared_start([START[:7] + [1], START[:7] + [2]]) == 0  # shorter than MIN_SHARED_START
+    assert shared_start([START, [49] + START]) == 0 and shared_start([START]) == 0 and shared_start([[], START]) == 0
+
+
+def test_continuations_after_a_shared_start_equal_the_full_forward(model):
+    tails = [[20, 21, 22], [23], [24, 25]]
+    with torch.no_grad():
+        shared = KVPrefix.run_tokens(model, model.config, SHARING, torch.device("cpu"),
+                                     logits_to_keep=accepts_logits_to_keep(model), start=len(START))  # fmt: skip
+    # [start | padding | rest]: the padding sits between the start and the rest
+    assert shared.mask.tolist()[1] == [True] * 10 + [False] * 3 + [True]
+    assert shared.lengths.tolist() == [14, 11, 10]
+    for k, v in shared.layers:
+        assert not k[~shared.mask[:, None, :, None].expand_as(k)].any() and k.shape[-2] == 14
+        assert not v[~shared.mask[:, None, :, None].expand_as(v)].any()
+    got = _continue(model, shared, tails)
+    _assert_as_full_forward(model, got, SHARING, tails)
+    torch.testing.assert_close(got, _continue(model, _prefix(model, SHARING), tails), rtol=0, atol=ATOL)
+    index = torch.tensor([2, 0, 1, 2])  # gathered and repeated rows too
+    more = [[30, 31], [32], [33, 34, 35], [36]]
+    _assert_as_full_forward(model, _continue(model, shared.rows(index), more), [SHARING[i] for i in index], more)
+    _assert_as_full_forward(model, _continue(model, shared.repeated(2), tails * 2), SHARING * 2, tails * 2)
+    # identical prefixes: the start alone, repeated
+    same = KVPrefix.run_tokens(model, model.config, [START, START], torch.device("cpu"), logits_to_keep=False,
+                               start=len(START))  # fmt: skip
+    _assert_as_full_forward(model, _continue(model, same, tails[:2]), [START, START], tails[:2])
+
+
+def test_the_rest_runs_on_the_start_once(model):
+    """The forwards a shared start makes: the start as one row, then only the rests."""
+    seen = []
+
+    def forward(**inputs):
+        seen.append((tuple(inputs["input_ids"].shape), inputs["position_ids"].tolist()))
+        return model(**inputs)
+
+    with torch.no_grad():
+        KVPrefix.run_tokens(forward, model.config, SHARING, torch.device("cpu"), logits_to_keep=False, start=10)
+    assert [shape for shape, _ in seen] == [(1, 10), (3, 4)]
+    (_, head), (_, rest) = seen
+    assert head == [list(range(10))] and rest[0] == [10, 11, 12, 13] and rest[1][-1] == 10  # pads' are masked
+    with pytest.raises(ValueError, match="do not all start with the same 10 tokens"):
+        KVPrefix.run_tokens(model, model.config, [START, [1] + START], torch.device("cpu"), logits_to_keep=False,
+                            start=10)  # fmt: skip

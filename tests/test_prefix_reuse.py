@@ -6,7 +6,9 @@ and models with an 8-token window, shorter than most requests, which take the pl
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
 import random
 
 import pytest
@@ -20,7 +22,6 @@ from steer_plugin.harness.prefix_reuse import (
     Scorer,
     TailConfig,
     TokenCounts,
-    batches,
     group_by_context,
     plain_token_count,
     score_groups,
@@ -88,7 +89,6 @@ def lm(request, tmp_path_factory):
 @pytest.fixture(scope="module")
 def truthfulqa_requests(tmp_path_factory):
     """MC1 + MC2 loglikelihood instances from the local TruthfulQA tasks (real rows when STEER_SHARED)."""
-    import os
     from pathlib import Path
 
     pytest.importorskip("sacrebleu", reason="lm-eval's truthfulqa utils.py imports sacrebleu and rouge_score")
@@ -287,7 +287,11 @@ def test_run_sweep_shares_prefix_and_matches_plain(lm, tmp_path, monkeypatch):
     # the three configurations ran one unsteered prefix pass between them
     groups, plain = group_by_context([(i, *lm._encode_pair(c, x)) for i, (c, x) in enumerate(args)], lm.max_length)
     assert plain == [] and len(groups) == len(MC_ROWS)
-    assert n_prefix == sum(g.prefix_len for g in groups)
+    # one batch (batch size 4): the few-shot preamble all prefixes start with once, then each prefix's rest
+    columns = zip(*(g.context[:-1] for g in groups))
+    start = sum(1 for _ in itertools.takewhile(lambda col: len(set(col)) == 1, columns))
+    assert start > 100
+    assert n_prefix == sum(g.prefix_len for g in groups) - (len(groups) - 1) * start
 
 
 def _save_window8(path, arch: str) -> str:
@@ -432,9 +436,13 @@ def test_configurations_sharing_a_prefix_share_the_blocks_below_their_first_stee
     for c in configs:
         lm.configure(**c)
         alone.append(_run(lm, reqs, reuse=True))
-    mlp = lm.steerer.blocks[0].mlp if hasattr(lm.steerer.blocks[0], "mlp") else lm.steerer.blocks[0]
-    calls = []
-    handle = mlp.register_forward_hook(lambda *a: calls.append(1))
+    block0 = lm.steerer.blocks[0].mlp if hasattr(lm.steerer.blocks[0], "mlp") else lm.steerer.blocks[0]
+    kinds, runs = [], []  # each model forward's kind; block 0's runs during tail forwards
+    # prefix forwards keep one position of logits; tail forwards keep them all
+    pre = lm.model.register_forward_pre_hook(
+        lambda m, a, kw: kinds.append("prefix" if "logits_to_keep" in kw else "tail"), with_kwargs=True
+    )
+    handle = block0.register_forward_hook(lambda *a: runs.append(kinds[-1]))
     try:
         lm.plan_ahead(configs, config_batching=False)
         shared = []
@@ -443,15 +451,104 @@ def test_configurations_sharing_a_prefix_share_the_blocks_below_their_first_stee
             shared.append(_run(lm, reqs, reuse=True))
     finally:
         handle.remove()
+        pre.remove()
         lm.plan_ahead([])
         lm.configure(None, steer_backend="hooks")
     for got, ref in zip(shared, alone):
         assert [g[1] for g in got] == [r[1] for r in ref]
         assert max(abs(g[0] - r[0]) for g, r in zip(got, ref)) < 1e-5
-    # block 0 runs in the prefix forwards, in the first configuration's tail forwards and in the last
-    # one's (steered from block 0): 2 tail forwards per chunk of 4 configurations
+    # per chunk of tails, 4 forwards (one per configuration); block 0 runs in the first configuration's
+    # (it records) and the last one's (steered from block 0); the other two replay it
+    tail_forwards = kinds.count("tail")
+    assert tail_forwards > 0 and tail_forwards % 4 == 0
+    assert runs.count("tail") * 2 == tail_forwards and runs.count("prefix") == kinds.count("prefix")
+
+
+# -- a start shared by a batch's contexts, run once ----------------------------------------------------------
+def _preamble_requests(lm) -> list:
+    """Three batches of three contexts (batch size 3, longest first): sharing a 12-token start (prefixes
+    21, 20, 19 tokens), sharing nothing (17, 16, 15), and sharing a 10-token start that is one context's
+    whole prefix (13, 11, 10); each context with two random continuations and the model's greedy one."""
+    rng = random.Random(2)
+    vocab = len(lm.tokenizer)
+
+    def tokens(n):
+        return [rng.randrange(4, vocab) for _ in range(n)]
+
+    start, other = tokens(12), tokens(10)
+    contexts = [start + tokens(n) for n in (10, 9, 8)] + [tokens(n) for n in (18, 17, 16)]
+    contexts += [other + tokens(n) for n in (4, 2, 1)]
+    reqs = []
+    for ctx in contexts:
+        ids = list(ctx)
+        with torch.no_grad():
+            for _ in range(2):
+                ids.append(int(lm.model(torch.tensor([ids])).logits[0, -1].argmax()))
+        reqs += [(None, ctx, c) for c in (tokens(1), tokens(3), ids[len(ctx) :])]
+    return reqs
+
+
+@pytest.mark.parametrize("positions,alpha", CONFIGS)
+def test_a_shared_start_runs_once_and_scores_as_plain(lm, positions, alpha):
+    lm.configure(lm.vec_path, alpha, positions=positions)
+    reqs = _preamble_requests(lm)
+    plain = _run(lm, reqs, reuse=False)
+    lm.token_counts = TokenCounts()
+    got = _run(lm, reqs, reuse=True, batch_size=3)
+    assert max(abs(g[0] - p[0]) for g, p in zip(got, plain)) < 1e-5
+    assert [g[1] for g in got] == [p[1] for p in plain]
+    if alpha == 0:
+        assert sum(p[1] for p in plain) >= 9  # every context's greedy continuation is flagged
+    # prefix tokens: 12 + (9 + 8 + 7), then 17 + 16 + 15, then 10 + (3 + 1 + 0); 60 + 48 + 34 without sharing
+    assert lm.token_counts.prefix == 36 + 48 + 14 and lm.token_counts.plain == 0
+
+
+def test_prefix_slots_count_the_shared_start_once_and_row_plans_keep_the_plain_layout(lm):
+    from steer_plugin.model.hooks import RowPlan
+
+    lm.configure(lm.vec_path, 0.0)
+    reqs = _preamble_requests(lm)
     groups, _ = group_by_context([(i, c, x) for i, (_, c, x) in enumerate(reqs)], lm.max_length)
-    tails = sum(len(g.tails) for g in groups)
-    prefix_batches = len(list(batches([g for g in groups if g.prefix_len > 0], 4)))
-    chunks = sum(-(-sum(len(g.tails) for g in b) // 4) for b in batches(groups, 4))
-    assert tails > 4 and len(calls) == prefix_batches + 2 * chunks
+    counts = TokenCounts()
+    scorer = Scorer(lm._steered_forward, lm.model.config, lm.device, 3, counts=counts, share_start=True)
+    prefix = scorer.run_prefix(groups[:3], TailConfig.of(SteeringPlan(), "all"))
+    assert prefix.mask.sum(-1).tolist() == [21, 20, 19] and not prefix.mask[2, 12:14].any()  # [start | pads | rest]
+    assert (counts.prefix, counts.slots) == (12 + 9 + 8 + 7, 12 + 3 * 9)
+    # one delta per row (configurations mixed): the rows differ from the first layer on, nothing is shared
+    hidden = lm.model.config.hidden_size
+    plan = RowPlan({0: torch.randn(3, hidden)})
+    mixed = scorer.run_prefix(groups[:3], TailConfig(("mixed",), plan, "all"))  # type: ignore[arg-type]
+    assert mixed.mask.tolist() == [[True] * 21, [False] + [True] * 20, [False] * 2 + [True] * 19]
+    assert (counts.prefix, counts.slots) == (36 + 60, 39 + 3 * 21)
+
+
+def test_a_start_is_not_shared_where_the_padding_would_outgrow_the_sliding_window(tmp_path):
+    """A 16-token window: context A = start (8) + 7 tokens, B = start + 1 token with a 4-token continuation.
+    Each sequence fits the window (15 and 12 tokens), but with the start shared B's tail would sit behind
+    A's 6-token rest: 8 + 6 + 4 = 18 cache slots, and the window (counted in slots) would hide its start."""
+    folder = _save_tiny(tmp_path / "w16", "gemma3", sliding_window=16)
+    lm = SteeredHFLM(pretrained=folder, dtype="float32", device="cpu", batch_size=4, backend="hooks")
+    assert lm.reuse_window == 16
+    rng = random.Random(3)
+    start = [rng.randrange(4, 200) for _ in range(8)]
+    reqs = [
+        (None, start + [rng.randrange(4, 200) for _ in range(7)], [21]),
+        (None, start + [rng.randrange(4, 200) for _ in range(7)], [22]),
+        (None, start + [30], [31, 32, 33, 34]),
+        (None, start + [30], [35]),
+    ]
+    plain = _run(lm, reqs, reuse=False)
+    lm.token_counts = TokenCounts()
+    got = _run(lm, reqs, reuse=True)
+    assert max(abs(g[0] - p[0]) for g, p in zip(got, plain)) < 1e-5
+    assert [g[1] for g in got] == [p[1] for p in plain]
+    assert lm.token_counts.prefix == 14 + 14 + 8  # nothing shared
+    # shared anyway (as if there were no window), B's scores change on one causal row per tail (a 2D mask,
+    # which the model windows by cache slot; the tree rows' 4D mask is taken as is): the check is needed
+    groups, _ = group_by_context([(i, c, x) for i, (_, c, x) in enumerate(reqs)], lm.max_length)
+    unchecked = Scorer(
+        lm._steered_forward, lm.model.config, lm.device, 4, share_start=True, window=None, mask_dtype=None
+    )
+    [wrong] = score_groups(unchecked, groups, [TailConfig.of(SteeringPlan(), "all")])
+    assert abs(wrong[2][0] - plain[2][0]) > 1e-3
+    assert max(abs(wrong[i][0] - plain[i][0]) for i in (0, 1)) < 1e-5  # A's rows fit the window either way

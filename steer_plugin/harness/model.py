@@ -452,6 +452,8 @@ class SteeredHFLM(HFLM):
                 self.token_counts,
                 mask_dtype=None if self.tree_blocker else self.model.dtype,
                 sharing_lower_blocks=self.steerer.sharing_lower_blocks,
+                share_start=True,  # the steerer adds a plan's deltas at every row alike (RowPlans are refused)
+                window=self.reuse_window,
             )
             mixed = self._mixed_riders(mine)
             n = sum(g.n_requests for g in groups)

@@ -14,9 +14,11 @@ multiple-choice question with a 200-token prompt and 8 short choices runs the pr
   (``tree_mask_blocker``) gets one causal row per tail instead.
 
 Several groups share one forward: prefixes are left-padded (attention mask + explicit position ids), tail
-rows right-padded and each gets its own group's cache row. With ``positions=response`` the steered
-positions are exactly the tail's, so the prefix cache is the unsteered one for every alpha and vector:
-``score_groups`` runs several configurations' tails against one prefix (``steer sweep``).
+rows right-padded and each gets its own group's cache row. The start all of a batch's contexts share
+(a few-shot preamble) runs once, the rest of each prefix on its cache (``Scorer.share_start``). With
+``positions=response`` the steered positions are exactly the tail's, so the prefix cache is the unsteered
+one for every alpha and vector: ``score_groups`` runs several configurations' tails against one prefix
+(``steer sweep``).
 
 Requests whose context + continuation exceed the model's window (the harness left-truncates them) and
 continuations the harness rejects (empty) are left to the plain path (``group_by_context``); so are, on a
@@ -40,7 +42,7 @@ from steer_plugin.data.prompts import pad_batch
 from steer_plugin.model.hooks import RowPlan, SteeringPlan
 from steer_plugin.model.positions import Positions
 from steer_plugin.steering.generation_nll import LOGITS_BYTES
-from steer_plugin.steering.kv_prefix import KVPrefix, ReuseUnsupported, fits_window
+from steer_plugin.steering.kv_prefix import KVPrefix, ReuseUnsupported, fits_window, shared_start
 
 Answer = tuple[float, bool]  # (log-probability of the continuation, is it the greedy continuation)
 Request = tuple[int, Sequence[int], Sequence[int]]  # (index in the caller's list, context, continuation)
@@ -52,7 +54,7 @@ class TokenCounts:
     """Tokens fed to the model, to compare the plain path with prefix reuse."""
 
     plain: int = 0  # real tokens of the harness path (what it feeds: ctx+cont[:-1] per distinct request)
-    prefix: int = 0  # real tokens of prefix forwards (context[:-1], once per group)
+    prefix: int = 0  # real tokens of prefix forwards (context[:-1] once per group; a batch's shared start once)
     tail: int = 0  # real tokens of tail forwards (context[-1] + continuation[:-1], per row and configuration)
     slots: int = 0  # positions run including padding, every path
 
@@ -304,21 +306,42 @@ class Scorer:
     # forwards on one chunk's inputs share the blocks below each plan's first steered layer
     # (``Steerer.sharing_lower_blocks``); None: every configuration runs every block
     sharing_lower_blocks: Callable[[], contextlib.AbstractContextManager[Any]] | None = None
+    # run the start a batch's contexts share once: for a ``forward`` that treats rows alike but for their
+    # plan (a RowPlan's prefix keeps one row per group); ``window``: the model's shortest sliding window
+    share_start: bool = False
+    window: int | None = None
 
     def run_prefix(self, batch: Sequence[ContextGroup], config: TailConfig) -> KVPrefix:
         """The KV cache of the batch's ``context[:-1]``, steered only where the configuration steers it."""
         plan = config.plan if config.prefix_steered else SteeringPlan()
+        prefixes = [g.context[:-1] for g in batch]
+        start = self._start(prefixes, batch, plan)
         prefix = KVPrefix.run_tokens(
             lambda **inputs: self.forward(plan, None, **inputs),
             self.model_config,
-            [g.context[:-1] for g in batch],
+            prefixes,
             self.device,
             logits_to_keep=self.logits_to_keep,
+            start=start,
         )
-        if self.counts is not None:
-            self.counts.prefix += int(prefix.lengths.sum())
-            self.counts.slots += prefix.mask.numel()
+        if self.counts is not None:  # the shared start ran as one row
+            rows, width = prefix.mask.shape
+            self.counts.prefix += int(prefix.lengths.sum()) - (rows - 1) * start
+            self.counts.slots += start + rows * (width - start) if start else rows * width
         return prefix
+
+    def _start(self, prefixes: Sequence[Sequence[int]], batch: Sequence[ContextGroup], plan: Any) -> int:
+        """The shared start to run once (0: none). A RowPlan steers rows differently; with a sliding window
+        the padding between start and rest counts as distance, so the whole width read (start, widest rest,
+        longest tail) must fit the window."""
+        if not self.share_start or isinstance(plan, RowPlan):
+            return 0
+        start = shared_start(prefixes)
+        if start and self.window is not None:
+            read = max(len(p) for p in prefixes) + max(len(t.tokens) for g in batch for t in g.tails)
+            if not fits_window(read, self.window):
+                return 0
+        return start
 
     def score(
         self, prefix: KVPrefix, batch: Sequence[ContextGroup], configs: Sequence[TailConfig]

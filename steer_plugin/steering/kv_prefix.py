@@ -1,7 +1,8 @@
 """The KV cache of a shared prefix, computed once and reused by many continuations.
 
 Prefix reuse (loglikelihood), config batching (generation) and the side-effect probe (KL on neutral texts)
-all run a prefix once, left-padded, and continue from its cache (``KVPrefix``); this module is the one place
+all run a prefix once, left-padded (prefix reuse: a start all rows share once, then the rest left-padded,
+``run_tokens(start=...)``), and continue from its cache (``KVPrefix``); this module is the one place
 that knows how a transformers cache is built, checked, gathered or repeated and handed to a new forward.
 The callers bring their own forward (steering plan, no_grad, autocast) and decide what a refusal
 (``ReuseUnsupported``) means for them: the plain path, or the whole prompt prefilled.
@@ -9,7 +10,9 @@ The callers bring their own forward (steering plan, no_grad, autocast) and decid
 Sliding-window layers (Gemma 2/3, Mistral-style models): a window changes nothing for a sequence that
 fits inside it, so reuse is exact there. The callers send sequences longer than ``reuse_window`` to the
 plain path (``fits_window``); a prefix cache keeps each layer's kind (``KVPrefix.windows``), so a
-continuation's cache is the one the model builds itself.
+continuation's cache is the one the model builds itself. Padding in the middle (a shared start) is not
+like padding on the left there: transformers measures the window in cache slots, pads included, so a
+caller shares a start only where the whole width (pads, continuation) fits the window.
 """
 
 from __future__ import annotations
@@ -31,26 +34,39 @@ class ReuseUnsupported(RuntimeError):
 Forward = Callable[..., Any]  # forward(**model_inputs) -> model output; the caller's steering and no_grad
 Layers = list[tuple[torch.Tensor, torch.Tensor]]  # per layer (keys, values), each [rows, heads, width, dim]
 Windows = tuple[int | None, ...]  # per layer: its sliding window, None for full attention
+MIN_SHARED_START = 8  # a shorter common start is run per row: one more forward would cost more than it saves
 
 
 @dataclass(frozen=True)
 class KVPrefix:
-    """The keys/values of a batch of left-padded prefixes, and what a continuation needs to attend to them.
+    """The keys/values of a batch of padded prefixes, and what a continuation needs to attend to them.
+
+    Rows are left-padded, or ``[start | padding | rest]`` where a shared start ran once (``run_tokens``):
+    a continuation needs only the mask and each row's real length, whatever the padding's place.
 
     The tensors are never changed after construction: every continuation gets a fresh cache object over
     them (``fresh_cache``), so one prefix serves any number of forwards, configurations and row layouts.
     """
 
     layers: Layers  # empty when the prefix is zero tokens wide (nothing was run)
-    mask: torch.Tensor  # [rows, width] bool, False on left padding
+    mask: torch.Tensor  # [rows, width] bool, False on padding
     lengths: torch.Tensor  # [rows] long, real prefix tokens per row (the first position of the continuation)
     windows: Windows  # one per layer (empty with the layers)
 
     @classmethod
     def run(
-        cls, forward: Forward, config: Any, ids: torch.Tensor, mask: torch.Tensor, *, logits_to_keep: bool
+        cls,
+        forward: Forward,
+        config: Any,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        *,
+        logits_to_keep: bool,
+        after: KVPrefix | None = None,
     ) -> KVPrefix:
-        """Run left-padded ``ids`` (``mask`` 0/False on the padding) once into a ``DynamicCache(config=...)``.
+        """Run left-padded ``ids`` (``mask`` 0/False on the padding) once into a ``DynamicCache(config=...)``,
+        or on a fresh cache of ``after`` (one row per row of ``ids``): the result's mask is then
+        ``[after.mask | mask]``.
 
         Position ids count real tokens only, so a padded row's positions are those it has alone; with
         ``logits_to_keep`` (when the model's forward takes it) the LM head runs at one position, as only
@@ -59,24 +75,28 @@ class KVPrefix:
         from transformers import DynamicCache
 
         mask = mask.bool()
-        rows, width = ids.shape
-        lengths = mask.sum(-1)
-        if width == 0:
-            return cls([], mask, lengths, ())
-        cache = DynamicCache(config=config)
+        rows = ids.shape[0]
+        full = mask if after is None else torch.cat([after.mask, mask], dim=1)
+        width = full.shape[1]
+        if ids.shape[1] == 0:
+            return after if after is not None else cls([], mask, mask.sum(-1), ())
+        cache = after.fresh_cache() if after is not None else None
+        if cache is None:  # nothing before, or a zero-width prefix
+            cache = DynamicCache(config=config)
+        offset = after.lengths[:, None] if after is not None else 0
         extra = {"logits_to_keep": 1} if logits_to_keep else {}
         forward(
             input_ids=ids,
-            attention_mask=mask.long(),
-            position_ids=(mask.long().cumsum(-1) - 1).clamp(min=0),
+            attention_mask=full.long(),
+            position_ids=offset + (mask.long().cumsum(-1) - 1).clamp(min=0),
             cache=cache,
             use_cache=True,
             **extra,
         )
         if cache.get_seq_length() != width:
             raise ReuseUnsupported(f"the model left {cache.get_seq_length()} positions in the KV cache, not {width}")
-        layers, windows = _checked_layers(cache, mask, rows, width)
-        return cls(layers, mask, lengths, windows)
+        layers, windows = _checked_layers(cache, full, rows, width)
+        return cls(layers, full, full.sum(-1), windows)
 
     @classmethod
     def run_tokens(
@@ -87,10 +107,27 @@ class KVPrefix:
         device: torch.device,
         *,
         logits_to_keep: bool,
+        start: int = 0,
     ) -> KVPrefix:
-        """``run`` on token lists of any lengths (empty ones included), left-padded to the longest."""
+        """``run`` on token lists of any lengths (empty ones included), left-padded to the longest.
+
+        ``start`` > 0 (every row begins with the same ``start`` tokens, see ``shared_start``): those run once,
+        as one row, and the rest of each row, left-padded, after their keys/values repeated over the rows;
+        the mask is then ``[start | padding | rest]``. Exact only where ``forward`` treats every row alike
+        (the same steering for all rows) and, on a model with sliding windows, the whole width that will be
+        read (``start`` + the widest rest + the continuation) fits the shortest window: the caller's to ensure.
+        """
+        after = None
+        if start and len(prefixes) > 1:
+            head = list(prefixes[0][:start])
+            if any(list(p[:start]) != head for p in prefixes):
+                raise ValueError(f"the prefixes do not all start with the same {start} tokens")
+            one = torch.ones(1, start, dtype=torch.bool)
+            after = cls.run(forward, config, torch.tensor([head], device=device), one.to(device),
+                            logits_to_keep=logits_to_keep).repeated(len(prefixes))  # fmt: skip
+            prefixes = [p[start:] for p in prefixes]
         ids, mask, _ = pad_batch(prefixes, 0, "left")  # the pad id is masked (and its keys zeroed): any will do
-        return cls.run(forward, config, ids.to(device), mask.to(device), logits_to_keep=logits_to_keep)
+        return cls.run(forward, config, ids.to(device), mask.to(device), logits_to_keep=logits_to_keep, after=after)
 
     def rows(self, index: torch.Tensor) -> KVPrefix:
         """The prefix of row ``index[i]`` as row ``i`` (e.g. each continuation's own prefix), gathered once
@@ -189,6 +226,17 @@ def _checked_layers(cache: Any, mask: torch.Tensor, rows: int, width: int) -> tu
         keep = mask[:, None, :, None].to(layer.keys.device)
         out.append((torch.where(keep, layer.keys, 0), torch.where(keep, layer.values, 0)))
     return out, tuple(windows)
+
+
+def shared_start(prefixes: Sequence[Sequence[int]]) -> int:
+    """How many first tokens all ``prefixes`` share, worth running once (``run_tokens(start=...)``): 0 for
+    fewer than two rows or a common start shorter than ``MIN_SHARED_START``."""
+    if len(prefixes) < 2:
+        return 0
+    first, n = prefixes[0], min(len(p) for p in prefixes)
+    for other in prefixes[1:]:
+        n = next((i for i in range(n) if other[i] != first[i]), n)
+    return n if n >= MIN_SHARED_START else 0
 
 
 # -- which models ------------------------------------------------------------------------------------
