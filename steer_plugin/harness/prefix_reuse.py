@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from collections.abc import Callable, Hashable, Iterator, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -362,7 +361,8 @@ class Scorer:
             n = max(1, min(self.batch_size, positions // len(rows[start].tokens)))
             chunk = _Chunk.of(prefix, rows[start : start + n], self.device, tree)
             start += n
-            with self.sharing_lower_blocks() if self.sharing_lower_blocks and len(configs) > 1 else nullcontext():
+            share = self.sharing_lower_blocks is not None and len(configs) > 1
+            with self.sharing_lower_blocks() if share else contextlib.nullcontext():  # type: ignore[misc]
                 for config, out in zip(configs, answers):
                     out.update(self._score_chunk(chunk, config))
         return answers
