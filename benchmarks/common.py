@@ -444,9 +444,17 @@ def machine_info() -> dict[str, str]:
     }
 
 
+def _portable(arg: str) -> str:
+    """``arg`` with an absolute path shown as ``path/to/<its name>``: BENCHMARKS.md is read on other machines."""
+    flag, eq, value = arg.partition("=") if arg.startswith("--") else ("", "", arg)
+    if value.startswith("/") and len(value) > 1:
+        value = "path/to/" + value.rstrip("/").rsplit("/", 1)[-1]
+    return flag + eq + value
+
+
 def command_line(benchmark: str, argv: Sequence[str]) -> str:
     """How to rerun ``benchmarks.<benchmark>`` with ``argv``, as quoted in BENCHMARKS.md."""
-    return " ".join(["python", "-m", f"benchmarks.{benchmark}", *(shlex.quote(a) for a in argv)])
+    return " ".join(["python", "-m", f"benchmarks.{benchmark}", *(shlex.quote(_portable(a)) for a in argv)])
 
 
 def header_lines(info: dict[str, str], command: str, load: tuple[Any, Any] | None = None) -> list[str]:

@@ -76,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     bc.add_common_args(p)
     args = p.parse_args(argv)
     env = bc.child_env(args.threads)
+    # A user's first run: an empty cache, so the stored calibration is verified on these weights (one KL
+    # evaluation per budget) as it would be for them, whatever earlier runs on this machine remembered.
+    env["STEER_CACHE_DIR"] = tempfile.mkdtemp(prefix="bench-run-cache-")
     info = bc.machine_info()
     out = Path(args.out or tempfile.mkdtemp(prefix="bench-run-")) / f"{args.emotion}-{args.limit}"
     command = [sys.executable, "-m", "steer_plugin", "run", "--model", args.model, "--emotion", args.emotion,

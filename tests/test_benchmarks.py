@@ -75,6 +75,15 @@ def test_quoted_commands_name_runnable_benchmarks():
     assert not any("scripts/bench_" in text for text in docs.values())
 
 
+def test_quoted_commands_name_no_machine_paths():
+    """A benchmark quotes its command with absolute paths as ``path/to/<name>``; BENCHMARKS.md has none of this machine's."""
+    line = bc.command_line("run", ["--model", "/root/models/SmolLM2-135M-Instruct/", "--data=/srv/goemotions", "--limit", "50"])
+    assert line == "python -m benchmarks.run --model path/to/SmolLM2-135M-Instruct --data=path/to/goemotions --limit 50"
+    repo = Path(__file__).resolve().parents[1]
+    commands = re.findall(r"^- command: `([^`]*)`", (repo / "BENCHMARKS.md").read_text(encoding="utf-8"), re.M)
+    assert commands and [c for c in commands if re.search(r"(^|[\s=])/(root|work|home|Users)/", c)] == []
+
+
 def test_bench_record_tiny(tok_dir, md, tmp_path):
     assert (
         benchmarks.record.main(
