@@ -208,14 +208,15 @@ class Line:
 
 def _calibration_kls(vector: Path, budget: float | None, alpha: float) -> tuple[float | None, float | None]:
     """The KL the stored calibration reached at this alpha for this budget: on its calibration and held-out texts
-    (the results record the alpha to 4 significant digits)."""
+    (the results record the alpha to 4 significant digits); None where the vector's calibration has another alpha
+    for this budget (results of an earlier calibration, still in the sweep folder)."""
     from steer_plugin.steering.calibrate import stored_calibrations
 
     if budget is None:
         return None, None
     for c in stored_calibrations(vector):
         for r in c.rows:
-            if math.isclose(r.kl_budget, budget, rel_tol=1e-9) and math.isclose(r.alpha, alpha, rel_tol=1e-3):
+            if math.isclose(r.kl_budget, budget, rel_tol=1e-9) and f"{r.alpha:.4g}" == f"{alpha:.4g}":
                 return r.kl_calibration, r.kl_heldout
     return None, None
 
@@ -231,8 +232,11 @@ def comparison_lines(study: Study, paths: dict[tuple[str, str], Path], results_d
                 continue
             label = f"{emotion} ({name})"
             for arm in sorted((a for a in study.arms if a.row.key.vector == label), key=lambda a: a.level):
-                controls = study.controls_of(arm)
                 kl_cal, kl_held = _calibration_kls(path, arm.budget, arm.alpha)
+                if arm.budget is not None and kl_cal is None:
+                    continue  # an earlier calibration's alpha: not this comparison's configuration
+                # the control at the arm's own alpha (control_match="alpha"), not an earlier calibration's
+                controls = [c for c in study.controls_of(arm) if f"{c.alpha:.4g}" == f"{arm.alpha:.4g}"]
                 control = ArmNumbers.of(controls[0].row, emotion) if controls else None
                 numbers = ArmNumbers.of(arm.row, emotion)
                 lines.append(

@@ -79,3 +79,14 @@ def test_compare_recipes_end_to_end(tmp_path, tiny_chat_llama_dir, one_torch_thr
         vector = control["steering"]["vectors"][0]["metadata"]
         assert (vector["method"], vector["control_of"]["method"]) == ("random", r["recipe"])
         assert control["sweep"]["alpha"] == sweep["alpha"]  # at the vector's alpha
+
+    # a later calibration of `mean` (another alpha for the budget): its earlier results stay in the sweep folder but
+    # are not this comparison's configuration, so the table leaves them out instead of listing both
+    cal_file = out / "vectors" / "anger-mean.calibration.json"
+    stored = json.loads(cal_file.read_text())
+    stored["calibrations"][0]["rows"][0]["alpha"] *= 1.01
+    cal_file.write_text(json.dumps(stored))
+    paths = {("anger", n): out / "vectors" / f"anger-{n}.safetensors" for n in ("mean", "pca")}
+    script.write_comparison(out, paths)
+    rows = list(csv.DictReader((out / "comparison.csv").open()))
+    assert [r["recipe"] for r in rows] == ["pca", "(asking for anger)"]
