@@ -219,6 +219,28 @@ def hook_last_token_states(model, tokenizer, texts):
     return np.stack(out)
 
 
+def write_goemotions_every_label(folder: Path, sizes: dict[str, int] | None = None, default: int = 3) -> Path:
+    """A GoEmotions folder with every label in the train split (single-label rows, unique texts: ``sizes`` per
+    label, else ``default``), the fixture's other files beside it: what ``--centre emotions`` (the 27 emotions'
+    means, `steer run`'s default) needs, which the hand-written fixture lacks."""
+    import shutil
+
+    from steer_plugin.data.goemotions import LABELS
+
+    fixture = Path(__file__).parent / "fixtures" / "goemotions"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("emotions.txt", "dev.tsv", "test.tsv", "ekman_mapping.json"):
+        shutil.copy(fixture / name, folder / name)
+    corpus = CORPUS[:-1]  # the last line has quotes, which the TSV would need escaped
+    rows = [
+        f"{label} {k}: {corpus[(i + 3 * k) % len(corpus)]}\t{i}\tr{i}_{k}"
+        for i, label in enumerate(LABELS)
+        for k in range((sizes or {}).get(label, default))
+    ]
+    (folder / "train.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return folder
+
+
 def read_goemotions_rows(path):
     """(text, frozenset of label names) per row of a GoEmotions TSV, read with the csv module."""
     import csv

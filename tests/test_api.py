@@ -5,13 +5,20 @@ from __future__ import annotations
 
 import inspect
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers_tiny import ARCHS, decoder_blocks, hook_last_token_states, make_model, read_goemotions_rows, save_model
+from helpers_tiny import (
+    ARCHS,
+    decoder_blocks,
+    hook_last_token_states,
+    make_model,
+    read_goemotions_rows,
+    save_model,
+    write_goemotions_every_label,
+)
 
 import steer_plugin
 from steer_plugin import SteerError, SteeringVector, steer, train_vector
@@ -32,10 +39,8 @@ def test_readme_example_runs(tmp_path, monkeypatch, capsys):
 
     # the example steers layers 8-16 at kl:0.1, which a plain random model never reaches
     model_dir = save_model(tmp_path / "model", "llama", n_layers=18, head_scale=30)
-    data = tmp_path / "goemotions"
-    shutil.copytree(FIXTURE, data)
-    with open(data / "train.tsv", "a", encoding="utf-8") as f:  # the fixture has no joy-only text
-        f.write("What a wonderful day!\t17\tj1\nI love it, so happy\t17\tj2\n")
+    # every label in the train split: `steer_plugin.run` centres its vector on the 27 emotions' means by default
+    data = write_goemotions_every_label(tmp_path / "goemotions", {"neutral": 6})
     with open(data / "test.tsv", "a", encoding="utf-8") as f:  # a KL calibration needs 2 neutral texts or more
         f.write("".join(f"The bus stops at the corner of the {s} street.\t27\tn{s}\n" for s in ("first", "second")))
     clf = build_goemotions_classifier(tmp_path / "clf")

@@ -122,7 +122,8 @@ def test_bad_numbers_texts_and_names_are_one_line_before_any_model_work(
         ([*build, "--method", "top_k", "--top-k", "99"], "--top-k 99 is larger than the hidden size 32"),
         ([*build, "--layers", "99"], "layer(s) [99] out of range: this model has layers 0-2"),
         ([*run, "--layers", "99"], "layer(s) [99] out of range: this model has layers 0-2"),
-        ([*run, "--top-k", "99"], "--top-k 99 is larger than the hidden size 32"),
+        ([*run, "--method", "top_k", "--top-k", "99"], "--top-k 99 is larger than the hidden size 32"),
+        ([*run, "--top-k", "4"], "--top-k is for --method top_k (this run builds --method mean); add --method top_k"),
     ]
     for argv, needle in cases:
         code, _, err = run_cli(argv, capsys)

@@ -6,7 +6,6 @@ means, the top principal components of the neutral states.
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from helpers_cli import assert_one_line_error, run_cli
-from helpers_tiny import CORPUS, hook_last_token_states, save_tiny_stats
+from helpers_tiny import hook_last_token_states, save_tiny_stats, write_goemotions_every_label
 
 from steer_plugin.data.goemotions import LABELS
 from steer_plugin.vectors.metadata import metadata_problem
@@ -28,17 +27,7 @@ SIZES = {"anger": 9, "neutral": 11}  # every other class: 3 texts
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     """A GoEmotions folder with every label (single-label rows, unique texts) in the train split."""
-    folder = tmp_path_factory.mktemp("goemotions")
-    for name in ("emotions.txt", "dev.tsv", "test.tsv", "ekman_mapping.json"):
-        shutil.copy(FIXTURE / name, folder / name)
-    corpus = CORPUS[:-1]  # the last line has quotes, which the TSV would need escaped
-    rows = [
-        f"{label} {k}: {corpus[(i + 3 * k) % len(corpus)]}\t{i}\tr{i}_{k}"
-        for i, label in enumerate(LABELS)
-        for k in range(SIZES.get(label, 3))
-    ]
-    (folder / "train.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
-    return folder
+    return write_goemotions_every_label(tmp_path_factory.mktemp("goemotions"), SIZES)
 
 
 @pytest.fixture(scope="module")

@@ -7,11 +7,14 @@ import os
 import shutil
 from pathlib import Path
 
+from helpers_tiny import write_goemotions_every_label
+
 import steer_plugin
 from steer_plugin.cli import main
-from steer_plugin.vectors.vector import default_vector_path
+from steer_plugin.data.goemotions import LABELS
+from steer_plugin.vectors.vector import SteeringVector, default_vector_path
 
-FIXTURE = Path(__file__).parent / "fixtures" / "goemotions"
+SIZES = {"anger": 5, "neutral": 8}  # every other label: 3 texts (neutral: enough for 3 principal components)
 
 
 def test_run_builds_sweeps_and_tables(tmp_path, tiny_chat_llama_dir, monkeypatch, capsys, shared_or_none):
@@ -26,9 +29,7 @@ def test_run_builds_sweeps_and_tables(tmp_path, tiny_chat_llama_dir, monkeypatch
         "--emotion",
         "anger",
         "--data",
-        str(__import__("pathlib").Path(__file__).parent / "fixtures" / "goemotions"),
-        "--top-k",
-        "4",
+        str(write_goemotions_every_label(tmp_path / "goemotions", SIZES)),
         "--alphas",
         "0,2",
         "--classifier",
@@ -45,9 +46,13 @@ def test_run_builds_sweeps_and_tables(tmp_path, tiny_chat_llama_dir, monkeypatch
     else:
         args += ["--tasks", "steer_emotion_anger"]
     assert main(args) == 0
-    built = list((tmp_path / "vectors").rglob("anger-top_k-4.safetensors"))
-    assert len(built) == 1  # built because it was missing: vectors/<model-slug>/anger-top_k-4.safetensors
+    built = list((tmp_path / "vectors").rglob("*.safetensors"))
+    # built because it was missing, with the default recipe: vectors/<model-slug>/anger-mean-emotions-npc3.safetensors
+    assert [p.name for p in built] == ["anger-mean-emotions-npc3.safetensors"]
     vector = built[0]
+    meta = SteeringVector.load(vector).metadata
+    assert (meta["method"], meta["centre"], meta["neutral_pcs"]) == ("mean", "emotions", 3)
+    assert set(meta["counts"]) == set(LABELS)  # the 27 emotions' means (and neutral's components) recorded
     out = capsys.readouterr().out
     assert "target_rate" in out
     board = (tmp_path / "run" / "leaderboard.md").read_text()
@@ -55,7 +60,7 @@ def test_run_builds_sweeps_and_tables(tmp_path, tiny_chat_llama_dir, monkeypatch
     # header, separator, baseline, the prompting reference, alpha 2, its random control (--controls 1 by default)
     assert len(table) == 6
     assert "| (asking for anger) | 0.0 |" in table[3]
-    assert "| anger (top_k-4) [random control 0] | 2.0 |" in table[5]
+    assert "| anger (mean-emotions-npc3) [random control 0] | 2.0 |" in table[5]
     # per-document scores kept: Δ columns, the robust emotion metric and the degenerate rate among them
     task = "steer_emotion_anger"
     assert f"{task}/target_prob Δ" in table[0]
@@ -73,7 +78,7 @@ def test_run_builds_sweeps_and_tables(tmp_path, tiny_chat_llama_dir, monkeypatch
     compare_rows(rows, resamples=1000)
     (asking,) = [r for r in rows if r.key.prompted == "anger"]
     assert f"{task}/target_prob" in asking.paired and f"{task}/{'degenerate_rate'}" in asking.paired  # vs the baseline
-    assert (tmp_path / "run" / "controls" / "anger-top_k-4-random-0.safetensors").exists()
+    assert (tmp_path / "run" / "controls" / "anger-mean-emotions-npc3-random-0.safetensors").exists()
     steered = [json.loads(p.read_text()) for p in results if "baseline" not in str(p) and "random" not in str(p)][0]
     assert steered["config"]["steering"]["positions"] == "response"
     assert steered["config"]["steering"]["layers"] == "1"  # the default, middle: the middle third of 3 blocks
@@ -109,7 +114,8 @@ def test_the_library_call_writes_the_folder_steer_run_writes(
     (apart from timestamps and durations), built from the same defaults, and no environment variable written."""
     from test_classifier import build_goemotions_classifier
 
-    options = {"model": tiny_chat_llama_dir, "emotion": "anger", "data": str(FIXTURE), "top_k": 4, "alphas": "0,2",
+    data = write_goemotions_every_label(tmp_path / "goemotions", SIZES)
+    options = {"model": tiny_chat_llama_dir, "emotion": "anger", "data": str(data), "alphas": "0,2",
                "classifier": build_goemotions_classifier(tmp_path / "clf"), "limit": 3, "batch_size": 4, "out": "run"}  # fmt: skip
     if shared_or_none:
         options["truthfulqa_dir"] = str(shared_or_none / "data" / "truthfulqa")  # to the tasks as metadata
@@ -141,7 +147,7 @@ def test_the_library_call_writes_the_folder_steer_run_writes(
         else:
             assert a.read_bytes() == b.read_bytes(), name
     assert result.folder == Path("run") and result.vectors == [
-        default_vector_path(tiny_chat_llama_dir, "anger", "top_k", 4)
+        default_vector_path(tiny_chat_llama_dir, "anger", "mean", None, "emotions", 3)
     ]
     assert (library / "run" / "summary.md").read_text().startswith(result.summary)  # then example generations
     top = [Path("run") / f for f in files(library / "run") if "/" not in f and f != "sweep.json"]

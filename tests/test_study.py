@@ -10,8 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers_tiny import write_goemotions_every_label
 
 from steer_plugin.cli import main
+from steer_plugin.data.goemotions import LABELS as GOEMOTIONS_LABELS
 from steer_plugin.errors import SteerError
 from steer_plugin.study.paired import PairedBootstrap
 from steer_plugin.study.report import describe, leakage, load_study, parse_targets, sentence, write_study
@@ -243,7 +245,8 @@ def test_run_several_emotions_records_once(tmp_path, tiny_chat_llama_dir, monkey
     monkeypatch.setattr(request, "record_hidden_states", counting)
     clf = build_goemotions_classifier(tmp_path / "clf")
     monkeypatch.chdir(tmp_path)
-    args = ["run", "--model", tiny_chat_llama_dir, "--emotion", "anger,disgust", "--data", str(FIXTURE), "--top-k", "4",
+    data = write_goemotions_every_label(tmp_path / "goemotions", {"neutral": 6})
+    args = ["run", "--model", tiny_chat_llama_dir, "--emotion", "anger,disgust", "--data", str(data),
             "--alphas", "0,1,2", "--classifier", clf, "--limit", "2", "--batch-size", "4", "--side-effect-texts", "4",
             "--out", str(tmp_path / "run")]  # fmt: skip
     if shared_or_none:  # the default tasks: TruthfulQA MC1/MC2 (local copy) + each emotion's task
@@ -251,9 +254,10 @@ def test_run_several_emotions_records_once(tmp_path, tiny_chat_llama_dir, monkey
     else:
         args += ["--tasks", "steer_emotion_anger,steer_emotion_disgust"]
     assert main(args) == 0
-    assert calls == [["anger", "disgust", "neutral"]]  # one recording for both vectors and the baseline
+    # one recording for both vectors, the baseline and the other emotions they are centred on (the default recipe)
+    assert calls == [sorted(GOEMOTIONS_LABELS)]
     built = sorted(p.name for p in (tmp_path / "vectors").rglob("*.safetensors"))
-    assert built == ["anger-top_k-4.safetensors", "disgust-top_k-4.safetensors"]
+    assert built == ["anger-mean-emotions-npc3.safetensors", "disgust-mean-emotions-npc3.safetensors"]
     run = tmp_path / "run"
     for name in ("summary.md", "leakage.csv", "leakage.png", "dose_response.png", "leaderboard.md"):
         assert (run / name).is_file(), name

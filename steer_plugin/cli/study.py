@@ -8,6 +8,7 @@ from dataclasses import asdict
 from typing import Any, get_args
 
 from steer_plugin.cli.args import add_fluency_texts_arg, add_model_args, batch_size, model_options
+from steer_plugin.errors import SteerError
 from steer_plugin.study.run import (
     DEFAULT_ALPHAS,
     Backend,
@@ -22,7 +23,6 @@ from steer_plugin.study.run import (
 
 
 def _alpha_specs(text: str) -> list[Any]:
-    from steer_plugin.errors import SteerError
     from steer_plugin.steering.alphas import parse_alpha_specs
 
     try:
@@ -173,20 +173,26 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--data", default=None, help="local GoEmotions folder (default: the hub dataset)")
     p.add_argument("--split", default="train")
     p.add_argument("--max-per-class", type=int, default=None)
-    p.add_argument("--method", default="top_k", choices=get_args(Method))
-    p.add_argument("--top-k", type=int, default=20)
+    p.add_argument(
+        "--method",
+        default="mean",
+        choices=get_args(Method),
+        help="how the vector is built (default mean; with the centring and projection below: mean-emotions-npc3)",
+    )
+    p.add_argument("--top-k", type=int, default=None, help="neurons per layer of --method top_k (default 20)")
     p.add_argument(
         "--centre",
-        default="none",
+        default="emotions",
         metavar="none|emotions",
-        help="build vectors against the baseline (none) or the mean of the 27 emotions' means (emotions)",
+        help="build vectors against the mean of the 27 emotions' means (emotions, the default: records every "
+        "class) or against the baseline (none)",
     )
     p.add_argument(
         "--neutral-pcs",
         type=int,
-        default=0,
+        default=3,
         metavar="K",
-        help="project the top K principal components of the baseline texts out of built vectors (default 0)",
+        help="project the top K principal components of the baseline texts out of built vectors (default 3)",
     )
     p.add_argument("--vector", default=None, help="use this vector file instead of building one")
     p.add_argument(
@@ -247,6 +253,9 @@ def evaluation_arguments(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_arguments(args: argparse.Namespace) -> dict[str, Any]:
     """`steer run`'s options as keyword arguments of `steer_plugin.run`."""
+    if args.top_k is not None and args.method != "top_k":
+        # before the default recipe changed, --top-k alone chose a top-k vector: say so instead of ignoring it
+        raise SteerError(f"--top-k is for --method top_k (this run builds --method {args.method}); add --method top_k")
     loading = {("model" if k == "name" else k): v for k, v in asdict(model_options(args)).items()}
     return dict(
         emotion=args.emotion,
@@ -256,7 +265,7 @@ def run_arguments(args: argparse.Namespace) -> dict[str, Any]:
         split=args.split,
         max_per_class=args.max_per_class,
         method=args.method,
-        top_k=args.top_k,
+        top_k=20 if args.top_k is None else args.top_k,
         centre=args.centre,
         neutral_pcs=args.neutral_pcs,
         vector=args.vector,

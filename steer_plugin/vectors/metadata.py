@@ -60,7 +60,7 @@ def recipe_label(
 ) -> str:
     """The one spelling of a recipe, in default file names and leaderboard labels:
     ``<method>[-k][-emotions][-npcK][-generated][-pool-P]`` (``pool`` None: the source's default).
-    The shipped default recipe is ``top_k-20``, the name it always had."""
+    The first recipe, ``top_k-20``, keeps the name it always had; `steer run`'s default is ``mean-emotions-npc3``."""
     parts = [method]
     if method == "top_k" and top_k:
         parts.append(str(top_k))
