@@ -77,7 +77,9 @@ def test_quoted_commands_name_runnable_benchmarks():
 
 def test_quoted_commands_name_no_machine_paths():
     """A benchmark quotes its command with absolute paths as ``path/to/<name>``; BENCHMARKS.md has none of this machine's."""
-    line = bc.command_line("run", ["--model", "/root/models/SmolLM2-135M-Instruct/", "--data=/srv/goemotions", "--limit", "50"])
+    line = bc.command_line(
+        "run", ["--model", "/root/models/SmolLM2-135M-Instruct/", "--data=/srv/goemotions", "--limit", "50"]
+    )
     assert line == "python -m benchmarks.run --model path/to/SmolLM2-135M-Instruct --data=path/to/goemotions --limit 50"
     repo = Path(__file__).resolve().parents[1]
     commands = re.findall(r"^- command: `([^`]*)`", (repo / "BENCHMARKS.md").read_text(encoding="utf-8"), re.M)

@@ -135,3 +135,27 @@ def test_full_disk_in_calibrate_is_an_error_not_a_wrote(
     assert "wrote" not in err
     _assert_error(code, err, "v.calibration.json", NO_SPACE)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["v.safetensors"]
+
+
+def test_the_shipped_calibrations_travel_and_cover_the_default_recipe():
+    """`steer run --model HuggingFaceTB/SmolLM2-135M-Instruct` starts without recording or calibrating: every
+    emotion and Ekman group has the default recipe's vector, calibrated at the default layers, positions and KL
+    budgets; no shipped entry carries the offline copy's weights fingerprint (it would be another model's to the hub
+    weights: recalibrated instead of verified) or a path of the machine that made it."""
+    from steer_plugin.data.goemotions import EKMAN, LABELS
+    from steer_plugin.study.run import DEFAULT_ALPHAS
+    from steer_plugin.vectors.vector import default_vector_path
+
+    repo = Path(__file__).resolve().parents[1]
+    budgets = sorted(float(a[3:]) for a in DEFAULT_ALPHAS.split(",") if a.startswith("kl:"))
+    targets = [*(label for label in LABELS if label != "neutral"), *(f"ekman:{g}" for g in EKMAN)]
+    for target in targets:
+        path = repo / default_vector_path("HuggingFaceTB/SmolLM2-135M-Instruct", target, "mean", None, "emotions", 3)
+        stored = C.stored_calibrations(path)  # validated, as steer run reads it
+        assert any(
+            c.key["layers"] == "10-19" and c.key["positions"] == "response" and c.has_budgets(budgets) for c in stored
+        ), path.name
+    for file in sorted((repo / "vectors").rglob("*.calibration.json")):
+        for entry in json.loads(file.read_text(encoding="utf-8"))["calibrations"]:
+            assert "weights" not in entry["key"], file.name
+            assert "/" not in entry.get("texts", "").split("(")[0], (file.name, entry.get("texts"))

@@ -116,7 +116,8 @@ def test_the_shipped_calibrations_are_verified_on_the_offline_copy(smollm2, shar
     from steer_plugin.steering.calibrate import calibrate_vector_file, calibration_path, stored_calibrations
     from steer_plugin.steering.side_effects import TextSource
 
-    vector = Path(__file__).resolve().parents[1] / "vectors" / "smollm2-135m-instruct" / "anger-top_k-20.safetensors"
+    shipped_dir = Path(__file__).resolve().parents[1] / "vectors" / "smollm2-135m-instruct"
+    vector = shipped_dir / "anger-mean-emotions-npc3.safetensors"  # the default recipe's
     before = calibration_path(vector).read_bytes()
     shipped = next(
         r for c in stored_calibrations(vector) for r in c.rows if r.kl_budget == 0.1 and c.key["layers"] == "10-19"
