@@ -330,8 +330,8 @@ def run(
 
     The defaults were chosen by measurement at equal KL (README, "Choosing the defaults"): the class mean
     against the mean of the 27 emotions' means with 3 principal components of neutral states projected out
-    (``mean-emotions-npc3``: fewer broken outputs than top-k, and the one recipe that moves anger on both
-    model families measured), on the middle third of the layers at the response positions.
+    (``mean-emotions-npc3``: fewer broken outputs than top-k at equal KL, and ahead of it on anger on both model
+    families measured), on the middle third of the layers at the response positions.
 
     Args:
         emotion: a GoEmotions label or Ekman group (``anger``, ``ekman:anger``), several (``anger,joy``),
