@@ -326,7 +326,7 @@ class Scorer:
         if self.counts is not None:  # the shared start ran as one row
             rows, width = prefix.mask.shape
             self.counts.prefix += int(prefix.lengths.sum()) - (rows - 1) * start
-            self.counts.slots += start + rows * (width - start) if start else rows * width
+            self.counts.slots += start + rows * (width - start)
         return prefix
 
     def _start(self, prefixes: Sequence[Sequence[int]], batch: Sequence[ContextGroup], plan: Any) -> int:
