@@ -150,7 +150,7 @@ def run_configs(
     ``side``: the sweep options of side effects, measured as ``steer sweep`` does after each configuration's
     generation (a fresh probe per run: the unsteered pass and prefix caches are part of the cost); batched, all
     configurations' at the first one."""
-    from steer_plugin.study.sweep import side_effect_probe
+    from steer_plugin.harness.engine import HFEngine
 
     lm.plan_ahead(configs, config_batching=batching)
     out = []
@@ -162,7 +162,9 @@ def run_configs(
             texts = lm.generate_until(reqs, disable_tqdm=True)
             measured, t0 = None, time.perf_counter()
             if side is not None:
-                probe = probe or side_effect_probe(lm, side)
+                # the sweep's probe (its texts, rows and unsteered pass); measured here on plans, not configurations
+                texts = side.side_effects.load(side.side_effect_texts)
+                probe = probe or HFEngine(lm).side_effect_probe(texts, side.config_batch_rows).probe
                 if batching and i == 0:
                     resolved = [lm.resolve(x) for x in configs]
                     ahead = probe.measure_many([r.plan for r in resolved], [r.positions for r in resolved])

@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
+    from steer_plugin.harness.engine import HFEngine
     from steer_plugin.harness.model import SteeredHFLM
     from steer_plugin.harness.prefix_reuse import TokenCounts, plain_token_count
     from steer_plugin.harness.tasks import tasks_dir
@@ -209,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         steered.token_counts = TokenCounts()
         loads.append(load())
         t0 = time.perf_counter()
-        run_sweep(steered, plan, options, progress=False)
+        run_sweep(HFEngine(steered), plan, options, progress=False)
         sweep_s = time.perf_counter() - t0
         n = len(plan.configs)
         report["sweep"] = {

@@ -27,7 +27,8 @@ from steer_plugin.data.goemotions import valid_targets
 from steer_plugin.errors import SteerError
 from steer_plugin.model.loading import ModelOptions
 from steer_plugin.vectors.activations import Activations
-from steer_plugin.vectors.build import build_vector, needs_activations
+from steer_plugin.vectors.build import build_vector
+from steer_plugin.vectors.recipe import Recipe
 from steer_plugin.vectors.request import Recording, RecordRequest, recorded
 from steer_plugin.vectors.stats import HiddenStateStats
 from steer_plugin.vectors.vector import default_vector_path
@@ -79,25 +80,25 @@ def main() -> None:
     p.add_argument("--activations", default=None, help="keep (or, with --stats, read) the per-text states here")
     args = p.parse_args()
 
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    per_text = any(needs_activations(m, args.neutral_pcs) for m in methods)  # type: ignore[arg-type]
     model_id = args.model_id or args.model
     try:
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        top_k = {m: args.top_k if m == "top_k" else None for m in methods}
+        recipes = [Recipe(m, top_k[m], args.centre, args.neutral_pcs).check() for m in methods]  # type: ignore[arg-type]
+        per_text = any(r.per_text for r in recipes)
         with recording(args, per_text) as rec:
-            for method in methods:
-                top_k = args.top_k if method == "top_k" else None
+            for recipe in recipes:
                 for emotion in valid_targets():
                     cs = rec.stats.classes.get(emotion)
                     if emotion == "neutral" or cs is None or cs.count == 0:
                         continue
                     vec = build_vector(
-                        rec.stats, emotion, "neutral", method=method, top_k=top_k,  # type: ignore[arg-type]
-                        centre=args.centre, neutral_pcs=args.neutral_pcs, activations=rec.activations,
-                    )  # fmt: skip
+                        rec.stats, emotion, "neutral", **recipe.build_kwargs(), activations=rec.activations
+                    )
                     vec.metadata["model"] = model_id
                     if args.note:
                         vec.metadata["note"] = args.note
-                    rel = default_vector_path(model_id, emotion, method, top_k, args.centre, args.neutral_pcs)
+                    rel = default_vector_path(model_id, emotion, recipe)
                     path = Path(args.out) / rel.relative_to("vectors")
                     vec.save(path)
                     print(f"{path}  n={vec.metadata['counts'][emotion]}  norm={float(vec.matrix.norm()):.3f}")

@@ -51,58 +51,42 @@ import csv
 import io
 import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from steer_plugin.cli import build_parser
 from steer_plugin.cli.args import model_options
-from steer_plugin.cli.study import evaluation_arguments
+from steer_plugin.cli.study import evaluation_from_args
 from steer_plugin.data.goemotions import target_slug
 from steer_plugin.errors import SteerError
 from steer_plugin.io.atomic import write_files_atomic
 from steer_plugin.io.text_table import format_table
 from steer_plugin.model.loading import ModelOptions
 from steer_plugin.study.arm_numbers import ArmNumbers, cell
+from steer_plugin.study.evaluation import emotion_task_family
 from steer_plugin.study.report import Study, describe, load_study, write_study
-from steer_plugin.study.run import Evaluation, emotion_task_family, sweep
-from steer_plugin.vectors.metadata import DEFAULT_POOL, Centre, Method, Pool, Source, recipe_label
+from steer_plugin.study.run import sweep
+from steer_plugin.vectors.recipe import Recipe
 
 
-@dataclass(frozen=True)
-class Recipe:
-    """How one vector is built (the keywords of ``build_vector`` and of the recording)."""
-
-    method: Method
-    text_source: Source = "goemotions"
-    pool: Pool | None = None  # None: the text source's default
-    centre: Centre = "none"
-    neutral_pcs: int = 0
-
-    @property
-    def resolved_pool(self) -> Pool:
-        return self.pool or DEFAULT_POOL[self.text_source]
-
-    def label(self, top_k: int) -> str:
-        """The recipe as file names and leaderboard labels spell it (``metadata.recipe_label``)."""
-        return recipe_label(self.method, top_k, self.centre, self.neutral_pcs, self.text_source, self.pool)
-
-
-RECIPES = (
-    Recipe("top_k"),
-    Recipe("mean"),
-    Recipe("mean", pool="mean"),
-    Recipe("pca"),
-    Recipe("probe"),
-    Recipe("mean", centre="emotions", neutral_pcs=3),
-    Recipe("mean", text_source="generated"),
-    Recipe("pca", text_source="generated"),
-)
+def compared_recipes(top_k: int) -> tuple[Recipe, ...]:
+    """The compared recipes, top-k vectors keeping ``top_k`` neurons per layer."""
+    return (
+        Recipe("top_k", top_k=top_k),
+        Recipe("mean"),
+        Recipe("mean", pool="mean"),
+        Recipe("pca"),
+        Recipe("probe"),
+        Recipe("mean", centre="emotions", neutral_pcs=3),
+        Recipe("mean", source="generated"),
+        Recipe("pca", source="generated"),
+    )
 
 
 def pick_recipes(spec: str | None, top_k: int) -> dict[str, Recipe]:
     """label -> recipe, in the order given (None: all of them)."""
-    known = {r.label(top_k): r for r in RECIPES}
+    known = {r.label(): r for r in compared_recipes(top_k)}
     if spec is None:
         return known
     names = [n.strip() for n in spec.split(",") if n.strip()]
@@ -127,12 +111,11 @@ def build_vectors(
     *,
     data: str | None,
     max_per_class: int | None,
-    top_k: int,
     batch_size: int,
     progress: bool,
 ) -> dict[tuple[str, str], Path]:
     """(emotion, recipe label) -> its vector file, building the missing ones."""
-    from steer_plugin.vectors.build import build_vector, needs_activations
+    from steer_plugin.vectors.build import build_vector
     from steer_plugin.vectors.generated import texts_jsonl, texts_path
     from steer_plugin.vectors.request import RecordRequest, recorded, with_all_emotions
 
@@ -141,8 +124,8 @@ def build_vectors(
     for (e, name), path in paths.items():
         r = recipes[name]
         if not path.exists():  # the generated source records one emotion at a time
-            targets = (e,) if r.text_source == "generated" else tuple(emotions)
-            groups.setdefault((r.text_source, r.resolved_pool, targets), []).append((e, name))
+            targets = (e,) if r.source == "generated" else tuple(emotions)
+            groups.setdefault((r.source, r.resolved_pool, targets), []).append((e, name))
     loaded = model.load() if groups else None
     for (source, pool, targets), todo in groups.items():
         request = RecordRequest(
@@ -151,15 +134,14 @@ def build_vectors(
         )  # fmt: skip
         if any(recipes[name].centre == "emotions" for _, name in todo):
             request = with_all_emotions(request)
-        per_text = any(needs_activations(recipes[n].method, recipes[n].neutral_pcs) for _, n in todo)
+        per_text = any(recipes[n].per_text for _, n in todo)
         _say(progress, f"recording {source} texts ({pool} pooling) for {', '.join(f'{e} {n}' for e, n in todo)}")
         with recorded(request, loaded, per_text=per_text) as rec:
             for e, name in todo:
                 r = recipes[name]
                 vec = build_vector(
-                    rec.stats, e, request.baseline, method=r.method, top_k=top_k if r.method == "top_k" else None,
-                    centre=r.centre, neutral_pcs=r.neutral_pcs, activations=rec.activations, seed=request.seed,
-                )  # fmt: skip
+                    rec.stats, e, request.baseline, **r.build_kwargs(), activations=rec.activations, seed=request.seed
+                )
                 path = paths[e, name]
                 vec.save(path, {texts_path(path): texts_jsonl(list(rec.texts))} if rec.texts else None)
                 _say(progress, f"wrote {path}")
@@ -374,7 +356,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", required=True)
     ap.add_argument("--emotions", default="anger,joy,sadness")
     ap.add_argument("--out", required=True)
-    ap.add_argument("--recipes", default=None, help=f"some of {', '.join(r.label(20) for r in RECIPES)} (default all)")
+    ap.add_argument(
+        "--recipes", default=None, help=f"some of {', '.join(r.label() for r in compared_recipes(20))} (default all)"
+    )
     ap.add_argument("--budgets", default="0.1,0.3,1")
     ap.add_argument("--layers", default="middle")
     ap.add_argument("--positions", default="response")
@@ -391,18 +375,17 @@ def main(argv: list[str] | None = None) -> int:
         # `steer run`'s loading and evaluation options (defaults and those after --), then what this comparison fixes
         ns = build_parser().parse_args(["run", "--model", args.model, "--emotion", emotions[0], *extra])
         model = model_options(ns)
-        options = evaluation_arguments(ns)
-        options.update(
-            tasks=[f"{emotion_task_family(options['chat'], model)}_{target_slug(e)}" for e in emotions],
+        options = evaluation_from_args(ns)
+        evaluation = replace(
+            options, tasks=[f"{emotion_task_family(options.chat, model)}_{target_slug(e)}" for e in emotions],
             limit=args.limit, classifier=args.classifier, layers=args.layers, positions=args.positions, controls=1,
-            control_match="alpha", prompted=emotions, fluency_texts=options["fluency_texts"] or args.data,
+            control_match="alpha", prompted=emotions, fluency_texts=options.fluency_texts or args.data,
         )  # fmt: skip
-        evaluation = Evaluation(**options)
         evaluation.check(out / SWEEP, model)  # before minutes of recording
         batch = evaluation.batch_size if isinstance(evaluation.batch_size, int) else 8
         paths = build_vectors(
-            recipes, emotions, out, model, data=args.data, max_per_class=args.max_per_class, top_k=args.top_k,
-            batch_size=batch, progress=True,
+            recipes, emotions, out, model, data=args.data, max_per_class=args.max_per_class, batch_size=batch,
+            progress=True,
         )  # fmt: skip
         alphas = ",".join(["0", *(f"kl:{b}" for b in args.budgets.split(","))])
         sweep(list(paths.values()), alphas, out / SWEEP, model=model, evaluation=evaluation)

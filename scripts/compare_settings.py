@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import steer_plugin
 from steer_plugin.cli import build_parser
-from steer_plugin.cli.study import run_arguments
+from steer_plugin.cli.args import model_options
+from steer_plugin.cli.study import evaluation_from_args, recipe_from_args
 from steer_plugin.io.text_table import format_table
 from steer_plugin.study.arm_numbers import ArmNumbers, cell
 from steer_plugin.study.report import describe, load_study
@@ -73,24 +75,27 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     # `steer run`'s defaults and the extra options, then the settings this comparison is about
-    options = run_arguments(
-        build_parser().parse_args(["run", "--model", args.model, "--emotion", args.emotion, *extra])
-    )
-    options.update(
-        method=["mean", "top_k"],
-        top_k=args.top_k,
-        data=args.data,  # the vectors' texts and the neutral texts of the side effects
-        alphas=[0, *(f"kl:{b}" for b in args.budgets.split(","))],
+    ns = build_parser().parse_args(["run", "--model", args.model, "--emotion", args.emotion, *extra])
+    recipe = recipe_from_args(ns)  # `steer run`'s centring and projection, for both methods
+    evaluation = replace(
+        evaluation_from_args(ns),
         layers=["all", args.middle],
         positions=["all", "response"],
         controls=0,
         tasks=[f"steer_emotion_{args.emotion}"],
         limit=args.limit,
         classifier=args.classifier,
-        out=args.out,
     )
     try:
-        steer_plugin.run(**options)
+        steer_plugin.run(
+            args.emotion,
+            model_options(ns),
+            recipe=[replace(recipe, method="mean", top_k=None), replace(recipe, method="top_k", top_k=args.top_k)],
+            record=steer_plugin.RecordOptions(data=args.data),  # also the neutral texts of the side effects
+            evaluation=evaluation,
+            alphas=[0, *(f"kl:{b}" for b in args.budgets.split(","))],
+            out=args.out,
+        )
     except steer_plugin.SteerError as e:
         print(f"compare_settings: error: {e}", file=sys.stderr)
         return 2

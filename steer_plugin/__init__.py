@@ -13,6 +13,7 @@ _LAZY = {
     "load_goemotions": "steer_plugin.data.goemotions",
     "select_texts": "steer_plugin.data.goemotions",
     "ModelOptions": "steer_plugin.model.loading",
+    "Recipe": "steer_plugin.vectors.recipe",
     "record_hidden_states": "steer_plugin.vectors.record",
     "HiddenStateStats": "steer_plugin.vectors.stats",
     "build_vector": "steer_plugin.vectors.build",
@@ -22,6 +23,8 @@ _LAZY = {
     "steer": "steer_plugin.model.hooks",
     "calibrate": "steer_plugin.steering.calibrate",
     "SteeredHFLM": "steer_plugin.harness.model",
+    "Evaluation": "steer_plugin.study.evaluation",
+    "RecordOptions": "steer_plugin.study.run",
     "run": "steer_plugin.study.run",
     "RunResult": "steer_plugin.study.run",
     "SteerError": "steer_plugin.errors",
@@ -31,6 +34,7 @@ __all__ = [  # noqa: RUF022 (grouped by the data flow, not alphabetically)
     "load_goemotions",
     "select_texts",
     "ModelOptions",
+    "Recipe",
     "record_hidden_states",
     "HiddenStateStats",
     "build_vector",
@@ -40,6 +44,8 @@ __all__ = [  # noqa: RUF022 (grouped by the data flow, not alphabetically)
     "steer",
     "calibrate",
     "SteeredHFLM",
+    "Evaluation",
+    "RecordOptions",
     "run",
     "RunResult",
     "SteerError",
@@ -53,9 +59,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from steer_plugin.model.hooks import steer
     from steer_plugin.model.loading import ModelOptions
     from steer_plugin.steering.calibrate import calibrate
-    from steer_plugin.study.run import RunResult, run
+    from steer_plugin.study.evaluation import Evaluation
+    from steer_plugin.study.run import RecordOptions, RunResult, run
     from steer_plugin.vectors.build import build_vector
     from steer_plugin.vectors.controls import random_like
+    from steer_plugin.vectors.recipe import Recipe
     from steer_plugin.vectors.record import record_hidden_states
     from steer_plugin.vectors.stats import HiddenStateStats
     from steer_plugin.vectors.train import train_vector

@@ -207,6 +207,7 @@ def test_full_disk_in_a_sweep_is_one_error_and_no_half_configuration(
     monkeypatch,
 ):
     from steer_plugin.study.plan import SweepPlan
+    from steer_plugin.harness.engine import HFEngine
     from steer_plugin.study.sweep import run_sweep
 
     vec = tmp_path / "anger-mean.safetensors"
@@ -215,7 +216,7 @@ def test_full_disk_in_a_sweep_is_one_error_and_no_half_configuration(
     out = tmp_path / "sweep"
     full_disk(monkeypatch, "results.json")
     with pytest.raises(SteerError, match=f"results.json: {NO_SPACE}"):
-        run_sweep(lm, plan, _options(out, task_dir, tiny_llama_dir), progress=False)
+        run_sweep(HFEngine(lm), plan, _options(out, task_dir, tiny_llama_dir), progress=False)
     configs = [d for d in out.iterdir() if d.is_dir()]
     assert all(not any(d.iterdir()) or (d / "results.json").is_file() for d in configs), _tree(out)
     assert not [p for p in out.rglob("*.tmp")]

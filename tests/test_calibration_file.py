@@ -144,13 +144,14 @@ def test_the_shipped_calibrations_travel_and_cover_the_default_recipe():
     weights: recalibrated instead of verified) or a path of the machine that made it."""
     from steer_plugin.data.goemotions import EKMAN, LABELS
     from steer_plugin.study.run import DEFAULT_ALPHAS
+    from steer_plugin.vectors.recipe import DEFAULT_RECIPE
     from steer_plugin.vectors.vector import default_vector_path
 
     repo = Path(__file__).resolve().parents[1]
     budgets = sorted(float(a[3:]) for a in DEFAULT_ALPHAS.split(",") if a.startswith("kl:"))
     targets = [*(label for label in LABELS if label != "neutral"), *(f"ekman:{g}" for g in EKMAN)]
     for target in targets:
-        path = repo / default_vector_path("HuggingFaceTB/SmolLM2-135M-Instruct", target, "mean", None, "emotions", 3)
+        path = repo / default_vector_path("HuggingFaceTB/SmolLM2-135M-Instruct", target, DEFAULT_RECIPE)
         stored = C.stored_calibrations(path)  # validated, as steer run reads it
         assert any(
             c.key["layers"] == "10-19" and c.key["positions"] == "response" and c.has_budgets(budgets) for c in stored

@@ -363,6 +363,7 @@ def _samples(folder: Path, task: str) -> dict:
 def test_sweep_with_config_batching_equals_one_at_a_time_and_resumes(task_dir, model_dir, tmp_path):
     from steer_plugin.harness.model import SteeredHFLM
     from steer_plugin.study.plan import SweepOptions, SweepPlan
+    from steer_plugin.harness.engine import HFEngine
     from steer_plugin.study.sweep import run_sweep
 
     paths = []
@@ -381,7 +382,7 @@ def test_sweep_with_config_batching_equals_one_at_a_time_and_resumes(task_dir, m
             model_args={"pretrained": model_dir},
             config_batching=batching,
         )
-        files = run_sweep(lm, plan, options, progress=False)
+        files = run_sweep(HFEngine(lm), plan, options, progress=False)
         results[batching] = (options, files)
         assert lm._batcher is None and not lm.plan.active
     (_, one_by_one), (options, batched) = results[False], results[True]
@@ -403,7 +404,7 @@ def test_sweep_with_config_batching_equals_one_at_a_time_and_resumes(task_dir, m
     saved = {f: json.loads(f.read_text())["results"] for f in missing}
     for f in missing:
         f.unlink()
-    run_sweep(lm, plan, options, progress=False)
+    run_sweep(HFEngine(lm), plan, options, progress=False)
     assert all(f.exists() for f in missing)
     assert all(f.stat().st_mtime_ns == stamps[f] for f in batched if f not in missing)
     for f in missing:
@@ -436,7 +437,7 @@ def test_cli_no_config_batching_flag(task_dir, model_dir, tmp_path, monkeypatch)
     monkeypatch.setattr(SteeredHFLM, "plan_ahead", recording)
     base = ["sweep", "--model", model_dir, "--vector", str(vec), "--alphas", "0,1", "--tasks", "tiny_gen",
             "--include-path", task_dir, "--batch-size", "2", "--device", "cpu", "--positions", "response",
-            "--log-samples", *_no_side_effects()]  # fmt: skip
+            "--log-samples", "--controls", "0", *_no_side_effects()]  # fmt: skip
     assert main([*base, "--out", str(tmp_path / "a"), "--no-config-batching"]) == 0
     assert main([*base, "--out", str(tmp_path / "b"), "--config-batch-rows", "16"]) == 0
     assert planned[0] == (2, False, None) and planned[2] == (2, True, 16)

@@ -15,6 +15,7 @@ from helpers_tiny import CORPUS, make_model, write_gguf
 
 from steer_plugin.errors import SteerError
 from steer_plugin.model.loading import ModelOptions, model_slug, weights_files, weights_fingerprint
+from steer_plugin.vectors.recipe import Recipe
 from steer_plugin.vectors.vector import SteeringVector, default_vector_path
 
 pytest.importorskip("gguf")
@@ -51,7 +52,8 @@ def test_a_gguf_file_loads_as_the_model_it_was_written_from(tiny_gguf):
     args = options.harness_args()
     assert (args["pretrained"], args["gguf_file"]) == (str(gguf.parent), gguf.name)  # HFLM's own arguments
     assert model_slug(str(gguf)) == "tiny-llama-f32"
-    assert default_vector_path(str(gguf), "anger", "mean") == Path("vectors/tiny-llama-f32/anger-mean.safetensors")
+    want = Path("vectors/tiny-llama-f32/anger-mean.safetensors")
+    assert default_vector_path(str(gguf), "anger", Recipe("mean")) == want
 
 
 def test_the_weights_fingerprint_covers_the_gguf_file(tiny_gguf, tmp_path):

@@ -48,6 +48,7 @@ def test_anger_vector_makes_answers_angrier(smollm2, shared, tmp_path):
     pytest.importorskip("nade")
     from steer_plugin.harness.model import SteeredHFLM
     from steer_plugin.study.plan import SweepOptions, SweepPlan
+    from steer_plugin.harness.engine import HFEngine
     from steer_plugin.study.sweep import run_sweep
 
     vector = tmp_path / "anger-mean.safetensors"
@@ -86,7 +87,7 @@ def test_anger_vector_makes_answers_angrier(smollm2, shared, tmp_path):
         log_samples=True,
         bootstrap_iters=0,
     )
-    files = run_sweep(lm, plan, options, progress=False)
+    files = run_sweep(HFEngine(lm), plan, options, progress=False)
 
     def scores(result_file: Path) -> tuple[list[float], list[str]]:
         rows = [json.loads(line) for line in (result_file.parent / "samples_steer_emotion_anger.jsonl").open()]

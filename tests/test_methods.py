@@ -240,22 +240,22 @@ def test_bad_recipes_are_one_line_errors(tiny_llama_dir, recording, tmp_path, ca
 def test_run_builds_its_missing_vectors_with_the_recipe(tiny_llama_dir, data, recording, tmp_path):
     """`steer run --method pca,probe --centre emotions --neutral-pcs 2`: one recording, each vector as `build` makes."""
     from steer_plugin.model.loading import ModelOptions
-    from steer_plugin.study.run import Recipe, _build_missing
+    from steer_plugin.study.run import _build_missing
+    from steer_plugin.vectors.recipe import Recipe
     from steer_plugin.vectors.request import RecordRequest
     from steer_plugin.vectors.vector import default_vector_path
 
-    paths = {
-        ("anger", m): tmp_path / default_vector_path("tiny", "anger", m, None, "emotions", 2) for m in ("pca", "probe")
-    }
-    assert paths["anger", "pca"].name == "anger-pca-emotions-npc2.safetensors"
+    recipes = [Recipe(m, centre="emotions", neutral_pcs=2) for m in ("pca", "probe")]
+    paths = {("anger", r): tmp_path / default_vector_path("tiny", "anger", r) for r in recipes}
+    assert paths["anger", recipes[0]].name == "anger-pca-emotions-npc2.safetensors"
     request = RecordRequest(model=ModelOptions(tiny_llama_dir), emotion="anger", data_dir=str(data), progress=False)
-    _build_missing(paths, request, Recipe(20, "emotions", 2), progress=False)
-    for (_, method), path in paths.items():
+    _build_missing(paths, request, progress=False)
+    for (_, recipe), path in paths.items():
         want = _from_recording(
             recording,
-            tmp_path / f"{method}.safetensors",
+            tmp_path / f"{recipe.method}.safetensors",
             "--method",
-            method,
+            recipe.method,
             "--centre",
             "emotions",
             "--neutral-pcs",
@@ -284,6 +284,7 @@ def test_one_name_scheme_for_every_recipe():
     """Default file names and leaderboard labels spell a recipe one way; the shipped default's name is as before."""
     from steer_plugin.study.rows import _describe
     from steer_plugin.vectors.controls import random_like
+    from steer_plugin.vectors.recipe import Recipe
     from steer_plugin.vectors.vector import default_vector_path
 
     for kwargs, name in [
@@ -297,8 +298,10 @@ def test_one_name_scheme_for_every_recipe():
         ({"method": "probe", "text_source": "generated", "pool": "last"}, "anger-probe-generated-pool-last"),
         ({"method": "top_k", "top_k": 5, "neutral_pcs": 2, "pool": "mean"}, "anger-top_k-5-npc2-pool-mean"),
     ]:
-        assert default_vector_path("tiny", "anger", **kwargs) == Path("vectors/tiny") / f"{name}.safetensors"
         meta = {"emotion": "anger", **kwargs}
+        recipe = Recipe.of(meta)
+        assert recipe is not None
+        assert default_vector_path("tiny", "anger", recipe) == Path("vectors/tiny") / f"{name}.safetensors"
         label = f"anger ({name.removeprefix('anger-')})"
         assert _describe(meta, "x")[0] == label
         assert _describe(random_like(SteeringVector(torch.ones(3, 4), meta), 0).metadata["control_of"], "x")[0] == label

@@ -262,6 +262,7 @@ def test_sweep_computes_the_unsteered_prefix_once(lm):
 
 def test_run_sweep_shares_prefix_and_matches_plain(lm, tmp_path, monkeypatch):
     from steer_plugin.study.plan import SweepOptions, SweepPlan
+    from steer_plugin.harness.engine import HFEngine
     from steer_plugin.study.sweep import run_sweep
 
     if lm.model.config.model_type != "llama":
@@ -275,7 +276,7 @@ def test_run_sweep_shares_prefix_and_matches_plain(lm, tmp_path, monkeypatch):
         tasks=["truthfulqa_local_mc2"], out_dir=tmp_path / "out", bootstrap_iters=0, log_samples=True
     )
     lm.token_counts = TokenCounts()
-    files = run_sweep(lm, plan, options, progress=False)
+    files = run_sweep(HFEngine(lm), plan, options, progress=False)
     assert lm.token_counts.plain == 0 and not lm._ahead and not lm._planned
     n_prefix = lm.token_counts.prefix
     for config, f in zip(plan.configs, files):

@@ -110,8 +110,9 @@ def _normalized(doc):
 def test_the_library_call_writes_the_folder_steer_run_writes(
     tmp_path, tiny_chat_llama_dir, monkeypatch, shared_or_none
 ):
-    """`steer_plugin.run(...)` with `steer run`'s options as keywords: the same files with the same contents
-    (apart from timestamps and durations), built from the same defaults, and no environment variable written."""
+    """`steer_plugin.run(...)` with `steer run`'s options as the objects the command builds: the same files with the
+    same contents (apart from timestamps and durations), built from the same defaults, and no environment variable
+    written."""
     from test_classifier import build_goemotions_classifier
 
     data = write_goemotions_every_label(tmp_path / "goemotions", SIZES)
@@ -125,7 +126,14 @@ def test_the_library_call_writes_the_folder_steer_run_writes(
     library.mkdir()
     monkeypatch.chdir(library)
     ours = {k: v for k, v in os.environ.items() if k.startswith("STEER_")}
-    result = steer_plugin.run(**options)
+    evaluation = steer_plugin.Evaluation(
+        classifier=options["classifier"], limit=3, batch_size=4,
+        tasks=options.get("tasks", ()), truthfulqa_dir=options.get("truthfulqa_dir"),
+    )  # fmt: skip
+    record = steer_plugin.RecordOptions(data=options["data"])
+    result = steer_plugin.run(
+        "anger", tiny_chat_llama_dir, record=record, evaluation=evaluation, alphas="0,2", out="run"
+    )
     assert {k: v for k, v in os.environ.items() if k.startswith("STEER_")} == ours
     # a vector file (and a control) records when it was written, and a configuration records the file's sha256:
     # the command reuses the library's, as a second run would
@@ -147,7 +155,7 @@ def test_the_library_call_writes_the_folder_steer_run_writes(
         else:
             assert a.read_bytes() == b.read_bytes(), name
     assert result.folder == Path("run") and result.vectors == [
-        default_vector_path(tiny_chat_llama_dir, "anger", "mean", None, "emotions", 3)
+        default_vector_path(tiny_chat_llama_dir, "anger", steer_plugin.Recipe("mean", centre="emotions", neutral_pcs=3))
     ]
     assert (library / "run" / "summary.md").read_text().startswith(result.summary)  # then example generations
     top = [Path("run") / f for f in files(library / "run") if "/" not in f and f != "sweep.json"]

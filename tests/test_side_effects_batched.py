@@ -109,6 +109,7 @@ def test_measure_many_without_the_cache_and_with_nnsight():
 def test_a_batched_sweep_writes_the_side_effects_of_one_at_a_time(tmp_path, tiny_llama_dir, task_dir):
     from steer_plugin.harness.model import SteeredHFLM
     from steer_plugin.study.plan import SweepOptions, SweepPlan
+    from steer_plugin.harness.engine import HFEngine
     from steer_plugin.study.sweep import run_sweep
 
     torch.manual_seed(3)
@@ -125,7 +126,7 @@ def test_a_batched_sweep_writes_the_side_effects_of_one_at_a_time(tmp_path, tiny
             model_args={"pretrained": tiny_llama_dir}, side_effects=TextSource(str(texts)),
             side_effect_texts=len(CORPUS), config_batching=batching, config_batch_rows=5,
         )  # fmt: skip
-        files = run_sweep(lm, plan, options, progress=False)
+        files = run_sweep(HFEngine(lm), plan, options, progress=False)
         docs[batching] = [json.loads(f.read_text()) for f in files]
     assert len(docs[True]) == len(plan.configs) == 9
     for one, many in zip(docs[False], docs[True]):

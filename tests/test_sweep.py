@@ -11,6 +11,7 @@ from helpers_tiny import write_mc_task
 
 from steer_plugin.study.plan import SweepConfig, SweepOptions, SweepPlan
 from steer_plugin.study.results_files import RESULTS_FILE
+from steer_plugin.harness.engine import HFEngine
 from steer_plugin.study.sweep import run_sweep
 from steer_plugin.vectors.vector import SteeringVector
 
@@ -59,7 +60,7 @@ def test_sweep_equals_standalone_runs_and_resumes(lm, task_dir, vector_file, tin
         log_samples=True,
         model_args={"pretrained": tiny_llama_dir},
     )
-    files = run_sweep(lm, plan, options, progress=False)
+    files = run_sweep(HFEngine(lm), plan, options, progress=False)
     assert len(files) == 5 and all(f.exists() for f in files)
     assert not lm.plan.active  # steering switched off after the sweep
 
@@ -92,7 +93,7 @@ def test_sweep_equals_standalone_runs_and_resumes(lm, task_dir, vector_file, tin
     stamps = {f: f.stat().st_mtime_ns for f in files}
     missing = files[2]
     missing.unlink()
-    run_sweep(lm, plan, options, progress=False)
+    run_sweep(HFEngine(lm), plan, options, progress=False)
     assert missing.exists()
     assert all(f.stat().st_mtime_ns == stamps[f] for f in files if f != missing)
 
@@ -119,7 +120,7 @@ def test_unknown_task_is_a_clear_error(lm, tmp_path, vector_file, task_indexes):
 
     plan = SweepPlan.grid([vector_file], [1.0], ["all"], ["all"])
     with pytest.raises(SteerError, match="unknown task"):
-        run_sweep(lm, plan, SweepOptions(tasks=["no_such_task_xyz"], out_dir=tmp_path), progress=False)
+        run_sweep(HFEngine(lm), plan, SweepOptions(tasks=["no_such_task_xyz"], out_dir=tmp_path), progress=False)
     assert task_indexes == [False, True]
 
 
@@ -141,7 +142,7 @@ def test_reproduce_string_rebuilds_the_same_run(task_dir, vector_file, tiny_llam
     argv = ["sweep", "--model", tiny_llama_dir, "--vector", vector_file, "--alphas", "0.7", "--tasks", "tiny_mc",
             "--include-path", task_dir, "--out", str(out), "--log-samples", "--batch-size", "2", "--device", "cpu",
             "--blocks", "model.layers", "--trust-remote-code", "--backend", "hooks", "--layers", "0-1",
-            "--positions", "response", "--no-side-effects"]  # fmt: skip
+            "--positions", "response", "--no-side-effects", "--controls", "0"]  # fmt: skip
     assert main(argv) == 0
     folder = next(p for p in out.iterdir() if p.is_dir() and p.name != "baseline")
     config = json.loads((folder / RESULTS_FILE).read_text())["config"]
@@ -230,7 +231,7 @@ def test_sweep_with_controls_keeps_per_document_scores_and_tables_them(
     options = SweepOptions(
         tasks=["tiny_mc"], out_dir=out, include_path=task_dir, model_args={"pretrained": tiny_llama_dir}
     )
-    files = run_sweep(lm, plan, options, progress=False)
+    files = run_sweep(HFEngine(lm), plan, options, progress=False)
     assert len(files) == 3
     control = json.loads(files[2].read_text())["config"]
     assert control["steering"]["vectors"][0]["path"] == controls[vector_file][0]
@@ -300,7 +301,7 @@ def test_sweep_measures_side_effects_and_resolves_kl_alphas(lm, task_dir, vector
         tasks=["tiny_mc"], out_dir=out, include_path=task_dir, log_samples=True, side_effects=source,
         model_args={"pretrained": tiny_llama_dir},
     )  # fmt: skip
-    files = run_sweep(lm, plan, options, progress=False)
+    files = run_sweep(HFEngine(lm), plan, options, progress=False)
     docs = [json.loads(f.read_text()) for f in files]
     side = [d["results"]["side_effects"] for d in docs]
     assert side[0]["kl,none"] == 0 and "kl_budget,none" not in side[0]
@@ -335,7 +336,7 @@ def test_sweep_command_with_kl_alphas(task_dir, vector_file, tiny_llama_dir, tmp
     texts.write_text("".join(f"{d['q']}{d['choices'][-1]} [{i}]\n" for i, d in enumerate(DOCS * 3)), encoding="utf-8")
     args = ["sweep", "--model", tiny_llama_dir, "--vector", vector_file, "--alphas", "0,kl:0.002", "--tasks", "tiny_mc"]
     args += ["--include-path", task_dir, "--out", str(tmp_path / "out"), "--fluency-texts", str(texts)]
-    args += ["--batch-size", "2", "--positions", "response", "--backend", "hooks"]
+    args += ["--batch-size", "2", "--positions", "response", "--backend", "hooks", "--controls", "0"]
     assert main(args) == 0
     out, err = capsys.readouterr()
     assert "calibrated, wrote" in err and "side_effects/kl_budget" in out and "0.0020" in out
@@ -388,7 +389,7 @@ def test_a_kl_budget_that_is_not_reached_is_said_and_not_labelled_as_reached(
     out = tmp_path / "out"
     args = ["sweep", "--model", tiny_llama_dir, "--vector", vector_file, "--alphas", "0,kl:0.002,kl:1e6"]
     args += ["--tasks", "tiny_mc", "--include-path", task_dir, "--out", str(out), "--fluency-texts", str(texts)]
-    args += ["--batch-size", "2", "--positions", "response", "--backend", "hooks"]
+    args += ["--batch-size", "2", "--positions", "response", "--backend", "hooks", "--controls", "0"]
     assert main(args) == 0
     err = capsys.readouterr().err
     # what the calibration file says was reached at best (read as JSON): far below the budget

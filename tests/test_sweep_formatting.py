@@ -18,7 +18,8 @@ from steer_plugin.errors import SteerError
 from steer_plugin.model.loading import ModelOptions
 from steer_plugin.steering.side_effects import TextSource
 from steer_plugin.study.plan import SweepOptions, SweepPlan
-from steer_plugin.study.run import Evaluation, emotion_task_family
+from steer_plugin.study.evaluation import Evaluation, emotion_task_family
+from steer_plugin.harness.engine import HFEngine
 from steer_plugin.study.sweep import run_sweep
 from steer_plugin.study.sweep_folder import sweep_settings
 from steer_plugin.vectors.vector import SteeringVector
@@ -47,7 +48,7 @@ def swept(tmp_path_factory, tiny_chat_llama_dir, task_dir):  # noqa: F811
         gen_kwargs={"max_gen_toks": 8}, model_args={"pretrained": tiny_chat_llama_dir},
         side_effects=TextSource(str(texts)), side_effect_texts=len(CORPUS),
     )  # fmt: skip
-    run_sweep(lm, plan, options, progress=False)
+    run_sweep(HFEngine(lm), plan, options, progress=False)
     return lm, plan, options
 
 

@@ -4,22 +4,18 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import asdict
+from dataclasses import replace
 from typing import Any, get_args
 
 from steer_plugin.cli.args import add_fluency_texts_arg, add_model_args, batch_size, model_options
 from steer_plugin.errors import SteerError
-from steer_plugin.study.run import (
-    DEFAULT_ALPHAS,
-    Backend,
-    Chat,
-    ControlMatch,
-    Evaluation,
-    Method,
-    RunResult,
-    run,
-    sweep,
-)
+from steer_plugin.model.backends import Backend
+from steer_plugin.study.evaluation import Chat, ControlMatch, Evaluation
+from steer_plugin.study.run import DEFAULT_ALPHAS, RecordOptions, RunResult, run, sweep
+from steer_plugin.vectors.metadata import Method
+from steer_plugin.vectors.recipe import DEFAULT_RECIPE, DEFAULT_TOP_K, Recipe
+
+DEFAULTS = Evaluation()  # the one set of defaults of `steer sweep`, `steer run` and `steer_plugin.run`
 
 
 def _alpha_specs(text: str) -> list[Any]:
@@ -44,9 +40,11 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
         action="append",
         default=None,
         help="layers: all, middle (the middle third) or e.g. 10-19; repeatable for a sweep "
-        "(default: all; steer run: middle)",
+        f"(default: {DEFAULTS.layers})",
     )
-    p.add_argument("--positions", default="all", help="all, response or both: all,response")
+    p.add_argument(
+        "--positions", default=DEFAULTS.positions, help="all, response or both: all,response (default %(default)s)"
+    )
     p.add_argument("--backend", default="nnsight", choices=get_args(Backend))
     p.add_argument(
         "--log-samples",
@@ -56,7 +54,7 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--controls",
         type=int,
-        default=0,
+        default=DEFAULTS.controls,
         metavar="N",
         help="also evaluate N norm-matched random-direction controls (seeds 0..N-1) at every steered configuration "
         "(default %(default)s; 0 = none)",
@@ -132,7 +130,7 @@ def add_commands(sub: Any) -> None:
     )
     p.add_argument("--out", required=True, help="output folder (resumable)")
     _add_eval_args(p)
-    p.set_defaults(func=cmd_sweep, default_layers="all")
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("table", help="leaderboard table and plots from a folder of results JSON")
     p.add_argument("dir")
@@ -175,14 +173,17 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--max-per-class", type=int, default=None)
     p.add_argument(
         "--method",
-        default="mean",
+        default=DEFAULT_RECIPE.method,
         choices=get_args(Method),
-        help="how the vector is built (default mean; with the centring and projection below: mean-emotions-npc3)",
+        help=f"how the vector is built (default {DEFAULT_RECIPE.method}; with the centring and projection below: "
+        f"{DEFAULT_RECIPE.label()})",
     )
-    p.add_argument("--top-k", type=int, default=None, help="neurons per layer of --method top_k (default 20)")
+    p.add_argument(
+        "--top-k", type=int, default=None, help=f"neurons per layer of --method top_k (default {DEFAULT_TOP_K})"
+    )
     p.add_argument(
         "--centre",
-        default="emotions",
+        default=DEFAULT_RECIPE.centre,
         metavar="none|emotions",
         help="build vectors against the mean of the 27 emotions' means (emotions, the default: records every "
         "class) or against the baseline (none)",
@@ -190,9 +191,9 @@ def add_commands(sub: Any) -> None:
     p.add_argument(
         "--neutral-pcs",
         type=int,
-        default=3,
+        default=DEFAULT_RECIPE.neutral_pcs,
         metavar="K",
-        help="project the top K principal components of the baseline texts out of built vectors (default 3)",
+        help="project the top K principal components of the baseline texts out of built vectors (default %(default)s)",
     )
     p.add_argument("--vector", default=None, help="use this vector file instead of building one")
     p.add_argument(
@@ -219,19 +220,18 @@ def add_commands(sub: Any) -> None:
         help="skip the prompting reference (the emotion tasks' prompts asking for the emotion, unsteered)",
     )
     _add_eval_args(p)
-    # the library's defaults (chosen by measurement, see `run`'s docstring)
-    p.set_defaults(func=cmd_run, positions="response", controls=1, default_layers="middle")
+    p.set_defaults(func=cmd_run)
 
 
-def evaluation_arguments(args: argparse.Namespace) -> dict[str, Any]:
-    """The options `steer sweep` and `steer run` share, as keyword arguments of `Evaluation` and `run`."""
-    return dict(
-        tasks=args.tasks,
+def evaluation_from_args(args: argparse.Namespace) -> Evaluation:
+    """The options `steer sweep` and `steer run` share, as the ``Evaluation`` the library takes."""
+    return Evaluation(
+        tasks=args.tasks or (),
         limit=args.limit,
         batch_size=args.batch_size,
         classifier=args.classifier,
         include_path=args.include_path,
-        layers=args.layers or args.default_layers,
+        layers=args.layers or DEFAULTS.layers,
         positions=args.positions,
         backend=args.backend,
         log_samples=args.log_samples,
@@ -251,40 +251,35 @@ def evaluation_arguments(args: argparse.Namespace) -> dict[str, Any]:
     )
 
 
-def run_arguments(args: argparse.Namespace) -> dict[str, Any]:
-    """`steer run`'s options as keyword arguments of `steer_plugin.run`."""
+def recipe_from_args(args: argparse.Namespace) -> Recipe:
+    """`steer run`'s --method/--top-k/--centre/--neutral-pcs as the ``Recipe`` of the vectors it builds."""
     if args.top_k is not None and args.method != "top_k":
         # before the default recipe changed, --top-k alone chose a top-k vector: say so instead of ignoring it
         raise SteerError(f"--top-k is for --method top_k (this run builds --method {args.method}); add --method top_k")
-    loading = {("model" if k == "name" else k): v for k, v in asdict(model_options(args)).items()}
-    return dict(
-        emotion=args.emotion,
-        **loading,
-        baseline=args.baseline,
-        data=args.data,
-        split=args.split,
-        max_per_class=args.max_per_class,
-        method=args.method,
-        top_k=20 if args.top_k is None else args.top_k,
-        centre=args.centre,
-        neutral_pcs=args.neutral_pcs,
-        vector=args.vector,
-        alphas=args.alphas,
-        truthfulqa_dir=args.truthfulqa_dir,
-        out=args.out,
-        leakage_budget=args.leakage_budget,
-        prompt_control=not args.no_prompt_control,
-        **evaluation_arguments(args),
-    )
+    top_k = (DEFAULT_TOP_K if args.top_k is None else args.top_k) if args.method == "top_k" else None
+    return Recipe(args.method, top_k, args.centre, args.neutral_pcs)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    evaluation = Evaluation(**evaluation_arguments(args))
+    evaluation = evaluation_from_args(args)
     return _show(sweep(args.vector, args.alphas, args.out, model=model_options(args), evaluation=evaluation))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    return _show(run(**run_arguments(args)))
+    record = RecordOptions(baseline=args.baseline, data=args.data, split=args.split, max_per_class=args.max_per_class)
+    result = run(
+        args.emotion,
+        model_options(args),
+        recipe=recipe_from_args(args),
+        record=record,
+        evaluation=replace(evaluation_from_args(args), truthfulqa_dir=args.truthfulqa_dir),
+        alphas=args.alphas,
+        vector=args.vector,
+        out=args.out,
+        leakage_budget=args.leakage_budget,
+        prompt_control=not args.no_prompt_control,
+    )
+    return _show(result)
 
 
 def _show(result: RunResult) -> int:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from steer_plugin.cli.args import add_data_args, add_model_args, record_request_from_args
 
 if TYPE_CHECKING:  # pragma: no cover
+    from steer_plugin.vectors.recipe import Recipe
     from steer_plugin.vectors.request import RecordRequest
     from steer_plugin.vectors.vector import SteeringVector
 
@@ -176,7 +177,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     from steer_plugin.errors import SteerError
     from steer_plugin.model.layers import layer_ranges, parse_layers
     from steer_plugin.vectors.activations import Activations
-    from steer_plugin.vectors.build import build_vector, needs_activations
+    from steer_plugin.vectors.build import build_vector
     from steer_plugin.vectors.generated import texts_jsonl, texts_path
     from steer_plugin.vectors.stats import HiddenStateStats
 
@@ -184,7 +185,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         layer_ranges(args.layers)  # syntax check before any recording; range checked below
     if args.method == "random" or args.like:
         return _build_random(args)
-    _check_recipe(args)
+    recipe = _recipe(args)
     if args.scale is not None:
         from steer_plugin.model.hooks import finite_alpha
 
@@ -199,9 +200,8 @@ def cmd_build(args: argparse.Namespace) -> int:
             raise SteerError("give --emotion (and --model/--data) to record, or --stats FILE to reuse statistics")
         request = record_request_from_args(args, args.emotion)  # names checked (and `Anger` is `anger`) first
         args.emotion, args.baseline = request.emotion, request.baseline
-        _check_model_fits(args, request.model.dimensions())  # layers and --top-k, from the config alone
-    _check_build_outputs(args, request)
-    per_text = needs_activations(args.method, args.neutral_pcs)
+        _check_model_fits(args, recipe, request.model.dimensions())  # layers and --top-k, from the config alone
+    _check_build_outputs(args, recipe, request)
     texts: tuple = ()
     with contextlib.ExitStack() as stack:
         if request is None:
@@ -210,9 +210,9 @@ def cmd_build(args: argparse.Namespace) -> int:
         else:
             from steer_plugin.vectors.request import recorded, with_all_emotions
 
-            if args.centre == "emotions":
+            if recipe.centre == "emotions":
                 request = with_all_emotions(request)
-            rec = stack.enter_context(recorded(request, per_text=per_text))
+            rec = stack.enter_context(recorded(request, per_text=recipe.per_text))
             stats, activations, texts = rec.stats, rec.activations, rec.texts
             if args.save_stats and _is_main_rank():
                 stats.save(args.save_stats)
@@ -221,22 +221,22 @@ def cmd_build(args: argparse.Namespace) -> int:
         emotion = args.emotion or stats.metadata.get("target")
         layers = parse_layers(args.layers, stats.shape[0]) if args.layers else None
         vec = build_vector(
-            stats, emotion, args.baseline, method=args.method, top_k=args.top_k, layers=layers, scale=args.scale,
-            centre=args.centre, neutral_pcs=args.neutral_pcs, activations=activations, seed=args.seed,
+            stats, emotion, args.baseline, **recipe.build_kwargs(), layers=layers, scale=args.scale,
+            activations=activations, seed=args.seed,
         )  # fmt: skip
     model = stats.metadata.get("model", "model")
-    out = Path(args.out) if args.out else _default_path(args, model, vec.metadata["emotion"], stats.metadata)
+    out = Path(args.out) if args.out else _default_path(model, vec.metadata["emotion"], recipe, stats.metadata)
     beside = {texts_path(out): texts_jsonl(list(texts))} if texts else None
     vec.save(out, beside)
     norms = vec.layer_norms()
-    recipe = "".join(
+    how = "".join(
         [
-            f" k={args.top_k}" if args.method == "top_k" else "",
-            f", centre {args.centre}" if args.centre != "none" else "",
-            f", {args.neutral_pcs} neutral PCs projected out" if args.neutral_pcs else "",
+            f" k={recipe.top_k}" if recipe.method == "top_k" else "",
+            f", centre {recipe.centre}" if recipe.centre != "none" else "",
+            f", {recipe.neutral_pcs} neutral PCs projected out" if recipe.neutral_pcs else "",
         ]
     )
-    print(f"wrote {out}: {vec.n_layers} layers x {vec.hidden_size}, {args.method}{recipe}, counts {_counts(vec)}")
+    print(f"wrote {out}: {vec.n_layers} layers x {vec.hidden_size}, {recipe.method}{how}, counts {_counts(vec)}")
     if beside:
         dropped = vec.metadata["generation"]["dropped_prompts"]
         print(f"wrote {texts_path(out)}: {len(texts)} answers ({dropped} prompts dropped: no words in an answer)")
@@ -251,56 +251,45 @@ def _counts(vec: SteeringVector) -> str:
     return f"{vec.metadata['emotion']}={counts[vec.metadata['emotion']]}, {len(counts) - 1} other classes"
 
 
-def _default_path(args: argparse.Namespace, model: str, emotion: str, recording: dict[str, Any]) -> Path:
+def _default_path(model: str, emotion: str, recipe: Recipe, recording: dict[str, Any]) -> Path:
     """The default vector path of the recipe: the flags' method/centre/PCs, the recording's text source and
     pooling (``recording``: its statistics' metadata, or what the request will write)."""
-    from steer_plugin.vectors.metadata import pool_of, text_source_of
+    from steer_plugin.vectors.recipe import recording_recipe
     from steer_plugin.vectors.vector import default_vector_path
 
-    return default_vector_path(
-        model, emotion, args.method, args.top_k, args.centre, args.neutral_pcs,
-        text_source_of(recording), pool_of(recording),
-    )  # fmt: skip
+    return default_vector_path(model, emotion, recording_recipe(recipe, recording))
 
 
-def _check_recipe(args: argparse.Namespace) -> None:
-    """--method's companions (--top-k, --centre, --neutral-pcs, --activations), before any recording."""
-    from steer_plugin.errors import SteerError, check_choice
-    from steer_plugin.vectors.build import check_top_k, needs_activations
-    from steer_plugin.vectors.directions import check_neutral_pcs
-    from steer_plugin.vectors.metadata import CENTRES
+def _recipe(args: argparse.Namespace) -> Recipe:
+    """--method and its companions (--top-k, --centre, --neutral-pcs, --activations), before any recording."""
+    from steer_plugin.errors import SteerError
+    from steer_plugin.vectors.recipe import Recipe
 
-    if args.top_k is not None and args.method != "top_k":
-        raise SteerError("--top-k only applies to --method top_k")
-    if args.method == "top_k":
-        check_top_k(args.top_k)
-    check_choice("--centre", args.centre, CENTRES)
-    check_neutral_pcs(args.neutral_pcs)
+    recipe = Recipe(args.method, args.top_k, args.centre, args.neutral_pcs).check()
     if args.activations and not args.stats:
         raise SteerError("--activations goes with --stats (the recording it belongs to); without --stats build records")
-    if args.stats and not args.activations and needs_activations(args.method, args.neutral_pcs):
+    if args.stats and not args.activations and recipe.per_text:
         what = f"--method {args.method}" if args.method in ("pca", "probe") else f"--neutral-pcs {args.neutral_pcs}"
         raise SteerError(
             f"{what} needs per-text states: give --activations DIR (from `steer record --save-activations DIR`) "
             "with --stats, or leave --stats out to record"
         )
+    return recipe
 
 
-def _check_model_fits(args: argparse.Namespace, dimensions: tuple[int, int] | None) -> None:
+def _check_model_fits(args: argparse.Namespace, recipe: Recipe, dimensions: tuple[int, int] | None) -> None:
     """--layers and --top-k against the model's (blocks, hidden size) before recording, where its config tells."""
     from steer_plugin.model.layers import parse_layers
-    from steer_plugin.vectors.build import check_top_k
 
     if dimensions is None:
         return  # checked against the recorded statistics instead
     n_layers, hidden = dimensions
     if args.layers:
         parse_layers(args.layers, n_layers)
-    if args.method == "top_k":
-        check_top_k(args.top_k, hidden)
+    recipe.check(hidden)
 
 
-def _check_build_outputs(args: argparse.Namespace, request: RecordRequest | None = None) -> None:
+def _check_build_outputs(args: argparse.Namespace, recipe: Recipe, request: RecordRequest | None = None) -> None:
     """Before recording: the vector (given or default path), its texts file and --save-stats must be writable."""
     from steer_plugin.io.outputs import check_output_file
     from steer_plugin.vectors.generated import texts_path
@@ -310,7 +299,7 @@ def _check_build_outputs(args: argparse.Namespace, request: RecordRequest | None
         check_output_file(out)
     elif args.emotion and request is not None:  # with --stats the default path depends on the file's metadata
         recording = {"text_source": request.source, "pool": request.resolved_pool}
-        out = _default_path(args, args.model, args.emotion, recording)
+        out = _default_path(args.model, args.emotion, recipe, recording)
         check_output_file(out, "--out (default)")
     if out and request is not None and request.source == "generated":
         check_output_file(texts_path(out), "the texts file beside --out")

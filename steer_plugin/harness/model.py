@@ -16,7 +16,8 @@ import logging
 import math
 import re
 import time
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -341,6 +342,20 @@ class SteeredHFLM(HFLM):
         if self.reuse_window is not None:  # requests / prompts that took the plain path for the window's sake
             info["prefix_reuse"].update(sliding_window=self.reuse_window, longer_than_window=self.longer_than_window)
         return info
+
+    @property
+    def batch_size(self) -> Any:
+        """HFLM's batch size, or the one ``batch_size_as`` sets for a while."""
+        return getattr(self, "_batch_size_override", None) or super().batch_size
+
+    @contextmanager
+    def batch_size_as(self, size: int) -> Iterator[None]:
+        """Batch ``size`` requests at a time while the block runs (HFLM's own setting untouched)."""
+        self._batch_size_override = size
+        try:
+            yield
+        finally:
+            self._batch_size_override = None
 
     @property
     def reuse_active(self) -> bool:

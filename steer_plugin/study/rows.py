@@ -26,7 +26,7 @@ from steer_plugin.study.plan import SIDE_EFFECTS
 from steer_plugin.study.quality import DEGENERATE, FLUENT_SUFFIX, FLUENT_TARGET, Quality, compare_quality, has_quality
 from steer_plugin.study.results_files import is_sweep_plan, results_shape_problem, samples_problem
 from steer_plugin.vectors.controls import is_control
-from steer_plugin.vectors.metadata import recipe_name
+from steer_plugin.vectors.recipe import recipe_name
 
 KEY_COLUMNS = ("model", "vector", "alpha", "layers", "positions")  # the leaderboard's columns of a row's key
 UNSTEERED_CELL = "-"  # what the leaderboard shows as the vector, layers and positions of an unsteered row

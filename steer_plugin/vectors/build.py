@@ -11,7 +11,6 @@ from steer_plugin.data.goemotions import LABELS, resolve_target
 from steer_plugin.errors import SteerError, check_choice
 from steer_plugin.vectors.activations import Activations
 from steer_plugin.vectors.directions import (
-    check_neutral_pcs,
     first_principal_component,
     pair_indices,
     principal_components,
@@ -19,12 +18,12 @@ from steer_plugin.vectors.directions import (
     project_out,
 )
 from steer_plugin.vectors.metadata import CENTRES, METHODS, Centre, Method, pool_of, text_source_of
+from steer_plugin.vectors.recipe import PER_TEXT_METHODS, check_neutral_pcs, check_top_k, needs_activations
 from steer_plugin.vectors.stats import ClassStats, HiddenStateStats
 from steer_plugin.vectors.vector import SteeringVector
 
 # the 27 emotions whose class means ``centre="emotions"`` averages (GoEmotions' labels without neutral)
 EMOTIONS = tuple(label for label in LABELS if label != "neutral")
-PER_TEXT_METHODS: tuple[Method, ...] = ("pca", "probe")
 
 RMS_SOURCE = "last-token block outputs of the target and baseline texts, pooled"
 RMS_SOURCE_MEAN = "mean-pooled block outputs of the target and baseline texts, pooled"
@@ -36,20 +35,6 @@ def residual_rms(*classes: ClassStats) -> list[float]:
     n = sum(c.count for c in classes)
     total = torch.stack([c.count * (c.mean**2).sum(1) + c.m2.sum(1) for c in classes]).sum(0)
     return [float(f"{x:.6g}") for x in (total / n).sqrt().tolist()]
-
-
-def check_top_k(top_k: int | None, hidden: int | None = None) -> int:
-    """The ``top_k`` of a top-k vector: at least 1, at most the hidden size (where it is known)."""
-    if not top_k or top_k < 1:
-        raise SteerError("method top_k needs --top-k K with K >= 1")
-    if hidden is not None and top_k > hidden:
-        raise SteerError(f"--top-k {top_k} is larger than the hidden size {hidden}")
-    return top_k
-
-
-def needs_activations(method: Method, neutral_pcs: int = 0) -> bool:
-    """Whether a vector needs the per-text states of the recording, not only its class means."""
-    return method in PER_TEXT_METHODS or neutral_pcs > 0
 
 
 def build_vector(

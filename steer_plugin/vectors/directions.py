@@ -10,8 +10,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from steer_plugin.errors import SteerError
-
 # the probe's L2 penalty on the standardised weights: sklearn's LogisticRegression(C=1) against the summed
 # (class-balanced) log-loss
 PROBE_L2 = 1.0
@@ -93,14 +91,3 @@ def principal_components(states: np.ndarray, k: int) -> np.ndarray:
 def project_out(vector: np.ndarray, components: np.ndarray) -> np.ndarray:
     """``vector`` [H] minus its projection on the span of the orthonormal ``components`` [k, H]."""
     return vector - components.T @ (components @ vector)
-
-
-def check_neutral_pcs(k: int, n_texts: int | None = None, hidden: int | None = None) -> int:
-    """``--neutral-pcs K``: 0 (none) or at most the rank of the centred neutral states."""
-    if not isinstance(k, int) or k < 0:
-        raise SteerError(f"--neutral-pcs must be an integer >= 0 (0: project nothing), got {k!r}")
-    if n_texts is not None and k > n_texts - 1:
-        raise SteerError(f"--neutral-pcs {k} needs at least {k + 1} baseline texts (there are {n_texts})")
-    if hidden is not None and k > hidden:
-        raise SteerError(f"--neutral-pcs {k} is larger than the hidden size {hidden}")
-    return k

@@ -50,28 +50,6 @@ def vector_variant(text_source: str, pool: str) -> str | None:
     return "-".join(parts) or None
 
 
-def recipe_label(
-    method: str,
-    top_k: int | None = None,
-    centre: str | None = "none",
-    neutral_pcs: int | None = 0,
-    text_source: str = "goemotions",
-    pool: str | None = None,
-) -> str:
-    """The one spelling of a recipe, in default file names and leaderboard labels:
-    ``<method>[-k][-emotions][-npcK][-generated][-pool-P]`` (``pool`` None: the source's default).
-    The first recipe, ``top_k-20``, keeps the name it always had; `steer run`'s default is ``mean-emotions-npc3``."""
-    parts = [method]
-    if method == "top_k" and top_k:
-        parts.append(str(top_k))
-    if centre not in (None, "none"):
-        parts.append(str(centre))
-    if neutral_pcs:
-        parts.append(f"npc{neutral_pcs}")
-    variant = vector_variant(text_source, pool or DEFAULT_POOL.get(text_source, "last"))
-    return "-".join(parts + ([variant] if variant else []))
-
-
 _TEXT_FIELDS = (
     "model", "model_revision", "config_hash", "architecture", "block_path", "emotion", "baseline", "method",
     "dtype", "split", "selection", "template", "source", "created_at", "package_version", "residual_rms_source",
@@ -143,15 +121,3 @@ def metadata_problem(meta: Any, shape: tuple[int, int] | None = None) -> str | N
         for i, t in enumerate(meta.get("recipe", []))
     )
     return problem or next((p for p in terms if p), None)
-
-
-def recipe_name(meta: dict[str, Any]) -> str | None:
-    """How a vector was built, as leaderboard labels spell it (``recipe_label``): ``mean``, ``top_k-20``,
-    ``pca-emotions-npc3``, ``mean-generated``; None: no method. A control's ``control_of`` leaves out
-    what is default (a missing ``pool``: the text source's default)."""
-    if not meta.get("method"):
-        return None
-    return recipe_label(
-        str(meta["method"]), meta.get("top_k"), meta.get("centre"), meta.get("neutral_pcs"),
-        text_source_of(meta), meta.get("pool"),
-    )  # fmt: skip

@@ -13,9 +13,9 @@ from steer_plugin.data.goemotions import SelectionRule
 from steer_plugin.errors import SteerError, check_choice
 from steer_plugin.model.layers import parse_layers
 from steer_plugin.model.loading import DTYPES, LoadedModel, ModelOptions
-from steer_plugin.vectors.build import build_vector, needs_activations
-from steer_plugin.vectors.directions import check_neutral_pcs
+from steer_plugin.vectors.build import build_vector
 from steer_plugin.vectors.metadata import CENTRES, Centre, Method, Pool
+from steer_plugin.vectors.recipe import check_neutral_pcs, needs_activations
 from steer_plugin.vectors.request import RecordRequest, recorded, with_all_emotions
 from steer_plugin.vectors.vector import SteeringVector
 

@@ -22,7 +22,8 @@ from steer_plugin.io.safetensors import read_safetensors, write_safetensors
 from steer_plugin.model.hooks import steer
 from steer_plugin.model.loading import model_slug
 from steer_plugin.model.positions import Positions
-from steer_plugin.vectors.metadata import metadata_problem, recipe_label
+from steer_plugin.vectors.metadata import metadata_problem
+from steer_plugin.vectors.recipe import Recipe
 
 VECTOR_FORMAT = "steer-plugin/vector"
 VECTOR_VERSION = 1
@@ -259,20 +260,11 @@ def _mix_metadata(a: SteeringVector, b: SteeringVector, terms: list[dict[str, An
     return {**shared, "emotion": name, "method": "combination", "recipe": terms}
 
 
-def default_vector_path(
-    model: str,
-    emotion: str,
-    method: str,
-    top_k: int | None = None,
-    centre: str = "none",
-    neutral_pcs: int = 0,
-    text_source: str = "goemotions",
-    pool: str | None = None,
-) -> Path:
+def default_vector_path(model: str, emotion: str, recipe: Recipe) -> Path:
     """Where built vectors live: ``vectors/<model-slug>/<emotion>-<recipe>.safetensors``, the recipe spelt
-    by ``metadata.recipe_label`` (``anger-top_k-20``, ``anger-pca-emotions-npc3``, ``anger-mean-generated``,
-    ``anger-mean-pool-mean``; ``pool`` None: the text source's default)."""
-    name = f"{target_slug(emotion)}-{recipe_label(method, top_k, centre, neutral_pcs, text_source, pool)}"
+    by ``Recipe.label`` (``anger-top_k-20``, ``anger-pca-emotions-npc3``, ``anger-mean-generated``,
+    ``anger-mean-pool-mean``)."""
+    name = f"{target_slug(emotion)}-{recipe.label()}"
     return Path("vectors") / model_slug(model) / f"{name}.safetensors"
 
 

@@ -1,0 +1,233 @@
+"""How a sweep evaluates: tasks, layers, positions, controls, side effects, batching. `steer sweep`, `steer run`
+and ``steer_plugin.run`` build the same ``Evaluation``, with one set of defaults (chosen by measurement: the
+middle third of the layers, the response positions, one random control per steered configuration).
+
+Light (no torch, no harness): the command line imports it for its defaults.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, get_args
+
+from steer_plugin.errors import SteerError, check_choice, check_count
+from steer_plugin.harness.tasks import EMOTION_TASK_PREFIX
+from steer_plugin.io.outputs import check_output_dir
+from steer_plugin.io.schema import is_number
+from steer_plugin.model.backends import Backend
+from steer_plugin.model.layers import layer_ranges, parse_layers
+from steer_plugin.model.loading import ModelOptions
+from steer_plugin.model.positions import Positions, check_positions
+from steer_plugin.study.plan import SweepOptions
+from steer_plugin.study.results_files import check_table_outputs
+
+if TYPE_CHECKING:  # pragma: no cover
+    from steer_plugin.steering.alphas import AlphaSpec
+    from steer_plugin.steering.side_effects import TextSource
+
+ControlMatch = Literal["alpha", "kl"]
+Chat = Literal[
+    "auto", "on", "off"
+]  # the emotion tasks' prompts through the chat template: where there is one, always, never
+PathLike = str | os.PathLike
+
+# the defaults chosen by measurement (README, "Choosing the defaults"): the middle third of the layers, the response
+# positions; every command that steers shares them
+DEFAULT_LAYERS = "middle"
+DEFAULT_POSITIONS: Positions = "response"
+SIDE_EFFECT_TEXTS = 200
+QUICK_SIDE_EFFECT_TEXTS = 100  # with a limit (a quick look) the side effects take half the usual texts
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """How a sweep evaluates: the options `steer sweep`, `steer run` and ``steer_plugin.run`` share, with their
+    one set of defaults. A comma-separated string also works for ``tasks`` and ``positions``; ``layers`` is one
+    layer spec (``all``, ``middle``, ``10-19``) or several, each a sweep dimension.
+
+    Attributes:
+        tasks: harness tasks (``steer_plugin.run``: default TruthfulQA MC1/MC2 and the emotions' tasks).
+        limit: documents per task (a quick look).
+        batch_size: an int or ``auto``; recording uses it too when it is an int.
+        classifier: the emotion classifier of the steer_emotion tasks: hub id, local folder or ``nade``.
+        include_path: an extra folder of task YAMLs.
+        layers: a layer spec (``middle``, ``all``, ``10-19``) or several (each a sweep dimension).
+        positions: ``response`` (the last position of each forward), ``all``, or both.
+        backend: ``nnsight`` or ``hooks``.
+        log_samples: keep the full harness samples (per-document scores are always kept).
+        controls: norm-matched random-direction controls per steered configuration (0 = none).
+        control_match: at a KL budget, run a control at its vector's alpha (``alpha``) or calibrate it to
+            the same budget (``kl``).
+        apply_chat_template: format every task's prompts with the chat template (TruthfulQA too).
+        chat: the emotion tasks' prompts through the chat template: ``auto`` where the tokenizer has one (a model
+            without one gets the continuation tasks, ``steer_emotion_continue_<emotion>``), ``on``, ``off``.
+        num_fewshot: few-shot examples (default: each task's own).
+        bootstrap_iters: the harness's bootstrap for its standard errors.
+        prefix_reuse: score multiple-choice continuations against one KV cache of their shared context.
+        config_batching: generate for several configurations in mixed batches.
+        config_batch_rows: most rows of one mixed batch (default 64, never below ``batch_size``).
+        fresh: discard the results already in the output folder (needed when they come from another sweep).
+        fluency_texts: neutral texts of the side effects and calibrations: a text file or a GoEmotions folder
+            (``steer_plugin.run``: default its recording's GoEmotions folder).
+        side_effect_texts: neutral texts for the KL/perplexity columns (default 200; 100 with ``limit``).
+        side_effects: measure those columns at all.
+        truthfulqa_dir: a local TruthfulQA JSONL folder (default: $STEER_TRUTHFULQA_DIR): the default tasks of
+            ``steer_plugin.run`` become the offline truthfulqa_local_mc1/mc2.
+        prompted: emotions to *ask* for (the prompting reference), one configuration each.
+    """
+
+    tasks: str | Sequence[str] = ()
+    limit: float | None = None
+    batch_size: int | Literal["auto"] = 8
+    classifier: str | None = None
+    include_path: str | None = None
+    layers: str | Sequence[str] = DEFAULT_LAYERS
+    positions: Positions | Sequence[Positions] = DEFAULT_POSITIONS
+    backend: Backend = "nnsight"
+    log_samples: bool = False
+    controls: int = 1
+    control_match: ControlMatch = "alpha"
+    apply_chat_template: bool = False  # every task's prompts through the chat template (TruthfulQA too)
+    chat: Chat = "auto"  # the emotion tasks' prompts (steer_emotion*) through it
+    num_fewshot: int | None = None
+    bootstrap_iters: int = 1000
+    prefix_reuse: bool = True
+    config_batching: bool = True
+    config_batch_rows: int | None = None
+    fresh: bool = False
+    fluency_texts: PathLike | None = None
+    side_effect_texts: int | None = None
+    side_effects: bool = True
+    truthfulqa_dir: PathLike | None = None
+    prompted: Sequence[str] = ()
+
+    @property
+    def task_names(self) -> list[str]:
+        return _names(self.tasks)
+
+    @property
+    def layer_sets(self) -> list[str]:
+        return [self.layers] if isinstance(self.layers, str) else list(self.layers)
+
+    @property
+    def position_sets(self) -> list[str]:
+        return _names(self.positions)
+
+    def text_source(self) -> TextSource:
+        """The neutral texts of the side effects and of the KL calibrations."""
+        from steer_plugin.steering.side_effects import TextSource
+
+        return TextSource(str(self.fluency_texts) if self.fluency_texts else None)
+
+    def check(self, out: Path, model: ModelOptions | None = None) -> None:
+        """What the arguments alone say, before any model (or data) loads: the numbers, layer specs (against the
+        model's depth where its config tells), positions, output paths."""
+        if self.limit is not None and not (is_number(self.limit) and 0 < self.limit < math.inf):
+            raise SteerError(
+                f"--limit must be a positive number (of documents, or a fraction below 1), got {self.limit}"
+            )
+        if self.batch_size != "auto":
+            check_count("--batch-size", self.batch_size)
+        for flag, value, least in (("--side-effect-texts", self.side_effect_texts, 1),
+                                   ("--num-fewshot", self.num_fewshot, 0)):  # fmt: skip
+            if value is not None:
+                check_count(flag, value, least)
+        check_count("--controls", self.controls, 0)
+        check_count("--bootstrap-iters", self.bootstrap_iters, 0)
+        if not self.layer_sets or not self.position_sets:
+            raise SteerError(f"--layers {self.layers!r} / --positions {self.positions!r}: give at least one of each")
+        dimensions = model.dimensions() if model is not None else None
+        for spec in self.layer_sets:
+            if not str(spec).strip():  # `--layers ' '`: a mistake, not a silent "all" (nor a folder name with a space)
+                raise SteerError(f"--layers {spec!r} names no layers; use all, middle or e.g. 10-19")
+            layer_ranges(spec)
+            if dimensions is not None:
+                parse_layers(spec, dimensions[0])
+        if self.config_batch_rows is not None and self.config_batch_rows < 1:
+            raise SteerError(f"--config-batch-rows must be a positive number of rows, got {self.config_batch_rows}")
+        for p in self.position_sets:
+            check_positions(p)
+        if model is not None:  # a chat template asked for, that the tokenizer lacks: from the tokenizer alone
+            if self.apply_chat_template and not model.has_chat_template():
+                raise SteerError(f"--apply-chat-template: the tokenizer of {model.name} has no chat template")
+            if self.chat == "on":
+                uses_chat(self.chat, model)  # with or without emotion tasks
+        check_output_dir(out)
+        check_table_outputs(out / "leaderboard")
+
+    def check_texts(self, alphas: Sequence[AlphaSpec]) -> None:
+        """The neutral texts, where the side effects or KL budgets need them: a missing, unreadable or empty
+        ``--fluency-texts`` fails before the model loads, not after the baseline's evaluation."""
+        from steer_plugin.steering.alphas import KLBudget
+
+        if self.side_effects or any(isinstance(a, KLBudget) for a in alphas):
+            self.text_source().load()
+
+    def chat_tasks(self, model: ModelOptions) -> bool | list[str]:
+        """``SweepOptions.apply_chat_template``: every task, the emotion tasks (per ``chat``), or none."""
+        if self.apply_chat_template:
+            return True
+        emotion = [t for t in self.task_names if t.startswith(EMOTION_TASK_PREFIX.rstrip("_"))]
+        return emotion if emotion and uses_chat(self.chat, model) else False
+
+    def sweep_options(self, model: ModelOptions, out: Path) -> SweepOptions:
+        model_args = {
+            **model.harness_args(),
+            "batch_size": self.batch_size,
+            "backend": self.backend,
+            "prefix_reuse": self.prefix_reuse,
+        }
+        return SweepOptions(
+            tasks=self.task_names,
+            out_dir=out,
+            limit=None if self.limit is None else float(self.limit),  # as `--limit` gives it: the same sweep.json
+            classifier=self.classifier,
+            include_path=self.include_path,
+            log_samples=self.log_samples,
+            apply_chat_template=self.chat_tasks(model),
+            num_fewshot=self.num_fewshot,
+            bootstrap_iters=self.bootstrap_iters,
+            model_args=model_args,
+            fresh=self.fresh,
+            side_effects=self.text_source() if self.side_effects else None,
+            side_effect_texts=self.side_effect_texts or (QUICK_SIDE_EFFECT_TEXTS if self.limit else SIDE_EFFECT_TEXTS),
+            config_batching=self.config_batching,
+            config_batch_rows=self.config_batch_rows,
+        )
+
+    def task_metadata(self) -> dict[str, Any]:
+        """lm-eval task metadata beyond the classifier: the truthfulqa_local tasks' folder and the GoEmotions
+        folder of the continuation tasks, passed to the tasks instead of through the environment."""
+        metadata = {"truthfulqa_dir": str(Path(self.truthfulqa_dir).resolve())} if self.truthfulqa_dir else {}
+        if self.fluency_texts and Path(self.fluency_texts).is_dir():  # a GoEmotions folder: the continuation texts
+            metadata["goemotions_dir"] = str(Path(self.fluency_texts).resolve())
+        return metadata
+
+
+def uses_chat(chat: Chat, model: ModelOptions) -> bool:
+    """``auto``: where the tokenizer has a chat template; ``on`` refuses a tokenizer without one."""
+    check_choice("chat", chat, get_args(Chat))
+    if chat == "off":
+        return False
+    if model.has_chat_template():
+        return True
+    if chat == "on":
+        raise SteerError(f"--chat on: the tokenizer of {model.name} has no chat template; use --chat auto or off")
+    return False
+
+
+def emotion_task_family(chat: Chat, model: ModelOptions) -> str:
+    """``steer_emotion`` (prompts to answer), or ``steer_emotion_continue`` (text to continue) for a model
+    without a chat template under ``chat="auto"``: a base model was never taught to answer a bare question."""
+    templated = uses_chat(chat, model)  # first: ``on`` without a template is an error
+    return "steer_emotion_continue" if chat == "auto" and not templated else "steer_emotion"
+
+
+def _names(value: str | Sequence[str] | None) -> list[str]:
+    """``"a,b"`` or ``["a", "b"]`` -> ``["a", "b"]``."""
+    parts = (value or "").split(",") if isinstance(value, str) or value is None else value
+    return [p.strip() for p in parts if p.strip()]
