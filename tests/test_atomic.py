@@ -206,8 +206,8 @@ def test_full_disk_in_a_sweep_is_one_error_and_no_half_configuration(
     tmp_path,
     monkeypatch,
 ):
-    from steer_plugin.study.plan import SweepPlan
     from steer_plugin.harness.engine import HFEngine
+    from steer_plugin.study.plan import SweepPlan
     from steer_plugin.study.sweep import run_sweep
 
     vec = tmp_path / "anger-mean.safetensors"

@@ -361,9 +361,9 @@ def _samples(folder: Path, task: str) -> dict:
 
 
 def test_sweep_with_config_batching_equals_one_at_a_time_and_resumes(task_dir, model_dir, tmp_path):
+    from steer_plugin.harness.engine import HFEngine
     from steer_plugin.harness.model import SteeredHFLM
     from steer_plugin.study.plan import SweepOptions, SweepPlan
-    from steer_plugin.harness.engine import HFEngine
     from steer_plugin.study.sweep import run_sweep
 
     paths = []

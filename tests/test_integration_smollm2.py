@@ -46,9 +46,9 @@ def smollm2() -> str:
 
 def test_anger_vector_makes_answers_angrier(smollm2, shared, tmp_path):
     pytest.importorskip("nade")
+    from steer_plugin.harness.engine import HFEngine
     from steer_plugin.harness.model import SteeredHFLM
     from steer_plugin.study.plan import SweepOptions, SweepPlan
-    from steer_plugin.harness.engine import HFEngine
     from steer_plugin.study.sweep import run_sweep
 
     vector = tmp_path / "anger-mean.safetensors"

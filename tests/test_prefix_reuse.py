@@ -261,8 +261,8 @@ def test_sweep_computes_the_unsteered_prefix_once(lm):
 
 
 def test_run_sweep_shares_prefix_and_matches_plain(lm, tmp_path, monkeypatch):
-    from steer_plugin.study.plan import SweepOptions, SweepPlan
     from steer_plugin.harness.engine import HFEngine
+    from steer_plugin.study.plan import SweepOptions, SweepPlan
     from steer_plugin.study.sweep import run_sweep
 
     if lm.model.config.model_type != "llama":

@@ -107,9 +107,9 @@ def test_measure_many_without_the_cache_and_with_nnsight():
 
 
 def test_a_batched_sweep_writes_the_side_effects_of_one_at_a_time(tmp_path, tiny_llama_dir, task_dir):
+    from steer_plugin.harness.engine import HFEngine
     from steer_plugin.harness.model import SteeredHFLM
     from steer_plugin.study.plan import SweepOptions, SweepPlan
-    from steer_plugin.harness.engine import HFEngine
     from steer_plugin.study.sweep import run_sweep
 
     torch.manual_seed(3)

@@ -9,9 +9,9 @@ import pytest
 import torch
 from helpers_tiny import write_mc_task
 
+from steer_plugin.harness.engine import HFEngine
 from steer_plugin.study.plan import SweepConfig, SweepOptions, SweepPlan
 from steer_plugin.study.results_files import RESULTS_FILE
-from steer_plugin.harness.engine import HFEngine
 from steer_plugin.study.sweep import run_sweep
 from steer_plugin.vectors.vector import SteeringVector
 

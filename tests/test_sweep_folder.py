@@ -14,9 +14,9 @@ import torch
 from helpers_cli import assert_one_line_error, run_cli
 
 from steer_plugin.errors import SteerError
+from steer_plugin.harness.engine import HFEngine
 from steer_plugin.study.plan import SweepConfig, SweepOptions, SweepPlan
 from steer_plugin.study.rows import load_rows
-from steer_plugin.harness.engine import HFEngine
 from steer_plugin.study.sweep import run_sweep
 from steer_plugin.study.table import write_table
 from steer_plugin.vectors.vector import SteeringVector
