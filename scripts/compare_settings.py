@@ -25,7 +25,8 @@ from steer_plugin.cli import build_parser
 from steer_plugin.cli.study import run_arguments
 from steer_plugin.io.text_table import format_table
 from steer_plugin.study.arm_numbers import ArmNumbers, cell
-from steer_plugin.study.report import describe, load_study
+from steer_plugin.study.arms import load_study
+from steer_plugin.study.sentences import describe
 
 
 def comparison(folder: Path, emotion: str) -> str:
