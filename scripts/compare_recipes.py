@@ -64,9 +64,11 @@ from steer_plugin.io.atomic import write_files_atomic
 from steer_plugin.io.text_table import format_table
 from steer_plugin.model.loading import ModelOptions
 from steer_plugin.study.arm_numbers import ArmNumbers, cell
+from steer_plugin.study.arms import Study, load_study
 from steer_plugin.study.evaluation import emotion_task_family
-from steer_plugin.study.report import Study, describe, load_study, write_study
+from steer_plugin.study.report import write_study
 from steer_plugin.study.run import sweep
+from steer_plugin.study.sentences import describe
 from steer_plugin.vectors.recipe import Recipe
 
 

@@ -27,7 +27,8 @@ from steer_plugin.cli.args import model_options
 from steer_plugin.cli.study import evaluation_from_args, recipe_from_args
 from steer_plugin.io.text_table import format_table
 from steer_plugin.study.arm_numbers import ArmNumbers, cell
-from steer_plugin.study.report import describe, load_study
+from steer_plugin.study.arms import load_study
+from steer_plugin.study.sentences import describe
 
 
 def comparison(folder: Path, emotion: str) -> str:

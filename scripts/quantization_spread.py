@@ -27,7 +27,8 @@ from pathlib import Path
 
 import torch
 
-from steer_plugin.data.goemotions import load_goemotions, select_texts
+from steer_plugin.data.goemotions import load_goemotions
+from steer_plugin.data.selection import select_texts
 from steer_plugin.io.atomic import write_text_atomic
 from steer_plugin.model.hooks import Steerer, make_plan
 from steer_plugin.model.layers import format_layers, parse_layers

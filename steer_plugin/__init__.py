@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 # the data flow: texts -> recorded statistics -> vector -> steered model -> calibrated, evaluated run
 _LAZY = {
     "load_goemotions": "steer_plugin.data.goemotions",
-    "select_texts": "steer_plugin.data.goemotions",
+    "select_texts": "steer_plugin.data.selection",
     "ModelOptions": "steer_plugin.model.loading",
     "Recipe": "steer_plugin.vectors.recipe",
     "record_hidden_states": "steer_plugin.vectors.record",
@@ -53,7 +53,8 @@ __all__ = [  # noqa: RUF022 (grouped by the data flow, not alphabetically)
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from steer_plugin.data.goemotions import load_goemotions, select_texts
+    from steer_plugin.data.goemotions import load_goemotions
+    from steer_plugin.data.selection import select_texts
     from steer_plugin.errors import SteerError
     from steer_plugin.harness.model import SteeredHFLM
     from steer_plugin.model.hooks import steer

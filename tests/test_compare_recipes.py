@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from helpers_tiny import CORPUS, load_script
 
-from steer_plugin.study.report import load_study
+from steer_plugin.study.arms import load_study
 from steer_plugin.vectors.vector import SteeringVector
 
 FIXTURE = Path(__file__).parent / "fixtures" / "goemotions"

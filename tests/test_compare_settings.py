@@ -6,7 +6,8 @@ import numpy as np
 from helpers_tiny import load_script
 from test_study import _vector, _write_config
 
-from steer_plugin.study.report import describe, load_study
+from steer_plugin.study.arms import load_study
+from steer_plugin.study.sentences import describe
 
 
 def test_comparison_rows_are_settings_by_budget(tmp_path):

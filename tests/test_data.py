@@ -1,7 +1,7 @@
 """GoEmotions data layer: parsing, class selection, sampling, errors.
 
 Expected numbers come from hand-counting the tiny fixture, from the shared data README, or from an
-independent pure-csv reference computation in this file; never from steer_plugin.data.goemotions itself.
+independent pure-csv reference computation in this file; never from steer_plugin.data.goemotions or .selection themselves.
 """
 
 from __future__ import annotations
@@ -15,17 +15,8 @@ from pathlib import Path
 import pytest
 
 from steer_plugin.data import goemotions as data
-from steer_plugin.data.goemotions import (
-    EKMAN,
-    LABELS,
-    Example,
-    load_goemotions,
-    matches,
-    resolve_target,
-    select_all,
-    select_texts,
-    valid_targets,
-)
+from steer_plugin.data.goemotions import EKMAN, LABELS, Example, load_goemotions, resolve_target, valid_targets
+from steer_plugin.data.selection import matches, select_all, select_texts
 from steer_plugin.errors import SteerError
 
 FIXTURE = Path(__file__).parent / "fixtures" / "goemotions"

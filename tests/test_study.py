@@ -15,8 +15,12 @@ from helpers_tiny import write_goemotions_every_label
 from steer_plugin.cli import main
 from steer_plugin.data.goemotions import LABELS as GOEMOTIONS_LABELS
 from steer_plugin.errors import SteerError
+from steer_plugin.study.arms import load_study
+from steer_plugin.study.leakage import leakage
 from steer_plugin.study.paired import PairedBootstrap
-from steer_plugin.study.report import describe, leakage, load_study, parse_targets, sentence, write_study
+from steer_plugin.study.report import write_study
+from steer_plugin.study.sentences import describe, sentence
+from steer_plugin.study.targets import parse_targets
 
 FIXTURE = Path(__file__).parent / "fixtures" / "goemotions"
 
@@ -306,7 +310,7 @@ def test_identical_greedy_generations_run_once(tiny_llama_dir, tmp_path):
 
 def test_example_generations_from_compact_and_full_rows():
     """summary.md's examples read the compact rows a sweep keeps and the full rows of --log-samples alike."""
-    from steer_plugin.study.report import _example
+    from steer_plugin.study.example_outputs import _example
 
     assert _example({"doc_id": 0, "prompt": "Hi?", "generation": "Hello."}) == ("Hi?", "Hello.")
     full = {"doc_id": 0, "doc": {"prompt": "Hi?"}, "resps": [["Hello."]], "filtered_resps": [{"generation": "Hello."}]}

@@ -17,7 +17,8 @@ def add_commands(sub: Any) -> None:
 
 
 def _selection(args: argparse.Namespace):
-    from steer_plugin.data.goemotions import load_goemotions, select_texts
+    from steer_plugin.data.goemotions import load_goemotions
+    from steer_plugin.data.selection import select_texts
 
     examples = load_goemotions(args.split, args.data)
     return select_texts(
@@ -41,7 +42,8 @@ def cmd_data(args: argparse.Namespace) -> int:
 
         check_output_file(args.out)
     if args.emotion == "all":
-        from steer_plugin.data.goemotions import load_goemotions, select_all
+        from steer_plugin.data.goemotions import load_goemotions
+        from steer_plugin.data.selection import select_all
 
         texts, members = select_all(
             load_goemotions(args.split, args.data), args.selection, args.max_per_class, args.seed, args.dedupe

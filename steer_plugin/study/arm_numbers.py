@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from steer_plugin.study.arms import emotion_task, target_metric
 from steer_plugin.study.paired import Paired
 from steer_plugin.study.quality import DEGENERATE
-from steer_plugin.study.report import emotion_task, target_metric
 from steer_plugin.study.rows import Row
 
 SIDE = "side_effects"

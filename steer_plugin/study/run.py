@@ -178,7 +178,8 @@ def run(
         The run folder, its leaderboard rows and table, the summary sentences, the files written, the
         vectors swept and each configuration's results file.
     """
-    from steer_plugin.study.report import check_level, parse_targets, run_folder_name, write_study
+    from steer_plugin.study.report import write_study
+    from steer_plugin.study.targets import check_level, parse_targets, run_folder_name
     from steer_plugin.vectors.vector import default_vector_path
 
     loading = model if isinstance(model, ModelOptions) else ModelOptions(name=model)

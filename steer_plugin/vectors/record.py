@@ -23,8 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from steer_plugin.data.goemotions import Selection, target_slug
+from steer_plugin.data.goemotions import target_slug
 from steer_plugin.data.prompts import PromptTemplate, encode, last_token_index, pad_batch, pad_id
+from steer_plugin.data.selection import Selection
 from steer_plugin.errors import SteerError, check_choice
 from steer_plugin.io.atomic import new_temp_path, replace_all, reserve_space
 from steer_plugin.model.loading import find_block_path, resolve_module

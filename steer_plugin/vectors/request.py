@@ -9,15 +9,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 from steer_plugin import __version__
-from steer_plugin.data.goemotions import (
-    Selection,
-    SelectionRule,
-    canonical_target,
-    load_goemotions,
-    select_all,
-    select_texts,
-)
+from steer_plugin.data.goemotions import canonical_target, load_goemotions
 from steer_plugin.data.prompts import PromptTemplate
+from steer_plugin.data.selection import Selection, SelectionRule, select_all, select_texts
 from steer_plugin.errors import SteerError, check_choice, check_count
 from steer_plugin.model.loading import LoadedModel, ModelOptions
 from steer_plugin.vectors.activations import Activations

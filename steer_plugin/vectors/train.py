@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from steer_plugin.data.goemotions import SelectionRule
+from steer_plugin.data.selection import SelectionRule
 from steer_plugin.errors import SteerError, check_choice
 from steer_plugin.model.layers import parse_layers
 from steer_plugin.model.loading import DTYPES, LoadedModel, ModelOptions
