@@ -137,3 +137,14 @@ def test_reading_kl_alphas_imports_no_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "2 False"
+
+
+def test_the_study_reaches_the_model_through_the_engine_handle():
+    """The sweep and the main job drive "a model we can steer" through ``harness.engine`` only: no study module
+    imports the transformers model (``harness.model``), and the sweep imports nothing from ``model/`` at all, so a
+    second engine needs no change in the study stage."""
+    graph = import_graph()
+    study = {m: deps for m, deps in graph.items() if m.startswith("study.")}
+    assert not {m for m, deps in study.items() if "harness.model" in deps}
+    assert not {d for d in graph["study.sweep"] if d.startswith("model.")}
+    assert "harness.engine" in graph["study.sweep"] and "harness.engine" in graph["study.run"]
