@@ -33,8 +33,8 @@ from steer_plugin.vectors.directions import check_neutral_pcs
 from steer_plugin.vectors.metadata import CENTRES, METHODS, Centre, Method
 
 if TYPE_CHECKING:  # pragma: no cover
+    from steer_plugin.data.neutral_texts import TextSource
     from steer_plugin.steering.alphas import AlphaSpec, KLBudget
-    from steer_plugin.steering.side_effects import TextSource
     from steer_plugin.study.rows import Row
     from steer_plugin.vectors.request import RecordRequest
 
@@ -111,7 +111,7 @@ class Evaluation:
 
     def text_source(self) -> TextSource:
         """The neutral texts of the side effects and of the KL calibrations."""
-        from steer_plugin.steering.side_effects import TextSource
+        from steer_plugin.data.neutral_texts import TextSource
 
         return TextSource(str(self.fluency_texts) if self.fluency_texts else None)
 
@@ -521,7 +521,9 @@ def _build_missing(
 def _calibrated_alphas(model_name: str, lm: Any, source: TextSource, progress: bool) -> Resolver:
     """kl:X alphas: calibrate each (vector, layers, positions) on the sweep's model, reusing stored calibrations."""
     from steer_plugin.model.hooks import Steerer
-    from steer_plugin.steering.calibrate import calibrate_vector_file, calibration_path, format_calibration
+    from steer_plugin.steering.calibrate import calibrate_vector_file
+    from steer_plugin.steering.calibration_file import calibration_path
+    from steer_plugin.steering.calibration_table import format_calibration
 
     def resolve(vector: str, layers: str, positions: str, budgets: list[float]) -> dict[float, float]:
         batch = lm.batch_size if isinstance(lm.batch_size, int) else 16

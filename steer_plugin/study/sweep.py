@@ -424,13 +424,13 @@ def add_generation_fluency(
 def side_effect_probe(lm: Any, options: SweepOptions) -> Any:
     """The sweep's fluency probe on the lm's model: texts tokenized and the unsteered pass done once."""
     from steer_plugin.model.hooks import DEFAULT_ROWS, Steerer
-    from steer_plugin.steering.side_effects import FluencyProbe
+    from steer_plugin.steering.side_effects import SideEffectProbe
 
     texts = options.side_effects.load(options.side_effect_texts)
     batch = lm.batch_size if isinstance(lm.batch_size, int) else 16
     steerer = Steerer(lm.model, "hooks", lm.steerer.block_path)  # same blocks as lm.plan, no tracing overhead
     rows = options.config_batch_rows or DEFAULT_ROWS  # as many rows per forward as a mixed generation batch
-    probe = FluencyProbe(
+    probe = SideEffectProbe(
         lm.model, lm.tokenizer, texts, steerer=steerer, batch_size=max(int(batch), 1), config_rows=rows
     )
     probe.baseline()
