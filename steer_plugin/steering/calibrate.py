@@ -142,22 +142,14 @@ def calibrate(
         errors), perplexities and relative strength; ``alpha_for(budget)`` reads one alpha.
     """
     from steer_plugin.model.hooks import Steerer, make_plan
-    from steer_plugin.model.layers import format_layers, parse_layers
+    from steer_plugin.model.layers import format_layers
 
     budgets = check_settings(budgets, positions, tolerance, n_calibration, n_heldout, batch_size)
     t0 = time.monotonic()
     steerer = steerer or Steerer(model, "hooks", blocks)
-    chosen = parse_layers(layers, len(steerer.blocks))
-    if not any(float(vector.matrix[l].abs().sum()) > 0 for l in chosen):
-        raise SteerError(
-            f"the vector is zero on layers {format_layers(chosen, len(steerer.blocks))}: nothing to calibrate"
-        )
+    chosen = _steered_layers(vector, layers, len(steerer.blocks))
     source = source or TextSource()
-    cal_texts, held_texts = texts or split_texts(source, n_calibration, n_heldout)
-    cal = SideEffectProbe(model, tokenizer, cal_texts, steerer=steerer, batch_size=batch_size)
-    cal.baseline()  # its cache first (measured at every step of the search), the held-out texts' in what is left
-    room = DEFAULT_CACHE_BYTES - cal.cached_bytes
-    held = SideEffectProbe(model, tokenizer, held_texts, steerer=steerer, batch_size=batch_size, cache_bytes=room)
+    cal, held = _probes(model, tokenizer, texts or split_texts(source, n_calibration, n_heldout), steerer, batch_size)
     measured: dict[float, SideEffects] = {}
 
     def measure(probe: SideEffectProbe, alpha: float) -> SideEffects:
@@ -171,11 +163,9 @@ def calibrate(
 
     found, points = search_alphas(kl_of, budgets, start_alpha(vector, chosen), tolerance)
     rows = [_row(b, found[b], measured[found[b].alpha], measure(held, found[b].alpha), vector, chosen) for b in budgets]
-    key = CalibrationKey.for_model(
-        model, model_name, vector_sha256, format_layers(chosen, len(steerer.blocks)), positions, cal.texts, held.texts
-    )
+    layer_spec = format_layers(chosen, len(steerer.blocks))
     return Calibration(
-        key=key,
+        key=CalibrationKey.for_model(model, model_name, vector_sha256, layer_spec, positions, cal.texts, held.texts),
         rows=rows,
         texts=source.describe(),
         tolerance=tolerance,
@@ -186,6 +176,27 @@ def calibrate(
         points=[[a, k] for a, k in points],
         created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     )
+
+
+def _steered_layers(vector: SteeringVector, layers: str | None, n_layers: int) -> list[int]:
+    """The layers ``layers`` names, where the vector must not be zero on all of them."""
+    from steer_plugin.model.layers import format_layers, parse_layers
+
+    chosen = parse_layers(layers, n_layers)
+    if not any(float(vector.matrix[l].abs().sum()) > 0 for l in chosen):
+        raise SteerError(f"the vector is zero on layers {format_layers(chosen, n_layers)}: nothing to calibrate")
+    return chosen
+
+
+def _probes(
+    model: Any, tokenizer: Any, texts: tuple[list[str], list[str]], steerer: Any, batch_size: int
+) -> tuple[SideEffectProbe, SideEffectProbe]:
+    """The calibration texts' probe, its unsteered cache filled first (it is measured at every step of the search),
+    and the held-out texts' probe, its cache in what is left of ``DEFAULT_CACHE_BYTES``."""
+    cal = SideEffectProbe(model, tokenizer, texts[0], steerer=steerer, batch_size=batch_size)
+    cal.baseline()
+    room = DEFAULT_CACHE_BYTES - cal.cached_bytes
+    return cal, SideEffectProbe(model, tokenizer, texts[1], steerer=steerer, batch_size=batch_size, cache_bytes=room)
 
 
 def _row(
