@@ -83,7 +83,7 @@ def add_data_args(p: argparse.ArgumentParser, emotion_required: bool = True) -> 
 
 def add_fluency_texts_arg(p: argparse.ArgumentParser) -> None:
     """The neutral texts of the side effects (`calibrate`, `sweep`, `run`): ``--neutral-texts``, also spelled
-    ``--fluency-texts`` (its first name; ``args.fluency_texts`` either way)."""
+    ``--fluency-texts`` (the old name; ``args.fluency_texts`` either way)."""
     p.add_argument(
         "--neutral-texts",
         "--fluency-texts",
