@@ -18,7 +18,7 @@ two candidate tokens' logits) shows whether it is a near-tie.
 
 With ``--side-effects N`` each configuration's side effects (KL and perplexity on N neutral texts) are measured
 too, as ``steer sweep`` does after each configuration's evaluation: one at a time per configuration, batched all K
-in one ``FluencyProbe.measure_many`` at the first (section 7d).
+in one ``SideEffectProbe.measure_many`` at the first (section 7d).
 
     python -m benchmarks.config_batching   # real SmolLM2-135M-Instruct ($STEER_SMOLLM2)
     python -m benchmarks.config_batching --ks 6 --side-effects 100   # with side effects
@@ -124,7 +124,7 @@ class Recorder:
 def side_effect_options(n_texts: int, folder: Path) -> Any:
     """What ``steer sweep`` measures side effects with: GoEmotions' neutral test texts from the shared folder, else
     generated texts (a file in ``folder``)."""
-    from steer_plugin.steering.side_effects import TextSource
+    from steer_plugin.data.neutral_texts import TextSource
     from steer_plugin.study.plan import SweepOptions
 
     goemotions = bc.shared_dir() / "data" / "goemotions" if bc.shared_dir() else None
@@ -164,7 +164,7 @@ def run_configs(
             if side is not None:
                 # the sweep's probe (its texts, rows and unsteered pass); measured here on plans, not configurations
                 texts = side.side_effects.load(side.side_effect_texts)
-                probe = probe or HFEngine(lm).side_effect_probe(texts, side.config_batch_rows).probe
+                probe = probe or HFEngine(lm).side_effect_meter(texts, side.config_batch_rows).probe
                 if batching and i == 0:
                     resolved = [lm.resolve(x) for x in configs]
                     ahead = probe.measure_many([r.plan for r in resolved], [r.positions for r in resolved])
@@ -330,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(
             f"- side effects as `steer sweep` measures them after each configuration: KL and perplexity on "
             f"{args.side_effects} neutral texts ({side_texts(side)}), the unsteered pass once per run; "
-            "one at a time: `FluencyProbe.measure` per configuration; batched: one `measure_many` of all K "
+            "one at a time: `SideEffectProbe.measure` per configuration; batched: one `measure_many` of all K "
             "(texts x configurations per forward, at most 64 rows, the unsteered prefix shared)"
         )
     lines += [

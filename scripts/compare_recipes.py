@@ -194,7 +194,7 @@ def _calibration_kls(vector: Path, budget: float | None, alpha: float) -> tuple[
     """The KL the stored calibration reached at this alpha for this budget: on its calibration and held-out texts
     (the results record the alpha to 4 significant digits); None where the vector's calibration has another alpha
     for this budget (results of an earlier calibration, still in the sweep folder)."""
-    from steer_plugin.steering.calibrate import stored_calibrations
+    from steer_plugin.steering.calibration_file import stored_calibrations
 
     if budget is None:
         return None, None

@@ -28,21 +28,17 @@ from pathlib import Path
 import torch
 
 from steer_plugin.data.goemotions import load_goemotions
+from steer_plugin.data.neutral_texts import TextSource
 from steer_plugin.data.selection import select_texts
 from steer_plugin.io.atomic import write_text_atomic
 from steer_plugin.model.hooks import Steerer, make_plan
 from steer_plugin.model.layers import format_layers, parse_layers
 from steer_plugin.model.loading import LoadedModel, ModelOptions
-from steer_plugin.steering.calibrate import (
-    DEFAULT_N_CALIBRATION,
-    DEFAULT_N_HELDOUT,
-    Calibration,
-    calibration_key,
-    find_stored,
-    scored_texts,
-    split_texts,
-)
-from steer_plugin.steering.side_effects import FluencyProbe, TextSource
+from steer_plugin.steering.calibrate import DEFAULT_N_CALIBRATION, DEFAULT_N_HELDOUT, scored_texts, split_texts
+from steer_plugin.steering.calibration_file import find_stored
+from steer_plugin.steering.calibration_key import CalibrationKey
+from steer_plugin.steering.calibration_result import Calibration
+from steer_plugin.steering.side_effects import SideEffectProbe
 from steer_plugin.vectors.build import build_vector
 from steer_plugin.vectors.request import RecordRequest, record_request
 from steer_plugin.vectors.similarity import agreement
@@ -152,7 +148,7 @@ def shipped_calibration(
     """The vector's stored calibration for this model, layers, positions and the default texts of ``source``
     (what ``steer run`` would reuse), with its held-out texts."""
     texts = scored_texts(loaded.tokenizer, split_texts(source, DEFAULT_N_CALIBRATION, DEFAULT_N_HELDOUT))
-    key = calibration_key(loaded.model, loaded.name, file_sha256(vector_path), layers, positions, *texts)
+    key = CalibrationKey.for_model(loaded.model, loaded.name, file_sha256(vector_path), layers, positions, *texts)
     found = find_stored(vector_path, key, [])
     return None if found is None else (found, texts[1])
 
@@ -261,7 +257,7 @@ def main() -> None:
             copy_rows.append(f"| {e} | copy {c} vs dequantized | {_cells(base, vecs, e, layers)} |")
             if e in shipped:
                 vector, cal, held = shipped[e]
-                probe = FluencyProbe(model, tok, held, steerer=steerer)
+                probe = SideEffectProbe(model, tok, held, steerer=steerer)
                 for row in cal.rows:
                     plan = make_plan([vector], [row.alpha], model, steerer.block_path, layers)
                     kl = probe.measure(plan, args.positions).kl

@@ -11,10 +11,15 @@ import torch
 from helpers_tiny import CORPUS, make_model
 from test_fluency import reference
 
+from steer_plugin.data.neutral_texts import TextSource
 from steer_plugin.errors import SteerError
+from steer_plugin.io.formats import CALIBRATION_FORMAT
 from steer_plugin.steering import alphas as A
 from steer_plugin.steering import calibrate as C
-from steer_plugin.steering.side_effects import TextSource
+from steer_plugin.steering.alpha_search import search_alphas
+from steer_plugin.steering.calibration_file import calibration_path
+from steer_plugin.steering.side_effects import SideEffectProbe
+from steer_plugin.steering.verified_calibrations import verified_file
 from steer_plugin.vectors.stats import ClassStats
 from steer_plugin.vectors.vector import SteeringVector
 
@@ -56,7 +61,7 @@ def test_search_hits_every_budget_with_few_evaluations(scale, power):
         return scale * a**power * (1 + 0.1 * math.sin(a))  # monotone-ish, not an exact power law
 
     budgets = [0.03, 0.1, 0.3, 1.0]
-    found, points = C.search_alphas(kl, budgets, start=1.0, tolerance=0.05)
+    found, points = search_alphas(kl, budgets, start=1.0, tolerance=0.05)
     assert len(points) == len(calls) <= 20  # evaluations are shared between budgets
     for b in budgets:
         assert found[b].converged and abs(found[b].kl / b - 1) <= 0.05
@@ -64,11 +69,11 @@ def test_search_hits_every_budget_with_few_evaluations(scale, power):
 
 
 def test_search_reports_an_unreachable_budget_and_a_dead_vector():
-    found, _ = C.search_alphas(lambda a: 0.5 * (1 - math.exp(-a * a)), [0.1, 2.0], start=1.0)
+    found, _ = search_alphas(lambda a: 0.5 * (1 - math.exp(-a * a)), [0.1, 2.0], start=1.0)
     assert found[0.1].converged
     assert not found[2.0].converged and found[2.0].kl <= 0.5  # saturates: the closest point, flagged
     with pytest.raises(SteerError, match="does not change the model"):
-        C.search_alphas(lambda a: 0.0, [0.1], start=1.0)
+        search_alphas(lambda a: 0.0, [0.1], start=1.0)
 
 
 # ---------------------------------------------------------------- relative strength
@@ -166,7 +171,7 @@ def test_stored_calibrations_are_reused_and_coexist(tmp_path, texts_file, monkey
     SteeringVector(torch.randn(3, 32) * 0.01, {"residual_rms": [10.0, 20.0, 40.0]}).save(path)
     kw = dict(source=TextSource(texts_file), n_calibration=10, n_heldout=10, model_name="tiny")
     first, reused = C.calibrate_vector_file(model, tok, path, [0.1, 0.3], layers="0-1", positions="all", **kw)
-    assert not reused and C.calibration_path(path).name == "anger-mean.calibration.json"
+    assert not reused and calibration_path(path).name == "anger-mean.calibration.json"
     assert first.rows[0].relative_strength == pytest.approx(
         statistics.median([first.rows[0].alpha * float(SteeringVector.load(path).matrix[l].norm()) / r
                            for l, r in ((0, 10.0), (1, 20.0))]), rel=1e-6)  # fmt: skip
@@ -181,8 +186,8 @@ def test_stored_calibrations_are_reused_and_coexist(tmp_path, texts_file, monkey
     # another positions setting is another entry; both stay in the file
     _, reused = C.calibrate_vector_file(model, tok, path, [0.1], layers="0-1", positions="response", **kw)
     assert not reused
-    doc = json.loads(C.calibration_path(path).read_text())
-    assert doc["format"] == C.CALIBRATION_FORMAT
+    doc = json.loads(calibration_path(path).read_text())
+    assert doc["format"] == CALIBRATION_FORMAT
     assert sorted(e["key"]["positions"] for e in doc["calibrations"]) == ["all", "response"]
     # a budget that was not calibrated yet, or other texts, mean calibrating again
     _, reused = C.calibrate_vector_file(model, tok, path, [0.1, 0.5], layers="0-1", positions="all", **kw)
@@ -281,7 +286,7 @@ def test_a_stored_calibration_is_not_reused_for_other_weights_of_the_same_name(t
     cal_texts = C.split_texts(source, 10, 10)[0]
     assert abs(_kl_at(b, cal_texts, vec, on_b.rows[0].alpha) / 0.1 - 1) <= 0.05 + 1e-4  # b's own alpha fits b
     assert abs(_kl_at(b, cal_texts, vec, on_a.rows[0].alpha) / 0.1 - 1) > 0.05  # a's would not have
-    keys = [e["key"] for e in json.loads(C.calibration_path(path).read_text())["calibrations"]]
+    keys = [e["key"] for e in json.loads(calibration_path(path).read_text())["calibrations"]]
     assert (
         len(keys) == 2 and keys[0]["model"] == keys[1]["model"] == "model" and keys[0]["weights"] != keys[1]["weights"]
     )
@@ -297,9 +302,9 @@ def test_a_calibration_without_a_weights_fingerprint_is_verified_on_reuse(
     a, b = two_models
     path, vec, source, kw = _small_vector(tmp_path, texts_file)
     made, _ = C.calibrate_vector_file(a.model, a.tokenizer, path, [0.1, 0.3], model_name=a.name, **kw)
-    doc = json.loads(C.calibration_path(path).read_text())
+    doc = json.loads(calibration_path(path).read_text())
     del doc["calibrations"][0]["key"]["weights"]  # as a calibration made before the fingerprint was recorded
-    C.calibration_path(path).write_text(json.dumps(doc))
+    calibration_path(path).write_text(json.dumps(doc))
     said: list[str] = []
 
     def no_calibration(*args, **kwargs):
@@ -330,21 +335,21 @@ def test_a_verification_that_held_is_remembered_for_these_weights(tmp_path, text
     a, b = two_models
     path, _, _, kw = _small_vector(tmp_path, texts_file)
     C.calibrate_vector_file(b.model, b.tokenizer, path, [0.1], model_name=b.name, **kw)  # b's own calibration
-    doc = json.loads(C.calibration_path(path).read_text())
+    doc = json.loads(calibration_path(path).read_text())
     del doc["calibrations"][0]["key"]["weights"]  # one that travels: verified on reuse
-    C.calibration_path(path).write_text(json.dumps(doc))
+    calibration_path(path).write_text(json.dumps(doc))
     said: list[str] = []
     evaluations: list[int] = []
-    measure = C.FluencyProbe.measure
+    measure = SideEffectProbe.measure
     monkeypatch.setattr(
-        C.FluencyProbe, "measure", lambda self, *a_, **k: evaluations.append(1) or measure(self, *a_, **k)
+        SideEffectProbe, "measure", lambda self, *a_, **k: evaluations.append(1) or measure(self, *a_, **k)
     )
     for _ in range(2):
         _, reused = C.calibrate_vector_file(b.model, b.tokenizer, path, [0.1], model_name=b.name,
                                             progress=said.append, **kw)  # fmt: skip
         assert reused
     assert len(evaluations) == 1 and "verified the stored calibration" in said[0]
-    assert "verified on these weights before" in said[1] and C.verified_file().is_file()
+    assert "verified on these weights before" in said[1] and verified_file().is_file()
     monkeypatch.setenv("STEER_CACHE_DIR", str(tmp_path / "not-writable"))
     (tmp_path / "not-writable").write_text("a file, not a folder")
     for _ in range(2):  # nothing remembered: both evaluate

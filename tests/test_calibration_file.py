@@ -14,7 +14,7 @@ from helpers_cli import assert_one_line_error, run_cli
 from helpers_disk import NO_SPACE, full_disk
 from test_calibrate import sharp_model
 
-from steer_plugin.steering import calibrate as C
+from steer_plugin.steering import calibration_file as C
 from steer_plugin.vectors.vector import SteeringVector
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -8,9 +8,10 @@ import pytest
 import torch
 from helpers_tiny import CORPUS, decoder_blocks, make_model
 
+from steer_plugin.data.neutral_texts import TextSource
 from steer_plugin.errors import SteerError
 from steer_plugin.model.hooks import Steerer, make_plan
-from steer_plugin.steering.side_effects import FluencyProbe, TextSource
+from steer_plugin.steering.side_effects import SideEffectProbe
 from steer_plugin.vectors.vector import SteeringVector
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -68,7 +69,7 @@ def test_kl_and_ppl_equal_plain_torch_reference(arch, positions):
     layers = [0, 2]
     alpha = 1.5
     plan = make_plan([vec], [alpha], model, steerer.block_path, layers)
-    probe = FluencyProbe(model, tok, list(TEXTS), steerer=steerer, batch_size=3)
+    probe = SideEffectProbe(model, tok, list(TEXTS), steerer=steerer, batch_size=3)
     got = probe.measure(plan, positions)
     want_kl, want_ppl, n_tok = reference(model, tok, TEXTS, {l: alpha * vec.matrix[l] for l in layers}, positions)
     assert got.total_tokens == n_tok
@@ -108,7 +109,7 @@ def prompted_reference(model, tokenizer, texts, instruction):
 def test_prompted_side_effects_equal_plain_torch_reference(arch):
     model, tok = make_model(arch, n_layers=3, hidden=32, seed=1)
     instruction = tok("I am so angry right now.\n\n")["input_ids"]
-    probe = FluencyProbe(model, tok, list(TEXTS), batch_size=3)
+    probe = SideEffectProbe(model, tok, list(TEXTS), batch_size=3)
     got = probe.measure_prompted(instruction)
     want_kl, want_ppl, n_tok = prompted_reference(model, tok, TEXTS, instruction)
     assert got.total_tokens == n_tok and got.kl > 1e-5  # the instruction changes something
@@ -127,7 +128,7 @@ def test_a_batch_with_a_text_longer_than_the_sliding_window_runs_whole():
     vec = SteeringVector(torch.randn(3, 32))
     steerer = Steerer(model, "hooks")
     plan = make_plan([vec], [1.5], model, steerer.block_path, [0, 2])
-    probe = FluencyProbe(model, tok, texts, steerer=steerer, batch_size=4)
+    probe = SideEffectProbe(model, tok, texts, steerer=steerer, batch_size=4)
     got = probe.measure(plan, "response")
     assert probe.window == 8 and probe.longer_than_window == 4
     assert [p is not None for p in probe._prefixes.values()] == [False, True]
@@ -142,15 +143,15 @@ def test_no_cache_batch_size_and_backend_do_not_change_the_numbers():
     torch.manual_seed(7)
     vec = SteeringVector(torch.randn(2, 32))
     plan = make_plan([vec], [2.0], model, "model.layers")
-    cached = FluencyProbe(model, tok, list(TEXTS), batch_size=4).measure(plan, "response")
-    whole_probe = FluencyProbe(model, tok, list(TEXTS), batch_size=4)
+    cached = SideEffectProbe(model, tok, list(TEXTS), batch_size=4).measure(plan, "response")
+    whole_probe = SideEffectProbe(model, tok, list(TEXTS), batch_size=4)
     whole_probe._reuse_blocked = "test: no prefix cache"
     whole = whole_probe.measure(plan, "response")
     assert not any(whole_probe._prefixes.values())
-    uncached_probe = FluencyProbe(model, tok, list(TEXTS), batch_size=1, cache_bytes=0)
+    uncached_probe = SideEffectProbe(model, tok, list(TEXTS), batch_size=1, cache_bytes=0)
     uncached = uncached_probe.measure(plan, "response")
     assert uncached_probe._cache is None  # over the memory budget: recomputed per batch
-    nn = FluencyProbe(model, tok, list(TEXTS), steerer=Steerer(model, "nnsight"), batch_size=16).measure(
+    nn = SideEffectProbe(model, tok, list(TEXTS), steerer=Steerer(model, "nnsight"), batch_size=16).measure(
         plan, "response"
     )
     for other in (uncached, nn, whole):
@@ -251,10 +252,10 @@ def test_a_cache_budget_below_all_batches_caches_the_first_ones_and_recomputes_t
     model, tok = make_model("qwen2", n_layers=2, hidden=32, seed=2)
     torch.manual_seed(7)
     plan = make_plan([SteeringVector(torch.randn(2, 32))], [2.0], model, "model.layers")
-    full = FluencyProbe(model, tok, list(TEXTS), batch_size=2)
+    full = SideEffectProbe(model, tok, list(TEXTS), batch_size=2)
     want = full.measure(plan, "response")
     first = full._cache[0].numel() * 4
-    part = FluencyProbe(model, tok, list(TEXTS), batch_size=2, cache_bytes=first + full._cache[1].numel() * 4 - 1)
+    part = SideEffectProbe(model, tok, list(TEXTS), batch_size=2, cache_bytes=first + full._cache[1].numel() * 4 - 1)
     got = part.measure(plan, "response")
     assert len(full._cache) > 2 and len(part._cache) == 1 and part.cached_bytes == first < full.cached_bytes
     assert got.kl == pytest.approx(want.kl, rel=1e-6) and got.ppl == pytest.approx(want.ppl, rel=1e-6)

@@ -71,8 +71,8 @@ def test_steer_check_passes(gemma3, vector, capsys):
 
 def test_calibration_reaches_its_kl_budget(lm, vector, goemotions):
     """A few texts: the alpha found has the budget's KL within the tolerance, recomputed text by text."""
+    from steer_plugin.data.neutral_texts import TextSource
     from steer_plugin.steering import calibrate as C
-    from steer_plugin.steering.side_effects import TextSource
 
     vec = SteeringVector.load(vector)
     source = TextSource(str(goemotions))

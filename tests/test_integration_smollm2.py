@@ -113,9 +113,10 @@ def test_anger_vector_makes_answers_angrier(smollm2, shared, tmp_path):
 def test_the_shipped_calibrations_are_verified_on_the_offline_copy(smollm2, shared):
     """The shipped calibrations were made on an offline copy of the hub model and have no weights fingerprint: they
     are verified on reuse (one KL evaluation at the stored alpha), and on the same weights they hold."""
+    from steer_plugin.data.neutral_texts import TextSource
     from steer_plugin.model.loading import ModelOptions
-    from steer_plugin.steering.calibrate import calibrate_vector_file, calibration_path, stored_calibrations
-    from steer_plugin.steering.side_effects import TextSource
+    from steer_plugin.steering.calibrate import calibrate_vector_file
+    from steer_plugin.steering.calibration_file import calibration_path, stored_calibrations
 
     shipped_dir = Path(__file__).resolve().parents[1] / "vectors" / "smollm2-135m-instruct"
     vector = shipped_dir / "anger-mean-emotions-npc3.safetensors"  # the default recipe's

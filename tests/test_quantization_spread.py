@@ -73,9 +73,9 @@ def _quantized_tiny_model(path: Path) -> str:
 
 
 def test_report_on_a_quantized_tiny_model(tmp_path, monkeypatch, capsys):
+    from steer_plugin.data.neutral_texts import TextSource
     from steer_plugin.model.loading import ModelOptions
     from steer_plugin.steering.calibrate import calibrate_vector_file
-    from steer_plugin.steering.side_effects import TextSource
     from steer_plugin.vectors.build import build_vector
     from steer_plugin.vectors.request import RecordRequest, record_request
 

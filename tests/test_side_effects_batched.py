@@ -1,4 +1,4 @@
-"""Side effects of many configurations in one batch (``FluencyProbe.measure_many``) against each one measured
+"""Side effects of many configurations in one batch (``SideEffectProbe.measure_many``) against each one measured
 alone, and a sweep with config batching against one without."""
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ import torch
 from helpers_tiny import CORPUS, make_model
 from test_fluency import TEXTS, reference
 
+from steer_plugin.data.neutral_texts import TextSource
 from steer_plugin.model.hooks import Steerer, make_plan
-from steer_plugin.steering.side_effects import FluencyProbe, SideEffects, TextSource
+from steer_plugin.steering.side_effects import SideEffectProbe, SideEffects
 from steer_plugin.vectors.vector import SteeringVector
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -56,7 +57,7 @@ SHORT = [*CORPUS[:3], "I am so angry", "Hi there.", "Go away!"]
 )
 def test_measure_many_equals_each_configuration_alone(arch, config, texts):
     model, tok, vec, steerer, plans, positions = _setup(arch, **config)
-    alone_probe = FluencyProbe(model, tok, list(texts), steerer=steerer, batch_size=3)
+    alone_probe = SideEffectProbe(model, tok, list(texts), steerer=steerer, batch_size=3)
     alone = [alone_probe.measure(p, where) for p, where in zip(plans, positions)]
     assert alone[2].kl == 0 and all(a.kl > 1e-4 for k, a in enumerate(alone) if k != 2)  # each does something
     for a, (alpha, layers, where) in zip(alone[:2], CONFIGS):  # and what the plain reference computes
@@ -64,7 +65,7 @@ def test_measure_many_equals_each_configuration_alone(arch, config, texts):
         assert a.kl == pytest.approx(want_kl, rel=1e-4, abs=1e-7) and a.ppl == pytest.approx(want_ppl, rel=1e-5)
 
     for rows in (64, 7, 1):  # all configurations per forward; two per batch of 3 texts; one (rows < batch size)
-        probe = FluencyProbe(model, tok, list(texts), steerer=steerer, batch_size=3, config_rows=rows)
+        probe = SideEffectProbe(model, tok, list(texts), steerer=steerer, batch_size=3, config_rows=rows)
         seen, handle = _rows_per_forward(model)
         try:
             many = probe.measure_many(plans, positions)
@@ -78,7 +79,7 @@ def test_measure_many_equals_each_configuration_alone(arch, config, texts):
     # a logits budget of the smallest batch's worth (a 262k vocabulary's case): one configuration per forward
     vocab = model.get_output_embeddings().weight.shape[0]
     least = min(b.input_ids.numel() for b in alone_probe._batches)
-    tight = FluencyProbe(model, tok, list(texts), steerer=steerer, batch_size=3, logits_bytes=4 * vocab * least)
+    tight = SideEffectProbe(model, tok, list(texts), steerer=steerer, batch_size=3, logits_bytes=4 * vocab * least)
     seen, handle = _rows_per_forward(model)
     try:
         many = tight.measure_many(plans, positions)
@@ -96,10 +97,10 @@ def test_measure_many_equals_each_configuration_alone(arch, config, texts):
 def test_measure_many_without_the_cache_and_with_nnsight():
     """Unsteered log-probs recomputed per batch (over the cache budget) and the nnsight backend: the same numbers."""
     model, tok, _, steerer, plans, positions = _setup("llama")
-    alone = [FluencyProbe(model, tok, list(TEXTS), steerer=steerer).measure(p, w) for p, w in zip(plans, positions)]
+    alone = [SideEffectProbe(model, tok, list(TEXTS), steerer=steerer).measure(p, w) for p, w in zip(plans, positions)]
     for probe in (
-        FluencyProbe(model, tok, list(TEXTS), steerer=steerer, batch_size=2, cache_bytes=0, config_rows=5),
-        FluencyProbe(model, tok, list(TEXTS), steerer=Steerer(model, "nnsight"), batch_size=4),
+        SideEffectProbe(model, tok, list(TEXTS), steerer=steerer, batch_size=2, cache_bytes=0, config_rows=5),
+        SideEffectProbe(model, tok, list(TEXTS), steerer=Steerer(model, "nnsight"), batch_size=4),
     ):
         for got, want in zip(probe.measure_many(plans, positions), alone):
             _same(got, want)

@@ -266,10 +266,10 @@ def test_sweep_with_controls_keeps_per_document_scores_and_tables_them(
 def test_sweep_measures_side_effects_and_resolves_kl_alphas(lm, task_dir, vector_file, tiny_llama_dir, tmp_path):
     from test_fluency import reference
 
+    from steer_plugin.data.neutral_texts import TextSource
     from steer_plugin.errors import SteerError
     from steer_plugin.steering.alphas import KLBudget, parse_alpha_specs
     from steer_plugin.steering.calibrate import calibrate_vector_file
-    from steer_plugin.steering.side_effects import TextSource
     from steer_plugin.study.rows import load_rows
     from steer_plugin.study.table import to_console, to_csv
 
@@ -330,7 +330,7 @@ def test_sweep_measures_side_effects_and_resolves_kl_alphas(lm, task_dir, vector
 
 def test_sweep_command_with_kl_alphas(task_dir, vector_file, tiny_llama_dir, tmp_path, capsys):
     from steer_plugin.cli import main
-    from steer_plugin.steering.calibrate import calibration_path
+    from steer_plugin.steering.calibration_file import calibration_path
 
     texts = tmp_path / "neutral.txt"
     texts.write_text("".join(f"{d['q']}{d['choices'][-1]} [{i}]\n" for i, d in enumerate(DOCS * 3)), encoding="utf-8")
@@ -354,7 +354,7 @@ def test_sweep_command_with_kl_alphas(task_dir, vector_file, tiny_llama_dir, tmp
 
 def test_sweep_command_with_controls_at_the_same_kl(task_dir, vector_file, tiny_llama_dir, tmp_path, capsys):
     from steer_plugin.cli import main
-    from steer_plugin.steering.calibrate import calibration_path
+    from steer_plugin.steering.calibration_file import calibration_path
 
     texts = tmp_path / "neutral.txt"
     texts.write_text("".join(f"{d['q']}{d['choices'][-1]} <{i}>\n" for i, d in enumerate(DOCS * 3)), encoding="utf-8")
@@ -381,7 +381,7 @@ def test_a_kl_budget_that_is_not_reached_is_said_and_not_labelled_as_reached(
 ):
     """The tiny model's KL saturates far below 1e6: no row may carry that budget (its real KL is far smaller)."""
     from steer_plugin.cli import main
-    from steer_plugin.steering.calibrate import calibration_path
+    from steer_plugin.steering.calibration_file import calibration_path
     from steer_plugin.study.rows import load_rows
 
     texts = tmp_path / "neutral.txt"

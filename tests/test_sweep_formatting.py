@@ -13,11 +13,11 @@ from helpers_tiny import CORPUS
 from test_classifier import build_goemotions_classifier
 from test_sweep import task_dir  # noqa: F401  (the multiple-choice fixture task)
 
+from steer_plugin.data.neutral_texts import TextSource
 from steer_plugin.data.prompts import emotion_instruction
 from steer_plugin.errors import SteerError
 from steer_plugin.harness.engine import HFEngine
 from steer_plugin.model.loading import ModelOptions
-from steer_plugin.steering.side_effects import TextSource
 from steer_plugin.study.evaluation import Evaluation, emotion_task_family
 from steer_plugin.study.plan import SweepOptions, SweepPlan
 from steer_plugin.study.sweep import run_sweep

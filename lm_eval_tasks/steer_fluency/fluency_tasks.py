@@ -1,6 +1,6 @@
 """lm-eval hooks of the steer_fluency task (referenced from the YAML with ``!function``).
 
-The docs are the neutral texts of ``steer_plugin.steering.side_effects.TextSource`` (what ``steer sweep`` measures
+The docs are the neutral texts of ``steer_plugin.data.neutral_texts.TextSource`` (what ``steer sweep`` measures
 its ``kl``/``ppl`` side effects on), scored with loglikelihood_rolling like wikitext: word and byte
 perplexity and bits per byte of the whole text.
 """
@@ -17,7 +17,7 @@ try:
 except ImportError:  # a checkout without `pip install -e .`: the package sits two folders up
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from steer_plugin.steering.side_effects import DEFAULT_N_TEXTS, TextSource
+from steer_plugin.data.neutral_texts import DEFAULT_N_TEXTS, TextSource
 
 SPLIT = "test"
 

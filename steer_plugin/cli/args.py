@@ -82,13 +82,17 @@ def add_data_args(p: argparse.ArgumentParser, emotion_required: bool = True) -> 
 
 
 def add_fluency_texts_arg(p: argparse.ArgumentParser) -> None:
-    """The neutral texts of the side effects (`calibrate`, `sweep`, `run`)."""
+    """The neutral texts of the side effects (`calibrate`, `sweep`, `run`): ``--neutral-texts``, also spelled
+    ``--fluency-texts`` (the old name; ``args.fluency_texts`` either way)."""
     p.add_argument(
+        "--neutral-texts",
         "--fluency-texts",
+        dest="fluency_texts",
         default=None,
         metavar="FILE|DIR",
-        help="neutral texts for KL/perplexity: a text file (one per line) or a GoEmotions folder "
-        "(default: --data if given, else $STEER_GOEMOTIONS_DIR, else the hub's neutral test texts)",
+        help="neutral texts for KL/perplexity (the side effects): a text file (one per line) or a GoEmotions folder "
+        "(default: --data if given, else $STEER_GOEMOTIONS_DIR, else the hub's neutral test texts); "
+        "--fluency-texts is the same option",
     )
 
 

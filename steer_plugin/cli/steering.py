@@ -100,18 +100,13 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
+    from steer_plugin.data.neutral_texts import TextSource
     from steer_plugin.model.hooks import Steerer
     from steer_plugin.model.layers import layer_ranges
     from steer_plugin.steering.alphas import parse_budgets
-    from steer_plugin.steering.calibrate import (
-        calibrate_vector_file,
-        calibration_path,
-        check_settings,
-        format_calibration,
-        split_texts,
-        stored_calibrations,
-    )
-    from steer_plugin.steering.side_effects import TextSource
+    from steer_plugin.steering.calibrate import calibrate_vector_file, check_settings, split_texts
+    from steer_plugin.steering.calibration_file import calibration_path, stored_calibrations
+    from steer_plugin.steering.calibration_table import format_calibration
     from steer_plugin.vectors.vector import SteeringVector
 
     # everything the arguments and files say, before the model loads
@@ -122,7 +117,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     SteeringVector.load(args.vector)
     stored_calibrations(args.vector)  # a tampered calibration file fails before the model loads
     source = TextSource(args.fluency_texts, seed=args.seed)
-    split_texts(source, args.n_calibration, args.n_heldout)  # a missing, unreadable or empty --fluency-texts
+    split_texts(source, args.n_calibration, args.n_heldout)  # a missing, unreadable or empty --neutral-texts
     loaded = model_options(args).load()
     calibration, reused = calibrate_vector_file(
         loaded.model,

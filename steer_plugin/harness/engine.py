@@ -20,9 +20,10 @@ from steer_plugin.data.prompts import INSTRUCTION_DELIMITER, emotion_instruction
 from steer_plugin.steering.config import SteeringConfig
 
 if TYPE_CHECKING:  # pragma: no cover
+    from steer_plugin.data.neutral_texts import TextSource
     from steer_plugin.harness.model import SteeredHFLM
-    from steer_plugin.steering.calibrate import Calibration
-    from steer_plugin.steering.side_effects import SideEffects, TextSource
+    from steer_plugin.steering.calibration_result import Calibration
+    from steer_plugin.steering.side_effects import SideEffects
 
 GENERATION_NLL_ROWS = 32  # sequences per forward of the outputs' fluency (gen_nll)
 FALLBACK_BATCH = 16  # the side effects' and calibrations' batch where the harness's is "auto"
@@ -30,7 +31,7 @@ FALLBACK_BATCH = 16  # the side effects' and calibrations' batch where the harne
 TaskDict = dict[str, Any]  # lm-eval's loaded task dict: {"tasks": ..., "groups": ..., "group_map": ...}
 
 
-class SideEffectProbe(Protocol):
+class SideEffectMeter(Protocol):
     """Neutral texts, tokenized once with their unsteered pass done: each configuration's KL and perplexity."""
 
     @property
@@ -95,7 +96,7 @@ class SteeringEngine(Protocol):
         """Seconds spent per request type since loading."""
         ...
 
-    def side_effect_probe(self, texts: list[str], rows: int | None) -> SideEffectProbe: ...
+    def side_effect_meter(self, texts: list[str], rows: int | None) -> SideEffectMeter: ...
 
     def generation_nll(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
         """Per-token NLL of each (prompt, generated text) under the unsteered model (an empty text: the NLL of
@@ -188,17 +189,17 @@ class HFEngine:
     def request_seconds(self) -> dict[str, float]:
         return dict(self.lm.seconds)
 
-    def side_effect_probe(self, texts: list[str], rows: int | None) -> HFSideEffectProbe:
+    def side_effect_meter(self, texts: list[str], rows: int | None) -> HFSideEffectMeter:
         from steer_plugin.model.hooks import DEFAULT_ROWS, Steerer
-        from steer_plugin.steering.side_effects import FluencyProbe
+        from steer_plugin.steering.side_effects import SideEffectProbe
 
         steerer = Steerer(self.lm.model, "hooks", self.lm.steerer.block_path)  # same blocks, no tracing overhead
-        probe = FluencyProbe(
+        probe = SideEffectProbe(
             self.lm.model, self.lm.tokenizer, texts, steerer=steerer, batch_size=self._rows(),
             config_rows=rows or DEFAULT_ROWS,  # as many rows per forward as a mixed generation batch
         )  # fmt: skip
         probe.baseline()
-        return HFSideEffectProbe(self.lm, probe)
+        return HFSideEffectMeter(self.lm, probe)
 
     def generation_nll(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
         from steer_plugin.steering.generation_nll import PromptCache, continuation_nll
@@ -240,11 +241,11 @@ class HFEngine:
 
 
 @dataclass
-class HFSideEffectProbe:
-    """``SideEffectProbe`` on ``steered_hf``: each configuration placed on the model as its plan and positions."""
+class HFSideEffectMeter:
+    """``SideEffectMeter`` on ``steered_hf``: each configuration placed on the model as its plan and positions."""
 
     lm: SteeredHFLM
-    probe: Any  # steering.side_effects.FluencyProbe
+    probe: Any  # steering.side_effects.SideEffectProbe
 
     @property
     def texts(self) -> list[str]:

@@ -1,9 +1,8 @@
 """Side effects of a steering configuration: KL to the unsteered model and perplexity on neutral texts.
 
-The texts (:class:`TextSource`): by default the GoEmotions **test** texts whose only label is
-``neutral`` and that have at least ``MIN_WORDS`` words, deduplicated, in a seeded shuffle; or the
-non-empty lines of a text file. Callers take prefixes of that order: a sweep the first 200,
-calibration the first 128 (calibration set) and the next 128 (held-out set).
+The texts: :class:`steer_plugin.data.neutral_texts.TextSource` (GoEmotions' neutral test texts by default).
+This is what "side effects" means here; the *fluency* of generated outputs (their ``gen_nll``) is another
+measurement (:mod:`steer_plugin.steering.generation_nll`).
 
 Each text is tokenized as its tokenizer does by default (special tokens included, e.g. a BOS), cut to
 ``MAX_TOKENS`` tokens and split at ``c = n // 2``: context ``ids[:c]``, continuation ``ids[c:]``
@@ -36,91 +35,35 @@ up to ``config_rows`` rows per forward, and the KL is reduced per configuration 
 
 from __future__ import annotations
 
-import hashlib
 import math
-import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from steer_plugin.data.goemotions import HUB_CONFIG, HUB_DATASET, neutral_texts, neutral_texts_location
-from steer_plugin.data.prompts import pad_batch, pad_id
-from steer_plugin.errors import SteerError, check_count
+from steer_plugin.errors import SteerError
 from steer_plugin.model.hooks import DEFAULT_ROWS, RowPlan, Steerer, SteeringPlan
 from steer_plugin.model.positions import POSITIONS, check_positions
 from steer_plugin.steering.generation_nll import LOGITS_BYTES, vocab_size
 from steer_plugin.steering.kv_prefix import (
-    KVPrefix,
     ReuseUnsupported,
     accepts_logits_to_keep,
     fits_window,
     reuse_blocker,
     reuse_window,
 )
+from steer_plugin.steering.side_effect_batches import (
+    MAX_TOKENS,
+    PrefixTail,
+    ScoredBatch,
+    encode_batches,
+    pick_log_probs,
+    prefix_tail,
+    scored_ids,
+)
 
-MIN_WORDS = 3  # GoEmotions neutral texts shorter than this say too little to continue
-MAX_TOKENS = 128  # longer texts (file lines) are cut to their first MAX_TOKENS tokens
-DEFAULT_N_TEXTS = 200
 DEFAULT_CACHE_BYTES = 1 << 30
-
-
-# --------------------------------------------------------------------------- texts
-
-
-@dataclass(frozen=True)
-class TextSource:
-    """Where the neutral texts come from: a text file (one text per line), a GoEmotions folder
-    (test.tsv + emotions.txt), or None = $STEER_GOEMOTIONS_DIR if set, else the hub dataset."""
-
-    path: str | None = None
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        check_count("--seed", self.seed, 0)
-
-    def resolved(self) -> str | None:
-        return neutral_texts_location(self.path)
-
-    def describe(self) -> str:
-        where = self.resolved()
-        if where is None:
-            return f"hub:{HUB_DATASET}/{HUB_CONFIG} test neutral (seed {self.seed})"
-        kind = "file" if Path(where).is_file() else "goemotions test neutral"
-        return f"{kind}:{where} (seed {self.seed})"
-
-    def load(self, n: int | None = None) -> list[str]:
-        """The texts in the seeded order (all of them, or the first ``n``)."""
-        where = self.resolved()
-        if where is not None and Path(where).expanduser().is_file():
-            texts = _file_texts(Path(where).expanduser())
-        else:
-            texts = _goemotions_neutral(where)
-        texts = list(dict.fromkeys(texts))  # deduplicated, first occurrence kept
-        random.Random(f"fluency:{self.seed}").shuffle(texts)
-        if not texts:
-            raise SteerError(f"no neutral texts in {self.describe()}; pass --fluency-texts FILE (one text per line)")
-        return texts if n is None else texts[:n]
-
-
-def _file_texts(path: Path) -> list[str]:
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise SteerError(f"cannot read fluency texts {path}: {e}") from None
-    return [line.strip() for line in lines if line.strip()]
-
-
-def _goemotions_neutral(folder: str | None) -> list[str]:
-    if folder is not None and not Path(folder).expanduser().is_dir():
-        raise SteerError(f"fluency texts {folder!r}: not a text file or a GoEmotions folder")
-    return [ex.text for ex in neutral_texts("test", folder) if len(ex.text.split()) >= MIN_WORDS]
-
-
-def texts_sha256(texts: list[str]) -> str:
-    return hashlib.sha256("\n".join(texts).encode("utf-8")).hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------- results
@@ -193,35 +136,7 @@ def _ratio_stderr(sums: list[float], counts: list[int]) -> float:
 
 
 @dataclass
-class _Batch:
-    input_ids: torch.Tensor  # [B, W] (right-padded ids[:-1])
-    attention_mask: torch.Tensor
-    response: torch.Tensor  # bool [B, W]: positions c-1 .. n-2 of each row
-    rows: torch.Tensor  # [T] row of each scored position
-    cols: torch.Tensor  # [T] its column
-    targets: torch.Tensor  # [T] the continuation token it predicts
-    owner: torch.Tensor  # [T] index (in probe.texts) of the text it belongs to
-    prefix_lengths: list[int] = field(default_factory=list)  # c - 1 per row: the never-steered part (response)
-
-
-def _pick(logits: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    """float32 log-probs at (rows, cols), on the logits' device (the last layer's, with device_map)."""
-    return torch.log_softmax(logits[rows.to(logits.device), cols.to(logits.device)].float(), dim=-1)
-
-
-@dataclass
-class _Prefix:
-    """positions=response: the unsteered KV cache of every row's ``ids[:c-1]`` (left-padded), computed once;
-    steered passes then run only the tails ``ids[c-1:n-1]`` (right-padded), whose positions are all scored."""
-
-    kv: KVPrefix
-    tail_ids: torch.Tensor  # [B, W]
-    tail_mask: torch.Tensor  # [B, W] long
-    tail_cols: torch.Tensor  # [T] column of each scored position in the tail
-
-
-@dataclass
-class FluencyProbe:
+class SideEffectProbe:
     """Tokenized neutral texts and their unsteered next-token distributions, reused per configuration."""
 
     model: Any
@@ -234,10 +149,10 @@ class FluencyProbe:
     blocks: str | None = None
     config_rows: int = DEFAULT_ROWS  # measure_many: most rows (texts x configurations) in one forward
     logits_bytes: int = LOGITS_BYTES  # measure_many: a forward's float32 logits, at most (one configuration always)
-    _batches: list[_Batch] = field(default_factory=list, init=False, repr=False)
+    _batches: list[ScoredBatch] = field(default_factory=list, init=False, repr=False)
     _cache: list[torch.Tensor] | None = field(default=None, init=False, repr=False)
     _baseline: SideEffects | None = field(default=None, init=False, repr=False)
-    _prefixes: dict[int, _Prefix | None] = field(default_factory=dict, init=False, repr=False)
+    _prefixes: dict[int, PrefixTail | None] = field(default_factory=dict, init=False, repr=False)
     _reuse_blocked: str | None = field(default=None, init=False, repr=False)
     _keep_logits: bool = field(default=False, init=False, repr=False)
     window: int | None = field(default=None, init=False)  # the model's shortest sliding window, if any
@@ -248,43 +163,12 @@ class FluencyProbe:
             self.steerer = Steerer(self.model, "hooks", self.blocks)
         if self.batch_size < 1:
             raise SteerError(f"batch size must be >= 1, got {self.batch_size}")
-        encoded = []
-        for i, text in enumerate(self.texts):
-            ids = list(self.tokenizer(text)["input_ids"])[: self.max_tokens]
-            if len(ids) >= 2:
-                encoded.append((i, ids))
+        encoded = scored_ids(self.tokenizer, self.texts, self.max_tokens)
         if not encoded:
-            raise SteerError("no fluency text has 2 or more tokens (a context and a continuation)")
+            raise SteerError("no neutral text has 2 or more tokens (a context and a continuation)")
         self.texts = [self.texts[i] for i, _ in encoded]  # only the texts that are scored
-        encoded = [(k, ids) for k, (_, ids) in enumerate(encoded)]
-        encoded.sort(key=lambda e: -len(e[1]))  # similar lengths together: less padding
         device = self.model.get_input_embeddings().weight.device
-        pad = pad_id(self.tokenizer)
-        for start in range(0, len(encoded), self.batch_size):
-            chunk = encoded[start : start + self.batch_size]
-            ids, mask, _ = pad_batch([e[1][:-1] for e in chunk], pad, "right")
-            response = torch.zeros_like(mask, dtype=torch.bool)
-            rows, cols, targets, owner = [], [], [], []
-            for r, (k, full) in enumerate(chunk):
-                n, c = len(full), len(full) // 2
-                response[r, c - 1 : n - 1] = True
-                for j in range(c, n):
-                    rows.append(r)
-                    cols.append(j - 1)
-                    targets.append(full[j])
-                    owner.append(k)
-            self._batches.append(
-                _Batch(
-                    ids.to(device),
-                    mask.to(device),
-                    response,
-                    torch.tensor(rows, device=device),
-                    torch.tensor(cols, device=device),
-                    torch.tensor(targets, device=device),
-                    torch.tensor(owner),
-                    [len(full) // 2 - 1 for _, full in chunk],
-                )
-            )
+        self._batches = encode_batches(self.tokenizer, [ids for _, ids in encoded], self.batch_size, device)
         self._keep_logits = accepts_logits_to_keep(self.model)
         self._reuse_blocked = reuse_blocker(self.model)
         self.window = None if self._reuse_blocked else reuse_window(self.model)
@@ -298,7 +182,7 @@ class FluencyProbe:
         return sum(int(b.targets.numel()) for b in self._batches)
 
     def _log_probs(
-        self, batch: _Batch, plans: Sequence[SteeringPlan], positions: str, i: int | None = None
+        self, batch: ScoredBatch, plans: Sequence[SteeringPlan], positions: str, i: int | None = None
     ) -> Iterator[torch.Tensor]:
         """Per plan, float32 log-probs [T, V] at the scored positions of one batch, all plans in one forward
         (configuration ``j`` owns rows ``j*B .. (j+1)*B-1``, ``RowPlan``; ``i``: the batch's index, for the prefix
@@ -327,9 +211,9 @@ class FluencyProbe:
                 out = self.steerer.forward(plan, where, **inputs)
         logits = out.logits if hasattr(out, "logits") else out[0]
         for j in range(g):
-            yield _pick(logits, batch.rows + j * n, cols)
+            yield pick_log_probs(logits, batch.rows + j * n, cols)
 
-    def _prefix(self, i: int, batch: _Batch) -> _Prefix | None:
+    def _prefix(self, i: int, batch: ScoredBatch) -> PrefixTail | None:
         """The batch's unsteered prefix cache (built on first use); None where it cannot be used: the
         model's cache cannot be reused, a row has no prefix (a 2- or 3-token text), or a row is longer
         than the sliding window."""
@@ -341,21 +225,13 @@ class FluencyProbe:
         if not fits_window(int(batch.attention_mask.sum(1).max()), self.window):
             self.longer_than_window += len(batch.prefix_lengths)
             return None
-        device = batch.input_ids.device
-        texts = [batch.input_ids[r, :n].tolist() for r, n in enumerate(batch.attention_mask.sum(1).tolist())]
-        heads = [ids[:p] for ids, p in zip(texts, batch.prefix_lengths)]
-        tail_ids, tail_mask, _ = pad_batch([ids[p:] for ids, p in zip(texts, batch.prefix_lengths)], 0, "right")
         try:
-            with torch.no_grad():
-                kv = KVPrefix.run_tokens(self.model, self.model.config, heads, device, logits_to_keep=self._keep_logits)
+            self._prefixes[i] = prefix_tail(self.model, batch, self._keep_logits)
         except ReuseUnsupported as e:
             self._reuse_blocked = str(e)
-            return None
-        offsets = torch.tensor(batch.prefix_lengths, device=device)[batch.rows]
-        self._prefixes[i] = _Prefix(kv, tail_ids.to(device), tail_mask.to(device), batch.cols - offsets)
         return self._prefixes[i]
 
-    def _baseline_log_probs(self, i: int, batch: _Batch) -> torch.Tensor:
+    def _baseline_log_probs(self, i: int, batch: ScoredBatch) -> torch.Tensor:
         if self._cache is not None and i < len(self._cache):
             return self._cache[i]
         return next(self._log_probs(batch, [SteeringPlan()], "all"))
@@ -386,7 +262,7 @@ class FluencyProbe:
         return self._baseline
 
     @staticmethod
-    def _add(sums: list[float], counts: list[int] | None, batch: _Batch, values: torch.Tensor) -> None:
+    def _add(sums: list[float], counts: list[int] | None, batch: ScoredBatch, values: torch.Tensor) -> None:
         for k, v in zip(batch.owner.tolist(), values.double().cpu().tolist()):
             sums[k] += v
             if counts is not None:
@@ -449,11 +325,11 @@ class FluencyProbe:
             with torch.no_grad():
                 out = self.steerer.forward(SteeringPlan(), None, input_ids=ids, attention_mask=mask)
             logits = out.logits if hasattr(out, "logits") else out[0]
-            q = _pick(logits, batch.rows, batch.cols + len(head) - skip)
+            q = pick_log_probs(logits, batch.rows, batch.cols + len(head) - skip)
             self._compare(kl, nll, batch, self._baseline_log_probs(i, batch).to(q.device), q)
         return SideEffects(kl, nll, list(base.n_tokens), base.ppl)
 
-    def _compare(self, kl: list[float], nll: list[float], batch: _Batch, p: torch.Tensor, q: torch.Tensor) -> None:
+    def _compare(self, kl: list[float], nll: list[float], batch: ScoredBatch, p: torch.Tensor, q: torch.Tensor) -> None:
         """Add one batch's KL(p || q) (p: the unsteered log-probs) and NLL under q to the per-text sums."""
         self._add(kl, None, batch, (p.exp() * (p - q)).sum(-1))
         self._add(nll, None, batch, -q.gather(1, batch.targets[:, None].to(q.device))[:, 0])

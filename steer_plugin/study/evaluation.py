@@ -26,8 +26,8 @@ from steer_plugin.study.plan import SweepOptions
 from steer_plugin.study.results_files import check_table_outputs
 
 if TYPE_CHECKING:  # pragma: no cover
+    from steer_plugin.data.neutral_texts import TextSource
     from steer_plugin.steering.alphas import AlphaSpec
-    from steer_plugin.steering.side_effects import TextSource
 
 ControlMatch = Literal["alpha", "kl"]
 Chat = Literal[
@@ -119,7 +119,7 @@ class Evaluation:
 
     def text_source(self) -> TextSource:
         """The neutral texts of the side effects and of the KL calibrations."""
-        from steer_plugin.steering.side_effects import TextSource
+        from steer_plugin.data.neutral_texts import TextSource
 
         return TextSource(str(self.fluency_texts) if self.fluency_texts else None)
 

@@ -116,7 +116,7 @@ class SweepOptions:
     model_args: dict[str, Any] = field(default_factory=dict)
     fresh: bool = False  # discard the results already in out_dir (they may belong to another sweep)
     # side effects (KL, perplexity on neutral texts) of every configuration; None = not measured
-    side_effects: Any = None  # steer_plugin.steering.side_effects.TextSource
+    side_effects: Any = None  # steer_plugin.data.neutral_texts.TextSource
     side_effect_texts: int = 200
     config_batching: bool = True  # several configurations per batch (config_batching.py); results are the same
     config_batch_rows: int | None = None  # most rows in one mixed batch (None: hooks.DEFAULT_ROWS)

@@ -29,9 +29,9 @@ from steer_plugin.study.sweep_folder import check_same_sweep, open_sweep_folder,
 from steer_plugin.vectors.recipe import DEFAULT_RECIPE, Recipe
 
 if TYPE_CHECKING:  # pragma: no cover
+    from steer_plugin.data.neutral_texts import TextSource
     from steer_plugin.harness.engine import SteeringEngine
     from steer_plugin.steering.alphas import AlphaSpec, KLBudget
-    from steer_plugin.steering.side_effects import TextSource
     from steer_plugin.study.rows import Row
     from steer_plugin.vectors.request import RecordRequest
 
@@ -296,7 +296,8 @@ def _build_missing(missing: dict[tuple[str, Recipe], Path], request: RecordReque
 
 def _calibrated_alphas(model_name: str, engine: SteeringEngine, source: TextSource, progress: bool) -> Resolver:
     """kl:X alphas: calibrate each (vector, layers, positions) on the sweep's model, reusing stored calibrations."""
-    from steer_plugin.steering.calibrate import calibration_path, format_calibration
+    from steer_plugin.steering.calibration_file import calibration_path
+    from steer_plugin.steering.calibration_table import format_calibration
 
     def resolve(vector: str, layers: str, positions: str, budgets: list[float]) -> dict[float, float]:
         calibration, reused = engine.calibrate(

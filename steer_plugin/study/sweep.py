@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from steer_plugin.data.prompts import emotion_instruction
 from steer_plugin.errors import SteerError
-from steer_plugin.harness.engine import SideEffectProbe, SteeringEngine
+from steer_plugin.harness.engine import SideEffectMeter, SteeringEngine
 from steer_plugin.harness.tasks import is_emotion_task, tasks_dir
 from steer_plugin.io.atomic import write_files_atomic
 from steer_plugin.steering.config import UNSTEERED, SteeringConfig
@@ -151,7 +151,7 @@ class ConfigurationStep:
     options: SweepOptions
     state: SweepFolder
     loaded: dict[str, Any]
-    probe: SideEffectProbe | None = None
+    probe: SideEffectMeter | None = None
     # config batching: side effects measured early, per slug: (side effects, seconds' share, configurations measured)
     ahead: dict[str, tuple[SideEffects, float, int]] = field(default_factory=dict)
 
@@ -231,7 +231,7 @@ class ConfigurationStep:
         t1 = time.monotonic()
         if self.probe is None:
             texts = options.side_effects.load(options.side_effect_texts)
-            self.probe = self.engine.side_effect_probe(texts, options.config_batch_rows)
+            self.probe = self.engine.side_effect_meter(texts, options.config_batch_rows)
         together, adjust = None, 0.0
         if config.prompted:
             measured = self.probe.measure_prompted(config.prompted)
