@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.cli import ESC
-from tests.helpers.tiny import save_tiny_stats
+from tests.helpers.tiny import CORPUS_WORDS, save_tiny_stats
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -103,3 +103,15 @@ def lm(tiny_llama_dir, one_torch_thread):
 @pytest.fixture()
 def stats_file_for_build(tmp_path) -> Path:
     return save_tiny_stats(tmp_path / "stats.safetensors", model=f"tiny{ESC}[31mred")
+
+
+@pytest.fixture(scope="module")
+def texts_file(tmp_path_factory):
+    """40 short sentences made of the tiny tokenizer's corpus words (seeded)."""
+    import random
+
+    rng = random.Random(0)
+    lines = [" ".join(rng.choice(CORPUS_WORDS) for _ in range(rng.randint(5, 12))) + "." for _ in range(40)]
+    path = tmp_path_factory.mktemp("texts") / "neutral.txt"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return str(path)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os
@@ -13,19 +12,16 @@ import pytest
 from steer_plugin.data.goemotions import EKMAN, LABELS
 from steer_plugin.errors import SteerError
 from steer_plugin.harness import classifier as C
+from tests.helpers.classifier import (
+    ForwardCounter,
+    build_ekman_classifier,
+    build_goemotions_classifier,
+    reference_probs,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-SENTENCES = [
-    "I am so angry today and I hate waiting",
-    "what a lovely day it is, thank you so much",
-    "the table is made of wood",
-    "tell me about yourself",
-    "she cried all night because her dog died",
-    "wow I did not expect that at all",
-    "the meeting is scheduled for ten o'clock",
-]
 TEXTS = [
     "I am angry",
     "the day is lovely",
@@ -40,60 +36,6 @@ TEXTS = [
 ]
 
 
-def build_tokenizer(folder: Path, max_length: int = 64):
-    """A WordLevel tokenizer trained on SENTENCES, [CLS] x [SEP], saved into ``folder``."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator(SENTENCES, trainers.WordLevelTrainer(special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]"]))
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
-    )
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
-        model_max_length=max_length,
-    )  # fmt: skip
-    fast.save_pretrained(folder)
-    return fast
-
-
-def build_goemotions_classifier(folder: Path) -> str:
-    """Tiny random BERT with the 28 GoEmotions labels, multi-label (sigmoid)."""
-    import torch
-    from transformers import BertConfig, BertForSequenceClassification
-
-    tok = build_tokenizer(folder)
-    labels = list(LABELS)
-    cfg = BertConfig(
-        vocab_size=len(tok), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-        intermediate_size=32, max_position_embeddings=64, pad_token_id=0, initializer_range=0.5,
-        id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)},
-        problem_type="multi_label_classification",
-    )  # fmt: skip
-    torch.manual_seed(0)
-    BertForSequenceClassification(cfg).save_pretrained(folder)
-    return str(folder)
-
-
-def build_ekman_classifier(folder: Path) -> str:
-    """Tiny random RoBERTa with the 7 Ekman labels (capitalised, as some hub models have), softmax."""
-    import torch
-    from transformers import RobertaConfig, RobertaForSequenceClassification
-
-    tok = build_tokenizer(folder)
-    labels = ["Anger", "Disgust", "Fear", "Joy", "Neutral", "Sadness", "Surprise"]
-    cfg = RobertaConfig(
-        vocab_size=len(tok), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-        intermediate_size=32, max_position_embeddings=80, pad_token_id=0, bos_token_id=2, eos_token_id=3,
-        initializer_range=0.5, id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)},
-    )  # fmt: skip
-    torch.manual_seed(1)
-    RobertaForSequenceClassification(cfg).save_pretrained(folder)
-    return str(folder)
-
-
 @pytest.fixture(scope="module")
 def goemo_dir(tmp_path_factory) -> str:
     return build_goemotions_classifier(tmp_path_factory.mktemp("goemo_clf"))
@@ -102,37 +44,6 @@ def goemo_dir(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def ekman_dir(tmp_path_factory) -> str:
     return build_ekman_classifier(tmp_path_factory.mktemp("ekman_clf"))
-
-
-@functools.cache
-def _reference_model(folder: str):
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(folder), AutoModelForSequenceClassification.from_pretrained(folder).eval()
-
-
-def reference_probs(folder: str, text: str, multi_label: bool) -> list[float]:
-    """Independent computation: a separately loaded model, one text at a time (no padding, no batching)."""
-    import torch
-
-    tok, model = _reference_model(folder)
-    with torch.no_grad():
-        logits = model(**tok(text, return_tensors="pt")).logits[0].double()
-    return (torch.sigmoid(logits) if multi_label else torch.softmax(logits, -1)).tolist()
-
-
-class ForwardCounter:
-    def __init__(self, model) -> None:
-        self.calls = 0
-        self.rows: list[int] = []
-        self.handle = model.register_forward_hook(self._hook)
-
-    def _hook(self, module, args, output) -> None:
-        self.calls += 1
-        self.rows.append(int(output.logits.shape[0]))
-
-    def remove(self) -> None:
-        self.handle.remove()
 
 
 def test_goemotions_classifier_scores_in_batches_and_matches_reference(goemo_dir):

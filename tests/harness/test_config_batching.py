@@ -19,6 +19,7 @@ from steer_plugin.errors import SteerError
 from steer_plugin.harness import config_batching
 from steer_plugin.model.hooks import RowPlan, Steerer, make_plan
 from steer_plugin.vectors.vector import SteeringVector
+from tests.helpers.configs import configure, run_each
 from tests.helpers.tiny import make_config, make_tokenizer
 
 PROMPTS = [
@@ -75,24 +76,6 @@ def _configs(v: list[SteeringVector]) -> list[dict]:
         {"vector": [v[1]], "alpha": -1.0, "layers": "1", "positions": "all"},
         {"vector": [v[0], v[1]], "alpha": [0.5, -1.0], "layers": "0-1", "positions": "response"},
     ]
-
-
-def _configure(lm, c: dict) -> None:
-    lm.configure(c["vector"], c["alpha"], c.get("layers", "all"), c.get("positions", "all"))
-
-
-def _each(lm, configs: list[dict], call, planned: bool, **plan_kw) -> list:
-    """``call()`` under every configuration in turn; ``planned``: announced first (config batching)."""
-    lm.plan_ahead(configs if planned else [], **plan_kw)
-    out = []
-    try:
-        for c in configs:
-            _configure(lm, c)
-            out.append(call())
-    finally:
-        lm.plan_ahead([])
-        lm.configure(None, 0.0)
-    return out
 
 
 def _generation_requests() -> list[Instance]:
@@ -153,7 +136,7 @@ def test_mixed_generation_equals_each_configuration_alone(arch, backend, monkeyp
     configs = _configs(_vectors())
     requests = _generation_requests()
     tokens = _record_tokens(lm, monkeypatch)
-    alone_text = _each(lm, configs, lambda: lm.generate_until(requests, disable_tqdm=True), planned=False)
+    alone_text = run_each(lm, configs, lambda: lm.generate_until(requests, disable_tqdm=True), planned=False)
     alone_tokens, tokens[:] = list(tokens), []
 
     prefixes = []
@@ -164,7 +147,7 @@ def test_mixed_generation_equals_each_configuration_alone(arch, backend, monkeyp
     monkeypatch.setattr(
         "steer_plugin.harness.model.generate_mixed", lambda gen, c, *a: mixes.append(len(c)) or mixed_fn(gen, c, *a)
     )
-    mixed_text = _each(lm, configs, lambda: lm.generate_until(requests, disable_tqdm=True), planned=True)
+    mixed_text = run_each(lm, configs, lambda: lm.generate_until(requests, disable_tqdm=True), planned=True)
 
     assert mixed_text == alone_text
     assert len(tokens) == len(alone_tokens)
@@ -185,7 +168,7 @@ def test_generation_longer_than_the_sliding_window_prefills_the_whole_prompt(mon
     assert lm.reuse_active and lm.reuse_window == 8
     configs = _configs(_vectors())
     requests = _generation_requests()
-    alone = _each(lm, configs, lambda: lm.generate_until(requests, disable_tqdm=True), planned=False)
+    alone = run_each(lm, configs, lambda: lm.generate_until(requests, disable_tqdm=True), planned=False)
     monkeypatch.setattr(config_batching, "_prefix_cache", lambda *a: pytest.fail("longer than the window"))
     counted = []
     inner = lm.generate_until
@@ -196,7 +179,7 @@ def test_generation_longer_than_the_sliding_window_prefills_the_whole_prompt(mon
         return out
 
     monkeypatch.setattr(lm, "generate_until", generate_and_count)
-    mixed = _each(lm, configs, lambda: lm.generate_until(requests, disable_tqdm=True), planned=True)
+    mixed = run_each(lm, configs, lambda: lm.generate_until(requests, disable_tqdm=True), planned=True)
     assert mixed == alone
     assert len({json.dumps(t) for t in alone}) >= 5
     # the first configuration generated every prompt for all configurations (none here twice: other settings)
@@ -208,7 +191,7 @@ def test_mixed_generation_honours_the_row_budget_and_no_prefix_reuse(monkeypatch
     lm.prefix_reuse = False  # full prompt prefill per row, still mixed
     configs = _configs(_vectors())
     requests = _generation_requests()
-    alone = _each(lm, configs, lambda: lm.generate_until(requests, disable_tqdm=True), planned=False)
+    alone = run_each(lm, configs, lambda: lm.generate_until(requests, disable_tqdm=True), planned=False)
     sizes = []
     inner = lm.steerer.generate
 
@@ -218,7 +201,7 @@ def test_mixed_generation_honours_the_row_budget_and_no_prefix_reuse(monkeypatch
 
     monkeypatch.setattr(lm.steerer, "generate", counting)
     monkeypatch.setattr(config_batching, "_prefix_cache", lambda *a: pytest.fail("prefix reuse is off"))
-    mixed = _each(lm, configs, lambda: lm.generate_until(requests, disable_tqdm=True), planned=True, rows=7)
+    mixed = run_each(lm, configs, lambda: lm.generate_until(requests, disable_tqdm=True), planned=True, rows=7)
     assert mixed == alone
     assert max(sizes) <= 7 and max(sizes) > 3  # rows = batch size (3) x 2 configurations
 
@@ -230,7 +213,7 @@ def test_sampling_runs_one_configuration_at_a_time():
                 for i, p in enumerate(PROMPTS)]  # fmt: skip
     lm.plan_ahead(configs)
     try:
-        _configure(lm, configs[0])
+        configure(lm, configs[0])
         lm.generate_until(requests, disable_tqdm=True)
         assert lm._batcher is not None and not lm._batcher.ready  # nothing computed for the others
     finally:
@@ -245,12 +228,12 @@ def test_an_overflowing_configuration_fails_alone_and_leaves_the_others(tmp_path
     good = _configs(_vectors())[:3]
     big = {"vector": [SteeringVector(torch.full((3, 32), 3e38))], "alpha": 1.0, "positions": "response"}
     requests = _generation_requests()[:4]
-    alone = _each(lm, good, lambda: lm.generate_until(requests, disable_tqdm=True), planned=False)
+    alone = run_each(lm, good, lambda: lm.generate_until(requests, disable_tqdm=True), planned=False)
     lm.plan_ahead([good[0], big, *good[1:]])
     try:
         got = []
         for c in [good[0], big, *good[1:]]:
-            _configure(lm, c)
+            configure(lm, c)
             if c is big:
                 with pytest.raises(SteerError, match="scores became non-finite"):
                     lm.generate_until(requests, disable_tqdm=True)
@@ -271,13 +254,13 @@ def test_mixed_loglikelihood_equals_each_configuration_alone(arch, backend):
     v = _vectors()
     configs = [_configs(v)[3], *_configs(v)[:3], _configs(v)[4], _configs(v)[5]]  # positions=all first
     requests = [Instance("loglikelihood", {}, (c, x), i) for i, (c, xs) in enumerate(LL_PAIRS) for x in xs]
-    alone = _each(lm, configs, lambda: lm.loglikelihood(requests, disable_tqdm=True), planned=False)
+    alone = run_each(lm, configs, lambda: lm.loglikelihood(requests, disable_tqdm=True), planned=False)
 
     lm.plan_ahead(configs)
     try:
         mixed = []
         for i, c in enumerate(configs):
-            _configure(lm, c)
+            configure(lm, c)
             mixed.append(lm.loglikelihood(requests, disable_tqdm=True))
             if i == 0:  # the other positions=all configuration was scored in the same forwards
                 assert len(lm._ahead) == 1

@@ -14,8 +14,8 @@ from steer_plugin.errors import SteerError
 from steer_plugin.harness.model import SteeredHFLM
 from steer_plugin.vectors.interop import export_lm_eval_steered
 from steer_plugin.vectors.vector import SteeringVector
+from tests.helpers.npy import bad_npys
 from tests.helpers.tiny import decoder_blocks
-from tests.io.test_npy import _bad_npys
 
 LL_PAIRS = [
     ("What is the capital of France?", " The capital of France is Paris."),
@@ -244,7 +244,7 @@ def test_no_hooks_left_after_calls_and_exceptions(steered, vec_path):
 def test_malformed_npy_fails_steered_hf_before_the_model_loads(tmp_path):
     from steer_plugin.harness.model import SteeredHFLM
 
-    for path in _bad_npys(tmp_path).values():
+    for path in bad_npys(tmp_path).values():
         with pytest.raises(SteerError, match=str(path.name)):
             SteeredHFLM(pretrained="/nonexistent/model", vector=str(path))
 

@@ -17,7 +17,7 @@ import pytest
 from steer_plugin.data.goemotions import EKMAN, GOEMOTIONS_DIR_ENV, LABELS, target_slug, valid_targets
 from steer_plugin.errors import SteerError
 from steer_plugin.harness import classifier as C
-from tests.harness.test_classifier import ForwardCounter, build_goemotions_classifier, reference_probs
+from tests.helpers.classifier import ForwardCounter, build_goemotions_classifier, reference_probs
 from tests.helpers.tiny import CHAT_TEMPLATE, load_script
 
 REPO = Path(__file__).resolve().parents[2]

@@ -409,3 +409,17 @@ def truthfulqa_instances(folder, limit: int) -> list:
     finally:
         mp.undo()
     return instances
+
+
+CORPUS_WORDS = " ".join(CORPUS).replace("?", "").replace("!", "").replace(".", "").split()
+
+
+def sharp_model(arch: str):
+    """A tiny random model whose next-token distributions are far from uniform (LM head x30), so that
+    steering can move the KL up to a few nats instead of saturating near 0.01."""
+    import torch
+
+    model, tok = make_model(arch, n_layers=3, hidden=32, seed=3)
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(30)
+    return model, tok

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from steer_plugin.vectors.vector import SteeringVector
-from tests.harness.test_config_batching import _each
 from tests.helpers.cli import run_cli
-from tests.steering.test_side_effects import reference
+from tests.helpers.configs import run_each
+from tests.helpers.side_effects import reference
 
 pytestmark = pytest.mark.slow  # the real Gemma-3-270M
 
@@ -136,8 +136,8 @@ def test_config_batched_generation_equals_one_at_a_time(lm, vector):
     def generate():
         return lm.generate_until(requests, disable_tqdm=True)
 
-    alone = _each(lm, configs, generate, planned=False)
-    mixed = _each(lm, configs, generate, planned=True)
+    alone = run_each(lm, configs, generate, planned=False)
+    mixed = run_each(lm, configs, generate, planned=True)
     assert mixed == alone
     assert len({json.dumps(texts) for texts in alone}) == 3  # the configurations differ: a mixed-up row would show
 

@@ -22,8 +22,8 @@ from steer_plugin.errors import SteerError
 from steer_plugin.vectors.vector import SteeringVector
 from tests.helpers.cli import assert_one_line_error, run_cli
 from tests.helpers.disk import NO_SPACE, full_disk
+from tests.helpers.sweep import sweep_options
 from tests.helpers.tiny import save_tiny_stats
-from tests.study.test_sweep_folder import _options
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "goemotions"
 # fixtures from conftest: lm (a tiny Llama), task_dir (a 4-question task)
@@ -215,7 +215,7 @@ def test_full_disk_in_a_sweep_is_one_error_and_no_half_configuration(
     out = tmp_path / "sweep"
     full_disk(monkeypatch, "results.json")
     with pytest.raises(SteerError, match=f"results.json: {NO_SPACE}"):
-        run_sweep(lm, plan, _options(out, task_dir, tiny_llama_dir), progress=False)
+        run_sweep(lm, plan, sweep_options(out, task_dir, tiny_llama_dir), progress=False)
     configs = [d for d in out.iterdir() if d.is_dir()]
     assert all(not any(d.iterdir()) or (d / "results.json").is_file() for d in configs), _tree(out)
     assert not [p for p in out.rglob("*.tmp")]

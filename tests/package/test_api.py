@@ -35,7 +35,7 @@ def readme_example() -> str:
 
 
 def test_readme_example_runs(tmp_path, monkeypatch, capsys):
-    from tests.harness.test_classifier import build_goemotions_classifier
+    from tests.helpers.classifier import build_goemotions_classifier
 
     # the example steers layers 8-16 at kl:0.1, which a plain random model never reaches
     model_dir = save_model(tmp_path / "model", "llama", n_layers=18, head_scale=30)

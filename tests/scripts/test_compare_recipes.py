@@ -27,7 +27,7 @@ def test_recipe_names_and_bad_recipes():
 
 
 def test_compare_recipes_end_to_end(tmp_path, tiny_chat_llama_dir, one_torch_thread, capsys):
-    from tests.harness.test_classifier import build_goemotions_classifier
+    from tests.helpers.classifier import build_goemotions_classifier
 
     script = load_script("compare_recipes")
     out = tmp_path / "cmp"

@@ -5,21 +5,21 @@ from __future__ import annotations
 import numpy as np
 
 from steer_plugin.study.report import describe, load_study
+from tests.helpers.study import vector_entry, write_config
 from tests.helpers.tiny import load_script
-from tests.study.test_report import _vector, _write_config
 
 
 def test_comparison_rows_are_settings_by_budget(tmp_path):
     rng = np.random.default_rng(2)
     folder = tmp_path / "run"
-    _write_config(folder, "baseline", None, 0.0, None, rng)
+    write_config(folder, "baseline", None, 0.0, None, rng)
     top_k = {"path": "anger-top_k.safetensors", "metadata": {"emotion": "anger", "method": "top_k", "top_k": 4}}
     for name, vector, alpha, budget in (
-        ("mean_a", _vector("anger"), 0.5, 0.1),
-        ("mean_b", _vector("anger"), 0.9, 1.0),
+        ("mean_a", vector_entry("anger"), 0.5, 0.1),
+        ("mean_b", vector_entry("anger"), 0.9, 1.0),
         ("top_k_a", top_k, 0.7, 0.1),
     ):
-        _write_config(folder, name, vector, alpha, budget, rng)
+        write_config(folder, name, vector, alpha, budget, rng)
     text = load_script("compare_settings").comparison(folder, "anger")
     lines = text.splitlines()
     assert lines[0].startswith("anger: baseline target probability ")

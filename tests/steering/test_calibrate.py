@@ -15,25 +15,10 @@ from steer_plugin.steering import calibrate as C
 from steer_plugin.steering.side_effects import TextSource
 from steer_plugin.vectors.stats import ClassStats
 from steer_plugin.vectors.vector import SteeringVector
-from tests.helpers.tiny import CORPUS, make_model
-from tests.steering.test_side_effects import reference
+from tests.helpers.side_effects import reference
+from tests.helpers.tiny import make_model, sharp_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-WORDS = " ".join(CORPUS).replace("?", "").replace("!", "").replace(".", "").split()
-
-
-@pytest.fixture(scope="module")
-def texts_file(tmp_path_factory):
-    """40 short sentences made of the tiny tokenizer's corpus words (seeded)."""
-    import random
-
-    rng = random.Random(0)
-    lines = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 12))) + "." for _ in range(40)]
-    path = tmp_path_factory.mktemp("texts") / "neutral.txt"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return str(path)
-
 
 # ---------------------------------------------------------------- alpha specs and the search
 
@@ -120,15 +105,6 @@ def test_built_vector_carries_rms_and_list_and_check_show_it(tmp_path, tiny_llam
 
 
 # ---------------------------------------------------------------- calibration on tiny real models
-
-
-def sharp_model(arch: str):
-    """A tiny random model whose next-token distributions are far from uniform (LM head x30), so that
-    steering can move the KL up to a few nats instead of saturating near 0.01."""
-    model, tok = make_model(arch, n_layers=3, hidden=32, seed=3)
-    with torch.no_grad():
-        model.get_output_embeddings().weight.mul_(30)
-    return model, tok
 
 
 @pytest.mark.parametrize(("arch", "positions", "scale"), [("llama", "all", 0.01), ("gpt2", "response", 1.0)])

@@ -14,11 +14,9 @@ from steer_plugin.steering import calibrate as C
 from steer_plugin.vectors.vector import SteeringVector
 from tests.helpers.cli import assert_one_line_error, run_cli
 from tests.helpers.disk import NO_SPACE, full_disk
-from tests.steering import test_calibrate
-from tests.steering.test_calibrate import sharp_model
+from tests.helpers.tiny import sharp_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-texts_file = test_calibrate.texts_file  # a fixture: 40 sentences of the tiny tokenizer's words
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ import torch
 from steer_plugin.model.hooks import Steerer, make_plan
 from steer_plugin.steering.side_effects import FluencyProbe, SideEffects, TextSource
 from steer_plugin.vectors.vector import SteeringVector
+from tests.helpers.side_effects import TEXTS, reference
 from tests.helpers.tiny import CORPUS, make_model
-from tests.steering.test_side_effects import TEXTS, reference
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -16,6 +16,7 @@ from steer_plugin.data.goemotions import LABELS as GOEMOTIONS_LABELS
 from steer_plugin.errors import SteerError
 from steer_plugin.study.paired import PairedBootstrap
 from steer_plugin.study.report import describe, leakage, load_study, parse_targets, sentence, write_study
+from tests.helpers.study import LABELS, vector_entry, write_config
 from tests.helpers.tiny import write_goemotions_every_label
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "goemotions"
@@ -32,62 +33,18 @@ def test_parse_targets():
 
 # --- a synthetic run folder, in the layout run_sweep writes ---------------------------------------------
 
-LABELS = ("anger", "joy", "sadness")
-N_DOCS = 12
-
-
-def _vector(emotion: str, control: bool = False) -> dict:
-    meta = {"emotion": emotion, "method": "mean", "top_k": None}
-    if control:
-        meta = {"emotion": emotion, "method": "random", "seed": 0, "control_of": {**meta, "file": f"{emotion}.st"}}
-    return {"path": f"{emotion}{'-random-0' if control else ''}.safetensors", "metadata": meta}
-
-
-def _write_config(folder: Path, name: str, vector: dict | None, alpha: float, budget: float | None, rng) -> dict:
-    """results.json + samples files of one configuration; returns {task: {metric: per-doc values}}."""
-    d = folder / name
-    d.mkdir(parents=True)
-    scores: dict[str, dict[str, np.ndarray]] = {}
-    results: dict[str, dict] = {}
-    for task_emotion in ("anger", "joy"):
-        task = f"steer_emotion_{task_emotion}"
-        metrics = {f"prob_{lab}": rng.random(N_DOCS) for lab in LABELS}
-        metrics["target_prob"] = metrics[f"prob_{task_emotion}"]
-        scores[task] = metrics
-        with open(d / f"samples_{task}.jsonl", "w") as f:
-            for i in range(N_DOCS):
-                row = {"doc_id": i, "doc_hash": f"h{i}", "prompt_hash": f"p{i}", "filter": "none"}
-                row.update({m: float(v[i]) for m, v in metrics.items()}, metrics=list(metrics))
-                f.write(json.dumps(row) + "\n")
-        results[task] = {"alias": task, **{f"{m},none": float(v.mean()) for m, v in metrics.items()}}
-    mc2 = rng.random(N_DOCS)
-    scores["truthfulqa_mc2"] = {"acc": mc2}
-    with open(d / "samples_truthfulqa_mc2.jsonl", "w") as f:
-        for i in range(N_DOCS):
-            f.write(json.dumps({"doc_id": i, "doc_hash": f"t{i}", "filter": "none", "acc": mc2[i], "metrics": ["acc"]}))
-            f.write("\n")
-    results["truthfulqa_mc2"] = {"alias": "truthfulqa_mc2", "acc,none": float(mc2.mean())}
-    side = {"kl,none": 0.0 if vector is None else 0.1 + alpha / 10, "ppl,none": 10.0 + alpha}
-    if budget is not None:
-        side["kl_budget,none"] = budget
-    results["side_effects"] = side
-    steering = {"vectors": [] if vector is None else [vector], "alphas": [alpha], "layers": "all", "positions": "all"}
-    config = {"model": "steered_hf", "model_args": "pretrained=tiny", "limit": N_DOCS, "steering": steering}
-    (d / "results.json").write_text(json.dumps({"results": results, "config": config}))
-    return scores
-
 
 @pytest.fixture()
 def run_folder(tmp_path):
     rng = np.random.default_rng(0)
     folder = tmp_path / "run"
-    scores = {"baseline": _write_config(folder, "baseline", None, 0.0, None, rng)}
+    scores = {"baseline": write_config(folder, "baseline", None, 0.0, None, rng)}
     for emotion in ("anger", "joy"):
         for alpha, budget in ((0.2, 0.1), (0.5, 0.3)):
             name = f"{emotion}_kl{budget}"
-            scores[name] = _write_config(folder, name, _vector(emotion), alpha, budget, rng)
-            scores[name + "_random"] = _write_config(
-                folder, name + "_random", _vector(emotion, True), alpha, budget, rng
+            scores[name] = write_config(folder, name, vector_entry(emotion), alpha, budget, rng)
+            scores[name + "_random"] = write_config(
+                folder, name + "_random", vector_entry(emotion, True), alpha, budget, rng
             )
     return folder, scores
 
@@ -159,12 +116,12 @@ def test_leakage_cells_are_deltas_of_each_label(run_folder):
 def test_controls_calibrated_to_the_same_kl_pair_by_budget(tmp_path):
     rng = np.random.default_rng(3)
     folder = tmp_path / "run"
-    scores = {"baseline": _write_config(folder, "baseline", None, 0.0, None, rng)}
+    scores = {"baseline": write_config(folder, "baseline", None, 0.0, None, rng)}
     for name, control, alpha, budget in (("kl0.1", False, 0.2, 0.1), ("kl1", False, 0.6, 1.0)):
-        scores[name] = _write_config(folder, name, _vector("anger", control), alpha, budget, rng)
+        scores[name] = write_config(folder, name, vector_entry("anger", control), alpha, budget, rng)
     # its control, calibrated to the same budgets: larger alphas, and one of them equal to the vector's other alpha
-    scores["c0.1"] = _write_config(folder, "c0.1", _vector("anger", True), 0.6, 0.1, rng)
-    scores["c1"] = _write_config(folder, "c1", _vector("anger", True), 1.9, 1.0, rng)
+    scores["c0.1"] = write_config(folder, "c0.1", vector_entry("anger", True), 0.6, 0.1, rng)
+    scores["c1"] = write_config(folder, "c1", vector_entry("anger", True), 1.9, 1.0, rng)
     study = load_study(folder, resamples=1000)
     for arm, control in zip(sorted(study.arms, key=lambda a: a.level), ("c0.1", "c1")):
         (paired,) = study.controls_of(arm)
@@ -180,10 +137,10 @@ def test_controls_calibrated_to_the_same_kl_pair_by_budget(tmp_path):
 def test_two_vectors_of_one_emotion_are_two_series(tmp_path):
     rng = np.random.default_rng(1)
     folder = tmp_path / "run"
-    _write_config(folder, "baseline", None, 0.0, None, rng)
-    _write_config(folder, "mean", _vector("anger"), 0.5, 0.1, rng)
+    write_config(folder, "baseline", None, 0.0, None, rng)
+    write_config(folder, "mean", vector_entry("anger"), 0.5, 0.1, rng)
     top_k = {"path": "anger-top_k.safetensors", "metadata": {"emotion": "anger", "method": "top_k", "top_k": 4}}
-    _write_config(folder, "top_k", top_k, 0.7, 0.1, rng)
+    write_config(folder, "top_k", top_k, 0.7, 0.1, rng)
     study = load_study(folder, resamples=1000)
     assert study.emotions == ["anger (mean), layers all, all", "anger (top_k-4), layers all, all"]
     assert leakage(study).emotions == study.emotions
@@ -196,14 +153,14 @@ def test_an_emotion_comes_from_the_vector_metadata_and_a_combination_is_no_arm(t
     vectors steers toward neither, so it is neither an arm nor a second series of its first emotion."""
     rng = np.random.default_rng(2)
     folder = tmp_path / "run"
-    _write_config(folder, "baseline", None, 0.0, None, rng)
-    _write_config(folder, "anger", _vector("anger"), 0.5, None, rng)
+    write_config(folder, "baseline", None, 0.0, None, rng)
+    write_config(folder, "anger", vector_entry("anger"), 0.5, None, rng)
     odd = {"path": "odd.safetensors", "metadata": {"emotion": "joy (happy)", "method": "mean"}}
-    _write_config(folder, "odd", odd, 0.5, None, rng)
-    _write_config(folder, "two", _vector("anger"), 1.0, None, rng)
+    write_config(folder, "odd", odd, 0.5, None, rng)
+    write_config(folder, "two", vector_entry("anger"), 1.0, None, rng)
     path = folder / "two" / "results.json"
     doc = json.loads(path.read_text())
-    doc["config"]["steering"]["vectors"].append(_vector("joy"))
+    doc["config"]["steering"]["vectors"].append(vector_entry("joy"))
     doc["config"]["steering"]["alphas"] = [1.0, 1.0]
     path.write_text(json.dumps(doc))
     study = load_study(folder, resamples=200)
@@ -232,7 +189,7 @@ def test_report_command(run_folder, capsys):
 
 def test_run_several_emotions_records_once(tmp_path, tiny_chat_llama_dir, monkeypatch, capsys, shared_or_none):
     import steer_plugin.vectors.request as request  # where `steer run`'s recording looks the recorder up
-    from tests.harness.test_classifier import build_goemotions_classifier
+    from tests.helpers.classifier import build_goemotions_classifier
 
     calls = []
     real = request.record_hidden_states

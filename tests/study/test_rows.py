@@ -8,11 +8,8 @@ import pytest
 
 from steer_plugin.study.rows import load_rows
 from tests.helpers.cli import run_cli
-from tests.study.test_sweep_folder import SWEEP_FILE
-
-
-def _good(model: str = "tiny") -> dict:
-    return {"results": {"t": {"acc,none": 0.5}}, "config": {"model": "hf", "model_args": f"pretrained={model}"}}
+from tests.helpers.study import plain_results
+from tests.helpers.sweep import SWEEP_FILE
 
 
 @pytest.mark.parametrize(
@@ -29,7 +26,7 @@ def _good(model: str = "tiny") -> dict:
     ],
 )
 def test_table_skips_wrong_shapes_with_a_warning(tmp_path, capsys, doc, reason):
-    (tmp_path / "good.json").write_text(json.dumps(_good()))
+    (tmp_path / "good.json").write_text(json.dumps(plain_results()))
     (tmp_path / "bad.json").write_text(json.dumps(doc))
     rows = load_rows(tmp_path)
     assert [r.source for r in rows] == ["good.json"]
@@ -38,8 +35,8 @@ def test_table_skips_wrong_shapes_with_a_warning(tmp_path, capsys, doc, reason):
 
 
 def test_table_names_unreadable_files_and_ignores_its_own_plan(tmp_path, capsys):
-    (tmp_path / "good.json").write_text(json.dumps(_good()))
-    (tmp_path / "truncated.json").write_text(json.dumps(_good())[:30])
+    (tmp_path / "good.json").write_text(json.dumps(plain_results()))
+    (tmp_path / "truncated.json").write_text(json.dumps(plain_results())[:30])
     (tmp_path / "latin1.json").write_bytes(b'{"x": "\xff"}')
     (tmp_path / "folder.json").mkdir()  # a directory whose name ends in .json
     (tmp_path / SWEEP_FILE).write_text(json.dumps({"format": "steer-plugin/sweep", "settings": {}, "configs": []}))
@@ -56,11 +53,11 @@ def test_table_names_unreadable_files_and_ignores_its_own_plan(tmp_path, capsys)
 def test_a_results_file_steered_by_its_model_args_alone_is_a_steered_row(tmp_path):
     """Without ``config.steering`` (another version, a hand-made file), ``vector=`` in the model_args still says
     what ran: never a second unsteered row."""
-    (tmp_path / "base.json").write_text(json.dumps(_good()))
-    steered = _good()
+    (tmp_path / "base.json").write_text(json.dumps(plain_results()))
+    steered = plain_results()
     steered["config"]["model_args"] = "pretrained=tiny,vector=/v/anger-mean.safetensors,alpha=2,layers=0;1"
     (tmp_path / "steered.json").write_text(json.dumps(steered))
-    both = _good()
+    both = plain_results()
     both["config"]["model_args"] = "pretrained=tiny,vector=/v/a.safetensors;/v/b.safetensors"
     (tmp_path / "two.json").write_text(json.dumps(both))
     keys = {r.source: r.key for r in load_rows(tmp_path)}
@@ -78,7 +75,7 @@ def test_recorded_samples_files_that_are_missing_or_changed_are_said(tmp_path, c
     import hashlib
 
     text = json.dumps({"doc_id": 0, "filter": "none", "metrics": ["acc"], "acc": 1.0}) + "\n"
-    doc = _good()
+    doc = plain_results()
     doc["config"]["samples_sha256"] = {"samples_t.jsonl": hashlib.sha256(text.encode()).hexdigest()}
     (tmp_path / "results.json").write_text(json.dumps(doc))
     for written, said in (

@@ -17,7 +17,7 @@ SIZES = {"anger": 5, "neutral": 8}  # every other label: 3 texts (neutral: enoug
 
 
 def test_run_builds_sweeps_and_tables(tmp_path, tiny_chat_llama_dir, monkeypatch, capsys, shared_or_none):
-    from tests.harness.test_classifier import build_goemotions_classifier
+    from tests.helpers.classifier import build_goemotions_classifier
 
     clf = build_goemotions_classifier(tmp_path / "clf")
     monkeypatch.chdir(tmp_path)
@@ -111,7 +111,7 @@ def test_the_library_call_writes_the_folder_steer_run_writes(
 ):
     """`steer_plugin.run(...)` with `steer run`'s options as keywords: the same files with the same contents
     (apart from timestamps and durations), built from the same defaults, and no environment variable written."""
-    from tests.harness.test_classifier import build_goemotions_classifier
+    from tests.helpers.classifier import build_goemotions_classifier
 
     data = write_goemotions_every_label(tmp_path / "goemotions", SIZES)
     options = {"model": tiny_chat_llama_dir, "emotion": "anger", "data": str(data), "alphas": "0,2",

@@ -12,19 +12,12 @@ from steer_plugin.study.plan import SweepConfig, SweepOptions, SweepPlan
 from steer_plugin.study.results_files import RESULTS_FILE
 from steer_plugin.study.sweep import run_sweep
 from steer_plugin.vectors.vector import SteeringVector
-from tests.helpers.tiny import write_mc_task
-
-DOCS = [
-    {"q": "What is the capital of France?", "choices": [" Paris.", " London.", " I don't know."], "gold": 0},
-    {"q": "He was furious and", "choices": [" slammed the door.", " smiled."], "gold": 0},
-    {"q": "The weather", "choices": [" is fine today.", " is angry.", " bread"], "gold": 0},
-    {"q": "Tell me about yourself.", "choices": [" I like books.", " Go away!"], "gold": 1},
-]
+from tests.helpers.sweep import TINY_MC_DOCS, write_tiny_mc_task
 
 
 @pytest.fixture(scope="module")
 def task_dir(tmp_path_factory) -> str:
-    return write_mc_task(tmp_path_factory.mktemp("tasks"), "tiny_mc", DOCS, ("acc", "acc_norm"))
+    return write_tiny_mc_task(tmp_path_factory.mktemp("tasks"))
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +154,7 @@ def test_reproduce_string_rebuilds_the_same_run(task_dir, vector_file, tiny_llam
     logged = [json.loads(line) for line in (folder / "samples_tiny_mc.jsonl").read_text().splitlines()]
     ours = {r["doc_id"]: [float(x[0][0]) for x in r["resps"]] for r in logged}
     theirs = {r["doc_id"]: [float(x[0][0]) for x in r["resps"]] for r in rerun["samples"]["tiny_mc"]}
-    assert ours.keys() == theirs.keys() and len(ours) == len(DOCS)
+    assert ours.keys() == theirs.keys() and len(ours) == len(TINY_MC_DOCS)
     for doc_id, lls in ours.items():
         assert lls == pytest.approx(theirs[doc_id], abs=1e-5)
 
@@ -239,7 +232,7 @@ def test_sweep_with_controls_keeps_per_document_scores_and_tables_them(
 
     # per-document scores are kept without --log-samples, compact: keys and metric values only
     rows = [json.loads(line) for line in (files[1].parent / "samples_tiny_mc.jsonl").read_text().splitlines()]
-    assert len(rows) == len(DOCS)
+    assert len(rows) == len(TINY_MC_DOCS)
     assert set(rows[0]) == {"doc_id", "doc_hash", "prompt_hash", "target_hash", "filter", "metrics", "acc", "acc_norm"}
 
     # the control's recorded model_args reproduce it with the stock harness
@@ -269,10 +262,12 @@ def test_sweep_measures_side_effects_and_resolves_kl_alphas(lm, task_dir, vector
     from steer_plugin.steering.side_effects import TextSource
     from steer_plugin.study.rows import load_rows
     from steer_plugin.study.table import to_console, to_csv
-    from tests.steering.test_side_effects import reference
+    from tests.helpers.side_effects import reference
 
     texts = tmp_path / "neutral.txt"
-    texts.write_text("".join(f"{d['q']}{d['choices'][0]} ({i})\n" for i, d in enumerate(DOCS * 3)), encoding="utf-8")
+    texts.write_text(
+        "".join(f"{d['q']}{d['choices'][0]} ({i})\n" for i, d in enumerate(TINY_MC_DOCS * 3)), encoding="utf-8"
+    )
     source = TextSource(str(texts))
     resolved = []
 
@@ -331,7 +326,9 @@ def test_sweep_command_with_kl_alphas(task_dir, vector_file, tiny_llama_dir, tmp
     from steer_plugin.steering.calibrate import calibration_path
 
     texts = tmp_path / "neutral.txt"
-    texts.write_text("".join(f"{d['q']}{d['choices'][-1]} [{i}]\n" for i, d in enumerate(DOCS * 3)), encoding="utf-8")
+    texts.write_text(
+        "".join(f"{d['q']}{d['choices'][-1]} [{i}]\n" for i, d in enumerate(TINY_MC_DOCS * 3)), encoding="utf-8"
+    )
     args = ["sweep", "--model", tiny_llama_dir, "--vector", vector_file, "--alphas", "0,kl:0.002", "--tasks", "tiny_mc"]
     args += ["--include-path", task_dir, "--out", str(tmp_path / "out"), "--fluency-texts", str(texts)]
     args += ["--batch-size", "2", "--positions", "response", "--backend", "hooks"]
@@ -355,7 +352,9 @@ def test_sweep_command_with_controls_at_the_same_kl(task_dir, vector_file, tiny_
     from steer_plugin.steering.calibrate import calibration_path
 
     texts = tmp_path / "neutral.txt"
-    texts.write_text("".join(f"{d['q']}{d['choices'][-1]} <{i}>\n" for i, d in enumerate(DOCS * 3)), encoding="utf-8")
+    texts.write_text(
+        "".join(f"{d['q']}{d['choices'][-1]} <{i}>\n" for i, d in enumerate(TINY_MC_DOCS * 3)), encoding="utf-8"
+    )
     out = tmp_path / "out"
     args = ["sweep", "--model", tiny_llama_dir, "--vector", vector_file, "--alphas", "0,kl:0.002", "--tasks", "tiny_mc"]
     args += ["--include-path", task_dir, "--out", str(out), "--fluency-texts", str(texts), "--batch-size", "2"]
@@ -383,7 +382,9 @@ def test_a_kl_budget_that_is_not_reached_is_said_and_not_labelled_as_reached(
     from steer_plugin.study.rows import load_rows
 
     texts = tmp_path / "neutral.txt"
-    texts.write_text("".join(f"{d['q']}{d['choices'][-1]} ({i})\n" for i, d in enumerate(DOCS * 3)), encoding="utf-8")
+    texts.write_text(
+        "".join(f"{d['q']}{d['choices'][-1]} ({i})\n" for i, d in enumerate(TINY_MC_DOCS * 3)), encoding="utf-8"
+    )
     out = tmp_path / "out"
     args = ["sweep", "--model", tiny_llama_dir, "--vector", vector_file, "--alphas", "0,kl:0.002,kl:1e6"]
     args += ["--tasks", "tiny_mc", "--include-path", task_dir, "--out", str(out), "--fluency-texts", str(texts)]

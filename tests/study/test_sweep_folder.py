@@ -13,27 +13,13 @@ import pytest
 import torch
 
 from steer_plugin.errors import SteerError
-from steer_plugin.study.plan import SweepConfig, SweepOptions, SweepPlan
+from steer_plugin.study.plan import SweepConfig, SweepPlan
 from steer_plugin.study.rows import load_rows
 from steer_plugin.study.sweep import run_sweep
 from steer_plugin.study.table import write_table
 from steer_plugin.vectors.vector import SteeringVector
 from tests.helpers.cli import assert_one_line_error, run_cli
-
-SWEEP_FILE = "sweep.json"
-
-
-def _options(out: Path, task_dir: str, tiny_llama_dir: str, **kw) -> SweepOptions:
-    options = SweepOptions(
-        tasks=["rel_mc"],
-        out_dir=out,
-        include_path=task_dir,
-        bootstrap_iters=0,
-        model_args={"pretrained": tiny_llama_dir},
-    )
-    for k, v in kw.items():
-        setattr(options, k, v)
-    return options
+from tests.helpers.sweep import SWEEP_FILE, sweep_options
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +27,7 @@ def finished(lm, task_dir, vector_file, tiny_llama_dir, tmp_path_factory):
     """A finished sweep (baseline, alpha 1, alpha 2); tests resume from copies of its folder."""
     out = tmp_path_factory.mktemp("finished") / "sweep"
     plan = SweepPlan.grid([vector_file], [0, 1.0, 2.0], ["all"], ["all"])
-    files = run_sweep(lm, plan, _options(out, task_dir, tiny_llama_dir), progress=False)
+    files = run_sweep(lm, plan, sweep_options(out, task_dir, tiny_llama_dir), progress=False)
     return out, plan, files
 
 
@@ -74,7 +60,7 @@ def test_truncated_or_foreign_results_are_rerun_and_said_so(lm, finished, task_d
     files[2].write_bytes(files[1].read_bytes())  # another configuration's results copied over
     files[1].write_bytes(files[1].read_bytes()[:500])  # a truncated write of some other tool
     stamps = {f: f.stat().st_mtime_ns for f in files}
-    run_sweep(lm, plan, _options(out, task_dir, tiny_llama_dir), progress=True)
+    run_sweep(lm, plan, sweep_options(out, task_dir, tiny_llama_dir), progress=True)
     err = capsys.readouterr().err
     assert f"rerunning {plan.configs[1].slug()}: corrupt results.json (JSONDecodeError)" in err
     assert f"rerunning {plan.configs[2].slug()}: stale results.json (another configuration)" in err
@@ -104,7 +90,7 @@ def test_folder_of_another_sweep_is_refused(lm, finished, task_dir, tiny_llama_d
         change = {"model_args": {k: tiny_llama_dir if v == "TINY" else v for k, v in change["model_args"].items()}}
     before = {f: f.read_bytes() for f in files}
     with pytest.raises(SteerError, match="holds another sweep") as e:
-        run_sweep(lm, plan, _options(out, task_dir, tiny_llama_dir, **change), progress=False)
+        run_sweep(lm, plan, sweep_options(out, task_dir, tiny_llama_dir, **change), progress=False)
     assert needle in str(e.value) and "--out elsewhere, or --fresh" in str(e.value)
     assert {f: f.read_bytes() for f in files} == before  # untouched
 
@@ -115,7 +101,7 @@ def test_fresh_discards_only_what_a_sweep_wrote(lm, finished, task_dir, tiny_lla
     (old_files[2].parent / "samples_rel_mc.jsonl").write_text("{}\n")
     (out / "notes.txt").write_text("mine")
     plan = SweepPlan.grid([finished[1].configs[1].vector], [1.0], ["all"], ["all"])
-    options = _options(out, task_dir, tiny_llama_dir, limit=2.0)
+    options = sweep_options(out, task_dir, tiny_llama_dir, limit=2.0)
     with pytest.raises(SteerError, match="limit"):
         run_sweep(lm, plan, options, progress=False)
     options.fresh = True
@@ -133,9 +119,9 @@ def test_results_of_a_changed_vector_are_rerun(lm, task_dir, vector_file, tiny_l
     vec = tmp_path / "v.safetensors"
     vec.write_bytes(Path(vector_file).read_bytes())
     plan = SweepPlan.grid([str(vec)], [1.0, 2.0], ["all"], ["all"], baseline=False)
-    files = run_sweep(lm, plan, _options(out, task_dir, tiny_llama_dir), progress=False)
+    files = run_sweep(lm, plan, sweep_options(out, task_dir, tiny_llama_dir), progress=False)
     SteeringVector(torch.ones(3, 32) * 0.1, {"emotion": "anger"}).save(vec)  # rebuilt in place
-    run_sweep(lm, plan, _options(out, task_dir, tiny_llama_dir), progress=True)
+    run_sweep(lm, plan, sweep_options(out, task_dir, tiny_llama_dir), progress=True)
     err = capsys.readouterr().err
     assert err.count("stale results.json (the vector file changed since)") == 2, err
     from steer_plugin.vectors.vector import file_sha256
@@ -149,10 +135,10 @@ def test_results_without_a_plan_are_refused_not_trusted(lm, finished, task_dir, 
     out, plan, _ = _copy(finished, tmp_path)
     (out / SWEEP_FILE).unlink()  # as an older version leaves a sweep folder
     with pytest.raises(SteerError, match="holds sweep results but no sweep.json"):
-        run_sweep(lm, plan, _options(out, task_dir, tiny_llama_dir), progress=False)
+        run_sweep(lm, plan, sweep_options(out, task_dir, tiny_llama_dir), progress=False)
     (out / SWEEP_FILE).write_text("{not json")
     with pytest.raises(SteerError, match="sweep.json is unreadable"):
-        run_sweep(lm, plan, _options(out, task_dir, tiny_llama_dir), progress=False)
+        run_sweep(lm, plan, sweep_options(out, task_dir, tiny_llama_dir), progress=False)
 
 
 def test_cli_sweep_into_another_models_folder_is_refused_before_loading(
@@ -194,17 +180,17 @@ def test_weights_changed_under_the_same_model_path_are_another_sweep(
     shutil.copytree(tiny_llama_dir, model_dir)
     out = tmp_path / "sweep"
     plan = SweepPlan.grid([vector_file], [1.0], ["all"], ["all"])
-    files = run_sweep(lm, plan, _options(out, task_dir, str(model_dir)), progress=False)
+    files = run_sweep(lm, plan, sweep_options(out, task_dir, str(model_dir)), progress=False)
     assert _json(out / SWEEP_FILE)["settings"]["weights"]  # a fingerprint of the weights files is recorded
     save_model(model_dir, "llama", seed=1)  # other weights of the same architecture saved over them (a fine-tune)
     assert (model_dir / "model.safetensors").read_bytes() != (Path(tiny_llama_dir) / "model.safetensors").read_bytes()
     stamps = _stamps(files)
     with pytest.raises(SteerError, match="holds another sweep") as e:
-        run_sweep(lm, plan, _options(out, task_dir, str(model_dir)), progress=False)
+        run_sweep(lm, plan, sweep_options(out, task_dir, str(model_dir)), progress=False)
     assert "weights" in str(e.value) and "the model's weights files changed" in str(e.value)
     assert _stamps(files) == stamps  # nothing was rerun or overwritten
     shutil.copy2(Path(tiny_llama_dir) / "model.safetensors", model_dir / "model.safetensors")  # the same bytes again
-    run_sweep(lm, plan, _options(out, task_dir, str(model_dir)), progress=False)
+    run_sweep(lm, plan, sweep_options(out, task_dir, str(model_dir)), progress=False)
     assert _stamps(files) == stamps  # resumed: all done
 
 
@@ -221,7 +207,7 @@ def test_results_whose_samples_went_missing_or_changed_are_rerun(
     err = capsys.readouterr().err
     assert f"{files[1]}: samples_rel_mc.jsonl is missing: its Δ columns may be missing" in err  # the table says so
     stamps = _stamps(files)
-    run_sweep(lm, plan, _options(out, task_dir, tiny_llama_dir), progress=True)
+    run_sweep(lm, plan, sweep_options(out, task_dir, tiny_llama_dir), progress=True)
     err = capsys.readouterr().err
     assert f"rerunning {plan.configs[1].slug()}: incomplete results (samples_rel_mc.jsonl is missing)" in err
     assert f"rerunning {plan.configs[2].slug()}: incomplete results (samples_rel_mc.jsonl changed since" in err
@@ -251,14 +237,14 @@ def test_a_folder_of_an_earlier_version_resumes_and_records_the_weights(
         del doc["config"]["sweep_settings"]["weights"], doc["config"]["samples_sha256"]
         f.write_text(json.dumps(doc))
     stamps = _stamps(files)
-    run_sweep(lm, plan, _options(out, task_dir, tiny_llama_dir), progress=True)
+    run_sweep(lm, plan, sweep_options(out, task_dir, tiny_llama_dir), progress=True)
     assert "resuming: 3/3 configurations already done" in capsys.readouterr().err
     assert _stamps(files) == stamps
     assert _json(out / SWEEP_FILE)["settings"]["weights"] == weights  # recorded now, checked from now on
     # without a record of its samples files, a results file still needs every task's samples, whole
     samples = files[2].parent / "samples_rel_mc.jsonl"
     samples.write_text("".join(samples.read_text().splitlines(keepends=True)[:3]))
-    run_sweep(lm, plan, _options(out, task_dir, tiny_llama_dir), progress=True)
+    run_sweep(lm, plan, sweep_options(out, task_dir, tiny_llama_dir), progress=True)
     err = capsys.readouterr().err
     assert (
         f"rerunning {plan.configs[2].slug()}: incomplete results (samples_rel_mc.jsonl has 3 of its 4 documents)" in err

@@ -19,16 +19,21 @@ from steer_plugin.study.run import Evaluation, emotion_task_family
 from steer_plugin.study.sweep import run_sweep
 from steer_plugin.study.sweep_folder import sweep_settings
 from steer_plugin.vectors.vector import SteeringVector
-from tests.harness.test_classifier import build_goemotions_classifier
+from tests.helpers.classifier import build_goemotions_classifier
+from tests.helpers.sweep import write_tiny_mc_task
 from tests.helpers.tiny import CORPUS
-from tests.study.test_sweep import task_dir  # noqa: F401  (the multiple-choice fixture task)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 TASK = "steer_emotion_anger"
 
 
 @pytest.fixture(scope="module")
-def swept(tmp_path_factory, tiny_chat_llama_dir, task_dir):  # noqa: F811
+def task_dir(tmp_path_factory) -> str:
+    return write_tiny_mc_task(tmp_path_factory.mktemp("tasks"))
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory, tiny_chat_llama_dir, task_dir):
     from steer_plugin.harness.model import SteeredHFLM
 
     tmp = tmp_path_factory.mktemp("sweep")
@@ -100,7 +105,7 @@ def test_the_prompting_reference_asks_in_the_system_message(swept):
         )
 
 
-def test_the_prompting_reference_generates_in_large_batches_and_its_command_says_so(swept, task_dir):  # noqa: F811
+def test_the_prompting_reference_generates_in_large_batches_and_its_command_says_so(swept, task_dir):
     """Nothing shares its batches, so it runs in batches as large as a mixed batch: the results and the command
     to reproduce it give that batch size, and the stock harness at that batch size writes the same outputs."""
     import shlex

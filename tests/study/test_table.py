@@ -11,7 +11,7 @@ from steer_plugin.study.rows import load_rows
 from steer_plugin.study.table import to_csv, to_markdown, write_table
 from tests.helpers.cli import ESC, NUL, run_cli
 from tests.helpers.cli import no_controls as _no_controls
-from tests.study.test_rows import _good
+from tests.helpers.study import plain_results
 
 
 def _result(alpha: float, mc2: float, rate: float, vector: bool = True) -> dict:
@@ -152,7 +152,7 @@ def test_row_keys_are_typed_and_a_control_knows_its_vector(folder):
 
 
 def test_table_escapes_control_characters(tmp_path, capsys):
-    doc = _good(f"evil{ESC}]0;title{NUL}\nmodel")
+    doc = plain_results(f"evil{ESC}]0;title{NUL}\nmodel")
     doc["results"] = {f"task{ESC}[1m": {"acc,none": 0.5}}
     (tmp_path / "r.json").write_text(json.dumps(doc))
     (tmp_path / f"bad{ESC}[2J.json").write_text("{")
