@@ -78,7 +78,13 @@ def test_summary_numbers_are_the_paired_statistics(run_folder):
         f"TruthfulQA MC2 {_fmt(mc2)}; perplexity on neutral texts 10.0 \N{RIGHTWARDS ARROW} 10.5."
     )
     assert text == expected
-    assert "(n.s.)" in text or target.significant  # the hint follows the interval
+    # the "(n.s.)" hint follows each number's own interval: there exactly when the 95% interval includes 0
+    parts = text.split("; ")
+    for name, part, ref_pair in zip(
+        ("anger probability", "random control", "TruthfulQA MC2"), parts, (target, ctrl, mc2)
+    ):
+        assert name in part
+        assert ("(n.s.)" in part) == (ref_pair.ci_low <= 0 <= ref_pair.ci_high), part
     summary, files = write_study(folder, resamples=1000)
     assert expected in summary and expected in (folder / "summary.md").read_text()
     assert {f.name for f in files} == {"summary.md", "leakage.csv", "leakage.png", "dose_response.png"}
