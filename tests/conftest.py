@@ -2,8 +2,9 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers_cli import ESC
-from helpers_tiny import save_tiny_stats
+
+from tests.helpers.cli import ESC
+from tests.helpers.tiny import CORPUS_WORDS, save_tiny_stats
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -32,7 +33,7 @@ def own_steer_cache(tmp_path_factory, monkeypatch):
 
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory) -> str:
-    from helpers_tiny import save_model
+    from tests.helpers.tiny import save_model
 
     return save_model(tmp_path_factory.mktemp("tiny_llama"), "llama")
 
@@ -40,7 +41,7 @@ def tiny_llama_dir(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def tiny_chat_llama_dir(tmp_path_factory) -> str:
     """The tiny Llama with a chat template (an instruction-style model: steer run formats its emotion prompts)."""
-    from helpers_tiny import save_model
+    from tests.helpers.tiny import save_model
 
     return save_model(tmp_path_factory.mktemp("tiny_chat_llama"), "llama", chat=True)
 
@@ -75,7 +76,7 @@ DOCS = [
 @pytest.fixture(scope="module")
 def task_dir(tmp_path_factory) -> str:
     """A folder with ``rel_mc``: the 4 questions of DOCS as a multiple-choice task (modules may define their own)."""
-    from helpers_tiny import write_mc_task
+    from tests.helpers.tiny import write_mc_task
 
     return write_mc_task(tmp_path_factory.mktemp("tasks"), "rel_mc", DOCS)
 
@@ -102,3 +103,15 @@ def lm(tiny_llama_dir, one_torch_thread):
 @pytest.fixture()
 def stats_file_for_build(tmp_path) -> Path:
     return save_tiny_stats(tmp_path / "stats.safetensors", model=f"tiny{ESC}[31mred")
+
+
+@pytest.fixture(scope="module")
+def texts_file(tmp_path_factory):
+    """40 short sentences made of the tiny tokenizer's corpus words (seeded)."""
+    import random
+
+    rng = random.Random(0)
+    lines = [" ".join(rng.choice(CORPUS_WORDS) for _ in range(rng.randint(5, 12))) + "." for _ in range(40)]
+    path = tmp_path_factory.mktemp("texts") / "neutral.txt"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return str(path)

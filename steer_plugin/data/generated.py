@@ -3,7 +3,7 @@ twice, once asked for an emotion and once asked to stay neutral (``vectors.gener
 
 The prompts (``generation_prompts.txt``, one a line, shipped in the package) are disjoint from the
 steer_emotion tasks' evaluation prompts and from the continuation task's GoEmotions texts
-(tests/test_generated.py checks both), so a vector is never evaluated on the prompts it was built from.
+(tests/vectors/test_generated.py checks both), so a vector is never evaluated on the prompts it was built from.
 """
 
 from __future__ import annotations

@@ -1,0 +1,118 @@
+"""Finding the decoder blocks of five architectures; loading; fingerprints."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from steer_plugin.errors import SteerError
+from steer_plugin.model.loading import (
+    ModelOptions,
+    config_hash,
+    find_block_path,
+    model_fingerprint,
+    model_slug,
+    resolve_module,
+    torch_dtype,
+)
+from tests.helpers.tiny import ARCHS, decoder_blocks, make_model, make_tokenizer
+
+EXPECTED = {
+    "llama": "model.layers",
+    "qwen2": "model.layers",
+    "gpt2": "transformer.h",
+    "gpt_neox": "gpt_neox.layers",
+    "opt": "model.decoder.layers",
+}
+
+
+@pytest.fixture(scope="module")
+def models():
+    tok = make_tokenizer()
+    return {arch: make_model(arch, n_layers=2, tokenizer=tok)[0] for arch in ARCHS}
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_find_block_path(models, arch):
+    model = models[arch]
+    assert find_block_path(model) == EXPECTED[arch]
+    blocks = resolve_module(model, find_block_path(model))
+    assert len(blocks) == 2 and all(a is b for a, b in zip(blocks, decoder_blocks(model)))
+    assert resolve_module(model, EXPECTED[arch] + ".1") is blocks[1]
+
+
+def test_unsupported_module_names_the_override():
+    seq = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU())
+    with pytest.raises(SteerError) as info:
+        find_block_path(seq)
+    msg = str(info.value)
+    assert "cannot find the decoder blocks of Sequential" in msg and "--blocks" in msg and "\n" not in msg
+
+
+class _Custom(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.trunk = torch.nn.Module()
+        self.trunk.stack = torch.nn.ModuleList([torch.nn.Linear(2, 2) for _ in range(3)])
+        self.trunk.empty = torch.nn.ModuleList()
+        self.norm = torch.nn.LayerNorm(2)
+
+
+def test_override():
+    model = _Custom()
+    assert find_block_path(model, "trunk.stack") == "trunk.stack"
+    assert len(resolve_module(model, find_block_path(model, "trunk.stack"))) == 3
+    for bad in ("trunk.nope", "norm", "trunk.empty", "trunk.stack.0", "trunk..stack", "trunk.stack.9"):
+        with pytest.raises(SteerError, match=f"--blocks '{bad}' is not a non-empty ModuleList in _Custom"):
+            find_block_path(model, bad)
+    with pytest.raises(SteerError, match="--blocks PATH"):
+        find_block_path(model)  # no known path: the error says how to name one
+
+
+def test_override_on_a_real_model(models):
+    assert find_block_path(models["opt"], "model.decoder.layers") == "model.decoder.layers"
+    with pytest.raises(SteerError, match="not a non-empty ModuleList"):
+        find_block_path(models["opt"], "model.layers")
+
+
+def test_torch_dtype():
+    assert torch_dtype("auto") == "auto"
+    assert torch_dtype("bfloat16") is torch.bfloat16 and torch_dtype("float32") is torch.float32
+    with pytest.raises(SteerError, match="unknown dtype 'fp8'; use one of auto, float32, float16, bfloat16"):
+        torch_dtype("fp8")
+
+
+def test_load_model_and_fingerprint(tiny_llama_dir):
+    loaded = ModelOptions(tiny_llama_dir).load()
+    assert not loaded.model.training
+    assert loaded.model.dtype == torch.float32
+    assert loaded.tokenizer("hello")["input_ids"]
+    fp = loaded.fingerprint
+    assert fp["model"] == tiny_llama_dir and fp["architecture"] == "LlamaForCausalLM"
+    assert len(fp["config_hash"]) == 16
+    # the hash ignores dtype and paths: a bfloat16 load of the same folder has the same hash
+    half = ModelOptions(tiny_llama_dir, dtype="bfloat16").load()
+    assert half.model.dtype == torch.bfloat16
+    assert config_hash(half.model.config) == fp["config_hash"]
+    assert model_fingerprint(half.model)["config_hash"] == fp["config_hash"]
+
+
+def test_config_hash_changes_with_architecture(models):
+    hashes = {config_hash(m.config) for m in models.values()}
+    assert len(hashes) == len(ARCHS)
+    cfg = models["llama"].config
+    other = type(cfg)(**{**cfg.to_dict(), "num_hidden_layers": 5})
+    assert config_hash(other) != config_hash(cfg)
+
+
+def test_load_model_errors(tmp_path):
+    with pytest.raises(SteerError, match="cannot load model") as info:
+        ModelOptions(str(tmp_path / "nowhere")).load()
+    assert "\n" not in str(info.value)
+    with pytest.raises(SteerError, match="unknown dtype"):
+        ModelOptions(str(tmp_path), dtype="int3").load()
+
+
+def test_model_slug():
+    assert model_slug("meta-llama/Llama-3.2-3B-Instruct") == "llama-3.2-3b-instruct"
+    assert model_slug("/tmp/some dir/My Model/") == "my-model"
