@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
-from steer_plugin import __version__
+from steer_plugin._version import __version__
 from steer_plugin.data.goemotions import (
     Selection,
     SelectionRule,
