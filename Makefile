@@ -10,7 +10,7 @@ MODEL ?= HuggingFaceTB/SmolLM2-135M-Instruct
 EMOTION ?= anger
 LIMIT ?= 50
 
-.PHONY: install demo demo-offline test lint smollm2 gemma3
+.PHONY: install demo demo-offline test test-lm-eval-range lint smollm2 gemma3
 
 $(BIN)/steer: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -51,6 +51,10 @@ demo-offline: install smollm2
 
 test: install
 	$(BIN)/python -m pytest -q --durations=15
+
+# the lm-eval model's tests against the lowest and the highest lm-eval pyproject allows (needs PyPI; see CONTRIBUTING.md)
+test-lm-eval-range: install
+	$(BIN)/python scripts/lm_eval_range.py -q
 
 # the gate CI runs before the tests: lint + format check (ruff) and types (mypy), configured in pyproject.toml
 lint: install

@@ -6,7 +6,7 @@ The public API is imported lazily so that `import steer_plugin` (and `steer --he
 from importlib import import_module
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
+from steer_plugin._version import __version__
 
 # the data flow: texts -> recorded statistics -> vector -> steered model -> calibrated, evaluated run
 _LAZY = {

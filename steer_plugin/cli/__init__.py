@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from steer_plugin._version import __version__
 from steer_plugin.cli import data, steering, study, tasks, vectors
 from steer_plugin.cli.args import join_gguf_file
 from steer_plugin.errors import SteerError
@@ -33,8 +34,6 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
         command = f"steer {args.command}" if getattr(args, "command", None) else command
         if args.version:
-            from steer_plugin import __version__
-
             print(__version__)
             return 0
         if not getattr(args, "func", None):

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from steer_plugin._version import __version__
 from steer_plugin.errors import SteerError
 from steer_plugin.harness.classifier import chosen_classifier
 from steer_plugin.io.terminal import printable
@@ -48,8 +49,6 @@ WEIGHTS = "weights"  # the settings' fingerprint of the model's weights files (m
 
 def sweep_settings(options: SweepOptions) -> dict[str, Any]:
     """What every configuration of one sweep shares; a results file with other settings is not ours."""
-    from steer_plugin import __version__
-
     settings: dict[str, Any] = {}
     for k, v in options.model_args.items():
         if k not in _NOT_SETTINGS and v is not None:

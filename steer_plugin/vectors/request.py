@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
-from steer_plugin import __version__
+from steer_plugin._version import __version__
 from steer_plugin.data.goemotions import canonical_target, load_goemotions
 from steer_plugin.data.prompts import PromptTemplate
 from steer_plugin.data.selection import Selection, SelectionRule, select_all, select_texts

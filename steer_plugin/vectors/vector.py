@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from steer_plugin import __version__
+from steer_plugin._version import __version__
 from steer_plugin.data.goemotions import target_slug
 from steer_plugin.errors import SteerError
 from steer_plugin.io.npy import read_float_matrix

@@ -202,6 +202,12 @@ def test_wheel_ships_autoload_and_tasks(wheel):
         top_level_copy = archive.read("_steer_plugin_autoload.py")
         record = next(n for n in names if n.endswith(".dist-info/RECORD"))
         recorded = {line.split(",")[0] for line in archive.read(record).decode().splitlines()}
+        metadata = archive.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+
+    # the version's one source is steer_plugin/_version.py (pyproject's [tool.hatch.version])
+    from steer_plugin import __version__
+
+    assert f"\nVersion: {__version__}\n" in metadata
 
     assert pth.strip() == "import _steer_plugin_autoload; _steer_plugin_autoload.install()"
     assert top_level_copy == (REPO / "steer_plugin" / "_autoload.py").read_bytes()

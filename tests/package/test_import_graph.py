@@ -1,6 +1,8 @@
 """The package's modules import each other in one direction only, along the data flow
 (errors/io <- data <- model <- vectors <- steering <- harness <- study <- cli), lazy imports inside
-functions and imports only for type checking included."""
+functions and imports only for type checking included. The package root (`steer_plugin/__init__.py`)
+re-exports the public API of every stage, so it is the top: a module below it that imports from
+`steer_plugin` itself imports upward."""
 
 from __future__ import annotations
 
@@ -11,38 +13,55 @@ PACKAGE = Path(__file__).resolve().parents[2] / "steer_plugin"
 
 # the stages of the data flow, lowest first; a module may import its own stage or a lower one
 STAGES = ("errors", "io", "data", "model", "vectors", "steering", "harness", "study", "cli")
+ROOT = "__init__"  # the package root's module name here
 # top-level modules outside the subpackages, and the stage they belong to
-TOP_LEVEL = {"errors": "errors", "_autoload": "harness", "lm_model": "harness", "__main__": "cli"}
+TOP_LEVEL = {
+    "errors": "errors",
+    "_version": "errors",
+    "_autoload": "harness",
+    "lm_model": "harness",
+    "__main__": "cli",
+    ROOT: "cli",
+}
 
 
 def _module_name(path: Path) -> str:
     rel = path.relative_to(PACKAGE).with_suffix("")
     parts = [p for p in rel.parts if p != "__init__"]
-    return ".".join(parts) or "__init__"
+    return ".".join(parts) or ROOT
 
 
 def _modules() -> dict[str, Path]:
     return {_module_name(p): p for p in PACKAGE.rglob("*.py") if "lm_eval_tasks" not in p.parts}
 
 
-def _imports(path: Path, known: set[str]) -> set[str]:
+def _imported_module(name: str) -> str:
+    """`steer_plugin.x.y` -> `x.y`; `steer_plugin` itself -> the root."""
+    return name.removeprefix("steer_plugin").lstrip(".") or ROOT
+
+
+def _imports(source: str, known: set[str]) -> set[str]:
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             if node.module == "steer_plugin" or node.module.startswith("steer_plugin."):
-                base = node.module.removeprefix("steer_plugin").lstrip(".")
+                base = _imported_module(node.module)
                 for alias in node.names:  # `from steer_plugin.x import y`: y may be a module
-                    sub = f"{base}.{alias.name}" if base else alias.name
+                    sub = f"{base}.{alias.name}" if base != ROOT else alias.name
                     found.add(sub if sub in known else base)
         elif isinstance(node, ast.Import):
-            found.update(a.name.removeprefix("steer_plugin.") for a in node.names if a.name.startswith("steer_plugin."))
-    return {m for m in found if m and m in known} - {_module_name(path)}
+            found.update(
+                _imported_module(a.name)
+                for a in node.names
+                if a.name == "steer_plugin" or a.name.startswith("steer_plugin.")
+            )
+    return {m for m in found if m in known}
 
 
 def import_graph() -> dict[str, set[str]]:
     modules = _modules()
     known = set(modules)
-    return {name: _imports(path, known) for name, path in modules.items() if name != "__init__"}
+    return {name: _imports(path.read_text(encoding="utf-8"), known) - {name} for name, path in modules.items()}
 
 
 def stage_of(module: str) -> int:
@@ -83,6 +102,19 @@ def test_the_graph_is_read():
     assert "study.rows" in graph["study.table"]
     # `steer sweep` / `steer run` (cli.study) are thin callers of the library's study.run, which drives study.sweep
     assert "study.run" in graph["cli.study"] and "study.sweep" in graph["study.run"]
+    # the root re-exports the public API (imports for type checking), so it imports every stage
+    assert {"errors", "vectors.vector", "harness.model", "study.run"} <= graph[ROOT]
+
+
+def test_the_root_is_seen():
+    """`from steer_plugin import X` and `import steer_plugin` import the root, the top stage; a submodule named
+    in `from steer_plugin import errors` is that module."""
+    known = {ROOT, "errors", "vectors", "vectors.vector"}
+    assert _imports("from steer_plugin import __version__", known) == {ROOT}
+    assert _imports("import steer_plugin", known) == {ROOT}
+    assert _imports("from steer_plugin import errors as e", known) == {"errors"}
+    assert _imports("import steer_plugin.vectors.vector", known) == {"vectors.vector"}
+    assert stage_of(ROOT) == len(STAGES) - 1
 
 
 def test_no_import_cycles_not_even_for_type_checking():
