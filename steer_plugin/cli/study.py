@@ -9,6 +9,7 @@ from typing import Any, get_args
 
 from steer_plugin.cli.args import add_fluency_texts_arg, add_model_args, batch_size, model_options
 from steer_plugin.errors import SteerError
+from steer_plugin.steering.defaults import DEFAULT_LAYERS, DEFAULT_POSITIONS
 from steer_plugin.study.run import (
     DEFAULT_ALPHAS,
     Backend,
@@ -43,10 +44,15 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
         "--layers",
         action="append",
         default=None,
-        help="layers: all, middle (the middle third) or e.g. 10-19; repeatable for a sweep "
-        "(default: all; steer run: middle)",
+        help=f"layers: all, middle (the middle third) or e.g. 10-19; repeatable for a sweep "
+        f"(default: {DEFAULT_LAYERS})",
     )
-    p.add_argument("--positions", default="all", help="all, response or both: all,response")
+    p.set_defaults(default_layers=DEFAULT_LAYERS)  # --layers appends: its default cannot be its first value
+    p.add_argument(
+        "--positions",
+        default=DEFAULT_POSITIONS,
+        help=f"all, response or both: all,response (default: {DEFAULT_POSITIONS})",
+    )
     p.add_argument("--backend", default="nnsight", choices=get_args(Backend))
     p.add_argument(
         "--log-samples",
@@ -132,7 +138,7 @@ def add_commands(sub: Any) -> None:
     )
     p.add_argument("--out", required=True, help="output folder (resumable)")
     _add_eval_args(p)
-    p.set_defaults(func=cmd_sweep, default_layers="all")
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("table", help="leaderboard table and plots from a folder of results JSON")
     p.add_argument("dir")
@@ -219,8 +225,7 @@ def add_commands(sub: Any) -> None:
         help="skip the prompting reference (the emotion tasks' prompts asking for the emotion, unsteered)",
     )
     _add_eval_args(p)
-    # the library's defaults (chosen by measurement, see `run`'s docstring)
-    p.set_defaults(func=cmd_run, positions="response", controls=1, default_layers="middle")
+    p.set_defaults(func=cmd_run, controls=1)  # the library's default (see `run`'s docstring)
 
 
 def evaluation_arguments(args: argparse.Namespace) -> dict[str, Any]:

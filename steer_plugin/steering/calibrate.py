@@ -44,6 +44,7 @@ from steer_plugin.io.formats import CALIBRATION_FORMAT
 from steer_plugin.io.outputs import check_output_file
 from steer_plugin.io.schema import Rule, fields_problem, is_finite, is_int, is_number, shown
 from steer_plugin.io.text_table import format_table, number_cell
+from steer_plugin.steering.defaults import DEFAULT_LAYERS, DEFAULT_POSITIONS
 from steer_plugin.steering.side_effects import DEFAULT_CACHE_BYTES, FluencyProbe, SideEffects, TextSource, texts_sha256
 from steer_plugin.vectors.vector import SteeringVector
 
@@ -202,7 +203,7 @@ class Calibration:
 
 def check_settings(
     budgets: Iterable[float],
-    positions: str = "all",
+    positions: str = DEFAULT_POSITIONS,
     tolerance: float = DEFAULT_TOLERANCE,
     n_calibration: int = DEFAULT_N_CALIBRATION,
     n_heldout: int = DEFAULT_N_HELDOUT,
@@ -278,8 +279,8 @@ def calibrate(
     vector: SteeringVector,
     budgets: Iterable[float] = DEFAULT_BUDGETS,
     *,
-    layers: str | None = "all",
-    positions: str = "all",
+    layers: str | None = DEFAULT_LAYERS,
+    positions: str = DEFAULT_POSITIONS,
     source: TextSource | None = None,
     texts: tuple[list[str], list[str]] | None = None,
     n_calibration: int = DEFAULT_N_CALIBRATION,
@@ -606,8 +607,8 @@ def calibrate_vector_file(
     vector_path: str | Path,
     budgets: Iterable[float],
     *,
-    layers: str | None = "all",
-    positions: str = "all",
+    layers: str | None = DEFAULT_LAYERS,
+    positions: str = DEFAULT_POSITIONS,
     source: TextSource | None = None,
     n_calibration: int = DEFAULT_N_CALIBRATION,
     n_heldout: int = DEFAULT_N_HELDOUT,
