@@ -26,7 +26,12 @@ def add_where_args(p: argparse.ArgumentParser) -> None:
         default=DEFAULT_LAYERS,
         help=f"all, middle (the middle third) or e.g. 10-19 (default: {DEFAULT_LAYERS})",
     )
-    p.add_argument("--positions", default=DEFAULT_POSITIONS, choices=POSITIONS, help=f"(default: {DEFAULT_POSITIONS})")
+    p.add_argument(
+        "--positions",
+        default=DEFAULT_POSITIONS,
+        choices=POSITIONS,
+        help=f"every position, or the response: the last prompt token and what follows (default: {DEFAULT_POSITIONS})",
+    )
 
 
 def add_commands(sub: Any) -> None:

@@ -98,6 +98,18 @@ def _kl(p_logits: torch.Tensor, q_logits: torch.Tensor) -> float:
     return float((p.exp() * (p - q)).sum(-1).mean())
 
 
+def _received(
+    change: torch.Tensor, delta: torch.Tensor, steered: torch.Tensor, real: torch.Tensor
+) -> tuple[float, float, bool]:
+    """(worst cosine, worst norm ratio) of the change received vs ``delta`` at the steered positions, and whether
+    the other real positions (before the steered token) received nothing at all."""
+    change, d = change.float().cpu(), delta.float()
+    at = change[steered]  # [n_steered_tokens, H]
+    cos = float(torch.nn.functional.cosine_similarity(at, d[None], dim=-1).min())
+    ratios = at.norm(dim=-1) / d.norm()
+    return cos, float(ratios[(ratios - 1).abs().argmax()]), not bool(change[real & ~steered].any())
+
+
 def run_check(
     model: Any,
     tokenizer: Any,
@@ -135,7 +147,6 @@ def run_check(
     )  # fmt: skip
     if len(resolved) != 1:
         raise SteerError(f"steer check takes one alpha, got {alpha!r}")
-    given = resolved[0]
     ids, mask, _pos = pad_batch([tokenizer(p)["input_ids"] for p in prompts], pad_id(tokenizer), "right")
     device = model.get_input_embeddings().weight.device
     inputs = dict(input_ids=ids.to(device), attention_mask=mask.to(device))
@@ -145,7 +156,7 @@ def run_check(
     # response: each prompt's last token (right padding: not the batch's last column)
     where = None if positions == "all" else torch.zeros_like(real).index_put_((rows, last), torch.tensor(True))
     steered_at = real if where is None else where
-    report = CheckReport(name, given.alpha, positions=positions, kl_budget=given.kl_budget)
+    report = CheckReport(name, resolved[0].alpha, positions=positions, kl_budget=resolved[0].kl_budget)
     with torch.no_grad():
         base = model(**inputs).logits
         for l in parse_layers(layers, len(blk)):
@@ -153,7 +164,8 @@ def run_check(
             delta = report.alpha * vec.matrix[l]
             target = _downstream_module(model, hooks_steerer.block_path, blk, l)
             seen: list[torch.Tensor] = []
-            cos = ratio = None
+            cos: float | None = None
+            ratio: float | None = None
             handle = _capture_input(target, seen) if target is not None else None
             try:
                 model(**inputs)
@@ -163,13 +175,7 @@ def run_check(
                     handle.remove()
             untouched = True
             if len(seen) == 2 and float(delta.norm()) > 0:
-                change = (seen[1] - seen[0]).float().cpu()
-                d = delta.float()
-                at = change[steered_at]  # [n_steered_tokens, H]
-                cos = float(torch.nn.functional.cosine_similarity(at, d[None], dim=-1).min())
-                ratios = at.norm(dim=-1) / d.norm()
-                ratio = float(ratios[(ratios - 1).abs().argmax()])
-                untouched = not bool(change[real & ~steered_at].any())  # before the steered token: nothing moved
+                cos, ratio, untouched = _received(seen[1] - seen[0], delta, steered_at, real)
             ok = float(delta.norm()) == 0 or (
                 cos is not None and ratio is not None and cos > 1 - COS_TOL and abs(ratio - 1) < RATIO_TOL and untouched
             )

@@ -148,3 +148,15 @@ def test_a_budget_needs_the_vector_file(model_dir):
     vec = SteeringVector(torch.randn(3, 32))
     with pytest.raises(SteerError, match="needs the vector's file"):
         generate_side_by_side(loaded.model, loaded.tokenizer, vec, ["Why"], "0,kl:0.1", GenerationSettings(chat=False))
+
+
+def test_check_at_the_response_positions_sees_steering_that_lands_everywhere(model_dir, tmp_path, monkeypatch, capsys):
+    """positions=response steers each prompt's last token only: a change before it is a failure."""
+    import steer_plugin.model.hooks as hooks
+
+    real = hooks._steered
+    monkeypatch.setattr(hooks, "_steered", lambda h, d, where: real(h, d, None))
+    code, out, _ = run_cli(["check", "--model", model_dir, "--vector", _vector(tmp_path), "--json"], capsys)
+    report = json.loads(out)
+    assert code == 1 and [l["ok"] for l in report["layers"]] == [False]
+    assert report["layers"][0]["cosine"] > 0.9999  # the steered token itself got alpha x row: the rest did not hold
