@@ -133,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
                 "--classifier",
                 args.classifier,
                 "--no-side-effects",  # like the lm_eval runs: no KL / perplexity columns on neutral texts
+                "--layers",  # and steered where steered_hf steers by default
+                "all",
+                "--positions",
+                "all",
                 "--out",
                 str(out),
             ]

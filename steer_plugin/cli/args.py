@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from steer_plugin.model.loading import DEFAULT_MODEL, DTYPES, ModelOptions, with_gguf_file
 
 if TYPE_CHECKING:  # pragma: no cover
+    from steer_plugin.steering.alphas import AlphaSpec
     from steer_plugin.vectors.request import RecordRequest
 
 
@@ -94,6 +95,21 @@ def add_fluency_texts_arg(p: argparse.ArgumentParser) -> None:
         "(default: --data if given, else $STEER_GOEMOTIONS_DIR, else the hub's neutral test texts); "
         "--fluency-texts is the same option",
     )
+
+
+def alpha_specs(text: str) -> list[AlphaSpec]:
+    """``0,0.3,kl:0.1`` → numbers and KL budgets (``kl:X``: the alpha calibrated to that KL); argparse reports a
+    bad value as a usage error."""
+    from steer_plugin.errors import SteerError
+    from steer_plugin.steering.alphas import parse_alpha_specs
+
+    numbers = [p for p in text.replace(";", ",").split(",") if p.strip() and not p.strip().lower().startswith("kl:")]
+    if numbers or not text.strip():
+        floats(",".join(numbers))  # the numbers' own messages
+    try:
+        return parse_alpha_specs(text)
+    except SteerError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def floats(text: str) -> list[float]:

@@ -5,11 +5,33 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from steer_plugin.cli.args import add_fluency_texts_arg, add_model_args, floats, model_options
+from steer_plugin.cli.args import add_fluency_texts_arg, add_model_args, alpha_specs, model_options
+from steer_plugin.model.positions import POSITIONS
+from steer_plugin.steering.defaults import DEFAULT_LAYERS, DEFAULT_POSITIONS
+
+if TYPE_CHECKING:  # pragma: no cover
+    from steer_plugin.data.neutral_texts import TextSource
 
 DEFAULT_PROMPTS = ["Tell me about yourself.", "Write a short story about a boy and his dog."]
+KL_ALPHAS = "kl:X = the alpha whose KL on neutral texts is X nats/token at these layers and positions (stored by "
+KL_ALPHAS += "`steer calibrate`; calibrated and stored first if missing)"
+
+
+def add_where_args(p: argparse.ArgumentParser) -> None:
+    """--layers and --positions: the same defaults in every command (a calibrated alpha means the same in each)."""
+    p.add_argument(
+        "--layers",
+        default=DEFAULT_LAYERS,
+        help=f"all, middle (the middle third) or e.g. 10-19 (default: {DEFAULT_LAYERS})",
+    )
+    p.add_argument(
+        "--positions",
+        default=DEFAULT_POSITIONS,
+        choices=POSITIONS,
+        help=f"every position, or the response: the last prompt token and what follows (default: {DEFAULT_POSITIONS})",
+    )
 
 
 def add_commands(sub: Any) -> None:
@@ -17,19 +39,24 @@ def add_commands(sub: Any) -> None:
     p = sub.add_parser("check", help="verify that steering lands in the residual stream (per layer)")
     add_model_args(p)
     p.add_argument("--vector", required=True)
-    p.add_argument("--alpha", type=float, default=1.0)
-    p.add_argument("--layers", default=None, help="layers to check (default: all)")
+    p.add_argument("--alpha", default="1", help=f"a number (default 1), or {KL_ALPHAS}")
+    add_where_args(p)
     p.add_argument("--prompt", action="append", default=None, help="probe prompt (repeatable)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_fluency_texts_arg(p)
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("generate", help="baseline vs steered generations side by side")
     add_model_args(p)
     p.add_argument("prompts", nargs="*", help=f"prompts (default: {DEFAULT_PROMPTS})")
     p.add_argument("--vector", required=True)
-    p.add_argument("--alphas", type=floats, default=[0.0, 1.0], help="e.g. 0,0.3,0.8 (0 = baseline)")
-    p.add_argument("--layers", default="all")
-    p.add_argument("--positions", default="response", choices=["response", "all"])
+    p.add_argument(
+        "--alphas",
+        type=alpha_specs,
+        default=[0.0, 1.0],
+        help=f"e.g. 0,0.3,kl:0.1 (0 = baseline; default 0,1); {KL_ALPHAS}",
+    )
+    add_where_args(p)
     p.add_argument("--max-new-tokens", type=int, default=60)
     p.add_argument("--do-sample", action="store_true")
     p.add_argument("--temperature", type=float, default=1.0)
@@ -49,6 +76,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--backend", default="hooks", choices=["hooks", "nnsight"])
     p.add_argument("--json-out", default=None, help="write every setting and generation as JSON")
+    add_fluency_texts_arg(p)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser(
@@ -56,8 +84,7 @@ def add_commands(sub: Any) -> None:
     )
     add_model_args(p)
     p.add_argument("--vector", required=True)
-    p.add_argument("--layers", default="all")
-    p.add_argument("--positions", default="all", choices=["all", "response"])
+    add_where_args(p)
     p.add_argument("--kl", default="0.03,0.1,0.3,1", help="KL budgets, nats per token (default: 0.03,0.1,0.3,1)")
     add_fluency_texts_arg(p)
     p.add_argument("--n-calibration", type=int, default=128, help="calibration texts (default 128)")
@@ -73,28 +100,49 @@ def add_commands(sub: Any) -> None:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from steer_plugin.data.prompts import check_prompts
+    from steer_plugin.errors import SteerError
     from steer_plugin.model.hooks import finite_alpha
     from steer_plugin.model.layers import layer_ranges
+    from steer_plugin.steering.alphas import parse_alpha_specs
     from steer_plugin.steering.check import format_report, run_check
     from steer_plugin.vectors.vector import SteeringVector
 
-    finite_alpha(args.alpha, "--alpha")
+    budget = str(args.alpha).strip().lower().startswith("kl:")
+    specs = parse_alpha_specs(args.alpha) if budget else [finite_alpha(args.alpha, "--alpha")]
+    if len(specs) != 1:
+        raise SteerError(f"--alpha takes one number or one kl:X budget, got {args.alpha!r}")
+    alpha = specs[0]
     layer_ranges(args.layers)  # syntax, before the model loads
     prompts = check_prompts(args.prompt or DEFAULT_PROMPTS)
-    vec = SteeringVector.load(args.vector)
+    SteeringVector.load(args.vector)
+    texts = _budget_texts(args, [alpha])
     loaded = model_options(args).load()
     report = run_check(
-        loaded.model,
-        loaded.tokenizer,
-        vec,
-        prompts,
-        args.alpha,
-        args.layers,
-        args.blocks,
-        args.model,
-    )
+        loaded.model, loaded.tokenizer, args.vector, prompts, alpha, args.layers, args.blocks, args.model,
+        positions=args.positions, texts=texts, progress=_progress,
+    )  # fmt: skip
     print(json.dumps(report.to_json(), indent=2) if args.json else format_report(report))
     return 0 if report.ok else 1
+
+
+def _budget_texts(args: argparse.Namespace, alphas: list[Any]) -> TextSource | None:
+    """The neutral texts a kl: alpha calibrates on when its calibration is missing (read now: a bad
+    --fluency-texts fails before the model loads); None without budgets."""
+    from steer_plugin.data.neutral_texts import TextSource
+    from steer_plugin.steering.alphas import KLBudget
+    from steer_plugin.steering.calibrate import DEFAULT_N_CALIBRATION, DEFAULT_N_HELDOUT, split_texts
+    from steer_plugin.steering.calibration_file import stored_calibrations
+
+    if not any(isinstance(a, KLBudget) for a in alphas):
+        return None
+    stored_calibrations(args.vector)  # a tampered calibration file fails before the model loads
+    source = TextSource(args.fluency_texts)
+    split_texts(source, DEFAULT_N_CALIBRATION, DEFAULT_N_HELDOUT)
+    return source
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
@@ -172,13 +220,17 @@ def cmd_generate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
     )
     prompts = check_prompts(args.prompts or DEFAULT_PROMPTS)
-    vec = SteeringVector.load(args.vector)
+    SteeringVector.load(args.vector)
+    texts = _budget_texts(args, args.alphas)
     options = model_options(args)
     if settings.chat and not options.has_chat_template():  # the tokenizer alone tells, not the weights
         raise SteerError(f"--chat on: the tokenizer of {args.model} has no chat template; use --chat auto or off")
     loaded = options.load()
     steerer = Steerer(loaded.model, args.backend, args.blocks)
-    run = generate_side_by_side(loaded.model, loaded.tokenizer, vec, prompts, args.alphas, settings, steerer)
+    run = generate_side_by_side(
+        loaded.model, loaded.tokenizer, args.vector, prompts, args.alphas, settings, steerer, texts=texts,
+        model_name=args.model, progress=_progress,
+    )  # fmt: skip
     print(format_run(run))
     if args.json_out:
         doc = {"model": args.model, "vector": args.vector, "backend": args.backend, **run.to_json()}

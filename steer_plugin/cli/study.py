@@ -7,7 +7,7 @@ import sys
 from dataclasses import replace
 from typing import Any, get_args
 
-from steer_plugin.cli.args import add_fluency_texts_arg, add_model_args, batch_size, model_options
+from steer_plugin.cli.args import add_fluency_texts_arg, add_model_args, alpha_specs, batch_size, model_options
 from steer_plugin.errors import SteerError
 from steer_plugin.model.backends import Backend
 from steer_plugin.study.evaluation import Chat, ControlMatch, Evaluation
@@ -16,15 +16,6 @@ from steer_plugin.vectors.metadata import Method
 from steer_plugin.vectors.recipe import DEFAULT_RECIPE, DEFAULT_TOP_K, Recipe
 
 DEFAULTS = Evaluation()  # the one set of defaults of `steer sweep`, `steer run` and `steer_plugin.run`
-
-
-def _alpha_specs(text: str) -> list[Any]:
-    from steer_plugin.steering.alphas import parse_alpha_specs
-
-    try:
-        return parse_alpha_specs(text)
-    except SteerError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _add_eval_args(p: argparse.ArgumentParser) -> None:
@@ -124,7 +115,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--vector", action="append", required=True, help="vector file (repeatable)")
     p.add_argument(
         "--alphas",
-        type=_alpha_specs,
+        type=alpha_specs,
         required=True,
         help="e.g. -4,-2,-1,0,0.5,1,2,4; kl:0.1 = the alpha whose KL to the unsteered model is 0.1 (calibrated)",
     )
@@ -198,7 +189,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--vector", default=None, help="use this vector file instead of building one")
     p.add_argument(
         "--alphas",
-        type=_alpha_specs,
+        type=alpha_specs,
         default=DEFAULT_ALPHAS,  # a string: argparse converts it only when used (keeps `--help` instant)
         help=f"alphas and KL budgets (default: {DEFAULT_ALPHAS})",
     )

@@ -5,6 +5,7 @@ Light (no torch): `steer sweep --alphas kl:0.1` parses them while the arguments 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from steer_plugin.errors import SteerError
@@ -48,6 +49,16 @@ def parse_alpha_specs(text: str) -> list[AlphaSpec]:
     if not out:
         raise SteerError(f"no alphas in {text!r}")
     return out
+
+
+def as_alpha_specs(alphas: str | Sequence[float | str | KLBudget]) -> list[AlphaSpec]:
+    """``"0,kl:0.1"``, ``[0, 0.5, "kl:0.1"]`` or parsed specs -> ``[0.0, 0.5, KLBudget(0.1)]``."""
+    specs: list[AlphaSpec] = []
+    for a in [alphas] if isinstance(alphas, str) else alphas:
+        specs += [a] if isinstance(a, KLBudget) else parse_alpha_specs(str(a))
+    if not specs:
+        raise SteerError("give at least one alpha")
+    return specs
 
 
 def parse_budgets(text: str) -> list[float]:

@@ -36,6 +36,7 @@ from steer_plugin.steering.calibration_file import (
 )
 from steer_plugin.steering.calibration_key import CalibrationKey
 from steer_plugin.steering.calibration_result import Calibration, CalibrationRow
+from steer_plugin.steering.defaults import DEFAULT_LAYERS, DEFAULT_POSITIONS
 from steer_plugin.steering.side_effect_batches import scored_ids
 from steer_plugin.steering.side_effects import DEFAULT_CACHE_BYTES, SideEffectProbe, SideEffects
 from steer_plugin.vectors.vector import SteeringVector
@@ -53,7 +54,7 @@ START_RELATIVE_STRENGTH = 0.02
 
 def check_settings(
     budgets: Iterable[float],
-    positions: str = "all",
+    positions: str = DEFAULT_POSITIONS,
     tolerance: float = DEFAULT_TOLERANCE,
     n_calibration: int = DEFAULT_N_CALIBRATION,
     n_heldout: int = DEFAULT_N_HELDOUT,
@@ -102,8 +103,8 @@ def calibrate(
     vector: SteeringVector,
     budgets: Iterable[float] = DEFAULT_BUDGETS,
     *,
-    layers: str | None = "all",
-    positions: str = "all",
+    layers: str | None = DEFAULT_LAYERS,
+    positions: str = DEFAULT_POSITIONS,
     source: TextSource | None = None,
     texts: tuple[list[str], list[str]] | None = None,
     n_calibration: int = DEFAULT_N_CALIBRATION,
@@ -227,8 +228,8 @@ def calibrate_vector_file(
     vector_path: str | Path,
     budgets: Iterable[float],
     *,
-    layers: str | None = "all",
-    positions: str = "all",
+    layers: str | None = DEFAULT_LAYERS,
+    positions: str = DEFAULT_POSITIONS,
     source: TextSource | None = None,
     n_calibration: int = DEFAULT_N_CALIBRATION,
     n_heldout: int = DEFAULT_N_HELDOUT,

@@ -22,6 +22,7 @@ from steer_plugin.model.backends import Backend
 from steer_plugin.model.layers import layer_ranges, parse_layers
 from steer_plugin.model.loading import ModelOptions
 from steer_plugin.model.positions import Positions, check_positions
+from steer_plugin.steering.defaults import DEFAULT_LAYERS, DEFAULT_POSITIONS
 from steer_plugin.study.plan import SweepOptions
 from steer_plugin.study.results_files import check_table_outputs
 
@@ -35,10 +36,6 @@ Chat = Literal[
 ]  # the emotion tasks' prompts through the chat template: where there is one, always, never
 PathLike = str | os.PathLike
 
-# the defaults chosen by measurement (README, "Choosing the defaults"): the middle third of the layers, the response
-# positions; every command that steers shares them
-DEFAULT_LAYERS = "middle"
-DEFAULT_POSITIONS: Positions = "response"
 SIDE_EFFECT_TEXTS = 200
 QUICK_SIDE_EFFECT_TEXTS = 100  # with a limit (a quick look) the side effects take half the usual texts
 

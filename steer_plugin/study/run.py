@@ -22,6 +22,7 @@ from steer_plugin.errors import SteerError
 from steer_plugin.harness.tasks import EMOTION_TASK_PREFIX, TRUTHFULQA_DIR_ENV
 from steer_plugin.io.outputs import check_output_file
 from steer_plugin.model.loading import DEFAULT_MODEL, ModelOptions, model_slug
+from steer_plugin.steering.alphas import as_alpha_specs
 from steer_plugin.study.evaluation import Evaluation, PathLike, emotion_task_family
 from steer_plugin.study.plan import Resolver, SweepPlan
 from steer_plugin.study.sweep import run_sweep, task_manager
@@ -31,7 +32,7 @@ from steer_plugin.vectors.recipe import DEFAULT_RECIPE, Recipe
 if TYPE_CHECKING:  # pragma: no cover
     from steer_plugin.data.neutral_texts import TextSource
     from steer_plugin.harness.engine import SteeringEngine
-    from steer_plugin.steering.alphas import AlphaSpec, KLBudget
+    from steer_plugin.steering.alphas import KLBudget
     from steer_plugin.study.rows import Row
     from steer_plugin.vectors.request import RecordRequest
 
@@ -107,7 +108,7 @@ def sweep(
 
     if not evaluation.task_names:
         raise SteerError("give --tasks, e.g. --tasks truthfulqa_mc1,truthfulqa_mc2,steer_emotion_anger")
-    grid = alpha_grid(alphas)
+    grid = as_alpha_specs(alphas)
     folder = Path(out)
     evaluation.check(folder, model)
     paths = [str(v) for v in vectors]
@@ -184,7 +185,7 @@ def run(
 
     loading = model if isinstance(model, ModelOptions) else ModelOptions(name=model)
     emotions = parse_targets(emotion)
-    grid = alpha_grid(alphas)
+    grid = as_alpha_specs(alphas)
     check_level(leakage_budget, grid)  # before minutes of recording and evaluation
     recipes = [recipe] if isinstance(recipe, Recipe) else list(recipe)
     if not recipes:
@@ -255,18 +256,6 @@ def _record_request(
     if isinstance(evaluation.batch_size, int):  # an 'auto' batch size is the harness's: recording keeps its default
         request = replace(request, batch_size=evaluation.batch_size)
     return request
-
-
-def alpha_grid(alphas: Alphas) -> list[AlphaSpec]:
-    """``"0,kl:0.1"``, ``[0, 0.5, "kl:0.1"]`` or parsed specs -> ``[0.0, 0.5, KLBudget(0.1)]``."""
-    from steer_plugin.steering.alphas import KLBudget, parse_alpha_specs
-
-    specs: list[AlphaSpec] = []
-    for a in [alphas] if isinstance(alphas, str) else alphas:
-        specs += [a] if isinstance(a, KLBudget) else parse_alpha_specs(str(a))
-    if not specs:
-        raise SteerError("give at least one alpha")
-    return specs
 
 
 def _build_missing(missing: dict[tuple[str, Recipe], Path], request: RecordRequest, progress: bool) -> None:

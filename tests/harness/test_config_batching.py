@@ -420,7 +420,7 @@ def test_cli_no_config_batching_flag(task_dir, model_dir, tmp_path, monkeypatch)
     monkeypatch.setattr(SteeredHFLM, "plan_ahead", recording)
     base = ["sweep", "--model", model_dir, "--vector", str(vec), "--alphas", "0,1", "--tasks", "tiny_gen",
             "--include-path", task_dir, "--batch-size", "2", "--device", "cpu", "--positions", "response",
-            "--log-samples", "--controls", "0", *_no_side_effects()]  # fmt: skip
+            "--layers", "all", "--log-samples", "--controls", "0", *_no_side_effects()]  # fmt: skip
     assert main([*base, "--out", str(tmp_path / "a"), "--no-config-batching"]) == 0
     assert main([*base, "--out", str(tmp_path / "b"), "--config-batch-rows", "16"]) == 0
     assert planned[0] == (2, False, None) and planned[2] == (2, True, 16)

@@ -61,7 +61,8 @@ def lm(gemma3):
 
 
 def test_steer_check_passes(gemma3, vector, capsys):
-    argv = ["check", "--model", gemma3, "--vector", vector, "--alpha", ALPHA, "--layers", MIDDLE, "--json"]
+    argv = ["check", "--model", gemma3, "--vector", vector, "--alpha", ALPHA, "--layers", MIDDLE, "--json",
+            "--positions", "all"]  # fmt: skip
     code, out, err = run_cli(argv, capsys)
     assert code == 0, err
     report = json.loads(out)

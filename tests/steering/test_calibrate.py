@@ -104,7 +104,10 @@ def test_built_vector_carries_rms_and_list_and_check_show_it(tmp_path, tiny_llam
     out = capsys.readouterr().out
     want = statistics.median(float(vec.matrix[l].norm()) / rms[l] for l in range(3))
     assert "rel/alpha" in out and f"{want:.4g}" in out
-    assert main(["check", "--model", tiny_llama_dir, "--vector", str(path), "--alpha", "2", "--json"]) == 0
+    old_defaults = ["--layers", "all", "--positions", "all"]
+    assert (
+        main(["check", "--model", tiny_llama_dir, "--vector", str(path), "--alpha", "2", "--json", *old_defaults]) == 0
+    )
     layers = json.loads(capsys.readouterr().out)["layers"]
     assert layers[0]["relative_strength"] == pytest.approx(2 * float(vec.matrix[0].norm()) / rms[0], rel=1e-5)
 
@@ -184,7 +187,7 @@ def test_calibrate_command_json_and_table(tmp_path, texts_file, capsys):
     vec = tmp_path / "v.safetensors"
     SteeringVector(torch.randn(3, 32)).save(vec)
     args = ["calibrate", "--model", model_dir, "--vector", str(vec), "--kl", "0.05,0.2", "--fluency-texts", texts_file]
-    args += ["--n-calibration", "10", "--n-heldout", "10", "--positions", "response"]
+    args += ["--n-calibration", "10", "--n-heldout", "10", "--positions", "response", "--layers", "all"]
     assert main([*args, "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [r["kl_budget"] for r in rows] == [0.05, 0.2]
@@ -205,6 +208,7 @@ def test_calibrate_command_errors(tmp_path, tiny_llama_dir, texts_file, capsys):
     m[2] = 1
     SteeringVector(m).save(vec)
     base = ["calibrate", "--model", tiny_llama_dir, "--vector", str(vec), "--fluency-texts", texts_file]
+    base += ["--layers", "all", "--positions", "all"]  # the defaults before they changed (--layers below wins)
     assert main([*base, "--layers", "0-1"]) == 2
     assert "zero on layers 0-1" in capsys.readouterr().err
     assert main([*base, "--kl", "0.1,-2"]) == 2

@@ -30,7 +30,7 @@ def model_dir(tmp_path_factory) -> str:
 
 def _argv(model_dir: str, vector: Path, texts: str) -> list[str]:
     return ["calibrate", "--model", model_dir, "--vector", str(vector), "--kl", "0.05,0.2", "--fluency-texts", texts,
-            "--n-calibration", "10", "--n-heldout", "10"]  # fmt: skip
+            "--n-calibration", "10", "--n-heldout", "10", "--layers", "all", "--positions", "all"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")

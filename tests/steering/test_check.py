@@ -29,7 +29,8 @@ def test_check_passes_and_reports_each_layer(tmp_path, vec_file, capsys, arch):
     from tests.helpers.tiny import save_model
 
     model = save_model(tmp_path / arch, arch)
-    assert main(["check", "--model", model, "--vector", vec_file, "--alpha", "2", "--json"]) == 0
+    old_defaults = ["--layers", "all", "--positions", "all"]  # every layer, every position: as before they changed
+    assert main(["check", "--model", model, "--vector", vec_file, "--alpha", "2", "--json", *old_defaults]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["ok"] and report["alpha0_exact"] and report["backends_agree"] and report["hooks_left"] == 0
     layers = {l["layer"]: l for l in report["layers"]}
@@ -38,7 +39,7 @@ def test_check_passes_and_reports_each_layer(tmp_path, vec_file, capsys, arch):
         assert layers[l]["cosine"] > 0.9999 and abs(layers[l]["norm_ratio"] - 1) < 1e-3
         assert layers[l]["kl_next_token"] > 0
     assert layers[1]["cosine"] is None and layers[1]["kl_next_token"] == 0
-    assert main(["check", "--model", model, "--vector", vec_file]) == 0
+    assert main(["check", "--model", model, "--vector", vec_file, *old_defaults]) == 0
     assert "RESULT: PASS" in capsys.readouterr().out
 
 
@@ -48,7 +49,9 @@ def test_check_detects_a_wrong_injection_point(tiny_llama_dir, vec_file, monkeyp
 
     real = steering._steered
     monkeypatch.setattr(steering, "_steered", lambda h, d, w: real(h, 2 * d, w))
-    assert main(["check", "--model", tiny_llama_dir, "--vector", vec_file]) == 1
+    assert (
+        main(["check", "--model", tiny_llama_dir, "--vector", vec_file, "--layers", "all", "--positions", "all"]) == 1
+    )
     assert "RESULT: FAIL" in capsys.readouterr().out
 
 
@@ -73,6 +76,8 @@ def test_generate_side_by_side_json_and_baseline(tiny_llama_dir, vec_file, tmp_p
                 vec_file,
                 "--alphas",
                 "0,3",
+                "--layers",
+                "all",  # the middle layer of this vector is zero: all, as before the default changed
                 "--max-new-tokens",
                 "6",
                 "--no-chat",
@@ -116,6 +121,8 @@ def test_generate_sampling_is_reproducible(tiny_llama_dir, vec_file, tmp_path):
                 vec_file,
                 "--alphas",
                 "1",
+                "--layers",
+                "all",
                 "--do-sample",
                 "--temperature",
                 "1.5",

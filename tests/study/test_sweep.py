@@ -332,7 +332,8 @@ def test_sweep_command_with_kl_alphas(task_dir, vector_file, tiny_llama_dir, tmp
     )
     args = ["sweep", "--model", tiny_llama_dir, "--vector", vector_file, "--alphas", "0,kl:0.002", "--tasks", "tiny_mc"]
     args += ["--include-path", task_dir, "--out", str(tmp_path / "out"), "--fluency-texts", str(texts)]
-    args += ["--batch-size", "2", "--positions", "response", "--backend", "hooks", "--controls", "0"]
+    args += ["--batch-size", "2", "--positions", "response", "--layers", "all", "--backend", "hooks"]
+    args += ["--controls", "0"]
     assert main(args) == 0
     out, err = capsys.readouterr()
     assert "calibrated, wrote" in err and "side_effects/kl_budget" in out and "0.0020" in out
@@ -359,7 +360,8 @@ def test_sweep_command_with_controls_at_the_same_kl(task_dir, vector_file, tiny_
     out = tmp_path / "out"
     args = ["sweep", "--model", tiny_llama_dir, "--vector", vector_file, "--alphas", "0,kl:0.002", "--tasks", "tiny_mc"]
     args += ["--include-path", task_dir, "--out", str(out), "--fluency-texts", str(texts), "--batch-size", "2"]
-    args += ["--positions", "response", "--backend", "hooks", "--controls", "1", "--control-match", "kl"]
+    args += ["--positions", "response", "--layers", "all", "--backend", "hooks"]
+    args += ["--controls", "1", "--control-match", "kl"]
     assert main(args) == 0
     assert "skipped" not in capsys.readouterr().err  # the controls' calibration files are ours, not results
     control = out / "controls" / f"{Path(vector_file).stem}-random-0.safetensors"
@@ -389,7 +391,8 @@ def test_a_kl_budget_that_is_not_reached_is_said_and_not_labelled_as_reached(
     out = tmp_path / "out"
     args = ["sweep", "--model", tiny_llama_dir, "--vector", vector_file, "--alphas", "0,kl:0.002,kl:1e6"]
     args += ["--tasks", "tiny_mc", "--include-path", task_dir, "--out", str(out), "--fluency-texts", str(texts)]
-    args += ["--batch-size", "2", "--positions", "response", "--backend", "hooks", "--controls", "0"]
+    args += ["--batch-size", "2", "--positions", "response", "--layers", "all", "--backend", "hooks"]
+    args += ["--controls", "0"]
     assert main(args) == 0
     err = capsys.readouterr().err
     # what the calibration file says was reached at best (read as JSON): far below the budget

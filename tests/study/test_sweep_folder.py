@@ -148,7 +148,7 @@ def test_cli_sweep_into_another_models_folder_is_refused_before_loading(
     out = tmp_path / "sweep"
     base = ["sweep", "--vector", vector_file, "--alphas", "1", "--tasks", "rel_mc", "--include-path", task_dir]
     base += ["--out", out, "--batch-size", "4", "--device", "cpu", "--bootstrap-iters", "0", "--no-side-effects"]
-    base += ["--controls", "0"]
+    base += ["--layers", "all", "--positions", "all", "--controls", "0"]  # the sweep defaults before they changed
     assert run_cli([*base, "--model", tiny_llama_dir], capsys)[0] == 0
     # another model (one whose hidden size would not even fit the vector): it is never loaded
     code, _, err = run_cli([*base, "--model", "/nonexistent/other-model"], capsys)
