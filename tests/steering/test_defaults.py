@@ -7,19 +7,17 @@ import inspect
 import json
 
 import pytest
-import test_calibrate
 import torch
-from helpers_cli import run_cli
-from test_calibrate import sharp_model
 
 from steer_plugin.cli import build_parser
-from steer_plugin.cli.study import evaluation_arguments
+from steer_plugin.cli.study import evaluation_from_args
 from steer_plugin.errors import SteerError
 from steer_plugin.steering.defaults import DEFAULT_LAYERS, DEFAULT_POSITIONS
 from steer_plugin.vectors.vector import SteeringVector
+from tests.helpers.cli import run_cli
+from tests.helpers.tiny import sharp_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-texts_file = test_calibrate.texts_file  # a fixture: 40 sentences of the tiny tokenizer's words
 
 BUDGET = 0.05
 
@@ -28,8 +26,8 @@ def _where(argv: list[str]) -> tuple[str, str]:
     """The layers and positions a command steers when not told, as its parser gives them."""
     args = build_parser().parse_args(argv)
     if argv[0] in ("sweep", "run"):
-        shared = evaluation_arguments(args)
-        return shared["layers"], shared["positions"]
+        shared = evaluation_from_args(args)
+        return shared.layers, shared.positions
     return args.layers, args.positions
 
 
@@ -51,11 +49,13 @@ def test_the_library_entry_points_have_the_same_defaults():
     from steer_plugin.steering.calibrate import calibrate, calibrate_vector_file
     from steer_plugin.steering.check import run_check
     from steer_plugin.steering.generate import GenerationSettings
-    from steer_plugin.study.run import run
+    from steer_plugin.study.evaluation import Evaluation
 
-    for fn in (calibrate, calibrate_vector_file, run_check, run):
+    for fn in (calibrate, calibrate_vector_file, run_check):
         params = inspect.signature(fn).parameters
         assert (params["layers"].default, params["positions"].default) == (DEFAULT_LAYERS, DEFAULT_POSITIONS), fn
+    evaluation = Evaluation()  # `steer_plugin.run`'s and `sweep`'s
+    assert (evaluation.layers, evaluation.positions) == (DEFAULT_LAYERS, DEFAULT_POSITIONS)
     settings = GenerationSettings()
     assert (settings.layers, settings.positions) == (DEFAULT_LAYERS, DEFAULT_POSITIONS)
 
