@@ -150,9 +150,11 @@ def run_configs(
     ``side``: the sweep options of side effects, measured as ``steer sweep`` does after each configuration's
     generation (a fresh probe per run: the unsteered pass and prefix caches are part of the cost); batched, all
     configurations' at the first one."""
+    from steer_plugin.harness.steering_args import SteeringArgs
     from steer_plugin.study.sweep import side_effect_probe
 
-    lm.plan_ahead(configs, config_batching=batching)
+    steering = [SteeringArgs.parse(c["vector"], c["alpha"], "all", c["positions"]) for c in configs]
+    lm.plan_ahead(steering, config_batching=batching)
     out = []
     probe, ahead = None, []
     try:
@@ -164,7 +166,7 @@ def run_configs(
             if side is not None:
                 probe = probe or side_effect_probe(lm, side)
                 if batching and i == 0:
-                    resolved = [lm.resolve(x) for x in configs]
+                    resolved = [lm.resolve(x) for x in steering]
                     ahead = probe.measure_many([r.plan for r in resolved], [r.positions for r in resolved])
                 measured = ahead[i] if batching else probe.measure(lm.plan, lm.positions)
             out.append((texts, list(rec.calls), measured, time.perf_counter() - t0))

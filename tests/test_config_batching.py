@@ -18,6 +18,7 @@ from lm_eval.api.instance import Instance
 
 from steer_plugin.errors import SteerError
 from steer_plugin.harness import config_batching
+from steer_plugin.harness.steering_args import SteeringArgs
 from steer_plugin.model.hooks import RowPlan, Steerer, make_plan
 from steer_plugin.vectors.vector import SteeringVector
 
@@ -83,7 +84,7 @@ def _configure(lm, c: dict) -> None:
 
 def _each(lm, configs: list[dict], call, planned: bool, **plan_kw) -> list:
     """``call()`` under every configuration in turn; ``planned``: announced first (config batching)."""
-    lm.plan_ahead(configs if planned else [], **plan_kw)
+    lm.plan_ahead([SteeringArgs.parse(**c) for c in configs] if planned else [], **plan_kw)
     out = []
     try:
         for c in configs:
@@ -162,7 +163,7 @@ def test_mixed_generation_equals_each_configuration_alone(arch, backend, monkeyp
     mixes = []
     mixed_fn = config_batching.generate_mixed
     monkeypatch.setattr(
-        "steer_plugin.harness.model.generate_mixed", lambda gen, c, *a: mixes.append(len(c)) or mixed_fn(gen, c, *a)
+        "steer_plugin.harness.lookahead.generate_mixed", lambda gen, c, *a: mixes.append(len(c)) or mixed_fn(gen, c, *a)
     )
     mixed_text = _each(lm, configs, lambda: lm.generate_until(requests, disable_tqdm=True), planned=True)
 
@@ -228,11 +229,11 @@ def test_sampling_runs_one_configuration_at_a_time():
     configs = _configs(_vectors())[:3]
     requests = [Instance("generate_until", {}, (p, {"until": [], "max_gen_toks": 4, "do_sample": True, "temperature": 1.0}), i)
                 for i, p in enumerate(PROMPTS)]  # fmt: skip
-    lm.plan_ahead(configs)
+    lm.plan_ahead([SteeringArgs.parse(**c) for c in configs])
     try:
         _configure(lm, configs[0])
         lm.generate_until(requests, disable_tqdm=True)
-        assert lm._batcher is not None and not lm._batcher.ready  # nothing computed for the others
+        assert lm.lookahead.batcher is not None and not lm.lookahead.batcher.ready  # nothing computed for the others
     finally:
         lm.plan_ahead([])
         lm.configure(None, 0.0)
@@ -246,7 +247,7 @@ def test_an_overflowing_configuration_fails_alone_and_leaves_the_others(tmp_path
     big = {"vector": [SteeringVector(torch.full((3, 32), 3e38))], "alpha": 1.0, "positions": "response"}
     requests = _generation_requests()[:4]
     alone = _each(lm, good, lambda: lm.generate_until(requests, disable_tqdm=True), planned=False)
-    lm.plan_ahead([good[0], big, *good[1:]])
+    lm.plan_ahead([SteeringArgs.parse(**c) for c in [good[0], big, *good[1:]]])
     try:
         got = []
         for c in [good[0], big, *good[1:]]:
@@ -273,14 +274,14 @@ def test_mixed_loglikelihood_equals_each_configuration_alone(arch, backend):
     requests = [Instance("loglikelihood", {}, (c, x), i) for i, (c, xs) in enumerate(LL_PAIRS) for x in xs]
     alone = _each(lm, configs, lambda: lm.loglikelihood(requests, disable_tqdm=True), planned=False)
 
-    lm.plan_ahead(configs)
+    lm.plan_ahead([SteeringArgs.parse(**c) for c in configs])
     try:
         mixed = []
         for i, c in enumerate(configs):
             _configure(lm, c)
             mixed.append(lm.loglikelihood(requests, disable_tqdm=True))
             if i == 0:  # the other positions=all configuration was scored in the same forwards
-                assert len(lm._ahead) == 1
+                assert len(lm.lookahead.ahead) == 1
     finally:
         lm.plan_ahead([])
         lm.configure(None, 0.0)
@@ -383,7 +384,7 @@ def test_sweep_with_config_batching_equals_one_at_a_time_and_resumes(task_dir, m
         )
         files = run_sweep(lm, plan, options, progress=False)
         results[batching] = (options, files)
-        assert lm._batcher is None and not lm.plan.active
+        assert lm.lookahead.batcher is None and not lm.plan.active
     (_, one_by_one), (options, batched) = results[False], results[True]
     assert len(batched) == len(plan.configs) == 9
     for a, b in zip(one_by_one, batched):
