@@ -18,7 +18,6 @@ from lm_eval.api.instance import Instance
 
 from steer_plugin.errors import SteerError
 from steer_plugin.harness.model import SteeredHFLM
-from steer_plugin.harness.steering_args import SteeringArgs
 from steer_plugin.harness.prefix_reuse import (
     Scorer,
     TailConfig,
@@ -27,6 +26,7 @@ from steer_plugin.harness.prefix_reuse import (
     plain_token_count,
     score_groups,
 )
+from steer_plugin.harness.steering_args import SteeringArgs
 from steer_plugin.model.hooks import SteeringPlan
 from steer_plugin.steering.kv_prefix import ReuseUnsupported, reuse_blocker
 from steer_plugin.vectors.vector import SteeringVector

@@ -49,9 +49,7 @@ class Lookahead:
     def sharing_prefix(self, mine: TailConfig) -> list[TailConfig]:
         """Planned configurations whose loglikelihoods share ``mine``'s prefix cache and are not computed yet."""
         return [
-            c
-            for c in self.planned
-            if c.prefix_key == mine.prefix_key and c.key != mine.key and c.key not in self.ahead
+            c for c in self.planned if c.prefix_key == mine.prefix_key and c.key != mine.key and c.key not in self.ahead
         ]
 
     def mixed_riders(self, mine: TailConfig) -> list[TailConfig]:
@@ -105,4 +103,3 @@ def generate_ahead(
         if tokens is not None:  # non-finite: that configuration runs alone later and fails there
             batcher.ready[(rider.key, key)] = tokens
     return out[0], gen
-

@@ -46,8 +46,9 @@ class ReuseCall:
         if ahead:  # computed while an earlier configuration of this sweep held the same prefix cache
             for i, (_, ctx, cont) in enumerate(requests):
                 answers[i] = ahead.get((tuple(ctx), tuple(cont)))
-        todo = [(i, ctx, cont) for i, (_, ctx, cont) in enumerate(requests) if answers[i] is None]
-        todo, longer = split_by_window(todo, self.window)
+        todo, longer = split_by_window(
+            [(i, ctx, cont) for i, (_, ctx, cont) in enumerate(requests) if answers[i] is None], self.window
+        )
         groups, plain = group_by_context(todo, self.max_length)
         plain += longer
         if plain:  # too long for the window (the harness left-truncates), for a sliding window, or rejected
@@ -71,7 +72,9 @@ class ReuseCall:
         with self.progress(sum(g.n_requests for g in groups), desc) as pbar:
             if mixed and self.lookahead.batcher is not None:
                 riders = mixed
-                results = score_groups_mixed(scorer, groups, [self.mine, *mixed], self.lookahead.batcher.rows, pbar.update)
+                results = score_groups_mixed(
+                    scorer, groups, [self.mine, *mixed], self.lookahead.batcher.rows, pbar.update
+                )
             else:
                 results = score_groups(scorer, groups, [self.mine, *riders], pbar.update)
         for i, a in results[0].items():
