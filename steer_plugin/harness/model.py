@@ -150,8 +150,9 @@ class SteeredHFLM(HFLM):
         self.seconds = {"loglikelihood": 0.0, "generate_until": 0.0}
         if steer_backend is not None:
             self.steerer = Steerer(self.model, steer_backend, self._blocks)
-        steering = vector if isinstance(vector, (SteeringConfig, SteeringArgs)) else None
-        resolved = self.resolve(steering or SteeringArgs.parse(vector, alpha, layers, positions))  # type: ignore[arg-type]
+        if not isinstance(vector, (SteeringConfig, SteeringArgs)):
+            vector = SteeringArgs.parse(vector, alpha, layers, positions)
+        resolved = self.resolve(vector)
         self.plan: SteeringPlan = resolved.plan
         self.positions: Positions = resolved.positions
         pretrained = getattr(self, "pretrained", "")
