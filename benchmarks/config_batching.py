@@ -151,8 +151,10 @@ def run_configs(
     generation (a fresh probe per run: the unsteered pass and prefix caches are part of the cost); batched, all
     configurations' at the first one."""
     from steer_plugin.harness.engine import HFEngine
+    from steer_plugin.harness.steering_args import SteeringArgs
 
-    lm.plan_ahead(configs, config_batching=batching)
+    steering = [SteeringArgs.parse(c["vector"], c["alpha"], "all", c["positions"]) for c in configs]
+    lm.plan_ahead(steering, config_batching=batching)
     out = []
     probe, ahead = None, []
     try:
@@ -166,7 +168,7 @@ def run_configs(
                 texts = side.side_effects.load(side.side_effect_texts)
                 probe = probe or HFEngine(lm).side_effect_meter(texts, side.config_batch_rows).probe
                 if batching and i == 0:
-                    resolved = [lm.resolve(x) for x in configs]
+                    resolved = [lm.resolve(x) for x in steering]
                     ahead = probe.measure_many([r.plan for r in resolved], [r.positions for r in resolved])
                 measured = ahead[i] if batching else probe.measure(lm.plan, lm.positions)
             out.append((texts, list(rec.calls), measured, time.perf_counter() - t0))

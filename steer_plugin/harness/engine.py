@@ -11,8 +11,8 @@ Light at import time (`steer --help` imports the study stage): the harness and t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -84,7 +84,7 @@ class SteeringEngine(Protocol):
         """The batch size a configuration that shares its batches with no other runs at (None: the usual one)."""
         ...
 
-    def batch_size_as(self, size: int | None) -> Any:
+    def batch_size_as(self, size: int | None) -> AbstractContextManager[None]:
         """A context in which the harness batches ``size`` requests at a time (None: unchanged)."""
         ...
 
@@ -175,13 +175,8 @@ class HFEngine:
 
         return max(rows or DEFAULT_ROWS, int(self.lm.batch_size))
 
-    @contextmanager
-    def batch_size_as(self, size: int | None) -> Iterator[None]:
-        if size is None:
-            yield
-            return
-        with self.lm.batch_size_as(size):
-            yield
+    def batch_size_as(self, size: int | None) -> AbstractContextManager[None]:
+        return self.lm.batch_size_as(size)
 
     def model_info(self) -> dict[str, Any]:
         return dict(self.lm.get_model_info())

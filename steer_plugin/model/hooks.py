@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -339,20 +339,29 @@ class Steerer:
                 result = self.traced.output.save()
             return result
 
-    def generate(self, plan: AnyPlan, where: Where = None, check_finite: bool = True, **kwargs: Any) -> torch.Tensor:
+    def generate(
+        self,
+        plan: AnyPlan,
+        where: Where = None,
+        check_finite: bool = True,
+        generate_fn: Callable[..., torch.Tensor] | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
         """``model.generate(**kwargs)`` with the plan applied in every forward of the decode loop
-        (``check_finite``: stop with an error when the scores turn nan/inf)."""
+        (``check_finite``: stop with an error when the scores turn nan/inf). ``generate_fn``: what generates
+        instead of ``model.generate`` (a harness's own generate that calls it), given the same ``kwargs``."""
+        generate = self.model.generate if generate_fn is None else generate_fn
         if not plan.active:
-            return self.model.generate(**kwargs)
+            return generate(**kwargs)
         if check_finite:
             kwargs["logits_processor"] = _with_finite_check(kwargs.get("logits_processor"))
         if self.backend == "hooks":
             with self.hooks(plan, where):
-                return self.model.generate(**kwargs)
+                return generate(**kwargs)
         traced, result = self.traced, []
 
         def run(**kw: Any) -> Any:  # keeps the generated ids outside the trace
-            result.append(self.model.generate(**kw))
+            result.append(generate(**kw))
             return result[-1]
 
         with warnings.catch_warnings():

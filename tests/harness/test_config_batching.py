@@ -17,6 +17,7 @@ from lm_eval.api.instance import Instance
 
 from steer_plugin.errors import SteerError
 from steer_plugin.harness import config_batching
+from steer_plugin.harness.steering_args import SteeringArgs
 from steer_plugin.model.hooks import RowPlan, Steerer, make_plan
 from steer_plugin.vectors.vector import SteeringVector
 from tests.helpers.configs import configure, run_each
@@ -145,7 +146,7 @@ def test_mixed_generation_equals_each_configuration_alone(arch, backend, monkeyp
     mixes = []
     mixed_fn = config_batching.generate_mixed
     monkeypatch.setattr(
-        "steer_plugin.harness.model.generate_mixed", lambda gen, c, *a: mixes.append(len(c)) or mixed_fn(gen, c, *a)
+        "steer_plugin.harness.lookahead.generate_mixed", lambda gen, c, *a: mixes.append(len(c)) or mixed_fn(gen, c, *a)
     )
     mixed_text = run_each(lm, configs, lambda: lm.generate_until(requests, disable_tqdm=True), planned=True)
 
@@ -211,11 +212,11 @@ def test_sampling_runs_one_configuration_at_a_time():
     configs = _configs(_vectors())[:3]
     requests = [Instance("generate_until", {}, (p, {"until": [], "max_gen_toks": 4, "do_sample": True, "temperature": 1.0}), i)
                 for i, p in enumerate(PROMPTS)]  # fmt: skip
-    lm.plan_ahead(configs)
+    lm.plan_ahead([SteeringArgs.parse(**c) for c in configs])
     try:
         configure(lm, configs[0])
         lm.generate_until(requests, disable_tqdm=True)
-        assert lm._batcher is not None and not lm._batcher.ready  # nothing computed for the others
+        assert lm.lookahead.batcher is not None and not lm.lookahead.batcher.ready  # nothing computed for the others
     finally:
         lm.plan_ahead([])
         lm.configure(None, 0.0)
@@ -229,7 +230,7 @@ def test_an_overflowing_configuration_fails_alone_and_leaves_the_others(tmp_path
     big = {"vector": [SteeringVector(torch.full((3, 32), 3e38))], "alpha": 1.0, "positions": "response"}
     requests = _generation_requests()[:4]
     alone = run_each(lm, good, lambda: lm.generate_until(requests, disable_tqdm=True), planned=False)
-    lm.plan_ahead([good[0], big, *good[1:]])
+    lm.plan_ahead([SteeringArgs.parse(**c) for c in [good[0], big, *good[1:]]])
     try:
         got = []
         for c in [good[0], big, *good[1:]]:
@@ -256,14 +257,14 @@ def test_mixed_loglikelihood_equals_each_configuration_alone(arch, backend):
     requests = [Instance("loglikelihood", {}, (c, x), i) for i, (c, xs) in enumerate(LL_PAIRS) for x in xs]
     alone = run_each(lm, configs, lambda: lm.loglikelihood(requests, disable_tqdm=True), planned=False)
 
-    lm.plan_ahead(configs)
+    lm.plan_ahead([SteeringArgs.parse(**c) for c in configs])
     try:
         mixed = []
         for i, c in enumerate(configs):
             configure(lm, c)
             mixed.append(lm.loglikelihood(requests, disable_tqdm=True))
             if i == 0:  # the other positions=all configuration was scored in the same forwards
-                assert len(lm._ahead) == 1
+                assert len(lm.lookahead.ahead) == 1
     finally:
         lm.plan_ahead([])
         lm.configure(None, 0.0)
@@ -367,7 +368,7 @@ def test_sweep_with_config_batching_equals_one_at_a_time_and_resumes(task_dir, m
         )
         files = run_sweep(HFEngine(lm), plan, options, progress=False)
         results[batching] = (options, files)
-        assert lm._batcher is None and not lm.plan.active
+        assert lm.lookahead.batcher is None and not lm.plan.active
     (_, one_by_one), (options, batched) = results[False], results[True]
     assert len(batched) == len(plan.configs) == 9
     for a, b in zip(one_by_one, batched):

@@ -100,7 +100,7 @@ def test_unknown_backend_fails_before_loading_the_model(tiny_llama_dir, vectors)
 
 
 def test_vector_from_another_model_warns_naming_both(lm, vectors, caplog):
-    with caplog.at_level(logging.WARNING, logger="steer_plugin.harness.model"):
+    with caplog.at_level(logging.WARNING, logger="steer_plugin.harness.results_info"):
         lm.configure(str(vectors / "other.safetensors"), 1.0)
     assert "someone/else-7b" in caplog.text and "tiny_llama" in caplog.text
 

@@ -25,6 +25,7 @@ from steer_plugin.harness.prefix_reuse import (
     plain_token_count,
     score_groups,
 )
+from steer_plugin.harness.steering_args import SteeringArgs
 from steer_plugin.model.hooks import SteeringPlan
 from steer_plugin.steering.kv_prefix import ReuseUnsupported, reuse_blocker
 from steer_plugin.vectors.vector import SteeringVector
@@ -244,7 +245,7 @@ def test_sweep_computes_the_unsteered_prefix_once(lm):
     for vector, alpha, positions in configs:
         lm.configure(vector, alpha, positions=positions)
         alone[vector, alpha, positions] = _run(lm, reqs, reuse=True)
-    lm.plan_ahead([{"vector": v, "alpha": a, "positions": p} for v, a, p in configs])
+    lm.plan_ahead([SteeringArgs.parse(v, a, positions=p) for v, a, p in configs])
     lm.token_counts = TokenCounts()
     shared = {}
     for vector, alpha, positions in configs:
@@ -277,7 +278,7 @@ def test_run_sweep_shares_prefix_and_matches_plain(lm, tmp_path, monkeypatch):
     )
     lm.token_counts = TokenCounts()
     files = run_sweep(HFEngine(lm), plan, options, progress=False)
-    assert lm.token_counts.plain == 0 and not lm._ahead and not lm._planned
+    assert lm.token_counts.plain == 0 and not lm.lookahead.ahead and not lm.lookahead.planned
     n_prefix = lm.token_counts.prefix
     for config, f in zip(plan.configs, files):
         rows = [json.loads(line) for line in (f.parent / "samples_truthfulqa_local_mc2.jsonl").read_text().splitlines()]
@@ -445,7 +446,7 @@ def test_configurations_sharing_a_prefix_share_the_blocks_below_their_first_stee
     )
     handle = block0.register_forward_hook(lambda *a: runs.append(kinds[-1]))
     try:
-        lm.plan_ahead(configs, config_batching=False)
+        lm.plan_ahead([SteeringArgs.parse(**c) for c in configs], config_batching=False)
         shared = []
         for c in configs:
             lm.configure(**c)

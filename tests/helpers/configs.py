@@ -3,6 +3,8 @@ another: the reference that config batching must equal."""
 
 from __future__ import annotations
 
+from steer_plugin.harness.steering_args import SteeringArgs
+
 
 def configure(lm, c: dict) -> None:
     lm.configure(c["vector"], c["alpha"], c.get("layers", "all"), c.get("positions", "all"))
@@ -10,7 +12,7 @@ def configure(lm, c: dict) -> None:
 
 def run_each(lm, configs: list[dict], call, planned: bool, **plan_kw) -> list:
     """``call()`` under every configuration in turn; ``planned``: announced first (config batching)."""
-    lm.plan_ahead(configs if planned else [], **plan_kw)
+    lm.plan_ahead([SteeringArgs.parse(**c) for c in configs] if planned else [], **plan_kw)
     out = []
     try:
         for c in configs:

@@ -1,0 +1,163 @@
+"""The steering arguments of an lm-eval model (``--model_args`` of ``steered_hf``), checked and typed.
+
+``vector`` (file, or several joined by ``;``), ``alpha`` (one, or one per vector joined by ``;``), ``layers``
+(``all`` or 0-based ``0;3;5-9`` - inside ``--model_args`` commas separate arguments, so use ``;`` there),
+``positions`` (``all``|``response``), ``backend`` (``nnsight``|``hooks``), ``blocks`` (module path of the
+decoder blocks, if needed) and ``prefix_reuse`` (``true``|``false``). From Python, ``vector`` may also be
+``SteeringVector`` objects and ``alpha`` a number or a list.
+
+Every argument is checked here, before a model loads (minutes for a big one); what needs the model (the layer
+range, the vectors' shape) is checked when the configuration is placed on it. No model code is imported: a
+second engine shares this record.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from steer_plugin.errors import SteerError, check_choice
+from steer_plugin.io.terminal import printable
+from steer_plugin.model.backends import BACKENDS
+from steer_plugin.model.hooks import alphas_per_vector, finite_alpha
+from steer_plugin.model.layers import layer_ranges
+from steer_plugin.model.loading import check_block_path
+from steer_plugin.model.positions import Positions, check_positions
+from steer_plugin.steering.config import SteeringConfig
+from steer_plugin.vectors.vector import SteeringVector, file_sha256
+
+# what `vector=` / `alpha=` accept: from --model_args a string (several joined by ';'), from Python also objects
+VectorArg = str | SteeringVector | Sequence[str | SteeringVector] | None
+AlphaArg = float | str | Sequence[float]
+LayersArg = str | Sequence[int] | None  # "all", "0;3;5-9" (also with commas), or indices
+_LAYER_PIECE = re.compile(r"^\d+(-\d+)?$")
+
+
+def _split(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [p.strip() for p in str(value).split(";") if p.strip()]
+
+
+def parse_bool(value: Any, name: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off"):
+        return False
+    raise SteerError(f"{name} must be true or false, got {value!r}")
+
+
+def parse_alphas(alpha: Any) -> list[float]:
+    """``alpha`` (one number, or one per vector joined by ``;``) as finite floats, or an error naming it."""
+    if isinstance(alpha, (int, float)) and not isinstance(alpha, bool):
+        return [finite_alpha(alpha)]
+    alphas = [finite_alpha(a) for a in _split(alpha)]
+    if not alphas:  # `alpha=;` is a mistake, not the default 1.0
+        raise SteerError(f"alpha={printable(alpha)} names no number; give e.g. alpha=1 or alpha=1;-0.5")
+    return alphas
+
+
+def vector_names(vector: Any) -> list[Any]:
+    """The vectors of ``vector=`` (files joined by ``;``, or objects); a text naming none is an error, never
+    an unsteered run (``vector=`` or ``vector=;;`` with an alpha would look steered in a results file)."""
+    names = list(vector) if isinstance(vector, (list, tuple)) else _split(vector)
+    if isinstance(vector, str) and not names:
+        raise SteerError(f"vector={printable(vector)} names no vector file; give vector=FILE (or leave it out)")
+    return names
+
+
+def repair_layer_args(layers: Any, kwargs: dict[str, Any]) -> Any:
+    """``layers=0,3,5-9`` in --model_args arrives as layers=0 plus stray keys '3', '5-9' (removed from ``kwargs``)."""
+    stray = [k for k, v in kwargs.items() if _LAYER_PIECE.match(str(k)) and v in ("", None)]
+    if not stray:
+        return layers
+    for k in stray:
+        del kwargs[k]
+    return ",".join([str(layers), *stray])
+
+
+def load_vector(path: str | SteeringVector) -> SteeringVector:
+    """A vector file (its path and hash recorded for the results), or the object as given."""
+    if isinstance(path, SteeringVector):
+        return path
+    vec = SteeringVector.load(path)
+    vec.metadata["source_path"] = str(path)
+    vec.metadata["source_sha256"] = file_sha256(path)
+    return vec
+
+
+@dataclass(frozen=True, eq=False)  # holds tensors: compared by identity
+class SteeringArgs:
+    """One steering configuration with the engine settings it came with, every value checked.
+
+    Attributes:
+        vectors: loaded; empty = unsteered.
+        alphas: one per vector, or one for all; as given when there is no vector.
+        layers: the layer spec as text (``all``, ``middle``, ``0,3,5-9``; indices as their ``str``), or None
+            (all); its range is checked against the model.
+        positions: ``all`` or ``response``.
+        backend: ``nnsight`` or ``hooks``.
+        blocks: module path of the decoder blocks, None: found automatically.
+        prefix_reuse: score continuations of a shared context on one KV cache of it.
+    """
+
+    vectors: tuple[SteeringVector, ...] = ()
+    alphas: tuple[float, ...] = (1.0,)
+    layers: str | None = "all"
+    positions: Positions = "all"
+    backend: str = "nnsight"
+    blocks: str | None = None
+    prefix_reuse: bool = True
+
+    @classmethod
+    def parse(
+        cls,
+        vector: VectorArg = None,
+        alpha: AlphaArg = 1.0,
+        layers: LayersArg = "all",
+        positions: str = "all",
+        backend: str = "nnsight",
+        blocks: str | None = None,
+        prefix_reuse: bool | str = True,
+    ) -> SteeringArgs:
+        """Check every argument (one-line errors) and load the vectors; ``alpha`` may come without a vector."""
+        reuse = parse_bool(prefix_reuse, "prefix_reuse")
+        checked = check_positions(positions)
+        check_choice("backend", backend, BACKENDS)  # ours (nnsight|hooks); HFLM's own (causal|seq2seq) is not settable
+        alphas = parse_alphas(alpha)
+        spec = None if layers is None else str(layers)
+        layer_ranges(spec)  # syntax; the range needs the model
+        check_block_path(blocks)
+        vectors = tuple(load_vector(p) for p in vector_names(vector))
+        if vectors:
+            alphas = alphas_per_vector(alphas, len(vectors))
+        return cls(vectors, tuple(alphas), spec, checked, backend, blocks, reuse)
+
+    @classmethod
+    def from_model_args(
+        cls,
+        vector: VectorArg = None,
+        alpha: AlphaArg | None = None,
+        layers: LayersArg = "all",
+        positions: str = "all",
+        backend: str = "nnsight",
+        blocks: str | None = None,
+        prefix_reuse: bool | str = True,
+    ) -> SteeringArgs:
+        """``parse`` for a model's arguments: ``alpha`` defaults to 1.0 with a vector and is an error without one."""
+        args = cls.parse(vector, 1.0 if alpha is None else alpha, layers, positions, backend, blocks, prefix_reuse)
+        if alpha is not None and not args.vectors:
+            raise SteerError("alpha= without vector= steers nothing; give vector=FILE (or leave alpha out)")
+        return args
+
+    @classmethod
+    def of(cls, config: SteeringConfig) -> SteeringArgs:
+        """A sweep's configuration (alpha 0 or no vector: unsteered)."""
+        return cls.parse(config.vector if config.steers else None, config.alpha, config.layers, config.positions)
