@@ -7,13 +7,13 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers_tiny import decoder_blocks
 from lm_eval.models.utils import Collator
 from lm_eval.models.utils_hf import pad_and_concat
 
 from steer_plugin.harness.model import SteeredHFLM
 from steer_plugin.harness.response_rows import ResponseSpans
 from steer_plugin.vectors.vector import SteeringVector
+from tests.helpers.tiny import decoder_blocks
 
 # token requests: one-token continuations of one context (HFLM's one-token cache), the same tokens split
 # otherwise, a row equal to another plus a zero token, and rows longer than max_length (left-truncated)
