@@ -232,30 +232,9 @@ def record_hidden_states(
     if save_activations is not None and world > 1:
         raise SteerError("--save-activations is only supported in single-process recording")
 
-    pad = pad_id(tokenizer)
-    bar = _progress(len(order), progress and rank == 0)
-    ok = False
-    try:
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            ids, mask, pos = pad_batch([encoded[i] for i in idx], pad, side)
-            batch_starts = torch.tensor([starts[i] for i in idx]) if starts is not None else None
-            states = recorder(ids, mask, pos, batch_starts)  # [B, L, H] float32 on CPU
-            by_class: dict[str, list[int]] = {}
-            for row, i in enumerate(idx):
-                for c in items[i].classes:
-                    by_class.setdefault(c, []).append(row)
-                if writer:
-                    writer.write(i, states[row])
-            for c, rows in by_class.items():
-                stats[c].update(states[rows])
-            bar.update(len(idx))
-        ok = True
-    finally:
-        bar.close()
-        if writer:
-            writer.close(ok)
-
+    batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    _record_batches(recorder, items, encoded, starts, batches, stats, writer, (pad_id(tokenizer), side),
+                    progress and rank == 0)  # fmt: skip
     result = HiddenStateStats(stats, dict(metadata or {}))
     if world > 1:
         result = _merge_across_ranks(result, class_names, shape)
@@ -274,6 +253,42 @@ def record_hidden_states(
     if not all(bool(torch.isfinite(c.mean).all()) for c in result.classes.values()):
         raise SteerError("the recorded hidden states are not finite; try --dtype float32")
     return result
+
+
+def _record_batches(
+    recorder: StateRecorder,
+    items: Sequence[RecordItem],
+    encoded: list[list[int]],
+    starts: list[int] | None,
+    batches: list[list[int]],
+    stats: dict[str, ClassStats],
+    writer: _ActivationWriter | None,
+    padding: tuple[int, str],
+    progress: bool,
+) -> None:
+    """Each batch of texts (indices into ``items``) through the model once, its pooled states added to every class
+    its texts count for (and written to ``writer``'s files); the files are kept only if every batch ran."""
+    bar = _progress(sum(len(b) for b in batches), progress)
+    ok = False
+    try:
+        for idx in batches:
+            ids, mask, pos = pad_batch([encoded[i] for i in idx], *padding)
+            batch_starts = torch.tensor([starts[i] for i in idx]) if starts is not None else None
+            states = recorder(ids, mask, pos, batch_starts)  # [B, L, H] float32 on CPU
+            by_class: dict[str, list[int]] = {}
+            for row, i in enumerate(idx):
+                for c in items[i].classes:
+                    by_class.setdefault(c, []).append(row)
+                if writer:
+                    writer.write(i, states[row])
+            for c, rows in by_class.items():
+                stats[c].update(states[rows])
+            bar.update(len(idx))
+        ok = True
+    finally:
+        bar.close()
+        if writer:
+            writer.close(ok)
 
 
 def _progress(total: int, enabled: bool):
