@@ -10,7 +10,7 @@ MODEL ?= HuggingFaceTB/SmolLM2-135M-Instruct
 EMOTION ?= anger
 LIMIT ?= 50
 
-.PHONY: install demo demo-offline test test-lm-eval-range lint smollm2 gemma3
+.PHONY: install demo demo-offline test test-lm-eval-range lint docs smollm2 gemma3
 
 $(BIN)/steer: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -61,3 +61,12 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+# the documentation site from docs/ and mkdocs.yml into site/ (CI runs it after lint); strict: a broken link,
+# anchor or API reference fails it
+$(BIN)/mkdocs: pyproject.toml | install
+	$(BIN)/pip install -q -e ".[docs]"
+	touch $(BIN)/mkdocs
+
+docs: $(BIN)/mkdocs
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict

@@ -130,7 +130,8 @@ def select_texts(
         max_per_class: a seeded sample of at most this many texts per class (dataset order kept); None: all.
         seed: the seed of that sample.
         dedupe: drop identical texts within a class.
-        split, source: recorded in the result (and the vector's metadata), not used to select.
+        split: recorded in the result (and the vector's metadata), not used to select.
+        source: recorded likewise (``local`` or ``hub``), not used to select.
 
     Returns:
         The texts per class in dataset order, with what was asked; a SteerError if a class has no texts.

@@ -10,7 +10,7 @@ MIDDLE = "middle"
 
 def middle_layers(n_layers: int) -> list[int]:
     """The middle third of ``n_layers`` blocks (all of them below 3): `steer run`'s default, measured against
-    all layers at equal KL on SmolLM2 (README, "Choosing the defaults")."""
+    all layers at equal KL on SmolLM2 (docs/findings.md, "Choosing the defaults")."""
     third = n_layers // 3
     return list(range(third, n_layers - third))
 

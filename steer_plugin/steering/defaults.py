@@ -3,7 +3,7 @@
 
 One place on purpose: a KL budget is calibrated for (vector, layers, positions), so "the kl:0.3 alpha" that
 `steer calibrate` prints pushes as hard in `steer generate` only if both steer the same layers at the same
-positions. The values are `steer run`'s, chosen by measurement (README, "Choosing the defaults").
+positions. The values are `steer run`'s, chosen by measurement (docs/findings.md, "Choosing the defaults").
 
 Light (no torch): the command line reads them while it builds its parsers.
 """

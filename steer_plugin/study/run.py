@@ -150,7 +150,7 @@ def run(
     norm-matched random control each) over TruthfulQA and the emotion's task, and write the leaderboard and a
     summary in sentences. Finished configurations of an earlier run into the same folder are reused.
 
-    The defaults were chosen by measurement at equal KL (README, "Choosing the defaults"): the class mean
+    The defaults were chosen by measurement at equal KL (docs/findings.md, "Choosing the defaults"): the class mean
     against the mean of the 27 emotions' means with 3 principal components of neutral states projected out
     (``DEFAULT_RECIPE``, ``mean-emotions-npc3``: fewer broken outputs than top-k at equal KL, and ahead of it on
     anger on both model families measured), on the middle third of the layers at the response positions

@@ -1,5 +1,5 @@
-"""The public Python API: the README's example runs, `apply` / `steer` equal an independent forward-hook
-reference, and vector arithmetic keeps honest metadata."""
+"""The public Python API: the Python guide's example (docs/python-api.md) runs, `apply` / `steer` equal an
+independent forward-hook reference, and vector arithmetic keeps honest metadata."""
 
 from __future__ import annotations
 
@@ -24,17 +24,18 @@ from tests.helpers.tiny import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
+GUIDE = ROOT / "docs" / "python-api.md"  # the Python guide of the docs site
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "goemotions"
 
 
-def readme_example() -> str:
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
+def guide_example() -> str:
+    text = GUIDE.read_text(encoding="utf-8")
     block = re.search(r"<!-- api-example -->\s*```python\n(.*?)```\s*<!-- /api-example -->", text, re.S)
-    assert block, "README.md lost its <!-- api-example --> block"
+    assert block, "docs/python-api.md lost its <!-- api-example --> block"
     return block.group(1)
 
 
-def test_readme_example_runs(tmp_path, monkeypatch, capsys):
+def test_guide_example_runs(tmp_path, monkeypatch, capsys):
     from tests.helpers.classifier import build_goemotions_classifier
 
     # the example steers layers 8-16 at kl:0.1, which a plain random model never reaches
@@ -44,7 +45,7 @@ def test_readme_example_runs(tmp_path, monkeypatch, capsys):
     with open(data / "test.tsv", "a", encoding="utf-8") as f:  # a KL calibration needs 2 neutral texts or more
         f.write("".join(f"The bus stops at the corner of the {s} street.\t27\tn{s}\n" for s in ("first", "second")))
     clf = build_goemotions_classifier(tmp_path / "clf")
-    code = readme_example()
+    code = guide_example()
     for old, new in (
         ('"HuggingFaceTB/SmolLM2-135M-Instruct"', repr(model_dir)),
         ('load_goemotions("train")', f"load_goemotions('train', {str(data)!r})"),
@@ -55,7 +56,7 @@ def test_readme_example_runs(tmp_path, monkeypatch, capsys):
         code = code.replace(old, new)
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
-    exec(compile(code, "README.md", "exec"), namespace)
+    exec(compile(code, str(GUIDE), "exec"), namespace)
     out = capsys.readouterr().out
     assert "0.7*anger - 0.3*joy" in out
     assert (tmp_path / "anger-mean.safetensors").is_file()
