@@ -155,7 +155,7 @@ def _first_pc_of_pairs(target: np.ndarray, baseline: np.ndarray, seed: int) -> n
 def test_pca_on_mean_pooled_states(bos_tok):
     """``train_vector(pool="mean", method="pca")``: the first component of paired mean-pooled differences,
     toward the emotion at the mean difference's norm; the recipe's label names the pooling."""
-    from steer_plugin.vectors.metadata import recipe_name
+    from steer_plugin.vectors.recipe import recipe_name
 
     model, _ = make_model("llama", tokenizer=bos_tok)
     rows = read_goemotions_rows(FIXTURE / "train.tsv")
