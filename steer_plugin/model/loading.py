@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from steer_plugin.errors import SteerError, check_choice, first_line
+from steer_plugin.model.layers import layer_ranges, parse_layers
 
 # Where the decoder blocks live, per architecture family (first match wins).
 BLOCK_PATHS: tuple[str, ...] = (
@@ -198,6 +199,14 @@ class ModelOptions:
             return None  # loading says why, as before
         n_layers, hidden = getattr(config, "num_hidden_layers", None), getattr(config, "hidden_size", None)
         return (n_layers, hidden) if isinstance(n_layers, int) and isinstance(hidden, int) else None
+
+    def check_layers(self, spec: str | None) -> None:
+        """A layer spec's syntax, and its range against the model's depth where the config tells: before the
+        weights load (minutes for a big model), not after."""
+        layer_ranges(spec)
+        dimensions = self.dimensions()
+        if dimensions is not None:
+            parse_layers(spec, dimensions[0])
 
     def has_chat_template(self) -> bool:
         """Whether the model's tokenizer has a chat template (read from the tokenizer alone, no weights)."""
