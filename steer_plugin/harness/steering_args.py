@@ -135,7 +135,10 @@ def load_vector(path: str | SteeringVector) -> SteeringVector:
     """A vector file (its path and hash recorded for the results), or the object as given."""
     if isinstance(path, SteeringVector):
         return path
-    before = file_sha256(path)
+    try:
+        before = file_sha256(path)
+    except OSError:
+        before = None  # loading says why, in one line
     vec = SteeringVector.load(path)
     if file_sha256(path) != before:  # rewritten while read: its hash would not be of the tensor loaded
         raise SteerError(f"{printable(path)} changed while it was read; load it again once it is written")

@@ -149,6 +149,10 @@ class Evaluation:
         for p in self.position_sets:
             check_positions(p)
         check_include_path(self.include_path)
+        if self.truthfulqa_dir is not None and not Path(self.truthfulqa_dir).expanduser().is_dir():
+            raise SteerError(
+                f"--truthfulqa-dir {str(self.truthfulqa_dir)!r} is not a folder (of TruthfulQA JSONL files)"
+            )
         if model is not None:  # a chat template asked for, that the tokenizer lacks: from the tokenizer alone
             if self.apply_chat_template and not model.has_chat_template():
                 raise SteerError(f"--apply-chat-template: the tokenizer of {model.name} has no chat template")

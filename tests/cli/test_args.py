@@ -163,6 +163,8 @@ def test_promised_refusals_and_late_errors_come_before_any_work(
          "--alpha 0 exports a vector that steers nothing"),
         (["list", tmp_path / "nowhere"], "is not a folder (it does not exist)"),
         ([*sweep, "--include-path", tmp_path / "nonexistent"], "--include-path"),
+        (["run", *model, "--data", FIXTURE, "--emotion", "anger", "--truthfulqa-dir", tmp_path / "nonexistent",
+          "--out", tmp_path / "run"], "--truthfulqa-dir"),
         ([*sweep[:1], "--model", comma_model, *sweep[3:], "--include-path", task_dir], "contains ','"),
         ([*sweep[:4], odd_vector, *sweep[5:], "--include-path", task_dir], "contains ';'"),
     ]  # fmt: skip
