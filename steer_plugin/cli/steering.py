@@ -102,7 +102,6 @@ def cmd_check(args: argparse.Namespace) -> int:
     from steer_plugin.data.prompts import check_prompts
     from steer_plugin.errors import SteerError
     from steer_plugin.model.hooks import finite_alpha
-    from steer_plugin.model.layers import layer_ranges
     from steer_plugin.steering.alphas import parse_alpha_specs
     from steer_plugin.steering.check import format_report, run_check
     from steer_plugin.vectors.vector import SteeringVector
@@ -112,7 +111,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     if len(specs) != 1:
         raise SteerError(f"--alpha takes one number or one kl:X budget, got {args.alpha!r}")
     alpha = specs[0]
-    layer_ranges(args.layers)  # syntax, before the model loads
+    model_options(args).check_layers(args.layers)  # syntax and range, before the model loads
     prompts = check_prompts(args.prompt or DEFAULT_PROMPTS)
     SteeringVector.load(args.vector)
     texts = _budget_texts(args, [alpha])
@@ -150,7 +149,6 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     from steer_plugin.data.neutral_texts import TextSource
     from steer_plugin.model.hooks import Steerer
-    from steer_plugin.model.layers import layer_ranges
     from steer_plugin.steering.alphas import parse_budgets
     from steer_plugin.steering.calibrate import calibrate_vector_file, check_settings, split_texts
     from steer_plugin.steering.calibration_file import calibration_path, stored_calibrations
@@ -161,7 +159,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     budgets = check_settings(
         parse_budgets(args.kl), args.positions, args.tolerance, args.n_calibration, args.n_heldout, args.batch_size
     )
-    layer_ranges(args.layers)
+    model_options(args).check_layers(args.layers)
     SteeringVector.load(args.vector)
     stored_calibrations(args.vector)  # a tampered calibration file fails before the model loads
     source = TextSource(args.fluency_texts, seed=args.seed)
@@ -223,6 +221,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     SteeringVector.load(args.vector)
     texts = _budget_texts(args, args.alphas)
     options = model_options(args)
+    options.check_layers(args.layers)  # the range against the config's depth, before the weights load
     if settings.chat and not options.has_chat_template():  # the tokenizer alone tells, not the weights
         raise SteerError(f"--chat on: the tokenizer of {args.model} has no chat template; use --chat auto or off")
     loaded = options.load()

@@ -181,15 +181,15 @@ def cmd_build(args: argparse.Namespace) -> int:
     from steer_plugin.vectors.generated import texts_jsonl, texts_path
     from steer_plugin.vectors.stats import HiddenStateStats
 
-    if args.layers:
+    if args.layers is not None:
         layer_ranges(args.layers)  # syntax check before any recording; range checked below
     if args.method == "random" or args.like:
         return _build_random(args)
     recipe = _recipe(args)
     if args.scale is not None:
-        from steer_plugin.model.hooks import finite_alpha
+        from steer_plugin.vectors.vector import check_scale
 
-        finite_alpha(args.scale, "--scale")
+        check_scale(args.scale)
     if args.stats and (args.source or args.pool or args.max_new_tokens is not None):
         raise SteerError("--source, --pool and --max-new-tokens describe a recording; a --stats file has its own")
     if args.max_new_tokens is not None and args.source != "generated":
@@ -219,7 +219,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         if not _is_main_rank():
             return 0
         emotion = args.emotion or stats.metadata.get("target")
-        layers = parse_layers(args.layers, stats.shape[0]) if args.layers else None
+        layers = parse_layers(args.layers, stats.shape[0]) if args.layers is not None else None
         vec = build_vector(
             stats, emotion, args.baseline, **recipe.build_kwargs(), layers=layers, scale=args.scale,
             activations=activations, seed=args.seed,
@@ -284,7 +284,7 @@ def _check_model_fits(args: argparse.Namespace, recipe: Recipe, dimensions: tupl
     if dimensions is None:
         return  # checked against the recorded statistics instead
     n_layers, hidden = dimensions
-    if args.layers:
+    if args.layers is not None:
         parse_layers(args.layers, n_layers)
     recipe.check(hidden)
 
@@ -337,7 +337,7 @@ def _build_random(args: argparse.Namespace) -> int:
             f"drop {', '.join(given)}"
         )
     vec = random_like_file(args.like, args.seed)
-    if args.layers:
+    if args.layers is not None:
         vec = vec.restrict(parse_layers(args.layers, vec.n_layers))
     if args.scale is not None:
         vec = type(vec)(vec.matrix * args.scale, {**vec.metadata, "scale": args.scale}, vec.mask)
@@ -357,7 +357,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     from steer_plugin.vectors.vector import SteeringVector
 
     root = Path(args.dir)
-    files = sorted(root.rglob("*.safetensors")) if root.is_dir() else []
+    if not root.is_dir():  # a mistyped folder is not an empty one
+        raise SteerError(f"{printable(root)} is not a folder" + (" (it does not exist)" if not root.exists() else ""))
+    files = sorted(root.rglob("*.safetensors"))
     if not files:
         print(f"no vectors under {root}")
         return 0
@@ -397,12 +399,16 @@ def _median_relative_strength(v: SteeringVector) -> str:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from steer_plugin.errors import SteerError
     from steer_plugin.io.outputs import check_output_file
     from steer_plugin.io.terminal import printable
+    from steer_plugin.model.hooks import finite_alpha
     from steer_plugin.vectors.interop import export_gguf_control_vector, export_lm_eval_steered
     from steer_plugin.vectors.vector import SteeringVector
 
     check_output_file(args.out)
+    if finite_alpha(args.alpha, "--alpha") == 0:  # a file that steers nothing is a mistake, not an export
+        raise SteerError("--alpha 0 exports a vector that steers nothing; give a non-zero coefficient (default 1)")
     vec = SteeringVector.load(args.vector)
     if args.format == "lm-eval-steered":
         block_path = args.block_path or vec.metadata.get("block_path") or "model.layers"

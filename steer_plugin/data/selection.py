@@ -75,8 +75,8 @@ def _check_sampling(max_per_class: int | None, seed: int) -> None:
         isinstance(max_per_class, bool) or not isinstance(max_per_class, int) or max_per_class < 1
     ):
         raise SteerError(f"max_per_class must be a positive integer or None, got {max_per_class!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise SteerError(f"seed must be an integer, got {seed!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise SteerError(f"seed must be an integer >= 0, got {seed!r}")
 
 
 def _class_rows(

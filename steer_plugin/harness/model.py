@@ -17,6 +17,7 @@ prefix reuse and a sweep's look ahead (``_loglikelihood_tokens``), identical gre
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import logging
 import math
@@ -48,6 +49,7 @@ from steer_plugin.harness.steering_args import (
     LayersArg,
     SteeringArgs,
     VectorArg,
+    check_unknown_args,
     repair_layer_args,
 )
 from steer_plugin.model.hooks import NON_FINITE, Steerer, SteeringPlan, Where, make_plan
@@ -64,6 +66,8 @@ from steer_plugin.steering.kv_prefix import (
 )
 
 log = logging.getLogger(__name__)
+# HFLM's own arguments: never taken for misspelt steering ones (check_unknown_args)
+_HFLM_ARGS = frozenset(inspect.signature(HFLM.__init__).parameters) - {"self", "kwargs"}
 Steering = SteeringConfig | SteeringArgs  # a sweep's configuration, or --model_args' steering checked
 
 
@@ -97,6 +101,7 @@ class SteeredHFLM(HFLM):
     ) -> None:
         # every steering argument is checked before the model loads (minutes for a big one)
         layers = repair_layer_args(layers, kwargs)
+        check_unknown_args(kwargs, _HFLM_ARGS)
         args = SteeringArgs.from_model_args(vector, alpha, layers, positions, backend, blocks, prefix_reuse)
         gguf_name = None
         if isinstance(pretrained, str) and (is_gguf(pretrained) or kwargs.get("gguf_file")):

@@ -14,7 +14,7 @@ second engine shares this record.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,6 +73,54 @@ def vector_names(vector: Any) -> list[Any]:
     return names
 
 
+# the steering arguments of ``steered_hf`` (SteeredHFLM.__init__'s own; everything else is HFLM's)
+STEERING_ARGS = ("vector", "alpha", "layers", "positions", "backend", "blocks", "prefix_reuse")
+
+
+def _edit_distance(a: str, b: str) -> int:
+    """Optimal string alignment distance: insertions, deletions, substitutions, adjacent swaps (``alhpa``: 1)."""
+    prev2: list[int] = []
+    prev = list(range(len(b) + 1))
+    for i in range(1, len(a) + 1):
+        row = [i] + [0] * len(b)
+        for j in range(1, len(b) + 1):
+            row[j] = min(prev[j] + 1, row[j - 1] + 1, prev[j - 1] + (a[i - 1] != b[j - 1]))
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                row[j] = min(row[j], prev2[j - 2] + 1)
+        prev2, prev = prev, row
+    return prev[-1]
+
+
+def check_unknown_args(names: Iterable[str], accepted: Collection[str]) -> None:
+    """Refuse a model argument that is not ``accepted`` (HFLM's own) and looks like a misspelt steering argument
+    (``alhpa=``, ``vectors=``, ``Layers=``): else it would reach ``from_pretrained``, which refuses it with a
+    transformers traceback after the tokenizer loaded, or, worse, ignores it and the run is unsteered. Anything
+    else passes on to HFLM (and from it to transformers), as ``--model hf`` takes it."""
+    for name in names:
+        if name in accepted or name in STEERING_ARGS:
+            continue
+        key = str(name).strip().lower().replace("-", "_")
+        near = [a for a in STEERING_ARGS if _edit_distance(key, a) <= 2]
+        if near:
+            raise SteerError(
+                f"unknown steered_hf argument {printable(name)}= (did you mean {near[0]}=?); the steering "
+                f"arguments are {', '.join(STEERING_ARGS)}"
+            )
+
+
+def check_arg_text(name: str, value: Any) -> None:
+    """A value that must travel inside ``--model_args`` (``k=v,k=v``; ``vector=`` files joined by ``;``): a ``,``
+    (or a ``;`` in a vector path) would make the recorded ``lm_eval`` command name another model or vector, and
+    lm-eval has no quoting, so it is refused before any work."""
+    separators = ",;" if name == "vector" else ","
+    bad = [c for c in separators if c in str(value)]
+    if bad:
+        raise SteerError(
+            f"{name}={printable(value)} contains {bad[0]!r}, which separates arguments in lm_eval's --model_args: "
+            "a reproduce command could not name it; rename it (or link it) without ',' and ';'"
+        )
+
+
 def repair_layer_args(layers: Any, kwargs: dict[str, Any]) -> Any:
     """``layers=0,3,5-9`` in --model_args arrives as layers=0 plus stray keys '3', '5-9' (removed from ``kwargs``)."""
     stray = [k for k, v in kwargs.items() if _LAYER_PIECE.match(str(k)) and v in ("", None)]
@@ -87,9 +135,15 @@ def load_vector(path: str | SteeringVector) -> SteeringVector:
     """A vector file (its path and hash recorded for the results), or the object as given."""
     if isinstance(path, SteeringVector):
         return path
+    try:
+        before = file_sha256(path)
+    except OSError:
+        before = None  # loading says why, in one line
     vec = SteeringVector.load(path)
+    if file_sha256(path) != before:  # rewritten while read: its hash would not be of the tensor loaded
+        raise SteerError(f"{printable(path)} changed while it was read; load it again once it is written")
     vec.metadata["source_path"] = str(path)
-    vec.metadata["source_sha256"] = file_sha256(path)
+    vec.metadata["source_sha256"] = before
     return vec
 
 
@@ -160,4 +214,5 @@ class SteeringArgs:
     @classmethod
     def of(cls, config: SteeringConfig) -> SteeringArgs:
         """A sweep's configuration (alpha 0 or no vector: unsteered)."""
-        return cls.parse(config.vector if config.steers else None, config.alpha, config.layers, config.positions)
+        vector = [config.vector] if config.steers and config.vector is not None else None  # one file: never split
+        return cls.parse(vector, config.alpha, config.layers, config.positions)

@@ -29,6 +29,13 @@ def tasks_dir() -> Path:
     )
 
 
+def check_include_path(folder: str | None) -> None:
+    """``--include-path``: a folder of task YAMLs; a missing one is a mistake, not an empty task list."""
+    if folder is not None and not Path(folder).expanduser().is_dir():
+        what = "does not exist" if not Path(folder).expanduser().exists() else "is not a folder"
+        raise SteerError(f"--include-path {folder!r} {what}: give a folder of task YAMLs")
+
+
 EMOTION_TASK_PREFIX = "steer_emotion_"  # our generation tasks: steer_emotion_<target>, steer_emotion_continue_<target>
 
 

@@ -17,8 +17,11 @@ def middle_layers(n_layers: int) -> list[int]:
 
 def layer_ranges(spec: str | None) -> list[tuple[int, int]] | None:
     """The spec's (lo, hi) pieces, syntax checked; ``None`` for ``all`` and ``middle`` (which needs the model's
-    depth). Needs no model (and never expands a range: ``0-999999999999`` is two numbers, not a trillion)."""
-    if spec is None or str(spec).strip().lower() in ("", "all", MIDDLE):
+    depth). Needs no model (and never expands a range: ``0-999999999999`` is two numbers, not a trillion). A blank
+    spec (``--layers ''``) is a mistake, not a silent ``all``; ``None`` is all."""
+    if spec is not None and not str(spec).strip():
+        raise SteerError(f"--layers {str(spec)!r} names no layers; use all, middle or e.g. 10-19")
+    if spec is None or str(spec).strip().lower() in ("all", MIDDLE):
         return None
     pieces = []
     for part in str(spec).replace(";", ",").split(","):

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from steer_plugin.errors import SteerError, check_choice, first_line
+from steer_plugin.io.fingerprint import files_fingerprint, folder_files
+from steer_plugin.model.layers import layer_ranges, parse_layers
 
 # Where the decoder blocks live, per architecture family (first match wins).
 BLOCK_PATHS: tuple[str, ...] = (
@@ -199,6 +201,14 @@ class ModelOptions:
         n_layers, hidden = getattr(config, "num_hidden_layers", None), getattr(config, "hidden_size", None)
         return (n_layers, hidden) if isinstance(n_layers, int) and isinstance(hidden, int) else None
 
+    def check_layers(self, spec: str | None) -> None:
+        """A layer spec's syntax, and its range against the model's depth where the config tells: before the
+        weights load (minutes for a big model), not after."""
+        layer_ranges(spec)
+        dimensions = self.dimensions()
+        if dimensions is not None:
+            parse_layers(spec, dimensions[0])
+
     def has_chat_template(self) -> bool:
         """Whether the model's tokenizer has a chat template (read from the tokenizer alone, no weights)."""
         try:
@@ -297,17 +307,45 @@ def weights_files(name: str, revision: str | None = None) -> list[Path]:
             repo, _, filename = name.rpartition("/")
             path = Path(str(_hub_cached(repo, filename, revision) or ""))
         return [path] if path.is_file() else []
-    folder = Path(name).expanduser() if name else None
-    if folder is None or not folder.is_dir():
-        cached = _hub_cached(name, "config.json", revision)
-        if cached is None:
-            return []
-        folder = Path(cached).parent
+    folder = _model_folder(name, revision)
+    if folder is None:
+        return []
     return sorted(
         f
         for f in folder.iterdir()
         if f.is_file() and (f.suffix == ".safetensors" or (f.suffix == ".bin" and f.name != "training_args.bin"))
     )
+
+
+def _model_folder(name: str, revision: str | None) -> Path | None:
+    """A local model folder, or the folder of a hub model's cached snapshot; None when neither is here."""
+    folder = Path(name).expanduser() if name else None
+    if folder is None or not folder.is_dir():
+        cached = _hub_cached(name, "config.json", revision)
+        if cached is None:
+            return None
+        folder = Path(cached).parent
+    return folder
+
+
+# what a model's outputs depend on besides its weights: its config, generation defaults, tokenizer and chat
+# template, and the code of a remote-code model (not its README or licence)
+_MODEL_FILE_NAMES = ("config.json", "generation_config.json", "merges.txt", "added_tokens.json")
+_MODEL_FILE_PREFIXES = ("tokenizer", "special_tokens_map", "vocab", "chat_template", "spiece", "preprocessor_config")
+
+
+def _is_model_file(path: Path) -> bool:
+    return path.name in _MODEL_FILE_NAMES or path.name.startswith(_MODEL_FILE_PREFIXES) or path.suffix == ".py"
+
+
+def model_files_fingerprint(name: str, revision: str | None = None) -> str | None:
+    """A fingerprint of the contents of a model's config, tokenizer and chat-template files (the same weights
+    with another config or tokenizer give other results); None: not here, or a GGUF (they are inside the file,
+    under its weights fingerprint)."""
+    if not name or is_gguf(name):
+        return None
+    folder = _model_folder(name, revision)
+    return None if folder is None else files_fingerprint(folder_files(folder, keep=_is_model_file))
 
 
 def _hub_cached(repo: str, filename: str, revision: str | None) -> str | None:

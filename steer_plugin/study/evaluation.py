@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from steer_plugin.errors import SteerError, check_choice, check_count
-from steer_plugin.harness.tasks import EMOTION_TASK_PREFIX
+from steer_plugin.harness.tasks import EMOTION_TASK_PREFIX, check_include_path
 from steer_plugin.io.outputs import check_output_dir
 from steer_plugin.io.schema import is_number
 from steer_plugin.model.backends import Backend
@@ -148,6 +148,11 @@ class Evaluation:
             raise SteerError(f"--config-batch-rows must be a positive number of rows, got {self.config_batch_rows}")
         for p in self.position_sets:
             check_positions(p)
+        check_include_path(self.include_path)
+        if self.truthfulqa_dir is not None and not Path(self.truthfulqa_dir).expanduser().is_dir():
+            raise SteerError(
+                f"--truthfulqa-dir {str(self.truthfulqa_dir)!r} is not a folder (of TruthfulQA JSONL files)"
+            )
         if model is not None:  # a chat template asked for, that the tokenizer lacks: from the tokenizer alone
             if self.apply_chat_template and not model.has_chat_template():
                 raise SteerError(f"--apply-chat-template: the tokenizer of {model.name} has no chat template")
@@ -194,6 +199,7 @@ class Evaluation:
             side_effect_texts=self.side_effect_texts or (QUICK_SIDE_EFFECT_TEXTS if self.limit else SIDE_EFFECT_TEXTS),
             config_batching=self.config_batching,
             config_batch_rows=self.config_batch_rows,
+            task_metadata=self.task_metadata(),
         )
 
     def task_metadata(self) -> dict[str, Any]:

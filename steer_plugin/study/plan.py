@@ -120,3 +120,5 @@ class SweepOptions:
     side_effect_texts: int = 200
     config_batching: bool = True  # several configurations per batch (config_batching.py); results are the same
     config_batch_rows: int | None = None  # most rows in one mixed batch (None: hooks.DEFAULT_ROWS)
+    # task metadata beyond the classifier (truthfulqa_dir, goemotions_dir): where the tasks read their data
+    task_metadata: dict[str, str] = field(default_factory=dict)

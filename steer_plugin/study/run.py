@@ -25,7 +25,7 @@ from steer_plugin.model.loading import DEFAULT_MODEL, ModelOptions, model_slug
 from steer_plugin.steering.alphas import as_alpha_specs
 from steer_plugin.study.evaluation import Evaluation, PathLike, emotion_task_family
 from steer_plugin.study.plan import Resolver, SweepPlan
-from steer_plugin.study.sweep import run_sweep, task_manager
+from steer_plugin.study.sweep import check_reproducible, run_sweep, task_manager
 from steer_plugin.study.sweep_folder import check_same_sweep, open_sweep_folder, sweep_settings
 from steer_plugin.vectors.recipe import DEFAULT_RECIPE, Recipe
 
@@ -112,13 +112,14 @@ def sweep(
     folder = Path(out)
     evaluation.check(folder, model)
     paths = [str(v) for v in vectors]
+    check_reproducible(model.harness_args(), paths)  # a ',' in a path: refused now, not in a reproduce command
     for v in paths:  # a missing or corrupt vector fails now, not after the model has loaded
         SteeringVector.load(v)
     evaluation.check_texts(grid)
     options = evaluation.sweep_options(model, folder)
     if not evaluation.fresh:  # before the controls are written into the folder
         check_same_sweep(folder, sweep_settings(options))
-    tasks = task_manager(options, evaluation.task_metadata())  # an unknown task fails before the model loads
+    tasks = task_manager(options)  # an unknown task fails before the model loads
     controls = write_controls(paths, evaluation.controls, folder / "controls") if evaluation.controls else None
     engine = load_engine(options.model_args)
     source = options.side_effects or evaluation.text_source()
@@ -205,6 +206,7 @@ def run(
     default_out = Path("runs") / f"{model_slug(loading.name)}-{run_folder_name(emotion, emotions)}"
     folder = Path(out) if out is not None else default_out
     missing = {key: path for key, path in wanted.items() if not path.exists()}
+    check_reproducible(loading.harness_args(), [str(p) for p in wanted.values()])  # before building
     if missing:
         # before building (minutes): the vectors' paths, the run folder and that it holds this sweep
         for path in missing.values():

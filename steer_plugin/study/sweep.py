@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from steer_plugin.data.prompts import emotion_instruction
 from steer_plugin.errors import SteerError
 from steer_plugin.harness.engine import SideEffectMeter, SteeringEngine
-from steer_plugin.harness.tasks import is_emotion_task, tasks_dir
+from steer_plugin.harness.tasks import check_include_path, is_emotion_task, tasks_dir
 from steer_plugin.io.atomic import write_files_atomic
 from steer_plugin.steering.config import UNSTEERED, SteeringConfig
 from steer_plugin.study.plan import SIDE_EFFECTS, SweepOptions, SweepPlan
@@ -38,12 +38,16 @@ def task_manager(options: SweepOptions, metadata: dict[str, Any] | None = None) 
     """The harness's task index for these tasks (honouring the classifier metadata and our task folder); an
     unknown task is an error here, before any model loads.
 
-    ``metadata``: more task metadata (lm-eval's ``--metadata``), e.g. ``truthfulqa_dir`` of the
-    truthfulqa_local tasks."""
+    ``metadata``: more task metadata (lm-eval's ``--metadata``) than ``options.task_metadata``."""
     from lm_eval.tasks import TaskManager
 
+    check_include_path(options.include_path)
     includes = [str(tasks_dir())] + ([options.include_path] if options.include_path else [])
-    metadata = {**({"classifier": options.classifier} if options.classifier else {}), **(metadata or {})}
+    metadata = {
+        **({"classifier": options.classifier} if options.classifier else {}),
+        **options.task_metadata,
+        **(metadata or {}),
+    }
     # our folders alone index in a second; the harness's own ~10k task files take ~20 s, so only when needed
     manager = TaskManager(include_path=includes, metadata=metadata, include_defaults=False)
     if any(t not in manager.all_tasks for t in options.tasks):
@@ -78,13 +82,28 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(1234 + seed)
 
 
+def check_reproducible(model_args: dict[str, Any], vectors: list[str]) -> None:
+    """Every model argument and vector path can be written in ``--model_args`` (no ``,``; no ``;`` in a vector
+    path): checked before the model loads, so that every results file's reproduce command names its own model
+    and vector."""
+    from steer_plugin.harness.steering_args import check_arg_text  # imports torch: not at `steer --help`
+
+    for k, v in model_args.items():
+        if v is not None:
+            check_arg_text(k, v)
+    for v in vectors:
+        check_arg_text("vector", v)
+
+
 def model_args_string(base: dict[str, Any], config: SteeringConfig) -> str:
-    """The ``--model_args`` that reproduce one configuration with the stock `lm_eval` CLI."""
+    """The ``--model_args`` that reproduce one configuration with the stock `lm_eval` CLI (a value that
+    cannot be written there is refused: ``check_reproducible``)."""
     args = dict(base)
     if config.steers:
         args.update(
             vector=config.vector, alpha=config.alpha, layers=config.layers.replace(",", ";"), positions=config.positions
         )
+    check_reproducible({k: v for k, v in args.items() if k != "vector"}, [args["vector"]] if config.steers else [])
     return ",".join(f"{k}={v}" for k, v in args.items() if v is not None)
 
 
@@ -218,6 +237,7 @@ class ConfigurationStep:
                 "tasks": [n for n in self.loaded["tasks"] if is_emotion_task(n)],
             }
         results["date"] = time.time()
+        check_vector_unchanged(config, results["config"])
         return write_configuration(options, config, results, samples)
 
     def side_effects(
@@ -264,6 +284,27 @@ class ConfigurationStep:
         measured = self.probe.measure(configs)
         share = (time.monotonic() - t0) / max(1, len(configs))
         return {c.slug(): (m, share, len(configs)) for c, m in zip(configs, measured)}
+
+
+def check_vector_unchanged(config: SteeringConfig, recorded: dict[str, Any]) -> None:
+    """One sha256 per configuration: the vector file as planned (``sweep``), as steered (``steering``) and as it
+    is now must be the same file, else nothing is written (a vector rewritten during the sweep: the next resume
+    reruns the configurations of the new file, "the vector file changed since")."""
+    from steer_plugin.vectors.vector import file_sha256
+
+    planned = recorded["sweep"].get("vector_sha256")
+    if planned is None or config.vector is None:
+        return
+    used = {v.get("sha256") for v in (recorded.get("steering") or {}).get("vectors", [])}
+    try:
+        now = file_sha256(config.vector)
+    except OSError as e:
+        now = f"unreadable ({type(e).__name__})"
+    if now != planned or used - {planned}:
+        raise SteerError(
+            f"{config.vector} changed during the sweep (sha256 {planned[:12]} when planned, {now[:12]} now): "
+            f"{config.slug()} was not written; run the sweep again to evaluate the new file"
+        )
 
 
 def write_configuration(

@@ -10,8 +10,13 @@ configuration planned into the folder. Into a folder of another sweep nothing ru
 says what differs (``--out`` elsewhere, or ``--fresh`` to discard its results); weights changed under the same
 ``--model`` path are another sweep too. A corrupt or stale results file of the same sweep is rerun, and said so.
 
-Folders of earlier versions resume: a sweep.json or results file without a weights fingerprint is taken to be of
-these weights (the fingerprint is recorded in sweep.json now, and checked from then on), and a results file that
+Besides the weights, the sweep's identity holds the contents of every other input (``study.inputs``: the model's
+config and tokenizer files, the neutral texts, the TruthfulQA and GoEmotions data, the classifier, the task
+files under ``--include-path``): an input edited in place, or a path or variable pointed at other files, makes
+another sweep, never a silent resume.
+
+Folders of earlier versions resume: a sweep.json or results file without a fingerprint is taken to be of these
+inputs (the fingerprints are recorded in sweep.json now, and checked from then on), and a results file that
 does not record its samples files counts as done if every task's samples file is there, whole.
 """
 
@@ -27,6 +32,7 @@ from steer_plugin.errors import SteerError
 from steer_plugin.harness.classifier import chosen_classifier
 from steer_plugin.io.terminal import printable
 from steer_plugin.model.loading import weights_fingerprint, with_gguf_file
+from steer_plugin.study.inputs import INPUTS, changed_inputs, input_fingerprints
 from steer_plugin.study.results_files import (
     RESULTS_FILE,
     SAMPLES_RECORD,
@@ -45,6 +51,7 @@ if TYPE_CHECKING:  # pragma: no cover
 # results don't depend on these (batching is exact); everything else in model_args does
 _NOT_SETTINGS = ("batch_size",)
 WEIGHTS = "weights"  # the settings' fingerprint of the model's weights files (model.loading.weights_fingerprint)
+_FINGERPRINTS = (WEIGHTS, *INPUTS)  # compared where both settings know them
 
 
 def sweep_settings(options: SweepOptions) -> dict[str, Any]:
@@ -71,6 +78,8 @@ def sweep_settings(options: SweepOptions) -> dict[str, Any]:
         if options.side_effects is None
         else {"texts": options.side_effects.describe(), "n_texts": options.side_effect_texts},
         package_version=__version__,
+        # the contents of every other input: config, tokenizer, data files, classifier, task definitions
+        **input_fingerprints(options),
     )
     return json.loads(json.dumps(settings, default=str))  # as it reads back from JSON
 
@@ -93,11 +102,11 @@ class SweepFolder:
 
 
 def _comparable(old: dict[str, Any], new: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The two settings as they are compared: the weights fingerprints only where both know one (a sweep.json
-    or results file of an earlier version has none; a hub model not yet downloaded has none yet)."""
-    if old.get(WEIGHTS) is not None and new.get(WEIGHTS) is not None:
-        return old, new
-    return ({k: v for k, v in old.items() if k != WEIGHTS}, {k: v for k, v in new.items() if k != WEIGHTS})
+    """The two settings as they are compared: each content fingerprint (weights, ``inputs.INPUTS``) only where
+    both know one (a sweep.json or results file of an earlier version has none; a hub model or data set not
+    yet downloaded has none yet)."""
+    unknown = {k for k in _FINGERPRINTS if old.get(k) is None or new.get(k) is None}
+    return ({k: v for k, v in old.items() if k not in unknown}, {k: v for k, v in new.items() if k not in unknown})
 
 
 def _short(value: Any) -> str:
@@ -166,6 +175,7 @@ def check_same_sweep(root: Path, settings: dict[str, Any]) -> dict[str, Any] | N
         what = _differences(old, new)
         if old.get(WEIGHTS) != new.get(WEIGHTS):
             what += " (the model's weights files changed)"
+        what += "".join(f" ({why})" for why in changed_inputs(old, new))
         raise SteerError(f"{printable(root)} holds another sweep ({what}); {_how_to_proceed(root)}")
     return doc
 

@@ -12,7 +12,7 @@ from typing import Any
 from steer_plugin.data.selection import SelectionRule
 from steer_plugin.errors import SteerError, check_choice
 from steer_plugin.model.layers import parse_layers
-from steer_plugin.model.loading import DTYPES, LoadedModel, ModelOptions
+from steer_plugin.model.loading import DTYPES, LoadedModel, ModelOptions, find_block_path, resolve_module
 from steer_plugin.vectors.build import build_vector
 from steer_plugin.vectors.metadata import CENTRES, Centre, Method, Pool
 from steer_plugin.vectors.recipe import check_neutral_pcs, needs_activations
@@ -79,6 +79,8 @@ def train_vector(
         raise SteerError(f"top_k only applies to method 'top_k' (got method {method!r})")
     if emotion == "all":
         raise SteerError("train_vector builds one emotion's vector; name it (e.g. 'anger'), not 'all'")
+    if layers is not None:  # the range against the model's blocks, before recording (minutes)
+        parse_layers(layers, len(resolve_module(model, find_block_path(model, blocks))))
     name = str(getattr(model.config, "_name_or_path", "") or type(model).__name__)
     param = next(model.parameters(), None)
     dtype = str(param.dtype).removeprefix("torch.") if param is not None else "auto"
@@ -103,7 +105,7 @@ def train_vector(
         request = with_all_emotions(request)
     per_text = needs_activations(method, neutral_pcs)
     with recorded(request, LoadedModel(model, tokenizer, name), per_text=per_text) as rec:
-        chosen = parse_layers(layers, rec.stats.shape[0]) if layers else None
+        chosen = parse_layers(layers, rec.stats.shape[0]) if layers is not None else None
         return build_vector(
             rec.stats, request.emotion, request.baseline, method=method, top_k=top_k, layers=chosen, centre=centre,
             neutral_pcs=neutral_pcs, activations=rec.activations, seed=seed,

@@ -274,3 +274,14 @@ def file_sha256(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def check_scale(scale: Any) -> float:
+    """``build --scale``: a finite number a float32 vector can hold, checked before recording (minutes): 1e39
+    would make every entry infinite, found only when the vector is saved."""
+    from steer_plugin.model.hooks import finite_alpha
+
+    value = finite_alpha(scale, "--scale")
+    if abs(value) > torch.finfo(torch.float32).max:
+        raise SteerError(f"--scale {value:g} is beyond what a float32 vector holds (about 3.4e38)")
+    return value

@@ -131,6 +131,49 @@ def test_bad_numbers_texts_and_names_are_one_line_before_any_model_work(
     assert not out.exists() and not (tmp_path / "run").exists() and not (tmp_path / "vectors").exists()
 
 
+def test_promised_refusals_and_late_errors_come_before_any_work(
+    tmp_path, vector_file, task_dir, weightless_model, capsys, monkeypatch
+):
+    """Issue 30, families 4 and 7: each of these was accepted, or refused only after the model loaded or after
+    recording; the weightless model shows that no weights were loaded."""
+    monkeypatch.chdir(tmp_path)
+    texts = tmp_path / "neutral.txt"
+    texts.write_text("The weather is fine today.\nShe walked to the store.\nWhy would anyone do that?\n")
+    model = ["--model", weightless_model]
+    build = ["build", *model, "--data", FIXTURE, "--emotion", "anger", "--out", tmp_path / "b.safetensors"]
+    sweep = ["sweep", *model, "--vector", vector_file, "--alphas", "0,1", "--tasks", "rel_mc", "--no-side-effects"]
+    sweep += ["--out", tmp_path / "s"]
+    comma_model = tmp_path / "tiny,model"
+    shutil.copytree(weightless_model, comma_model)
+    odd_vector = tmp_path / "a;b.safetensors"
+    shutil.copy(vector_file, odd_vector)
+    cases = [
+        (["data", "--emotion", "anger", "--data", FIXTURE, "--seed", "-1", "--out", tmp_path / "d.jsonl"],
+         "seed must be an integer >= 0"),
+        ([*build, "--seed", "-1"], "seed must be an integer >= 0"),
+        ([*build, "--layers", " "], "names no layers"),
+        ([*build, "--layers", ""], "names no layers"),
+        ([*build, "--scale", "1e39"], "--scale 1e+39 is beyond what a float32 vector holds"),
+        (["generate", *model, "--vector", vector_file, "--layers", "", "hi"], "names no layers"),
+        (["generate", *model, "--vector", vector_file, "--layers", "7", "hi"], "layer(s) [7] out of range"),
+        (["check", *model, "--vector", vector_file, "--layers", "7"], "layer(s) [7] out of range"),
+        (["calibrate", *model, "--vector", vector_file, "--layers", "7", "--fluency-texts", texts],
+         "layer(s) [7] out of range"),
+        (["export", vector_file, "--format", "gguf", "--alpha", "0", "--out", tmp_path / "e.gguf"],
+         "--alpha 0 exports a vector that steers nothing"),
+        (["list", tmp_path / "nowhere"], "is not a folder (it does not exist)"),
+        ([*sweep, "--include-path", tmp_path / "nonexistent"], "--include-path"),
+        (["run", *model, "--data", FIXTURE, "--emotion", "anger", "--truthfulqa-dir", tmp_path / "nonexistent",
+          "--out", tmp_path / "run"], "--truthfulqa-dir"),
+        ([*sweep[:1], "--model", comma_model, *sweep[3:], "--include-path", task_dir], "contains ','"),
+        ([*sweep[:4], odd_vector, *sweep[5:], "--include-path", task_dir], "contains ';'"),
+    ]  # fmt: skip
+    for argv, needle in cases:
+        code, _, err = run_cli(argv, capsys)
+        assert_one_line_error(code, err, needle)
+    assert not (tmp_path / "s").exists() and not (tmp_path / "b.safetensors").exists()
+
+
 def test_build_names_the_emotion_as_run_does(tmp_path, tiny_llama_dir, capsys):
     """`--emotion Anger` is `anger` (as `steer run` takes it): the same vector, never an error after recording."""
     args = ["build", "--model", tiny_llama_dir, "--data", FIXTURE, "--no-progress", "--device", "cpu"]

@@ -372,6 +372,7 @@ def test_list_shows_vectors_and_skips_other_files(stats_file, tmp_path, capsys):
     assert len(lines) == 4  # header, rule, two vectors
     assert "anger" in lines[2] and "top_k k=5" in lines[2] and "all" in lines[2]
     assert "joy" in lines[3] and " 1 " in f"{lines[3]} " and "broken" not in stdout and "stats" not in stdout
+    (tmp_path / "empty").mkdir()  # an empty folder (a folder that does not exist is an error: test_args)
     code, stdout, _ = run_cli(["list", tmp_path / "empty"], capsys)
     assert code == 0 and "no vectors under" in stdout
 

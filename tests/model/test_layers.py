@@ -15,7 +15,6 @@ from tests.helpers.cli import assert_one_line_error, run_cli
         (None, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]),
         ("all", list(range(10))),
         (" ALL ", list(range(10))),
-        ("", list(range(10))),
         ("3", [3]),
         ("0,3,5-7", [0, 3, 5, 6, 7]),
         ("7-9,0", [0, 7, 8, 9]),
@@ -69,3 +68,14 @@ def test_huge_layer_ranges_are_not_expanded(stats_file_for_build, tmp_path, caps
     assert_one_line_error(code, err, "out of range: this model has layers 0-2")
     code, _, err = run_cli(["build", "--stats", stats_file_for_build, "--layers", "all", "--out", out], capsys)
     assert code == 0, err
+
+
+@pytest.mark.parametrize("spec", ["", " ", "\t"])
+def test_a_blank_layer_spec_is_refused_not_all(spec):
+    from steer_plugin.errors import SteerError
+    from steer_plugin.model.layers import layer_ranges, parse_layers
+
+    for check in (lambda: layer_ranges(spec), lambda: parse_layers(spec, 3)):
+        with pytest.raises(SteerError, match="names no layers"):
+            check()
+    assert parse_layers(None, 3) == [0, 1, 2]  # None (no spec) is still every layer

@@ -407,3 +407,22 @@ def test_a_kl_budget_that_is_not_reached_is_said_and_not_labelled_as_reached(
     assert f"the closest KL is {closest['kl_calibration']:.4g}" in err
     assert sorted(r.key.kl_budget for r in load_rows(out) if r.key.kl_budget is not None) == [0.002]
     assert not list(out.glob("*kl1e+06*"))
+
+
+@pytest.mark.parametrize(
+    "model_args, vector, needle",
+    [({"pretrained": "/models/a,b"}, "v.safetensors", "pretrained=/models/a,b contains ','"),
+     ({"pretrained": "m"}, "/vectors/x,y.safetensors", "contains ','"),
+     ({"pretrained": "m"}, "/vectors/x;y.safetensors", "contains ';'")],
+)  # fmt: skip
+def test_a_reproduce_command_never_names_another_model_or_vector(model_args, vector, needle):
+    from steer_plugin.errors import SteerError
+    from steer_plugin.steering.config import SteeringConfig
+    from steer_plugin.study.sweep import model_args_string
+
+    with pytest.raises(SteerError, match="separates arguments in lm_eval's --model_args") as e:
+        model_args_string(model_args, SteeringConfig(vector, 1.0))
+    assert needle in str(e.value)
+    assert model_args_string({"pretrained": "m"}, SteeringConfig("v.safetensors", 1.0, "0,2")) == (
+        "pretrained=m,vector=v.safetensors,alpha=1.0,layers=0;2,positions=all"
+    )

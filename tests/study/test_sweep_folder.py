@@ -231,18 +231,25 @@ def test_a_folder_of_an_earlier_version_resumes_and_records_the_weights(
     out, plan, files = _copy(finished, tmp_path)
     weights = _json(out / SWEEP_FILE)["settings"]["weights"]
     # as the version before weights fingerprints and samples records wrote the folder
+    from steer_plugin.study.inputs import INPUTS
+
+    inputs = {k: _json(out / SWEEP_FILE)["settings"][k] for k in INPUTS}
     doc = _json(out / SWEEP_FILE)
-    del doc["settings"]["weights"]
+    for key in ("weights", *INPUTS):  # as the versions before content fingerprints wrote it
+        del doc["settings"][key]
     (out / SWEEP_FILE).write_text(json.dumps(doc))
     for f in files:
         doc = _json(f)
         del doc["config"]["sweep_settings"]["weights"], doc["config"]["samples_sha256"]
+        for key in INPUTS:
+            del doc["config"]["sweep_settings"][key]
         f.write_text(json.dumps(doc))
     stamps = _stamps(files)
     run_sweep(HFEngine(lm), plan, sweep_options(out, task_dir, tiny_llama_dir), progress=True)
     assert "resuming: 3/3 configurations already done" in capsys.readouterr().err
     assert _stamps(files) == stamps
     assert _json(out / SWEEP_FILE)["settings"]["weights"] == weights  # recorded now, checked from now on
+    assert {k: _json(out / SWEEP_FILE)["settings"][k] for k in INPUTS} == inputs
     # without a record of its samples files, a results file still needs every task's samples, whole
     samples = files[2].parent / "samples_rel_mc.jsonl"
     samples.write_text("".join(samples.read_text().splitlines(keepends=True)[:3]))
@@ -252,3 +259,121 @@ def test_a_folder_of_an_earlier_version_resumes_and_records_the_weights(
         f"rerunning {plan.configs[2].slug()}: incomplete results (samples_rel_mc.jsonl has 3 of its 4 documents)" in err
     )
     assert [a == b for a, b in zip(_stamps(files), stamps)] == [True, True, False]
+
+
+# --- resume identity: the contents of every input, not only its name (issue 30, family 3) ----------------------
+
+
+def _planned(out: Path, options) -> None:
+    """A sweep.json as a sweep with ``options`` writes it (no evaluation needed to test its identity)."""
+    from steer_plugin.study.results_files import SWEEP_FORMAT
+    from steer_plugin.study.sweep_folder import sweep_settings
+
+    out.mkdir(parents=True, exist_ok=True)
+    doc = {"format": SWEEP_FORMAT, "format_version": 1, "settings": sweep_settings(options), "configs": []}
+    (out / SWEEP_FILE).write_text(json.dumps(doc))
+
+
+def _fake_model(folder: Path, config: str = '{"a": 1}') -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(config)
+    (folder / "model.safetensors").write_bytes(b"weights")
+    return folder
+
+
+@pytest.mark.parametrize(
+    "what, why",
+    [
+        ("config", "the model's config or tokenizer files changed"),
+        ("tokenizer", "the model's config or tokenizer files changed"),
+        ("neutral texts", "the neutral texts changed"),
+        ("truthfulqa edited", "the TruthfulQA data changed"),
+        ("truthfulqa variable", "the TruthfulQA data changed"),
+        ("goemotions", "the GoEmotions data of the tasks changed"),
+        ("classifier", "the classifier's files changed"),
+        ("task yaml", "the task definitions under --include-path changed"),
+    ],
+)
+def test_inputs_changed_under_the_same_names_are_another_sweep(
+    what, why, task_dir, tiny_llama_dir, tmp_path, monkeypatch
+):
+    from steer_plugin.data.neutral_texts import TextSource
+    from steer_plugin.harness.tasks import TRUTHFULQA_DIR_ENV
+    from steer_plugin.study.sweep_folder import check_same_sweep, sweep_settings
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_llama_dir, model)
+    tasks = tmp_path / "tasks"
+    shutil.copytree(task_dir, tasks)
+    texts = tmp_path / "texts.txt"
+    texts.write_text("one neutral text\nanother one\n")
+    tq, tq_other = tmp_path / "tq", tmp_path / "tq2"
+    for folder, text in ((tq, "a"), (tq_other, "b")):
+        folder.mkdir()
+        (folder / "truthfulqa_mc.validation.jsonl").write_text(json.dumps({"q": text}) + "\n")
+    goemotions = tmp_path / "goemotions"
+    shutil.copytree(Path(__file__).parents[1] / "fixtures" / "goemotions", goemotions)
+    classifier = _fake_model(tmp_path / "classifier")
+    monkeypatch.setenv(TRUTHFULQA_DIR_ENV, str(tq))
+    options = sweep_options(tmp_path / "sweep", str(tasks), str(model), side_effects=TextSource(str(texts)))
+    options.tasks = ["rel_mc", "truthfulqa_local_mc1", "steer_emotion_continue_anger"]
+    options.classifier, options.task_metadata = str(classifier), {"goemotions_dir": str(goemotions)}
+    _planned(options.out_dir, options)
+    assert check_same_sweep(options.out_dir, sweep_settings(options))  # unchanged: the same sweep
+
+    edit = {
+        "config": lambda: (model / "config.json").write_text((model / "config.json").read_text() + " "),
+        "tokenizer": lambda: (model / "tokenizer.json").write_text((model / "tokenizer.json").read_text() + " "),
+        "neutral texts": lambda: texts.write_text("one neutral text\nanother, edited\n"),
+        "truthfulqa edited": lambda: (tq / "truthfulqa_mc.validation.jsonl").write_text('{"q": "c"}\n'),
+        "truthfulqa variable": lambda: monkeypatch.setenv(TRUTHFULQA_DIR_ENV, str(tq_other)),
+        "goemotions": lambda: (goemotions / "test.tsv").write_text("edited\t27\tx\n"),
+        "classifier": lambda: (classifier / "model.safetensors").write_bytes(b"other weights"),
+        "task yaml": lambda: (tasks / "rel_mc.yaml").write_text((tasks / "rel_mc.yaml").read_text() + "# edited\n"),
+    }
+    edit[what]()
+    with pytest.raises(SteerError, match="holds another sweep") as e:
+        check_same_sweep(options.out_dir, sweep_settings(options))
+    assert why in str(e.value) and "--fresh" in str(e.value)
+
+
+def test_model_config_edited_under_the_same_path_is_not_resumed(lm, task_dir, vector_file, tiny_llama_dir, tmp_path):
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_llama_dir, model_dir)
+    out = tmp_path / "sweep"
+    plan = SweepPlan.grid([vector_file], [1.0], ["all"], ["all"])
+    files = run_sweep(HFEngine(lm), plan, sweep_options(out, task_dir, str(model_dir)), progress=False)
+    config = json.loads((model_dir / "config.json").read_text())
+    (model_dir / "config.json").write_text(json.dumps({**config, "rms_norm_eps": 0.5}))  # same weights
+    stamps = _stamps(files)
+    with pytest.raises(SteerError, match="the model's config or tokenizer files changed"):
+        run_sweep(HFEngine(lm), plan, sweep_options(out, task_dir, str(model_dir)), progress=False)
+    assert _stamps(files) == stamps  # nothing was rerun or overwritten
+
+
+def test_a_vector_rewritten_during_the_sweep_leaves_one_sha256_per_configuration(
+    lm, task_dir, vector_file, tiny_llama_dir, tmp_path, capsys
+):
+    from steer_plugin.vectors.vector import file_sha256
+
+    vec = tmp_path / "v.safetensors"
+    vec.write_bytes(Path(vector_file).read_bytes())
+    out = tmp_path / "sweep"
+    plan = SweepPlan.grid([str(vec)], [1.0, 2.0], ["all"], ["all"], baseline=False)
+
+    class Rewriting(HFEngine):
+        def configure(self, config):
+            super().configure(config)
+            if config.alpha == 2.0:  # the file is rebuilt in place while the sweep runs
+                SteeringVector(torch.ones(3, 32) * 0.1, {"emotion": "anger"}).save(vec)
+
+    with pytest.raises(SteerError, match="changed during the sweep"):
+        run_sweep(Rewriting(lm), plan, sweep_options(out, task_dir, tiny_llama_dir), progress=False)
+    for f in out.glob("*/results.json"):  # what was written names one file: planned, steered and recorded alike
+        cfg = _json(f)["config"]
+        assert {cfg["sweep"]["vector_sha256"], *(v["sha256"] for v in cfg["steering"]["vectors"])} != set()
+        assert len({cfg["sweep"]["vector_sha256"], *(v["sha256"] for v in cfg["steering"]["vectors"])}) == 1
+    files = run_sweep(HFEngine(lm), plan, sweep_options(out, task_dir, tiny_llama_dir), progress=False)
+    for f in files:
+        cfg = _json(f)["config"]
+        assert cfg["sweep"]["vector_sha256"] == cfg["steering"]["vectors"][0]["sha256"] == file_sha256(vec)
