@@ -25,8 +25,9 @@ from steer_plugin.model.loading import DEFAULT_MODEL, ModelOptions, model_slug
 from steer_plugin.steering.alphas import as_alpha_specs
 from steer_plugin.study.evaluation import Evaluation, PathLike, emotion_task_family
 from steer_plugin.study.plan import Resolver, SweepPlan
-from steer_plugin.study.sweep import check_reproducible, run_sweep, task_manager
+from steer_plugin.study.sweep import check_reproducible, run_sweep
 from steer_plugin.study.sweep_folder import check_same_sweep, open_sweep_folder, sweep_settings
+from steer_plugin.study.task_sets import task_manager
 from steer_plugin.vectors.recipe import DEFAULT_RECIPE, Recipe
 
 if TYPE_CHECKING:  # pragma: no cover

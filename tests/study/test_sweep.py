@@ -118,7 +118,7 @@ def test_unknown_task_is_a_clear_error(lm, tmp_path, vector_file, task_indexes):
 
 
 def test_our_tasks_skip_the_harness_index(task_dir, task_indexes):
-    from steer_plugin.study.sweep import load_tasks
+    from steer_plugin.study.task_sets import load_tasks
 
     loaded = load_tasks(SweepOptions(tasks=["tiny_mc"], out_dir=Path("unused"), include_path=task_dir))
     assert list(loaded["tasks"]) == ["tiny_mc"] and task_indexes == [False]
