@@ -7,12 +7,16 @@ Every command that writes calls ``check_output_file`` / ``check_output_dir`` on 
 An output replaces what is at its path by a rename, so only a regular file may be there: a symbolic link
 (``/dev/stdout`` too) would be replaced by a file instead of written through, a device node or FIFO
 destroyed (as root: a system node). Those are refused, never written.
+
+An output that names one of the command's inputs (the same path, a hard link, a symbolic link to it) would
+replace the file the command reads, after reading it, and exit 0: ``check_output_not_input`` refuses it first.
 """
 
 from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Iterable
 from pathlib import Path
 
 from steer_plugin.errors import SteerError
@@ -73,9 +77,50 @@ def check_replaceable(path: str | os.PathLike, flag: str = "--out") -> None:
         raise SteerError(f"{flag} {name} is {kind}, not a regular file; an output would replace it: give a file path")
 
 
-def check_output_file(path: str | os.PathLike, flag: str = "--out") -> Path:
-    """``path`` will be written as a file: it must be new or a regular file, and its folder writable."""
+Inputs = Iterable["str | os.PathLike[str] | None"]
+
+
+def _identity(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(device, inode) of what ``path`` names, links followed; None where nothing (readable) is there."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _files(path: str | os.PathLike) -> list[Path]:
+    """An input file, or the files directly in an input folder (each one a file the command may read)."""
     p = Path(path)
+    try:
+        return [f for f in p.iterdir() if not f.is_dir()] if p.is_dir() else [p]
+    except OSError:
+        return [p]
+
+
+def check_output_not_input(out: str | os.PathLike, inputs: Inputs, flag: str = "--out") -> None:
+    """``out`` is none of ``inputs`` (files, or folders whose files are read; None skipped), under any name:
+    the same path, a hard link, a symbolic link either way. Else a one-line SteerError, before any work."""
+    target = _identity(out)
+    if target is None:
+        return  # nothing there yet: no input to replace
+    for given in inputs:
+        if given is None:
+            continue
+        for f in _files(given):
+            if _identity(f) == target:
+                same = printable(f) if str(f) == str(given) else f"{printable(f)} (in {printable(given)})"
+                raise SteerError(
+                    f"{flag} {printable(out)} is an input of this command ({same}); writing it would replace what "
+                    "is read: give another path"
+                )
+
+
+def check_output_file(path: str | os.PathLike, flag: str = "--out", inputs: Inputs = ()) -> Path:
+    """``path`` will be written as a file: it must be new or a regular file, none of the command's ``inputs``,
+    and its folder writable."""
+    p = Path(path)
+    check_output_not_input(p, inputs, flag)
     if p.is_dir():
         raise SteerError(f"{flag} {printable(p)} is a folder; give a file path")
     check_replaceable(p, flag)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from steer_plugin.errors import SteerError, check_choice, first_line
+from steer_plugin.io.reading import open_regular
 
 # Where the decoder blocks live, per architecture family (first match wins).
 BLOCK_PATHS: tuple[str, ...] = (
@@ -27,6 +28,13 @@ DTYPES: tuple[str, ...] = get_args(Dtype)
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"  # small and ungated: runs on a laptop CPU
 GGUF_SUFFIX = ".gguf"
 _GGUF_MAGIC = b"GGUF"
+
+
+# a model folder's files that transformers reads besides the weights (config, generation config, tokenizer)
+MODEL_FILES = (
+    "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+    "added_tokens.json", "tokenizer.model", "vocab.json", "merges.txt", "chat_template.jinja", "chat_template.json",
+)  # fmt: skip
 
 
 def is_gguf(name: str) -> bool:
@@ -55,7 +63,7 @@ def split_gguf(name: str) -> tuple[str, str | None]:
     local = path.is_absolute() or name.startswith((".", "~")) or path.parent.is_dir() or "/" not in name
     if local:
         try:
-            with open(path, "rb") as f:
+            with open_regular(path) as f:
                 magic = f.read(len(_GGUF_MAGIC))
         except OSError as e:
             raise SteerError(f"cannot read the GGUF file {name}: {e.strerror or first_line(e)}") from None
@@ -182,6 +190,17 @@ class ModelOptions:
         if gguf_file:
             kwargs["gguf_file"] = gguf_file
         return kwargs
+
+    def local_files(self) -> list[Path]:
+        """The files of a local model that loading reads (its GGUF file, or its folder's config, tokenizer
+        and weights files): what no output may replace; none for a hub model (its cache is not ours to write)."""
+        folder, gguf_file = split_gguf(self.name)
+        path = Path(folder).expanduser()
+        if gguf_file:
+            return [path / gguf_file]
+        if not path.is_dir():
+            return []
+        return [*(path / name for name in MODEL_FILES), *weights_files(str(path))]
 
     def weights_fingerprint(self) -> str | None:
         """``weights_fingerprint`` of the files this model loads from (None: not on this machine yet)."""
