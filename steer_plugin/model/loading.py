@@ -12,6 +12,7 @@ from typing import Any, Literal, get_args
 
 from steer_plugin.errors import SteerError, check_choice, first_line
 from steer_plugin.io.reading import open_regular
+from steer_plugin.io.schema import check_fields
 
 # Where the decoder blocks live, per architecture family (first match wins).
 BLOCK_PATHS: tuple[str, ...] = (
@@ -152,6 +153,7 @@ class ModelOptions:
     blocks: str | None = None
 
     def __post_init__(self) -> None:
+        check_fields(self)  # `trust_remote_code="no"` is no True
         torch_dtype(self.dtype)  # SteerError for an unknown dtype, before any loading
         check_block_path(self.blocks)
         split_gguf(self.name)  # a missing or broken local GGUF file, too

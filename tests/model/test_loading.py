@@ -116,3 +116,20 @@ def test_load_model_errors(tmp_path):
 def test_model_slug():
     assert model_slug("meta-llama/Llama-3.2-3B-Instruct") == "llama-3.2-3b-instruct"
     assert model_slug("/tmp/some dir/My Model/") == "my-model"
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"trust_remote_code": "no"}, "ModelOptions.trust_remote_code: 'no' is not true or false"),
+        ({"trust_remote_code": 1}, "ModelOptions.trust_remote_code: 1 is not true or false"),
+        ({"name": 3}, "ModelOptions.name: 3 is not a string"),
+        ({"revision": 2}, "ModelOptions.revision: 2 is not a string or None"),
+        ({"device": 0}, "ModelOptions.device: 0 is not a string or None"),
+    ],
+)
+def test_model_options_of_wrong_types_are_refused_where_they_are_built(fields, message):
+    """`steer_plugin.run(ModelOptions(..., trust_remote_code="no"))` ran remote code: any truthy value passed."""
+    with pytest.raises(SteerError) as caught:
+        ModelOptions(**{"name": "/nonexistent/model", **fields})
+    assert message in str(caught.value)
