@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from steer_plugin.data.prompts import INSTRUCTION_DELIMITER, PromptTemplate, encode
+from steer_plugin.data.prompts import INSTRUCTION_DELIMITER, PromptTemplate, chat_template_errors, encode
 from steer_plugin.errors import SteerError
 from steer_plugin.io.reading import read_regular_bytes, read_regular_text
 
@@ -61,7 +61,8 @@ def answer_context(tokenizer: Any, prompt: str, instruction: str | None = None, 
 
     messages = [{"role": "system", "content": instruction}, {"role": "user", "content": prompt}]
     try:
-        rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        with chat_template_errors():
+            rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     except TemplateError:
         # a template without a system role (Gemma's raises): the instruction opens the user turn. (lm-eval drops
         # the system message there, which would make the two arms the same prompt.)

@@ -14,6 +14,7 @@ replace the file the command reads, after reading it, and exit 0: ``check_output
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Iterable
@@ -21,6 +22,39 @@ from pathlib import Path
 
 from steer_plugin.errors import SteerError
 from steer_plugin.io.terminal import printable
+
+NAME_MAX = 255  # bytes of one path component, where the file system does not say (Linux, macOS)
+
+
+def name_max(folder: Path) -> int:
+    """The longest name (bytes) the file system of ``folder`` (or its nearest existing ancestor) takes."""
+    try:
+        return int(os.pathconf(_nearest_existing(folder), "PC_NAME_MAX"))
+    except (OSError, ValueError):
+        return NAME_MAX
+
+
+def _check_lookable(path: Path, flag: str) -> None:
+    """Looking at ``path`` works: every name fits the file system and every folder above can be searched;
+    a one-line SteerError otherwise (not a PermissionError or 'File name too long' traceback)."""
+    name = printable(path)
+    limit = name_max(path.parent if str(path.parent) else Path("."))
+    for part in path.parts:
+        if len(os.fsencode(part)) > limit:
+            raise SteerError(
+                f"{flag} {name}: the name {printable(part)[:40]}... is {len(os.fsencode(part))} bytes, longer than "
+                f"the {limit} the file system takes"
+            )
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    except OSError as e:
+        if e.errno == errno.EACCES:
+            raise SteerError(f"{flag} {name}: cannot look into its folder (permission denied)") from None
+        if e.errno == errno.ELOOP:
+            raise SteerError(f"{flag} {name}: too many levels of symbolic links") from None
+        raise SteerError(f"{flag} {name}: {e.strerror or e}") from None
 
 
 def _nearest_existing(path: Path) -> Path:
@@ -120,6 +154,7 @@ def check_output_file(path: str | os.PathLike, flag: str = "--out", inputs: Inpu
     """``path`` will be written as a file: it must be new or a regular file, none of the command's ``inputs``,
     and its folder writable."""
     p = Path(path)
+    _check_lookable(p, flag)
     check_output_not_input(p, inputs, flag)
     if p.is_dir():
         raise SteerError(f"{flag} {printable(p)} is a folder; give a file path")
@@ -131,6 +166,7 @@ def check_output_file(path: str | os.PathLike, flag: str = "--out", inputs: Inpu
 def check_output_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
     """``path`` is a folder we create (if needed) and write into."""
     p = Path(path)
+    _check_lookable(p, flag)
     if os.path.lexists(p) and not p.is_dir():
         raise SteerError(f"{flag} {printable(p)} is an existing file; give a folder")
     _check_folder_writable(p, p, flag)

@@ -107,6 +107,23 @@ def find_block_path(model: Any, override: str | None = None) -> str:
     )
 
 
+def check_device(device: str) -> str:
+    """``device`` if torch knows it and this machine has it (``cuda:1`` with one GPU has not), else a one-line
+    SteerError before any loading (not a RuntimeError when the weights move)."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise SteerError(f"--device {device!r} is not a device: use cpu, cuda, cuda:1, mps ...") from None
+    backend = {"cuda": torch.cuda, "mps": torch.backends.mps}.get(parsed.type)
+    if backend is not None and not backend.is_available():
+        raise SteerError(f"--device {device}: this machine has no {parsed.type} device (use cpu)")
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        raise SteerError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
 def torch_dtype(name: str) -> Any:
     import torch
 
@@ -155,6 +172,8 @@ class ModelOptions:
     def __post_init__(self) -> None:
         check_fields(self)  # `trust_remote_code="no"` is no True
         torch_dtype(self.dtype)  # SteerError for an unknown dtype, before any loading
+        if self.device is not None:
+            check_device(self.device)
         check_block_path(self.blocks)
         split_gguf(self.name)  # a missing or broken local GGUF file, too
 

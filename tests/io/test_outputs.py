@@ -257,6 +257,38 @@ def test_read_only_folder_is_a_one_line_error_before_the_model(tmp_path, stats_f
         (ro / "results").chmod(0o755)
 
 
+# --- names near the file system's limit, folders that cannot be searched -------------------------------
+
+
+def test_an_output_name_near_the_limit_is_written_and_one_past_it_is_one_line(tmp_path, capsys, vector_file):
+    """A valid 252-byte --out failed at write time: its temp file's name was longer than 255 bytes."""
+    long = tmp_path / ("x" * 247 + ".gguf")  # 252 bytes
+    code, _, err = run_cli(["export", vector_file, "--format", "gguf", "--out", long], capsys)
+    assert code == 0, err
+    assert long.is_file() and not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    code, _, err = run_cli(["export", vector_file, "--format", "gguf", "--out", tmp_path / ("y" * 300)], capsys)
+    assert_one_line_error(code, err, "bytes, longer than the 255 the file system takes")
+    code, _, err = run_cli(["export", vector_file, "--format", "gguf", "--out", tmp_path / ("z" * 300) / "v"], capsys)
+    assert_one_line_error(code, err, "bytes, longer than the 255 the file system takes")
+
+
+def test_an_output_in_a_folder_without_search_permission_is_one_line(tmp_path, vector_file):
+    closed = tmp_path / "closed"
+    closed.mkdir()
+    (closed / "sub").mkdir()
+    closed.chmod(0o600)  # readable, not searchable
+    try:
+        results = _run_without_write_permission(
+            [["export", str(vector_file), "--format", "gguf", "--out", str(closed / "sub" / "v.gguf")],
+             ["analyze", str(vector_file), "--out", str(closed / "sub")]]
+        )  # fmt: skip
+    finally:
+        closed.chmod(0o700)
+    for rc, err in results:
+        assert rc == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, (rc, err)
+        assert "cannot look into its folder (permission denied)" in err, err
+
+
 # --- permissions -----------------------------------------------------------------------------------
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -133,3 +135,21 @@ def test_model_options_of_wrong_types_are_refused_where_they_are_built(fields, m
     with pytest.raises(SteerError) as caught:
         ModelOptions(**{"name": "/nonexistent/model", **fields})
     assert message in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("device", "message"),
+    [
+        ("nosuchdevice", "--device 'nosuchdevice' is not a device: use cpu, cuda, cuda:1, mps"),
+        ("cuda:99", "--device cuda:99: this machine has"),
+    ],
+)
+def test_a_device_that_is_not_here_is_refused_before_loading(device, message):
+    if device.startswith("cuda") and torch.cuda.device_count() >= 100:
+        pytest.skip("a machine with 100 GPUs")
+    with pytest.raises(SteerError, match=re.escape(message)):
+        ModelOptions("/nonexistent/model", device=device)
+
+
+def test_the_cpu_device_is_taken():
+    assert ModelOptions("/nonexistent/model", device="cpu").device == "cpu"
