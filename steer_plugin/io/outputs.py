@@ -46,14 +46,12 @@ def _check_lookable(path: Path, flag: str) -> None:
                 f"the {limit} the file system takes"
             )
     try:
-        os.stat(path)
+        os.lstat(path)  # the folders above are walked; a link at the path itself is check_replaceable's
     except (FileNotFoundError, NotADirectoryError):
         pass
     except OSError as e:
         if e.errno == errno.EACCES:
             raise SteerError(f"{flag} {name}: cannot look into its folder (permission denied)") from None
-        if e.errno == errno.ELOOP:
-            raise SteerError(f"{flag} {name}: too many levels of symbolic links") from None
         raise SteerError(f"{flag} {name}: {e.strerror or e}") from None
 
 
