@@ -38,9 +38,10 @@ def cmd_data(args: argparse.Namespace) -> int:
     from steer_plugin.io.terminal import printable
 
     if args.out:
+        from steer_plugin.data.goemotions import goemotions_files
         from steer_plugin.io.outputs import check_output_file
 
-        check_output_file(args.out)
+        check_output_file(args.out, inputs=goemotions_files(args.data))
     if args.emotion == "all":
         from steer_plugin.data.goemotions import load_goemotions
         from steer_plugin.data.selection import select_all

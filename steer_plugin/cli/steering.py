@@ -148,6 +148,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     from steer_plugin.data.neutral_texts import TextSource
+    from steer_plugin.io.outputs import check_output_file
     from steer_plugin.model.hooks import Steerer
     from steer_plugin.steering.alphas import parse_budgets
     from steer_plugin.steering.calibrate import calibrate_vector_file, check_settings, split_texts
@@ -164,7 +165,11 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     stored_calibrations(args.vector)  # a tampered calibration file fails before the model loads
     source = TextSource(args.fluency_texts, seed=args.seed)
     split_texts(source, args.n_calibration, args.n_heldout)  # a missing, unreadable or empty --neutral-texts
-    loaded = model_options(args).load()
+    options = model_options(args)
+    if not args.no_save:
+        inputs = [args.vector, *source.files(), *options.local_files()]
+        check_output_file(calibration_path(args.vector), "the calibration file", inputs)
+    loaded = options.load()
     calibration, reused = calibrate_vector_file(
         loaded.model,
         loaded.tokenizer,
@@ -203,9 +208,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from steer_plugin.vectors.vector import SteeringVector
 
     if args.json_out:
+        from steer_plugin.data.neutral_texts import TextSource
         from steer_plugin.io.outputs import check_output_file
+        from steer_plugin.steering.calibration_file import calibration_path
 
-        check_output_file(args.json_out, "--json-out")
+        inputs = [args.vector, calibration_path(args.vector), *TextSource(args.fluency_texts).files()]
+        check_output_file(args.json_out, "--json-out", [*inputs, *model_options(args).local_files()])
     settings = GenerationSettings(  # checks every setting, before the model loads
         max_new_tokens=args.max_new_tokens,
         do_sample=args.do_sample,

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from steer_plugin.cli.args import add_data_args, add_model_args, record_request_from_args
+from steer_plugin.cli.args import add_data_args, add_model_args, model_options, record_request_from_args
 
 if TYPE_CHECKING:  # pragma: no cover
     from steer_plugin.vectors.recipe import Recipe
@@ -137,10 +137,11 @@ def add_commands(sub: Any) -> None:
 
 
 def cmd_record(args: argparse.Namespace) -> int:
+    from steer_plugin.data.goemotions import goemotions_files
     from steer_plugin.io.outputs import check_output_dir, check_output_file
     from steer_plugin.vectors.request import record_request
 
-    check_output_file(args.out)
+    check_output_file(args.out, inputs=[*goemotions_files(args.data), *model_options(args).local_files()])
     if args.save_activations:
         check_output_dir(args.save_activations, "--save-activations")
     stats = record_request(record_request_from_args(args, args.emotion))
@@ -291,25 +292,30 @@ def _check_model_fits(args: argparse.Namespace, recipe: Recipe, dimensions: tupl
 
 def _check_build_outputs(args: argparse.Namespace, recipe: Recipe, request: RecordRequest | None = None) -> None:
     """Before recording: the vector (given or default path), its texts file and --save-stats must be writable."""
+    from steer_plugin.data.goemotions import goemotions_files
     from steer_plugin.io.outputs import check_output_file
     from steer_plugin.vectors.generated import texts_path
 
+    inputs = [args.stats, args.activations, *goemotions_files(args.data)]
+    if request is not None:
+        inputs += request.model.local_files()
     out = args.out
     if out:
-        check_output_file(out)
+        check_output_file(out, inputs=inputs)
     elif args.emotion and request is not None:  # with --stats the default path depends on the file's metadata
         recording = {"text_source": request.source, "pool": request.resolved_pool}
         out = _default_path(args.model, args.emotion, recipe, recording)
-        check_output_file(out, "--out (default)")
+        check_output_file(out, "--out (default)", inputs)
     if out and request is not None and request.source == "generated":
-        check_output_file(texts_path(out), "the texts file beside --out")
+        check_output_file(texts_path(out), "the texts file beside --out", inputs)
     if args.save_stats:
-        check_output_file(args.save_stats, "--save-stats")
+        check_output_file(args.save_stats, "--save-stats", inputs)
 
 
 def _build_random(args: argparse.Namespace) -> int:
     """`steer build --method random --like V --seed S`: a control, no recording."""
     from steer_plugin.errors import SteerError
+    from steer_plugin.io.outputs import check_output_file
     from steer_plugin.model.layers import parse_layers
     from steer_plugin.vectors.controls import control_path, random_like_file
 
@@ -336,12 +342,13 @@ def _build_random(args: argparse.Namespace) -> int:
             "--method random records nothing and takes its emotion, method and sparsity from --like; "
             f"drop {', '.join(given)}"
         )
+    out = Path(args.out) if args.out else control_path(Path(args.like).parent, args.like, args.seed)
+    check_output_file(out, "--out" if args.out else "--out (default)", [args.like])
     vec = random_like_file(args.like, args.seed)
     if args.layers is not None:
         vec = vec.restrict(parse_layers(args.layers, vec.n_layers))
     if args.scale is not None:
         vec = type(vec)(vec.matrix * args.scale, {**vec.metadata, "scale": args.scale}, vec.mask)
-    out = Path(args.out) if args.out else control_path(Path(args.like).parent, args.like, args.seed)
     vec.save(out)
     print(f"wrote {out}: random control of {args.like} (seed {args.seed}), {vec.n_layers} layers x {vec.hidden_size}")
     print("per-layer norm: " + " ".join(f"{n:.3g}" for n in vec.layer_norms()))
@@ -406,7 +413,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from steer_plugin.vectors.interop import export_gguf_control_vector, export_lm_eval_steered
     from steer_plugin.vectors.vector import SteeringVector
 
-    check_output_file(args.out)
+    check_output_file(args.out, inputs=[args.vector])
     if finite_alpha(args.alpha, "--alpha") == 0:  # a file that steers nothing is a mistake, not an export
         raise SteerError("--alpha 0 exports a vector that steers nothing; give a non-zero coefficient (default 1)")
     vec = SteeringVector.load(args.vector)
@@ -426,7 +433,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     from steer_plugin.io.outputs import check_output_file
     from steer_plugin.vectors.vector import SteeringVector
 
-    check_output_file(args.out)
+    check_output_file(args.out, inputs=[args.npy])
     vec = SteeringVector.from_npy(args.npy, drop_embedding_row=args.drop_embedding_row)
     if args.emotion:
         vec.metadata["emotion"] = args.emotion

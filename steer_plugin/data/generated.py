@@ -15,8 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from steer_plugin.data.prompts import INSTRUCTION_DELIMITER, PromptTemplate, encode
+from steer_plugin.data.prompts import INSTRUCTION_DELIMITER, PromptTemplate, chat_template_errors, encode
 from steer_plugin.errors import SteerError
+from steer_plugin.io.reading import read_regular_bytes, read_regular_text
 
 PROMPTS_FILE = Path(__file__).with_name("generation_prompts.txt")
 # the neutral arm's counterpart of prompts.EMOTION_INSTRUCTION: same shape, asking for no emotion at all
@@ -26,7 +27,7 @@ NEUTRAL_INSTRUCTION = "You are feeling calm and neutral. Keep every sentence of 
 def load_generation_prompts(path: str | os.PathLike = PROMPTS_FILE) -> list[str]:
     """The prompts, in file order (blank lines skipped)."""
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        lines = read_regular_text(path).splitlines()
     except OSError as e:
         raise SteerError(f"cannot read the prompts file {path}: {e.strerror or e}") from None
     prompts = [line.strip() for line in lines if line.strip()]
@@ -36,7 +37,7 @@ def load_generation_prompts(path: str | os.PathLike = PROMPTS_FILE) -> list[str]
 
 
 def prompts_sha256(path: str | os.PathLike = PROMPTS_FILE) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return hashlib.sha256(read_regular_bytes(path)).hexdigest()
 
 
 def sample_prompts(prompts: Sequence[str], n: int | None, seed: int) -> list[str]:
@@ -60,7 +61,8 @@ def answer_context(tokenizer: Any, prompt: str, instruction: str | None = None, 
 
     messages = [{"role": "system", "content": instruction}, {"role": "user", "content": prompt}]
     try:
-        rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        with chat_template_errors():
+            rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     except TemplateError:
         # a template without a system role (Gemma's raises): the instruction opens the user turn. (lm-eval drops
         # the system message there, which would make the two arms the same prompt.)

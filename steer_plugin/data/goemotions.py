@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import difflib
+import io
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from steer_plugin.errors import SteerError, first_line
+from steer_plugin.io.reading import open_regular, read_regular_text
 
 HUB_DATASET = "google-research-datasets/go_emotions"
 HUB_CONFIG = "simplified"
@@ -153,6 +155,14 @@ def load_goemotions(split: str = "train", data_dir: str | os.PathLike | None = N
     return _read_tsv(folder / SPLIT_FILES[split])
 
 
+def goemotions_files(data_dir: str | os.PathLike | None) -> list[Path]:
+    """The files a local GoEmotions folder is read from (none for the hub): what no output may replace."""
+    if data_dir is None:
+        return []
+    folder = Path(data_dir).expanduser()
+    return [folder / name for name in (*SPLIT_FILES.values(), EMOTIONS_FILE)]
+
+
 def neutral_texts_location(given: str | os.PathLike | None = None) -> str | None:
     """Where the neutral texts come from: ``given`` if set, else $STEER_GOEMOTIONS_DIR, else None (the hub)."""
     location = given or os.environ.get(GOEMOTIONS_DIR_ENV)
@@ -221,7 +231,7 @@ def _check_folder(data_dir: str | os.PathLike) -> Path:
 def _read_label_names(folder: Path) -> tuple[str, ...]:
     path = folder / EMOTIONS_FILE
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_regular_text(path)
     except FileNotFoundError:
         raise SteerError(f"missing {EMOTIONS_FILE} in GoEmotions folder {folder}") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -239,7 +249,7 @@ def _read_tsv(path: Path) -> list[Example]:
     """Rows ``text<TAB>ids<TAB>comment id`` with standard CSV quoting (doubled inner quotes)."""
     out: list[Example] = []
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        with io.TextIOWrapper(open_regular(path), encoding="utf-8", newline="") as f:
             reader = csv.reader(f, delimiter="\t")
             for row in reader:
                 if len(row) != 3:

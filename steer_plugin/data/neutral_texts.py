@@ -13,8 +13,15 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from steer_plugin.data.goemotions import HUB_CONFIG, HUB_DATASET, neutral_texts, neutral_texts_location
+from steer_plugin.data.goemotions import (
+    HUB_CONFIG,
+    HUB_DATASET,
+    goemotions_files,
+    neutral_texts,
+    neutral_texts_location,
+)
 from steer_plugin.errors import SteerError, check_count
+from steer_plugin.io.reading import read_regular_text
 
 MIN_WORDS = 3  # GoEmotions neutral texts shorter than this say too little to continue
 DEFAULT_N_TEXTS = 200
@@ -41,6 +48,14 @@ class TextSource:
         kind = "file" if Path(where).is_file() else "goemotions test neutral"
         return f"{kind}:{where} (seed {self.seed})"
 
+    def files(self) -> list[Path]:
+        """The files the texts are read from (a text file, or a GoEmotions folder's; none from the hub)."""
+        where = self.resolved()
+        if where is None:
+            return []
+        path = Path(where).expanduser()
+        return goemotions_files(path) if path.is_dir() else [path]
+
     def load(self, n: int | None = None) -> list[str]:
         """The texts in the seeded order (all of them, or the first ``n``)."""
         where = self.resolved()
@@ -58,7 +73,7 @@ class TextSource:
 
 def _file_texts(path: Path) -> list[str]:
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = read_regular_text(path).splitlines()
     except (OSError, UnicodeDecodeError) as e:
         raise SteerError(f"cannot read neutral texts {path}: {e}") from None
     return [line.strip() for line in lines if line.strip()]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,18 @@ def check_prompts(prompts: Sequence[str]) -> list[str]:
     if empty is not None:
         raise SteerError(f"prompt {empty + 1} is empty: give a text for the model to continue")
     return list(prompts)
+
+
+@contextlib.contextmanager
+def chat_template_errors() -> Iterator[None]:
+    """A tokenizer's chat template that is not valid Jinja, as one line (not a TemplateSyntaxError traceback).
+    Errors the template raises while rendering (a role it does not take) pass: callers may fall back."""
+    from jinja2.exceptions import TemplateSyntaxError
+
+    try:
+        yield
+    except TemplateSyntaxError as e:
+        raise SteerError(f"the tokenizer's chat template is not valid Jinja (line {e.lineno}: {e.message})") from None
 
 
 @dataclass(frozen=True)
@@ -38,9 +51,10 @@ class PromptTemplate:
         if self.spec == "chat":
             if not getattr(tokenizer, "chat_template", None):
                 raise SteerError("template 'chat' needs a tokenizer with a chat template; use 'raw'")
-            rendered = tokenizer.apply_chat_template(
-                [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
-            )
+            with chat_template_errors():
+                rendered = tokenizer.apply_chat_template(
+                    [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+                )
             return rendered, False
         return self.spec.replace("{text}", text), True
 

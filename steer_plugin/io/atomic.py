@@ -5,7 +5,8 @@ file left. ``write_files_atomic`` writes a set of outputs that belong together (
 all or nothing: every file is staged first, then all are renamed; a failure while staging leaves the
 previous set untouched, a failed rename removes the files of this set already renamed.
 
-Temp files are named ``.NAME.<pid>-<host>.<random>.tmp``. A writer killed mid-write (kill -9, power
+Temp files are named ``.NAME.<pid>-<host>.<random>.tmp`` (NAME cut where the whole would pass the file
+system's 255 bytes: a valid output name never fails for its temp file's). A writer killed mid-write (kill -9, power
 loss) cannot remove its own, so every new write to the same target first removes the temp files of
 writers that are gone: same host and the pid no longer exists, or older than ``STALE_AFTER_S`` (a
 writer on another host sharing the folder, a reused pid, temp files of older versions without a pid).
@@ -25,7 +26,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from steer_plugin.errors import SteerError
-from steer_plugin.io.outputs import check_output_file, check_replaceable
+from steer_plugin.io.outputs import NAME_MAX, check_output_file, check_replaceable
 from steer_plugin.io.terminal import printable
 
 STALE_AFTER_S = 24 * 3600
@@ -62,7 +63,7 @@ def remove_stale_temps(target: str | os.PathLike, now: float | None = None) -> l
     """Remove temp files of ``target`` left by writers that are gone; returns what was removed."""
     target = Path(target)
     # ours: .NAME.<pid>-<host>.<8 random>.tmp; older versions: .NAME.<8 random>.tmp (mkstemp's alphabet)
-    pattern = re.compile(rf"^\.{re.escape(target.name)}\.(?:(\d+)-([A-Za-z0-9]*)\.)?[a-z0-9_]{{8}}\.tmp$")
+    pattern = re.compile(rf"^\.{re.escape(temp_stem(target.name))}\.(?:(\d+)-([A-Za-z0-9]*)\.)?[a-z0-9_]{{8}}\.tmp$")
     now = time.time() if now is None else now
     removed: list[Path] = []
     try:
@@ -86,13 +87,27 @@ def remove_stale_temps(target: str | os.PathLike, now: float | None = None) -> l
     return removed
 
 
+# what a temp name adds to its target's: "." "." pid (up to 7 digits) "-" host "." 8 random ".tmp"
+_TEMP_EXTRA = 1 + 1 + 7 + 1 + len(_HOST) + 1 + 8 + len(".tmp")
+
+
+def temp_stem(name: str) -> str:
+    """The part of a target's name in its temp files' names: the name itself, or (a name near the file system's
+    limit) its first characters, so that the temp name is never longer than any output name may be."""
+    room = NAME_MAX - _TEMP_EXTRA
+    while len(os.fsencode(name)) > room:
+        name = name[:-1]
+    return name
+
+
 def new_temp_path(target: str | os.PathLike) -> Path:
     """A fresh, empty temp file beside ``target`` (its folder created), with the usual output permissions."""
     target = check_output_file(target)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(target)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}-{_HOST}.", suffix=".tmp", dir=target.parent)
+        prefix = f".{temp_stem(target.name)}.{os.getpid()}-{_HOST}."
+        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=target.parent)
     except OSError as e:
         raise _cannot_write(target, e) from None
     os.close(fd)

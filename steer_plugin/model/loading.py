@@ -12,6 +12,8 @@ from typing import Any, Literal, get_args
 
 from steer_plugin.errors import SteerError, check_choice, first_line
 from steer_plugin.io.fingerprint import files_fingerprint, folder_files
+from steer_plugin.io.reading import open_regular
+from steer_plugin.io.schema import check_fields
 from steer_plugin.model.layers import layer_ranges, parse_layers
 
 # Where the decoder blocks live, per architecture family (first match wins).
@@ -29,6 +31,13 @@ DTYPES: tuple[str, ...] = get_args(Dtype)
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"  # small and ungated: runs on a laptop CPU
 GGUF_SUFFIX = ".gguf"
 _GGUF_MAGIC = b"GGUF"
+
+
+# a model folder's files that transformers reads besides the weights (config, generation config, tokenizer)
+MODEL_FILES = (
+    "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+    "added_tokens.json", "tokenizer.model", "vocab.json", "merges.txt", "chat_template.jinja", "chat_template.json",
+)  # fmt: skip
 
 
 def is_gguf(name: str) -> bool:
@@ -57,7 +66,7 @@ def split_gguf(name: str) -> tuple[str, str | None]:
     local = path.is_absolute() or name.startswith((".", "~")) or path.parent.is_dir() or "/" not in name
     if local:
         try:
-            with open(path, "rb") as f:
+            with open_regular(path) as f:
                 magic = f.read(len(_GGUF_MAGIC))
         except OSError as e:
             raise SteerError(f"cannot read the GGUF file {name}: {e.strerror or first_line(e)}") from None
@@ -98,6 +107,23 @@ def find_block_path(model: Any, override: str | None = None) -> str:
         f"cannot find the decoder blocks of {type(model).__name__}: looked for "
         f"{', '.join(BLOCK_PATHS)}; name the ModuleList with --blocks PATH (e.g. --blocks model.layers)"
     )
+
+
+def check_device(device: str) -> str:
+    """``device`` if torch knows it and this machine has it (``cuda:1`` with one GPU has not), else a one-line
+    SteerError before any loading (not a RuntimeError when the weights move)."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise SteerError(f"--device {device!r} is not a device: use cpu, cuda, cuda:1, mps ...") from None
+    backend = {"cuda": torch.cuda, "mps": torch.backends.mps}.get(parsed.type)
+    if backend is not None and not backend.is_available():
+        raise SteerError(f"--device {device}: this machine has no {parsed.type} device (use cpu)")
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        raise SteerError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
 
 
 def torch_dtype(name: str) -> Any:
@@ -146,7 +172,10 @@ class ModelOptions:
     blocks: str | None = None
 
     def __post_init__(self) -> None:
+        check_fields(self)  # `trust_remote_code="no"` is no True
         torch_dtype(self.dtype)  # SteerError for an unknown dtype, before any loading
+        if self.device is not None:
+            check_device(self.device)
         check_block_path(self.blocks)
         split_gguf(self.name)  # a missing or broken local GGUF file, too
 
@@ -184,6 +213,17 @@ class ModelOptions:
         if gguf_file:
             kwargs["gguf_file"] = gguf_file
         return kwargs
+
+    def local_files(self) -> list[Path]:
+        """The files of a local model that loading reads (its GGUF file, or its folder's config, tokenizer
+        and weights files): what no output may replace; none for a hub model (its cache is not ours to write)."""
+        folder, gguf_file = split_gguf(self.name)
+        path = Path(folder).expanduser()
+        if gguf_file:
+            return [path / gguf_file]
+        if not path.is_dir():
+            return []
+        return [*(path / name for name in MODEL_FILES), *weights_files(str(path))]
 
     def weights_fingerprint(self) -> str | None:
         """``weights_fingerprint`` of the files this model loads from (None: not on this machine yet)."""

@@ -16,6 +16,7 @@ from typing import Any
 
 from steer_plugin.errors import SteerError
 from steer_plugin.io.formats import CALIBRATION_FORMAT
+from steer_plugin.io.reading import JSON_LIMIT, read_regular_text
 from steer_plugin.io.schema import Rule, fields_problem, is_finite, is_int, is_number, shown
 from steer_plugin.steering.calibration_key import CalibrationKey, Reuse
 from steer_plugin.steering.calibration_result import Calibration, CalibrationRow
@@ -107,7 +108,7 @@ def _refused(path: Path, problem: str) -> SteerError:
 def read_calibration_file(path: Path) -> dict[str, Any] | None:
     """The validated contents of a calibration file (None: there is none); SteerError naming the field otherwise."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_regular_text(path, JSON_LIMIT)
     except FileNotFoundError:
         return None
     except (OSError, UnicodeDecodeError) as e:

@@ -10,9 +10,10 @@ from typing import Any
 import torch
 
 from steer_plugin.data.neutral_texts import TextSource
-from steer_plugin.data.prompts import check_prompts, pad_batch, pad_id
+from steer_plugin.data.prompts import chat_template_errors, check_prompts, pad_batch, pad_id
 from steer_plugin.errors import SteerError, check_count
 from steer_plugin.io.terminal import printable
+from steer_plugin.model.context import check_fits_context
 from steer_plugin.model.hooks import Steerer, SteeringPlan, make_plan
 from steer_plugin.model.layers import layer_ranges
 from steer_plugin.model.positions import Positions, check_positions
@@ -80,11 +81,12 @@ class GenerationRun:
 
 def render_prompt(tokenizer: Any, prompt: str, chat: bool) -> list[int]:
     if chat:
-        return list(
-            tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True, return_dict=True
-            )["input_ids"]
-        )
+        with chat_template_errors():
+            return list(
+                tokenizer.apply_chat_template(
+                    [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True, return_dict=True
+                )["input_ids"]
+            )
     return list(tokenizer(prompt)["input_ids"])
 
 
@@ -118,6 +120,7 @@ def generate_side_by_side(
     )  # fmt: skip
     chat = settings.chat if settings.chat is not None else has_template
     encoded = [render_prompt(tokenizer, p, chat) for p in prompts]
+    check_fits_context(model, max(len(e) for e in encoded), settings.max_new_tokens)
     pad = pad_id(tokenizer)
     device = model.get_input_embeddings().weight.device
     run = GenerationRun(settings, [r.alpha for r in resolved], kl_budgets=[r.kl_budget for r in resolved])

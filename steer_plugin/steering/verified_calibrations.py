@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from steer_plugin.errors import SteerError
+from steer_plugin.io.reading import JSON_LIMIT, read_regular_text
 from steer_plugin.steering.calibration_key import CalibrationKey
 from steer_plugin.steering.calibration_result import Calibration
 
@@ -59,7 +60,7 @@ def verification_id(key: CalibrationKey, c: Calibration) -> str | None:
 
 def remembered() -> dict[str, Any]:
     try:
-        doc = json.loads(verified_file().read_text(encoding="utf-8"))
+        doc = json.loads(read_regular_text(verified_file(), JSON_LIMIT))
     except (OSError, ValueError):
         return {}  # none yet, unreadable or damaged: verify again (it is only a shortcut)
     return doc if isinstance(doc, dict) else {}

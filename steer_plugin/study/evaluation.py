@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 from steer_plugin.errors import SteerError, check_choice, check_count
 from steer_plugin.harness.tasks import EMOTION_TASK_PREFIX, check_include_path
 from steer_plugin.io.outputs import check_output_dir
-from steer_plugin.io.schema import is_number
+from steer_plugin.io.schema import check_fields, is_number
 from steer_plugin.model.backends import Backend
 from steer_plugin.model.layers import layer_ranges, parse_layers
 from steer_plugin.model.loading import ModelOptions
@@ -83,7 +83,7 @@ class Evaluation:
     classifier: str | None = None
     include_path: str | None = None
     layers: str | Sequence[str] = DEFAULT_LAYERS
-    positions: Positions | Sequence[Positions] = DEFAULT_POSITIONS
+    positions: str | Sequence[Positions] = DEFAULT_POSITIONS  # a string may name several: "all,response"
     backend: Backend = "nnsight"
     log_samples: bool = False
     controls: int = 1
@@ -101,6 +101,12 @@ class Evaluation:
     side_effects: bool = True
     truthfulqa_dir: PathLike | None = None
     prompted: Sequence[str] = ()
+
+    def __post_init__(self) -> None:
+        # types and choices where it is built, as the command line checks them: `chat="yes"` is no choice
+        check_fields(self)
+        for p in self.position_sets:
+            check_positions(p)
 
     @property
     def task_names(self) -> list[str]:

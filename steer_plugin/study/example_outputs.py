@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 
+from steer_plugin.io.reading import read_regular_text
 from steer_plugin.io.terminal import printable
 from steer_plugin.study.arms import Study, emotion_task
 from steer_plugin.study.rows import Row
@@ -20,7 +21,7 @@ def _generations(row: Row, task: str) -> dict[int, tuple[str, str]]:
     out: dict[int, tuple[str, str]] = {}
     if path is None or not path.is_file():
         return out
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in read_regular_text(path).splitlines():
         try:
             doc = json.loads(line)
         except json.JSONDecodeError:

@@ -23,6 +23,7 @@ prompt hashes (a baseline that saw other prompts is no baseline).
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import re
@@ -35,6 +36,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from steer_plugin.errors import SteerError, check_count
+from steer_plugin.io.reading import open_regular
 from steer_plugin.io.terminal import printable
 
 DEFAULT_RESAMPLES = 2000
@@ -210,7 +212,7 @@ def read_scores(path: str | Path) -> dict[str, dict[DocKey, float]]:
     labels are ``metric`` or ``metric[filter]`` as in the leaderboard (filter ``none`` is left out)."""
     scores: dict[str, dict[DocKey, float]] = {}
     unreadable: list[int] = []  # line numbers: said on stderr, never skipped silently (their Δ would vanish)
-    with open(path, encoding="utf-8", errors="replace") as f:
+    with io.TextIOWrapper(open_regular(path), encoding="utf-8", errors="replace") as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
                 continue

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from steer_plugin.io.outputs import check_output_file
+from steer_plugin.io.reading import read_regular_bytes
 from steer_plugin.io.terminal import printable
 from steer_plugin.vectors.metadata import metadata_problem
 
@@ -72,7 +73,7 @@ def samples_problem(results_file: Path, config: dict[str, Any]) -> str | None:
             return f"'config.{SAMPLES_RECORD}' names {shown!r}, not a samples file beside it"
         path = results_file.parent / name
         try:
-            data = path.read_bytes()
+            data = read_regular_bytes(path)
         except FileNotFoundError:
             return f"{shown} is missing"
         except OSError as e:

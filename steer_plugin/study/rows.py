@@ -11,6 +11,7 @@ from typing import Any
 
 from steer_plugin.errors import SteerError
 from steer_plugin.io.formats import is_calibration
+from steer_plugin.io.reading import JSON_LIMIT, read_regular_text
 from steer_plugin.io.terminal import printable
 from steer_plugin.study.paired import (
     DEFAULT_RESAMPLES,
@@ -212,7 +213,7 @@ def load_rows(folder: str | Path) -> list[Row]:
         if not path.is_file():
             continue
         try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
+            doc = json.loads(read_regular_text(path, JSON_LIMIT))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
             _skip(path, f"not readable JSON ({type(e).__name__})")
             skipped += 1

@@ -21,6 +21,7 @@ from steer_plugin.data.goemotions import target_slug
 from steer_plugin.errors import SteerError
 from steer_plugin.harness.tasks import EMOTION_TASK_PREFIX, TRUTHFULQA_DIR_ENV
 from steer_plugin.io.outputs import check_output_file
+from steer_plugin.io.schema import check_arguments, check_fields
 from steer_plugin.model.loading import DEFAULT_MODEL, ModelOptions, model_slug
 from steer_plugin.steering.alphas import as_alpha_specs
 from steer_plugin.study.evaluation import Evaluation, PathLike, emotion_task_family
@@ -75,6 +76,9 @@ class RecordOptions:
     split: str = "train"
     max_per_class: int | None = None
 
+    def __post_init__(self) -> None:
+        check_fields(self)
+
 
 def sweep(
     vectors: Sequence[PathLike],
@@ -107,6 +111,11 @@ def sweep(
     from steer_plugin.vectors.controls import write_controls
     from steer_plugin.vectors.vector import SteeringVector
 
+    check_arguments(
+        "sweep",
+        {"vectors": (vectors, Sequence[PathLike]), "out": (out, PathLike), "model": (model, ModelOptions),
+         "evaluation": (evaluation, Evaluation), "progress": (progress, bool)},
+    )  # fmt: skip
     if not evaluation.task_names:
         raise SteerError("give --tasks, e.g. --tasks truthfulqa_mc1,truthfulqa_mc2,steer_emotion_anger")
     grid = as_alpha_specs(alphas)
@@ -185,6 +194,13 @@ def run(
     from steer_plugin.study.targets import check_level, parse_targets, run_folder_name
     from steer_plugin.vectors.vector import default_vector_path
 
+    check_arguments(
+        "run",
+        {"emotion": (emotion, str), "model": (model, str | ModelOptions), "recipe": (recipe, Recipe | Sequence[Recipe]),
+         "record": (record, RecordOptions), "evaluation": (evaluation, Evaluation), "vector": (vector, PathLike | None),
+         "out": (out, PathLike | None), "leakage_budget": (leakage_budget, float | None),
+         "prompt_control": (prompt_control, bool), "progress": (progress, bool)},
+    )  # fmt: skip
     loading = model if isinstance(model, ModelOptions) else ModelOptions(name=model)
     emotions = parse_targets(emotion)
     grid = as_alpha_specs(alphas)

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from steer_plugin._version import __version__
 from steer_plugin.errors import SteerError
 from steer_plugin.harness.classifier import chosen_classifier
+from steer_plugin.io.reading import JSON_LIMIT, read_regular_text
 from steer_plugin.io.terminal import printable
 from steer_plugin.model.loading import weights_fingerprint, with_gguf_file
 from steer_plugin.study.inputs import INPUTS, changed_inputs, input_fingerprints
@@ -123,7 +124,7 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> str:
 
 def _read_json(path: Path) -> tuple[Any, str | None]:
     try:
-        return json.loads(path.read_text(encoding="utf-8")), None
+        return json.loads(read_regular_text(path, JSON_LIMIT)), None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         return None, type(e).__name__
 
@@ -213,7 +214,7 @@ def _unrecorded_samples_problem(path: Path, doc: dict[str, Any]) -> str | None:
     for task, n in (counts if isinstance(counts, dict) else {}).items():
         name = f"samples_{task}.jsonl"
         try:
-            lines = [line for line in (path.parent / name).read_text(encoding="utf-8").splitlines() if line.strip()]
+            lines = [line for line in read_regular_text(path.parent / name).splitlines() if line.strip()]
             rows = [json.loads(line) for line in lines]
         except FileNotFoundError:
             return f"{printable(name)} is missing"

@@ -34,6 +34,7 @@ from steer_plugin.data.generated import (
 from steer_plugin.data.prompts import emotion_instruction, pad_batch, pad_id
 from steer_plugin.data.text_quality import has_words
 from steer_plugin.errors import SteerError, check_count
+from steer_plugin.model.context import check_fits_context
 from steer_plugin.vectors.metadata import Pool
 from steer_plugin.vectors.record import RecordItem, record_hidden_states
 from steer_plugin.vectors.stats import HiddenStateStats
@@ -82,6 +83,7 @@ def generate_responses(
     pad = pad_id(tokenizer)
     eos = _eos_ids(model, tokenizer)
     device = model.get_input_embeddings().weight.device
+    check_fits_context(model, max((len(c) for c in contexts), default=0), max_new_tokens)
     order = sorted(range(len(contexts)), key=lambda i: (-len(contexts[i]), i))
     out: dict[int, str] = {}
     for begin in range(0, len(order), batch_size):

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from steer_plugin.errors import SteerError, check_choice
+from steer_plugin.io.schema import check_fields
 from steer_plugin.vectors.metadata import (
     CENTRES,
     DEFAULT_POOL,
@@ -26,6 +27,8 @@ from steer_plugin.vectors.metadata import (
     vector_variant,
 )
 
+FLAGS = {"method": "--method", "top_k": "--top-k", "centre": "--centre", "neutral_pcs": "--neutral-pcs",
+         "source": "--source", "pool": "--pool"}  # fmt: skip
 PER_TEXT_METHODS: tuple[Method, ...] = ("pca", "probe")  # need each text's states, not only the class means
 DEFAULT_TOP_K = 20  # neurons per layer of a top_k vector where `steer run` builds one
 
@@ -51,16 +54,24 @@ class Recipe:
     source: Source = "goemotions"
     pool: Pool | None = None
 
+    def __post_init__(self) -> None:
+        # the types, where it is built (the choices: ``check``; a vector file's recipe may be `imported`)
+        check_fields(self, FLAGS, choices=False)
+
     @classmethod
     def of(cls, meta: dict[str, Any]) -> Recipe | None:
-        """The recipe a vector's (or a control's) metadata records; None: no method (an imported vector). Files
-        from before a field existed read as its old behaviour (no centring, no projection, GoEmotions, last)."""
+        """The recipe a vector's (or a control's) metadata records; None: no method (an imported vector), or
+        fields of other types (a damaged file's). Files from before a field existed read as its old behaviour
+        (no centring, no projection, GoEmotions, last)."""
         if not meta.get("method"):
             return None
-        return cls(
-            meta["method"], meta.get("top_k"), meta.get("centre") or "none", meta.get("neutral_pcs") or 0,
-            text_source_of(meta), meta.get("pool"),
-        )  # fmt: skip
+        try:
+            return cls(
+                meta["method"], meta.get("top_k"), meta.get("centre") or "none", meta.get("neutral_pcs") or 0,
+                text_source_of(meta), meta.get("pool"),
+            )  # fmt: skip
+        except SteerError:
+            return None
 
     @property
     def resolved_pool(self) -> Pool:

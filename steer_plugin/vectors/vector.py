@@ -18,6 +18,7 @@ from steer_plugin._version import __version__
 from steer_plugin.data.goemotions import target_slug
 from steer_plugin.errors import SteerError
 from steer_plugin.io.npy import read_float_matrix
+from steer_plugin.io.reading import open_regular
 from steer_plugin.io.safetensors import read_safetensors, write_safetensors
 from steer_plugin.model.hooks import steer
 from steer_plugin.model.loading import model_slug
@@ -270,7 +271,7 @@ def default_vector_path(model: str, emotion: str, recipe: Recipe) -> Path:
 
 def file_sha256(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()

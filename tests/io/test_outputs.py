@@ -133,6 +133,60 @@ def test_parent_that_is_a_file(tmp_path, capsys, stats_file):
     assert_one_line_error(code, err, "is a file, not a folder")
 
 
+# --- an output that names an input ------------------------------------------------------------------
+
+
+def _same_file_names(path: Path, tmp_path: Path) -> list[Path]:
+    """``path`` itself, a hard link to it and a symbolic link to it: three names of one input."""
+    hard, soft = tmp_path / f"hard-{path.name}", tmp_path / f"soft-{path.name}"
+    os.link(path, hard)
+    soft.symlink_to(path)
+    return [path, hard, soft]
+
+
+def test_an_output_that_names_an_input_is_refused_before_any_work(tmp_path, capsys, stats_file, vector_file):
+    """Under any name (the path, a hard link, a symbolic link) an output that is an input would replace what
+    the command reads: a one-line error naming the input, and every input left as it was."""
+    npy = tmp_path / "ref.npy"
+    np.save(npy, np.ones((3, 32), dtype=np.float32))
+    data = tmp_path / "goemotions"
+    shutil.copytree(FIXTURE, data)
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    inputs = [stats_file, vector_file, npy, data / "train.tsv", model / "config.json"]
+    before = {p: p.read_bytes() for p in inputs}
+    cases = []
+    for out in _same_file_names(vector_file, tmp_path):
+        cases += [
+            ["export", vector_file, "--format", "gguf", "--out", out],
+            ["export", vector_file, "--format", "lm-eval-steered", "--out", out],
+            ["build", "--method", "random", "--like", vector_file, "--out", out],
+            ["generate", "--model", NO_MODEL, "--vector", vector_file, "--json-out", out],
+        ]
+    cases += [["import", npy, "--out", out] for out in _same_file_names(npy, tmp_path)]
+    cases += [["build", "--stats", stats_file, "--out", out] for out in _same_file_names(stats_file, tmp_path)]
+    cases += [
+        ["build", "--stats", stats_file, "--emotion", "anger", "--out", tmp_path / "v2.safetensors",
+         "--save-stats", stats_file],
+        ["data", "--emotion", "anger", "--data", data, "--out", data / "train.tsv"],
+        ["record", "--model", NO_MODEL, "--emotion", "anger", "--data", data, "--out", data / "emotions.txt"],
+        ["build", "--model", model, "--emotion", "anger", "--data", data, "--out", model / "config.json"],
+    ]  # fmt: skip
+    for argv in cases:
+        code, _, err = run_cli(argv, capsys)
+        assert_one_line_error(code, err, "is an input of this command", "give another path")
+    assert {p: p.read_bytes() for p in inputs} == before
+    assert not (tmp_path / "v2.safetensors").exists()
+
+
+def test_an_output_beside_its_inputs_is_still_written(tmp_path, capsys, vector_file):
+    """Only the inputs themselves are refused: a new file in the same folder is an ordinary output."""
+    code, _, err = run_cli(["export", vector_file, "--format", "gguf", "--out", tmp_path / "v.gguf"], capsys)
+    assert code == 0, err
+    assert (tmp_path / "v.gguf").is_file()
+
+
 # --- read-only folders -----------------------------------------------------------------------------
 
 _CHILD = """
@@ -201,6 +255,38 @@ def test_read_only_folder_is_a_one_line_error_before_the_model(tmp_path, stats_f
     finally:
         ro.chmod(0o755)
         (ro / "results").chmod(0o755)
+
+
+# --- names near the file system's limit, folders that cannot be searched -------------------------------
+
+
+def test_an_output_name_near_the_limit_is_written_and_one_past_it_is_one_line(tmp_path, capsys, vector_file):
+    """A valid 252-byte --out failed at write time: its temp file's name was longer than 255 bytes."""
+    long = tmp_path / ("x" * 247 + ".gguf")  # 252 bytes
+    code, _, err = run_cli(["export", vector_file, "--format", "gguf", "--out", long], capsys)
+    assert code == 0, err
+    assert long.is_file() and not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    code, _, err = run_cli(["export", vector_file, "--format", "gguf", "--out", tmp_path / ("y" * 300)], capsys)
+    assert_one_line_error(code, err, "bytes, longer than the 255 the file system takes")
+    code, _, err = run_cli(["export", vector_file, "--format", "gguf", "--out", tmp_path / ("z" * 300) / "v"], capsys)
+    assert_one_line_error(code, err, "bytes, longer than the 255 the file system takes")
+
+
+def test_an_output_in_a_folder_without_search_permission_is_one_line(tmp_path, vector_file):
+    closed = tmp_path / "closed"
+    closed.mkdir()
+    (closed / "sub").mkdir()
+    closed.chmod(0o600)  # readable, not searchable
+    try:
+        results = _run_without_write_permission(
+            [["export", str(vector_file), "--format", "gguf", "--out", str(closed / "sub" / "v.gguf")],
+             ["analyze", str(vector_file), "--out", str(closed / "sub")]]
+        )  # fmt: skip
+    finally:
+        closed.chmod(0o700)
+    for rc, err in results:
+        assert rc == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, (rc, err)
+        assert "cannot look into its folder (permission denied)" in err, err
 
 
 # --- permissions -----------------------------------------------------------------------------------

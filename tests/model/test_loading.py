@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -116,3 +118,38 @@ def test_load_model_errors(tmp_path):
 def test_model_slug():
     assert model_slug("meta-llama/Llama-3.2-3B-Instruct") == "llama-3.2-3b-instruct"
     assert model_slug("/tmp/some dir/My Model/") == "my-model"
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"trust_remote_code": "no"}, "ModelOptions.trust_remote_code: 'no' is not true or false"),
+        ({"trust_remote_code": 1}, "ModelOptions.trust_remote_code: 1 is not true or false"),
+        ({"name": 3}, "ModelOptions.name: 3 is not a string"),
+        ({"revision": 2}, "ModelOptions.revision: 2 is not a string or None"),
+        ({"device": 0}, "ModelOptions.device: 0 is not a string or None"),
+    ],
+)
+def test_model_options_of_wrong_types_are_refused_where_they_are_built(fields, message):
+    """`steer_plugin.run(ModelOptions(..., trust_remote_code="no"))` ran remote code: any truthy value passed."""
+    with pytest.raises(SteerError) as caught:
+        ModelOptions(**{"name": "/nonexistent/model", **fields})
+    assert message in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("device", "message"),
+    [
+        ("nosuchdevice", "--device 'nosuchdevice' is not a device: use cpu, cuda, cuda:1, mps"),
+        ("cuda:99", "--device cuda:99: this machine has"),
+    ],
+)
+def test_a_device_that_is_not_here_is_refused_before_loading(device, message):
+    if device.startswith("cuda") and torch.cuda.device_count() >= 100:
+        pytest.skip("a machine with 100 GPUs")
+    with pytest.raises(SteerError, match=re.escape(message)):
+        ModelOptions("/nonexistent/model", device=device)
+
+
+def test_the_cpu_device_is_taken():
+    assert ModelOptions("/nonexistent/model", device="cpu").device == "cpu"

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import inspect
+import re
 from dataclasses import fields
+from pathlib import Path
+
+import pytest
 
 from steer_plugin.cli import build_parser
 from steer_plugin.cli.study import evaluation_from_args, recipe_from_args
+from steer_plugin.errors import SteerError
 from steer_plugin.study.evaluation import Evaluation
 from steer_plugin.study.run import RecordOptions, run
 from steer_plugin.vectors.recipe import DEFAULT_RECIPE
@@ -33,3 +38,65 @@ def test_steer_run_builds_the_library_s_default_recipe_and_recording():
     assert signature["record"].default == RecordOptions()
     # the library's run takes objects, not a wall of keywords
     assert len(signature) <= 12
+
+
+# --- the Python API checks types and choices as strictly as the command line ------------------------
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"chat": "yes"}, "unknown Evaluation.chat 'yes'; use one of auto, on, off"),
+        ({"control_match": "size"}, "unknown Evaluation.control_match 'size'"),
+        ({"backend": "vllm"}, "unknown Evaluation.backend 'vllm'"),
+        ({"log_samples": "false"}, "Evaluation.log_samples: 'false' is not true or false"),
+        ({"side_effects": 0}, "Evaluation.side_effects: 0 is not true or false"),
+        ({"controls": 1.0}, "Evaluation.controls: 1.0 is not an integer"),
+        ({"controls": True}, "Evaluation.controls: True is not an integer"),
+        ({"bootstrap_iters": "1000"}, "Evaluation.bootstrap_iters: '1000' is not an integer"),
+        ({"batch_size": "big"}, "Evaluation.batch_size: 'big' is not an integer or 'auto'"),
+        ({"limit": "5"}, "Evaluation.limit: '5' is not a number or None"),
+        ({"tasks": [1]}, "Evaluation.tasks: [1] is not a string or a list of strings"),
+        ({"positions": "nowhere"}, "unknown positions 'nowhere'"),
+        ({"fluency_texts": 3}, "Evaluation.fluency_texts: 3 is not a string or a path or None"),
+    ],
+)
+def test_an_evaluation_of_wrong_types_or_choices_is_refused_where_it_is_built(fields, message):
+    with pytest.raises(SteerError) as caught:
+        Evaluation(**fields)
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_an_evaluation_takes_what_the_command_line_gives_and_the_api_documents():
+    Evaluation(tasks="a,b", limit=3, batch_size="auto", layers=["all", "middle"], positions="all,response")
+    Evaluation(tasks=("a",), limit=0.5, positions=["all", "response"], fluency_texts=Path("texts.txt"))
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"max_per_class": 2.5}, "RecordOptions.max_per_class: 2.5 is not an integer or None"),
+        ({"data": 3}, "RecordOptions.data: 3 is not a string or a path or None"),
+        ({"baseline": None}, "RecordOptions.baseline: None is not a string"),
+    ],
+)
+def test_record_options_of_wrong_types_are_refused_where_they_are_built(fields, message):
+    with pytest.raises(SteerError, match=re.escape(message)):
+        RecordOptions(**fields)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"record": {"data": None}}, "run(record=...): {'data': None} is not a RecordOptions"),
+        ({"evaluation": {"tasks": "x"}}, "run(evaluation=...): {'tasks': 'x'} is not an Evaluation"),
+        ({"recipe": "mean"}, "run(recipe=...): 'mean' is not a Recipe or a list of Recipes"),
+        ({"model": 3}, "run(model=...): 3 is not a string or a ModelOptions"),
+        ({"prompt_control": "no"}, "run(prompt_control=...): 'no' is not true or false"),
+    ],
+)
+def test_run_refuses_arguments_of_wrong_types_before_any_work(tmp_path, kwargs, message, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SteerError, match=re.escape(message)):
+        run("anger", **{"model": "/nonexistent/model", **kwargs})
+    assert list(tmp_path.iterdir()) == []

@@ -243,3 +243,12 @@ def test_bad_pool_for_record_and_source_with_stats(tiny_llama_dir, tmp_path, cap
     with pytest.raises(SteerError, match="no prompts"):
         (tmp_path / "empty.txt").write_text("\n\n", encoding="utf-8")
         load_generation_prompts(tmp_path / "empty.txt")
+
+
+def test_answers_past_the_model_s_positions_are_one_line(tiny_llama_dir):
+    """`--source generated` with answers longer than the model's positions: refused before generating."""
+    from steer_plugin.model.loading import ModelOptions
+
+    loaded = ModelOptions(tiny_llama_dir).load()
+    with pytest.raises(SteerError, match="the model takes 512"):
+        generate_responses(loaded.model, loaded.tokenizer, [[1, 5, 6]], max_new_tokens=600, batch_size=1)

@@ -58,3 +58,23 @@ def test_top_k_is_checked_against_the_hidden_size_where_it_is_known():
 def test_per_text_recipes_need_the_recording_s_states():
     assert not Recipe("mean").per_text and not Recipe("top_k", top_k=3).per_text
     assert Recipe("pca").per_text and Recipe("probe").per_text and DEFAULT_RECIPE.per_text  # npc3 needs them too
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"method": "top_k", "top_k": 2.0}, "--top-k: 2.0 is not an integer or None"),
+        ({"neutral_pcs": True}, "--neutral-pcs: True is not an integer"),
+        ({"centre": None}, "--centre: None is not a string"),
+        ({"pool": 1}, "--pool: 1 is not a string or None"),
+    ],
+)
+def test_a_recipe_of_wrong_types_is_refused_where_it_is_built(fields, message):
+    with pytest.raises(SteerError) as caught:
+        Recipe(**fields)
+    assert message in str(caught.value)
+
+
+def test_a_damaged_file_s_recipe_is_no_recipe():
+    assert recipe_name({"method": "top_k", "top_k": "20"}) is None
+    assert recipe_name({"method": "imported"}) == "imported"
