@@ -234,9 +234,10 @@ class ModelOptions:
         ``--top-k`` before any model work; None where the config does not say (or ``blocks`` names other ones)."""
         if self.blocks:
             return None
+        folder, gguf_file = split_gguf(self.name)
         try:
-            config = _from_pretrained("AutoConfig", split_gguf(self.name)[0], **self._source_kwargs()).get_text_config()
-        except (OSError, ValueError, ImportError):
+            config = _from_pretrained("AutoConfig", folder, **self._source_kwargs()).get_text_config()
+        except _load_errors(gguf_file) + (ValueError, ImportError):
             return None  # loading says why, as before
         n_layers, hidden = getattr(config, "num_hidden_layers", None), getattr(config, "hidden_size", None)
         return (n_layers, hidden) if isinstance(n_layers, int) and isinstance(hidden, int) else None
