@@ -237,7 +237,7 @@ class ModelOptions:
         folder, gguf_file = split_gguf(self.name)
         try:
             config = _from_pretrained("AutoConfig", folder, **self._source_kwargs()).get_text_config()
-        except _load_errors(gguf_file) + (ValueError, ImportError):
+        except (*_load_errors(gguf_file), ValueError, ImportError):
             return None  # loading says why, as before
         n_layers, hidden = getattr(config, "num_hidden_layers", None), getattr(config, "hidden_size", None)
         return (n_layers, hidden) if isinstance(n_layers, int) and isinstance(hidden, int) else None
