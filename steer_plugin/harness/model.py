@@ -162,7 +162,9 @@ class SteeredHFLM(HFLM):
         self.positions: Positions = resolved.positions
         pretrained = getattr(self, "pretrained", "")
         warn_other_model(resolved.vectors, self.model, self.model.name_or_path if self.gguf_file else str(pretrained))
-        self.steering_config = steering_record(resolved, self.steerer)
+        self.steering_config = steering_record(
+            resolved, self.steerer.backend, self.steerer.block_path, len(self.steerer.blocks)
+        )
 
     def resolve(self, steering: Steering) -> ResolvedSteering:
         """Check one configuration and place its deltas on the model (its plan and positions, without switching to

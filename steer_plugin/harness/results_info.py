@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from steer_plugin.io.terminal import printable
-from steer_plugin.model.hooks import Steerer, SteeringPlan
+from steer_plugin.model.hooks import SteeringPlan
 from steer_plugin.model.layers import format_layers
 from steer_plugin.model.loading import model_fingerprint
 from steer_plugin.model.positions import Positions
@@ -28,8 +28,9 @@ class ResolvedSteering(NamedTuple):
     plan: SteeringPlan
 
 
-def steering_record(resolved: ResolvedSteering, steerer: Steerer) -> dict[str, Any]:
-    """``model_info["steering"]``: the vectors (file, hash, metadata), alphas, layers and where they were added."""
+def steering_record(resolved: ResolvedSteering, backend: str, block_path: str, n_blocks: int) -> dict[str, Any]:
+    """``model_info["steering"]``: the vectors (file, hash, metadata), alphas, layers and where they were added
+    (``backend``: the steering backend, or the engine that steered)."""
     return {
         "vectors": [
             {
@@ -40,10 +41,10 @@ def steering_record(resolved: ResolvedSteering, steerer: Steerer) -> dict[str, A
             for v in resolved.vectors
         ],
         "alphas": resolved.alphas if resolved.vectors else [],
-        "layers": format_layers(resolved.layers, len(steerer.blocks)),
+        "layers": format_layers(resolved.layers, n_blocks),
         "positions": resolved.positions,
-        "backend": steerer.backend,
-        "block_path": steerer.block_path,
+        "backend": backend,
+        "block_path": block_path,
         "steered_layers": sorted(resolved.plan.deltas),
     }
 

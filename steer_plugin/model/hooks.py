@@ -139,8 +139,33 @@ def make_plan(
 ) -> SteeringPlan:
     """Validate vectors against the model and place each layer's delta on that layer's device/dtype."""
     blocks = resolve_module(model, block_path)
-    n_layers = len(blocks)
     hidden = int(model.config.get_text_config().hidden_size)
+
+    def param(l: int) -> Any:
+        return next(blocks[l].parameters(), None)
+
+    def dtype_of(l: int) -> torch.dtype:
+        p = param(l)
+        return p.dtype if p is not None and p.is_floating_point() else torch.float32
+
+    deltas = layer_deltas(vectors, alphas, len(blocks), hidden, layers, dtype_of)
+    placed = {}
+    for l, delta in deltas.items():
+        p = param(l)
+        placed[l] = delta.to(device=p.device if p is not None else torch.device("cpu"), dtype=dtype_of(l))
+    return SteeringPlan(placed)
+
+
+def layer_deltas(
+    vectors: Sequence[Steerable],
+    alphas: Sequence[float],
+    n_layers: int,
+    hidden: int,
+    layers: str | Sequence[int] | None,
+    dtype_of: Callable[[int], torch.dtype],
+) -> dict[int, torch.Tensor]:
+    """The float32 ``sum_i alpha_i * v_i[l]`` of each chosen layer it changes, checked against a model of
+    ``n_layers`` blocks of width ``hidden`` whose block ``l`` computes in ``dtype_of(l)`` (any engine's)."""
     alphas = alphas_per_vector(alphas, len(vectors))
     for v in vectors:
         name = v.metadata.get("source_path", "vector")
@@ -171,12 +196,9 @@ def make_plan(
     deltas = {}
     for l in chosen:
         if bool(total[l].any()):
-            p = next(blocks[l].parameters(), None)
-            device = p.device if p is not None else torch.device("cpu")
-            dtype = p.dtype if p is not None and p.is_floating_point() else torch.float32
-            check_delta(total[l], l, dtype, exact[l])
-            deltas[l] = total[l].to(device=device, dtype=dtype)
-    return SteeringPlan(deltas)
+            check_delta(total[l], l, dtype_of(l), exact[l])
+            deltas[l] = total[l]
+    return deltas
 
 
 def _per_position(delta: torch.Tensor, h: torch.Tensor) -> torch.Tensor:

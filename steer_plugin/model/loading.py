@@ -235,9 +235,10 @@ class ModelOptions:
         if self.blocks:
             return None
         folder, gguf_file = split_gguf(self.name)
+        unreadable: tuple[type[Exception], ...] = (*_load_errors(gguf_file), ValueError, ImportError)
         try:
             config = _from_pretrained("AutoConfig", folder, **self._source_kwargs()).get_text_config()
-        except (*_load_errors(gguf_file), ValueError, ImportError):
+        except unreadable:
             return None  # loading says why, as before
         n_layers, hidden = getattr(config, "num_hidden_layers", None), getattr(config, "hidden_size", None)
         return (n_layers, hidden) if isinstance(n_layers, int) and isinstance(hidden, int) else None

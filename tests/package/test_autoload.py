@@ -91,6 +91,19 @@ def test_steered_hf_is_registered_lazily_and_builtins_still_resolve(autoload):
     assert get_model("hf") is getattr(importlib.import_module(module_name), attr)
 
 
+def test_steered_vllm_is_registered_lazily_without_importing_vllm(autoload):
+    """`steered_vllm` is a placeholder until lm-eval is asked for it: registering it imports neither our vLLM
+    module nor vllm (absent from most installs)."""
+    import lm_eval.models  # noqa: F401
+    from lm_eval.api.registry import model_registry
+
+    entry = dict(model_registry.items())["steered_vllm"]
+    target = "steer_plugin.harness.vllm_model:SteeredVLLM"
+    assert entry == target if isinstance(entry, str) else f"{entry.__module__}:{entry.__name__}" == target
+    if isinstance(entry, str):
+        assert "steer_plugin.harness.vllm_model" not in sys.modules
+
+
 def test_lm_model_decorator_upgrades_the_placeholder(autoload):
     """Source checkouts rely on `@register_model("steered_hf")` in lm_model.py; with the hook
     installed that decorator must upgrade our string placeholder, not collide with it."""
