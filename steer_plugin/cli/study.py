@@ -10,7 +10,7 @@ from typing import Any, get_args
 from steer_plugin.cli.args import add_fluency_texts_arg, add_model_args, alpha_specs, batch_size, model_options
 from steer_plugin.errors import SteerError
 from steer_plugin.model.backends import Backend
-from steer_plugin.study.evaluation import Chat, ControlMatch, Evaluation
+from steer_plugin.study.evaluation import ENGINES, Chat, ControlMatch, Evaluation
 from steer_plugin.study.run import DEFAULT_ALPHAS, RecordOptions, RunResult, run, sweep
 from steer_plugin.vectors.metadata import Method
 from steer_plugin.vectors.recipe import DEFAULT_RECIPE, DEFAULT_TOP_K, Recipe
@@ -37,6 +37,19 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
         "--positions", default=DEFAULTS.positions, help="all, response or both: all,response (default %(default)s)"
     )
     p.add_argument("--backend", default="nnsight", choices=get_args(Backend))
+    p.add_argument(
+        "--engine",
+        default=DEFAULTS.engine,
+        choices=ENGINES,
+        help="what evaluates: hf (transformers, steered_hf; the default) or vllm (steered_vllm, needs vLLM); side "
+        "effects, output fluency and KL calibrations run on transformers either way",
+    )
+    p.add_argument(
+        "--engine-args",
+        default=None,
+        metavar="K=V,...",
+        help="more model arguments of the engine, e.g. gpu_memory_utilization=0.5,max_model_len=2048 (vllm)",
+    )
     p.add_argument(
         "--log-samples",
         action="store_true",
@@ -239,6 +252,8 @@ def evaluation_from_args(args: argparse.Namespace) -> Evaluation:
         fluency_texts=args.fluency_texts,
         side_effect_texts=args.side_effect_texts,
         side_effects=not args.no_side_effects,
+        engine=args.engine,
+        engine_args=args.engine_args,
     )
 
 

@@ -12,16 +12,18 @@ Light at import time (`steer --help` imports the study stage): the harness and t
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from steer_plugin.data.prompts import INSTRUCTION_DELIMITER, emotion_instruction
+from steer_plugin.errors import SteerError
 from steer_plugin.steering.config import SteeringConfig
 
 if TYPE_CHECKING:  # pragma: no cover
     from steer_plugin.data.neutral_texts import TextSource
     from steer_plugin.harness.model import SteeredHFLM
+    from steer_plugin.harness.vllm_model import SteeredVLLM
     from steer_plugin.steering.calibration_result import Calibration
     from steer_plugin.steering.side_effects import SideEffects
 
@@ -118,11 +120,27 @@ class SteeringEngine(Protocol):
         ...
 
 
-def load_engine(model_args: dict[str, Any]) -> HFEngine:
-    """The engine of these ``steered_hf`` model arguments, the model loaded."""
+def load_engine(model_args: dict[str, Any], engine: str = "hf") -> HFEngine | VLLMEngine:
+    """The engine (``hf``: ``steered_hf``, ``vllm``: ``steered_vllm``) of these model arguments, the model loaded."""
+    if engine == "vllm":
+        try:
+            from steer_plugin.harness.vllm_model import SteeredVLLM
+        except ImportError as e:
+            raise SteerError(f"--engine vllm needs vLLM ({e.name or e}): pip install 'steer-plugin[vllm]'") from None
+        return VLLMEngine(SteeredVLLM(**model_args), transformers_args(model_args))
     from steer_plugin.harness.model import SteeredHFLM
 
     return HFEngine(SteeredHFLM(**model_args))
+
+
+def transformers_args(model_args: dict[str, Any]) -> dict[str, Any]:
+    """``steered_hf``'s arguments for the model of a ``steered_vllm`` engine: its transformers side."""
+    import torch
+
+    keep = ("pretrained", "dtype", "revision", "trust_remote_code", "blocks")
+    args = {k: v for k, v in model_args.items() if k in keep}
+    batch = model_args.get("batch_size")
+    return {**args, "device": "cuda" if torch.cuda.is_available() else "cpu", "batch_size": batch or FALLBACK_BATCH}
 
 
 @dataclass
@@ -151,19 +169,7 @@ class HFEngine:
     def evaluate(
         self, tasks: TaskDict, *, chat: bool, instruction: str | None, limit: float | None, bootstrap_iters: int
     ) -> dict[str, Any]:
-        from lm_eval.evaluator import evaluate
-
-        return evaluate(
-            lm=self.lm,
-            task_dict=tasks,
-            limit=limit,
-            bootstrap_iters=bootstrap_iters,
-            log_samples=True,  # the generations are needed for their fluency
-            system_instruction=instruction,
-            apply_chat_template=chat,
-            fewshot_as_multiturn=False,
-            verbosity="WARNING",
-        )
+        return _evaluate(self.lm, tasks, chat, instruction, limit, bootstrap_iters)
 
     def alone_batch_size(self, rows: int | None) -> int | None:
         """Decoding a small model costs nearly the same for 8 rows as for 50 (SmolLM2 on 2 CPU cores: 47 s at 8
@@ -233,6 +239,95 @@ class HFEngine:
             model_name=model_name, batch_size=self._rows(),
             steerer=Steerer(self.lm.model, "hooks", self.lm.steerer.block_path), progress=progress,
         )  # fmt: skip
+
+
+@dataclass
+class VLLMEngine:
+    """``SteeringEngine`` on ``steered_vllm``: the harness tasks run on vLLM (each request with its configuration's
+    steering); the side effects, the outputs' fluency and KL calibrations need logits of neutral texts and run on
+    transformers (``steered_hf`` of the same model, loaded the first time one of them is asked for)."""
+
+    lm: SteeredVLLM
+    transformers: dict[str, Any]  # steered_hf's arguments for the same model
+    side: HFEngine | None = None  # the transformers side, once loaded
+    name: str = "steered_vllm"
+
+    @property
+    def batch_size(self) -> int | str:
+        return self.lm.batch_size
+
+    def _side(self) -> HFEngine:
+        if self.side is None:
+            from steer_plugin.harness.model import SteeredHFLM
+
+            self.side = HFEngine(SteeredHFLM(**self.transformers))
+        return self.side
+
+    def configure(self, config: SteeringConfig) -> None:
+        self.lm.configure(config)
+
+    def plan_ahead(self, configs: Sequence[SteeringConfig], *, config_batching: bool, rows: int | None) -> None:
+        """Each configuration's deltas go to vLLM's workers now, once (requests then name them by fingerprint)."""
+        for config in configs:
+            self.lm.prepare(config)
+
+    def evaluate(
+        self, tasks: TaskDict, *, chat: bool, instruction: str | None, limit: float | None, bootstrap_iters: int
+    ) -> dict[str, Any]:
+        return _evaluate(self.lm, tasks, chat, instruction, limit, bootstrap_iters)
+
+    def alone_batch_size(self, rows: int | None) -> int | None:
+        return None  # vLLM schedules its own batches
+
+    def batch_size_as(self, size: int | None) -> AbstractContextManager[None]:
+        return nullcontext()
+
+    def model_info(self) -> dict[str, Any]:
+        return dict(self.lm.get_model_info())
+
+    def request_seconds(self) -> dict[str, float]:
+        return {}
+
+    def side_effect_meter(self, texts: list[str], rows: int | None) -> SideEffectMeter:
+        return self._side().side_effect_meter(texts, rows)
+
+    def generation_nll(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
+        return self._side().generation_nll(pairs)
+
+    def calibrate(
+        self,
+        vector: str,
+        budgets: list[float],
+        *,
+        layers: str,
+        positions: str,
+        source: TextSource,
+        model_name: str,
+        progress: Callable[[str], None] | None,
+    ) -> tuple[Calibration, bool]:
+        return self._side().calibrate(
+            vector, budgets, layers=layers, positions=positions, source=source, model_name=model_name,
+            progress=progress,
+        )  # fmt: skip
+
+
+def _evaluate(
+    lm: Any, tasks: TaskDict, chat: bool, instruction: str | None, limit: float | None, bootstrap_iters: int
+) -> dict[str, Any]:
+    """The harness's evaluation of ``tasks`` on ``lm`` as a sweep runs it (samples logged: their fluency is read)."""
+    from lm_eval.evaluator import evaluate
+
+    return evaluate(
+        lm=lm,
+        task_dict=tasks,
+        limit=limit,
+        bootstrap_iters=bootstrap_iters,
+        log_samples=True,  # the generations are needed for their fluency
+        system_instruction=instruction,
+        apply_chat_template=chat,
+        fewshot_as_multiturn=False,
+        verbosity="WARNING",
+    )
 
 
 @dataclass

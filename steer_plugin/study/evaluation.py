@@ -20,7 +20,7 @@ from steer_plugin.io.outputs import check_output_dir
 from steer_plugin.io.schema import check_fields, is_number
 from steer_plugin.model.backends import Backend
 from steer_plugin.model.layers import layer_ranges, parse_layers
-from steer_plugin.model.loading import ModelOptions
+from steer_plugin.model.loading import ModelOptions, split_gguf
 from steer_plugin.model.positions import Positions, check_positions
 from steer_plugin.steering.defaults import DEFAULT_LAYERS, DEFAULT_POSITIONS
 from steer_plugin.study.plan import SweepOptions
@@ -31,6 +31,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from steer_plugin.steering.alphas import AlphaSpec
 
 ControlMatch = Literal["alpha", "kl"]
+# what runs the evaluation: transformers (`steered_hf`) or vLLM (`steered_vllm`); side effects, the outputs'
+# fluency and KL calibrations run on transformers either way (they read logits of neutral texts: cheap)
+Engine = Literal["hf", "vllm"]
+ENGINES: tuple[Engine, ...] = get_args(Engine)
 Chat = Literal[
     "auto", "on", "off"
 ]  # the emotion tasks' prompts through the chat template: where there is one, always, never
@@ -75,6 +79,9 @@ class Evaluation:
         truthfulqa_dir: a local TruthfulQA JSONL folder (default: $STEER_TRUTHFULQA_DIR): the default tasks of
             ``steer_plugin.run`` become the offline truthfulqa_local_mc1/mc2.
         prompted: emotions to *ask* for (the prompting reference), one configuration each.
+        engine: ``hf`` (``steered_hf``) or ``vllm`` (``steered_vllm``, needs vLLM installed).
+        engine_args: more model arguments of the engine, ``key=value`` joined by commas, as in ``--model_args``
+            (e.g. ``gpu_memory_utilization=0.5,max_model_len=2048`` for vLLM).
     """
 
     tasks: str | Sequence[str] = ()
@@ -101,6 +108,8 @@ class Evaluation:
     side_effects: bool = True
     truthfulqa_dir: PathLike | None = None
     prompted: Sequence[str] = ()
+    engine: Engine = "hf"
+    engine_args: str | None = None
 
     def __post_init__(self) -> None:
         # types and choices where it is built, as the command line checks them: `chat="yes"` is no choice
@@ -182,13 +191,26 @@ class Evaluation:
         emotion = [t for t in self.task_names if t.startswith(EMOTION_TASK_PREFIX.rstrip("_"))]
         return emotion if emotion and uses_chat(self.chat, model) else False
 
-    def sweep_options(self, model: ModelOptions, out: Path) -> SweepOptions:
-        model_args = {
+    def model_args(self, model: ModelOptions) -> dict[str, Any]:
+        """The engine's model arguments for ``model`` (what ``--model_args`` reproduces)."""
+        check_choice("--engine", self.engine, ENGINES)
+        extra = parse_engine_args(self.engine_args)
+        if self.engine == "vllm":
+            if split_gguf(model.name)[1]:
+                raise SteerError("--engine vllm takes a hub id or a model folder, not a GGUF file; use --engine hf")
+            args: dict[str, Any] = {"pretrained": model.name, "dtype": model.dtype, "batch_size": self.batch_size}
+            args.update({k: v for k, v in model.harness_args().items() if k in ("revision", "trust_remote_code")})
+            return {**args, **({"blocks": model.blocks} if model.blocks else {}), **extra}
+        return {
             **model.harness_args(),
             "batch_size": self.batch_size,
             "backend": self.backend,
             "prefix_reuse": self.prefix_reuse,
+            **extra,
         }
+
+    def sweep_options(self, model: ModelOptions, out: Path) -> SweepOptions:
+        model_args = self.model_args(model)
         return SweepOptions(
             tasks=self.task_names,
             out_dir=out,
@@ -206,6 +228,7 @@ class Evaluation:
             config_batching=self.config_batching,
             config_batch_rows=self.config_batch_rows,
             task_metadata=self.task_metadata(),
+            engine=self.engine,
         )
 
     def task_metadata(self) -> dict[str, Any]:
@@ -215,6 +238,31 @@ class Evaluation:
         if self.fluency_texts and Path(self.fluency_texts).is_dir():  # a GoEmotions folder: the continuation texts
             metadata["goemotions_dir"] = str(Path(self.fluency_texts).resolve())
         return metadata
+
+
+def parse_engine_args(text: str | None) -> dict[str, Any]:
+    """``key=value,key=value`` (values as lm-eval's ``--model_args`` reads them) -> a dict; None or '' -> {}."""
+    if not text:
+        return {}
+    out: dict[str, Any] = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        key, eq, value = part.partition("=")
+        if not eq or not key.strip():
+            raise SteerError(f"--engine-args {text!r}: give key=value pairs joined by commas, e.g. max_model_len=2048")
+        out[key.strip()] = _arg_value(value.strip())
+    return out
+
+
+def _arg_value(text: str) -> Any:
+    """A ``--model_args`` value as lm-eval reads it: true/false, an int, a float, or the text."""
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def uses_chat(chat: Chat, model: ModelOptions) -> bool:

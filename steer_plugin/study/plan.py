@@ -122,3 +122,4 @@ class SweepOptions:
     config_batch_rows: int | None = None  # most rows in one mixed batch (None: hooks.DEFAULT_ROWS)
     # task metadata beyond the classifier (truthfulqa_dir, goemotions_dir): where the tasks read their data
     task_metadata: dict[str, str] = field(default_factory=dict)
+    engine: str = "hf"  # `hf` (steered_hf) or `vllm` (steered_vllm): see harness.engine

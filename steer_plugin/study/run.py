@@ -131,7 +131,7 @@ def sweep(
         check_same_sweep(folder, sweep_settings(options))
     tasks = task_manager(options)  # an unknown task fails before the model loads
     controls = write_controls(paths, evaluation.controls, folder / "controls") if evaluation.controls else None
-    engine = load_engine(options.model_args)
+    engine = load_engine(options.model_args, options.engine)
     source = options.side_effects or evaluation.text_source()
     plan = SweepPlan.grid(
         paths, grid, evaluation.layer_sets, evaluation.position_sets, controls=controls,

@@ -82,6 +82,8 @@ def sweep_settings(options: SweepOptions) -> dict[str, Any]:
         # the contents of every other input: config, tokenizer, data files, classifier, task definitions
         **input_fingerprints(options),
     )
+    if options.engine != "hf":  # only where it is not transformers: earlier sweep folders resume as they are
+        settings["engine"] = options.engine
     return json.loads(json.dumps(settings, default=str))  # as it reads back from JSON
 
 

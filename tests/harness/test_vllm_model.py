@@ -235,3 +235,41 @@ def test_model_info_records_the_steering_and_the_cache(steered, vector_path):
     assert info["steering"]["steered_layers"] == list(range(10, 20))
     assert info["prefix_cache"]["enabled"] is True
     assert "cache_salt" in info["prefix_cache"]["steered_requests"]
+
+
+def test_a_sweep_on_the_vllm_engine_matches_the_hf_engine(steered, hf, vector_path, tmp_path):
+    """`steer sweep --engine vllm`: the same plan through ``VLLMEngine`` and ``HFEngine`` gives the same multiple-choice
+    answers per document, the same side effects (both measured on transformers), and results that name the engine
+    and reproduce with `lm_eval --model steered_vllm`."""
+    import json
+
+    from steer_plugin.data.neutral_texts import TextSource
+    from steer_plugin.harness.engine import HFEngine, VLLMEngine, transformers_args
+    from steer_plugin.steering.config import SteeringConfig
+    from steer_plugin.study.plan import SweepOptions, SweepPlan
+    from steer_plugin.study.sweep import run_sweep
+    from tests.helpers.sweep import write_tiny_mc_task
+
+    task_dir = write_tiny_mc_task(tmp_path / "tasks")
+    texts = tmp_path / "neutral.txt"
+    texts.write_text("\n".join(PROMPTS) + "\n", encoding="utf-8")
+    plan = SweepPlan([SteeringConfig(None, 0.0), SteeringConfig(vector_path, ALPHA, LAYERS, "response")])
+    results = {}
+    for name, engine, model_args in (
+        ("vllm", VLLMEngine(steered, transformers_args({"pretrained": str(SMOLLM2), **ENGINE}), side=HFEngine(hf)),
+         {"pretrained": str(SMOLLM2), **ENGINE}),
+        ("hf", HFEngine(hf), {"pretrained": str(SMOLLM2), "dtype": "float32"}),
+    ):  # fmt: skip
+        options = SweepOptions(
+            tasks=["tiny_mc"], out_dir=tmp_path / name, include_path=task_dir, model_args=model_args,
+            side_effects=TextSource(str(texts)), side_effect_texts=len(PROMPTS), engine=name, bootstrap_iters=0,
+        )  # fmt: skip
+        files = run_sweep(engine, plan, options, progress=False)
+        results[name] = [json.loads(f.read_text()) for f in files]
+        settings = json.loads((tmp_path / name / "sweep.json").read_text())["settings"]
+        assert settings.get("engine", "hf") == name
+    for mine, theirs in zip(results["vllm"], results["hf"]):
+        assert mine["config"]["model"] == "steered_vllm" and theirs["config"]["model"] == "steered_hf"
+        assert mine["config"]["reproduce"][0].startswith("lm_eval --model steered_vllm")
+        assert mine["results"]["tiny_mc"]["acc,none"] == theirs["results"]["tiny_mc"]["acc,none"]
+        assert mine["results"]["side_effects"] == theirs["results"]["side_effects"]  # the same transformers pass
