@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
+from steer_plugin.data.prompt_split import DEFAULT_SPLIT, METADATA_KEY, PromptSplit, check_split
 from steer_plugin.errors import SteerError, check_choice, check_count
 from steer_plugin.harness.tasks import EMOTION_TASK_PREFIX
 from steer_plugin.io.outputs import check_output_dir
@@ -25,6 +26,7 @@ from steer_plugin.model.positions import Positions, check_positions
 from steer_plugin.steering.defaults import DEFAULT_LAYERS, DEFAULT_POSITIONS
 from steer_plugin.study.plan import SweepOptions
 from steer_plugin.study.results_files import check_table_outputs
+from steer_plugin.study.tuning_file import STORED_CHOICES
 
 if TYPE_CHECKING:  # pragma: no cover
     from steer_plugin.data.neutral_texts import TextSource
@@ -52,7 +54,9 @@ class Evaluation:
         batch_size: an int or ``auto``; recording uses it too when it is an int.
         classifier: the emotion classifier of the steer_emotion tasks: hub id, local folder or ``nade``.
         include_path: an extra folder of task YAMLs.
-        layers: a layer spec (``middle``, ``all``, ``10-19``) or several (each a sweep dimension).
+        layers: a layer spec (``middle``, ``all``, ``10-19``) or several (each a sweep dimension); ``tuned``:
+            each vector's layers as `steer tune` chose them on the dev prompts (stored beside the vector);
+            ``auto``: the same, tuning first where there is no stored choice (``steer_plugin.run`` only).
         positions: ``response`` (the last position of each forward), ``all``, or both.
         backend: ``nnsight`` or ``hooks``.
         log_samples: keep the full harness samples (per-document scores are always kept).
@@ -75,6 +79,8 @@ class Evaluation:
         truthfulqa_dir: a local TruthfulQA JSONL folder (default: $STEER_TRUTHFULQA_DIR): the default tasks of
             ``steer_plugin.run`` become the offline truthfulqa_local_mc1/mc2.
         prompted: emotions to *ask* for (the prompting reference), one configuration each.
+        prompt_split: which part of the emotion tasks' prompts: ``test`` (every report) or ``dev`` (what
+            `steer tune` chooses on); ``data.prompt_split``.
     """
 
     tasks: str | Sequence[str] = ()
@@ -101,6 +107,7 @@ class Evaluation:
     side_effects: bool = True
     truthfulqa_dir: PathLike | None = None
     prompted: Sequence[str] = ()
+    prompt_split: PromptSplit = DEFAULT_SPLIT
 
     @property
     def task_names(self) -> list[str]:
@@ -138,7 +145,10 @@ class Evaluation:
         if not self.layer_sets or not self.position_sets:
             raise SteerError(f"--layers {self.layers!r} / --positions {self.positions!r}: give at least one of each")
         dimensions = model.dimensions() if model is not None else None
+        check_split(self.prompt_split)
         for spec in self.layer_sets:
+            if spec in STORED_CHOICES:  # resolved per vector once the vectors are there (study.tuning_file)
+                continue
             if not str(spec).strip():  # `--layers ' '`: a mistake, not a silent "all" (nor a folder name with a space)
                 raise SteerError(f"--layers {spec!r} names no layers; use all, middle or e.g. 10-19")
             layer_ranges(spec)
@@ -194,12 +204,18 @@ class Evaluation:
             side_effect_texts=self.side_effect_texts or (QUICK_SIDE_EFFECT_TEXTS if self.limit else SIDE_EFFECT_TEXTS),
             config_batching=self.config_batching,
             config_batch_rows=self.config_batch_rows,
+            prompt_split=self.prompt_split,
         )
 
     def task_metadata(self) -> dict[str, Any]:
-        """lm-eval task metadata beyond the classifier: the truthfulqa_local tasks' folder and the GoEmotions
-        folder of the continuation tasks, passed to the tasks instead of through the environment."""
-        metadata = {"truthfulqa_dir": str(Path(self.truthfulqa_dir).resolve())} if self.truthfulqa_dir else {}
+        """lm-eval task metadata beyond the classifier: the truthfulqa_local tasks' folder, the GoEmotions
+        folder of the continuation tasks and the emotion tasks' prompt split, passed to the tasks instead of through
+        the environment."""
+        metadata: dict[str, Any] = {}
+        if self.truthfulqa_dir:
+            metadata["truthfulqa_dir"] = str(Path(self.truthfulqa_dir).resolve())
+        if any(t.startswith(EMOTION_TASK_PREFIX.rstrip("_")) for t in self.task_names):
+            metadata[METADATA_KEY] = self.prompt_split  # recorded in the results' task configs
         if self.fluency_texts and Path(self.fluency_texts).is_dir():  # a GoEmotions folder: the continuation texts
             metadata["goemotions_dir"] = str(Path(self.fluency_texts).resolve())
         return metadata

@@ -120,3 +120,4 @@ class SweepOptions:
     side_effect_texts: int = 200
     config_batching: bool = True  # several configurations per batch (config_batching.py); results are the same
     config_batch_rows: int | None = None  # most rows in one mixed batch (None: hooks.DEFAULT_ROWS)
+    prompt_split: str = "test"  # the emotion tasks' prompts: test (reports) or dev (choices), data.prompt_split

@@ -27,6 +27,7 @@ from steer_plugin.study.evaluation import Evaluation, PathLike, emotion_task_fam
 from steer_plugin.study.plan import Resolver, SweepPlan
 from steer_plugin.study.sweep import run_sweep, task_manager
 from steer_plugin.study.sweep_folder import check_same_sweep, open_sweep_folder, sweep_settings
+from steer_plugin.study.tuning_file import AUTO, TUNED
 from steer_plugin.vectors.recipe import DEFAULT_RECIPE, Recipe
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -104,7 +105,6 @@ def sweep(
     from steer_plugin.harness.engine import load_engine
     from steer_plugin.study.table import write_leaderboard
     from steer_plugin.vectors.controls import write_controls
-    from steer_plugin.vectors.vector import SteeringVector
 
     if not evaluation.task_names:
         raise SteerError("give --tasks, e.g. --tasks truthfulqa_mc1,truthfulqa_mc2,steer_emotion_anger")
@@ -112,8 +112,7 @@ def sweep(
     folder = Path(out)
     evaluation.check(folder, model)
     paths = [str(v) for v in vectors]
-    for v in paths:  # a missing or corrupt vector fails now, not after the model has loaded
-        SteeringVector.load(v)
+    layer_sets = _layer_sets(paths, model, evaluation)  # loads each vector: a missing or corrupt one fails now
     evaluation.check_texts(grid)
     options = evaluation.sweep_options(model, folder)
     if not evaluation.fresh:  # before the controls are written into the folder
@@ -122,14 +121,45 @@ def sweep(
     controls = write_controls(paths, evaluation.controls, folder / "controls") if evaluation.controls else None
     engine = load_engine(options.model_args)
     source = options.side_effects or evaluation.text_source()
-    plan = SweepPlan.grid(
-        paths, grid, evaluation.layer_sets, evaluation.position_sets, controls=controls,
-        resolve=_calibrated_alphas(model.name, engine, source, progress),  # kl:X alphas need the model
-        control_match=evaluation.control_match, prompted=evaluation.prompted,
-    )  # fmt: skip
+    groups: dict[tuple[str, ...], list[str]] = {}  # vectors that steer the same layer sets share one grid
+    for v in paths:
+        groups.setdefault(tuple(layer_sets[v]), []).append(v)
+    plans = [
+        SweepPlan.grid(
+            group, grid, list(specs), evaluation.position_sets, controls=controls,
+            resolve=_calibrated_alphas(model.name, engine, source, progress),  # kl:X alphas need the model
+            control_match=evaluation.control_match, prompted=evaluation.prompted if last else (),
+        )
+        for last, (specs, group) in ((i == len(groups) - 1, item) for i, item in enumerate(groups.items()))
+    ]  # fmt: skip
+    plan = SweepPlan(list(dict.fromkeys(c for p in plans for c in p.configs)))  # the baseline once, first
     results = run_sweep(engine, plan, options, progress, folder=open_sweep_folder(plan, options), tasks=tasks)
     board = write_leaderboard(folder)
     return RunResult(folder, board.rows, board.text, None, board.files, [Path(v) for v in paths], results)
+
+
+def _layer_sets(paths: list[str], model: ModelOptions, evaluation: Evaluation) -> dict[str, list[str]]:
+    """Each vector's layer specs: the evaluation's, with ``tuned`` as the layers `steer tune` chose for the vector
+    (``study.tuning_file``: a one-line error naming `steer tune` where there is no valid choice)."""
+    from steer_plugin.study.tuning_file import tune_command, tuned_choice, use_key
+    from steer_plugin.vectors.vector import SteeringVector
+
+    specs = evaluation.layer_sets
+    if AUTO in specs:
+        raise SteerError(f"--layers {AUTO} tunes missing choices in `steer run`; here use --layers {TUNED}")
+    out = {}
+    for v in paths:
+        vector = SteeringVector.load(v)
+        if TUNED not in specs:
+            out[v] = list(specs)
+            continue
+        if len(evaluation.position_sets) != 1:
+            raise SteerError(f"--layers {TUNED} is a choice at one --positions setting; give one")
+        emotion = str(vector.metadata.get("emotion") or "EMOTION")
+        key = use_key(model, v, evaluation.position_sets[0], evaluation.classifier)
+        chosen = tuned_choice(v, key, tune_command(model, emotion)).layers
+        out[v] = list(dict.fromkeys(chosen if s == TUNED else s for s in specs))
+    return out
 
 
 def run(
@@ -201,6 +231,8 @@ def run(
         for e in emotions
         for r in recipes
     }
+    if AUTO in evaluation.layer_sets:
+        evaluation = _tune_first(wanted, loading, recipes, record, evaluation, grid, vector, progress)
     evaluation = _run_evaluation(evaluation, emotions, loading, record, prompt_control)
     default_out = Path("runs") / f"{model_slug(loading.name)}-{run_folder_name(emotion, emotions)}"
     folder = Path(out) if out is not None else default_out
@@ -224,6 +256,42 @@ def run(
         _say(progress, f"no summary: {e}")
         return result
     return replace(result, summary=summary, files=[*result.files, *files])
+
+
+def _tune_first(
+    wanted: dict[tuple[str, Recipe], Path],
+    model: ModelOptions,
+    recipes: list[Recipe],
+    record: RecordOptions,
+    evaluation: Evaluation,
+    grid: list,
+    vector: PathLike | None,
+    progress: bool,
+) -> Evaluation:
+    """``--layers auto``: `steer tune` every vector without a valid stored choice (over the run's KL budgets), then
+    ``evaluation`` with ``tuned`` in place of ``auto``."""
+    from steer_plugin.steering.alphas import KLBudget
+    from steer_plugin.study.tune import DEFAULT_BUDGETS, tune
+
+    tuned = replace(evaluation, layers=[TUNED if s == AUTO else s for s in evaluation.layer_sets])
+    budgets = [a.kl for a in grid if isinstance(a, KLBudget)] or list(DEFAULT_BUDGETS)
+    for r in recipes:
+        todo = [e for (e, recipe), path in wanted.items() if recipe == r and not _has_choice(path, model, tuned)]
+        if todo:
+            tune(",".join(todo), model, recipe=r, record=record, evaluation=tuned, budgets=budgets, vector=vector,
+                 progress=progress)  # fmt: skip
+    return tuned
+
+
+def _has_choice(path: Path, model: ModelOptions, evaluation: Evaluation) -> bool:
+    """Whether ``path`` exists and has a valid stored choice for ``evaluation``'s ``tuned`` layers."""
+    if not path.exists():
+        return False
+    try:
+        _layer_sets([str(path)], model, evaluation)
+    except SteerError:
+        return False
+    return True
 
 
 def _run_evaluation(
