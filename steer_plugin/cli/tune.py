@@ -7,7 +7,13 @@ import sys
 from typing import Any
 
 from steer_plugin.cli.args import add_model_args, floats, model_options
-from steer_plugin.cli.study import add_build_args, add_eval_args, evaluation_from_args, record_from_args, recipe_from_args
+from steer_plugin.cli.study import (
+    add_build_args,
+    add_eval_args,
+    evaluation_from_args,
+    recipe_from_args,
+    record_from_args,
+)
 from steer_plugin.errors import SteerError
 
 DEFAULT_BUDGETS = "0.03,0.1,0.3,1"  # study.tune.DEFAULT_BUDGETS, as the command line spells them

@@ -61,7 +61,7 @@ def plot_tuning(tuning: Tuning, title: str) -> bytes:
                         bbox={"facecolor": "white", "alpha": 0.6, "linewidth": 0, "pad": 1})  # fmt: skip
         ax.set_xticks(range(len(budgets) + 1), [f"kl:{b:g}" for b in budgets] + ["asking"])
         ax.set_yticks(range(len(layers)), layers)
-        ax.set_xlabel("KL budget (last column: the prompting reference, unsteered)")
+        ax.set_xlabel("KL budget; asking: the prompting reference", fontsize=8)
         ax.set_ylabel("layers")
         ax.set_title(name, fontsize=9)
         if tuning.choice is not None:

@@ -16,6 +16,7 @@ Light (json and paths only): the command line and ``study.evaluation`` import it
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -239,7 +240,7 @@ def find_valid(vector_path: str | Path, key: Mapping[str, Any], names: Sequence[
     return None
 
 
-def use_key(model: ModelOptions, vector: str | Path, positions: str, classifier: str | None) -> dict[str, Any]:
+def use_key(model: ModelOptions, vector: str | os.PathLike, positions: str, classifier: str | None) -> dict[str, Any]:
     """What a layer choice is a choice for (``tuning_file.USE_FIELDS``): model, weights, dtype, vector, positions,
     classifier."""
     from steer_plugin.harness.classifier import resolve_classifier_name
