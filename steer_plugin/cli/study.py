@@ -12,6 +12,7 @@ from steer_plugin.errors import SteerError
 from steer_plugin.model.backends import Backend
 from steer_plugin.study.evaluation import Chat, ControlMatch, Evaluation
 from steer_plugin.study.run import DEFAULT_ALPHAS, RecordOptions, RunResult, run, sweep
+from steer_plugin.study.tuning_file import AUTO
 from steer_plugin.vectors.metadata import Method
 from steer_plugin.vectors.recipe import DEFAULT_RECIPE, DEFAULT_TOP_K, Recipe
 
@@ -269,12 +270,21 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    model, recipe, record = model_options(args), recipe_from_args(args), record_from_args(args)
+    evaluation = replace(evaluation_from_args(args), truthfulqa_dir=args.truthfulqa_dir)
+    if AUTO in evaluation.layer_sets:  # tune the vectors without a stored choice first, then steer their choices
+        from steer_plugin.study.tune import tune_missing
+
+        evaluation = tune_missing(
+            args.emotion, model, recipes=[recipe], record=record, evaluation=evaluation, alphas=args.alphas,
+            vector=args.vector,
+        )  # fmt: skip
     result = run(
         args.emotion,
-        model_options(args),
-        recipe=recipe_from_args(args),
-        record=record_from_args(args),
-        evaluation=replace(evaluation_from_args(args), truthfulqa_dir=args.truthfulqa_dir),
+        model,
+        recipe=recipe,
+        record=record,
+        evaluation=evaluation,
         alphas=args.alphas,
         vector=args.vector,
         out=args.out,

@@ -56,7 +56,7 @@ class Evaluation:
         include_path: an extra folder of task YAMLs.
         layers: a layer spec (``middle``, ``all``, ``10-19``) or several (each a sweep dimension); ``tuned``:
             each vector's layers as `steer tune` chose them on the dev prompts (stored beside the vector);
-            ``auto``: the same, tuning first where there is no stored choice (``steer_plugin.run`` only).
+            ``auto`` (`steer run --layers auto`): the same, tuning first where there is no stored choice.
         positions: ``response`` (the last position of each forward), ``all``, or both.
         backend: ``nnsight`` or ``hooks``.
         log_samples: keep the full harness samples (per-document scores are always kept).

@@ -112,7 +112,7 @@ def sweep(
     folder = Path(out)
     evaluation.check(folder, model)
     paths = [str(v) for v in vectors]
-    layer_sets = _layer_sets(paths, model, evaluation)  # loads each vector: a missing or corrupt one fails now
+    layer_sets = vector_layer_sets(paths, model, evaluation)  # loads each vector: a missing or corrupt one fails now
     evaluation.check_texts(grid)
     options = evaluation.sweep_options(model, folder)
     if not evaluation.fresh:  # before the controls are written into the folder
@@ -138,15 +138,14 @@ def sweep(
     return RunResult(folder, board.rows, board.text, None, board.files, [Path(v) for v in paths], results)
 
 
-def _layer_sets(paths: list[str], model: ModelOptions, evaluation: Evaluation) -> dict[str, list[str]]:
+def vector_layer_sets(paths: list[str], model: ModelOptions, evaluation: Evaluation) -> dict[str, list[str]]:
     """Each vector's layer specs: the evaluation's, with ``tuned`` as the layers `steer tune` chose for the vector
     (``study.tuning_file``: a one-line error naming `steer tune` where there is no valid choice)."""
     from steer_plugin.study.tuning_file import tune_command, tuned_choice, use_key
     from steer_plugin.vectors.vector import SteeringVector
 
     specs = evaluation.layer_sets
-    if AUTO in specs:
-        raise SteerError(f"--layers {AUTO} tunes missing choices in `steer run`; here use --layers {TUNED}")
+    _no_auto(evaluation)
     out = {}
     for v in paths:
         vector = SteeringVector.load(v)
@@ -160,6 +159,16 @@ def _layer_sets(paths: list[str], model: ModelOptions, evaluation: Evaluation) -
         chosen = tuned_choice(v, key, tune_command(model, emotion)).layers
         out[v] = list(dict.fromkeys(chosen if s == TUNED else s for s in specs))
     return out
+
+
+def _no_auto(evaluation: Evaluation) -> None:
+    """``auto`` tunes before the run starts, which `steer run` does (``study.tune.tune_missing``); here it is an
+    error, before any work."""
+    if AUTO in evaluation.layer_sets:
+        raise SteerError(
+            f"layers {AUTO!r} tunes first: `steer run --layers {AUTO}`, or steer_plugin.tune(...) and then "
+            f"layers={TUNED!r}"
+        )
 
 
 def run(
@@ -217,6 +226,7 @@ def run(
     emotions = parse_targets(emotion)
     grid = as_alpha_specs(alphas)
     check_level(leakage_budget, grid)  # before minutes of recording and evaluation
+    _no_auto(evaluation)
     recipes = [recipe] if isinstance(recipe, Recipe) else list(recipe)
     if not recipes:
         raise SteerError("give at least one recipe (method: mean, top_k, pca or probe)")
@@ -231,8 +241,6 @@ def run(
         for e in emotions
         for r in recipes
     }
-    if AUTO in evaluation.layer_sets:
-        evaluation = _tune_first(wanted, loading, recipes, record, evaluation, grid, vector, progress)
     evaluation = _run_evaluation(evaluation, emotions, loading, record, prompt_control)
     default_out = Path("runs") / f"{model_slug(loading.name)}-{run_folder_name(emotion, emotions)}"
     folder = Path(out) if out is not None else default_out
@@ -256,42 +264,6 @@ def run(
         _say(progress, f"no summary: {e}")
         return result
     return replace(result, summary=summary, files=[*result.files, *files])
-
-
-def _tune_first(
-    wanted: dict[tuple[str, Recipe], Path],
-    model: ModelOptions,
-    recipes: list[Recipe],
-    record: RecordOptions,
-    evaluation: Evaluation,
-    grid: list,
-    vector: PathLike | None,
-    progress: bool,
-) -> Evaluation:
-    """``--layers auto``: `steer tune` every vector without a valid stored choice (over the run's KL budgets), then
-    ``evaluation`` with ``tuned`` in place of ``auto``."""
-    from steer_plugin.steering.alphas import KLBudget
-    from steer_plugin.study.tune import DEFAULT_BUDGETS, tune
-
-    tuned = replace(evaluation, layers=[TUNED if s == AUTO else s for s in evaluation.layer_sets])
-    budgets = [a.kl for a in grid if isinstance(a, KLBudget)] or list(DEFAULT_BUDGETS)
-    for r in recipes:
-        todo = [e for (e, recipe), path in wanted.items() if recipe == r and not _has_choice(path, model, tuned)]
-        if todo:
-            tune(",".join(todo), model, recipe=r, record=record, evaluation=tuned, budgets=budgets, vector=vector,
-                 progress=progress)  # fmt: skip
-    return tuned
-
-
-def _has_choice(path: Path, model: ModelOptions, evaluation: Evaluation) -> bool:
-    """Whether ``path`` exists and has a valid stored choice for ``evaluation``'s ``tuned`` layers."""
-    if not path.exists():
-        return False
-    try:
-        _layer_sets([str(path)], model, evaluation)
-    except SteerError:
-        return False
-    return True
 
 
 def _run_evaluation(

@@ -34,8 +34,8 @@ from steer_plugin.model.layers import MIDDLE, format_layers, parse_layers
 from steer_plugin.model.loading import DEFAULT_MODEL, ModelOptions, model_slug
 from steer_plugin.study.evaluation import Evaluation, PathLike, emotion_task_family
 from steer_plugin.study.quality import DEGENERATE, FLUENT_TARGET
-from steer_plugin.study.run import RecordOptions
-from steer_plugin.study.tuning_file import Cell, Tuning, find_valid, store, tuning_path, use_key
+from steer_plugin.study.run import Alphas, RecordOptions, vector_layer_sets
+from steer_plugin.study.tuning_file import AUTO, TUNED, Cell, Tuning, find_valid, store, tuning_path, use_key
 from steer_plugin.vectors.recipe import DEFAULT_RECIPE, Recipe
 
 DEFAULT_BUDGETS = (0.03, 0.1, 0.3, 1.0)  # `steer run`'s KL budgets
@@ -188,6 +188,48 @@ def tune(
             tunings[paths[e]] = _tuning(result.rows, e, tasks[e], key, candidates, steered, grid_budgets, folder)
     files = _write(tunings, reused, progress)
     return TuneResult(folder, tunings, files, reused)
+
+
+def tune_missing(
+    emotion: str,
+    model: ModelOptions,
+    *,
+    recipes: Sequence[Recipe],
+    record: RecordOptions,
+    evaluation: Evaluation,
+    alphas: Alphas,
+    vector: PathLike | None = None,
+    progress: bool = True,
+) -> Evaluation:
+    """``--layers auto`` of `steer run`: `steer tune` every vector of the run without a valid stored choice (over the
+    run's KL budgets, else ``DEFAULT_BUDGETS``); returns ``evaluation`` with ``tuned`` in place of ``auto``."""
+    from steer_plugin.steering.alphas import KLBudget, as_alpha_specs
+    from steer_plugin.study.targets import parse_targets
+    from steer_plugin.vectors.vector import default_vector_path
+
+    tuned = replace(evaluation, layers=[TUNED if s == AUTO else s for s in evaluation.layer_sets])
+    budgets = [a.kl for a in as_alpha_specs(alphas) if isinstance(a, KLBudget)] or list(DEFAULT_BUDGETS)
+    for recipe in recipes:
+        todo = []
+        for e in parse_targets(emotion):
+            path = Path(vector) if vector is not None else default_vector_path(model.name, e, recipe)
+            if not _has_choice(path, model, tuned):
+                todo.append(e)
+        if todo:
+            tune(",".join(todo), model, recipe=recipe, record=record, evaluation=tuned, budgets=budgets, vector=vector,
+                 progress=progress)  # fmt: skip
+    return tuned
+
+
+def _has_choice(path: Path, model: ModelOptions, evaluation: Evaluation) -> bool:
+    """Whether ``path`` exists and has a valid stored choice for ``evaluation``'s ``tuned`` layers."""
+    if not path.exists():
+        return False
+    try:
+        vector_layer_sets([str(path)], model, evaluation)
+    except SteerError:
+        return False
+    return True
 
 
 def _budget(value: float | str) -> float:
