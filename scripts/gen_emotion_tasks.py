@@ -28,6 +28,7 @@ except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(REPO))
 
 from steer_plugin.data.goemotions import LABELS, target_slug, valid_targets  # noqa: E402
+from steer_plugin.data.prompt_split import DEFAULT_SPLIT, METADATA_KEY  # noqa: E402
 from steer_plugin.harness.classifier import DEFAULT_BATCH_SIZE, NADE_LABELS, metric_label  # noqa: E402
 from steer_plugin.io.atomic import write_text_atomic  # noqa: E402
 
@@ -102,6 +103,9 @@ def render_template() -> str:
         + metric_list_yaml(neutral_is_goal=False)
         + "metadata:\n"
         + f"  version: {VERSION}\n"
+        + "  # which part of the prompts (steer_plugin.data.prompt_split): test reports, dev chooses\n"
+        + '  # (lm_eval --metadata \'{"steer_split": "dev"}\'); the results\' config records it\n'
+        + f"  {METADATA_KEY}: {DEFAULT_SPLIT}\n"
     )
 
 

@@ -27,6 +27,8 @@ _LAZY = {
     "RecordOptions": "steer_plugin.study.run",
     "run": "steer_plugin.study.run",
     "RunResult": "steer_plugin.study.run",
+    "tune": "steer_plugin.study.tune",
+    "TuneResult": "steer_plugin.study.tune",
     "SteerError": "steer_plugin.errors",
 }
 
@@ -48,6 +50,8 @@ __all__ = [  # noqa: RUF022 (grouped by the data flow, not alphabetically)
     "RecordOptions",
     "run",
     "RunResult",
+    "tune",
+    "TuneResult",
     "SteerError",
     "__version__",
 ]
@@ -62,6 +66,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from steer_plugin.steering.calibrate import calibrate
     from steer_plugin.study.evaluation import Evaluation
     from steer_plugin.study.run import RecordOptions, RunResult, run
+    from steer_plugin.study.tune import TuneResult, tune
     from steer_plugin.vectors.build import build_vector
     from steer_plugin.vectors.controls import random_like
     from steer_plugin.vectors.recipe import Recipe

@@ -4,7 +4,9 @@
   ``metadata`` (YAML ``metadata`` | TaskManager ``metadata``, i.e. ``--metadata`` and, in
   ``simple_evaluate`` without a task manager, the model_args) plus ``dataset_kwargs``. That is the
   one hook that sees the runtime metadata, so it resolves the classifier there
-  (``metadata["classifier"]`` → $STEER_CLASSIFIER → SamLowe) and stores the name in every doc.
+  (``metadata["classifier"]`` → $STEER_CLASSIFIER → SamLowe) and stores the name in every doc, and the
+  prompt split (``metadata["steer_split"]``: ``test``, the template's default, or ``dev`` for choosing;
+  ``steer_plugin.data.prompt_split``), which the results' task config then records.
 * :class:`EmotionScoreFilter` receives all responses of a task at once, classifies them in batched
   calls and replaces each response by its score record (see ``steer_plugin.harness.classifier.ScoreRecord``).
 * :func:`process_results` turns a score record into the per-sample metrics.
@@ -27,6 +29,7 @@ except ImportError:  # a checkout without `pip install -e .`: the package sits t
 from lm_eval.api.filter import Filter
 
 from steer_plugin.data.goemotions import neutral_texts, neutral_texts_location, resolve_target
+from steer_plugin.data.prompt_split import DEFAULT_SPLIT, split_rows
 from steer_plugin.data.text_quality import quality_metrics
 from steer_plugin.errors import SteerError
 from steer_plugin.harness.classifier import (
@@ -38,7 +41,7 @@ from steer_plugin.harness.classifier import (
 
 HERE = Path(__file__).resolve().parent
 PROMPTS_FILE = HERE / "neutral_prompts.jsonl"
-CONTINUE_DOCS = 200  # fixed subset: the first 200 neutral-only GoEmotions test texts
+CONTINUE_DOCS = 200  # fixed subset: the first 200 neutral-only GoEmotions test texts (then split dev/test)
 SOURCE_PROMPTS = "prompts"
 SOURCE_CONTINUE = "goemotions_neutral"
 SPLIT = "test"  # of the harness task; the neutral texts also come from GoEmotions' test split
@@ -62,15 +65,31 @@ def load_neutral_texts(limit: int = CONTINUE_DOCS, folder: str | os.PathLike | N
     return [{"id": ex.id, "text": ex.text} for ex in neutral_texts("test", neutral_texts_location(folder))[:limit]]
 
 
+def prompts_part(split: str = DEFAULT_SPLIT) -> list[dict[str, str]]:
+    """The chat tasks' prompts of one part (``dev`` or ``test``), stratified by topic."""
+    rows = load_prompts()
+    return split_rows(rows, split, [r["id"] for r in rows], [r["topic"] for r in rows])
+
+
+def neutral_texts_part(split: str = DEFAULT_SPLIT, folder: str | os.PathLike | None = None) -> list[dict[str, str]]:
+    """The continuation tasks' texts of one part (``dev`` or ``test``) of the first ``CONTINUE_DOCS``."""
+    rows = load_neutral_texts(folder=folder)
+    return split_rows(rows, split, [r["id"] for r in rows], [SOURCE_CONTINUE] * len(rows))
+
+
 def build_docs(
-    target: str, source: str, classifier: str, goemotions_dir: str | os.PathLike | None = None
+    target: str,
+    source: str,
+    classifier: str,
+    goemotions_dir: str | os.PathLike | None = None,
+    split: str = DEFAULT_SPLIT,
 ) -> list[dict[str, str]]:
-    """Docs of one task: {prompt_id, prompt, source, target, classifier}."""
+    """Docs of one task on one part of its prompts: {prompt_id, prompt, source, target, classifier}."""
     resolve_target(target)  # SteerError for an unknown target
     if source == SOURCE_PROMPTS:
-        base = [(r["id"], r["prompt"]) for r in load_prompts()]
+        base = [(r["id"], r["prompt"]) for r in prompts_part(split)]
     elif source == SOURCE_CONTINUE:
-        base = [(r["id"], r["text"]) for r in load_neutral_texts(folder=goemotions_dir)]
+        base = [(r["id"], r["text"]) for r in neutral_texts_part(split, goemotions_dir)]
     else:
         raise SteerError(f"unknown steer_source {source!r}; accepted: {SOURCE_PROMPTS}, {SOURCE_CONTINUE}")
     return [
@@ -84,10 +103,12 @@ def emotion_docs(
     steer_source: str = SOURCE_PROMPTS,
     classifier: str | None = None,
     goemotions_dir: str | None = None,
+    steer_split: str = DEFAULT_SPLIT,
     **_metadata: Any,
 ):
     """``custom_dataset`` of the steer_emotion tasks: {"test": datasets.Dataset}. ``goemotions_dir`` (task
     metadata, else $STEER_GOEMOTIONS_DIR, else the hub): where the continuation tasks' neutral texts come from.
+    ``steer_split`` (task metadata): which part of the prompts, ``test`` (reporting) or ``dev`` (choosing).
 
     Loads the classifier (cached per process) to fail before generation when it cannot score the
     target, e.g. ``neutral`` with nade.
@@ -96,7 +117,8 @@ def emotion_docs(
 
     name = resolve_classifier_name(classifier)
     get_classifier(name).target_labels(steer_target)
-    return {SPLIT: datasets.Dataset.from_list(build_docs(steer_target, steer_source, name, goemotions_dir))}
+    docs = build_docs(steer_target, steer_source, name, goemotions_dir, steer_split)
+    return {SPLIT: datasets.Dataset.from_list(docs)}
 
 
 class ScoreRecordDict(dict):

@@ -12,13 +12,15 @@ from steer_plugin.errors import SteerError
 from steer_plugin.model.backends import Backend
 from steer_plugin.study.evaluation import ENGINES, Chat, ControlMatch, Evaluation
 from steer_plugin.study.run import DEFAULT_ALPHAS, RecordOptions, RunResult, run, sweep
+from steer_plugin.study.tuning_file import AUTO
 from steer_plugin.vectors.metadata import Method
 from steer_plugin.vectors.recipe import DEFAULT_RECIPE, DEFAULT_TOP_K, Recipe
 
 DEFAULTS = Evaluation()  # the one set of defaults of `steer sweep`, `steer run` and `steer_plugin.run`
 
 
-def _add_eval_args(p: argparse.ArgumentParser) -> None:
+def add_eval_args(p: argparse.ArgumentParser, layers_help: str | None = None) -> None:
+    """The evaluation options `steer sweep`, `steer run` and `steer tune` share (``evaluation_from_args``)."""
     p.add_argument("--tasks", default=None, help="comma-separated harness tasks")
     p.add_argument("--limit", type=float, default=None, help="docs per task (quick look)")
     p.add_argument("--batch-size", type=batch_size, default=8, help="int or 'auto'")
@@ -30,8 +32,9 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
         "--layers",
         action="append",
         default=None,
-        help="layers: all, middle (the middle third) or e.g. 10-19; repeatable for a sweep "
-        f"(default: {DEFAULTS.layers})",
+        help=layers_help
+        or "layers: all, middle (the middle third) or e.g. 10-19; repeatable for a sweep; tuned: the layers "
+        f"`steer tune` chose for each vector (auto: tuned first where there is no choice) (default: {DEFAULTS.layers})",
     )
     p.add_argument(
         "--positions", default=DEFAULTS.positions, help="all, response or both: all,response (default %(default)s)"
@@ -133,7 +136,7 @@ def add_commands(sub: Any) -> None:
         help="e.g. -4,-2,-1,0,0.5,1,2,4; kl:0.1 = the alpha whose KL to the unsteered model is 0.1 (calibrated)",
     )
     p.add_argument("--out", required=True, help="output folder (resumable)")
-    _add_eval_args(p)
+    add_eval_args(p)
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("table", help="leaderboard table and plots from a folder of results JSON")
@@ -171,6 +174,38 @@ def add_commands(sub: Any) -> None:
         help="a label or Ekman group (anger, ekman:anger), several (anger,joy,sadness), "
         "'all' (the 27 emotions) or 'ekman' (the 6 groups): one recording, one sweep",
     )
+    add_build_args(p)
+    p.add_argument("--vector", default=None, help="use this vector file instead of building one")
+    p.add_argument(
+        "--alphas",
+        type=alpha_specs,
+        default=DEFAULT_ALPHAS,  # a string: argparse converts it only when used (keeps `--help` instant)
+        help=f"alphas and KL budgets (default: {DEFAULT_ALPHAS})",
+    )
+    p.add_argument(
+        "--truthfulqa-dir",
+        default=None,
+        help="local TruthfulQA JSONL folder: use the truthfulqa_local_* tasks (offline)",
+    )
+    p.add_argument("--out", default=None, help="output folder (default: runs/<model>-<emotion>)")
+    p.add_argument(
+        "--leakage-budget",
+        type=float,
+        default=None,
+        help="the KL budget (or alpha, without kl: alphas) of leakage.csv/png (default: the middle one)",
+    )
+    p.add_argument(
+        "--no-prompt-control",
+        action="store_true",
+        help="skip the prompting reference (the emotion tasks' prompts asking for the emotion, unsteered)",
+    )
+    add_eval_args(p)
+    p.set_defaults(func=cmd_run)
+
+
+def add_build_args(p: argparse.ArgumentParser) -> None:
+    """How a missing vector is built: the recording's texts and the recipe (``record_from_args``,
+    ``recipe_from_args``)."""
     p.add_argument("--baseline", default="neutral")
     p.add_argument("--data", default=None, help="local GoEmotions folder (default: the hub dataset)")
     p.add_argument("--split", default="train")
@@ -199,32 +234,6 @@ def add_commands(sub: Any) -> None:
         metavar="K",
         help="project the top K principal components of the baseline texts out of built vectors (default %(default)s)",
     )
-    p.add_argument("--vector", default=None, help="use this vector file instead of building one")
-    p.add_argument(
-        "--alphas",
-        type=alpha_specs,
-        default=DEFAULT_ALPHAS,  # a string: argparse converts it only when used (keeps `--help` instant)
-        help=f"alphas and KL budgets (default: {DEFAULT_ALPHAS})",
-    )
-    p.add_argument(
-        "--truthfulqa-dir",
-        default=None,
-        help="local TruthfulQA JSONL folder: use the truthfulqa_local_* tasks (offline)",
-    )
-    p.add_argument("--out", default=None, help="output folder (default: runs/<model>-<emotion>)")
-    p.add_argument(
-        "--leakage-budget",
-        type=float,
-        default=None,
-        help="the KL budget (or alpha, without kl: alphas) of leakage.csv/png (default: the middle one)",
-    )
-    p.add_argument(
-        "--no-prompt-control",
-        action="store_true",
-        help="skip the prompting reference (the emotion tasks' prompts asking for the emotion, unsteered)",
-    )
-    _add_eval_args(p)
-    p.set_defaults(func=cmd_run)
 
 
 def evaluation_from_args(args: argparse.Namespace) -> Evaluation:
@@ -266,19 +275,31 @@ def recipe_from_args(args: argparse.Namespace) -> Recipe:
     return Recipe(args.method, top_k, args.centre, args.neutral_pcs)
 
 
+def record_from_args(args: argparse.Namespace) -> RecordOptions:
+    return RecordOptions(baseline=args.baseline, data=args.data, split=args.split, max_per_class=args.max_per_class)
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     evaluation = evaluation_from_args(args)
     return _show(sweep(args.vector, args.alphas, args.out, model=model_options(args), evaluation=evaluation))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    record = RecordOptions(baseline=args.baseline, data=args.data, split=args.split, max_per_class=args.max_per_class)
+    model, recipe, record = model_options(args), recipe_from_args(args), record_from_args(args)
+    evaluation = replace(evaluation_from_args(args), truthfulqa_dir=args.truthfulqa_dir)
+    if AUTO in evaluation.layer_sets:  # tune the vectors without a stored choice first, then steer their choices
+        from steer_plugin.study.tune import tune_missing
+
+        evaluation = tune_missing(
+            args.emotion, model, recipes=[recipe], record=record, evaluation=evaluation, alphas=args.alphas,
+            vector=args.vector,
+        )  # fmt: skip
     result = run(
         args.emotion,
-        model_options(args),
-        recipe=recipe_from_args(args),
+        model,
+        recipe=recipe,
         record=record,
-        evaluation=replace(evaluation_from_args(args), truthfulqa_dir=args.truthfulqa_dir),
+        evaluation=evaluation,
         alphas=args.alphas,
         vector=args.vector,
         out=args.out,

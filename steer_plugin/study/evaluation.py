@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
+from steer_plugin.data.prompt_split import DEFAULT_SPLIT, METADATA_KEY, PromptSplit, check_split
 from steer_plugin.errors import SteerError, check_choice, check_count
 from steer_plugin.harness.tasks import EMOTION_TASK_PREFIX, check_include_path
 from steer_plugin.io.outputs import check_output_dir
@@ -25,6 +26,7 @@ from steer_plugin.model.positions import Positions, check_positions
 from steer_plugin.steering.defaults import DEFAULT_LAYERS, DEFAULT_POSITIONS
 from steer_plugin.study.plan import SweepOptions
 from steer_plugin.study.results_files import check_table_outputs
+from steer_plugin.study.tuning_file import STORED_CHOICES
 
 if TYPE_CHECKING:  # pragma: no cover
     from steer_plugin.data.neutral_texts import TextSource
@@ -56,7 +58,9 @@ class Evaluation:
         batch_size: an int or ``auto``; recording uses it too when it is an int.
         classifier: the emotion classifier of the steer_emotion tasks: hub id, local folder or ``nade``.
         include_path: an extra folder of task YAMLs.
-        layers: a layer spec (``middle``, ``all``, ``10-19``) or several (each a sweep dimension).
+        layers: a layer spec (``middle``, ``all``, ``10-19``) or several (each a sweep dimension); ``tuned``:
+            each vector's layers as `steer tune` chose them on the dev prompts (stored beside the vector);
+            ``auto`` (`steer run --layers auto`): the same, tuning first where there is no stored choice.
         positions: ``response`` (the last position of each forward), ``all``, or both.
         backend: ``nnsight`` or ``hooks``.
         log_samples: keep the full harness samples (per-document scores are always kept).
@@ -82,6 +86,8 @@ class Evaluation:
         engine: ``hf`` (``steered_hf``) or ``vllm`` (``steered_vllm``, needs vLLM installed).
         engine_args: more model arguments of the engine, ``key=value`` joined by commas, as in ``--model_args``
             (e.g. ``gpu_memory_utilization=0.5,max_model_len=2048`` for vLLM).
+        prompt_split: which part of the emotion tasks' prompts: ``test`` (every report) or ``dev`` (what
+            `steer tune` chooses on); ``data.prompt_split``.
     """
 
     tasks: str | Sequence[str] = ()
@@ -108,6 +114,7 @@ class Evaluation:
     side_effects: bool = True
     truthfulqa_dir: PathLike | None = None
     prompted: Sequence[str] = ()
+    prompt_split: PromptSplit = DEFAULT_SPLIT
     engine: Engine = "hf"
     engine_args: str | None = None
 
@@ -153,7 +160,10 @@ class Evaluation:
         if not self.layer_sets or not self.position_sets:
             raise SteerError(f"--layers {self.layers!r} / --positions {self.positions!r}: give at least one of each")
         dimensions = model.dimensions() if model is not None else None
+        check_split(self.prompt_split)
         for spec in self.layer_sets:
+            if spec in STORED_CHOICES:  # resolved per vector once the vectors are there (study.tuning_file)
+                continue
             if not str(spec).strip():  # `--layers ' '`: a mistake, not a silent "all" (nor a folder name with a space)
                 raise SteerError(f"--layers {spec!r} names no layers; use all, middle or e.g. 10-19")
             layer_ranges(spec)
@@ -229,12 +239,18 @@ class Evaluation:
             config_batch_rows=self.config_batch_rows,
             task_metadata=self.task_metadata(),
             engine=self.engine,
+            prompt_split=self.prompt_split,
         )
 
     def task_metadata(self) -> dict[str, Any]:
-        """lm-eval task metadata beyond the classifier: the truthfulqa_local tasks' folder and the GoEmotions
-        folder of the continuation tasks, passed to the tasks instead of through the environment."""
-        metadata = {"truthfulqa_dir": str(Path(self.truthfulqa_dir).resolve())} if self.truthfulqa_dir else {}
+        """lm-eval task metadata beyond the classifier: the truthfulqa_local tasks' folder, the GoEmotions
+        folder of the continuation tasks and the emotion tasks' prompt split, passed to the tasks instead of through
+        the environment."""
+        metadata: dict[str, Any] = {}
+        if self.truthfulqa_dir:
+            metadata["truthfulqa_dir"] = str(Path(self.truthfulqa_dir).resolve())
+        if any(t.startswith(EMOTION_TASK_PREFIX.rstrip("_")) for t in self.task_names):
+            metadata[METADATA_KEY] = self.prompt_split  # recorded in the results' task configs
         if self.fluency_texts and Path(self.fluency_texts).is_dir():  # a GoEmotions folder: the continuation texts
             metadata["goemotions_dir"] = str(Path(self.fluency_texts).resolve())
         return metadata

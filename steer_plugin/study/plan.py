@@ -123,3 +123,4 @@ class SweepOptions:
     # task metadata beyond the classifier (truthfulqa_dir, goemotions_dir): where the tasks read their data
     task_metadata: dict[str, str] = field(default_factory=dict)
     engine: str = "hf"  # `hf` (steered_hf) or `vllm` (steered_vllm): see harness.engine
+    prompt_split: str = "test"  # the emotion tasks' prompts: test (reports) or dev (choices), data.prompt_split

@@ -29,6 +29,7 @@ from steer_plugin.study.plan import Resolver, SweepPlan
 from steer_plugin.study.sweep import check_reproducible, run_sweep
 from steer_plugin.study.sweep_folder import check_same_sweep, open_sweep_folder, sweep_settings
 from steer_plugin.study.task_sets import task_manager
+from steer_plugin.study.tuning_file import AUTO, TUNED
 from steer_plugin.vectors.recipe import DEFAULT_RECIPE, Recipe
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -109,7 +110,6 @@ def sweep(
     from steer_plugin.harness.engine import load_engine
     from steer_plugin.study.table import write_leaderboard
     from steer_plugin.vectors.controls import write_controls
-    from steer_plugin.vectors.vector import SteeringVector
 
     check_arguments(
         "sweep",
@@ -123,8 +123,7 @@ def sweep(
     evaluation.check(folder, model)
     paths = [str(v) for v in vectors]
     check_reproducible(model.harness_args(), paths)  # a ',' in a path: refused now, not in a reproduce command
-    for v in paths:  # a missing or corrupt vector fails now, not after the model has loaded
-        SteeringVector.load(v)
+    layer_sets = vector_layer_sets(paths, model, evaluation)  # loads each vector: a missing or corrupt one fails now
     evaluation.check_texts(grid)
     options = evaluation.sweep_options(model, folder)
     if not evaluation.fresh:  # before the controls are written into the folder
@@ -133,14 +132,54 @@ def sweep(
     controls = write_controls(paths, evaluation.controls, folder / "controls") if evaluation.controls else None
     engine = load_engine(options.model_args, options.engine)
     source = options.side_effects or evaluation.text_source()
-    plan = SweepPlan.grid(
-        paths, grid, evaluation.layer_sets, evaluation.position_sets, controls=controls,
-        resolve=_calibrated_alphas(model.name, engine, source, progress),  # kl:X alphas need the model
-        control_match=evaluation.control_match, prompted=evaluation.prompted,
-    )  # fmt: skip
+    groups: dict[tuple[str, ...], list[str]] = {}  # vectors that steer the same layer sets share one grid
+    for v in paths:
+        groups.setdefault(tuple(layer_sets[v]), []).append(v)
+    plans = [
+        SweepPlan.grid(
+            group, grid, list(specs), evaluation.position_sets, controls=controls,
+            resolve=_calibrated_alphas(model.name, engine, source, progress),  # kl:X alphas need the model
+            control_match=evaluation.control_match, prompted=evaluation.prompted if last else (),
+        )
+        for last, (specs, group) in ((i == len(groups) - 1, item) for i, item in enumerate(groups.items()))
+    ]  # fmt: skip
+    plan = SweepPlan(list(dict.fromkeys(c for p in plans for c in p.configs)))  # the baseline once, first
     results = run_sweep(engine, plan, options, progress, folder=open_sweep_folder(plan, options), tasks=tasks)
     board = write_leaderboard(folder)
     return RunResult(folder, board.rows, board.text, None, board.files, [Path(v) for v in paths], results)
+
+
+def vector_layer_sets(paths: list[str], model: ModelOptions, evaluation: Evaluation) -> dict[str, list[str]]:
+    """Each vector's layer specs: the evaluation's, with ``tuned`` as the layers `steer tune` chose for the vector
+    (``study.tuning_file``: a one-line error naming `steer tune` where there is no valid choice)."""
+    from steer_plugin.study.tuning_file import tune_command, tuned_choice, use_key
+    from steer_plugin.vectors.vector import SteeringVector
+
+    specs = evaluation.layer_sets
+    _no_auto(evaluation)
+    out = {}
+    for v in paths:
+        vector = SteeringVector.load(v)
+        if TUNED not in specs:
+            out[v] = list(specs)
+            continue
+        if len(evaluation.position_sets) != 1:
+            raise SteerError(f"--layers {TUNED} is a choice at one --positions setting; give one")
+        emotion = str(vector.metadata.get("emotion") or "EMOTION")
+        key = use_key(model, v, evaluation.position_sets[0], evaluation.classifier)
+        chosen = tuned_choice(v, key, tune_command(model, emotion)).layers
+        out[v] = list(dict.fromkeys(chosen if s == TUNED else s for s in specs))
+    return out
+
+
+def _no_auto(evaluation: Evaluation) -> None:
+    """``auto`` tunes before the run starts, which `steer run` does (``study.tune.tune_missing``); here it is an
+    error, before any work."""
+    if AUTO in evaluation.layer_sets:
+        raise SteerError(
+            f"layers {AUTO!r} tunes first: `steer run --layers {AUTO}`, or steer_plugin.tune(...) and then "
+            f"layers={TUNED!r}"
+        )
 
 
 def run(
@@ -205,6 +244,7 @@ def run(
     emotions = parse_targets(emotion)
     grid = as_alpha_specs(alphas)
     check_level(leakage_budget, grid)  # before minutes of recording and evaluation
+    _no_auto(evaluation)
     recipes = [recipe] if isinstance(recipe, Recipe) else list(recipe)
     if not recipes:
         raise SteerError("give at least one recipe (method: mean, top_k, pca or probe)")

@@ -308,7 +308,9 @@ def reproduce_commands(
     with where that was not the sweep's."""
     import shlex
 
-    metadata = json.dumps({"classifier": options.classifier}) if options.classifier else None
+    extra = {"steer_split": options.prompt_split} if options.prompt_split != "test" else {}
+    chosen = {**({"classifier": options.classifier} if options.classifier else {}), **extra}
+    metadata = json.dumps(chosen) if chosen else None
     lines = []
     for tasks, chat, instruction in groups:
         base = {**options.model_args, **({"batch_size": batch_size} if batch_size else {})}

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from steer_plugin._version import __version__
 from steer_plugin.errors import SteerError
 from steer_plugin.harness.classifier import chosen_classifier
+from steer_plugin.harness.tasks import EMOTION_TASK_PREFIX, is_emotion_task
 from steer_plugin.io.reading import JSON_LIMIT, read_regular_text
 from steer_plugin.io.terminal import printable
 from steer_plugin.model.loading import weights_fingerprint, with_gguf_file
@@ -84,6 +85,8 @@ def sweep_settings(options: SweepOptions) -> dict[str, Any]:
     )
     if options.engine != "hf":  # only where it is not transformers: earlier sweep folders resume as they are
         settings["engine"] = options.engine
+    if any(is_emotion_task(t) or t == EMOTION_TASK_PREFIX.rstrip("_") for t in options.tasks):
+        settings["prompt_split"] = options.prompt_split  # results on the dev prompts are not the test's
     return json.loads(json.dumps(settings, default=str))  # as it reads back from JSON
 
 

@@ -180,7 +180,10 @@ def test_continuation_docs_from_local_goemotions_folder(goemotions_dir, goemo_di
         "steer_emotion_continue_fear"
     ]
     docs = list(task.eval_docs)
-    assert [d["prompt_id"] for d in docs] == ["c1", "c2", "c5"]
+    # the test part of the 3 neutral-only texts c1, c2, c5 (c5 is dev: data.prompt_split's rule)
+    assert [d["prompt_id"] for d in docs] == ["c1", "c2"]
+    dev = task_manager(classifier=goemo_dir, steer_split="dev").load(["steer_emotion_continue_fear"])["tasks"]
+    assert [d["prompt_id"] for d in dev["steer_emotion_continue_fear"].eval_docs] == ["c5"]
     assert {(d["target"], d["classifier"], d["source"]) for d in docs} == {(("fear"), goemo_dir, "goemotions_neutral")}
     assert task.doc_to_text(docs[1]) == 'Three words, no subtlety. "Dude. Stop." '
     with pytest.raises(SteerError, match="GoEmotions folder"):
@@ -206,7 +209,7 @@ def test_classifier_comes_from_metadata_then_env_then_default(goemo_dir, monkeyp
     name = "steer_emotion_anger"
     monkeypatch.setenv(C.CLASSIFIER_ENV, goemo_dir)
     docs = task_manager().load([name])["tasks"][name].eval_docs
-    assert len(docs) == len(emotion_module().load_prompts()) and set(docs["classifier"]) == {goemo_dir}
+    assert len(docs) == len(emotion_module().prompts_part("test")) and set(docs["classifier"]) == {goemo_dir}
     other = build_goemotions_classifier(tmp_path / "other")
     docs = task_manager(classifier=other).load([name])["tasks"][name].eval_docs
     assert set(docs["classifier"]) == {other}
@@ -291,11 +294,13 @@ def test_simple_evaluate_end_to_end_with_chat_template(tiny_llama, goemo_dir, go
         counter.remove()
     assert counter.calls == 2, "one batched classifier call per task"
     tok = AutoTokenizer.from_pretrained(tiny_llama)
-    cases = (("steer_emotion_anger", ("anger",), 4), ("steer_emotion_continue_ekman_joy", EKMAN["joy"], 3))
-    for name, members, n_docs in cases:  # the GoEmotions fixture has 3 neutral-only rows
+    # the GoEmotions fixture has 3 neutral-only rows, 2 of them in the test part (c1, c2; c5 is dev)
+    cases = (("steer_emotion_anger", ("anger",), 4), ("steer_emotion_continue_ekman_joy", EKMAN["joy"], 2))
+    for name, members, n_docs in cases:
         res = out["results"][name]
         samples = out["samples"][name]
         assert len(samples) == n_docs
+        assert out["configs"][name]["metadata"]["steer_split"] == "test"  # the results say which part ran
         per_sample = []
         for s in samples:
             prompt, gen_kwargs = s["arguments"][0]
