@@ -250,6 +250,7 @@ def test_a_sweep_on_the_vllm_engine_matches_the_hf_engine(steered, hf, vector_pa
     from steer_plugin.study.sweep import run_sweep
     from tests.helpers.sweep import write_tiny_mc_task
 
+    (tmp_path / "tasks").mkdir()
     task_dir = write_tiny_mc_task(tmp_path / "tasks")
     texts = tmp_path / "neutral.txt"
     texts.write_text("\n".join(PROMPTS) + "\n", encoding="utf-8")
