@@ -272,9 +272,9 @@ def test_identical_greedy_generations_run_once(tiny_llama_dir, tmp_path):
 
 def test_example_generations_from_compact_and_full_rows():
     """summary.md's examples read the compact rows a sweep keeps and the full rows of --log-samples alike."""
-    from steer_plugin.study.example_outputs import _example
+    from steer_plugin.study.example_outputs import prompt_and_generation
 
-    assert _example({"doc_id": 0, "prompt": "Hi?", "generation": "Hello."}) == ("Hi?", "Hello.")
+    assert prompt_and_generation({"doc_id": 0, "prompt": "Hi?", "generation": "Hello."}) == ("Hi?", "Hello.")
     full = {"doc_id": 0, "doc": {"prompt": "Hi?"}, "resps": [["Hello."]], "filtered_resps": [{"generation": "Hello."}]}
-    assert _example(full) == ("Hi?", "Hello.")
-    assert _example({"doc_id": 0, "acc": 1.0}) is None  # a task without generations
+    assert prompt_and_generation(full) == ("Hi?", "Hello.")
+    assert prompt_and_generation({"doc_id": 0, "acc": 1.0}) is None  # a task without generations
