@@ -8,7 +8,7 @@ import argparse
 import sys
 
 from steer_plugin._version import __version__
-from steer_plugin.cli import data, steering, study, tasks, vectors
+from steer_plugin.cli import data, steering, study, tasks, vectors, view
 from steer_plugin.cli.args import join_gguf_file
 from steer_plugin.errors import SteerError
 from steer_plugin.io.terminal import printable
@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for group in (data, vectors, tasks, steering, study):  # the order of `steer --help`
+    for group in (data, vectors, tasks, steering, study, view):  # the order of `steer --help`
         group.add_commands(sub)
     return parser
 

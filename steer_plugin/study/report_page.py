@@ -110,7 +110,9 @@ def _vectors(configs: dict[int, dict[str, Any]]) -> str:
             seen.setdefault((str(v.get("path")), str(v.get("sha256"))), _setting(recipe))
     if not seen:
         return ""
-    body = "".join(f"<tr><td>{_e(p)}</td><td>{_e(r)}</td><td class=hash>{_e(h)}</td></tr>" for (p, h), r in seen.items())
+    body = "".join(
+        f"<tr><td>{_e(p)}</td><td>{_e(r)}</td><td class=hash>{_e(h)}</td></tr>" for (p, h), r in seen.items()
+    )
     return f"<table class=vectors><tr><th>vector file</th><th>recipe</th><th>sha256</th></tr>{body}</table>"
 
 
@@ -168,7 +170,9 @@ def _leaderboard(study: Study) -> str:
         task, metric = (_e(part) for part in c.split("/", 1))
         head.append(f"<th scope=col title='{_e(c)}'><button type=button>{task}<br>{metric}</button></th>")
         if any(c in r.paired for r in rows):
-            head.append(f"<th scope=col title='{_e(c)} Δ'><button type=button>{task}<br>{metric} Δ [95% CI]</button></th>")
+            head.append(
+                f"<th scope=col title='{_e(c)} Δ'><button type=button>{task}<br>{metric} Δ [95% CI]</button></th>"
+            )
     body = []
     for r in rows:
         kind = "baseline" if r.key.unsteered else "control" if r.control_of else "prompted" if r.key.prompted else ""
@@ -247,8 +251,7 @@ def report_html(study: Study, folder: str | Path, summary: str, figures: dict[st
         "leaderboard": _leaderboard(study),
         "figures": _figures(figures),
         "answers": _answers(changes, unrecorded),
-        "configs": "".join(f"<option>{_e(n)}</option>" for r, n in ((r, names[id(r)]) for r in _ordered(study))
-                           if not r.key.unsteered),  # fmt: skip
+        "configs": "".join(f"<option>{_e(names[id(r)])}</option>" for r in _ordered(study) if r is not study.baseline),
         "data": inline_json({"emotions": emotion_samples(study, names)}),
         "version": _e(__version__),
     }

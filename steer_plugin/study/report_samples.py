@@ -61,7 +61,9 @@ def _output(row: dict | None, rule: DegenerateRule | None) -> dict[str, Any] | N
     example = prompt_and_generation(row)
     bad = None
     if rule is not None and "no_words" in row and "repetition" in row:
-        bad = rule.reasons(_number(row["no_words"]) or 0.0, _number(row["repetition"]) or 0.0, _number(row.get("gen_nll")))
+        bad = rule.reasons(
+            _number(row["no_words"]) or 0.0, _number(row["repetition"]) or 0.0, _number(row.get("gen_nll"))
+        )
     return {"text": example[1] if example else None, "score": _number(row.get("target_prob")), "bad": bad}
 
 

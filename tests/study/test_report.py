@@ -91,7 +91,7 @@ def test_summary_numbers_are_the_paired_statistics(run_folder):
         assert ("(n.s.)" in part) == (ref_pair.ci_low <= 0 <= ref_pair.ci_high), part
     summary, files = write_study(folder, resamples=1000)
     assert expected in summary and expected in (folder / "summary.md").read_text()
-    assert {f.name for f in files} == {"summary.md", "leakage.csv", "leakage.png", "dose_response.png"}
+    assert {f.name for f in files} == {"summary.md", "leakage.csv", "leakage.png", "dose_response.png", "report.html"}
     assert summary.count("Toward ") == 4  # two emotions x two budgets
 
 
