@@ -58,8 +58,8 @@ def _configs(study: Study, folder: Path) -> dict[int, dict[str, Any]]:
         except (OSError, ValueError, RecursionError):
             continue
         config = doc.get("config") if isinstance(doc, dict) else None
-        if isinstance(config, dict):
-            out[id(row)] = config
+        if isinstance(config, dict):  # a plain lm_eval run keeps its version beside the config
+            out[id(row)] = {"lm_eval_version": doc.get("lm_eval_version"), **config}
     return out
 
 
@@ -76,11 +76,12 @@ def _setting(value: Any) -> str:
 def _provenance(study: Study, configs: dict[int, dict[str, Any]]) -> str:
     base = configs.get(id(study.baseline)) or next(iter(configs.values()), {})
     settings = base.get("sweep_settings") or {}
-    steering = [c.get("steering") or {} for c in configs.values()]
-    sweeps = [c.get("sweep") or {} for c in configs.values() if (c.get("steering") or {}).get("vectors")]
-    layers = sorted({f"{s.get('layers')} → blocks {_setting(t.get('steered_layers'))}"
-                     for s, t in zip(sweeps, [t for t in steering if t.get("vectors")])})  # fmt: skip
-    positions = sorted({str(t.get("positions")) for t in steering if t.get("vectors")})
+    steered = [c for c in configs.values() if isinstance(c.get("steering"), dict) and c["steering"].get("vectors")]
+    layers = sorted({
+        f"{(c.get('sweep') or c['steering']).get('layers')} → blocks {_setting(c['steering'].get('steered_layers'))}"
+        for c in steered
+    })  # fmt: skip
+    positions = sorted({str(c["steering"].get("positions")) for c in steered})
     model = settings.get("model") or base.get("model_args", "")
     items = [
         ("model", model),
