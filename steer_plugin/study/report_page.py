@@ -243,7 +243,7 @@ def report_html(study: Study, folder: str | Path, summary: str, figures: dict[st
     by file name: ``dose_response.png``, ``leakage.png``)."""
     configs = _configs(study, Path(folder))
     names = row_names(study.rows)
-    changes, unrecorded = changed_answers(study, names)
+    changes, unrecorded = changed_answers(study, _ordered(study), names)
     targets = ", ".join(dict.fromkeys(a.emotion for a in study.arms)) or "no emotion"
     slots = {
         "title": _e(f"steer report: {study.baseline.key.model} → {targets}"),

@@ -132,9 +132,9 @@ def _answers(path: Path | None) -> dict[int, dict[str, Any]]:
     return out
 
 
-def changed_answers(study: Study, names: dict[int, str]) -> tuple[list[AnswerChanges], list[str]]:
-    """Per multiple-choice task and configuration, the questions whose chosen answer changed; and the tasks whose
-    samples do not record the chosen answers (runs before they were kept)."""
+def changed_answers(study: Study, rows: list[Row], names: dict[int, str]) -> tuple[list[AnswerChanges], list[str]]:
+    """Per multiple-choice task and configuration (of ``rows``, in their order), the questions whose chosen answer
+    changed; and the tasks whose samples do not record the chosen answers (runs before they were kept)."""
     out: list[AnswerChanges] = []
     unrecorded = []
     for task, path in study.baseline.samples.items():
@@ -144,7 +144,7 @@ def changed_answers(study: Study, names: dict[int, str]) -> tuple[list[AnswerCha
         if not base:
             unrecorded += [task] if read_scores(path).get("acc") else []
             continue
-        for row in study.rows:
+        for row in rows:
             if row is study.baseline or task not in row.samples:
                 continue
             mine = _answers(row.samples[task])
