@@ -10,7 +10,7 @@ import os
 import sys
 
 from steer_plugin._version import __version__
-from steer_plugin.cli import data, steering, study, tasks, tune, vectors
+from steer_plugin.cli import data, steering, study, tasks, tune, vectors, view
 from steer_plugin.cli.args import join_gguf_file
 from steer_plugin.errors import SteerError
 from steer_plugin.io.terminal import printable
@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for group in (data, vectors, tasks, steering, study, tune):  # the order of `steer --help`
+    for group in (data, vectors, tasks, steering, study, tune, view):  # the order of `steer --help`
         group.add_commands(sub)
     return parser
 

@@ -153,7 +153,8 @@ def add_commands(sub: Any) -> None:
     p.set_defaults(func=cmd_table)
 
     p = sub.add_parser(
-        "report", help="what steering did: summary.md, leakage.csv/png, dose_response.png from a run/sweep folder"
+        "report",
+        help="what steering did: summary.md, leakage.csv/png, dose_response.png, report.html from a run/sweep folder",
     )
     p.add_argument("dir")
     p.add_argument(

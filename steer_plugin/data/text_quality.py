@@ -101,6 +101,15 @@ class DegenerateRule:
         )
 
     def __call__(self, no_words: float, repetition: float, nll: float | None = None) -> bool:
-        if no_words or repetition > self.repetition_limit:
-            return True
-        return nll is not None and math.isfinite(nll) and nll > self.nll_limit
+        return bool(self.reasons(no_words, repetition, nll))
+
+    def reasons(self, no_words: float, repetition: float, nll: float | None = None) -> list[str]:
+        """Why an output is degenerate, one phrase per broken limit (empty: it is not)."""
+        out = []
+        if no_words:
+            out.append("no words")
+        if repetition > self.repetition_limit:
+            out.append(f"repetition {repetition:.2f} > {self.repetition_limit:.2f}")
+        if nll is not None and math.isfinite(nll) and nll > self.nll_limit:
+            out.append(f"unlikely text: NLL {nll:.2f} > {self.nll_limit:.2f} nats/token")
+        return out

@@ -43,6 +43,7 @@ class Study:
     arms: list[Arm]  # emotion vectors, in row order
     controls: dict[SeriesKey, list[Arm]] = field(default_factory=dict)  # a vector's series -> its controls
     prompted: dict[str, Row] = field(default_factory=dict)  # emotion -> the prompting reference (asking for it)
+    rows: list[Row] = field(default_factory=list)  # every leaderboard row, with its paired statistics
 
     @property
     def emotions(self) -> list[str]:
@@ -105,7 +106,7 @@ def load_study(folder: str | Path, resamples: int = DEFAULT_RESAMPLES, seed: int
         raise SteerError(f"no baseline (alpha 0) results under {folder}: the summary compares against it")
     arms = [a for r in rows if r.key.controls is None and (a := _arm(r))]
     _name_series(arms)
-    study = Study(baselines[0], arms)
+    study = Study(baselines[0], arms, rows=rows)
     for r in rows:
         if (series := r.key.controls) is not None and (control := _arm(r)) is not None:
             study.controls.setdefault(series, []).append(control)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 from steer_plugin.io.reading import read_regular_text
 from steer_plugin.io.terminal import printable
@@ -15,23 +16,31 @@ EXAMPLES = 3  # prompts shown per emotion
 EXAMPLE_SHOWN = 300  # characters of a generation shown
 
 
-def _generations(row: Row, task: str) -> dict[int, tuple[str, str]]:
-    """doc_id -> (prompt, generation) from a row's per-document samples (kept by `steer sweep`)."""
-    path = row.samples.get(task)
-    out: dict[int, tuple[str, str]] = {}
+def sample_rows(path: Path | None) -> dict[int, dict]:
+    """doc_id -> its row (compact or full) of a per-document samples file; unreadable lines left out."""
+    out: dict[int, dict] = {}
     if path is None or not path.is_file():
         return out
     for line in read_regular_text(path).splitlines():
         try:
             doc = json.loads(line)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             continue
-        if isinstance(doc, dict) and isinstance(doc.get("doc_id"), int) and (example := _example(doc)) is not None:
-            out[doc["doc_id"]] = example
+        if isinstance(doc, dict) and isinstance(doc.get("doc_id"), int):
+            out[doc["doc_id"]] = doc
     return out
 
 
-def _example(row: dict) -> tuple[str, str] | None:
+def _generations(row: Row, task: str) -> dict[int, tuple[str, str]]:
+    """doc_id -> (prompt, generation) from a row's per-document samples (kept by `steer sweep`)."""
+    return {
+        doc_id: example
+        for doc_id, doc in sample_rows(row.samples.get(task)).items()
+        if (example := prompt_and_generation(doc)) is not None
+    }
+
+
+def prompt_and_generation(row: dict) -> tuple[str, str] | None:
     """(prompt, generation) of a compact row (``paired.compact_row``) or of a full harness row (``--log-samples``)."""
     if "generation" in row:
         return str(row.get("prompt", "")), str(row["generation"])

@@ -45,7 +45,9 @@ _DATE = re.compile(r"_(\d{4}-\d{2}-\d{2}T[0-9.\-]+)$")
 # per-document scores are kept compact in sweeps: these keys plus the metric values
 COMPACT_KEYS = ("doc_id", "doc_hash", "prompt_hash", "target_hash", "filter", "metrics")
 
-_NOT_METRICS = frozenset(COMPACT_KEYS) | {"doc", "target", "arguments", "resps", "filtered_resps"}
+# what else a compact row may hold: texts for the report, and the index of a multiple-choice row's chosen answer
+CHOICE_KEYS = ("chosen", "question", "choice", "correct")
+_NOT_METRICS = frozenset(COMPACT_KEYS) | {"doc", "target", "arguments", "resps", "filtered_resps", *CHOICE_KEYS}
 
 DocKey = tuple[Any, Any, Any]
 T = TypeVar("T")
@@ -204,6 +206,30 @@ def compact_row(row: dict[str, Any]) -> dict[str, Any]:
         doc = row.get("doc")
         out["prompt"] = str(doc.get("prompt", "") if isinstance(doc, dict) else "")[:EXAMPLE_CHARS]
         out["generation"] = str(record["generation"])[:EXAMPLE_CHARS]
+    out.update(chosen_answer(row) or {})
+    return out
+
+
+def chosen_answer(row: dict[str, Any]) -> dict[str, Any] | None:
+    """A multiple-choice row's answer (the most likely choice): its index, the question, the chosen and the
+    correct choice's text, cut to ``EXAMPLE_CHARS``, so a report can list the questions whose answer steering
+    changed; None for other rows. Reads a harness row (``--log-samples``, as kept or as written to JSON)."""
+    args, resps, target = row.get("arguments"), row.get("filtered_resps"), row.get("target")
+    if not isinstance(args, list) or not isinstance(resps, list) or len(args) != len(resps) or len(args) < 2:
+        return None
+    try:
+        continuations = [str(a[1]) for a in args]
+        scores = [float(r[0]) for r in resps]
+    except (IndexError, TypeError, ValueError):
+        return None  # not (context, continuation) pairs scored by loglikelihood
+    chosen = max(range(len(scores)), key=scores.__getitem__)
+    doc = row.get("doc")
+    question = doc.get("question") if isinstance(doc, dict) else None
+    out: dict[str, Any] = {"chosen": chosen, "choice": continuations[chosen].strip()[:EXAMPLE_CHARS]}
+    if isinstance(question, str):
+        out["question"] = question[:EXAMPLE_CHARS]
+    if isinstance(target, int) and 0 <= target < len(continuations):
+        out["correct"] = continuations[target].strip()[:EXAMPLE_CHARS]
     return out
 
 

@@ -1,5 +1,5 @@
 """What steering did, from a finished `steer run` / `steer sweep` folder: summary sentences, the emotion x
-label leakage table and the dose-response plot.
+label leakage table, the dose-response plot and the report page (report.html) that shows them with the outputs.
 
 Every number comes from the leaderboard's rows and their paired statistics against the baseline
 (``steer_plugin.study.paired``: Δ with a 95% paired bootstrap interval over the same documents), so the
@@ -17,9 +17,11 @@ from steer_plugin.study.dose_response import dose_response_png
 from steer_plugin.study.example_outputs import examples_text
 from steer_plugin.study.leakage import leakage, leakage_csv, leakage_png
 from steer_plugin.study.paired import DEFAULT_RESAMPLES
+from steer_plugin.study.report_page import OUTPUT as REPORT_PAGE
+from steer_plugin.study.report_page import report_html
 from steer_plugin.study.sentences import summary_text
 
-OUTPUTS = ("summary.md", "leakage.csv", "leakage.png", "dose_response.png")
+OUTPUTS = ("summary.md", "leakage.csv", "leakage.png", "dose_response.png", REPORT_PAGE)
 
 
 def write_study(
@@ -29,7 +31,8 @@ def write_study(
     resamples: int = DEFAULT_RESAMPLES,
     seed: int = 0,
 ) -> tuple[str, list[Path]]:
-    """summary.md, leakage.csv/png and dose_response.png beside the leaderboard; returns the summary."""
+    """summary.md, leakage.csv/png, dose_response.png and report.html beside the leaderboard; returns the
+    summary."""
     root = Path(folder)
     out = Path(out_dir) if out_dir is not None else root
     for name in OUTPUTS:  # before the statistics: a path that cannot be written fails now
@@ -43,4 +46,6 @@ def write_study(
         outputs[out / "leakage.csv"] = leakage_csv(table)
         outputs[out / "leakage.png"] = leakage_png(table, what)
     outputs[out / "dose_response.png"] = dose_response_png(study)
+    figures = {path.name: data for path, data in outputs.items() if isinstance(data, bytes)}
+    outputs[out / REPORT_PAGE] = report_html(study, root, text, figures)
     return text, write_files_atomic(outputs)  # rendered first, written as one set

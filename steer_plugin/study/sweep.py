@@ -12,6 +12,7 @@ inside the functions that run a sweep.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import math
 import random
@@ -184,6 +185,7 @@ class ConfigurationStep:
             "classifier": options.classifier,
             "sweep": self.state.records[config.slug()],
             "sweep_settings": self.state.settings,
+            "lm_eval_version": importlib.metadata.version("lm_eval"),  # for the report's provenance
             "seconds": round(seconds, 2),
             "generation_fluency_seconds": round(fluency_seconds, 2),  # of ``seconds``: gen_nll of the outputs
             # of ``seconds``: the model's time per request type (the first configuration's includes the batched

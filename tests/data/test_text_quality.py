@@ -66,3 +66,13 @@ def test_rule_flags_silence_loops_and_unlikely_text():
     assert not rule(no_words=0.0, repetition=0.1, nll=3.0)
     assert not rule(no_words=0.0, repetition=0.1, nll=None)  # fluency not measured: the other two decide
     assert not rule(no_words=0.0, repetition=0.5)  # at the limit is not past it
+
+
+def test_rule_says_why():
+    rule = DegenerateRule(repetition_limit=0.5, nll_limit=6.0)
+    assert rule.reasons(no_words=0.0, repetition=0.1, nll=3.0) == []
+    assert rule.reasons(no_words=1.0, repetition=0.8, nll=7.0) == [
+        "no words",
+        "repetition 0.80 > 0.50",
+        "unlikely text: NLL 7.00 > 6.00 nats/token",
+    ]

@@ -228,6 +228,7 @@ def test_wheel_ships_autoload_and_tasks(wheel):
         "steer_plugin/_autoload.py",
         "steer_plugin/harness/tasks.py",
         "steer_plugin/data/generation_prompts.txt",
+        "steer_plugin/study/report_page.html",  # the report page's template, read at run time
     } <= names
     tasks = REPO / "lm_eval_tasks"
     expected_tasks = {

@@ -91,7 +91,7 @@ def test_summary_numbers_are_the_paired_statistics(run_folder):
         assert ("(n.s.)" in part) == (ref_pair.ci_low <= 0 <= ref_pair.ci_high), part
     summary, files = write_study(folder, resamples=1000)
     assert expected in summary and expected in (folder / "summary.md").read_text()
-    assert {f.name for f in files} == {"summary.md", "leakage.csv", "leakage.png", "dose_response.png"}
+    assert {f.name for f in files} == {"summary.md", "leakage.csv", "leakage.png", "dose_response.png", "report.html"}
     assert summary.count("Toward ") == 4  # two emotions x two budgets
 
 
@@ -272,9 +272,9 @@ def test_identical_greedy_generations_run_once(tiny_llama_dir, tmp_path):
 
 def test_example_generations_from_compact_and_full_rows():
     """summary.md's examples read the compact rows a sweep keeps and the full rows of --log-samples alike."""
-    from steer_plugin.study.example_outputs import _example
+    from steer_plugin.study.example_outputs import prompt_and_generation
 
-    assert _example({"doc_id": 0, "prompt": "Hi?", "generation": "Hello."}) == ("Hi?", "Hello.")
+    assert prompt_and_generation({"doc_id": 0, "prompt": "Hi?", "generation": "Hello."}) == ("Hi?", "Hello.")
     full = {"doc_id": 0, "doc": {"prompt": "Hi?"}, "resps": [["Hello."]], "filtered_resps": [{"generation": "Hello."}]}
-    assert _example(full) == ("Hi?", "Hello.")
-    assert _example({"doc_id": 0, "acc": 1.0}) is None  # a task without generations
+    assert prompt_and_generation(full) == ("Hi?", "Hello.")
+    assert prompt_and_generation({"doc_id": 0, "acc": 1.0}) is None  # a task without generations

@@ -231,10 +231,15 @@ def test_sweep_with_controls_keeps_per_document_scores_and_tables_them(
     assert control["steering"]["vectors"][0]["metadata"]["method"] == "random"
     assert torch.equal(SteeringVector.load(controls[vector_file][0]).matrix, random_like_file(vector_file, 0).matrix)
 
-    # per-document scores are kept without --log-samples, compact: keys and metric values only
+    # per-document scores are kept without --log-samples, compact: keys and metric values only, and for the
+    # report the chosen answer (its index and text) and the correct one (the docs have no "question" field)
     rows = [json.loads(line) for line in (files[1].parent / "samples_tiny_mc.jsonl").read_text().splitlines()]
     assert len(rows) == len(TINY_MC_DOCS)
-    assert set(rows[0]) == {"doc_id", "doc_hash", "prompt_hash", "target_hash", "filter", "metrics", "acc", "acc_norm"}
+    assert set(rows[0]) == {
+        "doc_id", "doc_hash", "prompt_hash", "target_hash", "filter", "metrics", "acc", "acc_norm",
+        "chosen", "choice", "correct",
+    }  # fmt: skip
+    assert rows[0]["correct"] == "Paris." and rows[0]["choice"] == TINY_MC_DOCS[0]["choices"][rows[0]["chosen"]].strip()
 
     # the control's recorded model_args reproduce it with the stock harness
     ref = lm_eval.simple_evaluate(
