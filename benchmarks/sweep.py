@@ -137,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
                 "all",
                 "--positions",
                 "all",
+                "--controls",  # the separate runs evaluate the vector alone
+                "0",
                 "--out",
                 str(out),
             ]
