@@ -139,6 +139,53 @@ def emotion_metrics(record: Mapping[str, Any] | ScoreRecord) -> dict[str, float]
     return metrics
 
 
+def labels_for_target(
+    name: str, labels: Sequence[str], goemotions_map: Mapping[str, str], target: str
+) -> tuple[str, ...]:
+    """The labels of classifier ``name`` that count as hitting ``target`` (see the module docstring); a one-line
+    SteerError for a target it cannot express (``neutral`` for nade)."""
+    members = resolve_target(target)
+    group = ekman_group(target)
+    if group:
+        if all(m in labels for m in members):
+            return members
+        if group in labels:
+            return (group,)
+    mapped = [goemotions_map.get(m) for m in members]
+    if any(m is None for m in mapped):
+        missing = [m for m, to in zip(members, mapped, strict=True) if to is None]
+        raise SteerError(
+            f"emotion classifier {name!r} has no label for target {target!r} "
+            f"(unmapped: {', '.join(missing)}); its labels are {', '.join(labels)}"
+        )
+    return tuple(dict.fromkeys(m for m in mapped if m is not None))
+
+
+def check_classifier(name: str | None, targets: Sequence[str]) -> None:
+    """What can be known of the emotion tasks' classifier before any model loads: a local folder that is not
+    there, and (for ``nade``, whose labels are known without loading it) a target it cannot score."""
+    chosen = resolve_classifier_name(name)
+    if chosen == NADE_NAME:
+        for target in targets:
+            labels_for_target(NADE_NAME, NADE_LABELS, NADE_MAPPING, target)
+        return
+    problem = _missing_folder(chosen)
+    if problem:
+        raise SteerError(problem)
+
+
+def _missing_folder(name: str) -> str | None:
+    """Why ``name`` (a classifier named like a local path) cannot be loaded; None: a folder, or a hub id."""
+    path = Path(name).expanduser()
+    looks_local = name.startswith((".", "/", "~")) or path.exists()
+    if looks_local and not path.is_dir():
+        return (
+            f"emotion classifier folder {name!r} does not exist; accepted: a local folder saved "
+            "with save_pretrained, a Hugging Face hub id, or 'nade'"
+        )
+    return None
+
+
 @dataclass
 class EmotionClassifier(ABC):
     """A text → {label: probability} scorer with a fixed label set."""
@@ -169,21 +216,7 @@ class EmotionClassifier(ABC):
 
     def target_labels(self, target: str) -> tuple[str, ...]:
         """The classifier labels that count as hitting ``target`` (see module docstring)."""
-        members = resolve_target(target)
-        group = ekman_group(target)
-        if group:
-            if all(m in self.labels for m in members):
-                return members
-            if group in self.labels:
-                return (group,)
-        mapped = [self.goemotions_map.get(m) for m in members]
-        if any(m is None for m in mapped):
-            missing = [m for m, to in zip(members, mapped, strict=True) if to is None]
-            raise SteerError(
-                f"emotion classifier {self.name!r} has no label for target {target!r} "
-                f"(unmapped: {', '.join(missing)}); its labels are {', '.join(self.labels)}"
-            )
-        return tuple(dict.fromkeys(m for m in mapped if m is not None))
+        return labels_for_target(self.name, self.labels, self.goemotions_map, target)
 
     def top_label(self, scores: Mapping[str, float]) -> str:
         return max(self.labels, key=lambda label: scores[label])
@@ -322,13 +355,11 @@ def get_classifier(name: str | None = None, device: str | None = None) -> Emotio
 def _load(name: str, device: str) -> EmotionClassifier:
     if name == NADE_NAME:
         return NadeEmotionClassifier()
+    problem = _missing_folder(name)
+    if problem:
+        raise SteerError(problem)
     path = Path(name).expanduser()
     looks_local = name.startswith((".", "/", "~")) or path.exists()
-    if looks_local and not path.is_dir():
-        raise SteerError(
-            f"emotion classifier folder {name!r} does not exist; accepted: a local folder saved "
-            "with save_pretrained, a Hugging Face hub id, or 'nade'"
-        )
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     source = str(path) if looks_local else name

@@ -42,3 +42,18 @@ EMOTION_TASK_PREFIX = "steer_emotion_"  # our generation tasks: steer_emotion_<t
 def is_emotion_task(name: str) -> bool:
     """A leaf task of ours whose generations an emotion classifier scores (apply it to task names, not groups)."""
     return name.startswith(EMOTION_TASK_PREFIX)
+
+
+def emotion_task_target(name: str) -> str | None:
+    """The class an emotion task scores (``steer_emotion_anger`` -> ``anger``, ``steer_emotion_continue_ekman_joy``
+    -> ``ekman:joy``); None for another task, or a name that is no class (the task index reports it)."""
+    from steer_plugin.data.goemotions import canonical_target
+
+    if not is_emotion_task(name):
+        return None
+    rest = name.removeprefix(EMOTION_TASK_PREFIX)
+    rest = rest.removeprefix("continue_") if rest != "continue" else rest
+    try:
+        return canonical_target(rest)
+    except SteerError:
+        return None

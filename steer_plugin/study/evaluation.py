@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from steer_plugin.data.prompt_split import DEFAULT_SPLIT, METADATA_KEY, PromptSplit, check_split
 from steer_plugin.errors import SteerError, check_choice, check_count
-from steer_plugin.harness.tasks import EMOTION_TASK_PREFIX, check_include_path
+from steer_plugin.harness.classifier import check_classifier
+from steer_plugin.harness.tasks import EMOTION_TASK_PREFIX, check_include_path, emotion_task_target
 from steer_plugin.io.outputs import check_output_dir
 from steer_plugin.io.schema import check_fields, is_number
 from steer_plugin.model.backends import Backend
@@ -183,6 +184,9 @@ class Evaluation:
                 raise SteerError(f"--apply-chat-template: the tokenizer of {model.name} has no chat template")
             if self.chat == "on":
                 uses_chat(self.chat, model)  # with or without emotion tasks
+        targets = [t for t in map(emotion_task_target, self.task_names) if t]
+        if targets:  # a classifier folder that is not there, nade asked for neutral: now, not after minutes of work
+            check_classifier(self.classifier, targets)
         check_output_dir(out)
         check_table_outputs(out / "leaderboard")
 

@@ -100,3 +100,27 @@ def test_run_refuses_arguments_of_wrong_types_before_any_work(tmp_path, kwargs, 
     with pytest.raises(SteerError, match=re.escape(message)):
         run("anger", **{"model": "/nonexistent/model", **kwargs})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_classifier_is_checked_before_any_model_loads(tmp_path):
+    """A classifier folder that is not there, or nade asked to score neutral (it has no neutral label), is a one-line
+    error from the arguments alone: before recording, building or loading anything (it used to come after)."""
+    import pytest
+
+    from steer_plugin.errors import SteerError
+
+    with pytest.raises(SteerError, match="has no label for target 'neutral'"):
+        Evaluation(tasks="steer_emotion_neutral", classifier="nade").check(tmp_path / "a")
+    with pytest.raises(SteerError, match="does not exist"):
+        Evaluation(tasks="steer_emotion_anger", classifier=str(tmp_path / "no-such-classifier")).check(tmp_path / "b")
+    Evaluation(tasks="steer_emotion_ekman_anger,truthfulqa_mc2", classifier="nade").check(tmp_path / "c")  # fine
+    Evaluation(tasks="truthfulqa_mc2", classifier=str(tmp_path / "unused")).check(tmp_path / "d")  # no emotion task
+
+
+def test_emotion_tasks_name_their_target():
+    from steer_plugin.harness.tasks import emotion_task_target
+
+    assert emotion_task_target("steer_emotion_anger") == "anger"
+    assert emotion_task_target("steer_emotion_continue_ekman_joy") == "ekman:joy"
+    assert emotion_task_target("steer_emotion_continue") is None  # the group
+    assert emotion_task_target("truthfulqa_mc2") is None
