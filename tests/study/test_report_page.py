@@ -13,6 +13,7 @@ import pytest
 
 from steer_plugin.study.paired import compact_row
 from steer_plugin.study.report import write_study
+from tests.helpers.required import REQUIRE_BROWSER, unavailable
 from tests.helpers.study import N_DOCS, vector_entry, write_config
 
 EVIL = '</script><script>window.pwned = 1</script><img src=x onerror="window.pwned = 2"> & <!-- -->'
@@ -156,9 +157,13 @@ def tiny_run(tmp_path_factory, tiny_chat_llama_dir, shared_or_none) -> Path:
 
 @pytest.fixture(scope="module")
 def browser():
-    sync_api = pytest.importorskip("playwright.sync_api", reason="the browser tests need playwright (the test extra)")
+    try:
+        from playwright import sync_api
+    except ImportError:
+        unavailable("the browser tests need playwright (the test extra)", REQUIRE_BROWSER)
     if not Path(CHROMIUM).is_file():
-        pytest.skip(f"no Chromium at {CHROMIUM}: `apt-get install -y chromium` (Debian) for the browser tests")
+        unavailable(f"no Chromium at {CHROMIUM}: `apt-get install -y chromium` (Debian) for the browser tests",
+                    REQUIRE_BROWSER)  # fmt: skip
     with sync_api.sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield b
