@@ -12,9 +12,10 @@ unreadable files (a folder of results) skip it the same way.
 
 from __future__ import annotations
 
+import json
 import os
 import stat
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from steer_plugin.errors import SteerError
 from steer_plugin.io.terminal import printable
@@ -84,3 +85,23 @@ def is_regular_file(path: str | os.PathLike) -> bool:
 
 def _size(n: int) -> str:
     return f"{n // MIB} MiB" if n >= MIB else f"{n} bytes"
+
+
+class NotJSON(ValueError):
+    """A file that was read but holds no JSON document: the reason, for the caller's own refusal."""
+
+
+def read_json_file(path: str | os.PathLike, what: str) -> Any:
+    """The JSON document in ``path``, a regular file of at most ``JSON_LIMIT`` bytes. A missing file raises
+    FileNotFoundError (the caller says what none means), an unreadable one a SteerError naming ``what``, text
+    that is not JSON a ``NotJSON`` with the parser's reason."""
+    try:
+        text = read_regular_text(path, JSON_LIMIT)
+    except FileNotFoundError:
+        raise
+    except (OSError, UnicodeDecodeError) as e:
+        raise SteerError(f"{path}: cannot read the {what} ({e})") from None
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise NotJSON(f"not valid JSON ({type(e).__name__}: {str(e)[:80]})") from None

@@ -16,7 +16,7 @@ from typing import Any
 
 from steer_plugin.errors import SteerError
 from steer_plugin.io.formats import CALIBRATION_FORMAT
-from steer_plugin.io.reading import JSON_LIMIT, read_regular_text
+from steer_plugin.io.reading import NotJSON, read_json_file
 from steer_plugin.io.schema import Rule, fields_problem, is_finite, is_int, is_number, shown
 from steer_plugin.steering.calibration_key import CalibrationKey, Reuse
 from steer_plugin.steering.calibration_result import Calibration, CalibrationRow
@@ -108,15 +108,11 @@ def _refused(path: Path, problem: str) -> SteerError:
 def read_calibration_file(path: Path) -> dict[str, Any] | None:
     """The validated contents of a calibration file (None: there is none); SteerError naming the field otherwise."""
     try:
-        text = read_regular_text(path, JSON_LIMIT)
+        doc = read_json_file(path, "calibration file")
     except FileNotFoundError:
         return None
-    except (OSError, UnicodeDecodeError) as e:
-        raise SteerError(f"{path}: cannot read the calibration file ({e})") from None
-    try:
-        doc = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as e:
-        raise _refused(path, f"not valid JSON ({type(e).__name__}: {str(e)[:80]})") from None
+    except NotJSON as e:
+        raise _refused(path, str(e)) from None
     problem = calibration_file_problem(doc)
     if problem:
         raise _refused(path, problem)

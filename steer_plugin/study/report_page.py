@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from steer_plugin._version import __version__
+from steer_plugin.errors import SteerError
+from steer_plugin.io.reading import read_json_file
 from steer_plugin.io.terminal import printable
 from steer_plugin.study.arms import Study
 from steer_plugin.study.report_samples import AnswerChanges, changed_answers, emotion_samples, row_names
@@ -54,8 +56,8 @@ def _configs(study: Study, folder: Path) -> dict[int, dict[str, Any]]:
     out = {}
     for row in study.rows:
         try:
-            doc = json.loads((folder / row.source).read_text(encoding="utf-8"))
-        except (OSError, ValueError, RecursionError):
+            doc = read_json_file(folder / row.source, "results file")
+        except (OSError, SteerError, ValueError):
             continue
         config = doc.get("config") if isinstance(doc, dict) else None
         if isinstance(config, dict):  # a plain lm_eval run keeps its version beside the config

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from steer_plugin.errors import SteerError
+from steer_plugin.io.reading import NotJSON, read_json_file
 from steer_plugin.io.schema import Rule, fields_problem, is_int, is_number, shown
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -166,15 +167,11 @@ def stored_tunings(vector_path: str | Path) -> list[Tuning]:
     """The tunings stored beside a vector, validated (a tampered file is an error, not a guess)."""
     path = tuning_path(vector_path)
     try:
-        text = path.read_text(encoding="utf-8")
+        doc = read_json_file(path, "tuning file")
     except FileNotFoundError:
         return []
-    except (OSError, UnicodeDecodeError) as e:
-        raise SteerError(f"{path}: cannot read the tuning file ({e})") from None
-    try:
-        doc = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as e:
-        raise _refused(path, f"not valid JSON ({type(e).__name__})") from None
+    except NotJSON as e:
+        raise _refused(path, str(e)) from None
     problem = tuning_file_problem(doc)
     if problem:
         raise _refused(path, problem)

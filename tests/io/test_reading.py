@@ -89,3 +89,23 @@ def test_a_file_larger_than_its_format_allows_is_refused(tmp_path):
     small = tmp_path / "small.json"
     small.write_text("{}")
     assert read_regular_text(small, JSON_LIMIT) == "{}"
+
+
+def test_the_tuning_file_and_the_report_read_through_the_same_guard(tmp_path):
+    """`steer tune`'s file beside a vector is read like a calibration file: by size and only if regular (it used to
+    be read whole, and a FIFO named like it blocked)."""
+    from steer_plugin.study.tuning_file import stored_tunings, tuning_path
+
+    vector = tmp_path / "v.safetensors"
+    SteeringVector(torch.ones(3, 8), {"emotion": "anger"}).save(vector)
+    with open(tuning_path(vector), "wb") as f:
+        f.truncate(JSON_LIMIT + 1)  # sparse: no disk used
+    with pytest.raises(SteerError, match="larger than 64 MiB"):
+        stored_tunings(vector)
+    tuning_path(vector).unlink()
+    os.mkfifo(tuning_path(vector))
+    worker, caught = _within(20, lambda: stored_tunings(vector))
+    if worker.is_alive():
+        os.close(os.open(tuning_path(vector), os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail("reading a FIFO named as the tuning file blocked")
+    assert isinstance(caught[0], SteerError) and "FIFO (named pipe)" in str(caught[0])
