@@ -26,6 +26,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import re
 import sys
 from collections.abc import Iterable, Iterator
@@ -185,7 +186,7 @@ def samples_files(results_file: str | Path, tasks: Iterable[str]) -> dict[str, P
     found = {}
     for task in tasks:
         candidate = path.with_name(f"samples_{task}{suffix}.jsonl")
-        if candidate.is_file():
+        if os.path.lexists(candidate):  # a FIFO or a broken link too: reading it says what it is, never silence
             found[task] = candidate
     return found
 
@@ -233,11 +234,22 @@ def chosen_answer(row: dict[str, Any]) -> dict[str, Any] | None:
     return out
 
 
+class DuplicateDocument(SteerError):
+    """A samples file that scores one document twice (under one filter): documents are paired by doc_id, so
+    either score would silently stand for both."""
+
+
+def _is_key(value: Any) -> bool:
+    return value is None or (isinstance(value, (int, str)) and not isinstance(value, bool))
+
+
 def read_scores(path: str | Path) -> dict[str, dict[DocKey, float]]:
     """``{metric label: {doc key: value}}`` of the numeric per-document metrics in a samples file;
-    labels are ``metric`` or ``metric[filter]`` as in the leaderboard (filter ``none`` is left out)."""
+    labels are ``metric`` or ``metric[filter]`` as in the leaderboard (filter ``none`` is left out).
+    A document scored twice under one filter is a ``DuplicateDocument``."""
     scores: dict[str, dict[DocKey, float]] = {}
     unreadable: list[int] = []  # line numbers: said on stderr, never skipped silently (their Δ would vanish)
+    first_line: dict[tuple[Any, Any], int] = {}  # (filter, doc_id) -> the line that scored it
     with io.TextIOWrapper(open_regular(path), encoding="utf-8", errors="replace") as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
@@ -247,16 +259,26 @@ def read_scores(path: str | Path) -> dict[str, dict[DocKey, float]]:
             except (json.JSONDecodeError, RecursionError):
                 unreadable.append(number)  # e.g. a truncated last line: the documents before it still count
                 continue
-            if not isinstance(row, dict) or "doc_id" not in row:
+            if not isinstance(row, dict) or row.get("doc_id") is None:
                 unreadable.append(number)
                 continue
             key = (row["doc_id"], row.get("doc_hash"), row.get("prompt_hash"))
             filt = row.get("filter", "none")
+            if not all(map(_is_key, (*key, filt))):  # ids that are not ids (a list): no key to pair documents by
+                unreadable.append(number)
+                continue
+            seen = first_line.setdefault((filt, key[0]), number)
+            if seen != number:
+                where = "" if filt == "none" else f" under filter {printable(filt)!r}"
+                raise DuplicateDocument(
+                    f"{printable(path)}: doc_id {printable(repr(key[0]))} is scored twice{where} (lines {seen} and "
+                    f"{number}); a samples file holds each document once"
+                )
             names = row.get("metrics")
             if names is None:  # harness versions before the "metrics" list: every other top-level number
                 names = [k for k in row if k not in _NOT_METRICS]
-            for name in names:
-                value = row.get(name)
+            for name in names if isinstance(names, list) else ():
+                value = row.get(name) if isinstance(name, str) else None
                 if isinstance(value, (int, float)):  # bool is an int
                     label = name + ("" if filt == "none" else f"[{filt}]")
                     scores.setdefault(label, {})[key] = float(value)

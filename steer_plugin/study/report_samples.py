@@ -19,7 +19,7 @@ from typing import Any
 from steer_plugin.data.text_quality import DegenerateRule
 from steer_plugin.study.arms import Study, emotion_task
 from steer_plugin.study.example_outputs import prompt_and_generation, sample_rows
-from steer_plugin.study.paired import CHOICE_KEYS, chosen_answer, read_scores
+from steer_plugin.study.paired import CHOICE_KEYS, chosen_answer
 from steer_plugin.study.quality import has_quality, rule_of
 from steer_plugin.study.rows import Row
 
@@ -88,7 +88,7 @@ def emotion_samples(study: Study, names: dict[int, str]) -> list[dict[str, Any]]
         base = sample_rows(base_path)
         if not base or base_path is None:
             continue
-        scores = read_scores(base_path)
+        scores = study.baseline.doc_scores.get(task, {})
         rule = rule_of(scores) if has_quality(scores) else None
         outputs = [sample_rows(r.samples.get(task)) for r in rows]
         docs = []
@@ -142,7 +142,7 @@ def changed_answers(study: Study, rows: list[Row], names: dict[int, str]) -> tup
             continue
         base = _answers(path)
         if not base:
-            unrecorded += [task] if read_scores(path).get("acc") else []
+            unrecorded += [task] if study.baseline.doc_scores.get(task, {}).get("acc") else []
             continue
         for row in rows:
             if row is study.baseline or task not in row.samples:

@@ -37,6 +37,12 @@ def results_shape_problem(doc: Any) -> str | None:
         return "'results' is not an object of task -> metrics objects"
     if not isinstance(config, dict):
         return "'config' is not an object"
+    legacy = _legacy_metric(results)
+    if legacy:
+        return (
+            f"an lm-eval 0.3-style results file (metric {legacy!r} has no ',filter' suffix, as in 'acc,none'), "
+            "which is not supported; accepted: results written by lm-eval 0.4 or later"
+        )
     if not isinstance(config.get("model_args"), (str, dict, type(None))):
         return "'config.model_args' is neither a string nor an object"
     steering = config.get("steering")
@@ -55,6 +61,20 @@ def results_shape_problem(doc: Any) -> str | None:
             return f"'config.steering.vectors[{i}].metadata': {problem}"
     if not isinstance(alphas, list) or not all(_number(a) for a in alphas):
         return "'config.steering.alphas' is not a list of numbers"
+    return None
+
+
+# the numbers lm-eval 0.4 keeps beside a task's "metric,filter" values
+_NOT_METRICS = frozenset({"sample_len"})
+
+
+def _legacy_metric(results: dict[str, dict[str, Any]]) -> str | None:
+    """``task/metric`` of a task whose numbers are all named without a filter (lm-eval 0.3: ``acc``,
+    ``acc_stderr``), where lm-eval 0.4 writes ``acc,none``: read as 0.4 results its metrics would vanish."""
+    for task, values in results.items():
+        bare = [k for k, v in values.items() if _number(v) and "," not in k and k not in _NOT_METRICS]
+        if bare and not any("," in k for k in values):
+            return printable(f"{task}/{bare[0]}")
     return None
 
 

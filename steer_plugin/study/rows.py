@@ -11,11 +11,11 @@ from typing import Any
 
 from steer_plugin.errors import SteerError
 from steer_plugin.io.formats import is_calibration
-from steer_plugin.io.reading import JSON_LIMIT, read_regular_text
+from steer_plugin.io.reading import JSON_LIMIT, UnreadableFile, read_regular_text
 from steer_plugin.io.terminal import printable
 from steer_plugin.study.paired import (
     DEFAULT_RESAMPLES,
-    DocKey,
+    DuplicateDocument,
     Paired,
     PairedBootstrap,
     _is_mean_of,
@@ -24,7 +24,15 @@ from steer_plugin.study.paired import (
     samples_files,
 )
 from steer_plugin.study.plan import SIDE_EFFECTS
-from steer_plugin.study.quality import DEGENERATE, FLUENT_SUFFIX, FLUENT_TARGET, Quality, compare_quality, has_quality
+from steer_plugin.study.quality import (
+    DEGENERATE,
+    FLUENT_SUFFIX,
+    FLUENT_TARGET,
+    Quality,
+    Scores,
+    compare_quality,
+    has_quality,
+)
 from steer_plugin.study.results_files import is_sweep_plan, results_shape_problem, samples_problem
 from steer_plugin.vectors.controls import is_control
 from steer_plugin.vectors.recipe import recipe_name
@@ -105,6 +113,7 @@ class Row:
     stderr: dict[str, float] = field(default_factory=dict)
     source: str = ""
     samples: dict[str, Path] = field(default_factory=dict)  # task -> per-document samples file
+    doc_scores: dict[str, Scores] = field(default_factory=dict, repr=False)  # task -> its samples file's scores
     limit: Any = None
     paired: dict[str, Paired] = field(default_factory=dict)  # "task/metric" -> delta vs the baseline
 
@@ -193,6 +202,32 @@ def _skip(path: Path, reason: str) -> None:
     print(f"steer table: skipped {printable(path)}: {reason}", file=sys.stderr)
 
 
+def _read_results(path: Path) -> tuple[Any, str | None]:
+    """A results file's JSON document, or why it cannot be read (a FIFO, a link to a device: refused by what it
+    is, without blocking or reading it)."""
+    try:
+        return json.loads(read_regular_text(path, JSON_LIMIT)), None
+    except UnreadableFile as e:
+        return None, str(e).removeprefix(f"{printable(path)} ")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        return None, f"not readable JSON ({type(e).__name__})"
+
+
+def _read_samples(files: dict[str, Path]) -> tuple[dict[str, Path], dict[str, Scores]]:
+    """The samples files whose per-document scores can be paired, and their scores; any other is named on
+    stderr and left out (the row stays, without its Δ): unreadable, or scoring a document twice."""
+    usable, scores = {}, {}
+    for task, path in files.items():
+        try:
+            scores[task] = read_scores(path)
+        except (OSError, DuplicateDocument) as e:
+            reason = str(e) if isinstance(e, SteerError) else f"{printable(path)} is unreadable ({type(e).__name__})"
+            print(f"steer table: {reason}; it is left out of the paired comparisons (Δ columns)", file=sys.stderr)
+            continue
+        usable[task] = path
+    return usable, scores
+
+
 def load_rows(folder: str | Path) -> list[Row]:
     """The leaderboard's rows: one per harness results JSON under ``folder`` (sweep plans, calibrations
     and unreadable files left out, the last two named on stderr).
@@ -210,12 +245,11 @@ def load_rows(folder: str | Path) -> list[Row]:
     rows: list[Row] = []
     skipped = 0
     for path in sorted(root.rglob("*.json")):
-        if not path.is_file():
+        if path.is_dir():
             continue
-        try:
-            doc = json.loads(read_regular_text(path, JSON_LIMIT))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-            _skip(path, f"not readable JSON ({type(e).__name__})")
+        doc, unreadable = _read_results(path)
+        if unreadable:
+            _skip(path, unreadable)
             skipped += 1
             continue
         if is_sweep_plan(path, doc) or is_calibration(doc):  # the sweep's own plan / controls' alphas, not results
@@ -241,13 +275,15 @@ def load_rows(folder: str | Path) -> list[Row]:
                 metric = metric.removesuffix("_stderr")
                 label = printable(f"{task}/{metric}" + ("" if filt == "none" else f"[{filt}]"))
                 target[label] = float(value)
+        samples, scores = _read_samples(samples_files(path, doc["results"]))
         row = Row(
             _row_key(config, metrics.get(f"{SIDE_EFFECTS}/kl_budget")),
             metrics,
             stderr,
             source=printable(path.relative_to(root)),
-            samples=samples_files(path, doc["results"]),
+            samples=samples,
             limit=config.get("limit"),
+            doc_scores=scores,
         )
         rows.append(row)
     if not rows:
@@ -261,13 +297,6 @@ def compare_rows(rows: list[Row], resamples: int = DEFAULT_RESAMPLES, seed: int 
     scores and a baseline row of the same model (unsteered or alpha 0) that scored the same documents;
     a baseline with the same ``limit`` is preferred. Rows without samples are left alone."""
     stats = PairedBootstrap(resamples, seed)
-    cache: dict[Path, dict[str, dict[DocKey, float]]] = {}
-
-    def scores(path: Path) -> dict[str, dict[DocKey, float]]:
-        if path not in cache:
-            cache[path] = read_scores(path)
-        return cache[path]
-
     baselines = [r for r in rows if r.key.unsteered and r.samples]
     for row in rows:
         if row.key.unsteered or not row.samples:
@@ -275,16 +304,15 @@ def compare_rows(rows: list[Row], resamples: int = DEFAULT_RESAMPLES, seed: int 
         candidates = [b for b in baselines if b is not row and b.key.model == row.key.model]
         candidates.sort(key=lambda b: (b.limit != row.limit, b.source))
         same_prompt = row.key.prompted is None  # the prompting reference asks differently on purpose
-        for task, path in row.samples.items():
-            mine = scores(path)
+        for task, mine in row.doc_scores.items():
             for metric, per_doc in mine.items():
                 label = f"{task}/{metric}"
                 if not _is_mean_of(per_doc.values(), row.metrics.get(label)):
                     continue
                 for base in candidates:
-                    if task not in base.samples:
+                    if task not in base.doc_scores:
                         continue
-                    theirs = scores(base.samples[task]).get(metric)
+                    theirs = base.doc_scores[task].get(metric)
                     if not theirs or not _is_mean_of(theirs.values(), base.metrics.get(label)):
                         continue
                     c, b = match_documents(per_doc, theirs, same_prompt)
@@ -292,9 +320,9 @@ def compare_rows(rows: list[Row], resamples: int = DEFAULT_RESAMPLES, seed: int 
                         row.paired[label] = stats.compare(c, b)
                         break
             if has_quality(mine):
-                ref = next((b for b in candidates if task in b.samples and has_quality(scores(b.samples[task]))), None)
+                ref = next((b for b in candidates if has_quality(b.doc_scores.get(task, {}))), None)
                 if ref is not None:
-                    _add_quality(row, ref, task, compare_quality(mine, scores(ref.samples[task]), stats, same_prompt))
+                    _add_quality(row, ref, task, compare_quality(mine, ref.doc_scores[task], stats, same_prompt))
 
 
 def _add_quality(row: Row, base: Row, task: str, q: Quality) -> None:
