@@ -136,6 +136,11 @@ def _first(resp: Any) -> str:
     return "" if resp is None else str(resp)
 
 
+def _output_name(doc: dict, index: int) -> str:
+    """What an error calls one generation: its document's prompt id and target."""
+    return f"the output for prompt {doc.get('prompt_id', index)!r} (target {doc.get('target')})"
+
+
 class EmotionScoreFilter(Filter):
     """Classify every generation of a task in batched calls; each response becomes its score record."""
 
@@ -151,7 +156,12 @@ class EmotionScoreFilter(Filter):
         for name in dict.fromkeys(names):  # one classifier per task in practice
             idx = [i for i, n in enumerate(names) if n == name]
             clf = get_classifier(name)
-            scored = clf.score_records([texts[i] for i in idx], [docs[i]["target"] for i in idx], self.batch_size)
+            scored = clf.score_records(
+                [texts[i] for i in idx],
+                [docs[i]["target"] for i in idx],
+                self.batch_size,
+                [_output_name(docs[i], i) for i in idx],
+            )
             for i, rec in zip(idx, scored, strict=True):
                 records[i] = ScoreRecordDict(rec.to_dict())
         return records

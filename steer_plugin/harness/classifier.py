@@ -41,6 +41,7 @@ from typing import Any
 
 from steer_plugin.data.goemotions import EKMAN, LABELS, ekman_group, resolve_target
 from steer_plugin.errors import SteerError, first_line
+from steer_plugin.io.terminal import printable
 
 DEFAULT_CLASSIFIER = "SamLowe/roberta-base-go_emotions"
 CLASSIFIER_ENV = "STEER_CLASSIFIER"
@@ -79,6 +80,8 @@ NADE_MAPPING: dict[str, str] = {
 NADE_NEUTRAL_THRESHOLD = 0.3
 
 NEUTRAL = "neutral"
+# float rounding a sigmoid or softmax may show beyond [0, 1]; anything further is no probability
+PROBABILITY_SLACK = 1e-6
 
 
 def metric_label(label: str) -> str:
@@ -199,8 +202,12 @@ class EmotionClassifier(ABC):
     def _score_batch(self, texts: list[str]) -> list[list[float]]:
         """Scores of one batch, one row per text, columns in ``self.labels`` order."""
 
-    def score(self, texts: Sequence[str], batch_size: int = DEFAULT_BATCH_SIZE) -> list[dict[str, float]]:
-        """Score all texts, ``batch_size`` at a time; rows come back in input order."""
+    def score(
+        self, texts: Sequence[str], batch_size: int = DEFAULT_BATCH_SIZE, names: Sequence[str] | None = None
+    ) -> list[dict[str, float]]:
+        """Score all texts, ``batch_size`` at a time; rows come back in input order. A score that is no
+        probability (NaN, inf, outside [0, 1]) is a SteerError naming the text (``names``: what each text is,
+        e.g. its document; else its position): it would pass silently into every mean."""
         if batch_size < 1:
             raise SteerError(f"classifier batch size must be a positive integer, got {batch_size}")
         texts = [str(t) for t in texts]
@@ -212,7 +219,17 @@ class EmotionClassifier(ABC):
             rows = self._score_batch([texts[i] for i in idx])
             for i, row in zip(idx, rows, strict=True):
                 out[i] = {label: float(p) for label, p in zip(self.labels, row, strict=True)}
+                self._check_probabilities(out[i], names[i] if names is not None else f"text {i}", texts[i])
         return out
+
+    def _check_probabilities(self, scores: Mapping[str, float], name: str, text: str) -> None:
+        for label, p in scores.items():
+            if not (-PROBABILITY_SLACK <= p <= 1 + PROBABILITY_SLACK):  # False for NaN too
+                shown = printable(text[:60] + ("..." if len(text) > 60 else ""))
+                raise SteerError(
+                    f"emotion classifier {self.name!r} gave {p} as the probability of {label!r} for {name} "
+                    f"({shown!r}); a score must be a number in [0, 1] (NaN weights, or a float16 overflow?)"
+                )
 
     def target_labels(self, target: str) -> tuple[str, ...]:
         """The classifier labels that count as hitting ``target`` (see module docstring)."""
@@ -232,13 +249,14 @@ class EmotionClassifier(ABC):
         texts: Sequence[str],
         targets: Sequence[str],
         batch_size: int = DEFAULT_BATCH_SIZE,
+        names: Sequence[str] | None = None,
     ) -> list[ScoreRecord]:
-        """Score generations against their targets in batched classifier calls."""
+        """Score generations against their targets in batched classifier calls (``names``: see ``score``)."""
         if len(texts) != len(targets):
             raise ValueError(f"{len(texts)} texts but {len(targets)} targets")
         wanted = {t: self.target_labels(t) for t in dict.fromkeys(targets)}  # fail before scoring
         records = []
-        for text, target, scores in zip(texts, targets, self.score(texts, batch_size), strict=True):
+        for text, target, scores in zip(texts, targets, self.score(texts, batch_size, names), strict=True):
             records.append(
                 ScoreRecord(
                     generation=str(text),

@@ -194,3 +194,50 @@ def test_label_constants_match_goemotions_release():
     assert tuple((folder / "emotions.txt").read_text(encoding="utf-8").split()) == LABELS
     ekman = json.loads((folder / "ekman_mapping.json").read_text(encoding="utf-8"))
     assert {k: tuple(v) for k, v in ekman.items()} == EKMAN
+
+
+def _emotion_filter():
+    """The steer_emotion tasks' EmotionScoreFilter, loaded as lm-eval loads it."""
+    from lm_eval.tasks._yaml_loader import _load_module_with_cache
+
+    from steer_plugin.harness.tasks import tasks_dir
+
+    return _load_module_with_cache(tasks_dir() / "steer_emotion" / "emotion_tasks.py").EmotionScoreFilter()
+
+
+def test_a_classifier_that_scores_nan_is_an_error_naming_it_and_the_document(tmp_path):
+    """A NaN in a classifier's weights (a broken checkpoint, a float16 overflow) used to reach every mean; the
+    emotion tasks' scoring refuses it, naming the classifier and the output's prompt."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    folder = build_goemotions_classifier(tmp_path / "nan_clf")
+    model = AutoModelForSequenceClassification.from_pretrained(folder)
+    with torch.no_grad():
+        model.classifier.bias[LABELS.index("joy")] = float("nan")
+    model.save_pretrained(folder)
+    docs = [{"prompt_id": f"p{i}", "target": "anger", "classifier": folder} for i in range(3)]
+    with pytest.raises(SteerError) as caught:
+        _emotion_filter().apply(["I am angry", "", "the day is lovely"], docs)
+    message = str(caught.value)
+    assert "\n" not in message and f"emotion classifier {folder!r} gave nan as the probability of 'joy'" in message
+    assert "for the output for prompt 'p1' (target anger) (''); a score must be a number in [0, 1]" in message
+
+
+def test_nade_scores_that_are_missing_or_outside_0_1_are_an_error():
+    pytest.importorskip("nade")
+    clf = C.get_classifier("nade")
+    original = clf.nade.predict
+    for bad in (None, 1.5, float("inf")):
+        clf.nade.predict = lambda batch, bad=bad: {
+            label: [bad if label == "fear" and i == 1 else 0.5 for i in range(len(batch))] for label in C.NADE_LABELS
+        }
+        try:
+            with pytest.raises(
+                SteerError,
+                match=rf"'nade' gave {bad if bad is not None else 'nan'} as the probability "
+                r"of 'fear' for text 1 \('b'\)",
+            ):
+                clf.score(["a", "b", "c"])
+        finally:
+            clf.nade.predict = original
