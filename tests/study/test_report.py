@@ -278,3 +278,29 @@ def test_example_generations_from_compact_and_full_rows():
     full = {"doc_id": 0, "doc": {"prompt": "Hi?"}, "resps": [["Hello."]], "filtered_resps": [{"generation": "Hello."}]}
     assert prompt_and_generation(full) == ("Hi?", "Hello.")
     assert prompt_and_generation({"doc_id": 0, "acc": 1.0}) is None  # a task without generations
+
+
+def test_the_report_names_samples_it_cannot_pair_and_does_not_block_on_them(run_folder, capsys):
+    """`steer report` reads the rows as `steer table` does: a baseline samples file that scores a document twice
+    is named and left out (never paired by the wrong score), one that is a FIFO is named without blocking."""
+    import os
+    import threading
+
+    folder, _ = run_folder
+    anger = folder / "baseline" / "samples_steer_emotion_anger.jsonl"
+    lines = anger.read_text().splitlines()
+    anger.write_text("\n".join([*lines, lines[0]]) + "\n")
+    joy = folder / "baseline" / "samples_steer_emotion_joy.jsonl"
+    joy.unlink()
+    os.mkfifo(joy)
+    done: list = []
+    worker = threading.Thread(target=lambda: done.append(write_study(folder, resamples=200)), daemon=True)
+    worker.start()
+    worker.join(60)
+    if worker.is_alive():
+        os.close(os.open(joy, os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail("steer report blocked on a FIFO samples file")
+    err = capsys.readouterr().err
+    assert f"{anger}: doc_id 0 is scored twice (lines 1 and {len(lines) + 1})" in err, err
+    assert f"{joy} is a FIFO (named pipe), not a regular file" in err, err
+    assert done and (folder / "report.html").is_file() and (folder / "summary.md").read_text() == done[0][0]
