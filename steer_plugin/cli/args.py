@@ -77,9 +77,22 @@ def add_data_args(p: argparse.ArgumentParser, emotion_required: bool = True) -> 
     p.add_argument("--data", default=None, help="local GoEmotions folder (train.tsv ...); default: the hub dataset")
     p.add_argument("--split", default="train", help="train, validation (= dev) or test")
     p.add_argument("--selection", default="exclusive", choices=["exclusive", "any"])
-    p.add_argument("--max-per-class", type=int, default=None)
+    add_max_per_class_arg(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dedupe", action="store_true", help="drop identical texts within a class")
+
+
+def add_max_per_class_arg(p: argparse.ArgumentParser) -> None:
+    """``--max-per-class N`` of every command that selects texts (`data`, `record`, `build`, `run`, `tune`); its
+    value is checked by ``data.selection.check_sampling`` where the command's request is built (the API's check
+    too), before the data or the model loads."""
+    p.add_argument(
+        "--max-per-class",
+        type=int,
+        default=None,
+        metavar="N",
+        help="a seeded sample of N texts per class (--source generated: N prompts)",
+    )
 
 
 def add_fluency_texts_arg(p: argparse.ArgumentParser) -> None:

@@ -35,8 +35,10 @@ def _selection(args: argparse.Namespace):
 
 
 def cmd_data(args: argparse.Namespace) -> int:
+    from steer_plugin.data.selection import check_sampling
     from steer_plugin.io.terminal import printable
 
+    check_sampling(args.max_per_class, args.seed)  # before the data loads (from the hub: a download)
     if args.out:
         from steer_plugin.data.goemotions import goemotions_files
         from steer_plugin.io.outputs import check_output_file

@@ -7,7 +7,14 @@ import sys
 from dataclasses import replace
 from typing import Any, get_args
 
-from steer_plugin.cli.args import add_fluency_texts_arg, add_model_args, alpha_specs, batch_size, model_options
+from steer_plugin.cli.args import (
+    add_fluency_texts_arg,
+    add_max_per_class_arg,
+    add_model_args,
+    alpha_specs,
+    batch_size,
+    model_options,
+)
 from steer_plugin.errors import SteerError
 from steer_plugin.model.backends import Backend
 from steer_plugin.study.evaluation import ENGINES, Chat, ControlMatch, Evaluation
@@ -210,7 +217,7 @@ def add_build_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--baseline", default="neutral")
     p.add_argument("--data", default=None, help="local GoEmotions folder (default: the hub dataset)")
     p.add_argument("--split", default="train")
-    p.add_argument("--max-per-class", type=int, default=None)
+    add_max_per_class_arg(p)
     p.add_argument(
         "--method",
         default=DEFAULT_RECIPE.method,

@@ -70,11 +70,14 @@ class Selection:
         return self.classes[self.target]
 
 
-def _check_sampling(max_per_class: int | None, seed: int) -> None:
+def check_sampling(max_per_class: int | None, seed: int = 0) -> None:
+    """The sample a selection draws: ``max_per_class`` a positive integer (texts per class; for generated answers,
+    prompts) or None (all), ``seed`` an integer >= 0. The one check of every command and API entry point that
+    takes them, made where their arguments are built: before the data or the model loads."""
     if max_per_class is not None and (
         isinstance(max_per_class, bool) or not isinstance(max_per_class, int) or max_per_class < 1
     ):
-        raise SteerError(f"max_per_class must be a positive integer or None, got {max_per_class!r}")
+        raise SteerError(f"max_per_class must be a positive integer or None (all texts), got {max_per_class!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise SteerError(f"seed must be an integer >= 0, got {seed!r}")
 
@@ -137,7 +140,7 @@ def select_texts(
         The texts per class in dataset order, with what was asked; a SteerError if a class has no texts.
     """
     _check_selection(selection)
-    _check_sampling(max_per_class, seed)
+    check_sampling(max_per_class, seed)
     split = canonical_split(split)
     tgt, base = canonical_target(target), canonical_target(baseline)
     if tgt == base:
@@ -187,7 +190,7 @@ def select_all(
     Classes with no texts simply appear nowhere.
     """
     _check_selection(selection)
-    _check_sampling(max_per_class, seed)
+    check_sampling(max_per_class, seed)
     labelsets = [frozenset(ex.labels) for ex in examples]
     per_row: dict[int, list[str]] = {}
     for name in valid_targets():

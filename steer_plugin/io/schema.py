@@ -102,10 +102,20 @@ def check_arguments(function: str, arguments: Mapping[str, tuple[Any, Any]]) -> 
             raise SteerError(f"{function}({name}=...): {problem}")
 
 
-_HINTS: dict[type, dict[str, Any]] = {}
+def check_call(function: Callable[..., Any], arguments: Mapping[str, Any]) -> None:
+    """``check_arguments`` with ``function``'s own annotations as the hints: ``check_call(f, locals())`` as the
+    first line of ``f`` checks every argument as its signature types it."""
+    hints = _hints(function)
+    check_arguments(
+        getattr(function, "__name__", "function"),
+        {name: (value, hints[name]) for name, value in arguments.items() if name in hints and name != "return"},
+    )
 
 
-def _hints(cls: type) -> dict[str, Any]:
+_HINTS: dict[Any, dict[str, Any]] = {}
+
+
+def _hints(cls: Any) -> dict[str, Any]:
     if cls not in _HINTS:  # resolved once per class: the annotations are strings (postponed evaluation)
         _HINTS[cls] = typing.get_type_hints(cls)
     return _HINTS[cls]
@@ -157,7 +167,7 @@ def _described(hint: Any, choices: bool) -> str:
         return " or ".join(repr(c) for c in get_args(hint)) if choices else "a string"
     if origin in (Sequence, list, tuple):
         item = (get_args(hint) or (Any,))[0]
-        return f"a list of {_plural(_described(item, choices))}"
+        return "a list of " + " or ".join(_plural(_described(m, choices)) for m in _members(item))
     names = {bool: "true or false (a bool)", int: "an integer", float: "a number", str: "a string",
              type(None): "None", os.PathLike: "a path"}  # fmt: skip
     name = str(getattr(hint, "__name__", hint))

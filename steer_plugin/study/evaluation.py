@@ -122,8 +122,7 @@ class Evaluation:
     def __post_init__(self) -> None:
         # types and choices where it is built, as the command line checks them: `chat="yes"` is no choice
         check_fields(self)
-        for p in self.position_sets:
-            check_positions(p)
+        self._check_values()
 
     @property
     def task_names(self) -> list[str]:
@@ -143,9 +142,9 @@ class Evaluation:
 
         return TextSource(str(self.fluency_texts) if self.fluency_texts else None)
 
-    def check(self, out: Path, model: ModelOptions | None = None) -> None:
-        """What the arguments alone say, before any model (or data) loads: the numbers, layer specs (against the
-        model's depth where its config tells), positions, output paths."""
+    def _check_values(self) -> None:
+        """What the fields alone say, where it is built (the command line's and the API's one check): the
+        numbers, the layer specs' syntax, the positions, the prompt split."""
         if self.limit is not None and not (is_number(self.limit) and 0 < self.limit < math.inf):
             raise SteerError(
                 f"--limit must be a positive number (of documents, or a fraction below 1), got {self.limit}"
@@ -160,20 +159,28 @@ class Evaluation:
         check_count("--bootstrap-iters", self.bootstrap_iters, 0)
         if not self.layer_sets or not self.position_sets:
             raise SteerError(f"--layers {self.layers!r} / --positions {self.positions!r}: give at least one of each")
-        dimensions = model.dimensions() if model is not None else None
         check_split(self.prompt_split)
         for spec in self.layer_sets:
-            if spec in STORED_CHOICES:  # resolved per vector once the vectors are there (study.tuning_file)
+            if spec in STORED_CHOICES:
                 continue
             if not str(spec).strip():  # `--layers ' '`: a mistake, not a silent "all" (nor a folder name with a space)
                 raise SteerError(f"--layers {spec!r} names no layers; use all, middle or e.g. 10-19")
             layer_ranges(spec)
-            if dimensions is not None:
-                parse_layers(spec, dimensions[0])
         if self.config_batch_rows is not None and self.config_batch_rows < 1:
             raise SteerError(f"--config-batch-rows must be a positive number of rows, got {self.config_batch_rows}")
         for p in self.position_sets:
             check_positions(p)
+        parse_engine_args(self.engine_args)
+
+    def check(self, out: Path, model: ModelOptions | None = None) -> None:
+        """What the fields say together with the model's config and the file system, before any model (or data)
+        loads: the layer specs against the model's depth, the chat template, the classifier, the folders, the
+        output paths (the fields alone were checked when it was built)."""
+        dimensions = model.dimensions() if model is not None else None
+        if dimensions is not None:  # the layer specs against the model's depth, where its config tells
+            for spec in self.layer_sets:
+                if spec not in STORED_CHOICES:  # resolved per vector once the vectors are there (study.tuning_file)
+                    parse_layers(spec, dimensions[0])
         check_include_path(self.include_path)
         if self.truthfulqa_dir is not None and not Path(self.truthfulqa_dir).expanduser().is_dir():
             raise SteerError(

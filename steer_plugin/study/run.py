@@ -17,7 +17,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from steer_plugin.data.goemotions import target_slug
+from steer_plugin.data.goemotions import canonical_split, canonical_target, target_slug
+from steer_plugin.data.selection import check_sampling
 from steer_plugin.errors import SteerError
 from steer_plugin.harness.tasks import EMOTION_TASK_PREFIX, TRUTHFULQA_DIR_ENV
 from steer_plugin.io.outputs import check_output_file
@@ -78,7 +79,12 @@ class RecordOptions:
     max_per_class: int | None = None
 
     def __post_init__(self) -> None:
+        # where it is built, as RecordRequest checks them: `max_per_class=0` is refused now, not after the data
+        # (or, for a vector that is there, never) loads
         check_fields(self)
+        check_sampling(self.max_per_class)
+        canonical_split(self.split)
+        canonical_target(self.baseline)
 
 
 def sweep(

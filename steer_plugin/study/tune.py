@@ -30,6 +30,7 @@ from typing import Any
 from steer_plugin.data.goemotions import target_slug
 from steer_plugin.data.prompt_split import SPLIT_RULE, TUNING_SPLIT
 from steer_plugin.errors import SteerError
+from steer_plugin.io.schema import check_arguments
 from steer_plugin.model.layers import MIDDLE, format_layers, parse_layers
 from steer_plugin.model.loading import DEFAULT_MODEL, ModelOptions, model_slug
 from steer_plugin.study.evaluation import Evaluation, PathLike, emotion_task_family
@@ -141,6 +142,13 @@ def tune(
     from steer_plugin.study.targets import parse_targets
     from steer_plugin.vectors.vector import default_vector_path
 
+    check_arguments(
+        "tune",
+        {"emotion": (emotion, str), "model": (model, str | ModelOptions), "recipe": (recipe, Recipe),
+         "record": (record, RecordOptions), "evaluation": (evaluation, Evaluation),
+         "budgets": (budgets, Sequence[float | str]), "layers": (layers, Sequence[str] | None),
+         "vector": (vector, PathLike | None), "out": (out, PathLike | None), "progress": (progress, bool)},
+    )  # fmt: skip
     loading = model if isinstance(model, ModelOptions) else ModelOptions(name=model)
     emotions = parse_targets(emotion)
     recipe.check()

@@ -9,10 +9,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 from steer_plugin._version import __version__
-from steer_plugin.data.goemotions import canonical_target, load_goemotions
+from steer_plugin.data.goemotions import canonical_split, canonical_target, load_goemotions
 from steer_plugin.data.prompts import PromptTemplate
-from steer_plugin.data.selection import Selection, SelectionRule, select_all, select_texts
+from steer_plugin.data.selection import Selection, SelectionRule, check_sampling, select_all, select_texts
 from steer_plugin.errors import SteerError, check_choice, check_count
+from steer_plugin.io.schema import check_fields
 from steer_plugin.model.loading import LoadedModel, ModelOptions
 from steer_plugin.vectors.activations import Activations
 from steer_plugin.vectors.build import EMOTIONS
@@ -25,6 +26,15 @@ from steer_plugin.vectors.record import (
     record_hidden_states,
 )
 from steer_plugin.vectors.stats import HiddenStateStats
+
+# the command line's names of the fields (a field without one is named ``RecordRequest.<field>``)
+FLAGS = {
+    "baseline": "--baseline", "split": "--split", "data_dir": "--data", "selection": "--selection",
+    "max_per_class": "--max-per-class", "seed": "--seed", "dedupe": "--dedupe", "template": "--template",
+    "batch_size": "--batch-size", "padding_side": "--padding-side", "save_activations": "--save-activations",
+    "activation_dtype": "--activation-dtype", "source": "--source", "pool": "--pool",
+    "max_new_tokens": "--max-new-tokens",
+}  # fmt: skip
 
 
 @dataclass
@@ -51,7 +61,11 @@ class RecordRequest:
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS  # of each generated answer
 
     def __post_init__(self) -> None:
-        """Checked when made, before any text is read or the model loads."""
+        """Checked when made, before any text is read or the model loads: the types, the sample (the same for
+        every source and every --emotion, 'all' and the Ekman groups too), the names and choices."""
+        check_fields(self, FLAGS)
+        check_sampling(self.max_per_class, self.seed)
+        canonical_split(self.split)
         check_count("--batch-size", self.batch_size)
         check_choice("--source", self.source, SOURCES)
         if self.pool is not None:

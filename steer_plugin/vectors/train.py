@@ -10,12 +10,13 @@ import os
 from typing import Any
 
 from steer_plugin.data.selection import SelectionRule
-from steer_plugin.errors import SteerError, check_choice
+from steer_plugin.errors import SteerError
+from steer_plugin.io.schema import check_call, is_int
 from steer_plugin.model.layers import parse_layers
 from steer_plugin.model.loading import DTYPES, LoadedModel, ModelOptions, find_block_path, resolve_module
 from steer_plugin.vectors.build import build_vector
-from steer_plugin.vectors.metadata import CENTRES, Centre, Method, Pool
-from steer_plugin.vectors.recipe import check_neutral_pcs, needs_activations
+from steer_plugin.vectors.metadata import Centre, Method, Pool
+from steer_plugin.vectors.recipe import Recipe
 from steer_plugin.vectors.request import RecordRequest, recorded, with_all_emotions
 from steer_plugin.vectors.vector import SteeringVector
 
@@ -75,10 +76,11 @@ def train_vector(
     Returns:
         The vector, ``[n_layers, hidden]``, with the model, the data selection and the counts in its metadata.
     """
-    if top_k is not None and method != "top_k":
-        raise SteerError(f"top_k only applies to method 'top_k' (got method {method!r})")
+    check_call(train_vector, locals())  # every argument's type and choice, before anything is read
     if emotion == "all":
         raise SteerError("train_vector builds one emotion's vector; name it (e.g. 'anger'), not 'all'")
+    hidden = getattr(model.config, "hidden_size", None)
+    recipe = Recipe(method, top_k, centre, neutral_pcs).check(hidden if is_int(hidden) else None)  # not after recording
     if layers is not None:  # the range against the model's blocks, before recording (minutes)
         parse_layers(layers, len(resolve_module(model, find_block_path(model, blocks))))
     name = str(getattr(model.config, "_name_or_path", "") or type(model).__name__)
@@ -99,11 +101,9 @@ def train_vector(
         progress=progress,
         pool=pool,
     )
-    check_choice("centre", centre, CENTRES)
-    check_neutral_pcs(neutral_pcs)
     if centre == "emotions":
         request = with_all_emotions(request)
-    per_text = needs_activations(method, neutral_pcs)
+    per_text = recipe.per_text
     with recorded(request, LoadedModel(model, tokenizer, name), per_text=per_text) as rec:
         chosen = parse_layers(layers, rec.stats.shape[0]) if layers is not None else None
         return build_vector(

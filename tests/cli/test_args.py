@@ -174,6 +174,39 @@ def test_promised_refusals_and_late_errors_come_before_any_work(
     assert not (tmp_path / "s").exists() and not (tmp_path / "b.safetensors").exists()
 
 
+def test_an_impossible_max_per_class_is_refused_before_any_data_or_model_loads(
+    tmp_path, weightless_model, capsys, monkeypatch
+):
+    """Issue 30: `--max-per-class 0` (or negative) with `--emotion all`, an Ekman group, several emotions or
+    `--source generated` was refused only after the texts loaded (or, generated, after the model loaded and
+    answered nothing): every command that takes it now refuses it with one check, before the data loads."""
+    import steer_plugin.data.goemotions as goemotions
+    import steer_plugin.vectors.request as request
+
+    def loaded(*_args, **_kwargs):
+        raise AssertionError("the data loaded before --max-per-class was checked")
+
+    monkeypatch.setattr(goemotions, "load_goemotions", loaded)
+    monkeypatch.setattr(request, "load_goemotions", loaded)
+    monkeypatch.chdir(tmp_path)
+    model = ["--model", weightless_model, "--data", FIXTURE]
+    cases = [
+        ["data", "--data", FIXTURE, "--emotion", "all", "--max-per-class", "0"],
+        ["record", *model, "--emotion", "all", "--max-per-class", "0", "--out", tmp_path / "r.npz"],
+        ["record", *model, "--emotion", "ekman:joy", "--max-per-class", "-2", "--out", tmp_path / "r.npz"],
+        ["build", *model, "--emotion", "anger", "--source", "generated", "--max-per-class", "0"],
+        ["build", *model, "--emotion", "anger", "--max-per-class", "-1", "--out", tmp_path / "b.safetensors"],
+        ["run", *model, "--emotion", "ekman", "--max-per-class", "0", "--out", tmp_path / "run"],
+        ["run", *model, "--emotion", "all", "--max-per-class", "0", "--out", tmp_path / "run"],
+        ["run", *model, "--emotion", "anger,joy", "--max-per-class", "-3", "--out", tmp_path / "run"],
+        ["tune", *model, "--emotion", "anger", "--max-per-class", "0", "--out", tmp_path / "run"],
+    ]  # fmt: skip
+    for argv in cases:
+        code, _, err = run_cli(argv, capsys)
+        assert_one_line_error(code, err, "max_per_class must be a positive integer", "got ")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_build_names_the_emotion_as_run_does(tmp_path, tiny_llama_dir, capsys):
     """`--emotion Anger` is `anger` (as `steer run` takes it): the same vector, never an error after recording."""
     args = ["build", "--model", tiny_llama_dir, "--data", FIXTURE, "--no-progress", "--device", "cpu"]

@@ -205,7 +205,7 @@ def test_train_vector_is_the_mean_difference_of_hooked_block_outputs(arch):
         else:
             assert set(kept) == set(np.argsort(-np.abs(diff[layer]))[:5])
             np.testing.assert_allclose(k.matrix[layer].numpy()[kept], diff[layer][kept], atol=1e-5, rtol=0)
-    with pytest.raises(SteerError, match="top_k only applies"):
+    with pytest.raises(SteerError, match="--top-k only applies to --method top_k"):
         train_vector(model, tok, "anger", data=FIXTURE, top_k=5)
     with pytest.raises(SteerError, match="not 'all'"):
         train_vector(model, tok, "all", data=FIXTURE)
@@ -229,3 +229,85 @@ def test_train_vector_equals_steer_build(tmp_path, tiny_llama_dir):
     assert {k: v.metadata.get(k) for k in saved if k != "package_version"} == {
         k: val for k, val in saved.items() if k != "package_version"
     }
+
+
+# --- every public entry point checks its arguments' types and choices first (issue 30) ---------------------
+
+
+def _run(**kwargs):
+    return steer_plugin.run("anger", "/nonexistent/model", **kwargs)
+
+
+def _tune(**kwargs):
+    return steer_plugin.tune("anger", "/nonexistent/model", **kwargs)
+
+
+def _train(**kwargs):
+    model, tok = make_model("llama")
+    return train_vector(model, tok, kwargs.pop("emotion", "anger"), **{"data": FIXTURE, "progress": False, **kwargs})
+
+
+API_REFUSALS = [
+    # the sample, whatever the targets: refused where it is built, not after the texts (or the model) loaded
+    (lambda: steer_plugin.RecordOptions(max_per_class=0), "max_per_class must be a positive integer or None"),
+    (lambda: steer_plugin.RecordOptions(max_per_class=-2), "got -2"),
+    (lambda: steer_plugin.RecordOptions(split="training"), "unknown split 'training'"),
+    (lambda: steer_plugin.RecordOptions(baseline="calm"), "unknown emotion 'calm'"),
+    (lambda: _run(record=steer_plugin.RecordOptions(max_per_class=True)), "RecordOptions.max_per_class: True"),
+    (lambda: _train(max_per_class=0), "max_per_class must be a positive integer or None (all texts), got 0"),
+    (lambda: _train(seed=-1), "seed must be an integer >= 0"),
+    # an Evaluation's numbers and specs where it is built (they were checked only when a sweep began)
+    (lambda: steer_plugin.Evaluation(limit=float("nan")), "--limit must be a positive number"),
+    (lambda: steer_plugin.Evaluation(controls=-1), "--controls must be an integer >= 0, got -1"),
+    (lambda: steer_plugin.Evaluation(layers=" "), "--layers ' ' names no layers"),
+    (lambda: steer_plugin.Evaluation(layers="10-x"), "bad layer spec"),
+    (lambda: steer_plugin.Evaluation(config_batch_rows=0), "--config-batch-rows must be a positive number"),
+    (lambda: steer_plugin.Evaluation(engine_args="gpu"), "--engine-args 'gpu': give key=value pairs"),
+    # tune: every argument (a bare string where a list is meant was taken letter by letter)
+    (lambda: _tune(layers="0-1"), "tune(layers=...): '0-1' is not a list of strings or None"),
+    (lambda: _tune(budgets="0.1"), "tune(budgets=...): '0.1' is not a list of numbers or strings"),
+    (lambda: _tune(budgets=[True]), "tune(budgets=...): [True] is not a list of numbers or strings"),
+    (lambda: _tune(progress="no"), "tune(progress=...): 'no' is not true or false"),
+    (lambda: _tune(record={"data": None}), "tune(record=...): {'data': None} is not a RecordOptions"),
+    (lambda: _tune(recipe=[steer_plugin.Recipe()]), "tune(recipe=...): [Recipe("),
+    (lambda: _tune(evaluation={"limit": 2}), "tune(evaluation=...): {'limit': 2} is not an Evaluation"),
+    (lambda: steer_plugin.tune(3), "tune(emotion=...): 3 is not a string"),
+    # train_vector: every argument, and the recipe before recording (a bad method failed after it)
+    (lambda: _train(method="nope"), "train_vector(method=...): 'nope' is not 'mean' or 'top_k' or 'pca' or 'probe'"),
+    (lambda: _train(centre="baseline"), "train_vector(centre=...): 'baseline' is not 'none' or 'emotions'"),
+    (lambda: _train(dedupe="yes"), "train_vector(dedupe=...): 'yes' is not true or false"),
+    (lambda: _train(progress="no"), "train_vector(progress=...): 'no' is not true or false"),
+    (lambda: _train(batch_size=2.0), "train_vector(batch_size=...): 2.0 is not an integer"),
+    (lambda: _train(top_k=2.5, method="top_k"), "train_vector(top_k=...): 2.5 is not an integer or None"),
+    (lambda: _train(method="top_k", top_k=0), "--top-k K with K >= 1"),
+    (lambda: _train(method="top_k", top_k=999), "--top-k 999 is larger than the hidden size 32"),
+    (lambda: _train(neutral_pcs=True), "train_vector(neutral_pcs=...): True is not an integer"),
+    (lambda: _train(selection="all"), "train_vector(selection=...): 'all' is not 'exclusive' or 'any'"),
+    (lambda: _train(pool="max"), "train_vector(pool=...): 'max' is not 'last' or 'mean'"),
+    (lambda: _train(template=3), "train_vector(template=...): 3 is not a string"),
+    (lambda: _train(layers=3), "train_vector(layers=...): 3 is not a string or None"),
+    (lambda: _train(emotion=3), "train_vector(emotion=...): 3 is not a string"),
+    (lambda: _train(split="training"), "unknown split 'training'"),
+]
+
+
+@pytest.mark.parametrize(("call", "message"), API_REFUSALS)
+def test_every_entry_point_refuses_wrong_types_and_choices_before_any_work(call, message, tmp_path, monkeypatch):
+    """Each wrong argument is one SteerError line naming it, from the arguments alone: no model, no texts, no
+    recording, nothing written (the loaders and the recorder fail the test if they are reached)."""
+    import steer_plugin.data.goemotions as goemotions
+    import steer_plugin.harness.engine as engine
+    import steer_plugin.vectors.request as request
+    from steer_plugin.model.loading import ModelOptions
+
+    def reached(*_args, **_kwargs):
+        raise AssertionError("work began before the arguments were checked")
+
+    for owner, name in ((ModelOptions, "load"), (engine, "load_engine"), (request, "record_hidden_states"),
+                        (request, "record_generated"), (request, "load_goemotions"), (goemotions, "load_goemotions")):  # fmt: skip
+        monkeypatch.setattr(owner, name, reached)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SteerError) as caught:
+        call()
+    assert message in str(caught.value) and "\n" not in str(caught.value), str(caught.value)
+    assert list(tmp_path.iterdir()) == []
