@@ -149,7 +149,8 @@ class SteeredHFLM(HFLM):
         trust = bool(kwargs.get("trust_remote_code"))
         ModelOptions(pretrained, revision=revision, trust_remote_code=trust, blocks=self._blocks).check_checkpoint()
         super()._create_model(pretrained, **kwargs, output_loading_info=True, ignore_mismatched_sizes=True)
-        self._model, info = self._model
+        loaded: Any = self.__dict__["_model"]  # (model, loading report): output_loading_info
+        self._model, info = loaded
         check_loaded_weights(pretrained, self._model, info, self._blocks)
 
     # -- configuration (also used by sweeps: no model reload) ----------------------------------------

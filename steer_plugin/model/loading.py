@@ -198,16 +198,17 @@ class ModelOptions:
             kwargs.update(output_loading_info=True, ignore_mismatched_sizes=True)
         try:
             tok = AutoTokenizer.from_pretrained(folder, **self._source_kwargs())  # its own: callers set padding
-            model = AutoModelForCausalLM.from_pretrained(folder, **self._source_kwargs(), **kwargs)
+            loaded: Any = AutoModelForCausalLM.from_pretrained(folder, **self._source_kwargs(), **kwargs)
         except _load_errors(gguf_file) as e:
             raise SteerError(f"cannot load model {self.name!r}: {first_line(e)}") from None
         if gguf_file:
+            model = loaded
             named_after_file(model, self.name)
         else:
-            model, info = model
+            model, info = loaded
             check_loaded_weights(self.name, model, info, self.blocks)
         if self.device and not self.device_map:
-            model.to(self.device)  # type: ignore[arg-type]  # a device string; transformers types it narrowly
+            model.to(self.device)
         model.eval()
         return LoadedModel(model, tok, self.name)
 

@@ -364,3 +364,23 @@ def test_steering_that_would_silently_not_happen_is_refused_before_the_model_loa
     kwargs = simple_parse_args_string(f"pretrained=/nonexistent/model,{args.replace('VECTOR', vector_file)}")
     with pytest.raises(SteerError, match=re.escape(needle)):
         get_model("steered_hf")(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("edits", "bin_weights", "message"),
+    [
+        ({"num_hidden_layers": 5}, False, "config.json says 5 layers, the weights hold 3 (missing: model.layers.3..4)"),
+        ({"num_hidden_layers": 5}, True, "config.json says 5 layers, the weights hold 3 (missing: model.layers.3..4)"),
+        ({"num_hidden_layers": 2}, False, "config.json says 2 layers, the weights hold 3 (not in the model: model.layers.2)"),
+        ({"hidden_size": 64}, False, "config.json does not match the weights' shapes"),
+    ],
+)  # fmt: skip
+def test_steered_hf_refuses_weights_that_do_not_cover_the_model(tiny_llama_dir, tmp_path, edits, bin_weights, message):
+    """HFLM loads the model itself: the same checks as `ModelOptions.load` (random blocks, or a traceback)."""
+    from tests.model.test_loading import _as_bin, _with_config
+
+    folder = _with_config(tiny_llama_dir, tmp_path / "m", **edits)
+    folder = _as_bin(folder) if bin_weights else folder
+    with pytest.raises(SteerError) as info:
+        SteeredHFLM(pretrained=folder, dtype="float32", device="cpu")
+    assert str(info.value).startswith(f"{folder}: {message}") and "\n" not in str(info.value)
