@@ -59,6 +59,7 @@ from steer_plugin.model.loading import (
     check_loaded_weights,
     is_gguf,
     named_after_file,
+    no_eos_token,
     split_gguf,
     with_gguf_file,
 )
@@ -415,6 +416,8 @@ class SteeredHFLM(HFLM):
         """Identical greedy requests are generated once: the steer_emotion_* tasks share their prompts and
         settings, so a sweep over several emotions generates each prompt once per configuration, not once
         per emotion task. Sampled requests are all generated."""
+        if requests and self.eot_token_id is None:  # HFLM would stop at its decoded None: a TypeError
+            raise no_eos_token(self.model.name_or_path, sorted({r.task_name or "generate_until" for r in requests}))
         started = time.monotonic()
         try:
             return self._generate_distinct(requests, disable_tqdm)

@@ -274,13 +274,20 @@ class ModelOptions:
         if dimensions is not None:
             parse_layers(spec, dimensions[0])
 
-    def has_chat_template(self) -> bool:
-        """Whether the model's tokenizer has a chat template (read from the tokenizer alone, no weights)."""
+    def _tokenizer(self) -> Any:
         try:
-            tok = _from_pretrained("AutoTokenizer", split_gguf(self.name)[0], **self._source_kwargs())
+            return _from_pretrained("AutoTokenizer", split_gguf(self.name)[0], **self._source_kwargs())
         except _load_errors(split_gguf(self.name)[1]) as e:
             raise SteerError(f"cannot load the tokenizer of {self.name!r}: {first_line(e)}") from None
-        return bool(getattr(tok, "chat_template", None))
+
+    def has_chat_template(self) -> bool:
+        """Whether the model's tokenizer has a chat template (read from the tokenizer alone, no weights)."""
+        return bool(getattr(self._tokenizer(), "chat_template", None))
+
+    def check_generation(self, tasks: list[str]) -> None:
+        """``tasks`` (those that generate) can run on this model's tokenizer (read alone, no weights)."""
+        if tasks and getattr(self._tokenizer(), "eos_token_id", None) is None:
+            raise no_eos_token(self.name, tasks)
 
     def harness_args(self) -> dict[str, Any]:
         """Keyword arguments of ``steered_hf`` (HFLM) that load this model the same way."""
@@ -302,6 +309,15 @@ class ModelOptions:
         if self.blocks:
             args["blocks"] = self.blocks
         return args
+
+
+def no_eos_token(name: str, tasks: list[str]) -> SteerError:
+    """The error for generating harness tasks on a tokenizer without an eos token: lm-eval's generation stops
+    at it (its own ``hf`` model fails without one), so it is refused, not run to a traceback."""
+    return SteerError(
+        f"the tokenizer of {name} has no eos token, at which lm-eval's generation stops (needed by "
+        f"{', '.join(tasks)}); set eos_token in its tokenizer_config.json, or evaluate tasks that do not generate"
+    )
 
 
 def _from_pretrained(auto_class: str, folder: str, **kwargs: Any) -> Any:

@@ -296,13 +296,15 @@ def test_a_folder_of_an_earlier_version_resumes_and_records_the_weights(
 
 
 def _planned(out: Path, options) -> None:
-    """A sweep.json as a sweep with ``options`` writes it (no evaluation needed to test its identity)."""
-    from steer_plugin.study.results_files import SWEEP_FORMAT
+    """A sweep.json as a sweep with ``options`` writes it, and a finished configuration's results file beside it
+    (no evaluation needed to test its identity; a plan without results is replaced, not refused)."""
+    from steer_plugin.study.results_files import RESULTS_FILE, SWEEP_FORMAT
     from steer_plugin.study.sweep_folder import sweep_settings
 
-    out.mkdir(parents=True, exist_ok=True)
+    (out / "baseline").mkdir(parents=True, exist_ok=True)
     doc = {"format": SWEEP_FORMAT, "format_version": 1, "settings": sweep_settings(options), "configs": []}
     (out / SWEEP_FILE).write_text(json.dumps(doc))
+    (out / "baseline" / RESULTS_FILE).write_text("{}")
 
 
 def _fake_model(folder: Path, config: str = '{"a": 1}') -> Path:
