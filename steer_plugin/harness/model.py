@@ -54,7 +54,15 @@ from steer_plugin.harness.steering_args import (
 )
 from steer_plugin.model.hooks import NON_FINITE, Steerer, SteeringPlan, Where, make_plan
 from steer_plugin.model.layers import parse_layers
-from steer_plugin.model.loading import is_gguf, named_after_file, split_gguf, with_gguf_file
+from steer_plugin.model.loading import (
+    ModelOptions,
+    check_loaded_weights,
+    is_gguf,
+    named_after_file,
+    no_eos_token,
+    split_gguf,
+    with_gguf_file,
+)
 from steer_plugin.model.positions import Positions
 from steer_plugin.steering.config import SteeringConfig
 from steer_plugin.steering.kv_prefix import (
@@ -108,12 +116,12 @@ class SteeredHFLM(HFLM):
             gguf_name = with_gguf_file(pretrained, kwargs.pop("gguf_file", None))
             pretrained, kwargs["gguf_file"] = split_gguf(gguf_name)  # a missing or broken file: one line, now
         self._batch_size_as: int | str | None = None  # see batch_size_as
+        self._blocks = args.blocks  # _create_model checks the weights of these blocks
         super().__init__(pretrained=pretrained, **kwargs)
         if gguf_name:
             named_after_file(self.model, gguf_name)
         self.gguf_file: str | None = kwargs.get("gguf_file")
         self.prefix_reuse = args.prefix_reuse
-        self._blocks = args.blocks
         self._rolling = False  # inside loglikelihood_rolling: no context in its windows, response == all
         self._spans: ResponseSpans | None = None  # positions=response on HFLM's loop: the rows' steered spans
         self.token_counts: TokenCounts | None = None  # set one to count the tokens fed (benchmarks)
@@ -129,6 +137,22 @@ class SteeredHFLM(HFLM):
         self.lookahead = Lookahead()  # a sweep's configurations to come, see plan_ahead
         self.steerer = Steerer(self.model, args.backend, self._blocks)
         self.configure(args)
+
+    def _create_model(self, pretrained: str, **kwargs: Any) -> None:
+        """HFLM's loading, refusing (one line) weights that do not cover the model, as ``ModelOptions.load``
+        does: the config's layers against the safetensors headers first, then transformers' loading report
+        (HFLM's adapters, quantized loaders and GGUF files load as HFLM loads them)."""
+        other = ("peft", "delta", "autogptq", "gptqmodel", "gguf_file", "subfolder")
+        if any(kwargs.get(k) for k in other):
+            super()._create_model(pretrained, **kwargs)
+            return
+        revision = kwargs.get("revision")
+        trust = bool(kwargs.get("trust_remote_code"))
+        ModelOptions(pretrained, revision=revision, trust_remote_code=trust, blocks=self._blocks).check_checkpoint()
+        super()._create_model(pretrained, **kwargs, output_loading_info=True, ignore_mismatched_sizes=True)
+        loaded: Any = self.__dict__["_model"]  # (model, loading report): output_loading_info
+        self._model, info = loaded
+        check_loaded_weights(pretrained, self._model, info, self._blocks)
 
     # -- configuration (also used by sweeps: no model reload) ----------------------------------------
     def configure(
@@ -392,6 +416,8 @@ class SteeredHFLM(HFLM):
         """Identical greedy requests are generated once: the steer_emotion_* tasks share their prompts and
         settings, so a sweep over several emotions generates each prompt once per configuration, not once
         per emotion task. Sampled requests are all generated."""
+        if requests and self.eot_token_id is None:  # HFLM would stop at its decoded None: a TypeError
+            raise no_eos_token(self.model.name_or_path, sorted({r.task_name or "generate_until" for r in requests}))
         started = time.monotonic()
         try:
             return self._generate_distinct(requests, disable_tqdm)

@@ -14,6 +14,7 @@ from steer_plugin.errors import SteerError, check_choice, first_line
 from steer_plugin.io.fingerprint import files_fingerprint, folder_files
 from steer_plugin.io.reading import open_regular
 from steer_plugin.io.schema import check_fields
+from steer_plugin.model.checkpoint import check_checkpoint_layers, check_loading_info
 from steer_plugin.model.layers import layer_ranges, parse_layers
 
 # Where the decoder blocks live, per architecture family (first match wins).
@@ -192,15 +193,22 @@ class ModelOptions:
         if self.device_map:
             kwargs["device_map"] = self.device_map
         folder, gguf_file = split_gguf(self.name)
+        self.check_checkpoint()
+        if not gguf_file:  # a report of what the weights lack, instead of a random initialisation of it
+            kwargs.update(output_loading_info=True, ignore_mismatched_sizes=True)
         try:
             tok = AutoTokenizer.from_pretrained(folder, **self._source_kwargs())  # its own: callers set padding
-            model = AutoModelForCausalLM.from_pretrained(folder, **self._source_kwargs(), **kwargs)
+            loaded: Any = AutoModelForCausalLM.from_pretrained(folder, **self._source_kwargs(), **kwargs)
         except _load_errors(gguf_file) as e:
             raise SteerError(f"cannot load model {self.name!r}: {first_line(e)}") from None
         if gguf_file:
+            model = loaded
             named_after_file(model, self.name)
+        else:
+            model, info = loaded
+            check_loaded_weights(self.name, model, info, self.blocks)
         if self.device and not self.device_map:
-            model.to(self.device)  # type: ignore[arg-type]  # a device string; transformers types it narrowly
+            model.to(self.device)
         model.eval()
         return LoadedModel(model, tok, self.name)
 
@@ -232,16 +240,31 @@ class ModelOptions:
     def dimensions(self) -> tuple[int, int] | None:
         """(decoder blocks, hidden size) from the model's config alone (no weights), to check layer specs and
         ``--top-k`` before any model work; None where the config does not say (or ``blocks`` names other ones)."""
+        config = self._text_config()
+        if config is None:
+            return None  # loading says why, as before
+        self.check_checkpoint(config)
         if self.blocks:
             return None
+        n_layers, hidden = getattr(config, "num_hidden_layers", None), getattr(config, "hidden_size", None)
+        return (n_layers, hidden) if isinstance(n_layers, int) and isinstance(hidden, int) else None
+
+    def _text_config(self) -> Any:
+        """The model's (text) config, read without weights; None where it cannot be read (loading says why)."""
         folder, gguf_file = split_gguf(self.name)
         unreadable: tuple[type[Exception], ...] = (*_load_errors(gguf_file), ValueError, ImportError)
         try:
-            config = _from_pretrained("AutoConfig", folder, **self._source_kwargs()).get_text_config()
+            return _from_pretrained("AutoConfig", folder, **self._source_kwargs()).get_text_config()
         except unreadable:
-            return None  # loading says why, as before
-        n_layers, hidden = getattr(config, "num_hidden_layers", None), getattr(config, "hidden_size", None)
-        return (n_layers, hidden) if isinstance(n_layers, int) and isinstance(hidden, int) else None
+            return None
+
+    def check_checkpoint(self, config: Any = None) -> None:
+        """Refuse a model folder (or cached hub snapshot) whose config.json claims other decoder blocks than
+        its safetensors weights hold, from their headers: before any weights load."""
+        folder = None if is_gguf(self.name) else _model_folder(self.name, self.revision)
+        config = config if config is not None else (self._text_config() if folder is not None else None)
+        if folder is not None and config is not None:
+            check_checkpoint_layers(self.name, folder, config, (self.blocks,) if self.blocks else BLOCK_PATHS)
 
     def check_layers(self, spec: str | None) -> None:
         """A layer spec's syntax, and its range against the model's depth where the config tells: before the
@@ -251,13 +274,20 @@ class ModelOptions:
         if dimensions is not None:
             parse_layers(spec, dimensions[0])
 
-    def has_chat_template(self) -> bool:
-        """Whether the model's tokenizer has a chat template (read from the tokenizer alone, no weights)."""
+    def _tokenizer(self) -> Any:
         try:
-            tok = _from_pretrained("AutoTokenizer", split_gguf(self.name)[0], **self._source_kwargs())
+            return _from_pretrained("AutoTokenizer", split_gguf(self.name)[0], **self._source_kwargs())
         except _load_errors(split_gguf(self.name)[1]) as e:
             raise SteerError(f"cannot load the tokenizer of {self.name!r}: {first_line(e)}") from None
-        return bool(getattr(tok, "chat_template", None))
+
+    def has_chat_template(self) -> bool:
+        """Whether the model's tokenizer has a chat template (read from the tokenizer alone, no weights)."""
+        return bool(getattr(self._tokenizer(), "chat_template", None))
+
+    def check_generation(self, tasks: list[str]) -> None:
+        """``tasks`` (those that generate) can run on this model's tokenizer (read alone, no weights)."""
+        if tasks and getattr(self._tokenizer(), "eos_token_id", None) is None:
+            raise no_eos_token(self.name, tasks)
 
     def harness_args(self) -> dict[str, Any]:
         """Keyword arguments of ``steered_hf`` (HFLM) that load this model the same way."""
@@ -279,6 +309,15 @@ class ModelOptions:
         if self.blocks:
             args["blocks"] = self.blocks
         return args
+
+
+def no_eos_token(name: str, tasks: list[str]) -> SteerError:
+    """The error for generating harness tasks on a tokenizer without an eos token: lm-eval's generation stops
+    at it (its own ``hf`` model fails without one), so it is refused, not run to a traceback."""
+    return SteerError(
+        f"the tokenizer of {name} has no eos token, at which lm-eval's generation stops (needed by "
+        f"{', '.join(tasks)}); set eos_token in its tokenizer_config.json, or evaluate tasks that do not generate"
+    )
 
 
 def _from_pretrained(auto_class: str, folder: str, **kwargs: Any) -> Any:
@@ -309,6 +348,16 @@ def _load_errors(gguf_file: str | None) -> tuple[type[Exception], ...]:
     what transformers' GGUF loader raises for a file it cannot read (an unsupported architecture, a broken
     file, a cut one, no ``gguf`` package); anything else stays a traceback."""
     return (OSError, ValueError, ImportError, KeyError, struct.error) if gguf_file else (OSError,)
+
+
+def check_loaded_weights(name: str, model: Any, info: dict[str, Any], blocks: str | None = None) -> None:
+    """``from_pretrained``'s loading report (``output_loading_info``) checked: a SteerError naming the model
+    where its weights do not cover it (see ``check_loading_info``)."""
+    try:
+        block_path: str | None = find_block_path(model, blocks)
+    except SteerError:
+        block_path = None  # no decoder blocks to count: the parameters alone are checked
+    check_loading_info(name, model, info, block_path)
 
 
 def named_after_file(model: Any, name: str) -> None:

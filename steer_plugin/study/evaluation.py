@@ -192,6 +192,9 @@ class Evaluation:
             if self.chat == "on":
                 uses_chat(self.chat, model)  # with or without emotion tasks
         targets = [t for t in map(emotion_task_target, self.task_names) if t]
+        if model is not None:  # the emotion tasks generate (other generating tasks: steered_hf's own check)
+            emotion = EMOTION_TASK_PREFIX.rstrip("_")
+            model.check_generation([t for t in self.task_names if emotion_task_target(t) or t == emotion])
         if targets:  # a classifier folder that is not there, nade asked for neutral: now, not after minutes of work
             check_classifier(self.classifier, targets)
         check_output_dir(out)

@@ -157,8 +157,10 @@ def _how_to_proceed(root: Path) -> str:
     return f"use --out elsewhere, or --fresh to discard the results in {printable(root)}"
 
 
-def check_same_sweep(root: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
-    """Refuse a folder that holds another sweep; returns its sweep.json (None when there is none yet)."""
+def check_same_sweep(root: Path, settings: dict[str, Any], notes: list[str] | None = None) -> dict[str, Any] | None:
+    """Refuse a folder that holds another sweep; returns its sweep.json (None when there is none yet, or when
+    it is the plan of another sweep that finished no configuration: nothing is lost in replacing it, and a
+    sweep that failed before its first result must not block the corrected rerun; ``notes`` says so)."""
     plan_file = root / SWEEP_FILE
     if not plan_file.exists():
         if _result_folders(root):
@@ -177,6 +179,13 @@ def check_same_sweep(root: Path, settings: dict[str, Any]) -> dict[str, Any] | N
         why = error or "not a steer sweep plan"
         raise SteerError(f"{printable(plan_file)} is unreadable ({why}); {_how_to_proceed(root)}")
     old, new = _comparable(doc["settings"], settings)
+    if old != new and not _result_folders(root):
+        if notes is not None:
+            notes.append(
+                f"{printable(root)}: the earlier sweep there finished no configuration; its settings are replaced "
+                f"({_differences(old, new)})"
+            )
+        return None
     if old != new:
         what = _differences(old, new)
         if old.get(WEIGHTS) != new.get(WEIGHTS):
@@ -256,7 +265,7 @@ def open_sweep_folder(plan: SweepPlan, options: SweepOptions) -> SweepFolder:
         n = discard_results(root)
         if n:
             notes.append(f"--fresh: discarded {n} earlier result(s) in {printable(root)}")
-    existing = check_same_sweep(root, settings)
+    existing = check_same_sweep(root, settings, notes)
     records = {
         c.slug(): config_record(c, shas[c.vector] if c.steers and c.vector is not None else None) for c in plan.configs
     }

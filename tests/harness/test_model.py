@@ -364,3 +364,59 @@ def test_steering_that_would_silently_not_happen_is_refused_before_the_model_loa
     kwargs = simple_parse_args_string(f"pretrained=/nonexistent/model,{args.replace('VECTOR', vector_file)}")
     with pytest.raises(SteerError, match=re.escape(needle)):
         get_model("steered_hf")(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("edits", "bin_weights", "message"),
+    [
+        ({"num_hidden_layers": 5}, False, "config.json says 5 layers, the weights hold 3 (missing: model.layers.3..4)"),
+        ({"num_hidden_layers": 5}, True, "config.json says 5 layers, the weights hold 3 (missing: model.layers.3..4)"),
+        ({"num_hidden_layers": 2}, False, "config.json says 2 layers, the weights hold 3 (not in the model: model.layers.2)"),
+        ({"hidden_size": 64}, False, "config.json does not match the weights' shapes"),
+    ],
+)  # fmt: skip
+def test_steered_hf_refuses_weights_that_do_not_cover_the_model(tiny_llama_dir, tmp_path, edits, bin_weights, message):
+    """HFLM loads the model itself: the same checks as `ModelOptions.load` (random blocks, or a traceback)."""
+    from tests.model.test_loading import _as_bin, _with_config
+
+    folder = _with_config(tiny_llama_dir, tmp_path / "m", **edits)
+    folder = _as_bin(folder) if bin_weights else folder
+    with pytest.raises(SteerError) as info:
+        SteeredHFLM(pretrained=folder, dtype="float32", device="cpu")
+    assert str(info.value).startswith(f"{folder}: {message}") and "\n" not in str(info.value)
+
+
+def save_without_eos(folder) -> str:
+    """The tiny Llama in ``folder``, its tokenizer without an eos token."""
+    import json
+
+    from tests.helpers.tiny import save_model
+
+    save_model(folder, "llama")
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config.pop("eos_token")
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def no_eos_dir(tmp_path_factory):
+    return save_without_eos(tmp_path_factory.mktemp("no_eos"))
+
+
+def test_generation_without_an_eos_token_is_one_line_as_lm_eval_cannot_stop_it(no_eos_dir):
+    """lm-eval's own `hf` model fails generate_until without an eos token (a TypeError deep in the tokenizer:
+    it adds the decoded eos to the stop sequences), so steered_hf refuses it in one line; scoring works."""
+    from lm_eval.models.huggingface import HFLM
+
+    gen = [Instance("generate_until", {}, ("Hello", {"until": ["\n"], "max_gen_toks": 3}), 0, ("emo", 0, 1))]
+    with pytest.raises(TypeError):
+        HFLM(pretrained=no_eos_dir, device="cpu").generate_until(gen)
+    lm = SteeredHFLM(pretrained=no_eos_dir, dtype="float32", device="cpu")
+    assert len(lm.loglikelihood([Instance("loglikelihood", {}, ("Hello", " there"), 0)])) == 1
+    with pytest.raises(SteerError) as info:
+        lm.generate_until(gen)
+    assert str(info.value) == (
+        f"the tokenizer of {no_eos_dir} has no eos token, at which lm-eval's generation stops (needed by emo); "
+        "set eos_token in its tokenizer_config.json, or evaluate tasks that do not generate"
+    )

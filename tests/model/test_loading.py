@@ -153,3 +153,100 @@ def test_a_device_that_is_not_here_is_refused_before_loading(device, message):
 
 def test_the_cpu_device_is_taken():
     assert ModelOptions("/nonexistent/model", device="cpu").device == "cpu"
+
+
+# --- weights that do not cover the model ---------------------------------------------------------------------
+
+
+def _with_config(source: str, folder, **edits) -> str:
+    """A copy of the model folder ``source`` whose config.json has ``edits``."""
+    import json
+    import shutil
+
+    shutil.copytree(source, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **edits}))
+    return str(folder)
+
+
+def _as_bin(folder: str) -> str:
+    """The folder with its weights in a pytorch_model.bin instead (no safetensors headers to read before loading)."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    path = Path(folder)
+    torch.save(load_file(path / "model.safetensors"), path / "pytorch_model.bin")
+    (path / "model.safetensors").unlink()
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_gpt2_dir(tmp_path_factory):
+    from tests.helpers.tiny import save_model
+
+    return save_model(tmp_path_factory.mktemp("tiny_gpt2"), "gpt2")
+
+
+LAYER_CASES = [
+    ("llama", {"num_hidden_layers": 5}, "config.json says 5 layers, the weights hold 3 (missing: model.layers.3..4)"),
+    (
+        "llama",
+        {"num_hidden_layers": 2},
+        "config.json says 2 layers, the weights hold 3 (not in the model: model.layers.2)",
+    ),
+    ("gpt2", {"n_layer": 4}, "config.json says 4 layers, the weights hold 3 (missing: transformer.h.3)"),
+]
+
+
+@pytest.mark.parametrize(("arch", "edits", "message"), LAYER_CASES)
+def test_a_config_claiming_other_layers_than_the_weights_hold_is_refused_before_loading(
+    arch, edits, message, tiny_llama_dir, tiny_gpt2_dir, tmp_path, monkeypatch
+):
+    """transformers initialised the blocks the weights lack at random (and dropped the ones the config lacks):
+    a warning, then everything ran on noise. The safetensors headers tell before any weights load."""
+    import transformers
+
+    folder = _with_config({"llama": tiny_llama_dir, "gpt2": tiny_gpt2_dir}[arch], tmp_path / "m", **edits)
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", None)  # never reached
+    for check in (ModelOptions(folder).dimensions, ModelOptions(folder).load):
+        with pytest.raises(SteerError) as info:
+            check()
+        assert str(info.value).startswith(f"{folder}: {message}") and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("edits", "message"),
+    [
+        ({"num_hidden_layers": 5}, "config.json says 5 layers, the weights hold 3 (missing: model.layers.3..4)"),
+        ({"num_hidden_layers": 2}, "config.json says 2 layers, the weights hold 3 (not in the model: model.layers.2)"),
+        ({"hidden_size": 64}, "config.json does not match the weights' shapes: lm_head.weight is [300, 32] in the "
+         "weights but [300, 64] in the model (hidden_size 64)"),
+    ],
+)  # fmt: skip
+def test_weights_that_do_not_cover_the_loaded_model_are_refused(edits, message, tiny_llama_dir, tmp_path):
+    """Weights without headers to read first (a pytorch_model.bin), or a hidden size the headers do not
+    tell: transformers' loading report, after loading (the hidden size was a RuntimeError traceback)."""
+    folder = _as_bin(_with_config(tiny_llama_dir, tmp_path / "m", **edits))
+    with pytest.raises(SteerError) as info:
+        ModelOptions(folder).load()
+    assert str(info.value).startswith(f"{folder}: {message}") and "\n" not in str(info.value)
+
+
+def test_weights_that_cover_the_model_load(tiny_llama_dir, tiny_gpt2_dir, tmp_path):
+    """Tied weights (GPT-2's lm_head is the embedding: not in the file) and computed buffers (Llama's rotary
+    frequencies) are not missing; a .bin checkpoint loads too."""
+    assert ModelOptions(tiny_gpt2_dir).load().model.config.tie_word_embeddings
+    assert (
+        ModelOptions(_as_bin(_with_config(tiny_llama_dir, tmp_path / "m"))).load().model.config.num_hidden_layers == 3
+    )
+
+
+def test_steer_generate_refuses_a_config_claiming_more_layers(tiny_llama_dir, vector_file, tmp_path, capsys):
+    from tests.helpers.cli import assert_one_line_error, run_cli
+
+    folder = _with_config(tiny_llama_dir, tmp_path / "m", num_hidden_layers=5)
+    code, _, err = run_cli(["generate", "--model", folder, "--vector", vector_file, "hi"], capsys)
+    assert_one_line_error(
+        code, err, folder, "config.json says 5 layers, the weights hold 3 (missing: model.layers.3..4)"
+    )

@@ -431,3 +431,28 @@ def test_a_reproduce_command_never_names_another_model_or_vector(model_args, vec
     assert model_args_string({"pretrained": "m"}, SteeringConfig("v.safetensors", 1.0, "0,2")) == (
         "pretrained=m,vector=v.safetensors,alpha=1.0,layers=0;2,positions=all"
     )
+
+
+def test_emotion_tasks_on_a_tokenizer_without_eos_are_refused_before_loading(
+    tmp_path, vector_file, monkeypatch, capsys
+):
+    """The emotion tasks generate, and lm-eval's generation stops at the eos token: a traceback after loading the
+    model (and after sweep.json was written) before; steer generate, which stops at max tokens, still runs."""
+    import transformers
+
+    from tests.harness.test_model import save_without_eos
+    from tests.helpers.cli import assert_one_line_error, run_cli
+
+    model = save_without_eos(tmp_path / "model")
+    capsys.readouterr()  # the saving's progress bar
+    out = tmp_path / "sweep"
+    with monkeypatch.context() as m:
+        m.setattr(transformers.AutoModelForCausalLM, "from_pretrained", None)  # never reached
+        args = ["sweep", "--model", model, "--vector", vector_file, "--alphas", "1", "--out", out]
+        code, _, err = run_cli([*args, "--tasks", "steer_emotion_anger", "--no-side-effects"], capsys)
+    assert_one_line_error(code, err, f"the tokenizer of {model} has no eos token", "needed by steer_emotion_anger")
+    assert not out.exists()
+    code, out_text, err = run_cli(
+        ["generate", "--model", model, "--vector", vector_file, "--max-new-tokens", "4", "hi"], capsys
+    )
+    assert code == 0, err

@@ -162,6 +162,37 @@ def test_cli_sweep_into_another_models_folder_is_refused_before_loading(
         assert json.loads(f.read_text())["config"]["limit"] == 2.0
 
 
+def test_a_sweep_that_failed_before_any_result_does_not_block_the_corrected_rerun(
+    task_dir, vector_file, tiny_llama_dir, tmp_path, capsys, one_torch_thread, monkeypatch
+):
+    """sweep.json is written before the first evaluation: a sweep that then failed (a task or classifier problem
+    found late, Ctrl-C) left a plan and no result, and its corrected rerun was refused as "another sweep"."""
+    from steer_plugin.study.sweep import ConfigurationStep
+
+    out = tmp_path / "sweep"
+    base = ["sweep", "--model", tiny_llama_dir, "--vector", vector_file, "--alphas", "1", "--tasks", "rel_mc"]
+    base += ["--include-path", task_dir, "--out", out, "--batch-size", "4", "--device", "cpu"]
+    base += ["--bootstrap-iters", "0", "--no-side-effects", "--layers", "all", "--positions", "all", "--controls", "0"]
+
+    def fail(*_args):
+        raise SteerError("something found late")
+
+    with monkeypatch.context() as m:
+        m.setattr(ConfigurationStep, "run", fail)
+        code, _, err = run_cli([*base, "--limit", "3"], capsys)
+        assert code == 2 and err.strip().splitlines()[-1] == "steer sweep: error: something found late", err
+    assert (out / SWEEP_FILE).is_file() and not list(out.glob("*/results.json"))
+    code, _, err = run_cli([*base, "--limit", "2"], capsys)  # the corrected setting, the same --out
+    assert code == 0, err
+    assert (
+        f"{out}: the earlier sweep there finished no configuration; its settings are replaced (limit 3.0 -> 2.0)" in err
+    )
+    assert _json(out / SWEEP_FILE)["settings"]["limit"] == 2.0 and len(list(out.glob("*/results.json"))) == 2
+    # with results in it, the folder is another sweep's as before
+    code, _, err = run_cli([*base, "--limit", "3"], capsys)
+    assert_one_line_error(code, err, "holds another sweep", "limit 2.0 -> 3.0", "--fresh")
+
+
 # --- what determines a result: the weights under --model, the samples files beside results.json ----------------
 
 
@@ -265,13 +296,15 @@ def test_a_folder_of_an_earlier_version_resumes_and_records_the_weights(
 
 
 def _planned(out: Path, options) -> None:
-    """A sweep.json as a sweep with ``options`` writes it (no evaluation needed to test its identity)."""
-    from steer_plugin.study.results_files import SWEEP_FORMAT
+    """A sweep.json as a sweep with ``options`` writes it, and a finished configuration's results file beside it
+    (no evaluation needed to test its identity; a plan without results is replaced, not refused)."""
+    from steer_plugin.study.results_files import RESULTS_FILE, SWEEP_FORMAT
     from steer_plugin.study.sweep_folder import sweep_settings
 
-    out.mkdir(parents=True, exist_ok=True)
+    (out / "baseline").mkdir(parents=True, exist_ok=True)
     doc = {"format": SWEEP_FORMAT, "format_version": 1, "settings": sweep_settings(options), "configs": []}
     (out / SWEEP_FILE).write_text(json.dumps(doc))
+    (out / "baseline" / RESULTS_FILE).write_text("{}")
 
 
 def _fake_model(folder: Path, config: str = '{"a": 1}') -> Path:
