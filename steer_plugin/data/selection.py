@@ -77,9 +77,11 @@ def check_sampling(max_per_class: int | None, seed: int = 0) -> None:
     if max_per_class is not None and (
         isinstance(max_per_class, bool) or not isinstance(max_per_class, int) or max_per_class < 1
     ):
-        raise SteerError(f"max_per_class must be a positive integer or None (all texts), got {max_per_class!r}")
+        raise SteerError(
+            f"max_per_class (--max-per-class) must be a positive integer or None (all texts), got {max_per_class!r}"
+        )
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise SteerError(f"seed must be an integer >= 0, got {seed!r}")
+        raise SteerError(f"seed (--seed) must be an integer >= 0, got {seed!r}")
 
 
 def _class_rows(

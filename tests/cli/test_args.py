@@ -149,8 +149,8 @@ def test_promised_refusals_and_late_errors_come_before_any_work(
     shutil.copy(vector_file, odd_vector)
     cases = [
         (["data", "--emotion", "anger", "--data", FIXTURE, "--seed", "-1", "--out", tmp_path / "d.jsonl"],
-         "seed must be an integer >= 0"),
-        ([*build, "--seed", "-1"], "seed must be an integer >= 0"),
+         "seed (--seed) must be an integer >= 0"),
+        ([*build, "--seed", "-1"], "seed (--seed) must be an integer >= 0"),
         ([*build, "--layers", " "], "names no layers"),
         ([*build, "--layers", ""], "names no layers"),
         ([*build, "--scale", "1e39"], "--scale 1e+39 is beyond what a float32 vector holds"),
@@ -203,7 +203,7 @@ def test_an_impossible_max_per_class_is_refused_before_any_data_or_model_loads(
     ]  # fmt: skip
     for argv in cases:
         code, _, err = run_cli(argv, capsys)
-        assert_one_line_error(code, err, "max_per_class must be a positive integer", "got ")
+        assert_one_line_error(code, err, "max_per_class (--max-per-class) must be a positive integer", "got ")
     assert list(tmp_path.iterdir()) == []
 
 
