@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from steer_plugin.model.loading import DEFAULT_MODEL, DTYPES, ModelOptions, with_gguf_file
+from steer_plugin.model.gguf import with_gguf_file
+from steer_plugin.model.loading import DEFAULT_MODEL, DTYPES, ModelOptions
 
 if TYPE_CHECKING:  # pragma: no cover
     from steer_plugin.steering.alphas import AlphaSpec

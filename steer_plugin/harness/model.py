@@ -52,17 +52,10 @@ from steer_plugin.harness.steering_args import (
     check_unknown_args,
     repair_layer_args,
 )
+from steer_plugin.model.gguf import is_gguf, split_gguf, with_gguf_file
 from steer_plugin.model.hooks import NON_FINITE, Steerer, SteeringPlan, Where, make_plan
 from steer_plugin.model.layers import parse_layers
-from steer_plugin.model.loading import (
-    ModelOptions,
-    check_loaded_weights,
-    is_gguf,
-    named_after_file,
-    no_eos_token,
-    split_gguf,
-    with_gguf_file,
-)
+from steer_plugin.model.loading import ModelOptions, check_loaded_weights, named_after_file, no_eos_token
 from steer_plugin.model.positions import Positions
 from steer_plugin.steering.config import SteeringConfig
 from steer_plugin.steering.kv_prefix import (

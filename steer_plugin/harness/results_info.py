@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from steer_plugin.io.terminal import printable
+from steer_plugin.model.fingerprint import model_fingerprint
 from steer_plugin.model.hooks import SteeringPlan
 from steer_plugin.model.layers import format_layers
-from steer_plugin.model.loading import model_fingerprint
 from steer_plugin.model.positions import Positions
 from steer_plugin.vectors.vector import SteeringVector
 

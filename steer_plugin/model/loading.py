@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 from steer_plugin.errors import SteerError, check_choice, first_line
-from steer_plugin.io.fingerprint import files_fingerprint, folder_files
-from steer_plugin.io.reading import open_regular
 from steer_plugin.io.schema import check_fields
 from steer_plugin.model.checkpoint import check_checkpoint_layers, check_loading_info
+from steer_plugin.model.gguf import GGUF_SUFFIX, is_gguf, split_gguf
 from steer_plugin.model.layers import layer_ranges, parse_layers
 
 # Where the decoder blocks live, per architecture family (first match wins).
@@ -30,8 +27,6 @@ BLOCK_PATHS: tuple[str, ...] = (
 Dtype = Literal["auto", "float32", "float16", "bfloat16"]
 DTYPES: tuple[str, ...] = get_args(Dtype)
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"  # small and ungated: runs on a laptop CPU
-GGUF_SUFFIX = ".gguf"
-_GGUF_MAGIC = b"GGUF"
 
 
 # a model folder's files that transformers reads besides the weights (config, generation config, tokenizer)
@@ -39,41 +34,6 @@ MODEL_FILES = (
     "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
     "added_tokens.json", "tokenizer.model", "vocab.json", "merges.txt", "chat_template.jinja", "chat_template.json",
 )  # fmt: skip
-
-
-def is_gguf(name: str) -> bool:
-    """Whether a model name is a GGUF file (``dir/m.gguf``, or ``org/repo/m.gguf`` on the hub)."""
-    return str(name).lower().endswith(GGUF_SUFFIX)
-
-
-def with_gguf_file(name: str, gguf_file: str | None) -> str:
-    """``DIR`` (a folder or hub repository) and ``--gguf-file NAME`` as the one model name ``DIR/NAME``."""
-    if not gguf_file:
-        return name
-    if not is_gguf(gguf_file) or "/" in gguf_file:
-        raise SteerError(f"--gguf-file {gguf_file!r} is not a file name ending in .gguf (e.g. model-q4_k_m.gguf)")
-    if is_gguf(name):
-        raise SteerError(f"{name!r} is a GGUF file already; leave --gguf-file out")
-    return f"{name.rstrip('/')}/{gguf_file}"
-
-
-def split_gguf(name: str) -> tuple[str, str | None]:
-    """``from_pretrained``'s folder (or hub repository) and ``gguf_file=`` for a model name: ``dir/m.gguf`` ->
-    (``dir``, ``m.gguf``); any other name -> (name, None). A local GGUF (an absolute or ``./`` path, or one in an
-    existing folder) must exist and be one: a one-line error otherwise; ``org/repo/m.gguf`` is the hub's."""
-    if not is_gguf(name):
-        return name, None
-    path = Path(name).expanduser()
-    local = path.is_absolute() or name.startswith((".", "~")) or path.parent.is_dir() or "/" not in name
-    if local:
-        try:
-            with open_regular(path) as f:
-                magic = f.read(len(_GGUF_MAGIC))
-        except OSError as e:
-            raise SteerError(f"cannot read the GGUF file {name}: {e.strerror or first_line(e)}") from None
-        if magic != _GGUF_MAGIC:
-            raise SteerError(f"{name} is not a GGUF file (it does not start with the GGUF magic bytes)")
-    return str(path.parent), path.name
 
 
 def check_block_path(path: str | None) -> str | None:
@@ -144,6 +104,8 @@ class LoadedModel:
 
     @property
     def fingerprint(self) -> dict[str, str]:
+        from steer_plugin.model.fingerprint import model_fingerprint
+
         return model_fingerprint(self.model, self.name)
 
 
@@ -231,10 +193,14 @@ class ModelOptions:
             return [path / gguf_file]
         if not path.is_dir():
             return []
+        from steer_plugin.model.fingerprint import weights_files
+
         return [*(path / name for name in MODEL_FILES), *weights_files(str(path))]
 
     def weights_fingerprint(self) -> str | None:
         """``weights_fingerprint`` of the files this model loads from (None: not on this machine yet)."""
+        from steer_plugin.model.fingerprint import weights_fingerprint
+
         return weights_fingerprint(self.name, self.revision)
 
     def dimensions(self) -> tuple[int, int] | None:
@@ -261,7 +227,9 @@ class ModelOptions:
     def check_checkpoint(self, config: Any = None) -> None:
         """Refuse a model folder (or cached hub snapshot) whose config.json claims other decoder blocks than
         its safetensors weights hold, from their headers: before any weights load."""
-        folder = None if is_gguf(self.name) else _model_folder(self.name, self.revision)
+        from steer_plugin.model.fingerprint import model_folder
+
+        folder = None if is_gguf(self.name) else model_folder(self.name, self.revision)
         config = config if config is not None else (self._text_config() if folder is not None else None)
         if folder is not None and config is not None:
             check_checkpoint_layers(self.name, folder, config, (self.blocks,) if self.blocks else BLOCK_PATHS)
@@ -364,113 +332,6 @@ def named_after_file(model: Any, name: str) -> None:
     """Name a model loaded from a GGUF after the file (transformers names it after its folder), so that its
     weights fingerprint, vector metadata and warnings are about the file."""
     model.config.name_or_path = model.name_or_path = name
-
-
-def config_hash(config: Any) -> str:
-    """Hash of the architecture-defining config (ignores paths, versions and dtype)."""
-    d = config.to_dict()
-    skip = {"transformers_version", "torch_dtype", "dtype", "_name_or_path", "_commit_hash"}
-    clean = {k: v for k, v in d.items() if k not in skip and not k.startswith("_")}
-    blob = json.dumps(clean, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def model_fingerprint(model: Any, name: str | None = None) -> dict[str, str]:
-    cfg = model.config
-    return {
-        "model": name or getattr(cfg, "_name_or_path", "") or type(model).__name__,
-        "model_revision": str(getattr(cfg, "_commit_hash", "") or ""),
-        "config_hash": config_hash(cfg),
-        "architecture": type(model).__name__,
-    }
-
-
-_MIB = 1 << 20
-_SAMPLES = 16  # 64 KiB pieces spread over each weights file, besides its first and last MiB
-
-
-def weights_files(name: str, revision: str | None = None) -> list[Path]:
-    """The weights files of a local model folder, or of a hub model's cached snapshot, or a GGUF file itself
-    ([] when none is here: not downloaded yet, or a model built in memory)."""
-    if name and is_gguf(name):
-        path = Path(name).expanduser()
-        if not path.is_file():
-            repo, _, filename = name.rpartition("/")
-            path = Path(str(_hub_cached(repo, filename, revision) or ""))
-        return [path] if path.is_file() else []
-    folder = _model_folder(name, revision)
-    if folder is None:
-        return []
-    return sorted(
-        f
-        for f in folder.iterdir()
-        if f.is_file() and (f.suffix == ".safetensors" or (f.suffix == ".bin" and f.name != "training_args.bin"))
-    )
-
-
-def _model_folder(name: str, revision: str | None) -> Path | None:
-    """A local model folder, or the folder of a hub model's cached snapshot; None when neither is here."""
-    folder = Path(name).expanduser() if name else None
-    if folder is None or not folder.is_dir():
-        cached = _hub_cached(name, "config.json", revision)
-        if cached is None:
-            return None
-        folder = Path(cached).parent
-    return folder
-
-
-# what a model's outputs depend on besides its weights: its config, generation defaults, tokenizer and chat
-# template, and the code of a remote-code model (not its README or licence)
-_MODEL_FILE_NAMES = ("config.json", "generation_config.json", "merges.txt", "added_tokens.json")
-_MODEL_FILE_PREFIXES = ("tokenizer", "special_tokens_map", "vocab", "chat_template", "spiece", "preprocessor_config")
-
-
-def _is_model_file(path: Path) -> bool:
-    return path.name in _MODEL_FILE_NAMES or path.name.startswith(_MODEL_FILE_PREFIXES) or path.suffix == ".py"
-
-
-def model_files_fingerprint(name: str, revision: str | None = None) -> str | None:
-    """A fingerprint of the contents of a model's config, tokenizer and chat-template files (the same weights
-    with another config or tokenizer give other results); None: not here, or a GGUF (they are inside the file,
-    under its weights fingerprint)."""
-    if not name or is_gguf(name):
-        return None
-    folder = _model_folder(name, revision)
-    return None if folder is None else files_fingerprint(folder_files(folder, keep=_is_model_file))
-
-
-def _hub_cached(repo: str, filename: str, revision: str | None) -> str | None:
-    """A file of a hub model's cached snapshot; None where it is not cached (or ``repo`` is no hub id)."""
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        cached = try_to_load_from_cache(repo, filename, revision=revision)
-    except Exception:  # not a hub id (an absent path, an in-memory model's ""): nothing to fingerprint
-        return None
-    return cached if isinstance(cached, str) else None
-
-
-def weights_fingerprint(name: str, revision: str | None = None) -> str | None:
-    """A cheap fingerprint of a model's weights without loading them: per weights file its name, size, first
-    and last MiB and ``_SAMPLES`` pieces between (an edited or other model of the same name and config differs;
-    a copy of the same files, such as the hub snapshot and an offline copy, does not). None: no files to read."""
-    files = weights_files(name, revision)
-    if not files:
-        return None
-    h = hashlib.sha256()
-    try:
-        for f in files:
-            size = f.stat().st_size
-            h.update(f"{f.name}\0{size}\0".encode())
-            offsets = [0, *(size * i // (_SAMPLES + 1) for i in range(1, _SAMPLES + 1)), max(size - _MIB, 0)]
-            lengths = [_MIB, *([_MIB // 16] * _SAMPLES), _MIB]
-            with open(f, "rb") as fh:
-                for offset, length in zip(offsets, lengths):
-                    fh.seek(offset)
-                    h.update(fh.read(length))
-    except OSError:
-        return None
-    return h.hexdigest()[:16]
 
 
 def model_slug(name: str) -> str:

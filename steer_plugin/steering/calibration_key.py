@@ -2,7 +2,7 @@
 
 A key names the model (folder name, ``weights`` fingerprint, config hash, dtype), the vector file's sha256, the
 steered layers and positions, and the texts (their sha256 and counts). Everything but ``weights`` must be equal.
-The ``weights`` are ``model.loading.weights_fingerprint`` of the files the model came from: the same fingerprint
+The ``weights`` are ``model.fingerprint.weights_fingerprint`` of the files the model came from: the same fingerprint
 is the same model; another one is another model with the same folder name and config; a key without one (made
 before it was recorded, or on a model not loaded from files) travels, so it is verified on this model first.
 """
@@ -53,7 +53,7 @@ class CalibrationKey:
         heldout_texts: list[str],
     ) -> CalibrationKey:
         """The key of calibrating a vector on ``model`` with these layers, positions and (scored) texts."""
-        from steer_plugin.model.loading import config_hash, weights_fingerprint
+        from steer_plugin.model.fingerprint import config_hash, weights_fingerprint
 
         param = next(model.parameters(), None)
         source = str(getattr(model, "name_or_path", "") or model_name)  # where the weights were read from

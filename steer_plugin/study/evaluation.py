@@ -21,8 +21,9 @@ from steer_plugin.harness.tasks import EMOTION_TASK_PREFIX, check_include_path, 
 from steer_plugin.io.outputs import check_output_dir
 from steer_plugin.io.schema import check_fields, is_number
 from steer_plugin.model.backends import Backend
+from steer_plugin.model.gguf import split_gguf
 from steer_plugin.model.layers import layer_ranges, parse_layers
-from steer_plugin.model.loading import ModelOptions, split_gguf
+from steer_plugin.model.loading import ModelOptions
 from steer_plugin.model.positions import Positions, check_positions
 from steer_plugin.steering.defaults import DEFAULT_LAYERS, DEFAULT_POSITIONS
 from steer_plugin.study.plan import SweepOptions

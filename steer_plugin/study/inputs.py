@@ -16,7 +16,7 @@ from steer_plugin.data.goemotions import neutral_texts_location
 from steer_plugin.harness.classifier import NADE_NAME, resolve_classifier_name
 from steer_plugin.harness.tasks import TRUTHFULQA_DIR_ENV, is_emotion_task
 from steer_plugin.io.fingerprint import path_fingerprint
-from steer_plugin.model.loading import model_files_fingerprint, weights_fingerprint
+from steer_plugin.model.fingerprint import model_files_fingerprint, weights_fingerprint
 
 if TYPE_CHECKING:  # pragma: no cover
     from steer_plugin.study.plan import SweepOptions

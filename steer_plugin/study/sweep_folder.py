@@ -33,7 +33,8 @@ from steer_plugin.harness.classifier import chosen_classifier
 from steer_plugin.harness.tasks import EMOTION_TASK_PREFIX, is_emotion_task
 from steer_plugin.io.reading import JSON_LIMIT, read_regular_text
 from steer_plugin.io.terminal import printable
-from steer_plugin.model.loading import weights_fingerprint, with_gguf_file
+from steer_plugin.model.fingerprint import weights_fingerprint
+from steer_plugin.model.gguf import with_gguf_file
 from steer_plugin.study.inputs import INPUTS, changed_inputs, input_fingerprints
 from steer_plugin.study.results_files import (
     RESULTS_FILE,
@@ -52,7 +53,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 # results don't depend on these (batching is exact); everything else in model_args does
 _NOT_SETTINGS = ("batch_size",)
-WEIGHTS = "weights"  # the settings' fingerprint of the model's weights files (model.loading.weights_fingerprint)
+WEIGHTS = "weights"  # the settings' fingerprint of the model's weights files (model.fingerprint.weights_fingerprint)
 _FINGERPRINTS = (WEIGHTS, *INPUTS)  # compared where both settings know them
 
 

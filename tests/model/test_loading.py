@@ -8,11 +8,10 @@ import pytest
 import torch
 
 from steer_plugin.errors import SteerError
+from steer_plugin.model.fingerprint import config_hash, model_fingerprint
 from steer_plugin.model.loading import (
     ModelOptions,
-    config_hash,
     find_block_path,
-    model_fingerprint,
     model_slug,
     resolve_module,
     torch_dtype,

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from steer_plugin.errors import SteerError
-from steer_plugin.model.loading import ModelOptions, model_slug, weights_files, weights_fingerprint
+from steer_plugin.model.fingerprint import weights_files, weights_fingerprint
+from steer_plugin.model.loading import ModelOptions, model_slug
 from steer_plugin.vectors.recipe import Recipe
 from steer_plugin.vectors.vector import SteeringVector, default_vector_path
 from tests.helpers.cli import assert_one_line_error, run_cli

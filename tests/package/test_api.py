@@ -249,12 +249,18 @@ def _train(**kwargs):
 
 API_REFUSALS = [
     # the sample, whatever the targets: refused where it is built, not after the texts (or the model) loaded
-    (lambda: steer_plugin.RecordOptions(max_per_class=0), "max_per_class (--max-per-class) must be a positive integer or None"),
+    (
+        lambda: steer_plugin.RecordOptions(max_per_class=0),
+        "max_per_class (--max-per-class) must be a positive integer or None",
+    ),
     (lambda: steer_plugin.RecordOptions(max_per_class=-2), "got -2"),
     (lambda: steer_plugin.RecordOptions(split="training"), "unknown split 'training'"),
     (lambda: steer_plugin.RecordOptions(baseline="calm"), "unknown emotion 'calm'"),
     (lambda: _run(record=steer_plugin.RecordOptions(max_per_class=True)), "RecordOptions.max_per_class: True"),
-    (lambda: _train(max_per_class=0), "max_per_class (--max-per-class) must be a positive integer or None (all texts), got 0"),
+    (
+        lambda: _train(max_per_class=0),
+        "max_per_class (--max-per-class) must be a positive integer or None (all texts), got 0",
+    ),
     (lambda: _train(seed=-1), "seed (--seed) must be an integer >= 0"),
     # an Evaluation's numbers and specs where it is built (they were checked only when a sweep began)
     (lambda: steer_plugin.Evaluation(limit=float("nan")), "--limit must be a positive number"),

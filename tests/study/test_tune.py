@@ -123,7 +123,7 @@ def _copy(vector: Path, folder: Path) -> Path:
 
 
 def test_a_stored_choice_goes_stale_with_the_vector_the_weights_or_the_calibration(tuned, tmp_path, monkeypatch):
-    import steer_plugin.model.loading as loading
+    import steer_plugin.model.fingerprint as fingerprint
     from steer_plugin.vectors.vector import SteeringVector
 
     root, vector, _, clf = tuned
@@ -138,11 +138,11 @@ def test_a_stored_choice_goes_stale_with_the_vector_the_weights_or_the_calibrati
     with pytest.raises(SteerError, match="no tuned layers .* another classifier.*steer tune --model"):
         tuned_choice(vector, use_key(model, vector, "response", None), command)
     # other weights under the same folder name
-    real = loading.weights_fingerprint
-    monkeypatch.setattr(loading, "weights_fingerprint", lambda *a, **k: "0123456789abcdef")
+    real = fingerprint.weights_fingerprint
+    monkeypatch.setattr(fingerprint, "weights_fingerprint", lambda *a, **k: "0123456789abcdef")
     with pytest.raises(SteerError, match="another weights"):
         choice(vector)
-    monkeypatch.setattr(loading, "weights_fingerprint", real)
+    monkeypatch.setattr(fingerprint, "weights_fingerprint", real)
     # another vector in the same file
     changed = _copy(vector, tmp_path / "vector")
     v = SteeringVector.load(changed)
