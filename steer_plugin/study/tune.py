@@ -194,7 +194,7 @@ def tune(
         for e in todo:
             key = tuning_key(loading, paths[e], evaluation, grid_budgets, tasks[e])
             tunings[paths[e]] = _tuning(result.rows, e, tasks[e], key, candidates, steered, grid_budgets, folder)
-    files = _write(tunings, reused, progress)
+    files = _write(tunings, reused)
     return TuneResult(folder, tunings, files, reused)
 
 
@@ -224,8 +224,10 @@ def tune_missing(
             if not _has_choice(path, model, tuned):
                 todo.append(e)
         if todo:
-            tune(",".join(todo), model, recipe=recipe, record=record, evaluation=tuned, budgets=budgets, vector=vector,
-                 progress=progress)  # fmt: skip
+            result = tune(",".join(todo), model, recipe=recipe, record=record, evaluation=tuned, budgets=budgets,
+                          vector=vector, progress=progress)  # fmt: skip
+            for path, tuning in result.tunings.items():  # `steer tune` prints its choices; here the run says them
+                _say(progress, describe_choice(path, tuning))
     return tuned
 
 
@@ -306,8 +308,8 @@ def _cell(spec: str, steered: str, budget: float, row: Any, task: str) -> Cell:
     )  # fmt: skip
 
 
-def _write(tunings: dict[Path, Tuning], reused: list[Path], progress: bool) -> list[Path]:
-    """Store each new tuning beside its vector, draw every one, and say what was chosen."""
+def _write(tunings: dict[Path, Tuning], reused: list[Path]) -> list[Path]:
+    """Store each new tuning beside its vector and draw every one (what was chosen: ``describe_choice``)."""
     from steer_plugin.io.atomic import write_files_atomic
     from steer_plugin.study.tune_plot import plot_tuning, tuning_picture_path
 
@@ -316,7 +318,6 @@ def _write(tunings: dict[Path, Tuning], reused: list[Path], progress: bool) -> l
         if path not in reused:
             files.append(store(path, tuning))
         files += write_files_atomic({tuning_picture_path(path): plot_tuning(tuning, path.stem)})
-        _say(progress, describe_choice(path, tuning))
     return files
 
 

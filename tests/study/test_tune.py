@@ -3,6 +3,8 @@ a stored choice that goes stale with its vector, the model's weights or its cali
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 from pathlib import Path
 
@@ -11,7 +13,7 @@ import pytest
 from steer_plugin.cli import main
 from steer_plugin.errors import SteerError
 from steer_plugin.model.loading import ModelOptions
-from steer_plugin.study.tune import candidate_layers, choose
+from steer_plugin.study.tune import candidate_layers, choose, describe_choice
 from steer_plugin.study.tuning_file import Cell, stored_tunings, tune_command, tuned_choice, tuning_path, use_key
 from tests.helpers.tiny import write_goemotions_every_label
 
@@ -63,12 +65,26 @@ def tuned(tmp_path_factory, tiny_chat_llama_dir, texts_file, one_torch_thread):
     import os
 
     os.chdir(root)
+    out, err = io.StringIO(), io.StringIO()
     try:
-        assert main(["tune", *common, "--budgets", "0.002,0.005", "--out", "grid"]) == 0
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            assert main(["tune", *common, "--budgets", "0.002,0.005", "--out", "grid"]) == 0
     finally:
         os.chdir(cwd)
     (vector,) = (root / "vectors").rglob("*.safetensors")
+    (root / "tune.out").write_text(out.getvalue())
+    (root / "tune.err").write_text(err.getvalue())
     return root, vector, common, clf
+
+
+def test_tune_prints_each_choice_once_on_stdout(tuned):
+    root, vector, _, _ = tuned
+    out, err = (root / "tune.out").read_text(), (root / "tune.err").read_text()
+    rel = str(vector.relative_to(root))
+    assert [line for line in out.splitlines() if line.startswith(rel)] == [
+        describe_choice(Path(rel), stored_tunings(vector)[0])
+    ]
+    assert not [line for line in err.splitlines() if line.startswith(rel + ":")]  # progress does not repeat it
 
 
 def test_tune_stores_the_grid_and_the_rules_choice_beside_the_vector(tuned):
