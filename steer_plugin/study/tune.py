@@ -186,6 +186,7 @@ def tune(
         slug = "-".join(target_slug(e) for e in todo)
         folder = Path(out) if out is not None else Path("runs") / f"{model_slug(loading.name)}-tune-{slug}"
         alphas = "0," + ",".join(f"kl:{b:g}" for b in grid_budgets)
+        evaluation.check(folder, loading)  # a refusal (the classifier, the folders) before "tuning" is said
         _say(progress, f"tuning {', '.join(todo)}: layers {', '.join(candidates)} x {alphas[2:]} on the dev prompts")
         result = run(
             ",".join(todo), loading, recipe=recipe, record=record, evaluation=evaluation, alphas=alphas,

@@ -213,3 +213,13 @@ def test_tune_reuses_a_valid_choice_and_run_auto_tunes_what_has_none(tuned, monk
         assert {r["config"]["steering"]["layers"] for r in steered} == {auto.choice.steered}
     finally:
         tuning_path(vector).with_suffix(".kept").replace(tuning_path(vector))
+
+
+def test_a_refused_classifier_stops_tune_before_it_says_it_is_tuning(
+    tiny_chat_llama_dir, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    code = main(["tune", "--model", tiny_chat_llama_dir, "--emotion", "neutral", "--classifier", "nade"])
+    err = capsys.readouterr().err
+    assert code == 2 and "no label for target 'neutral'" in err
+    assert "tuning" not in err and not (tmp_path / "runs").exists()
