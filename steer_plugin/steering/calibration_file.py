@@ -8,7 +8,6 @@ one this version wrote is refused with the field that is wrong, never guessed at
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import MISSING, fields
 from pathlib import Path
@@ -154,17 +153,11 @@ def check_stored_alphas(
 
 def store(vector_path: str | Path, calibration: Calibration) -> Path:
     """Add (or replace) this calibration's entry; entries for another version of the vector are dropped."""
-    from steer_plugin.io.atomic import write_text_atomic
+    from steer_plugin.io.sidecar import write_sidecar
 
-    path = calibration_path(vector_path)
     sha = calibration.key.vector_sha256
     kept = [c for c in stored_calibrations(vector_path) if c.key.vector_sha256 == sha and c.key != calibration.key]
-    doc = {
-        "format": CALIBRATION_FORMAT,
-        "format_version": CALIBRATION_VERSION,
-        "vector": Path(vector_path).name,
-        "vector_sha256": sha,
-        "calibrations": [c.to_json() for c in [*kept, calibration]],
-    }
-    write_text_atomic(path, json.dumps(doc, indent=2) + "\n")
-    return path
+    return write_sidecar(
+        calibration_path(vector_path), fmt=CALIBRATION_FORMAT, version=CALIBRATION_VERSION, vector_path=vector_path,
+        sha=sha, field="calibrations", entries=[c.to_json() for c in [*kept, calibration]],
+    )  # fmt: skip

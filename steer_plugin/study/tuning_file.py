@@ -15,7 +15,6 @@ Light (json and paths only): the command line and ``study.evaluation`` import it
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
@@ -180,20 +179,14 @@ def stored_tunings(vector_path: str | Path) -> list[Tuning]:
 
 def store(vector_path: str | Path, tuning: Tuning) -> Path:
     """Add (or replace) this tuning's entry; entries for another version of the vector are dropped."""
-    from steer_plugin.io.atomic import write_text_atomic
+    from steer_plugin.io.sidecar import write_sidecar
 
-    path = tuning_path(vector_path)
     sha = tuning.key.get("vector_sha256")
     kept = [t for t in stored_tunings(vector_path) if t.key.get("vector_sha256") == sha and not t.matches(tuning.key)]
-    doc = {
-        "format": TUNING_FORMAT,
-        "format_version": TUNING_VERSION,
-        "vector": Path(vector_path).name,
-        "vector_sha256": sha,
-        "tunings": [t.to_json() for t in [*kept, tuning]],
-    }
-    write_text_atomic(path, json.dumps(doc, indent=2) + "\n")
-    return path
+    return write_sidecar(
+        tuning_path(vector_path), fmt=TUNING_FORMAT, version=TUNING_VERSION, vector_path=vector_path, sha=sha,
+        field="tunings", entries=[t.to_json() for t in [*kept, tuning]],
+    )  # fmt: skip
 
 
 def stale_calibration(vector_path: str | Path, tuning: Tuning) -> str | None:
